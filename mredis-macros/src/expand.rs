@@ -1,0 +1,388 @@
+//! Turns a validated table into Rust: the methods of the sync client, the
+//! async client and the per-key pipeline, plus the table itself as data.
+//! Generated bodies only call small `crate::` helpers (routing, fan-out,
+//! scatter-gather), so the expansion stays small and the logic lives in
+//! ordinary, tested library code.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::doc;
+use crate::table::{Class, Command, Merge, Method, Piece, Table};
+
+/// What a method is generated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Sync,
+    Async,
+    Pipeline,
+}
+
+fn arg_idents(sig: &syn::Signature) -> Vec<syn::Ident> {
+    sig.inputs
+        .iter()
+        .filter_map(|i| match i {
+            syn::FnArg::Typed(p) => match &*p.pat {
+                syn::Pat::Ident(id) => Some(id.ident.clone()),
+                _ => None,
+            },
+            syn::FnArg::Receiver(_) => None,
+        })
+        .collect()
+}
+
+/// The generic parameters of a generated method: `'a` first (the table's
+/// signatures may borrow with it, as redis-rs's do), the row's own, then `RV`.
+fn generics(sig: &syn::Signature, target: Target) -> syn::Generics {
+    let mut g = syn::Generics::default();
+    let has_a = sig
+        .generics
+        .params
+        .iter()
+        .any(|p| matches!(p, syn::GenericParam::Lifetime(l) if l.lifetime.ident == "a"));
+    if !has_a {
+        g.params.push(syn::parse_quote!('a));
+    }
+    for param in &sig.generics.params {
+        let mut param = param.clone();
+        if target == Target::Async
+            && let syn::GenericParam::Type(t) = &mut param
+        {
+            t.bounds.push(syn::parse_quote!(::std::marker::Send));
+            t.bounds.push(syn::parse_quote!(::std::marker::Sync));
+            t.bounds.push(syn::parse_quote!('a));
+        }
+        g.params.push(param);
+    }
+    if target != Target::Pipeline {
+        g.params.push(syn::parse_quote!(RV: ::redis::FromRedisValue));
+    }
+    g.where_clause = sig.generics.where_clause.clone();
+    g
+}
+
+/// Builds the `redis::Cmd`: redis-rs's own constructor unless the row gives
+/// a wire template.
+fn build_cmd(m: &Method, sig: &syn::Signature) -> TokenStream {
+    let args = arg_idents(sig);
+    match &m.cmd {
+        None => {
+            let name = &sig.ident;
+            quote!(::redis::Cmd::#name(#(#args),*))
+        }
+        Some(pieces) => {
+            let mut iter = pieces.iter();
+            let first = match iter.next() {
+                Some(Piece::Word(w)) => w.clone(),
+                _ => String::new(),
+            };
+            let rest = iter.map(|p| match p {
+                Piece::Word(w) => quote!(__cmd.arg(#w);),
+                Piece::Arg(a) => {
+                    let id = syn::Ident::new(a, Span::call_site());
+                    quote!(__cmd.arg(#id);)
+                }
+                Piece::Count(a) => {
+                    let id = syn::Ident::new(a, Span::call_site());
+                    quote!(__cmd.arg(::redis::ToRedisArgs::num_of_args(&#id));)
+                }
+            });
+            quote!({
+                let mut __cmd = ::redis::cmd(#first);
+                #(#rest)*
+                __cmd
+            })
+        }
+    }
+}
+
+/// Collects every key of a colocated or multi method into `__keys`.
+fn collect_keys(m: &Method) -> TokenStream {
+    let singles = m.key.iter().chain(m.keys.iter()).map(|k| {
+        let id = syn::Ident::new(k, Span::call_site());
+        quote!(crate::routing::push_keys(&mut __keys, &#id);)
+    });
+    let pairs = m.pairs.iter().map(|k| {
+        let id = syn::Ident::new(k, Span::call_site());
+        quote!(crate::routing::push_pair_keys(&mut __keys, &#id);)
+    });
+    quote! {
+        let mut __keys: ::std::vec::Vec<::std::vec::Vec<u8>> = ::std::vec::Vec::new();
+        #(#singles)*
+        #(#pairs)*
+    }
+}
+
+fn merge_tokens(m: &Method) -> TokenStream {
+    match m.merge {
+        Some(Merge::Ordered) => quote!(crate::routing::Merge::Ordered),
+        Some(Merge::Sum) => quote!(crate::routing::Merge::Sum),
+        Some(Merge::Ok) | None => quote!(crate::routing::Merge::Ok),
+    }
+}
+
+fn doc_attrs(cmd: &Command, m: &Method) -> TokenStream {
+    let lines = doc::method_doc(cmd, m);
+    let alias = &cmd.name;
+    quote! {
+        #(#[doc = #lines])*
+        #[doc(alias = #alias)]
+    }
+}
+
+fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
+    let sig = m.sig.as_ref()?;
+    let class = cmd.class?;
+    if target == Target::Pipeline && class == Class::All {
+        return None;
+    }
+    let name = &sig.ident;
+    let generics = generics(sig, target);
+    let (params, _, where_clause) = generics.split_for_impl();
+    let inputs = &sig.inputs;
+    let docs = doc_attrs(cmd, m);
+    let build = build_cmd(m, sig);
+    let redis_name = &cmd.name;
+    let allow = quote! {
+        #[allow(clippy::extra_unused_lifetimes, clippy::needless_lifetimes, clippy::too_many_arguments)]
+    };
+
+    if target == Target::Pipeline {
+        let check = match class {
+            Class::Key => {
+                let key = syn::Ident::new(m.key.as_deref().unwrap_or("key"), Span::call_site());
+                quote!(self.check_key(#redis_name, &#key);)
+            }
+            _ => {
+                let collect = collect_keys(m);
+                quote!(#collect self.check_keys(#redis_name, &__keys);)
+            }
+        };
+        return Some(quote! {
+            #docs
+            #allow
+            #[inline]
+            pub fn #name #params (&mut self, #inputs) -> &mut Self #where_clause {
+                #check
+                self.add_command(#build)
+            }
+        });
+    }
+
+    let awaiting = if target == Target::Async { quote!(.await) } else { quote!() };
+    let asyncness = if target == Target::Async { quote!(async) } else { quote!() };
+    let (ret, body) = match class {
+        Class::Key => {
+            let key = syn::Ident::new(m.key.as_deref().unwrap_or("key"), Span::call_site());
+            (
+                quote!(::redis::RedisResult<RV>),
+                quote! {
+                    let __server = self.route_key(#redis_name, &#key)?;
+                    let __cmd = #build;
+                    self.query_on(__server, &__cmd) #awaiting
+                },
+            )
+        }
+        Class::Colocated => {
+            let collect = collect_keys(m);
+            (
+                quote!(::redis::RedisResult<RV>),
+                quote! {
+                    #collect
+                    let __server = self.route_colocated(#redis_name, &__keys)?;
+                    let __cmd = #build;
+                    self.query_on(__server, &__cmd) #awaiting
+                },
+            )
+        }
+        Class::Multi => {
+            let stride = m.stride.unwrap_or(1);
+            let merge = merge_tokens(m);
+            (
+                quote!(::redis::RedisResult<RV>),
+                quote! {
+                    let __cmd = #build;
+                    self.scatter(&__cmd, #stride, #merge) #awaiting
+                },
+            )
+        }
+        Class::All => (
+            quote!(::std::result::Result<crate::PerServer<RV>, crate::FanOutError<RV>>),
+            quote! {
+                let __cmd = #build;
+                self.fan_out(&__cmd) #awaiting
+            },
+        ),
+        Class::Omitted => return None,
+    };
+    Some(quote! {
+        #docs
+        #allow
+        #[inline]
+        pub #asyncness fn #name #params (&self, #inputs) -> #ret #where_clause {
+            #body
+        }
+    })
+}
+
+/// The names the table's signatures may use without a path.
+fn prelude() -> TokenStream {
+    quote! {
+        #[allow(unused_imports)]
+        use ::redis::*;
+        #[allow(unused_imports)]
+        use ::std::num::NonZeroUsize;
+    }
+}
+
+/// The inherent impl for one target.
+pub fn methods(table: &Table, target: Target) -> TokenStream {
+    let methods = table
+        .commands
+        .iter()
+        .flat_map(|c| c.methods.iter().filter_map(move |m| method(c, m, target)));
+    let self_ty = match target {
+        Target::Sync => quote!(crate::MRedis),
+        Target::Async => quote!(crate::aio::MRedis),
+        Target::Pipeline => quote!(crate::KeyPipeline),
+    };
+    let prelude = prelude();
+    quote! {
+        const _: () = {
+            #prelude
+            #[automatically_derived]
+            impl #self_ty {
+                #(#methods)*
+            }
+        };
+    }
+}
+
+/// The table as data: `pub static COMMANDS: &[crate::CommandSpec]`.
+pub fn table_data(table: &Table) -> TokenStream {
+    let rows = table.commands.iter().filter_map(|c| {
+        let class = match c.class? {
+            Class::Key => quote!(crate::RouteClass::Key),
+            Class::All => quote!(crate::RouteClass::All),
+            Class::Multi => quote!(crate::RouteClass::Multi),
+            Class::Colocated => quote!(crate::RouteClass::Colocated),
+            Class::Omitted => quote!(crate::RouteClass::Omitted),
+        };
+        let name = &c.name;
+        let group = &c.group;
+        let summary = &c.summary;
+        let since = opt_str(c.since.as_deref());
+        let reason = opt_str(c.reason.as_deref());
+        let methods = c.methods.iter().map(|m| {
+            let mname = m.name();
+            let sig = &m.sig_text;
+            let keys = m.key_args();
+            quote!(crate::MethodSpec { name: #mname, signature: #sig, key_args: &[#(#keys),*] })
+        });
+        Some(quote! {
+            crate::CommandSpec {
+                name: #name,
+                group: #group,
+                class: #class,
+                summary: #summary,
+                since: #since,
+                reason: #reason,
+                methods: &[#(#methods),*],
+            }
+        })
+    });
+    quote! {
+        /// Every command of `commands.toml`, in table order: its Redis name
+        /// (subcommands as `"CLIENT LIST"`), how it is routed, and the methods
+        /// generated for it. Omitted commands are listed with their reason.
+        pub static COMMANDS: &[crate::CommandSpec] = &[#(#rows),*];
+    }
+}
+
+fn opt_str(s: Option<&str>) -> TokenStream {
+    match s {
+        Some(s) => quote!(::std::option::Option::Some(#s)),
+        None => quote!(::std::option::Option::None),
+    }
+}
+
+/// Example invocations for tests: for every routed method whose row gives
+/// an `example` (the argument list as Rust), a closure that builds the
+/// command and the keys mredis routes on. Used to compare routing with the
+/// server's own `COMMAND GETKEYS`.
+pub fn examples(table: &Table) -> TokenStream {
+    let items = table.commands.iter().flat_map(|c| {
+        c.methods.iter().filter_map(move |m| {
+            let sig = m.sig.as_ref()?;
+            let example = m.example.as_ref()?;
+            let class = c.class?;
+            if matches!(class, Class::All | Class::Omitted) {
+                return None;
+            }
+            let args: syn::punctuated::Punctuated<syn::Expr, syn::Token![,]> =
+                syn::parse::Parser::parse_str(syn::punctuated::Punctuated::parse_terminated, example).ok()?;
+            let idents = arg_idents(sig);
+            if idents.len() != args.len() {
+                return None;
+            }
+            let lets = idents.iter().zip(args.iter()).map(|(id, e)| quote!(let #id = #e;));
+            let collect = collect_keys(m);
+            let build = build_cmd(m, sig);
+            let mname = m.name();
+            let cname = &c.name;
+            let fname = format_ident!("__example_{}", sig.ident);
+            Some(quote! {
+                {
+                    #[allow(clippy::let_unit_value, unused_variables)]
+                    fn #fname() -> (::std::vec::Vec<::std::vec::Vec<u8>>, ::redis::Cmd) {
+                        #(#lets)*
+                        #collect
+                        (__keys, #build)
+                    }
+                    crate::Example { command: #cname, method: #mname, build: #fname }
+                }
+            })
+        })
+    });
+    let prelude = prelude();
+    quote! {
+        /// Example invocations of routed methods (from the table's `example`
+        /// fields), for checking routing against a live server.
+        #[doc(hidden)]
+        pub fn examples() -> ::std::vec::Vec<crate::Example> {
+            #prelude
+            ::std::vec![#(#items),*]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::parse;
+
+    #[test]
+    fn key_method_routes_then_builds_with_redis_rs() {
+        let (table, problems) = parse(
+            "[[command]]\nname = \"SETEX\"\ngroup = \"string\"\nclass = \"key\"\nsummary = \"s\"\nmethods = [{ sig = \"set_ex<K: ToSingleRedisArg, V: ToSingleRedisArg>(key: K, value: V, seconds: u64)\", key = \"key\" }]\n",
+        );
+        assert!(problems.messages.is_empty());
+        let out = methods(&table, Target::Sync).to_string();
+        assert!(out.contains("pub fn set_ex < 'a , K : ToSingleRedisArg , V : ToSingleRedisArg , RV : :: redis :: FromRedisValue >"), "{out}");
+        assert!(out.contains("self . route_key (\"SETEX\" , & key) ?"), "{out}");
+        assert!(out.contains(":: redis :: Cmd :: set_ex (key , value , seconds)"), "{out}");
+        let out = methods(&table, Target::Async).to_string();
+        assert!(out.contains("pub async fn set_ex"), "{out}");
+        assert!(out.contains("K : ToSingleRedisArg + :: std :: marker :: Send"), "{out}");
+    }
+
+    #[test]
+    fn template_builds_words_and_args() {
+        let (table, _) = parse(
+            "[[command]]\nname = \"OBJECT FREQ\"\ngroup = \"generic\"\nclass = \"key\"\nsummary = \"s\"\nmethods = [{ sig = \"object_freq_x<K: ToSingleRedisArg>(key: K)\", key = \"key\", cmd = \"OBJECT FREQ {key}\" }]\n",
+        );
+        let out = methods(&table, Target::Pipeline).to_string();
+        assert!(out.contains(":: redis :: cmd (\"OBJECT\") ; __cmd . arg (\"FREQ\") ; __cmd . arg (key) ;"), "{out}");
+        assert!(out.contains("-> & mut Self"), "{out}");
+    }
+}

@@ -1,0 +1,154 @@
+//! Per-key pipelines: a redis-rs pipeline bound to the server that owns one
+//! key. Unlike the original MRedis, where a command on another server's key
+//! silently went to the wrong server, such a command makes execution fail
+//! before anything is sent, naming the key and both servers.
+
+use std::sync::Arc;
+
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ToRedisArgs, Value};
+
+use crate::routing::{client_error, Core};
+
+/// A pipeline bound to one server; see [`MRedis::pipeline`](crate::MRedis::pipeline).
+///
+/// ```no_run
+/// # fn main() -> redis::RedisResult<()> {
+/// # let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0"])?;
+/// let (len, items): (usize, Vec<String>) = mr
+///     .pipeline("list")?
+///     .rpush("list", "a").ignore()
+///     .rpush("list", "b").ignore()
+///     .llen("list")
+///     .lrange("list", 0, -1)
+///     .query(&mr)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KeyPipeline {
+    core: Arc<Core>,
+    server: usize,
+    pipe: Pipeline,
+    problem: Option<RedisError>,
+}
+
+impl std::fmt::Debug for KeyPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPipeline")
+            .field("server", &self.core.name(self.server))
+            .field("commands", &self.pipe.len())
+            .field("problem", &self.problem)
+            .finish()
+    }
+}
+
+impl KeyPipeline {
+    pub(crate) fn new(core: Arc<Core>, server: usize) -> KeyPipeline {
+        KeyPipeline { core, server, pipe: Pipeline::new(), problem: None }
+    }
+
+    /// The server this pipeline runs on (`host:port:db`).
+    pub fn server(&self) -> &str {
+        self.core.name(self.server)
+    }
+
+    /// Runs the commands as one MULTI/EXEC transaction on the server.
+    pub fn atomic(&mut self) -> &mut Self {
+        self.pipe.atomic();
+        self
+    }
+
+    /// Drops the reply of the last command added from the results.
+    pub fn ignore(&mut self) -> &mut Self {
+        self.pipe.ignore();
+        self
+    }
+
+    /// Adds a command built by hand (e.g. `redis::cmd("OBJECT")...`) whose
+    /// key is `key`; it must belong to this pipeline's server.
+    pub fn add_routed<K: ToRedisArgs>(&mut self, key: K, cmd: Cmd) -> &mut Self {
+        self.check_key("add_routed", &key);
+        self.add_command(cmd)
+    }
+
+    /// Number of commands added.
+    pub fn len(&self) -> usize {
+        self.pipe.len()
+    }
+
+    /// True when no command was added.
+    pub fn is_empty(&self) -> bool {
+        self.pipe.is_empty()
+    }
+
+    pub(crate) fn add_command(&mut self, cmd: Cmd) -> &mut Self {
+        self.pipe.add_command(cmd);
+        self
+    }
+
+    pub(crate) fn check_key<K: ToRedisArgs + ?Sized>(&mut self, command: &str, key: &K) {
+        let keys = key.to_redis_args();
+        self.check_keys(command, &keys);
+    }
+
+    pub(crate) fn check_keys(&mut self, command: &str, keys: &[Vec<u8>]) {
+        if self.problem.is_some() {
+            return;
+        }
+        for key in keys {
+            let owner = self.core.placement.index(key);
+            if owner != self.server {
+                self.problem = Some(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "mredis: key of another server in a pipeline",
+                    format!(
+                        "{command} in a pipeline bound to {} uses key `{}`, which belongs to {}; nothing was sent",
+                        self.core.name(self.server),
+                        crate::routing::show_key(key),
+                        self.core.name(owner)
+                    ),
+                )));
+                return;
+            }
+        }
+    }
+
+    fn ready(&self, core: &Arc<Core>) -> RedisResult<()> {
+        if let Some(problem) = &self.problem {
+            return Err(problem.clone());
+        }
+        if !Arc::ptr_eq(core, &self.core) {
+            return Err(client_error(
+                "this pipeline was made by another MRedis; run it on the client that created it".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends the pipeline on the sync client and converts the replies, like
+    /// redis-rs's `Pipeline::query`.
+    pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
+        self.ready(mr.core())?;
+        if self.pipe.is_empty() {
+            return Ok(T::from_redis_value(Value::Array(vec![]))?);
+        }
+        let values = mr.pipeline_on(self.server, &self.pipe)?;
+        Ok(T::from_redis_value(Value::Array(values))?)
+    }
+
+    /// Sends the pipeline on the async client and converts the replies.
+    pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+        self.ready(mr.core())?;
+        if self.pipe.is_empty() {
+            return Ok(T::from_redis_value(Value::Array(vec![]))?);
+        }
+        let values = mr.pipeline_on(self.server, &self.pipe).await?;
+        Ok(T::from_redis_value(Value::Array(values))?)
+    }
+
+    /// Sends the pipeline and discards the replies.
+    pub fn exec(&self, mr: &crate::MRedis) -> RedisResult<()> {
+        self.query::<Value>(mr).map(|_| ())
+    }
+}
+
+mredis_macros::pipeline_methods!();
