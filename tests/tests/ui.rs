@@ -1,0 +1,8 @@
+//! Compile-fail tests: omitted commands have no method, and a malformed
+//! command table is a compile error naming `commands.toml:LINE`.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("ui/*.rs");
+}

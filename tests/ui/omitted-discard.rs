@@ -1,0 +1,7 @@
+// DISCARD is omitted from mredis (see commands.toml): calling it must not compile.
+#[allow(dead_code)]
+fn sync(mr: &mredis::MRedis) {
+    let _: () = mr.discard().unwrap();
+}
+
+fn main() {}

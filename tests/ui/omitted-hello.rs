@@ -1,0 +1,7 @@
+// HELLO is omitted from mredis (see commands.toml): calling it must not compile.
+#[allow(dead_code)]
+fn sync(mr: &mredis::MRedis) {
+    let _: () = mr.hello(3).unwrap();
+}
+
+fn main() {}

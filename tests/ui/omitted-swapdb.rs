@@ -1,0 +1,7 @@
+// SWAPDB is omitted from mredis (see commands.toml): calling it must not compile.
+#[allow(dead_code)]
+fn sync(mr: &mredis::MRedis) {
+    let _: () = mr.swapdb(0, 1).unwrap();
+}
+
+fn main() {}
