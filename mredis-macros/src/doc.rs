@@ -69,8 +69,16 @@ fn escape_cell(s: &str) -> String {
 pub fn overview(table: &Table) -> String {
     let mut out = String::new();
     let sections = [
-        (Class::Key, "Routed to the key's server", "Each runs on the server that owns its key."),
-        (Class::All, "Fan-out", "Sent to every server; one result per server (`PerServer`)."),
+        (
+            Class::Key,
+            "Routed to the key's server",
+            "Each runs on the server that owns its key.",
+        ),
+        (
+            Class::All,
+            "Fan-out",
+            "Sent to every server; one result per server (`PerServer`).",
+        ),
         (
             Class::Multi,
             "Scatter-gather",
@@ -81,7 +89,11 @@ pub fn overview(table: &Table) -> String {
             "Co-located keys",
             "All keys must live on one server (use hash tags); otherwise an error before anything is sent.",
         ),
-        (Class::Omitted, "Omitted", "No method exists, so misuse does not compile. The reason is given for each."),
+        (
+            Class::Omitted,
+            "Omitted",
+            "No method exists, so misuse does not compile. The reason is given for each.",
+        ),
     ];
     let total = table.commands.len();
     out.push_str(&format!(
@@ -124,7 +136,10 @@ mod tests {
 
     #[test]
     fn docs_url_of_subcommands() {
-        assert_eq!(docs_url("OBJECT ENCODING"), "https://redis.io/docs/latest/commands/object-encoding/");
+        assert_eq!(
+            docs_url("OBJECT ENCODING"),
+            "https://redis.io/docs/latest/commands/object-encoding/"
+        );
         assert_eq!(docs_url("GET"), "https://redis.io/docs/latest/commands/get/");
     }
 }

@@ -169,8 +169,16 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
         });
     }
 
-    let awaiting = if target == Target::Async { quote!(.await) } else { quote!() };
-    let asyncness = if target == Target::Async { quote!(async) } else { quote!() };
+    let awaiting = if target == Target::Async {
+        quote!(.await)
+    } else {
+        quote!()
+    };
+    let asyncness = if target == Target::Async {
+        quote!(async)
+    } else {
+        quote!()
+    };
     let (ret, body) = match class {
         Class::Key => {
             let key = syn::Ident::new(m.key.as_deref().unwrap_or("key"), Span::call_site());
@@ -368,9 +376,17 @@ mod tests {
         );
         assert!(problems.messages.is_empty());
         let out = methods(&table, Target::Sync).to_string();
-        assert!(out.contains("pub fn set_ex < 'a , K : ToSingleRedisArg , V : ToSingleRedisArg , RV : :: redis :: FromRedisValue >"), "{out}");
+        assert!(
+            out.contains(
+                "pub fn set_ex < 'a , K : ToSingleRedisArg , V : ToSingleRedisArg , RV : :: redis :: FromRedisValue >"
+            ),
+            "{out}"
+        );
         assert!(out.contains("self . route_key (\"SETEX\" , & key) ?"), "{out}");
-        assert!(out.contains(":: redis :: Cmd :: set_ex (key , value , seconds)"), "{out}");
+        assert!(
+            out.contains(":: redis :: Cmd :: set_ex (key , value , seconds)"),
+            "{out}"
+        );
         let out = methods(&table, Target::Async).to_string();
         assert!(out.contains("pub async fn set_ex"), "{out}");
         assert!(out.contains("K : ToSingleRedisArg + :: std :: marker :: Send"), "{out}");
@@ -382,7 +398,10 @@ mod tests {
             "[[command]]\nname = \"OBJECT FREQ\"\ngroup = \"generic\"\nclass = \"key\"\nsummary = \"s\"\nmethods = [{ sig = \"object_freq_x<K: ToSingleRedisArg>(key: K)\", key = \"key\", cmd = \"OBJECT FREQ {key}\" }]\n",
         );
         let out = methods(&table, Target::Pipeline).to_string();
-        assert!(out.contains(":: redis :: cmd (\"OBJECT\") ; __cmd . arg (\"FREQ\") ; __cmd . arg (key) ;"), "{out}");
+        assert!(
+            out.contains(":: redis :: cmd (\"OBJECT\") ; __cmd . arg (\"FREQ\") ; __cmd . arg (key) ;"),
+            "{out}"
+        );
         assert!(out.contains("-> & mut Self"), "{out}");
     }
 }

@@ -2,8 +2,8 @@
 //! every row and method so that each problem found here or in `validate` is
 //! reported as `commands.toml:LINE: COMMAND: message`, all problems at once.
 
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// How a command is sent to the servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,6 @@ impl Merge {
             _ => return None,
         })
     }
-
 }
 
 /// One piece of a `cmd` wire template.
@@ -153,11 +152,13 @@ pub struct Problems {
 
 impl Problems {
     pub fn push(&mut self, line: usize, command: &str, message: impl std::fmt::Display) {
-        let who = if command.is_empty() { String::new() } else { format!("{command}: ") };
-        self.messages
-            .push(format!("commands.toml:{line}: {who}{message}"));
+        let who = if command.is_empty() {
+            String::new()
+        } else {
+            format!("{command}: ")
+        };
+        self.messages.push(format!("commands.toml:{line}: {who}{message}"));
     }
-
 
     /// One compile error per problem, combined.
     pub fn into_syn_error(self) -> Option<syn::Error> {
@@ -178,8 +179,7 @@ pub fn line_of(src: &str, offset: usize) -> usize {
 }
 
 const COMMAND_FIELDS: &[&str] = &["name", "group", "class", "summary", "since", "reason", "methods"];
-const METHOD_FIELDS: &[&str] =
-    &["sig", "cmd", "key", "keys", "pairs", "stride", "merge", "example"];
+const METHOD_FIELDS: &[&str] = &["sig", "cmd", "key", "keys", "pairs", "stride", "merge", "example"];
 
 /// Parses the table text. Returns what could be read plus every problem.
 pub fn parse(src: &str) -> (Table, Problems) {
@@ -196,7 +196,14 @@ pub fn parse(src: &str) -> (Table, Problems) {
     for (key, value) in root.get_ref().iter() {
         let line = line_of(src, key.span().start);
         if key.get_ref().as_ref() != "command" {
-            problems.push(line, "", format!("unknown top-level field `{}` (expected `[[command]]` rows)", key.get_ref()));
+            problems.push(
+                line,
+                "",
+                format!(
+                    "unknown top-level field `{}` (expected `[[command]]` rows)",
+                    key.get_ref()
+                ),
+            );
             continue;
         }
         let DeValue::Array(rows) = value.get_ref() else {
@@ -248,8 +255,15 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
         Some(c) => match Class::parse(&c) {
             Some(c) => Some(c),
             None => {
-                let at = fields.get("class").map(|v| line_of(src, v.span().start)).unwrap_or(line);
-                problems.push(at, who, format!("unknown class `{c}` (expected one of: {})", Class::NAMES));
+                let at = fields
+                    .get("class")
+                    .map(|v| line_of(src, v.span().start))
+                    .unwrap_or(line);
+                problems.push(
+                    at,
+                    who,
+                    format!("unknown class `{c}` (expected one of: {})", Class::NAMES),
+                );
                 None
             }
         },
@@ -264,16 +278,33 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
                     }
                 }
             }
-            _ => problems.push(line_of(src, value.span().start), who, "`methods` must be an array of inline tables"),
+            _ => problems.push(
+                line_of(src, value.span().start),
+                who,
+                "`methods` must be an array of inline tables",
+            ),
         }
     }
-    Some(Command { line, name, group, class, summary, since, reason, methods })
+    Some(Command {
+        line,
+        name,
+        group,
+        class,
+        summary,
+        since,
+        reason,
+        methods,
+    })
 }
 
 fn parse_method(src: &str, item: &Spanned<DeValue<'_>>, who: &str, problems: &mut Problems) -> Option<Method> {
     let line = line_of(src, item.span().start);
     let DeValue::Table(fields) = item.get_ref() else {
-        problems.push(line, who, "each method must be an inline table like `{ sig = \"...\", key = \"key\" }`");
+        problems.push(
+            line,
+            who,
+            "each method must be an inline table like `{ sig = \"...\", key = \"key\" }`",
+        );
         return None;
     };
     for (key, _) in fields.iter() {
@@ -282,7 +313,10 @@ fn parse_method(src: &str, item: &Spanned<DeValue<'_>>, who: &str, problems: &mu
             problems.push(
                 line_of(src, key.span().start),
                 who,
-                format!("unknown method field `{k}` (expected one of: {})", METHOD_FIELDS.join(", ")),
+                format!(
+                    "unknown method field `{k}` (expected one of: {})",
+                    METHOD_FIELDS.join(", ")
+                ),
             );
         }
     }
@@ -293,7 +327,11 @@ fn parse_method(src: &str, item: &Spanned<DeValue<'_>>, who: &str, problems: &mu
     let sig = match syn::parse_str::<syn::Signature>(&format!("fn {sig_text}")) {
         Ok(sig) => Some(sig),
         Err(err) => {
-            problems.push(line, who, format!("`sig = \"{sig_text}\"` is not a Rust signature: {err}"));
+            problems.push(
+                line,
+                who,
+                format!("`sig = \"{sig_text}\"` is not a Rust signature: {err}"),
+            );
             None
         }
     };
@@ -341,21 +379,30 @@ fn parse_method(src: &str, item: &Spanned<DeValue<'_>>, who: &str, problems: &mu
             }
         },
     };
-    Some(Method { line, sig_text, sig, cmd, key, keys, pairs, stride, merge, example })
+    Some(Method {
+        line,
+        sig_text,
+        sig,
+        cmd,
+        key,
+        keys,
+        pairs,
+        stride,
+        merge,
+        example,
+    })
 }
 
-fn string_field(
-    src: &str,
-    fields: &DeTable<'_>,
-    name: &str,
-    problems: &mut Problems,
-    who: &str,
-) -> Option<String> {
+fn string_field(src: &str, fields: &DeTable<'_>, name: &str, problems: &mut Problems, who: &str) -> Option<String> {
     let value = fields.get(name)?;
     match value.get_ref() {
         DeValue::String(s) => Some(s.to_string()),
         _ => {
-            problems.push(line_of(src, value.span().start), who, format!("`{name}` must be a string"));
+            problems.push(
+                line_of(src, value.span().start),
+                who,
+                format!("`{name}` must be a string"),
+            );
             None
         }
     }

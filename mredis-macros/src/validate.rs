@@ -20,7 +20,11 @@ pub fn validate(table: &Table, problems: &mut Problems) {
             problems.push(cmd.line, who, "command names are upper case (`CLIENT LIST`, `GET`)");
         }
         if let Some(first) = seen_commands.insert(who, cmd.line) {
-            problems.push(cmd.line, who, format!("duplicate command row (first at commands.toml:{first})"));
+            problems.push(
+                cmd.line,
+                who,
+                format!("duplicate command row (first at commands.toml:{first})"),
+            );
         }
         if cmd.summary.is_empty() {
             problems.push(cmd.line, who, "missing `summary`");
@@ -66,26 +70,42 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
     let Some(sig) = &m.sig else { return };
     let name = sig.ident.to_string();
     if sig.output != syn::ReturnType::Default {
-        problems.push(line, who, format!("`{name}`: leave out the return type; methods return `RedisResult<RV>`"));
+        problems.push(
+            line,
+            who,
+            format!("`{name}`: leave out the return type; methods return `RedisResult<RV>`"),
+        );
     }
     if sig.inputs.iter().any(|i| matches!(i, syn::FnArg::Receiver(_))) {
         problems.push(line, who, format!("`{name}`: leave out `self`"));
     }
     if sig.asyncness.is_some() || sig.unsafety.is_some() || sig.constness.is_some() {
-        problems.push(line, who, format!("`{name}`: plain signatures only (no async/unsafe/const)"));
+        problems.push(
+            line,
+            who,
+            format!("`{name}`: plain signatures only (no async/unsafe/const)"),
+        );
     }
     for param in &sig.generics.params {
         if let syn::GenericParam::Type(t) = param
             && t.ident == "RV"
         {
-            problems.push(line, who, format!("`{name}`: `RV` is added by the generator; do not declare it"));
+            problems.push(
+                line,
+                who,
+                format!("`{name}`: `RV` is added by the generator; do not declare it"),
+            );
         }
     }
     let args = m.arg_names();
     let has = |a: &str| args.iter().any(|x| x == a);
     for a in m.key_args() {
         if !has(&a) {
-            problems.push(line, who, format!("`{name}`: key argument `{a}` is not an argument of `{}`", m.sig_text));
+            problems.push(
+                line,
+                who,
+                format!("`{name}`: key argument `{a}` is not an argument of `{}`", m.sig_text),
+            );
         }
     }
     if let Some(pieces) = &m.cmd {
@@ -97,7 +117,11 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
             if let Piece::Arg(a) | Piece::Count(a) = p
                 && !has(a)
             {
-                problems.push(line, who, format!("`{name}`: `cmd` uses `{{{a}}}`, which is not an argument"));
+                problems.push(
+                    line,
+                    who,
+                    format!("`{name}`: `cmd` uses `{{{a}}}`, which is not an argument"),
+                );
             }
         }
         for a in &args {
@@ -107,12 +131,20 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
         }
     }
     let misplaced = |field: &str, problems: &mut Problems| {
-        problems.push(line, who, format!("`{name}`: `{field}` does not apply to a `{}` row", class.name()));
+        problems.push(
+            line,
+            who,
+            format!("`{name}`: `{field}` does not apply to a `{}` row", class.name()),
+        );
     };
     match class {
         Class::Key => {
             if m.key.is_none() {
-                problems.push(line, who, format!("`{name}`: `key` row method without `key = \"<argument>\"`"));
+                problems.push(
+                    line,
+                    who,
+                    format!("`{name}`: `key` row method without `key = \"<argument>\"`"),
+                );
             }
             if !m.keys.is_empty() {
                 misplaced("keys", problems);
@@ -122,7 +154,11 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
             }
         }
         Class::All => {
-            for (field, set) in [("key", m.key.is_some()), ("keys", !m.keys.is_empty()), ("pairs", m.pairs.is_some())] {
+            for (field, set) in [
+                ("key", m.key.is_some()),
+                ("keys", !m.keys.is_empty()),
+                ("pairs", m.pairs.is_some()),
+            ] {
                 if set {
                     misplaced(field, problems);
                 }
@@ -136,7 +172,11 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
                 problems.push(line, who, format!("`{name}`: `multi` method needs `stride` (1 or 2)"));
             }
             if m.merge.is_none() {
-                problems.push(line, who, format!("`{name}`: `multi` method needs `merge` (ordered, sum or ok)"));
+                problems.push(
+                    line,
+                    who,
+                    format!("`{name}`: `multi` method needs `merge` (ordered, sum or ok)"),
+                );
             }
             if m.key.is_some() {
                 misplaced("key", problems);
@@ -144,7 +184,11 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
         }
         Class::Colocated => {
             if m.key_args().is_empty() {
-                problems.push(line, who, format!("`{name}`: `colocated` method needs `keys` or `pairs`"));
+                problems.push(
+                    line,
+                    who,
+                    format!("`{name}`: `colocated` method needs `keys` or `pairs`"),
+                );
             }
         }
         Class::Omitted => {}
@@ -190,7 +234,9 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
         let src = "[[command]]\nname = \"GET\"\ngroup = \"string\"\nclass = \"sharded\"\nsummary = \"s\"\nmethods = [{ sig = \"get<K: ToSingleRedisArg>(key: K)\", key = \"key\" }]\n";
         assert_eq!(
             problems_of(src),
-            vec!["commands.toml:4: GET: unknown class `sharded` (expected one of: key, all, multi, colocated, omitted)"]
+            vec![
+                "commands.toml:4: GET: unknown class `sharded` (expected one of: key, all, multi, colocated, omitted)"
+            ]
         );
     }
 
@@ -199,7 +245,10 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
         let src = format!("{OK_ROW}{}", OK_ROW.replace("\"GET\"", "\"GETX\""));
         let p = problems_of(&src);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("commands.toml:14: GETX: duplicate method `get`"), "{p:?}");
+        assert!(
+            p[0].starts_with("commands.toml:14: GETX: duplicate method `get`"),
+            "{p:?}"
+        );
         assert!(p[0].contains("GET at commands.toml:7"), "{p:?}");
     }
 
@@ -223,7 +272,10 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
     #[test]
     fn omitted_row_without_reason() {
         let src = "[[command]]\nname = \"SELECT\"\ngroup = \"connection\"\nclass = \"omitted\"\nsummary = \"s\"\n";
-        assert_eq!(problems_of(src), vec!["commands.toml:1: SELECT: `omitted` row without a `reason`"]);
+        assert_eq!(
+            problems_of(src),
+            vec!["commands.toml:1: SELECT: `omitted` row without a `reason`"]
+        );
     }
 
     #[test]
@@ -233,8 +285,14 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
             .replace("key = \"key\" }", "key = \"key\", route = \"x\" }");
         let p = problems_of(&src);
         assert_eq!(p.len(), 2, "{p:?}");
-        assert!(p[0].starts_with("commands.toml:6: GET: unknown field `sumary`"), "{p:?}");
-        assert!(p[1].starts_with("commands.toml:8: GET: unknown method field `route`"), "{p:?}");
+        assert!(
+            p[0].starts_with("commands.toml:6: GET: unknown field `sumary`"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("commands.toml:8: GET: unknown method field `route`"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -27,11 +27,22 @@ impl Drop for LocalServer {
 fn start_local_server() -> Result<LocalServer, Box<dyn std::error::Error>> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start redis-server ({e}); install it (apt-get install redis-server) or set MREDIS_SERVERS"))?;
+        .map_err(|e| {
+            format!("cannot start redis-server ({e}); install it (apt-get install redis-server) or set MREDIS_SERVERS")
+        })?;
     let server = LocalServer { child, port };
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -56,7 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..2 {
                 _local.push(start_local_server()?);
             }
-            _local.iter().map(|s| format!("redis://127.0.0.1:{}/0", s.port)).collect()
+            _local
+                .iter()
+                .map(|s| format!("redis://127.0.0.1:{}/0", s.port))
+                .collect()
         }
     };
     let mr = MRedis::new(&servers)?;

@@ -11,10 +11,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::client::collect_fan_out;
-use crate::config::{collect_servers, IntoServer, Options, Server};
+use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::routing::{name_server, Core, Merge};
+use crate::routing::{Core, Merge, name_server};
 
 /// Several Redis servers behaving like one (async, tokio).
 ///
@@ -38,7 +38,10 @@ pub struct MRedis {
 impl std::fmt::Debug for MRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("aio::MRedis")
-            .field("servers", &self.core.servers.iter().map(Server::name).collect::<Vec<_>>())
+            .field(
+                "servers",
+                &self.core.servers.iter().map(Server::name).collect::<Vec<_>>(),
+            )
             .field("mode", &self.core.placement.mode())
             .finish()
     }
@@ -69,12 +72,15 @@ impl MRedis {
                 .set_connection_timeout(Some(options.connect_timeout))
                 .set_response_timeout(options.response_timeout)
                 .set_number_of_retries(options.retries);
-            let manager = ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| name_server(server.name(), e))?;
+            let manager =
+                ConnectionManager::new_lazy_with_config(client, config).map_err(|e| name_server(server.name(), e))?;
             connections.push(manager);
         }
         let core = Core::new(servers, options)?;
-        Ok(MRedis { core, connections: Arc::new(connections) })
+        Ok(MRedis {
+            core,
+            connections: Arc::new(connections),
+        })
     }
 
     /// The servers, in configuration order.
@@ -115,7 +121,9 @@ impl MRedis {
             return Err(crate::routing::client_error(format!("no server {index}")));
         };
         let mut con = con.clone();
-        cmd.query_async::<Value>(&mut con).await.map_err(|e| name_server(self.core.name(index), e))
+        cmd.query_async::<Value>(&mut con)
+            .await
+            .map_err(|e| name_server(self.core.name(index), e))
     }
 
     pub(crate) async fn query_on<RV: FromRedisValue>(&self, index: usize, cmd: &Cmd) -> RedisResult<RV> {
@@ -128,10 +136,12 @@ impl MRedis {
             return Err(crate::routing::client_error(format!("no server {index}")));
         };
         let mut con = con.clone();
-        pipe.query_async::<Vec<Value>>(&mut con).await.map_err(|e| name_server(self.core.name(index), e))
+        pipe.query_async::<Vec<Value>>(&mut con)
+            .await
+            .map_err(|e| name_server(self.core.name(index), e))
     }
 
-    pub(crate) fn route_key<K: redis::ToRedisArgs + ?Sized>(&self, command: &str, key: &K) -> RedisResult<usize> {
+    pub(crate) fn route_key<K: redis::ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
         self.core.route_key(command, key)
     }
 
@@ -150,7 +160,11 @@ impl MRedis {
             let (server, _) = plan.groups[0];
             return self.query_on(server, cmd).await;
         }
-        let cmds: Vec<(usize, Cmd)> = plan.groups.iter().map(|(s, items)| (*s, plan.command_for(items))).collect();
+        let cmds: Vec<(usize, Cmd)> = plan
+            .groups
+            .iter()
+            .map(|(s, items)| (*s, plan.command_for(items)))
+            .collect();
         let replies = join_all(cmds.iter().map(|(s, c)| self.value_on(*s, c))).await;
         let value = plan.merge(&self.core, merge, replies)?;
         Ok(RV::from_redis_value(value)?)

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
-use crate::config::{collect_servers, IntoServer, Options, Server};
+use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::routing::{name_server, Core, Merge};
+use crate::routing::{Core, Merge, name_server};
 
 /// Opens connections for r2d2 with mredis's timeouts.
 #[derive(Debug)]
@@ -73,7 +73,10 @@ pub struct MRedis {
 impl std::fmt::Debug for MRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MRedis")
-            .field("servers", &self.core.servers.iter().map(Server::name).collect::<Vec<_>>())
+            .field(
+                "servers",
+                &self.core.servers.iter().map(Server::name).collect::<Vec<_>>(),
+            )
             .field("mode", &self.core.placement.mode())
             .finish()
     }
@@ -116,7 +119,10 @@ impl MRedis {
             pools.push(pool);
         }
         let core = Core::new(servers, options)?;
-        Ok(MRedis { core, pools: Arc::new(pools) })
+        Ok(MRedis {
+            core,
+            pools: Arc::new(pools),
+        })
     }
 
     /// The servers, in configuration order.
@@ -161,7 +167,10 @@ impl MRedis {
 
     /// A pooled connection to server `index`, with errors naming the server.
     pub(crate) fn connection(&self, index: usize) -> RedisResult<r2d2::PooledConnection<Manager>> {
-        let pool = self.pools.get(index).ok_or_else(|| crate::routing::client_error(format!("no server {index}")))?;
+        let pool = self
+            .pools
+            .get(index)
+            .ok_or_else(|| crate::routing::client_error(format!("no server {index}")))?;
         pool.get().map_err(|e| {
             RedisError::from((
                 redis::ErrorKind::Io,
@@ -173,7 +182,8 @@ impl MRedis {
 
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
         let mut con = self.connection(index)?;
-        cmd.query::<Value>(&mut *con).map_err(|e| name_server(self.core.name(index), e))
+        cmd.query::<Value>(&mut *con)
+            .map_err(|e| name_server(self.core.name(index), e))
     }
 
     pub(crate) fn query_on<RV: FromRedisValue>(&self, index: usize, cmd: &Cmd) -> RedisResult<RV> {
@@ -183,10 +193,11 @@ impl MRedis {
 
     pub(crate) fn pipeline_on(&self, index: usize, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
         let mut con = self.connection(index)?;
-        pipe.query::<Vec<Value>>(&mut *con).map_err(|e| name_server(self.core.name(index), e))
+        pipe.query::<Vec<Value>>(&mut *con)
+            .map_err(|e| name_server(self.core.name(index), e))
     }
 
-    pub(crate) fn route_key<K: redis::ToRedisArgs + ?Sized>(&self, command: &str, key: &K) -> RedisResult<usize> {
+    pub(crate) fn route_key<K: redis::ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
         self.core.route_key(command, key)
     }
 

@@ -48,9 +48,13 @@ impl fmt::Display for Server {
 impl Server {
     /// Parses a `redis://[user:pass@]host:port[/db]` or `rediss://` URL.
     pub fn from_url(url: &str) -> RedisResult<Server> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| config_error(format!("invalid server URL `{}`: {}", redact_url(url), scrub(&e.to_string(), url))))?;
+        let info = url.into_connection_info().map_err(|e| {
+            config_error(format!(
+                "invalid server URL `{}`: {}",
+                redact_url(url),
+                scrub(&e.to_string(), url)
+            ))
+        })?;
         Server::from_info(info, &redact_url(url))
     }
 
@@ -63,9 +67,15 @@ impl Server {
             return Err(config_error(format!("server `{host}`: port 0 is not a valid port")));
         }
         if db < 0 {
-            return Err(config_error(format!("server `{host}:{port}`: database {db} is negative")));
+            return Err(config_error(format!(
+                "server `{host}:{port}`: database {db} is negative"
+            )));
         }
-        let host_part = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+        let host_part = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
         Server::from_url(&format!("redis://{host_part}:{port}/{db}"))
     }
 
@@ -85,7 +95,16 @@ impl Server {
             return Err(config_error(format!("server `{shown}`: database {db} is negative")));
         }
         let name = format!("{host}:{port}:{db}");
-        Ok(Server { name, host, port, db, tls, weight: 1, alias: None, info })
+        Ok(Server {
+            name,
+            host,
+            port,
+            db,
+            tls,
+            weight: 1,
+            alias: None,
+            info,
+        })
     }
 
     /// The server's name, `host:port:db`.
@@ -192,9 +211,13 @@ where
 {
     let mut out: Vec<Server> = Vec::new();
     for (i, entry) in servers.into_iter().enumerate() {
-        let server = entry
-            .into_server()
-            .map_err(|e| config_error(format!("server entry {}: {}", i + 1, e.detail().unwrap_or(&e.to_string()))))?;
+        let server = entry.into_server().map_err(|e| {
+            config_error(format!(
+                "server entry {}: {}",
+                i + 1,
+                e.detail().unwrap_or(&e.to_string())
+            ))
+        })?;
         if let Some(j) = out.iter().position(|s| s.name == server.name) {
             return Err(config_error(format!(
                 "duplicate server {} (entries {} and {}); each server may appear once",
@@ -206,12 +229,17 @@ where
         if let Some(alias) = &server.alias
             && out.iter().any(|s| s.alias.as_deref() == Some(alias))
         {
-            return Err(config_error(format!("duplicate server name `{alias}` (entry {})", i + 1)));
+            return Err(config_error(format!(
+                "duplicate server name `{alias}` (entry {})",
+                i + 1
+            )));
         }
         out.push(server);
     }
     if out.is_empty() {
-        return Err(config_error("the server list is empty; give at least one server".to_string()));
+        return Err(config_error(
+            "the server list is empty; give at least one server".to_string(),
+        ));
     }
     Ok(out)
 }
@@ -222,11 +250,15 @@ pub(crate) fn config_error(detail: String) -> RedisError {
 
 /// Replaces the password of a URL with `****` so it can be shown.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_string() };
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
     let userinfo = &authority[..at];
     let user = match userinfo.find(':') {
         Some(colon) => format!("{}:****", &userinfo[..colon]),
@@ -364,7 +396,9 @@ impl Builder {
             return Err(e);
         }
         if self.servers.is_empty() {
-            return Err(config_error("the server list is empty; give at least one server".to_string()));
+            return Err(config_error(
+                "the server list is empty; give at least one server".to_string(),
+            ));
         }
         Ok((self.servers, self.options))
     }
@@ -401,7 +435,10 @@ mod tests {
         let e = collect_servers(empty).unwrap_err();
         assert!(e.to_string().contains("server list is empty"), "{e}");
         let e = collect_servers(["redis://a:1/0", "redis://b:1/0", "redis://a:1/0"]).unwrap_err();
-        assert!(e.to_string().contains("duplicate server a:1:0 (entries 1 and 3)"), "{e}");
+        assert!(
+            e.to_string().contains("duplicate server a:1:0 (entries 1 and 3)"),
+            "{e}"
+        );
         let e = collect_servers(["redis://a:notaport/0"]).unwrap_err();
         assert!(e.to_string().contains("server entry 1"), "{e}");
         let e = collect_servers([("", 1u16, 0i64)]).unwrap_err();

@@ -47,11 +47,11 @@ mod routing;
 mod spec;
 
 pub use client::MRedis;
-pub use config::{redact_url, Builder, IntoServer, Server};
+pub use config::{Builder, IntoServer, Server, redact_url};
 pub use per_server::{FanOutError, PerServer};
 pub use pipeline::KeyPipeline;
 pub use placement::Mode;
-pub use spec::{examples, CommandSpec, Example, MethodSpec, RouteClass, COMMANDS};
+pub use spec::{COMMANDS, CommandSpec, Example, MethodSpec, RouteClass, examples};
 
 #[doc = mredis_macros::command_docs!()]
 pub mod commands {}

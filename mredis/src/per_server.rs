@@ -74,7 +74,10 @@ impl<T> Index<&str> for PerServer<T> {
     fn index(&self, name: &str) -> &T {
         match self.get(name) {
             Some(v) => v,
-            None => panic!("mredis: no result for server `{name}` (servers: {:?})", self.names().collect::<Vec<_>>()),
+            None => panic!(
+                "mredis: no result for server `{name}` (servers: {:?})",
+                self.names().collect::<Vec<_>>()
+            ),
         }
     }
 }
@@ -114,7 +117,11 @@ pub struct FanOutError<T> {
 
 impl<T> FanOutError<T> {
     pub(crate) fn new(command: String, succeeded: PerServer<T>, failed: Vec<(String, RedisError)>) -> Self {
-        FanOutError { command, succeeded, failed }
+        FanOutError {
+            command,
+            succeeded,
+            failed,
+        }
     }
 
     /// The results of the servers that answered.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ToRedisArgs, Value};
 
-use crate::routing::{client_error, Core};
+use crate::routing::{Core, client_error};
 
 /// A pipeline bound to one server; see [`MRedis::pipeline`](crate::MRedis::pipeline).
 ///
@@ -43,7 +43,12 @@ impl std::fmt::Debug for KeyPipeline {
 
 impl KeyPipeline {
     pub(crate) fn new(core: Arc<Core>, server: usize) -> KeyPipeline {
-        KeyPipeline { core, server, pipe: Pipeline::new(), problem: None }
+        KeyPipeline {
+            core,
+            server,
+            pipe: Pipeline::new(),
+            problem: None,
+        }
     }
 
     /// The server this pipeline runs on (`host:port:db`).
@@ -85,7 +90,7 @@ impl KeyPipeline {
         self
     }
 
-    pub(crate) fn check_key<K: ToRedisArgs + ?Sized>(&mut self, command: &str, key: &K) {
+    pub(crate) fn check_key<K: ToRedisArgs>(&mut self, command: &str, key: &K) {
         let keys = key.to_redis_args();
         self.check_keys(command, &keys);
     }

@@ -33,7 +33,11 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(servers: Vec<Server>, options: Options) -> RedisResult<Arc<Core>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
-        Ok(Arc::new(Core { servers, placement, options }))
+        Ok(Arc::new(Core {
+            servers,
+            placement,
+            options,
+        }))
     }
 
     pub(crate) fn name(&self, index: usize) -> &str {
@@ -41,7 +45,7 @@ impl Core {
     }
 
     /// The server owning one key given as a command argument.
-    pub(crate) fn route_key<K: ToRedisArgs + ?Sized>(&self, command: &str, key: &K) -> RedisResult<usize> {
+    pub(crate) fn route_key<K: ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
         let mut args = key.to_redis_args();
         if args.len() != 1 {
             return Err(client_error(format!(
@@ -62,7 +66,13 @@ impl Core {
         for key in &keys[1..] {
             let other = self.placement.index(key);
             if other != server {
-                return Err(cross_server_error(command, first, self.name(server), key, self.name(other)));
+                return Err(cross_server_error(
+                    command,
+                    first,
+                    self.name(server),
+                    key,
+                    self.name(other),
+                ));
             }
         }
         Ok(server)
@@ -80,7 +90,14 @@ impl Core {
         let stride = stride.max(1);
         if rest.is_empty() || rest.len() % stride != 0 {
             // Let the server produce its own "wrong number of arguments".
-            return Ok(Plan { command, name, groups: vec![(0, Vec::new())], chunks: rest, stride, whole: true });
+            return Ok(Plan {
+                command,
+                name,
+                groups: vec![(0, Vec::new())],
+                chunks: rest,
+                stride,
+                whole: true,
+            });
         }
         let chunks: Vec<Vec<u8>> = rest;
         let count = chunks.len() / stride;
@@ -96,7 +113,14 @@ impl Core {
             }
         }
         let whole = groups.len() == 1;
-        Ok(Plan { command, name, groups, chunks, stride, whole })
+        Ok(Plan {
+            command,
+            name,
+            groups,
+            chunks,
+            stride,
+            whole,
+        })
     }
 }
 
@@ -148,14 +172,20 @@ impl Plan {
             return Err(partial_failure(&self.command, &failed, &succeeded));
         }
         if self.whole {
-            return values.pop().map(|(_, v)| v).ok_or_else(|| client_error("no reply".to_string()));
+            return values
+                .pop()
+                .map(|(_, v)| v)
+                .ok_or_else(|| client_error("no reply".to_string()));
         }
         match merge {
             Merge::Ordered => {
                 let mut out = vec![Value::Nil; self.key_count()];
                 for (items, v) in values {
                     let Value::Array(parts) = v else {
-                        return Err(client_error(format!("{}: expected an array reply, got {v:?}", self.command)));
+                        return Err(client_error(format!(
+                            "{}: expected an array reply, got {v:?}",
+                            self.command
+                        )));
                     };
                     if parts.len() != items.len() {
                         return Err(client_error(format!(
@@ -199,12 +229,12 @@ impl Plan {
 }
 
 /// Appends every argument `arg` writes to `keys` (a list contributes each element).
-pub fn push_keys<T: ToRedisArgs + ?Sized>(keys: &mut Vec<Vec<u8>>, arg: &T) {
+pub fn push_keys<T: ToRedisArgs>(keys: &mut Vec<Vec<u8>>, arg: &T) {
     keys.extend(arg.to_redis_args());
 }
 
 /// Appends the keys of a (key, value) pair list: every other argument.
-pub fn push_pair_keys<T: ToRedisArgs + ?Sized>(keys: &mut Vec<Vec<u8>>, arg: &T) {
+pub fn push_pair_keys<T: ToRedisArgs>(keys: &mut Vec<Vec<u8>>, arg: &T) {
     keys.extend(arg.to_redis_args().into_iter().step_by(2));
 }
 
@@ -242,7 +272,11 @@ pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb
 
 fn partial_failure(command: &str, failed: &[(String, RedisError)], succeeded: &[String]) -> RedisError {
     let failed_text: Vec<String> = failed.iter().map(|(s, e)| format!("{s}: {e}")).collect();
-    let ok_text = if succeeded.is_empty() { "none".to_string() } else { succeeded.join(", ") };
+    let ok_text = if succeeded.is_empty() {
+        "none".to_string()
+    } else {
+        succeeded.join(", ")
+    };
     let kind = failed.first().map(|(_, e)| e.kind()).unwrap_or(ErrorKind::Io);
     RedisError::from((
         kind,
@@ -278,7 +312,7 @@ mod tests {
     #[test]
     fn pair_keys_take_every_other_argument() {
         let mut keys = Vec::new();
-        push_pair_keys(&mut keys, &[("a", 1), ("b", 2)][..]);
+        push_pair_keys(&mut keys, &&[("a", 1), ("b", 2)][..]);
         assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
         let mut keys = Vec::new();
         push_keys(&mut keys, &vec!["x", "y"]);

@@ -27,7 +27,11 @@ pub(crate) struct Placement {
 
 impl Placement {
     pub(crate) fn new(mode: Mode, servers: &[Server], hash_tags: Option<bool>) -> RedisResult<Placement> {
-        Ok(Placement { mode, servers: servers.len(), hash_tags: hash_tags.unwrap_or(false) })
+        Ok(Placement {
+            mode,
+            servers: servers.len(),
+            hash_tags: hash_tags.unwrap_or(false),
+        })
     }
 
     /// Index (in configuration order) of the server owning `key`.
