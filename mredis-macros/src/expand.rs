@@ -314,26 +314,130 @@ fn opt_str(s: Option<&str>) -> TokenStream {
     }
 }
 
-/// Example invocations for tests: for every routed method whose row gives
-/// an `example` (the argument list as Rust), a closure that builds the
-/// command and the keys mredis routes on. Used to compare routing with the
-/// server's own `COMMAND GETKEYS`.
+/// The bound names of a generic type parameter (`ToSingleRedisArg`, ...).
+fn bounds_of(sig: &syn::Signature, ident: &syn::Ident) -> Option<Vec<String>> {
+    sig.generics.params.iter().find_map(|p| match p {
+        syn::GenericParam::Type(t) if &t.ident == ident => Some(
+            t.bounds
+                .iter()
+                .filter_map(|b| match b {
+                    syn::TypeParamBound::Trait(tb) => tb.path.segments.last().map(|s| s.ident.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+fn generic_param(sig: &syn::Signature, ty: &syn::Type) -> Option<Vec<String>> {
+    if let syn::Type::Path(p) = ty
+        && p.qself.is_none()
+        && p.path.segments.len() == 1
+    {
+        return bounds_of(sig, &p.path.segments[0].ident);
+    }
+    None
+}
+
+/// A sample value for one argument, derived from its type; `None` when the
+/// row must give an `example`.
+fn sample_arg(sig: &syn::Signature, name: &str, ty: &syn::Type, is_key: bool, is_pairs: bool) -> Option<TokenStream> {
+    let k1 = format!("{name}_1");
+    let k2 = format!("{name}_2");
+    if let Some(bounds) = generic_param(sig, ty) {
+        let single = bounds.iter().any(|b| b == "ToSingleRedisArg");
+        let multi = bounds.iter().any(|b| b == "ToRedisArgs");
+        return match (is_key, single, multi) {
+            (true, true, _) => Some(quote!(#name)),
+            (true, false, true) => Some(quote!(::std::vec![#k1, #k2])),
+            (false, _, true) | (false, true, _) => Some(quote!("1")),
+            _ => None,
+        };
+    }
+    match ty {
+        syn::Type::Reference(r) => match &*r.elem {
+            syn::Type::Slice(slice) => match &*slice.elem {
+                syn::Type::Tuple(_) if is_key || is_pairs => Some(quote!(&[(#k1, "1"), (#k2, "2")][..])),
+                syn::Type::Tuple(_) => Some(quote!(&[("f1", "1")][..])),
+                _ if is_key => Some(quote!(&[#k1, #k2][..])),
+                _ => Some(quote!(&["1"][..])),
+            },
+            inner => {
+                let value = sample_arg(sig, name, inner, is_key, is_pairs)?;
+                Some(quote!(&#value))
+            }
+        },
+        syn::Type::Path(p) => {
+            let last = p.path.segments.last()?.ident.to_string();
+            Some(match last.as_str() {
+                "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => quote!(1),
+                "f32" | "f64" => quote!(1.0),
+                "bool" => quote!(true),
+                "Option" => quote!(::std::option::Option::None),
+                "Direction" => quote!(Direction::Left),
+                "Unit" => quote!(geo::Unit::Meters),
+                // redis-rs option types without a Default.
+                "Expiry" => quote!(Expiry::EX(10)),
+                "ExpireOption" => quote!(ExpireOption::NONE),
+                "ValueComparison" => quote!(ValueComparison::IFEQ("1".to_string())),
+                "StreamMaxlen" => quote!(streams::StreamMaxlen::Equals(10)),
+                "StreamNackOptions" => quote!(streams::StreamNackOptions::new(streams::StreamNackMode::Silent)),
+                "StreamTrimOptions" => quote!(streams::StreamTrimOptions::maxlen(
+                    streams::StreamTrimmingMode::Exact,
+                    10
+                )),
+                _ => quote!(::std::default::Default::default()),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Example invocations for tests: for every routed method, a function that
+/// builds the command it sends and the keys mredis routes it by, from the
+/// row's `example` or, without one, from sample values of the argument
+/// types. The routing test compares these keys with the server's own
+/// `COMMAND GETKEYS`.
 pub fn examples(table: &Table) -> TokenStream {
     let items = table.commands.iter().flat_map(|c| {
         c.methods.iter().filter_map(move |m| {
             let sig = m.sig.as_ref()?;
-            let example = m.example.as_ref()?;
             let class = c.class?;
             if matches!(class, Class::All | Class::Omitted) {
                 return None;
             }
-            let args: syn::punctuated::Punctuated<syn::Expr, syn::Token![,]> =
-                syn::parse::Parser::parse_str(syn::punctuated::Punctuated::parse_terminated, example).ok()?;
             let idents = arg_idents(sig);
-            if idents.len() != args.len() {
+            let values: Vec<TokenStream> = match &m.example {
+                Some(example) => {
+                    let args: syn::punctuated::Punctuated<syn::Expr, syn::Token![,]> =
+                        syn::parse::Parser::parse_str(syn::punctuated::Punctuated::parse_terminated, example).ok()?;
+                    args.iter().map(|e| quote!(#e)).collect()
+                }
+                None => {
+                    let key_args = m.key_args();
+                    let mut out = Vec::new();
+                    for input in &sig.inputs {
+                        let syn::FnArg::Typed(pt) = input else { return None };
+                        let syn::Pat::Ident(id) = &*pt.pat else { return None };
+                        let name = id.ident.to_string();
+                        let is_key = key_args.contains(&name);
+                        // A `key` row routes on one key even where redis-rs
+                        // accepts any `ToRedisArgs` for it.
+                        if class == Class::Key && is_key {
+                            out.push(quote!(#name));
+                            continue;
+                        }
+                        let is_pairs = m.pairs.as_deref() == Some(name.as_str());
+                        out.push(sample_arg(sig, &name, &pt.ty, is_key, is_pairs)?);
+                    }
+                    out
+                }
+            };
+            if idents.len() != values.len() {
                 return None;
             }
-            let lets = idents.iter().zip(args.iter()).map(|(id, e)| quote!(let #id = #e;));
+            let lets = idents.iter().zip(values.iter()).map(|(id, e)| quote!(let #id = #e;));
             let collect = collect_keys(m);
             let build = build_cmd(m, sig);
             let mname = m.name();
@@ -341,7 +445,7 @@ pub fn examples(table: &Table) -> TokenStream {
             let fname = format_ident!("__example_{}", sig.ident);
             Some(quote! {
                 {
-                    #[allow(clippy::let_unit_value, unused_variables)]
+                    #[allow(clippy::let_unit_value, unused_variables, clippy::useless_vec)]
                     fn #fname() -> (::std::vec::Vec<::std::vec::Vec<u8>>, ::redis::Cmd) {
                         #(#lets)*
                         #collect
@@ -354,8 +458,8 @@ pub fn examples(table: &Table) -> TokenStream {
     });
     let prelude = prelude();
     quote! {
-        /// Example invocations of routed methods (from the table's `example`
-        /// fields), for checking routing against a live server.
+        /// Example invocations of routed methods, for checking routing
+        /// against a live server's `COMMAND GETKEYS`.
         #[doc(hidden)]
         pub fn examples() -> ::std::vec::Vec<crate::Example> {
             #prelude

@@ -34,6 +34,10 @@
 //! bytes, servers in configuration order. Hash tags (`{user:1}:cart`) are off
 //! by default, because the original had none; turn them on with
 //! [`Builder::hash_tags`] to co-locate related keys.
+//!
+//! # Every command
+//!
+#![doc = mredis_macros::command_docs!()]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -53,5 +57,7 @@ pub use pipeline::KeyPipeline;
 pub use placement::Mode;
 pub use spec::{COMMANDS, CommandSpec, Example, MethodSpec, RouteClass, examples};
 
+/// Every Redis command and what mredis does with it (generated from `commands.toml`).
+///
 #[doc = mredis_macros::command_docs!()]
 pub mod commands {}
