@@ -16,6 +16,8 @@ pub enum Target {
     Sync,
     Async,
     Pipeline,
+    /// The cross-server pipeline: each command is routed on its own.
+    Fleet,
 }
 
 fn arg_idents(sig: &syn::Signature) -> Vec<syn::Ident> {
@@ -54,7 +56,7 @@ fn generics(sig: &syn::Signature, target: Target) -> syn::Generics {
         }
         g.params.push(param);
     }
-    if target != Target::Pipeline {
+    if matches!(target, Target::Sync | Target::Async) {
         g.params.push(syn::parse_quote!(RV: ::redis::FromRedisValue));
     }
     g.where_clause = sig.generics.where_clause.clone();
@@ -133,7 +135,7 @@ fn doc_attrs(cmd: &Command, m: &Method) -> TokenStream {
 fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
     let sig = m.sig.as_ref()?;
     let class = cmd.class?;
-    if target == Target::Pipeline && class == Class::All {
+    if matches!(target, Target::Pipeline | Target::Fleet) && class == Class::All {
         return None;
     }
     let name = &sig.ident;
@@ -165,6 +167,28 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             pub fn #name #params (&mut self, #inputs) -> &mut Self #where_clause {
                 #check
                 self.add_command(#build)
+            }
+        });
+    }
+
+    if target == Target::Fleet {
+        let route = match class {
+            Class::Key => {
+                let key = syn::Ident::new(m.key.as_deref().unwrap_or("key"), Span::call_site());
+                quote!(let __server = self.route_key(#redis_name, &#key);)
+            }
+            _ => {
+                let collect = collect_keys(m);
+                quote!(#collect let __server = self.route_keys(#redis_name, &__keys);)
+            }
+        };
+        return Some(quote! {
+            #docs
+            #allow
+            #[inline]
+            pub fn #name #params (&mut self, #inputs) -> &mut Self #where_clause {
+                #route
+                self.add_routed_command(__server, #build)
             }
         });
     }
@@ -253,6 +277,7 @@ pub fn methods(table: &Table, target: Target) -> TokenStream {
         Target::Sync => quote!(crate::MRedis),
         Target::Async => quote!(crate::aio::MRedis),
         Target::Pipeline => quote!(crate::KeyPipeline),
+        Target::Fleet => quote!(crate::FleetPipeline),
     };
     let prelude = prelude();
     quote! {

@@ -48,6 +48,12 @@ pub fn pipeline_methods(_input: TokenStream) -> TokenStream {
     with_table(|t| expand::methods(t, expand::Target::Pipeline))
 }
 
+/// The chainable methods of `mredis::FleetPipeline`.
+#[proc_macro]
+pub fn fleet_pipeline_methods(_input: TokenStream) -> TokenStream {
+    with_table(|t| expand::methods(t, expand::Target::Fleet))
+}
+
 /// The table as data (`pub static COMMANDS`), and every problem in the table
 /// as compile errors.
 #[proc_macro]

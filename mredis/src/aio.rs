@@ -101,6 +101,12 @@ impl MRedis {
         Ok(KeyPipeline::new(self.core.clone(), index))
     }
 
+    /// A pipeline over the whole fleet; run it with
+    /// [`FleetPipeline::query_async`](crate::FleetPipeline::query_async).
+    pub fn pipeline_all(&self) -> crate::FleetPipeline {
+        crate::FleetPipeline::new(self.core.clone())
+    }
+
     /// Runs any command on the server that owns `key`.
     pub async fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
         let index = self.core.route_key("query_routed", &key)?;
@@ -116,11 +122,15 @@ impl MRedis {
         &self.core
     }
 
+    pub(crate) fn connection(&self, index: usize) -> RedisResult<ConnectionManager> {
+        self.connections
+            .get(index)
+            .cloned()
+            .ok_or_else(|| crate::routing::client_error(format!("no server {index}")))
+    }
+
     pub(crate) async fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
-        let Some(con) = self.connections.get(index) else {
-            return Err(crate::routing::client_error(format!("no server {index}")));
-        };
-        let mut con = con.clone();
+        let mut con = self.connection(index)?;
         cmd.query_async::<Value>(&mut con)
             .await
             .map_err(|e| name_server(self.core.name(index), e))
@@ -132,10 +142,7 @@ impl MRedis {
     }
 
     pub(crate) async fn pipeline_on(&self, index: usize, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
-        let Some(con) = self.connections.get(index) else {
-            return Err(crate::routing::client_error(format!("no server {index}")));
-        };
-        let mut con = con.clone();
+        let mut con = self.connection(index)?;
         pipe.query_async::<Vec<Value>>(&mut con)
             .await
             .map_err(|e| name_server(self.core.name(index), e))

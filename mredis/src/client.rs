@@ -149,6 +149,32 @@ impl MRedis {
         Ok(KeyPipeline::new(self.core.clone(), index))
     }
 
+    /// A pipeline over the whole fleet: commands on any keys, split per
+    /// server when executed, replies in call order.
+    pub fn pipeline_all(&self) -> crate::FleetPipeline {
+        crate::FleetPipeline::new(self.core.clone())
+    }
+
+    /// Runs `func` as a WATCH/MULTI/EXEC transaction on the server that owns
+    /// `keys`, retrying while a watched key changes (redis-rs's
+    /// `transaction`, on one shard). The keys must all live on one server
+    /// (use hash tags); otherwise it fails before anything is sent. `func`
+    /// gets that server's connection, to read the watched keys, and the
+    /// atomic pipeline to fill; return `Ok(None)` to retry.
+    pub fn transaction<K, T, F>(&self, keys: &[K], func: F) -> RedisResult<T>
+    where
+        K: redis::ToRedisArgs,
+        F: FnMut(&mut Connection, &mut redis::Pipeline) -> RedisResult<Option<T>>,
+    {
+        let mut all = Vec::new();
+        for k in keys {
+            crate::routing::push_keys(&mut all, k);
+        }
+        let index = self.core.route_colocated("transaction", &all)?;
+        let mut con = self.connection(index)?;
+        redis::transaction(&mut *con, keys, func).map_err(|e| name_server(self.core.name(index), e))
+    }
+
     /// Runs any command on the server that owns `key`: the escape hatch for
     /// commands or options the generated methods do not cover.
     pub fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {

@@ -48,13 +48,17 @@ mod per_server;
 mod pipeline;
 pub mod placement;
 mod routing;
+mod scan;
+mod script;
 mod spec;
 
 pub use client::MRedis;
 pub use config::{Builder, IntoServer, Server, redact_url};
 pub use per_server::{FanOutError, PerServer};
-pub use pipeline::KeyPipeline;
+pub use pipeline::{FleetPipeline, KeyPipeline};
 pub use placement::Mode;
+pub use scan::ScanIter;
+pub use script::{Script, ScriptInvocation};
 pub use spec::{COMMANDS, CommandSpec, Example, MethodSpec, RouteClass, examples};
 
 /// Every Redis command and what mredis does with it (generated from `commands.toml`).

@@ -157,3 +157,190 @@ impl KeyPipeline {
 }
 
 mredis_macros::pipeline_methods!();
+
+/// A pipeline over the whole fleet: commands on any keys, in any order.
+///
+/// Each command is routed on its own key(s); executing it sends one
+/// redis-rs pipeline per server involved (concurrently with the async
+/// client) and returns the replies in call order. It is not atomic across
+/// servers. A co-located or multi-key command whose keys span servers makes
+/// execution fail before anything is sent.
+///
+/// ```no_run
+/// # fn main() -> redis::RedisResult<()> {
+/// # let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"])?;
+/// let (a, b): (Option<String>, Option<String>) = mr.pipeline_all().get("a").get("b").query(&mr)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FleetPipeline {
+    core: Arc<Core>,
+    commands: Vec<(usize, Cmd, bool)>,
+    problem: Option<RedisError>,
+}
+
+impl std::fmt::Debug for FleetPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetPipeline")
+            .field("commands", &self.commands.len())
+            .field("problem", &self.problem)
+            .finish()
+    }
+}
+
+/// One server's share of a fleet pipeline: its pipeline and, per reply, the
+/// position in call order.
+type ServerShare = (usize, Pipeline, Vec<usize>);
+
+impl FleetPipeline {
+    pub(crate) fn new(core: Arc<Core>) -> FleetPipeline {
+        FleetPipeline {
+            core,
+            commands: Vec::new(),
+            problem: None,
+        }
+    }
+
+    /// Drops the reply of the last command added from the results.
+    pub fn ignore(&mut self) -> &mut Self {
+        if let Some(last) = self.commands.last_mut() {
+            last.2 = true;
+        }
+        self
+    }
+
+    /// Adds a command built by hand, routed by `key`.
+    pub fn add_routed<K: ToRedisArgs>(&mut self, key: K, cmd: Cmd) -> &mut Self {
+        let server = self.route_key("add_routed", &key);
+        self.add_routed_command(server, cmd)
+    }
+
+    /// Number of commands added.
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// True when no command was added.
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    fn record(&mut self, result: RedisResult<usize>) -> Option<usize> {
+        match result {
+            Ok(server) => Some(server),
+            Err(e) => {
+                if self.problem.is_none() {
+                    self.problem = Some(e);
+                }
+                None
+            }
+        }
+    }
+
+    pub(crate) fn route_key<K: ToRedisArgs>(&mut self, command: &str, key: &K) -> Option<usize> {
+        let result = self.core.route_key(command, key);
+        self.record(result)
+    }
+
+    pub(crate) fn route_keys(&mut self, command: &str, keys: &[Vec<u8>]) -> Option<usize> {
+        let result = self.core.route_colocated(command, keys);
+        self.record(result)
+    }
+
+    pub(crate) fn add_routed_command(&mut self, server: Option<usize>, cmd: Cmd) -> &mut Self {
+        if let Some(server) = server {
+            self.commands.push((server, cmd, false));
+        }
+        self
+    }
+
+    fn shares(&self, core: &Arc<Core>) -> RedisResult<Vec<ServerShare>> {
+        if let Some(problem) = &self.problem {
+            return Err(problem.clone());
+        }
+        if !Arc::ptr_eq(core, &self.core) {
+            return Err(client_error(
+                "this pipeline was made by another MRedis; run it on the client that created it".to_string(),
+            ));
+        }
+        let mut shares: Vec<ServerShare> = Vec::new();
+        for (position, (server, cmd, _)) in self.commands.iter().enumerate() {
+            match shares.iter_mut().find(|(s, _, _)| s == server) {
+                Some((_, pipe, positions)) => {
+                    pipe.add_command(cmd.clone());
+                    positions.push(position);
+                }
+                None => {
+                    let mut pipe = Pipeline::new();
+                    pipe.add_command(cmd.clone());
+                    shares.push((*server, pipe, vec![position]));
+                }
+            }
+        }
+        Ok(shares)
+    }
+
+    fn assemble<T: FromRedisValue>(
+        &self,
+        shares: &[ServerShare],
+        replies: Vec<RedisResult<Vec<Value>>>,
+    ) -> RedisResult<T> {
+        let mut slots: Vec<Option<Value>> = vec![None; self.commands.len()];
+        let mut failed = Vec::new();
+        let mut succeeded = Vec::new();
+        for ((server, _, positions), reply) in shares.iter().zip(replies) {
+            match reply {
+                Ok(values) => {
+                    succeeded.push(self.core.name(*server).to_string());
+                    for (&p, v) in positions.iter().zip(values) {
+                        slots[p] = Some(v);
+                    }
+                }
+                Err(e) => failed.push(format!("{}: {e}", self.core.name(*server))),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "mredis: pipeline failed on some servers",
+                format!(
+                    "failed on {}; the commands for {} were executed",
+                    failed.join("; "),
+                    if succeeded.is_empty() {
+                        "no server".to_string()
+                    } else {
+                        succeeded.join(", ")
+                    }
+                ),
+            )));
+        }
+        let values: Vec<Value> = slots
+            .into_iter()
+            .zip(&self.commands)
+            .filter(|(_, (_, _, ignored))| !ignored)
+            .map(|(v, _)| v.unwrap_or(Value::Nil))
+            .collect();
+        Ok(T::from_redis_value(Value::Array(values))?)
+    }
+
+    /// Sends the commands (one pipeline per server) on the sync client and
+    /// returns the replies in call order.
+    pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
+        let shares = self.shares(mr.core())?;
+        let replies = shares
+            .iter()
+            .map(|(server, pipe, _)| mr.pipeline_on(*server, pipe))
+            .collect();
+        self.assemble(&shares, replies)
+    }
+
+    /// Sends the commands on the async client, all servers concurrently.
+    pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+        let shares = self.shares(mr.core())?;
+        let replies =
+            futures::future::join_all(shares.iter().map(|(server, pipe, _)| mr.pipeline_on(*server, pipe))).await;
+        self.assemble(&shares, replies)
+    }
+}
+
+mredis_macros::fleet_pipeline_methods!();

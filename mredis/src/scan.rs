@@ -1,0 +1,310 @@
+//! Cursor iteration over the fleet. `SCAN` walks every server's cursor in
+//! turn, so each key is yielded once when nothing changes; `HSCAN`, `SSCAN`
+//! and `ZSCAN` walk one key on the server that owns it. The sync client
+//! gets iterators, the async one streams; both yield `RedisResult<T>` like
+//! redis-rs's `Iter`/`AsyncIter`.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+
+use futures::stream::BoxStream;
+use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs, Value};
+
+use crate::routing::client_error;
+
+/// Page size asked of the server.
+const COUNT: usize = 100;
+
+/// What to scan: which servers, which command.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanSpec {
+    command: &'static str,
+    key: Option<Vec<u8>>,
+    pattern: Option<Vec<u8>>,
+    servers: Vec<usize>,
+}
+
+impl ScanSpec {
+    pub(crate) fn keys(servers: usize, pattern: Option<Vec<u8>>) -> ScanSpec {
+        ScanSpec {
+            command: "SCAN",
+            key: None,
+            pattern,
+            servers: (0..servers).collect(),
+        }
+    }
+
+    pub(crate) fn of_key(command: &'static str, key: Vec<u8>, server: usize, pattern: Option<Vec<u8>>) -> ScanSpec {
+        ScanSpec {
+            command,
+            key: Some(key),
+            pattern,
+            servers: vec![server],
+        }
+    }
+
+    fn page(&self, cursor: u64) -> Cmd {
+        let mut cmd = redis::cmd(self.command);
+        if let Some(key) = &self.key {
+            cmd.arg(&key[..]);
+        }
+        cmd.arg(cursor);
+        if let Some(p) = &self.pattern {
+            cmd.arg("MATCH").arg(&p[..]);
+        }
+        cmd.arg("COUNT").arg(COUNT);
+        cmd
+    }
+}
+
+/// Splits a `[cursor, [items]]` reply.
+fn split_page(value: Value) -> RedisResult<(u64, Vec<Value>)> {
+    let Value::Array(mut parts) = value else {
+        return Err(client_error(format!("unexpected SCAN reply {value:?}")));
+    };
+    if parts.len() != 2 {
+        return Err(client_error(format!(
+            "unexpected SCAN reply with {} parts",
+            parts.len()
+        )));
+    }
+    let items = match parts.pop() {
+        Some(Value::Array(items)) => items,
+        other => return Err(client_error(format!("unexpected SCAN items {other:?}"))),
+    };
+    let cursor: u64 = match parts.pop() {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(&b)
+            .parse()
+            .map_err(|_| client_error("bad cursor".into()))?,
+        Some(Value::Int(n)) => n as u64,
+        other => return Err(client_error(format!("unexpected SCAN cursor {other:?}"))),
+    };
+    Ok((cursor, items))
+}
+
+/// Where the iteration stands.
+#[derive(Debug)]
+struct ScanState<T> {
+    spec: ScanSpec,
+    position: usize,
+    cursor: u64,
+    buffer: VecDeque<T>,
+    done: bool,
+}
+
+impl<T: FromRedisValue> ScanState<T> {
+    fn new(spec: ScanSpec) -> Self {
+        let done = spec.servers.is_empty();
+        ScanState {
+            spec,
+            position: 0,
+            cursor: 0,
+            buffer: VecDeque::new(),
+            done,
+        }
+    }
+
+    /// The next page to fetch, or `None` when every server is finished.
+    fn next_request(&self) -> Option<(usize, Cmd)> {
+        if self.done {
+            return None;
+        }
+        Some((self.spec.servers[self.position], self.spec.page(self.cursor)))
+    }
+
+    fn take_page(&mut self, value: Value) -> RedisResult<()> {
+        let (cursor, items) = split_page(value)?;
+        let converted: Vec<T> = Vec::<T>::from_redis_value(Value::Array(items))?;
+        self.buffer.extend(converted);
+        if cursor == 0 {
+            self.position += 1;
+            self.cursor = 0;
+            self.done = self.position >= self.spec.servers.len();
+        } else {
+            self.cursor = cursor;
+        }
+        Ok(())
+    }
+}
+
+/// A cursor iteration over the sync client; yields `RedisResult<T>`.
+pub struct ScanIter<'a, T> {
+    mr: &'a crate::MRedis,
+    state: ScanState<T>,
+    failed: bool,
+    _t: PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for ScanIter<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanIter")
+            .field("command", &self.state.spec.command)
+            .finish()
+    }
+}
+
+impl<T: FromRedisValue> Iterator for ScanIter<'_, T> {
+    type Item = RedisResult<T>;
+
+    fn next(&mut self) -> Option<RedisResult<T>> {
+        loop {
+            if let Some(item) = self.state.buffer.pop_front() {
+                return Some(Ok(item));
+            }
+            if self.failed {
+                return None;
+            }
+            let (server, cmd) = self.state.next_request()?;
+            let page = self.mr.value_on(server, &cmd).and_then(|v| self.state.take_page(v));
+            if let Err(e) = page {
+                // Stop after reporting: a cursor cannot be resumed reliably.
+                self.failed = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+fn single_arg<K: ToRedisArgs>(what: &str, value: &K) -> RedisResult<Vec<u8>> {
+    let mut args = value.to_redis_args();
+    if args.len() != 1 {
+        return Err(client_error(format!("{what} must be one argument, got {}", args.len())));
+    }
+    Ok(args.pop().unwrap_or_default())
+}
+
+macro_rules! key_scans {
+    ($( $name:ident, $name_match:ident, $cmd:literal );* $(;)?) => {
+        impl crate::MRedis {
+            $(
+                #[doc = concat!("Iterates the elements of one key with `", $cmd, "` on the server that owns it.")]
+                #[doc(alias = $cmd)]
+                pub fn $name<K: ToRedisArgs, RV: FromRedisValue>(&self, key: K) -> RedisResult<ScanIter<'_, RV>> {
+                    let server = self.route_key($cmd, &key)?;
+                    let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, server, None);
+                    Ok(self.scan_with(spec))
+                }
+
+                #[doc = concat!("Iterates the elements of one key matching `pattern` with `", $cmd, " ... MATCH`.")]
+                #[doc(alias = $cmd)]
+                pub fn $name_match<K: ToRedisArgs, P: ToRedisArgs, RV: FromRedisValue>(
+                    &self,
+                    key: K,
+                    pattern: P,
+                ) -> RedisResult<ScanIter<'_, RV>> {
+                    let server = self.route_key($cmd, &key)?;
+                    let spec =
+                        ScanSpec::of_key($cmd, single_arg("key", &key)?, server, Some(single_arg("pattern", &pattern)?));
+                    Ok(self.scan_with(spec))
+                }
+            )*
+        }
+
+        impl crate::aio::MRedis {
+            $(
+                #[doc = concat!("Streams the elements of one key with `", $cmd, "` on the server that owns it.")]
+                #[doc(alias = $cmd)]
+                pub async fn $name<K: ToRedisArgs, RV: FromRedisValue + Send + 'static>(
+                    &self,
+                    key: K,
+                ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
+                    let server = self.route_key($cmd, &key)?;
+                    let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, server, None);
+                    Ok(self.scan_with(spec))
+                }
+
+                #[doc = concat!("Streams the elements of one key matching `pattern` with `", $cmd, " ... MATCH`.")]
+                #[doc(alias = $cmd)]
+                pub async fn $name_match<K: ToRedisArgs, P: ToRedisArgs, RV: FromRedisValue + Send + 'static>(
+                    &self,
+                    key: K,
+                    pattern: P,
+                ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
+                    let server = self.route_key($cmd, &key)?;
+                    let spec =
+                        ScanSpec::of_key($cmd, single_arg("key", &key)?, server, Some(single_arg("pattern", &pattern)?));
+                    Ok(self.scan_with(spec))
+                }
+            )*
+        }
+    };
+}
+
+key_scans! {
+    hscan, hscan_match, "HSCAN";
+    sscan, sscan_match, "SSCAN";
+    zscan, zscan_match, "ZSCAN";
+}
+
+impl crate::MRedis {
+    fn scan_with<RV: FromRedisValue>(&self, spec: ScanSpec) -> ScanIter<'_, RV> {
+        ScanIter {
+            mr: self,
+            state: ScanState::new(spec),
+            failed: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// Iterates every key of every server (`SCAN` on each server in turn,
+    /// in configuration order). Each key is yielded once when nothing
+    /// changes during the walk.
+    #[doc(alias = "SCAN")]
+    pub fn scan<RV: FromRedisValue>(&self) -> RedisResult<ScanIter<'_, RV>> {
+        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), None)))
+    }
+
+    /// Same as [`MRedis::scan`].
+    #[doc(alias = "SCAN")]
+    pub fn scan_iter<RV: FromRedisValue>(&self) -> RedisResult<ScanIter<'_, RV>> {
+        self.scan()
+    }
+
+    /// Iterates the keys matching `pattern` on every server (`SCAN ... MATCH`).
+    #[doc(alias = "SCAN")]
+    pub fn scan_match<P: ToRedisArgs, RV: FromRedisValue>(&self, pattern: P) -> RedisResult<ScanIter<'_, RV>> {
+        let pattern = single_arg("pattern", &pattern)?;
+        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), Some(pattern))))
+    }
+}
+
+impl crate::aio::MRedis {
+    fn scan_with<RV: FromRedisValue + Send + 'static>(&self, spec: ScanSpec) -> BoxStream<'_, RedisResult<RV>> {
+        let state = ScanState::<RV>::new(spec);
+        let stream = futures::stream::unfold((state, false), move |(mut state, failed)| async move {
+            loop {
+                if let Some(item) = state.buffer.pop_front() {
+                    return Some((Ok(item), (state, failed)));
+                }
+                if failed {
+                    return None;
+                }
+                let (server, cmd) = state.next_request()?;
+                let page = match self.value_on(server, &cmd).await {
+                    Ok(v) => state.take_page(v),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = page {
+                    return Some((Err(e), (state, true)));
+                }
+            }
+        });
+        Box::pin(stream)
+    }
+
+    /// Streams every key of every server (`SCAN` on each server in turn).
+    #[doc(alias = "SCAN")]
+    pub async fn scan<RV: FromRedisValue + Send + 'static>(&self) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
+        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), None)))
+    }
+
+    /// Streams the keys matching `pattern` on every server (`SCAN ... MATCH`).
+    #[doc(alias = "SCAN")]
+    pub async fn scan_match<P: ToRedisArgs, RV: FromRedisValue + Send + 'static>(
+        &self,
+        pattern: P,
+    ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
+        let pattern = single_arg("pattern", &pattern)?;
+        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), Some(pattern))))
+    }
+}

@@ -1,0 +1,114 @@
+//! Lua scripts over the fleet: a script runs on the server that owns its
+//! keys (all keys must share a server), loading itself there when the server
+//! answers NOSCRIPT, like redis-rs's `Script`.
+
+use redis::{FromRedisValue, RedisResult, ToRedisArgs};
+
+use crate::routing::{client_error, name_server, push_keys};
+
+/// A Lua script, invoked with EVALSHA on the server that owns its keys.
+///
+/// ```no_run
+/// # fn main() -> redis::RedisResult<()> {
+/// # let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0"])?;
+/// let script = mredis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+/// let n: i64 = script.key("counter").arg(5).invoke(&mr)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Script {
+    inner: redis::Script,
+}
+
+impl Script {
+    /// Wraps Lua source code.
+    pub fn new(code: &str) -> Script {
+        Script {
+            inner: redis::Script::new(code),
+        }
+    }
+
+    /// The SHA1 the servers know the script by.
+    pub fn get_hash(&self) -> &str {
+        self.inner.get_hash()
+    }
+
+    /// Starts an invocation with its first key.
+    pub fn key<T: ToRedisArgs>(&self, key: T) -> ScriptInvocation<'_> {
+        let mut inv = self.prepare_invoke();
+        inv.key(key);
+        inv
+    }
+
+    /// Starts an invocation with its first argument.
+    pub fn arg<T: ToRedisArgs>(&self, arg: T) -> ScriptInvocation<'_> {
+        let mut inv = self.prepare_invoke();
+        inv.arg(arg);
+        inv
+    }
+
+    /// Starts an invocation without keys or arguments.
+    pub fn prepare_invoke(&self) -> ScriptInvocation<'_> {
+        ScriptInvocation {
+            inner: self.inner.prepare_invoke(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// A script with its keys and arguments, ready to run.
+pub struct ScriptInvocation<'a> {
+    inner: redis::ScriptInvocation<'a>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ScriptInvocation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptInvocation")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl ScriptInvocation<'_> {
+    /// Adds a key (it decides the server).
+    pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        push_keys(&mut self.keys, &key);
+        self.inner.key(key);
+        self
+    }
+
+    /// Adds an argument.
+    pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.inner.arg(arg);
+        self
+    }
+
+    fn server(&self, core: &crate::routing::Core) -> RedisResult<usize> {
+        if self.keys.is_empty() {
+            return Err(client_error(
+                "a script without keys has no owning server; pass the keys it touches with key()".to_string(),
+            ));
+        }
+        core.route_colocated("EVALSHA", &self.keys)
+    }
+
+    /// Runs the script on the server that owns its keys (sync client).
+    pub fn invoke<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
+        let server = self.server(mr.core())?;
+        let mut con = mr.connection(server)?;
+        self.inner
+            .invoke(&mut *con)
+            .map_err(|e| name_server(mr.core().name(server), e))
+    }
+
+    /// Runs the script on the server that owns its keys (async client).
+    pub async fn invoke_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+        let server = self.server(mr.core())?;
+        let mut con = mr.connection(server)?;
+        self.inner
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| name_server(mr.core().name(server), e))
+    }
+}
