@@ -294,7 +294,8 @@ fn partial_failure(command: &str, failed: &[(String, RedisError)], succeeded: &[
 /// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
 /// through unchanged, as redis-rs returns them, so `code()` still works.
 pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
-    if matches!(err.kind(), ErrorKind::Server(_)) {
+    // Anything with an error code is the server's own reply.
+    if err.code().is_some() || matches!(err.kind(), ErrorKind::Server(_)) {
         return err;
     }
     let kind = if err.is_timeout() || err.is_io_error() || err.is_connection_refusal() {
