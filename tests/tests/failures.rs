@@ -19,7 +19,10 @@ fn index(key: &[u8], n: usize) -> usize {
 
 /// A key owned by server `i` of `n`.
 fn key_on(i: usize, n: usize, prefix: &str) -> String {
-    (0..10_000).map(|j| format!("{prefix}{j}")).find(|k| index(k.as_bytes(), n) == i).unwrap()
+    (0..10_000)
+        .map(|j| format!("{prefix}{j}"))
+        .find(|k| index(k.as_bytes(), n) == i)
+        .unwrap()
 }
 
 fn quick(urls: Vec<String>) -> MRedis {
@@ -51,7 +54,10 @@ fn a_stopped_server_affects_only_its_keys_and_the_client_recovers() {
     assert!(err.to_string().contains(&dead), "{err}");
     // Fan-out reports exactly that server and keeps the others' results.
     let fan = mr.dbsize::<i64>().unwrap_err();
-    assert_eq!(fan.failed().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec![dead.as_str()]);
+    assert_eq!(
+        fan.failed().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        vec![dead.as_str()]
+    );
     assert_eq!(fan.succeeded().len(), 2);
     // It comes back empty: no error, no stale answer.
     s[1].restart();
@@ -115,7 +121,11 @@ fn a_server_that_accepts_but_never_answers_times_out() {
     let key = key_on(1, 2, "h");
     let started = Instant::now();
     let err = mr.get::<_, Option<String>>(&key).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}:0")), "{err}");
     mr.set::<_, _, ()>(key_on(0, 2, "h"), 1).unwrap();
     drop(hole);
@@ -123,7 +133,14 @@ fn a_server_that_accepts_but_never_answers_times_out() {
 
 #[test]
 fn server_errors_pass_through_clearly() {
-    let s = vec![RedisServer::with_args(&["--maxmemory", "1mb", "--maxmemory-policy", "noeviction", "--busy-reply-threshold", "100"])];
+    let s = vec![RedisServer::with_args(&[
+        "--maxmemory",
+        "1mb",
+        "--maxmemory-policy",
+        "noeviction",
+        "--busy-reply-threshold",
+        "100",
+    ])];
     let mr = MRedis::new(urls(&s)).unwrap();
     // WRONGTYPE keeps its code, as with redis-rs.
     mr.set::<_, _, ()>("str", "v").unwrap();
@@ -145,8 +162,10 @@ fn server_errors_pass_through_clearly() {
         let url = s[0].url();
         move || {
             let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-            let _: redis::RedisResult<()> =
-                redis::cmd("EVAL").arg("local t = redis.call('TIME') while true do end").arg(0).query(&mut con);
+            let _: redis::RedisResult<()> = redis::cmd("EVAL")
+                .arg("local t = redis.call('TIME') while true do end")
+                .arg(0)
+                .query(&mut con);
         }
     });
     std::thread::sleep(Duration::from_millis(400));
