@@ -102,6 +102,8 @@ impl MRedis {
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let mut pools = Vec::with_capacity(servers.len());
+        // One helper thread for all pools' housekeeping, not three per server.
+        let housekeeping = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
         for server in &servers {
             let client = redis::Client::open(server.connection_info()).map_err(|e| name_server(server.name(), e))?;
             let manager = Manager {
@@ -115,6 +117,7 @@ impl MRedis {
                 .test_on_check_out(false)
                 .connection_timeout(options.connect_timeout)
                 .error_handler(Box::new(SilentErrors))
+                .thread_pool(housekeeping.clone())
                 .build_unchecked(manager);
             pools.push(pool);
         }

@@ -458,3 +458,38 @@ mod tests {
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(s in ".{0,80}") {
+            let _ = Server::from_url(&s);
+            let _ = redact_url(&s);
+        }
+
+        #[test]
+        fn any_password_is_redacted(user in "[a-z]{1,8}", pass in "[A-Za-z0-9]{6,20}", port in 1u16..) {
+            let url = format!("redis://{user}:{pass}@127.0.0.1:{port}/0");
+            prop_assert!(!redact_url(&url).contains(&pass));
+            if let Ok(s) = Server::from_url(&url) {
+                let shown = format!("{s:?}");
+                prop_assert!(!shown.contains(&pass));
+            }
+            let bad = format!("redis://{user}:{pass}@127.0.0.1:{port}x/0");
+            if let Err(e) = Server::from_url(&bad) {
+                let shown = format!("{e} {e:?}");
+                prop_assert!(!shown.contains(&pass));
+            }
+        }
+
+        #[test]
+        fn tuples_with_any_host_never_panic(host in ".{0,40}", port in any::<u16>(), db in any::<i64>()) {
+            let _ = (host.as_str(), port, db).into_server();
+        }
+    }
+}

@@ -92,3 +92,44 @@ mod tests {
         assert_eq!(redis_cluster_tag(b"}{a}"), b"a");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The Redis Cluster rule, written the slow, obvious way.
+    fn tag_by_hand(key: &[u8]) -> Vec<u8> {
+        let Some(open) = key.iter().position(|&b| b == b'{') else { return key.to_vec() };
+        let rest = &key[open + 1..];
+        match rest.iter().position(|&b| b == b'}') {
+            Some(0) | None => key.to_vec(),
+            Some(close) => rest[..close].to_vec(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn standard_index_is_in_range(key in proptest::collection::vec(any::<u8>(), 0..64), n in 1usize..64) {
+            prop_assert!(standard_index(&key, n) < n);
+        }
+
+        #[test]
+        fn cluster_tag_matches_the_rule(key in proptest::collection::vec(prop_oneof![Just(b'{'), Just(b'}'), any::<u8>()], 0..32)) {
+            prop_assert_eq!(redis_cluster_tag(&key).to_vec(), tag_by_hand(&key));
+        }
+
+        #[test]
+        fn tagged_keys_share_a_server(tag in "[a-z0-9:]{1,12}", a in "[a-z]{0,8}", b in "[a-z]{0,8}", n in 1usize..32) {
+            let servers: Vec<crate::Server> = (0..n)
+                .map(|i| crate::Server::from_parts("127.0.0.1", 7000 + i as u16, 0).unwrap())
+                .collect();
+            let p = Placement::new(Mode::Standard, &servers, Some(true)).unwrap();
+            let k1 = format!("{{{tag}}}:{a}");
+            let k2 = format!("{b}{{{tag}}}");
+            prop_assert_eq!(p.index(k1.as_bytes()), p.index(k2.as_bytes()));
+            prop_assert_eq!(p.index(k1.as_bytes()), standard_index(tag.as_bytes(), n));
+        }
+    }
+}
