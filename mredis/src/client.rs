@@ -235,8 +235,33 @@ impl MRedis {
     }
 
     pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        let replies: Vec<RedisResult<Value>> = (0..self.core.servers.len()).map(|i| self.value_on(i, cmd)).collect();
+        let jobs: Vec<(usize, &Cmd)> = (0..self.core.servers.len()).map(|i| (i, cmd)).collect();
+        let replies = self.on_each(&jobs, |i, c| self.value_on(i, c));
         collect_fan_out(&self.core, cmd, replies)
+    }
+
+    /// Runs one job per server, in parallel threads when there are several
+    /// (a round trip each, so waiting for them one by one would add up).
+    pub(crate) fn on_each<J: Sync, T: Send>(
+        &self,
+        jobs: &[(usize, J)],
+        run: impl Fn(usize, &J) -> RedisResult<T> + Sync,
+    ) -> Vec<RedisResult<T>> {
+        if jobs.len() <= 1 {
+            return jobs.iter().map(|(i, j)| run(*i, j)).collect();
+        }
+        std::thread::scope(|scope| {
+            let run = &run;
+            let handles: Vec<_> = jobs[1..].iter().map(|(i, j)| scope.spawn(move || run(*i, j))).collect();
+            let mut out = vec![run(jobs[0].0, &jobs[0].1)];
+            for h in handles {
+                out.push(
+                    h.join()
+                        .unwrap_or_else(|_| Err(crate::routing::client_error("a worker thread panicked".to_string()))),
+                );
+            }
+            out
+        })
     }
 
     pub(crate) fn scatter<RV: FromRedisValue>(&self, cmd: &Cmd, stride: usize, merge: Merge) -> RedisResult<RV> {
@@ -245,11 +270,12 @@ impl MRedis {
             let (server, _) = plan.groups[0];
             return self.query_on(server, cmd);
         }
-        let replies = plan
+        let jobs: Vec<(usize, Cmd)> = plan
             .groups
             .iter()
-            .map(|(server, items)| self.value_on(*server, &plan.command_for(items)))
+            .map(|(s, items)| (*s, plan.command_for(items)))
             .collect();
+        let replies = self.on_each(&jobs, |s, c| self.value_on(s, c));
         let value = plan.merge(&self.core, merge, replies)?;
         Ok(RV::from_redis_value(value)?)
     }

@@ -175,36 +175,36 @@ mredis_macros::pipeline_methods!();
 #[derive(Clone)]
 pub struct FleetPipeline {
     core: Arc<Core>,
-    commands: Vec<(usize, Cmd, bool)>,
+    /// Per server (by index): its pipeline and the call-order position of each command.
+    shares: Vec<Option<(Pipeline, Vec<usize>)>>,
+    ignored: Vec<bool>,
     problem: Option<RedisError>,
 }
 
 impl std::fmt::Debug for FleetPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetPipeline")
-            .field("commands", &self.commands.len())
+            .field("commands", &self.ignored.len())
             .field("problem", &self.problem)
             .finish()
     }
 }
 
-/// One server's share of a fleet pipeline: its pipeline and, per reply, the
-/// position in call order.
-type ServerShare = (usize, Pipeline, Vec<usize>);
-
 impl FleetPipeline {
     pub(crate) fn new(core: Arc<Core>) -> FleetPipeline {
+        let shares = vec![None; core.servers.len()];
         FleetPipeline {
             core,
-            commands: Vec::new(),
+            shares,
+            ignored: Vec::new(),
             problem: None,
         }
     }
 
     /// Drops the reply of the last command added from the results.
     pub fn ignore(&mut self) -> &mut Self {
-        if let Some(last) = self.commands.last_mut() {
-            last.2 = true;
+        if let Some(last) = self.ignored.last_mut() {
+            *last = true;
         }
         self
     }
@@ -217,12 +217,12 @@ impl FleetPipeline {
 
     /// Number of commands added.
     pub fn len(&self) -> usize {
-        self.commands.len()
+        self.ignored.len()
     }
 
     /// True when no command was added.
     pub fn is_empty(&self) -> bool {
-        self.commands.is_empty()
+        self.ignored.is_empty()
     }
 
     fn record(&mut self, result: RedisResult<usize>) -> Option<usize> {
@@ -248,13 +248,19 @@ impl FleetPipeline {
     }
 
     pub(crate) fn add_routed_command(&mut self, server: Option<usize>, cmd: Cmd) -> &mut Self {
-        if let Some(server) = server {
-            self.commands.push((server, cmd, false));
+        let Some(server) = server else { return self };
+        let position = self.ignored.len();
+        if let Some(slot) = self.shares.get_mut(server) {
+            let (pipe, positions) = slot.get_or_insert_with(|| (Pipeline::new(), Vec::new()));
+            pipe.add_command(cmd);
+            positions.push(position);
+            self.ignored.push(false);
         }
         self
     }
 
-    fn shares(&self, core: &Arc<Core>) -> RedisResult<Vec<ServerShare>> {
+    /// (server, pipeline) of every server with commands.
+    fn jobs(&self, core: &Arc<Core>) -> RedisResult<Vec<(usize, &Pipeline)>> {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
@@ -263,37 +269,30 @@ impl FleetPipeline {
                 "this pipeline was made by another MRedis; run it on the client that created it".to_string(),
             ));
         }
-        let mut shares: Vec<ServerShare> = Vec::new();
-        for (position, (server, cmd, _)) in self.commands.iter().enumerate() {
-            match shares.iter_mut().find(|(s, _, _)| s == server) {
-                Some((_, pipe, positions)) => {
-                    pipe.add_command(cmd.clone());
-                    positions.push(position);
-                }
-                None => {
-                    let mut pipe = Pipeline::new();
-                    pipe.add_command(cmd.clone());
-                    shares.push((*server, pipe, vec![position]));
-                }
-            }
-        }
-        Ok(shares)
+        Ok(self
+            .shares
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|(p, _)| (i, p)))
+            .collect())
     }
 
     fn assemble<T: FromRedisValue>(
         &self,
-        shares: &[ServerShare],
+        jobs: &[(usize, &Pipeline)],
         replies: Vec<RedisResult<Vec<Value>>>,
     ) -> RedisResult<T> {
-        let mut slots: Vec<Option<Value>> = vec![None; self.commands.len()];
+        let mut slots: Vec<Option<Value>> = vec![None; self.ignored.len()];
         let mut failed = Vec::new();
         let mut succeeded = Vec::new();
-        for ((server, _, positions), reply) in shares.iter().zip(replies) {
+        for ((server, _), reply) in jobs.iter().zip(replies) {
             match reply {
                 Ok(values) => {
                     succeeded.push(self.core.name(*server).to_string());
-                    for (&p, v) in positions.iter().zip(values) {
-                        slots[p] = Some(v);
+                    if let Some(Some((_, positions))) = self.shares.get(*server) {
+                        for (&p, v) in positions.iter().zip(values) {
+                            slots[p] = Some(v);
+                        }
                     }
                 }
                 Err(e) => failed.push(format!("{}: {e}", self.core.name(*server))),
@@ -316,30 +315,26 @@ impl FleetPipeline {
         }
         let values: Vec<Value> = slots
             .into_iter()
-            .zip(&self.commands)
-            .filter(|(_, (_, _, ignored))| !ignored)
+            .zip(&self.ignored)
+            .filter(|(_, ignored)| !**ignored)
             .map(|(v, _)| v.unwrap_or(Value::Nil))
             .collect();
         Ok(T::from_redis_value(Value::Array(values))?)
     }
 
-    /// Sends the commands (one pipeline per server) on the sync client and
-    /// returns the replies in call order.
+    /// Sends the commands (one pipeline per server, in parallel) on the sync
+    /// client and returns the replies in call order.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        let shares = self.shares(mr.core())?;
-        let replies = shares
-            .iter()
-            .map(|(server, pipe, _)| mr.pipeline_on(*server, pipe))
-            .collect();
-        self.assemble(&shares, replies)
+        let jobs = self.jobs(mr.core())?;
+        let replies = mr.on_each(&jobs, |s, p| mr.pipeline_on(s, p));
+        self.assemble(&jobs, replies)
     }
 
     /// Sends the commands on the async client, all servers concurrently.
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        let shares = self.shares(mr.core())?;
-        let replies =
-            futures::future::join_all(shares.iter().map(|(server, pipe, _)| mr.pipeline_on(*server, pipe))).await;
-        self.assemble(&shares, replies)
+        let jobs = self.jobs(mr.core())?;
+        let replies = futures::future::join_all(jobs.iter().map(|(server, pipe)| mr.pipeline_on(*server, pipe))).await;
+        self.assemble(&jobs, replies)
     }
 }
 

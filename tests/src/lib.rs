@@ -274,9 +274,14 @@ impl Nutcracker {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// A connection through the proxy.
+    /// A connection through the proxy. twemproxy closes connections that
+    /// send commands it does not know, so redis-rs's `CLIENT SETINFO` is off.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        use redis::IntoConnectionInfo;
+        let info = self.url().into_connection_info().expect("valid URL");
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let info = info.set_redis_settings(settings);
+        redis::Client::open(info)
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
             .expect("connect to nutcracker")
     }

@@ -21,7 +21,10 @@ fn index(key: &[u8], n: usize) -> usize {
 }
 
 fn duration() -> Duration {
-    let secs = std::env::var("MREDIS_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let secs = std::env::var("MREDIS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     Duration::from_secs(secs)
 }
 
@@ -66,8 +69,14 @@ fn sync_soak_16_threads() {
                             let _: PerServer<i64> = mr.dbsize().unwrap();
                         }
                         1 => {
-                            let (v,): (i64,) =
-                                mr.pipeline(&key).unwrap().set(&key, i).ignore().get(&key).query(mr).unwrap();
+                            let (v,): (i64,) = mr
+                                .pipeline(&key)
+                                .unwrap()
+                                .set(&key, i)
+                                .ignore()
+                                .get(&key)
+                                .query(mr)
+                                .unwrap();
                             assert_eq!(v, i);
                             mine.insert(key, i);
                         }
@@ -115,8 +124,15 @@ async fn async_soak_1000_tasks() {
                         let _: PerServer<i64> = mr.dbsize().await.unwrap();
                     }
                     1 => {
-                        let (v,): (i64,) =
-                            mr.pipeline(&key).unwrap().set(&key, i).ignore().get(&key).query_async(&mr).await.unwrap();
+                        let (v,): (i64,) = mr
+                            .pipeline(&key)
+                            .unwrap()
+                            .set(&key, i)
+                            .ignore()
+                            .get(&key)
+                            .query_async(&mr)
+                            .await
+                            .unwrap();
                         assert_eq!(v, i);
                         mine.insert(key, i);
                     }

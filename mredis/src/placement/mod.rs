@@ -101,7 +101,9 @@ mod properties {
 
     /// The Redis Cluster rule, written the slow, obvious way.
     fn tag_by_hand(key: &[u8]) -> Vec<u8> {
-        let Some(open) = key.iter().position(|&b| b == b'{') else { return key.to_vec() };
+        let Some(open) = key.iter().position(|&b| b == b'{') else {
+            return key.to_vec();
+        };
         let rest = &key[open + 1..];
         match rest.iter().position(|&b| b == b'}') {
             Some(0) | None => key.to_vec(),
