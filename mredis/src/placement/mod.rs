@@ -4,7 +4,13 @@
 
 use redis::RedisResult;
 
-use crate::config::Server;
+use crate::config::{Server, config_error};
+
+pub mod goredis;
+pub mod hashkit;
+pub mod twemproxy;
+
+pub use hashkit::KeyHash;
 
 /// How keys are placed on servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -15,31 +21,150 @@ pub enum Mode {
     /// configuration order. Compatible with: Python MRedis.
     #[default]
     Standard,
+    /// twemproxy's `distribution: ketama` with the given `hash:`.
+    /// Compatible with: twemproxy (nutcracker) 0.5.0, same server names,
+    /// weights and hash. Servers are ordered by name as twemproxy does.
+    Ketama {
+        /// The key hash (`hash:` setting; twemproxy's default is `Fnv1a64`).
+        hash: KeyHash,
+        /// `hash_tag:` characters, e.g. `*b"{}"`; `None` hashes whole keys.
+        hash_tag: Option<[u8; 2]>,
+    },
+    /// twemproxy's `distribution: modula`. Compatible with: twemproxy 0.5.0.
+    Modula {
+        /// The key hash.
+        hash: KeyHash,
+        /// `hash_tag:` characters.
+        hash_tag: Option<[u8; 2]>,
+    },
+    /// go-redis Ring's rendezvous hashing over shard names (a server's
+    /// [`alias`](crate::Server::alias), else `host:port`). Hash tags follow
+    /// the Redis Cluster rule and are on unless turned off. Compatible with:
+    /// go-redis v9 Ring (default `NewConsistentHash`).
+    Rendezvous,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Standard,
+    Ketama {
+        hash: KeyHash,
+        tag: Option<[u8; 2]>,
+        ring: twemproxy::Ketama,
+        order: Vec<usize>,
+    },
+    Modula {
+        hash: KeyHash,
+        tag: Option<[u8; 2]>,
+        table: twemproxy::Modula,
+        order: Vec<usize>,
+    },
+    Rendezvous(goredis::Rendezvous),
 }
 
 /// The placement of one configured fleet.
 #[derive(Debug, Clone)]
 pub(crate) struct Placement {
     mode: Mode,
+    kind: Kind,
     servers: usize,
-    hash_tags: bool,
+    cluster_tags: bool,
+}
+
+/// The name a server has in placement: its alias, or twemproxy's default.
+pub(crate) fn placement_name(server: &Server) -> String {
+    match server.alias() {
+        Some(alias) => alias.to_string(),
+        None => twemproxy::default_name(server.host(), server.port()),
+    }
 }
 
 impl Placement {
     pub(crate) fn new(mode: Mode, servers: &[Server], hash_tags: Option<bool>) -> RedisResult<Placement> {
+        let names: Vec<String> = servers.iter().map(placement_name).collect();
+        if matches!(mode, Mode::Ketama { .. } | Mode::Modula { .. } | Mode::Rendezvous) {
+            for (i, name) in names.iter().enumerate() {
+                if names[..i].contains(name) {
+                    return Err(config_error(format!("two servers share the placement name `{name}`")));
+                }
+            }
+        }
+        if servers.iter().any(|s| s.weight() == 0) && matches!(mode, Mode::Ketama { .. } | Mode::Modula { .. }) {
+            return Err(config_error("server weights must be at least 1".to_string()));
+        }
+        let (kind, cluster_tags) = match mode {
+            Mode::Standard => (Kind::Standard, hash_tags.unwrap_or(false)),
+            Mode::Ketama { hash, hash_tag } => {
+                let order = twemproxy::sorted_order(&names);
+                let sorted: Vec<(&str, u32)> = order
+                    .iter()
+                    .map(|&i| (names[i].as_str(), servers[i].weight()))
+                    .collect();
+                (
+                    Kind::Ketama {
+                        hash,
+                        tag: hash_tag,
+                        ring: twemproxy::Ketama::new(&sorted),
+                        order,
+                    },
+                    false,
+                )
+            }
+            Mode::Modula { hash, hash_tag } => {
+                let order = twemproxy::sorted_order(&names);
+                let weights: Vec<u32> = order.iter().map(|&i| servers[i].weight()).collect();
+                (
+                    Kind::Modula {
+                        hash,
+                        tag: hash_tag,
+                        table: twemproxy::Modula::new(&weights),
+                        order,
+                    },
+                    false,
+                )
+            }
+            Mode::Rendezvous => {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                (
+                    Kind::Rendezvous(goredis::Rendezvous::new(&refs)),
+                    hash_tags.unwrap_or(true),
+                )
+            }
+        };
         Ok(Placement {
             mode,
+            kind,
             servers: servers.len(),
-            hash_tags: hash_tags.unwrap_or(false),
+            cluster_tags,
         })
     }
 
     /// Index (in configuration order) of the server owning `key`.
     #[inline]
     pub(crate) fn index(&self, key: &[u8]) -> usize {
-        let key = if self.hash_tags { redis_cluster_tag(key) } else { key };
-        match self.mode {
-            Mode::Standard => standard_index(key, self.servers),
+        let key = if self.cluster_tags { redis_cluster_tag(key) } else { key };
+        match &self.kind {
+            Kind::Standard => standard_index(key, self.servers),
+            Kind::Ketama { hash, tag, ring, order } => {
+                if self.servers == 1 {
+                    return 0;
+                }
+                let key = tag.map_or(key, |t| twemproxy::tagged(key, t));
+                order.get(ring.lookup(hash.hash(key))).copied().unwrap_or(0)
+            }
+            Kind::Modula {
+                hash,
+                tag,
+                table,
+                order,
+            } => {
+                if self.servers == 1 {
+                    return 0;
+                }
+                let key = tag.map_or(key, |t| twemproxy::tagged(key, t));
+                order.get(table.lookup(hash.hash(key))).copied().unwrap_or(0)
+            }
+            Kind::Rendezvous(r) => r.lookup(key),
         }
     }
 
