@@ -12,7 +12,7 @@ pub enum KeyHash {
     OneAtATime,
     /// `md5`: little-endian u32 of the first 4 digest bytes.
     Md5,
-    /// `crc16`: CRC-16/XMODEM.
+    /// `crc16`: CRC-16/XMODEM table, in twemproxy 0.5.0's unmasked 32-bit form.
     Crc16,
     /// `crc32`: `(crc32(key) >> 16) & 0x7fff` (the libmemcached variant).
     Crc32,
@@ -130,19 +130,35 @@ fn one_at_a_time(key: &[u8]) -> u32 {
     h.wrapping_add(h << 15)
 }
 
-fn crc16(key: &[u8]) -> u32 {
-    let mut crc: u16 = 0;
-    for &b in key {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
+/// The CRC-16/XMODEM table (polynomial 0x1021).
+const CRC16_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 0x8000 != 0 {
                 (crc << 1) ^ 0x1021
             } else {
                 crc << 1
             };
+            bit += 1;
         }
+        table[i] = crc as u32;
+        i += 1;
     }
-    crc as u32
+    table
+};
+
+fn crc16(key: &[u8]) -> u32 {
+    // twemproxy 0.5.0 keeps the CRC in a 32-bit variable and never masks it
+    // to 16 bits, so the higher bits carry on: reproduced as is.
+    let mut crc: u32 = 0;
+    for &b in key {
+        crc = (crc << 8) ^ CRC16_TABLE[(((crc >> 8) ^ sext(b)) & 0xff) as usize];
+    }
+    crc
 }
 
 fn fnv1_64(key: &[u8]) -> u32 {
@@ -347,7 +363,8 @@ mod tests {
     #[test]
     fn known_vectors() {
         assert_eq!(KeyHash::Crc32a.hash(b"123456789"), 0xcbf4_3926);
-        assert_eq!(KeyHash::Crc16.hash(b"123456789"), 0x31c3);
+        // Up to two bytes the unmasked form equals CRC-16/XMODEM.
+        assert_eq!(KeyHash::Crc16.hash(b"A"), 0x58e5);
         // FNV-1 32 and FNV-1a 32 of "a" (published vectors).
         assert_eq!(KeyHash::Fnv1_32.hash(b"a"), 0x050c_5d7e);
         assert_eq!(KeyHash::Fnv1a32.hash(b"a"), 0xe40c_292c);
