@@ -47,6 +47,7 @@ mod config;
 mod per_server;
 mod pipeline;
 pub mod placement;
+pub mod rebalance;
 mod routing;
 mod scan;
 mod script;
