@@ -102,9 +102,10 @@ impl MRedis {
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let mut pools = Vec::with_capacity(servers.len());
-        // One helper thread for all pools' housekeeping, not three per server.
-        let housekeeping = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
         for server in &servers {
+            // One connection-opening thread per server (r2d2's default is
+            // three): few threads, yet a hung server cannot delay the others.
+            let housekeeping = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
             let client = redis::Client::open(server.connection_info()).map_err(|e| name_server(server.name(), e))?;
             let manager = Manager {
                 client,
@@ -117,7 +118,7 @@ impl MRedis {
                 .test_on_check_out(false)
                 .connection_timeout(options.connect_timeout)
                 .error_handler(Box::new(SilentErrors))
-                .thread_pool(housekeeping.clone())
+                .thread_pool(housekeeping)
                 .build_unchecked(manager);
             pools.push(pool);
         }

@@ -391,6 +391,7 @@ impl Builder {
         self
     }
 
+    /// The servers and options, validated.
     pub(crate) fn into_parts(self) -> RedisResult<(Vec<Server>, Options)> {
         if let Some(e) = self.error {
             return Err(e);

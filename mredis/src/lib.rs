@@ -44,6 +44,7 @@
 pub mod aio;
 mod client;
 mod config;
+mod fleet_config;
 mod per_server;
 mod pipeline;
 pub mod placement;
@@ -55,6 +56,7 @@ mod spec;
 
 pub use client::MRedis;
 pub use config::{Builder, IntoServer, Server, redact_url};
+pub use fleet_config::{builder_from_toml, builder_from_twemproxy_yaml, server_from_twemproxy_line};
 pub use per_server::{FanOutError, PerServer};
 pub use pipeline::{FleetPipeline, KeyPipeline};
 pub use placement::Mode;

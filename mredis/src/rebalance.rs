@@ -12,6 +12,9 @@ use crate::MRedis;
 use crate::config::Server;
 use crate::routing::show_key;
 
+/// A progress callback.
+pub type ProgressFn = Box<dyn FnMut(&Progress)>;
+
 /// Options of a rebalance run.
 #[derive(Default)]
 pub struct RebalanceOptions {
@@ -24,7 +27,7 @@ pub struct RebalanceOptions {
     /// MIGRATE timeout in milliseconds (default 5000).
     pub migrate_timeout_ms: Option<u64>,
     /// Called after every SCAN page with the progress so far.
-    pub progress: Option<Box<dyn FnMut(&Progress)>>,
+    pub progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for RebalanceOptions {

@@ -119,7 +119,7 @@ impl Modula {
 
 /// twemproxy's hash tag: the text between the first `tag[0]` and the first
 /// `tag[1]` after it, if both exist and it is non-empty; else the whole key.
-pub fn tagged<'k>(key: &'k [u8], tag: [u8; 2]) -> &'k [u8] {
+pub fn tagged(key: &[u8], tag: [u8; 2]) -> &[u8] {
     if let Some(open) = key.iter().position(|&b| b == tag[0])
         && let Some(len) = key[open + 1..].iter().position(|&b| b == tag[1])
         && len > 0

@@ -1,0 +1,212 @@
+//! Fleet configuration files: the server list, placement mode, weights and
+//! names as TOML (used by the `mredis` command-line tool), and twemproxy
+//! pool definitions as YAML, so a pool served by nutcracker can be opened
+//! directly with the same placement.
+
+use redis::RedisResult;
+use serde::Deserialize;
+
+use crate::config::{Builder, Server, config_error};
+use crate::placement::{KeyHash, Mode};
+
+/// One server entry of a TOML configuration: a URL, or a table with weight
+/// and name.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Url(String),
+    Full {
+        url: String,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    hash: Option<String>,
+    #[serde(default)]
+    hash_tag: Option<String>,
+    #[serde(default)]
+    hash_tags: Option<bool>,
+    servers: Vec<Entry>,
+}
+
+fn tag_chars(tag: &str) -> RedisResult<[u8; 2]> {
+    match tag.as_bytes() {
+        [a, b] => Ok([*a, *b]),
+        _ => Err(config_error(format!(
+            "hash_tag must be exactly two characters, like \"{{}}\", not {tag:?}"
+        ))),
+    }
+}
+
+fn mode_of(mode: Option<&str>, hash: Option<&str>, tag: Option<&str>) -> RedisResult<Mode> {
+    let hash = match hash {
+        None => KeyHash::Fnv1a64,
+        Some(h) => KeyHash::from_name(h).ok_or_else(|| config_error(format!("unknown hash `{h}`")))?,
+    };
+    let hash_tag = tag.map(tag_chars).transpose()?;
+    Ok(match mode.unwrap_or("standard") {
+        "standard" => Mode::Standard,
+        "ketama" => Mode::Ketama { hash, hash_tag },
+        "modula" => Mode::Modula { hash, hash_tag },
+        "rendezvous" => Mode::Rendezvous,
+        other => {
+            return Err(config_error(format!(
+                "unknown mode `{other}` (standard, ketama, modula or rendezvous)"
+            )));
+        }
+    })
+}
+
+/// Reads a fleet configuration in TOML:
+///
+/// ```toml
+/// mode = "ketama"          # standard (default) | ketama | modula | rendezvous
+/// hash = "fnv1a_64"        # ketama/modula key hash (twemproxy names)
+/// hash_tag = "{}"          # ketama/modula hash tag characters
+/// # hash_tags = true       # standard/rendezvous: Redis Cluster tags on/off
+/// servers = [
+///   "redis://10.0.0.1:6379/0",
+///   { url = "redis://10.0.0.2:6379/0", weight = 2, name = "cache-b" },
+/// ]
+/// ```
+pub fn builder_from_toml(text: &str) -> RedisResult<Builder> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| config_error(format!("fleet configuration: {e}")))?;
+    let mode = mode_of(file.mode.as_deref(), file.hash.as_deref(), file.hash_tag.as_deref())?;
+    let mut servers = Vec::new();
+    for entry in file.servers {
+        let server = match entry {
+            Entry::Url(url) => Server::from_url(&url)?,
+            Entry::Full { url, weight, name } => {
+                let mut s = Server::from_url(&url)?;
+                if let Some(w) = weight {
+                    s = s.with_weight(w);
+                }
+                if let Some(n) = name {
+                    s = s.with_alias(n);
+                }
+                s
+            }
+        };
+        servers.push(server);
+    }
+    let mut builder = Builder::new().servers(servers).mode(mode);
+    if let Some(tags) = file.hash_tags {
+        builder = builder.hash_tags(tags);
+    }
+    Ok(builder)
+}
+
+/// Reads a twemproxy (nutcracker) configuration and returns a builder for
+/// pool `pool` with the same servers, weights, names, hash, distribution
+/// and hash tag. `servers:` lines are `host:port:weight [name]`; the
+/// database is 0 (twemproxy has none).
+pub fn builder_from_twemproxy_yaml(text: &str, pool: &str) -> RedisResult<Builder> {
+    let docs: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| config_error(format!("twemproxy configuration: {e}")))?;
+    let pool_cfg = docs
+        .get(pool)
+        .ok_or_else(|| config_error(format!("no pool `{pool}` in the twemproxy configuration")))?;
+    let get_str = |k: &str| pool_cfg.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let distribution = get_str("distribution").unwrap_or_else(|| "ketama".to_string());
+    if distribution == "random" {
+        return Err(config_error(
+            "distribution `random` places no key anywhere in particular; it cannot be followed".into(),
+        ));
+    }
+    let mode = mode_of(
+        Some(&distribution),
+        get_str("hash").as_deref(),
+        get_str("hash_tag").as_deref(),
+    )?;
+    let lines = pool_cfg
+        .get("servers")
+        .and_then(|v| v.as_sequence())
+        .ok_or_else(|| config_error(format!("pool `{pool}` has no `servers:` list")))?;
+    let mut servers = Vec::new();
+    for line in lines {
+        let line = line
+            .as_str()
+            .ok_or_else(|| config_error("each twemproxy server must be a string".into()))?;
+        servers.push(server_from_twemproxy_line(line)?);
+    }
+    Ok(Builder::new().servers(servers).mode(mode))
+}
+
+/// Parses one twemproxy server line: `host:port:weight [name]`.
+pub fn server_from_twemproxy_line(line: &str) -> RedisResult<Server> {
+    let mut parts = line.split_whitespace();
+    let address = parts
+        .next()
+        .ok_or_else(|| config_error("empty twemproxy server line".into()))?;
+    let name = parts.next();
+    let mut fields = address.rsplitn(3, ':');
+    let weight = fields.next().and_then(|w| w.parse::<u32>().ok());
+    let port = fields.next().and_then(|p| p.parse::<u16>().ok());
+    let host = fields.next();
+    let (Some(host), Some(port), Some(weight)) = (host, port, weight) else {
+        return Err(config_error(format!(
+            "twemproxy server `{line}` is not host:port:weight [name]"
+        )));
+    };
+    let mut server = Server::from_parts(host, port, 0)?.with_weight(weight);
+    if let Some(name) = name {
+        server = server.with_alias(name);
+    }
+    Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_configs() {
+        let b = builder_from_toml(
+            "mode = \"ketama\"\nhash = \"md5\"\nhash_tag = \"{}\"\nservers = [\"redis://a:1/0\", { url = \"redis://b:2/0\", weight = 3, name = \"bee\" }]\n",
+        )
+        .unwrap();
+        let (servers, options) = b.into_parts().unwrap();
+        assert_eq!(servers[1].weight(), 3);
+        assert_eq!(servers[1].alias(), Some("bee"));
+        assert_eq!(
+            options.mode,
+            Mode::Ketama {
+                hash: KeyHash::Md5,
+                hash_tag: Some(*b"{}")
+            }
+        );
+        assert!(builder_from_toml("mode = \"x\"\nservers = [\"redis://a:1/0\"]").is_err());
+        assert!(builder_from_toml("servers = [\"redis://a:1/0\"]\nsurprise = 1").is_err());
+    }
+
+    #[test]
+    fn twemproxy_yaml() {
+        let yaml = "alpha:\n  listen: 127.0.0.1:22121\n  hash: fnv1a_64\n  distribution: ketama\n  hash_tag: \"{}\"\n  redis: true\n  servers:\n   - 127.0.0.1:7001:1\n   - 127.0.0.1:7002:2 second\n";
+        let (servers, options) = builder_from_twemproxy_yaml(yaml, "alpha")
+            .unwrap()
+            .into_parts()
+            .unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].weight(), 2);
+        assert_eq!(servers[1].alias(), Some("second"));
+        assert_eq!(servers[0].name(), "127.0.0.1:7001:0");
+        assert_eq!(
+            options.mode,
+            Mode::Ketama {
+                hash: KeyHash::Fnv1a64,
+                hash_tag: Some(*b"{}")
+            }
+        );
+        assert!(builder_from_twemproxy_yaml(yaml, "beta").is_err());
+        assert!(server_from_twemproxy_line("127.0.0.1:7001").is_err());
+    }
+}
