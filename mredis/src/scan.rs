@@ -254,7 +254,7 @@ impl crate::MRedis {
         Ok(self.scan_with(ScanSpec::keys(self.servers().len(), None)))
     }
 
-    /// Same as [`MRedis::scan`].
+    /// Same as [`MRedis::scan`](crate::MRedis::scan).
     #[doc(alias = "SCAN")]
     pub fn scan_iter<RV: FromRedisValue>(&self) -> RedisResult<ScanIter<'_, RV>> {
         self.scan()
