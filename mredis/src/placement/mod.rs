@@ -183,16 +183,11 @@ pub(crate) fn standard_index(key: &[u8], n: usize) -> usize {
 }
 
 /// The Redis Cluster hash-tag rule: the part inside the first `{`...`}` if
-/// it is non-empty, else the whole key.
+/// it is non-empty, else the whole key (twemproxy's rule with `{}` tags
+/// gives the same result).
 #[inline]
 pub(crate) fn redis_cluster_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{')
-        && let Some(len) = key[open + 1..].iter().position(|&b| b == b'}')
-        && len > 0
-    {
-        return &key[open + 1..open + 1 + len];
-    }
-    key
+    twemproxy::tagged(key, *b"{}")
 }
 
 #[cfg(test)]
