@@ -127,6 +127,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's working directory (where `SAVE` writes `dump.rdb`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port

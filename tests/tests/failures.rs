@@ -175,3 +175,48 @@ fn server_errors_pass_through_clearly() {
     blocker.join().unwrap();
     assert_eq!(mr.get::<_, String>("str").unwrap(), "v");
 }
+
+#[test]
+fn a_server_loading_its_data_answers_loading_then_the_data() {
+    let mut s = vec![RedisServer::with_args(&["--enable-debug-command", "yes"])];
+    let mut con = s[0].conn();
+    redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(3_000_000)
+        .arg("pop")
+        .exec(&mut con)
+        .unwrap();
+    redis::cmd("SET").arg("marker").arg("kept").exec(&mut con).unwrap();
+    redis::cmd("SAVE").exec(&mut con).unwrap();
+    let port = s[0].port();
+    let dir = s[0].dir().to_path_buf();
+    s[0].stop();
+    // Start it by hand so nothing waits for the load to finish.
+    let mut child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mr = quick(vec![format!("redis://127.0.0.1:{port}/0")]);
+    let mut saw_loading = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        match mr.get::<_, Option<String>>("marker") {
+            Ok(v) => break v,
+            Err(e) if e.code() == Some("LOADING") => saw_loading = true,
+            Err(e) => assert!(e.to_string().contains(&format!("127.0.0.1:{port}:0")), "{e}"),
+        }
+        assert!(Instant::now() < deadline, "the server never finished loading");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(saw_loading, "the server answered LOADING while loading 3M keys");
+    assert_eq!(
+        value.as_deref(),
+        Some("kept"),
+        "after loading, the data is there: no wrong answer before"
+    );
+}

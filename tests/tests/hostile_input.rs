@@ -33,7 +33,11 @@ fn every_byte_value_in_keys_and_values() {
 #[test]
 fn big_values_round_trip() {
     // 512 MB is the server's limit; MREDIS_BIG=1 tries a value just under it.
-    let size = if std::env::var("MREDIS_BIG").is_ok() { 512 * 1024 * 1024 - 64 } else { 32 * 1024 * 1024 };
+    let size = if std::env::var("MREDIS_BIG").is_ok() {
+        512 * 1024 * 1024 - 64
+    } else {
+        32 * 1024 * 1024
+    };
     let s = servers(2);
     let mr = MRedis::new(urls(&s)).unwrap();
     let value: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -63,7 +67,10 @@ fn huge_argument_counts_are_split_correctly() {
 
 /// go-redis Ring's choice, written out plainly here.
 fn go_redis_shard(names: &[&str], key: &str) -> usize {
-    let tagged = match (key.find('{'), key.find('{').and_then(|o| key[o + 1..].find('}').map(|c| (o, c)))) {
+    let tagged = match (
+        key.find('{'),
+        key.find('{').and_then(|o| key[o + 1..].find('}').map(|c| (o, c))),
+    ) {
         (Some(_), Some((o, c))) if c > 0 => &key[o + 1..o + 1 + c],
         _ => key,
     };
@@ -92,14 +99,25 @@ fn rendezvous_places_keys_like_go_redis_ring() {
         .map(|(x, n)| Server::from_parts("127.0.0.1", x.port(), 0).unwrap().with_alias(n))
         .collect();
     let mr = MRedis::builder().servers(list).mode(Mode::Rendezvous).build().unwrap();
-    let keys: Vec<String> =
-        (0..2000).map(|i| if i % 5 == 0 { format!("{{user:{}}}:cart", i % 17) } else { format!("key:{i}") }).collect();
+    let keys: Vec<String> = (0..2000)
+        .map(|i| {
+            if i % 5 == 0 {
+                format!("{{user:{}}}:cart", i % 17)
+            } else {
+                format!("key:{i}")
+            }
+        })
+        .collect();
     for k in &keys {
         mr.set::<_, _, ()>(k, 1).unwrap();
     }
     for k in &keys {
         let owner = go_redis_shard(&names, k);
-        assert!(s[owner].conn().exists::<_, bool>(k).unwrap(), "{k} should be on {}", names[owner]);
+        assert!(
+            s[owner].conn().exists::<_, bool>(k).unwrap(),
+            "{k} should be on {}",
+            names[owner]
+        );
     }
     assert!(s.iter().all(|x| x.dbsize() > 400));
 }
