@@ -178,7 +178,7 @@ fn server_errors_pass_through_clearly() {
 
 #[test]
 fn a_server_loading_its_data_answers_loading_then_the_data() {
-    let mut s = vec![RedisServer::with_args(&["--enable-debug-command", "yes"])];
+    let mut s = [RedisServer::with_args(&["--enable-debug-command", "yes"])];
     let mut con = s[0].conn();
     redis::cmd("DEBUG")
         .arg("POPULATE")

@@ -16,7 +16,7 @@ fn every_byte_value_in_keys_and_values() {
     let mr = MRedis::new(urls(&s)).unwrap();
     let all: Vec<u8> = (0..=255u8).collect();
     for b in 0..=255u8 {
-        let key = vec![b, b'\r', b'\n', 0, 255 - b];
+        let key = [b, b'\r', b'\n', 0, 255 - b];
         mr.set::<_, _, ()>(&key[..], &all[..]).unwrap();
         let back: Vec<u8> = mr.get(&key[..]).unwrap();
         assert_eq!(back, all);
