@@ -67,7 +67,7 @@ impl MRedis {
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let mut connections = Vec::with_capacity(servers.len());
         for server in &servers {
-            let client = redis::Client::open(server.connection_info()).map_err(|e| name_server(server.name(), e))?;
+            let client = server.client().map_err(|e| name_server(server.name(), e))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
                 .set_response_timeout(options.response_timeout)

@@ -106,7 +106,7 @@ impl MRedis {
             // One connection-opening thread per server (r2d2's default is
             // three): few threads, yet a hung server cannot delay the others.
             let housekeeping = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
-            let client = redis::Client::open(server.connection_info()).map_err(|e| name_server(server.name(), e))?;
+            let client = server.client().map_err(|e| name_server(server.name(), e))?;
             let manager = Manager {
                 client,
                 connect_timeout: options.connect_timeout,

@@ -24,6 +24,8 @@ pub struct Server {
     weight: u32,
     alias: Option<String>,
     info: ConnectionInfo,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls_root_cert: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl fmt::Debug for Server {
@@ -104,6 +106,7 @@ impl Server {
             weight: 1,
             alias: None,
             info,
+            tls_root_cert: None,
         })
     }
 
@@ -155,8 +158,30 @@ impl Server {
         self
     }
 
+    /// Trusts this PEM root certificate (instead of the system's) for a
+    /// `rediss://` server, e.g. a private CA.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn with_tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(std::sync::Arc::new(pem.into()));
+        self
+    }
+
     pub(crate) fn connection_info(&self) -> ConnectionInfo {
         self.info.clone()
+    }
+
+    /// A redis-rs client for this server, with its TLS roots if any.
+    pub(crate) fn client(&self) -> RedisResult<redis::Client> {
+        #[cfg(feature = "tls")]
+        if let Some(root) = &self.tls_root_cert {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.as_ref().clone()),
+            };
+            return redis::Client::build_with_tls(self.info.clone(), certs);
+        }
+        redis::Client::open(self.info.clone())
     }
 }
 

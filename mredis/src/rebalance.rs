@@ -83,7 +83,7 @@ pub struct RebalanceReport {
 }
 
 fn connect(server: &Server) -> RedisResult<Connection> {
-    let client = redis::Client::open(server.connection_info())?;
+    let client = server.client()?;
     client
         .get_connection_with_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| crate::routing::name_server(server.name(), e))

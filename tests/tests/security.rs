@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mredis::{MRedis, PerServer};
+use mredis::{MRedis, PerServer, Server};
 use mredis_tests::{RedisServer, servers};
 
 const SECRET: &str = "LeakCanary-7f3a9e";
@@ -228,6 +228,20 @@ fn tls_servers_work_with_rediss_urls() {
     // A certificate from an unknown CA is refused when verification is on.
     let strict = MRedis::new([format!("rediss://127.0.0.1:{pa}/0")]).unwrap();
     assert!(strict.get::<_, Option<String>>("t1").is_err());
+    // Trusting the test CA, verification passes (certificate for IP 127.0.0.1).
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    let verified: Vec<Server> = [pa, pb]
+        .iter()
+        .map(|p| {
+            Server::from_url(&format!("rediss://127.0.0.1:{p}/0"))
+                .unwrap()
+                .with_tls_root_cert(ca.clone())
+        })
+        .collect();
+    let verified = MRedis::new(verified).unwrap();
+    assert_eq!(verified.get::<_, i64>("t1").unwrap(), 1);
+    let sizes: PerServer<i64> = verified.dbsize().unwrap();
+    assert_eq!(sizes.values().sum::<i64>(), 20);
     let _ = std::fs::remove_dir_all(&dir);
     drop(servers(0));
 }

@@ -375,3 +375,205 @@ fn lookup3_final(mut a: u32, mut b: u32, mut c: u32) -> u32 {
     c ^= b;
     c.wrapping_sub(b.rotate_left(24))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for hash in KeyHash::ALL {
+            assert_eq!(KeyHash::from_name(hash.name()), Some(hash));
+        }
+        assert_eq!(KeyHash::from_name("fnv1a_64"), Some(KeyHash::Fnv1a64));
+        for unknown in ["", "FNV1A_64", "fnv1a-64", "crc32b", "ketama", "md5 "] {
+            assert_eq!(KeyHash::from_name(unknown), None, "{unknown:?}");
+        }
+    }
+
+    #[test]
+    fn empty_key_hashes_to_zero() {
+        for hash in KeyHash::ALL {
+            assert_eq!(hash.hash(b""), 0, "{}", hash.name());
+        }
+    }
+
+    #[test]
+    fn published_fnv_vectors_for_ascii() {
+        // From the FNV reference test suite; the 64-bit ones through their
+        // low halves, which is all twemproxy returns.
+        assert_eq!(KeyHash::Fnv1_32.hash(b"a"), 0x050c_5d7e);
+        assert_eq!(KeyHash::Fnv1_32.hash(b"foobar"), 0x31f0_b262);
+        assert_eq!(KeyHash::Fnv1a32.hash(b"a"), 0xe40c_292c);
+        assert_eq!(KeyHash::Fnv1a32.hash(b"foobar"), 0xbf9c_f968);
+        assert_eq!(KeyHash::Fnv1_64.hash(b"a"), 0x8601_b7be); // 0xaf63bd4c8601b7be
+        assert_eq!(KeyHash::Fnv1_64.hash(b"foobar"), 0xa4dd_a9c2); // 0x340d8765a4dda9c2
+        assert_eq!(KeyHash::Fnv1a64.hash(b"a"), 0x8601_ec8c); // 0xaf63dc4c8601ec8c
+        assert_eq!(KeyHash::Fnv1a64.hash(b"foobar"), 0xf739_67e8); // 0x85944171f73967e8
+    }
+
+    #[test]
+    fn spec_sample_fnv1a_64_values() {
+        let table: [(&[u8], u32); 6] = [
+            (b"foo", 0xfed9_d577),
+            (b"bar", 0x1339_461a),
+            (b"baz", 0x1339_3882),
+            (b"user:3", 0x7508_2051),
+            (b"session:abc", 0x7b27_1d79),
+            (b"counter", 0x1651_7c63),
+        ];
+        for (key, expected) in table {
+            assert_eq!(KeyHash::Fnv1a64.hash(key), expected, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn md5_and_crc_vectors() {
+        // md5("foo") = acbd18db 4cc2f85c ...
+        assert_eq!(KeyHash::Md5.hash(b"foo"), 0xdb18_bdac);
+        // The CRC "check" input: CRC-32 0xcbf43926, CRC-16/XMODEM 0x31c3.
+        assert_eq!(KeyHash::Crc32a.hash(b"123456789"), 0xcbf4_3926);
+        assert_eq!(KeyHash::Crc32.hash(b"123456789"), 0x4bf4);
+        assert_eq!(KeyHash::Crc16.hash(b"123456789") & 0xffff, 0x31c3);
+        // ...while the bits above 16 are the unmasked state's leftovers.
+        assert_eq!(KeyHash::Crc16.hash(b"123456789"), 0x8690_31c3);
+        assert_eq!(KeyHash::Crc16.hash(&[0xe9]), 0x6c07);
+        assert_eq!(crc32fast::hash(b"foo"), 0x8c73_6521);
+    }
+
+    #[test]
+    fn lookup3_published_vectors() {
+        // From lookup3.c's self-test (initval 0 and 1); twemproxy uses 13.
+        assert_eq!(lookup3(b"", 0), 0xdead_beef);
+        let text = b"Four score and seven years ago";
+        assert_eq!(lookup3(text, 0), 0x1777_0551);
+        assert_eq!(lookup3(text, 1), 0xcd62_8161);
+        assert_eq!(KeyHash::Jenkins.hash(text), 0x1ab8_67b2);
+    }
+
+    /// Values from this code after it placed 18,000+ keys (ASCII, binary,
+    /// lengths 1..=40) exactly as a live nutcracker 0.5.0 did with every
+    /// hash under both ketama and modula: a guard against regressions.
+    #[test]
+    fn values_agreed_with_nutcracker() {
+        let keys: [&[u8]; 4] = [
+            b"user:1000",
+            &[0xe9],
+            &[b'a', b'b', 0xff],
+            b"\x80\x81\x82\x83\xfe\xff\xc3\xa9t\xc3\xa9",
+        ];
+        let table: [(KeyHash, [u32; 4]); 12] = [
+            (KeyHash::OneAtATime, [0xb563_b74f, 0x4098_48ff, 0x0603_d118, 0x3146_9498]),
+            (KeyHash::Md5, [0x2e98_6207, 0x7687_0634, 0x82ab_bd74, 0xdab7_712a]),
+            (KeyHash::Crc16, [0xe164_4671, 0x0000_6c07, 0x7c74_dfe3, 0x89dc_a032]),
+            (KeyHash::Crc32, [0x0000_1f74, 0x0000_0bd4, 0x0000_4c9d, 0x0000_52c0]),
+            (KeyHash::Crc32a, [0x9f74_17e3, 0x0bd4_b551, 0xcc9d_9ead, 0xd2c0_3d3d]),
+            (KeyHash::Fnv1_64, [0xd39e_3d21, 0x79fe_4836, 0x9450_5257, 0xb6f6_931c]),
+            (KeyHash::Fnv1a64, [0xae7b_4289, 0x79fe_2ea4, 0xfabe_022f, 0x9494_8c8e]),
+            (KeyHash::Fnv1_32, [0xa6af_fca1, 0xfaf3_a2f6, 0xbc63_d0d7, 0x555b_f47c]),
+            (KeyHash::Fnv1a32, [0x507c_1d89, 0xebf3_8b44, 0xc3b7_e16f, 0x667d_c1ce]),
+            (KeyHash::Hsieh, [0xddec_1969, 0x3c20_d7ba, 0x75dc_9fd6, 0x8ebe_cabe]),
+            (KeyHash::Murmur, [0x8e24_aec7, 0xdd27_d4d8, 0xec90_82b2, 0xf42e_191f]),
+            (KeyHash::Jenkins, [0x048c_4d84, 0x0731_c9e4, 0xe9af_676b, 0x06bc_5be7]),
+        ];
+        for (hash, expected) in table {
+            for (key, want) in keys.iter().zip(expected) {
+                assert_eq!(hash.hash(key), want, "{} of {key:?}", hash.name());
+            }
+        }
+    }
+
+    #[test]
+    fn high_bytes_are_sign_extended_where_twemproxy_does() {
+        let sx = 0xffff_ffe9_u32; // (uint32_t)(char)0xe9
+        assert_eq!(
+            KeyHash::Fnv1a64.hash(&[0xe9]),
+            (0x8422_2325_u32 ^ sx).wrapping_mul(0x1b3)
+        );
+        // ...which is not what true FNV-1a-64 gives for that byte.
+        let true_fnv1a_64 = ((FNV_64_OFFSET ^ 0xe9).wrapping_mul(FNV_64_PRIME)) as u32;
+        assert_ne!(KeyHash::Fnv1a64.hash(&[0xe9]), true_fnv1a_64);
+        assert_eq!(
+            KeyHash::Fnv1a32.hash(&[0xe9]),
+            (FNV_32_OFFSET ^ sx).wrapping_mul(FNV_32_PRIME)
+        );
+        assert_eq!(
+            KeyHash::Fnv1_32.hash(&[0xe9]),
+            FNV_32_OFFSET.wrapping_mul(FNV_32_PRIME) ^ sx
+        );
+        assert_eq!(
+            KeyHash::Fnv1_64.hash(&[0xe9]),
+            (FNV_64_OFFSET.wrapping_mul(FNV_64_PRIME) as u32) ^ sx
+        );
+        let mut oaat = sx.wrapping_add(sx << 10);
+        oaat ^= oaat >> 6;
+        oaat = oaat.wrapping_add(oaat << 3);
+        oaat ^= oaat >> 11;
+        assert_eq!(KeyHash::OneAtATime.hash(&[0xe9]), oaat.wrapping_add(oaat << 15));
+
+        // A byte below 0x80 is the same either way.
+        assert_eq!(sext(0x7f), 0x7f);
+        assert_eq!(sext(0x80), 0xffff_ff80);
+    }
+
+    #[test]
+    fn hsieh_sign_extends_only_the_third_trailing_byte() {
+        // Within a 4-byte block and as a lone last byte, 0xe9 is unsigned...
+        let unsigned_lone = {
+            let mut h = 0xe9_u32;
+            h ^= h << 10;
+            h = h.wrapping_add(h >> 1);
+            h
+        };
+        assert_eq!(hsieh(&[0xe9]), avalanche(unsigned_lone));
+        // ...but as the third of three trailing bytes it is a signed char.
+        let signed_third = {
+            let mut h = le16(b'a', b'b');
+            h ^= h << 16;
+            h ^= 0xffff_ffe9_u32 << 18;
+            h = h.wrapping_add(h >> 11);
+            h
+        };
+        assert_eq!(hsieh(b"ab\xe9"), avalanche(signed_third));
+    }
+
+    fn avalanche(mut h: u32) -> u32 {
+        h ^= h << 3;
+        h = h.wrapping_add(h >> 5);
+        h ^= h << 4;
+        h = h.wrapping_add(h >> 17);
+        h ^= h << 25;
+        h.wrapping_add(h >> 6)
+    }
+
+    #[test]
+    fn crc16_matches_a_bitwise_loop() {
+        // The table-driven CRC against a bit-at-a-time CRC-16/XMODEM over
+        // the same never-masked 32-bit state, with high bytes in the key.
+        let key = [0xe9_u8, 0x80, 0xff, 0x41, 0x00, 0x7f];
+        let mut crc: u32 = 0;
+        for &b in &key {
+            let mut step = u16::from((crc >> 8) as u8 ^ b) << 8;
+            for _ in 0..8 {
+                let carry = step & 0x8000 != 0;
+                step <<= 1;
+                if carry {
+                    step ^= 0x1021;
+                }
+            }
+            crc = (crc << 8) ^ u32::from(step);
+        }
+        assert_eq!(KeyHash::Crc16.hash(&key), crc);
+        assert_eq!(KeyHash::Crc32a.hash(&key), crc32fast::hash(&key));
+    }
+
+    #[test]
+    fn standard_index_is_the_original_formula() {
+        // crc32("foo") = 0x8c736521 -> 0x8c73 & 0x7fff = 3187.
+        assert_eq!(standard_index(b"foo", 2), 3187 % 2);
+        assert_eq!(standard_index(b"foo", 7), 3187 % 7);
+        assert_eq!(standard_index(b"foo", 1), 0);
+        assert_eq!(standard_index(b"foo", 0), 0);
+        assert_eq!(standard_index(b"", 3), 0);
+    }
+}
