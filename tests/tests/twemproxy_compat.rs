@@ -11,6 +11,8 @@ use mredis_tests::{Nutcracker, RedisServer, servers};
 fn keys() -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = (0..1200).map(|i| format!("user:{i}:profile").into_bytes()).collect();
     keys.extend((0..256u32).map(|i| vec![i as u8, 0x80 | (i as u8), b'k', (i * 7) as u8]));
+    // High bytes at every tail position: lengths 1 to 9.
+    keys.extend((0..256u32).map(|i| (0..=(i % 9)).map(|j| (0x80 | (i * 31 + j * 17)) as u8).collect()));
     keys.extend((0..200).map(|i| format!("{{tag{}}}:item{i}", i % 7).into_bytes()));
     keys.extend((0..100).map(|i| format!("pre{{}}{i}{{x}}").into_bytes()));
     keys.push(Vec::new());

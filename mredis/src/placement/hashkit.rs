@@ -221,7 +221,8 @@ fn hsieh(key: &[u8]) -> u32 {
             hash = hash.wrapping_add(hash >> 17);
         }
         1 => {
-            hash = hash.wrapping_add(sext(rem[0]));
+            // Unlike the 3-byte tail above, twemproxy reads this byte unsigned.
+            hash = hash.wrapping_add(rem[0] as u32);
             hash ^= hash << 10;
             hash = hash.wrapping_add(hash >> 1);
         }
