@@ -357,3 +357,17 @@ fn an_unreachable_server_fails_fast_and_names_itself() {
         1
     );
 }
+
+#[test]
+fn flush_options_fan_out() {
+    let s = servers(2);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    for i in 0..20 {
+        mr.set::<_, _, ()>(format!("f{i}"), i).unwrap();
+    }
+    let _: PerServer<()> = mr.flushdb_options(&redis::FlushDbOptions::default()).unwrap();
+    assert!(s.iter().all(|x| x.dbsize() == 0));
+    mr.set::<_, _, ()>("again", 1).unwrap();
+    let _: PerServer<()> = mr.flushall_options(&redis::FlushAllOptions::default()).unwrap();
+    assert!(s.iter().all(|x| x.dbsize() == 0));
+}
