@@ -1,135 +1,325 @@
 //! Test harness: real `redis-server` (and `nutcracker`) processes on free
 //! loopback ports, each in its own temporary directory, stopped on drop.
+//!
 //! Tests use [`RedisServer::conn`] to check what a server really holds,
-//! without going through mredis.
+//! without going through mredis, and [`Nutcracker`] to compare placement
+//! with twemproxy's.
+//!
+//! A server counts as started once its own process listens on the port
+//! (checked through `/proc` where there is one) and answers `PING` there
+//! (`NOAUTH` counts too, for servers that need a password). A start that
+//! fails because the port got taken in the meantime is retried on another
+//! port; any other failure panics with the port and the server's output.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+#![warn(missing_docs)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first `PING`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often readiness is polled.
+const POLL: Duration = Duration::from_millis(10);
+/// How many fresh ports a start tries when the port keeps getting taken.
+const PORT_ATTEMPTS: usize = 8;
+/// What servers print when their port is taken.
+const PORT_TAKEN: &str = "Address already in use";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("cannot find a free loopback port")
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
+/// A new, empty directory under the system temp dir, unique to this process.
 fn scratch_dir(kind: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("mredis-{kind}-{}-{n}", std::process::id()));
+    // A leftover from an earlier process with the same pid.
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("cannot create a temporary directory");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
 }
 
-/// Whether `redis-server` can be started.
-pub fn redis_server_available() -> bool {
-    Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
+/// Finds an executable on `PATH`, then in the usual system directories
+/// (`nutcracker` lives in `/usr/sbin`, which is not always on `PATH`).
+fn find_binary(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let fallback = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
+    std::env::split_paths(&path)
+        .chain(fallback.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
-/// A `redis-server` process on a free loopback port; killed on drop.
+fn redis_server_binary() -> Option<&'static Path> {
+    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BINARY.get_or_init(|| find_binary("redis-server")).as_deref()
+}
+
+fn nutcracker_binary() -> Option<&'static Path> {
+    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BINARY.get_or_init(|| find_binary("nutcracker")).as_deref()
+}
+
+/// Whether `redis-server` is installed (on `PATH` or in a system directory).
+pub fn redis_server_available() -> bool {
+    redis_server_binary().is_some()
+}
+
+/// Whether `nutcracker` (twemproxy) is installed (on `PATH` or in a system
+/// directory such as `/usr/sbin`).
+pub fn nutcracker_available() -> bool {
+    nutcracker_binary().is_some()
+}
+
+/// Sends a RESP `PING` to `127.0.0.1:port` and returns the first reply line.
+fn ping_line(port: u16) -> Option<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream.write_all(b"*1\r\n$4\r\nPING\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 256];
+    while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&reply).trim_end().to_string())
+}
+
+/// Whether the server on `port` is up: `PONG`, or `NOAUTH` from one that
+/// wants a password. `LOADING` and the like mean "not yet".
+fn answers_ping(port: u16) -> bool {
+    ping_line(port).is_some_and(|l| l == "+PONG" || l.starts_with("-NOAUTH"))
+}
+
+/// Whether process `pid` has a TCP socket listening on `port`; `None` where
+/// `/proc` cannot tell. This tells our server from another process that
+/// took the port between [`free_port`] and the server's own bind.
+fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    let mut inodes = Vec::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if !readable {
+        return None;
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    }))
+}
+
+/// stdout and stderr of a child, both appended to `log`.
+fn output_to(log: &Path) -> (Stdio, Stdio) {
+    let file = File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    let copy = file
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cannot share {}: {e}", log.display()));
+    (Stdio::from(file), Stdio::from(copy))
+}
+
+fn read_log(log: &Path) -> String {
+    match std::fs::read_to_string(log) {
+        Ok(text) if text.trim().is_empty() => "(empty)".to_string(),
+        Ok(text) => text,
+        Err(e) => format!("(cannot read {}: {e})", log.display()),
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Why a start failed.
+enum StartError {
+    /// Another process took the port: try another one.
+    PortTaken(String),
+    /// Anything else: give up.
+    Fatal(String),
+}
+
+/// All of `logs`, each under its file name.
+fn read_logs(logs: &[&Path]) -> String {
+    let mut text = String::new();
+    for log in logs {
+        let name = log.file_name().unwrap_or_default().to_string_lossy();
+        text.push_str(&format!("--- {name} ---\n{}\n", read_log(log).trim_end()));
+    }
+    text
+}
+
+/// Waits until `child` listens on `port` and answers `PING` there.
+/// On failure the child is killed and the error carries `logs`.
+fn wait_ready(what: &str, child: &mut Child, port: u16, logs: &[&Path]) -> Result<(), StartError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = read_logs(logs);
+            let message = format!("{what} on 127.0.0.1:{port} exited with {status}; its output:\n{text}");
+            return Err(if text.contains(PORT_TAKEN) {
+                StartError::PortTaken(message)
+            } else {
+                StartError::Fatal(message)
+            });
+        }
+        if listens_on(child.id(), port) != Some(false) && answers_ping(port) {
+            // The process could have died right after someone else answered.
+            if matches!(child.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+            continue;
+        }
+        if Instant::now() >= deadline {
+            kill(child);
+            return Err(StartError::Fatal(format!(
+                "{what} on 127.0.0.1:{port} did not answer PING within {} s; its output:\n{}",
+                START_TIMEOUT.as_secs(),
+                read_logs(logs)
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A `redis-server` process on a free loopback port, in its own temporary
+/// directory, with no persistence. Killed, and its directory removed, on drop.
+///
+/// ```no_run
+/// let s = mredis_tests::RedisServer::new();
+/// redis::cmd("SET").arg("k").arg(1).exec(&mut s.conn()).unwrap();
+/// assert_eq!(s.keys(), ["k"]);
+/// ```
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .field("dir", &self.dir)
+            .field("extra", &self.extra)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisServer {
-    /// Starts a server with default test settings (no persistence).
+    /// Starts a server with the default test settings: `--bind 127.0.0.1
+    /// --save "" --appendonly no --daemonize no --dir <own temp dir>`.
+    ///
+    /// Panics if `redis-server` is not installed or does not come up.
     pub fn new() -> RedisServer {
         RedisServer::with_args(&[])
     }
 
-    /// Starts a server with extra command-line flags (e.g. `--requirepass x`).
+    /// Starts a server with extra command-line flags after the default ones
+    /// (e.g. `--requirepass x`, `--maxmemory 1mb`, `--tls-port N ...`).
+    /// They must not change `--port`, `--bind` or `--dir`.
     pub fn with_args(extra: &[&str]) -> RedisServer {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let dir = scratch_dir("redis");
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let mut server = RedisServer {
-                port: free_port(),
-                dir: dir.clone(),
-                extra: extra.clone(),
-                child: None,
-            };
+        let mut server = RedisServer {
+            port: 0,
+            dir: scratch_dir("redis"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: Mutex::new(None),
+        };
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = free_port();
             match server.spawn() {
                 Ok(()) => return server,
-                Err(e) => last_error = e,
+                Err(StartError::PortTaken(message)) => last = message,
+                Err(StartError::Fatal(message)) => panic!("could not start redis-server: {message}"),
             }
         }
-        panic!("could not start redis-server: {last_error}");
+        panic!("could not start redis-server: {PORT_ATTEMPTS} ports were taken; last: {last}");
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
-        if !redis_server_available() {
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// Starts the process on `self.port` and waits until it answers.
+    fn spawn(&self) -> Result<(), StartError> {
+        let Some(binary) = redis_server_binary() else {
             panic!("redis-server not found on PATH: install it (apt-get install redis-server)");
-        }
-        let log = self.dir.join(format!("redis-{}.log", self.port));
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--daemonize", "no", "--dir"])
-        .arg(&self.dir)
-        .arg("--logfile")
-        .arg(&log)
-        .args(&self.extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = cmd.spawn().map_err(|e| format!("spawn failed: {e}"))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("port {}: exited with {status}: {text}", self.port));
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.ping() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        Err(format!("port {}: no PING reply within 10 s: {text}", self.port))
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
         };
-        let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
-            return false;
-        };
-        match redis::cmd("PING").query::<String>(&mut con) {
-            Ok(_) => true,
-            // A password-protected server answers NOAUTH: it is up.
-            Err(e) => e.code() == Some("NOAUTH"),
-        }
+        let log = self.log_path();
+        let (stdout, stderr) = output_to(&log);
+        let mut child = Command::new(binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| StartError::Fatal(format!("cannot run {}: {e}", binary.display())))?;
+        wait_ready("redis-server", &mut child, self.port, &[&log])?;
+        *self.child() = Some(child);
+        Ok(())
     }
 
     /// The server's working directory (where `SAVE` writes `dump.rdb`).
-    pub fn dir(&self) -> &std::path::Path {
+    pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What the server printed (its log) since it was last started.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path())
     }
 
     /// The port.
@@ -157,53 +347,94 @@ impl RedisServer {
         format!("127.0.0.1:{}:0", self.port)
     }
 
-    /// A redis-rs client for this server.
+    /// A redis-rs client for db 0 of this server.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("valid URL")
+        redis::Client::open(self.url()).expect("a valid redis:// URL")
     }
 
-    /// A direct connection, to check what the server really holds.
+    /// A direct connection to db 0, to check what the server really holds.
     pub fn conn(&self) -> redis::Connection {
         self.client()
             .get_connection_with_timeout(Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("cannot connect to redis-server on port {}: {e}", self.port))
+            .unwrap_or_else(|e| panic!("cannot connect to redis-server on {}: {e}", self.addr()))
     }
 
-    /// All keys of db 0, sorted.
+    /// All keys of db 0 (`KEYS *`), sorted; bytes that are not UTF-8 show
+    /// as U+FFFD.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut self.conn()).expect("KEYS");
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("KEYS * on {}: {e}", self.addr()));
+        let mut keys: Vec<String> = keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
         keys.sort();
         keys
     }
 
-    /// DBSIZE of db 0.
+    /// `DBSIZE` of db 0.
     pub fn dbsize(&self) -> i64 {
-        redis::cmd("DBSIZE").query(&mut self.conn()).expect("DBSIZE")
+        redis::cmd("DBSIZE")
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("DBSIZE on {}: {e}", self.addr()))
     }
 
-    /// Kills the server (the port stays reserved for `restart`).
+    /// Kills the server (SIGKILL) and waits for it to exit. The port and
+    /// the directory are kept, for [`RedisServer::restart`]. Does nothing
+    /// if it is not running.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut child) = self.child().take() {
+            kill(&mut child);
         }
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port, empty: whatever a `SAVE`
+    /// left in its directory is removed first. Kills it first if it runs.
+    ///
+    /// Panics if it does not come up (e.g. another process took the port
+    /// and kept it for 5 s).
     pub fn restart(&mut self) {
         self.stop();
-        if let Err(e) = self.spawn() {
-            panic!("could not restart redis-server: {e}");
+        self.clear_dir();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(StartError::PortTaken(message)) if Instant::now() >= deadline => {
+                    panic!("could not restart redis-server: {message}")
+                }
+                Err(StartError::PortTaken(_)) => std::thread::sleep(Duration::from_millis(50)),
+                Err(StartError::Fatal(message)) => panic!("could not restart redis-server: {message}"),
+            }
         }
     }
 
-    /// Whether the process is running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    /// Removes everything in the directory (dump, AOF), so a start is empty.
+    fn clear_dir(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+
+    /// Whether the process is running (started and not stopped, nor dead).
+    pub fn is_running(&self) -> bool {
+        matches!(self.child().as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The process id while it is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child().as_ref().map(|c| c.id())
     }
 }
 
 impl Default for RedisServer {
+    /// Same as [`RedisServer::new`].
     fn default() -> Self {
         RedisServer::new()
     }
@@ -216,57 +447,103 @@ impl Drop for RedisServer {
     }
 }
 
-/// Starts `n` servers.
+/// Starts `n` servers ([`RedisServer::new`]) in parallel, in that order.
+/// If one fails, the others are stopped and the first failure's panic goes on.
 pub fn servers(n: usize) -> Vec<RedisServer> {
-    (0..n).map(|_| RedisServer::new()).collect()
+    if n <= 1 {
+        return (0..n).map(|_| RedisServer::new()).collect();
+    }
+    let started: Vec<std::thread::Result<RedisServer>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n).map(|_| scope.spawn(RedisServer::new)).collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut ok = Vec::with_capacity(n);
+    let mut failure = None;
+    for result in started {
+        match result {
+            Ok(server) => ok.push(server),
+            Err(panic) => failure = failure.or(Some(panic)),
+        }
+    }
+    if let Some(panic) = failure {
+        drop(ok);
+        std::panic::resume_unwind(panic);
+    }
+    ok
 }
 
-/// A `nutcracker` (twemproxy 0.5.0) process in front of real servers.
+/// A `nutcracker` (twemproxy) process with one pool, `mredis_test`, in front
+/// of real servers; killed, and its directory removed, on drop.
 pub struct Nutcracker {
     port: u16,
+    stats_port: u16,
     dir: PathBuf,
     child: Child,
 }
 
+impl std::fmt::Debug for Nutcracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nutcracker")
+            .field("port", &self.port)
+            .field("stats_port", &self.stats_port)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Nutcracker {
-    /// Starts nutcracker with one pool `mredis_test` and the given settings;
-    /// `servers` are twemproxy lines such as `127.0.0.1:7001:1` or
-    /// `127.0.0.1:7001:1 name`.
+    /// Starts nutcracker with one pool `mredis_test` listening on a free
+    /// loopback port, with `redis: true`, `timeout: 2000`, the given `hash`
+    /// (e.g. `fnv1a_64`), `distribution` (`ketama`, `modula` or `random`),
+    /// optional two-character `hash_tag` (e.g. `{}`), and `servers` lines
+    /// written verbatim, such as `127.0.0.1:7001:1` or `127.0.0.1:7001:1 name`.
+    ///
+    /// Waits until a `PING` through it answers; panics with its log if it
+    /// does not start (e.g. a bad setting) or nutcracker is not installed.
     pub fn start(hash: &str, distribution: &str, hash_tag: Option<&str>, servers: &[String]) -> Nutcracker {
+        let Some(binary) = nutcracker_binary() else {
+            panic!("nutcracker not found on PATH: install it (apt-get install nutcracker)");
+        };
         let dir = scratch_dir("nutcracker");
-        let port = free_port();
-        let stats = free_port();
-        let mut yaml = format!(
-            "mredis_test:\n  listen: 127.0.0.1:{port}\n  hash: {hash}\n  distribution: {distribution}\n  redis: true\n  timeout: 2000\n  auto_eject_hosts: false\n"
-        );
-        if let Some(tag) = hash_tag {
-            yaml.push_str(&format!("  hash_tag: \"{tag}\"\n"));
-        }
-        yaml.push_str("  servers:\n");
-        for s in servers {
-            yaml.push_str(&format!("   - {s}\n"));
-        }
         let conf = dir.join("nutcracker.yml");
-        std::fs::write(&conf, yaml).expect("write nutcracker config");
-        let child = Command::new("nutcracker")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-s", &stats.to_string(), "-o"])
-            .arg(dir.join("nutcracker.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nutcracker ({e}): apt-get install nutcracker"));
-        let nc = Nutcracker { port, dir, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return nc;
+        let log = dir.join("nutcracker.log");
+        let output = dir.join("output.log");
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            let stats_port = free_port();
+            let yaml = config(port, hash, distribution, hash_tag, servers);
+            std::fs::write(&conf, &yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
+            let _ = std::fs::remove_file(&log);
+            let (stdout, stderr) = output_to(&output);
+            let mut child = Command::new(binary)
+                .arg("-c")
+                .arg(&conf)
+                .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1", "-o"])
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+            match wait_ready("nutcracker", &mut child, port, &[&output, &log]) {
+                Ok(()) => {
+                    return Nutcracker {
+                        port,
+                        stats_port,
+                        dir,
+                        child,
+                    };
+                }
+                Err(StartError::PortTaken(message)) => last = message,
+                Err(StartError::Fatal(message)) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    panic!("could not start nutcracker: {message}--- config ---\n{yaml}")
+                }
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        let log = std::fs::read_to_string(nc.dir.join("nutcracker.log")).unwrap_or_default();
-        panic!("nutcracker did not listen on {port} within 10 s: {log}");
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("could not start nutcracker: {PORT_ATTEMPTS} ports were taken; last: {last}");
     }
 
     /// The proxy's port.
@@ -274,28 +551,59 @@ impl Nutcracker {
         self.port
     }
 
+    /// The stats port (JSON stats on connect), on 127.0.0.1.
+    pub fn stats_port(&self) -> u16 {
+        self.stats_port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// nutcracker's log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.dir.join("nutcracker.log"))
     }
 
     /// A connection through the proxy. twemproxy closes connections that
     /// send commands it does not know, so redis-rs's `CLIENT SETINFO` is off.
     pub fn conn(&self) -> redis::Connection {
         use redis::IntoConnectionInfo;
-        let info = self.url().into_connection_info().expect("valid URL");
+        let info = self.url().into_connection_info().expect("a valid redis:// URL");
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let info = info.set_redis_settings(settings);
         redis::Client::open(info)
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-            .expect("connect to nutcracker")
+            .unwrap_or_else(|e| panic!("cannot connect to nutcracker on {}: {e}", self.addr()))
     }
+}
+
+/// The YAML config of a one-pool nutcracker.
+fn config(port: u16, hash: &str, distribution: &str, hash_tag: Option<&str>, servers: &[String]) -> String {
+    let mut yaml = format!(
+        "mredis_test:\n  listen: 127.0.0.1:{port}\n  hash: {hash}\n  distribution: {distribution}\n  \
+         redis: true\n  timeout: 2000\n  auto_eject_hosts: false\n"
+    );
+    if let Some(tag) = hash_tag {
+        // Single-quoted YAML: only `'` needs escaping, as `''`.
+        yaml.push_str(&format!("  hash_tag: '{}'\n", tag.replace('\'', "''")));
+    }
+    yaml.push_str("  servers:\n");
+    for s in servers {
+        yaml.push_str(&format!("   - {s}\n"));
+    }
+    yaml
 }
 
 impl Drop for Nutcracker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
