@@ -76,7 +76,7 @@ impl MRedis {
                 ConnectionManager::new_lazy_with_config(client, config).map_err(|e| name_server(server.name(), e))?;
             connections.push(manager);
         }
-        let core = Core::new(servers, options)?;
+        let core = Core::new(servers, &options)?;
         Ok(MRedis {
             core,
             connections: Arc::new(connections),

@@ -122,7 +122,7 @@ impl MRedis {
                 .build_unchecked(manager);
             pools.push(pool);
         }
-        let core = Core::new(servers, options)?;
+        let core = Core::new(servers, &options)?;
         Ok(MRedis {
             core,
             pools: Arc::new(pools),
@@ -301,14 +301,7 @@ pub(crate) fn collect_fan_out<RV: FromRedisValue>(
     if failed.is_empty() {
         Ok(PerServer::from_entries(ok))
     } else {
-        let command = cmd
-            .args_iter()
-            .next()
-            .map(|a| match a {
-                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-                _ => String::new(),
-            })
-            .unwrap_or_default();
+        let command = crate::routing::command_name(cmd);
         Err(FanOutError::new(command, PerServer::from_entries(ok), failed))
     }
 }

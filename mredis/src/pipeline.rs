@@ -9,6 +9,17 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ToRedisArgs,
 
 use crate::routing::{Core, client_error};
 
+/// Pipelines run only on the client (and so the server list) they were built for.
+fn same_client(running: &Arc<Core>, built: &Arc<Core>) -> RedisResult<()> {
+    if Arc::ptr_eq(running, built) {
+        Ok(())
+    } else {
+        Err(client_error(
+            "this pipeline was made by another MRedis; run it on the client that created it".to_string(),
+        ))
+    }
+}
+
 /// A pipeline bound to one server; see [`MRedis::pipeline`](crate::MRedis::pipeline).
 ///
 /// ```no_run
@@ -121,11 +132,7 @@ impl KeyPipeline {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
-        if !Arc::ptr_eq(core, &self.core) {
-            return Err(client_error(
-                "this pipeline was made by another MRedis; run it on the client that created it".to_string(),
-            ));
-        }
+        same_client(core, &self.core)?;
         Ok(())
     }
 
@@ -264,11 +271,7 @@ impl FleetPipeline {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
-        if !Arc::ptr_eq(core, &self.core) {
-            return Err(client_error(
-                "this pipeline was made by another MRedis; run it on the client that created it".to_string(),
-            ));
-        }
+        same_client(core, &self.core)?;
         Ok(self
             .shares
             .iter()

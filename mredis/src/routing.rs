@@ -26,18 +26,12 @@ pub enum Merge {
 pub(crate) struct Core {
     pub(crate) servers: Vec<Server>,
     pub(crate) placement: Placement,
-    #[allow(dead_code)]
-    pub(crate) options: Options,
 }
 
 impl Core {
-    pub(crate) fn new(servers: Vec<Server>, options: Options) -> RedisResult<Arc<Core>> {
+    pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Core>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
-        Ok(Arc::new(Core {
-            servers,
-            placement,
-            options,
-        }))
+        Ok(Arc::new(Core { servers, placement }))
     }
 
     pub(crate) fn name(&self, index: usize) -> &str {
@@ -86,7 +80,7 @@ impl Core {
         });
         let name = args.next().unwrap_or_default();
         let rest: Vec<Vec<u8>> = args.collect();
-        let command = String::from_utf8_lossy(&name).into_owned();
+        let command = command_name(cmd);
         let stride = stride.max(1);
         if rest.is_empty() || rest.len() % stride != 0 {
             // Let the server produce its own "wrong number of arguments".
@@ -171,12 +165,6 @@ impl Plan {
         if !failed.is_empty() {
             return Err(partial_failure(&self.command, &failed, &succeeded));
         }
-        if self.whole {
-            return values
-                .pop()
-                .map(|(_, v)| v)
-                .ok_or_else(|| client_error("no reply".to_string()));
-        }
         match merge {
             Merge::Ordered => {
                 let mut out = vec![Value::Nil; self.key_count()];
@@ -225,6 +213,14 @@ impl Plan {
                 Ok(Value::Okay)
             }
         }
+    }
+}
+
+/// The command's name (its first argument), for messages.
+pub(crate) fn command_name(cmd: &Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
+        _ => String::new(),
     }
 }
 

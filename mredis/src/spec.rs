@@ -64,7 +64,5 @@ mredis_macros::command_table!();
 /// Example invocations of routed methods, for the routing test.
 #[doc(hidden)]
 pub mod examples {
-    #[allow(unused_imports)]
-    use crate::Example;
     mredis_macros::command_examples!();
 }

@@ -607,3 +607,15 @@ impl Drop for Nutcracker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The URLs of `servers`, in order.
+pub fn urls(servers: &[RedisServer]) -> Vec<String> {
+    servers.iter().map(RedisServer::url).collect()
+}
+
+/// Where the original Python MRedis puts `key` among `n` servers,
+/// `((crc32(key) >> 16) & 0x7fff) % n`, computed here without mredis so
+/// tests check mredis's placement against an independent value.
+pub fn original_index(key: &[u8], n: usize) -> usize {
+    ((crc32fast::hash(key) >> 16) & 0x7fff) as usize % n
+}

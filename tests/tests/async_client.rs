@@ -3,16 +3,8 @@
 
 use mredis::PerServer;
 use mredis::aio::MRedis;
-use mredis_tests::{RedisServer, servers};
+use mredis_tests::{RedisServer, original_index as index, servers, urls};
 use redis::Commands;
-
-fn urls(servers: &[RedisServer]) -> Vec<String> {
-    servers.iter().map(|s| s.url()).collect()
-}
-
-fn index(key: &[u8], n: usize) -> usize {
-    ((crc32fast::hash(key) >> 16) & 0x7fff) as usize % n
-}
 
 fn holds(server: &RedisServer, key: &str) -> bool {
     server.conn().exists(key).unwrap()

@@ -3,23 +3,11 @@
 //! asks the servers directly, not through mredis.
 
 use mredis::{MRedis, PerServer};
-use mredis_tests::{RedisServer, servers};
+use mredis_tests::{RedisServer, original_index as python_mredis_index, servers, urls};
 use redis::Commands;
-
-fn urls(servers: &[RedisServer]) -> Vec<String> {
-    servers.iter().map(|s| s.url()).collect()
-}
 
 fn names(servers: &[RedisServer]) -> Vec<String> {
     servers.iter().map(|s| format!("127.0.0.1:{}:0", s.port())).collect()
-}
-
-/// The original MRedis's placement, computed here independently of mredis.
-fn python_mredis_index(key: &[u8], n: usize) -> usize {
-    let mut h = crc32fast::Hasher::new();
-    h.update(key);
-    let crc = h.finalize();
-    ((crc >> 16) & 0x7fff) as usize % n
 }
 
 fn holds(server: &RedisServer, key: &[u8]) -> bool {

@@ -5,16 +5,8 @@ use std::collections::BTreeSet;
 
 use futures::StreamExt;
 use mredis::{MRedis, PerServer, Script};
-use mredis_tests::{RedisServer, servers};
+use mredis_tests::{original_index as index, servers, urls};
 use redis::Commands;
-
-fn urls(servers: &[RedisServer]) -> Vec<String> {
-    servers.iter().map(|s| s.url()).collect()
-}
-
-fn index(key: &[u8], n: usize) -> usize {
-    ((crc32fast::hash(key) >> 16) & 0x7fff) as usize % n
-}
 
 #[test]
 fn scan_yields_every_key_of_every_server_once() {

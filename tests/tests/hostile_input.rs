@@ -3,12 +3,8 @@
 //! placement checked against an independent implementation.
 
 use mredis::{MRedis, Mode, Server};
-use mredis_tests::{RedisServer, servers};
+use mredis_tests::{servers, urls};
 use redis::Commands;
-
-fn urls(servers: &[RedisServer]) -> Vec<String> {
-    servers.iter().map(|s| s.url()).collect()
-}
 
 #[test]
 fn every_byte_value_in_keys_and_values() {

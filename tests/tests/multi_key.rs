@@ -4,16 +4,8 @@
 //! before sending otherwise; hash tags make co-location usable.
 
 use mredis::MRedis;
-use mredis_tests::{RedisServer, servers};
+use mredis_tests::{RedisServer, original_index as index, servers, urls};
 use redis::Commands;
-
-fn urls(servers: &[RedisServer]) -> Vec<String> {
-    servers.iter().map(|s| s.url()).collect()
-}
-
-fn index(key: &[u8], n: usize) -> usize {
-    ((crc32fast::hash(key) >> 16) & 0x7fff) as usize % n
-}
 
 fn snapshot(s: &[RedisServer]) -> Vec<Vec<String>> {
     s.iter().map(|x| x.keys()).collect()

@@ -9,16 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mredis::{MRedis, PerServer};
-use mredis_tests::{RedisServer, servers};
+use mredis_tests::{RedisServer, original_index as index, servers, urls};
 use redis::Commands;
-
-fn urls(servers: &[RedisServer]) -> Vec<String> {
-    servers.iter().map(|s| s.url()).collect()
-}
-
-fn index(key: &[u8], n: usize) -> usize {
-    ((crc32fast::hash(key) >> 16) & 0x7fff) as usize % n
-}
 
 fn duration() -> Duration {
     let secs = std::env::var("MREDIS_SOAK_SECS")

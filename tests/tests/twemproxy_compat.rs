@@ -21,6 +21,11 @@ fn keys() -> Vec<Vec<u8>> {
     keys
 }
 
+/// Explicit server names, of different lengths so twemproxy's name sort matters.
+fn node_name(i: usize) -> String {
+    format!("node-{}", ["c", "a", "bb", "d"][i])
+}
+
 struct Config<'a> {
     hash: KeyHash,
     distribution: &'a str,
@@ -40,7 +45,7 @@ fn round_trip(backends: &[RedisServer], c: &Config) {
         .map(|(i, (b, w))| {
             let mut line = format!("127.0.0.1:{}:{w}", b.port());
             if c.names {
-                line.push_str(&format!(" node-{}", ["c", "a", "bb", "d"][i]));
+                line.push_str(&format!(" {}", node_name(i)));
             }
             line
         })
@@ -75,11 +80,7 @@ fn round_trip(backends: &[RedisServer], c: &Config) {
         .enumerate()
         .map(|(i, (b, w))| {
             let s = Server::from_parts("127.0.0.1", b.port(), 0).unwrap().with_weight(*w);
-            if c.names {
-                s.with_alias(format!("node-{}", ["c", "a", "bb", "d"][i]))
-            } else {
-                s
-            }
+            if c.names { s.with_alias(node_name(i)) } else { s }
         })
         .collect();
     let mr = MRedis::builder().servers(servers).mode(mode).build().unwrap();
