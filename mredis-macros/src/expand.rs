@@ -209,9 +209,9 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             (
                 quote!(::redis::RedisResult<RV>),
                 quote! {
-                    let __server = self.route_key(#redis_name, &#key)?;
+                    let __route = self.core().route_key(#redis_name, &#key)?;
                     let __cmd = #build;
-                    self.query_on(__server, &__cmd) #awaiting
+                    self.run(__route, &__cmd) #awaiting
                 },
             )
         }
@@ -221,9 +221,9 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
                 quote!(::redis::RedisResult<RV>),
                 quote! {
                     #collect
-                    let __server = self.route_colocated(#redis_name, &__keys)?;
+                    let __route = self.core().route_colocated(#redis_name, &__keys)?;
                     let __cmd = #build;
-                    self.query_on(__server, &__cmd) #awaiting
+                    self.run(__route, &__cmd) #awaiting
                 },
             )
         }
@@ -234,7 +234,8 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
                 quote!(::redis::RedisResult<RV>),
                 quote! {
                     let __cmd = #build;
-                    self.scatter(&__cmd, #stride, #merge) #awaiting
+                    let __route = self.core().route_split(&__cmd, #stride, #merge);
+                    self.run(__route, &__cmd) #awaiting
                 },
             )
         }
@@ -463,8 +464,20 @@ pub fn examples(table: &Table) -> TokenStream {
                 return None;
             }
             let lets = idents.iter().zip(values.iter()).map(|(id, e)| quote!(let #id = #e;));
-            let collect = collect_keys(m);
             let build = build_cmd(m, sig);
+            // The keys exactly as the generated method routes them.
+            let collect = match class {
+                Class::Key => {
+                    let key = syn::Ident::new(m.key.as_deref().unwrap_or("key"), Span::call_site());
+                    quote!(let __keys = crate::routing::key_args(&#key);)
+                }
+                Class::Multi => {
+                    let stride = m.stride.unwrap_or(1);
+                    quote!(let __cmd = #build; let __keys = crate::routing::split_keys(&__cmd, #stride);)
+                }
+                _ => collect_keys(m),
+            };
+            let build = if class == Class::Multi { quote!(__cmd) } else { build };
             let mname = m.name();
             let cname = &c.name;
             let fname = format_ident!("__example_{}", sig.ident);
@@ -511,7 +524,10 @@ mod tests {
             ),
             "{out}"
         );
-        assert!(out.contains("self . route_key (\"SETEX\" , & key) ?"), "{out}");
+        assert!(
+            out.contains("self . core () . route_key (\"SETEX\" , & key) ?"),
+            "{out}"
+        );
         assert!(
             out.contains(":: redis :: Cmd :: set_ex (key , value , seconds)"),
             "{out}"

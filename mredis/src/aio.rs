@@ -1,20 +1,20 @@
 //! The async client (tokio): one multiplexed, self-reconnecting connection
 //! per server (redis-rs `ConnectionManager`, opened lazily so a server that
-//! is down does not keep the others from working). Fan-out and
-//! scatter-gather send to all servers concurrently. The routed methods are
-//! generated from `commands.toml`.
+//! is down does not keep the others from working). Routing, splitting and
+//! merging are the sync client's (`routing`); only the I/O differs: calls on
+//! several servers are sent concurrently and awaited together.
 
 use std::sync::Arc;
 
 use futures::future::join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
-use crate::client::collect_fan_out;
 use crate::config::{IntoServer, Options, Server, collect_servers};
+use crate::error::client_error;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::routing::{Core, Merge, name_server};
+use crate::routing::{Core, Move, Route, command_name, name_server};
 
 /// Several Redis servers behaving like one (async, tokio).
 ///
@@ -43,6 +43,7 @@ impl std::fmt::Debug for MRedis {
                 &self.core.servers.iter().map(Server::name).collect::<Vec<_>>(),
             )
             .field("mode", &self.core.placement.mode())
+            .field("migrating", &self.core.migration.is_some())
             .finish()
     }
 }
@@ -65,8 +66,9 @@ impl MRedis {
     }
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
-        let mut connections = Vec::with_capacity(servers.len());
-        for server in &servers {
+        let core = Core::new(servers, &options)?;
+        let mut connections = Vec::with_capacity(core.servers.len());
+        for server in &core.servers {
             let client = server.client().map_err(|e| name_server(server.name(), e))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
@@ -76,29 +78,29 @@ impl MRedis {
                 ConnectionManager::new_lazy_with_config(client, config).map_err(|e| name_server(server.name(), e))?;
             connections.push(manager);
         }
-        let core = Core::new(servers, &options)?;
         Ok(MRedis {
             core,
             connections: Arc::new(connections),
         })
     }
 
-    /// The servers, in configuration order.
+    /// The servers of the current configuration, in configuration order.
     pub fn servers(&self) -> &[Server] {
-        &self.core.servers
+        self.core.current_servers()
     }
 
     /// The name (`host:port:db`) of the server that owns `key`.
     pub fn server_for<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<&str> {
-        let index = self.core.route_key("server_for", &key)?;
-        Ok(self.core.name(index))
+        let Route::One { server, .. } = self.core.route_key("server_for", &key)? else {
+            unreachable!("one key has one server")
+        };
+        Ok(self.core.name(server))
     }
 
     /// A pipeline bound to the server that owns `key`; run it with
     /// [`KeyPipeline::query_async`].
     pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
-        let index = self.core.route_key("pipeline", &key)?;
-        Ok(KeyPipeline::new(self.core.clone(), index))
+        KeyPipeline::new(self.core.clone(), self.core.route_key("pipeline", &key)?)
     }
 
     /// A pipeline over the whole fleet; run it with
@@ -109,8 +111,8 @@ impl MRedis {
 
     /// Runs any command on the server that owns `key`.
     pub async fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
-        let index = self.core.route_key("query_routed", &key)?;
-        self.query_on(index, cmd).await
+        let route = self.core.route_key("query_routed", &key)?;
+        self.run(route, cmd).await
     }
 
     /// Runs any command on every server, concurrently.
@@ -126,55 +128,64 @@ impl MRedis {
         self.connections
             .get(index)
             .cloned()
-            .ok_or_else(|| crate::routing::client_error(format!("no server {index}")))
+            .ok_or_else(|| client_error(format!("no server {index}")))
     }
 
     pub(crate) async fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
         let mut con = self.connection(index)?;
-        cmd.query_async::<Value>(&mut con)
+        con.req_packed_command(cmd)
             .await
+            .and_then(Value::extract_error)
             .map_err(|e| name_server(self.core.name(index), e))
     }
 
-    pub(crate) async fn query_on<RV: FromRedisValue>(&self, index: usize, cmd: &Cmd) -> RedisResult<RV> {
-        let value = self.value_on(index, cmd).await?;
-        Ok(RV::from_redis_value(value)?)
-    }
-
+    /// Sends a pipeline's commands to one server; the replies, raw.
     pub(crate) async fn pipeline_on(&self, index: usize, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
         let mut con = self.connection(index)?;
-        pipe.query_async::<Vec<Value>>(&mut con)
+        let (offset, count) = if pipe.is_transaction() {
+            (pipe.len() + 1, 1)
+        } else {
+            (0, pipe.len())
+        };
+        con.req_packed_commands(pipe, offset, count)
             .await
             .map_err(|e| name_server(self.core.name(index), e))
     }
 
-    pub(crate) fn route_key<K: redis::ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
-        self.core.route_key(command, key)
-    }
-
-    pub(crate) fn route_colocated(&self, command: &str, keys: &[Vec<u8>]) -> RedisResult<usize> {
-        self.core.route_colocated(command, keys)
+    /// Runs a routed command: brings moving keys first, then one server or
+    /// a split over several (concurrently).
+    pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        match route {
+            Route::One { server, moves } => {
+                self.migrate(&moves).await?;
+                Ok(RV::from_redis_value(self.value_on(server, cmd).await?)?)
+            }
+            Route::Split(plan) => {
+                self.migrate(&plan.moves).await?;
+                let cmds = plan.commands(cmd);
+                let replies = join_all(cmds.iter().map(|(s, c)| self.value_on(*s, c))).await;
+                let value = plan.merge(&self.core, &command_name(cmd), replies)?;
+                Ok(RV::from_redis_value(value)?)
+            }
+        }
     }
 
     pub(crate) async fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        let replies = join_all((0..self.core.servers.len()).map(|i| self.value_on(i, cmd))).await;
-        collect_fan_out(&self.core, cmd, replies)
+        let replies = join_all((0..self.core.all()).map(|i| self.value_on(i, cmd))).await;
+        crate::per_server::collect(&self.core, &command_name(cmd), replies)
     }
 
-    pub(crate) async fn scatter<RV: FromRedisValue>(&self, cmd: &Cmd, stride: usize, merge: Merge) -> RedisResult<RV> {
-        let plan = self.core.plan(cmd, stride)?;
-        if plan.whole {
-            let (server, _) = plan.groups[0];
-            return self.query_on(server, cmd).await;
+    /// MIGRATEs moving keys to their new servers first.
+    pub(crate) async fn migrate(&self, moves: &[Move]) -> RedisResult<()> {
+        if moves.is_empty() {
+            return Ok(());
         }
-        let cmds: Vec<(usize, Cmd)> = plan
-            .groups
-            .iter()
-            .map(|(s, items)| (*s, plan.command_for(items)))
-            .collect();
-        let replies = join_all(cmds.iter().map(|(s, c)| self.value_on(*s, c))).await;
-        let value = plan.merge(&self.core, merge, replies)?;
-        Ok(RV::from_redis_value(value)?)
+        let jobs = self.core.migrate_jobs(moves);
+        let replies = join_all(jobs.iter().map(|j| self.value_on(j.0, &j.2))).await;
+        for (job, reply) in jobs.iter().zip(replies) {
+            self.core.migrate_outcome(moves, job, reply)?;
+        }
+        Ok(())
     }
 }
 

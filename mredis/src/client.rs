@@ -1,52 +1,70 @@
-//! The sync client: a connection pool per server (r2d2), so one `MRedis`
-//! shared by many threads (`&self` methods, `Send + Sync`) never serialises
-//! them behind one lock. The routed methods are generated from
-//! `commands.toml`; this file holds what they call.
+//! The sync client. Each server has a small pool of idle connections; a
+//! call takes one (or opens one, on the calling thread, so a refused
+//! connection fails at once) and gives it back when the exchange ended
+//! cleanly. Calls on several servers write every request first and then
+//! read every reply, on the calling thread, under one deadline for the
+//! whole call. The routed methods are generated from `commands.toml`; this
+//! file holds the I/O they end in.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
+use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisResult, Value};
 
 use crate::config::{IntoServer, Options, Server, collect_servers};
+use crate::error::client_error;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::routing::{Core, Merge, name_server};
+use crate::routing::{Core, Move, Route, command_name, name_server};
 
-/// Opens connections for r2d2 with mredis's timeouts.
-#[derive(Debug)]
-pub(crate) struct Manager {
+/// Idle connections of one server.
+pub(crate) struct Pool {
     client: redis::Client,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
 }
 
-impl r2d2::ManageConnection for Manager {
-    type Connection = Connection;
-    type Error = RedisError;
+impl Pool {
+    fn new(client: redis::Client, options: &Options) -> Pool {
+        Pool {
+            client,
+            idle: Mutex::new(Vec::new()),
+            max_idle: options.pool_size as usize,
+            connect_timeout: options.connect_timeout,
+            response_timeout: options.response_timeout,
+        }
+    }
 
-    fn connect(&self) -> Result<Connection, RedisError> {
+    /// An idle connection, or a new one opened now.
+    fn get(&self) -> RedisResult<Connection> {
+        if let Some(con) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(con);
+        }
         let con = self.client.get_connection_with_timeout(self.connect_timeout)?;
         con.set_read_timeout(self.response_timeout)?;
         con.set_write_timeout(self.response_timeout)?;
         Ok(con)
     }
 
-    fn is_valid(&self, con: &mut Connection) -> Result<(), RedisError> {
-        redis::cmd("PING").query::<()>(con)
-    }
-
-    fn has_broken(&self, con: &mut Connection) -> bool {
-        !con.is_open()
+    /// Keeps a connection whose last exchange ended cleanly.
+    fn put(&self, con: Connection) {
+        if !con.is_open() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(con);
+        }
     }
 }
 
-/// Keeps r2d2 quiet: errors reach the caller, naming the server, instead of a log.
-#[derive(Debug)]
-struct SilentErrors;
-
-impl r2d2::HandleError<RedisError> for SilentErrors {
-    fn handle_error(&self, _error: RedisError) {}
+/// A request to one server: packed bytes and how many replies it gets.
+pub(crate) struct Job<'a> {
+    pub(crate) server: usize,
+    pub(crate) packed: &'a [u8],
+    pub(crate) replies: usize,
 }
 
 /// Several Redis servers behaving like one (sync).
@@ -67,7 +85,7 @@ impl r2d2::HandleError<RedisError> for SilentErrors {
 #[derive(Clone)]
 pub struct MRedis {
     core: Arc<Core>,
-    pools: Arc<Vec<r2d2::Pool<Manager>>>,
+    pools: Arc<Vec<Pool>>,
 }
 
 impl std::fmt::Debug for MRedis {
@@ -78,6 +96,7 @@ impl std::fmt::Debug for MRedis {
                 &self.core.servers.iter().map(Server::name).collect::<Vec<_>>(),
             )
             .field("mode", &self.core.placement.mode())
+            .field("migrating", &self.core.migration.is_some())
             .finish()
     }
 }
@@ -101,43 +120,29 @@ impl MRedis {
     }
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
-        let mut pools = Vec::with_capacity(servers.len());
-        for server in &servers {
-            // One connection-opening thread per server (r2d2's default is
-            // three): few threads, yet a hung server cannot delay the others.
-            let housekeeping = Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1));
-            let client = server.client().map_err(|e| name_server(server.name(), e))?;
-            let manager = Manager {
-                client,
-                connect_timeout: options.connect_timeout,
-                response_timeout: options.response_timeout,
-            };
-            let pool = r2d2::Pool::builder()
-                .max_size(options.pool_size)
-                .min_idle(Some(0))
-                .test_on_check_out(false)
-                .connection_timeout(options.connect_timeout)
-                .error_handler(Box::new(SilentErrors))
-                .thread_pool(housekeeping)
-                .build_unchecked(manager);
-            pools.push(pool);
-        }
         let core = Core::new(servers, &options)?;
+        let mut pools = Vec::with_capacity(core.servers.len());
+        for server in &core.servers {
+            let client = server.client().map_err(|e| name_server(server.name(), e))?;
+            pools.push(Pool::new(client, &options));
+        }
         Ok(MRedis {
             core,
             pools: Arc::new(pools),
         })
     }
 
-    /// The servers, in configuration order.
+    /// The servers of the current configuration, in configuration order.
     pub fn servers(&self) -> &[Server] {
-        &self.core.servers
+        self.core.current_servers()
     }
 
     /// The name (`host:port:db`) of the server that owns `key`.
     pub fn server_for<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<&str> {
-        let index = self.core.route_key("server_for", &key)?;
-        Ok(self.core.name(index))
+        let Route::One { server, .. } = self.core.route_key("server_for", &key)? else {
+            unreachable!("one key has one server")
+        };
+        Ok(self.core.name(server))
     }
 
     /// The index (in configuration order) of the server that owns `key`.
@@ -149,8 +154,7 @@ impl MRedis {
     /// must use keys of that server; otherwise executing it fails before
     /// anything is sent, naming the key and both servers.
     pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
-        let index = self.core.route_key("pipeline", &key)?;
-        Ok(KeyPipeline::new(self.core.clone(), index))
+        KeyPipeline::new(self.core.clone(), self.core.route_key("pipeline", &key)?)
     }
 
     /// A pipeline over the whole fleet: commands on any keys, split per
@@ -174,16 +178,32 @@ impl MRedis {
         for k in keys {
             crate::routing::push_keys(&mut all, k);
         }
-        let index = self.core.route_colocated("transaction", &all)?;
-        let mut con = self.connection(index)?;
-        redis::transaction(&mut *con, keys, func).map_err(|e| name_server(self.core.name(index), e))
+        let Route::One { server, moves } = self.core.route_colocated("transaction", &all)? else {
+            unreachable!("co-located keys have one server")
+        };
+        self.migrate(&moves)?;
+        let pool = self.pool(server)?;
+        let mut con = pool.get().map_err(|e| name_server(self.core.name(server), e))?;
+        let result = redis::transaction(&mut con, keys, func);
+        match result {
+            Ok(v) => {
+                pool.put(con);
+                Ok(v)
+            }
+            Err(e) => {
+                if e.code().is_some() {
+                    pool.put(con);
+                }
+                Err(name_server(self.core.name(server), e))
+            }
+        }
     }
 
     /// Runs any command on the server that owns `key`: the escape hatch for
     /// commands or options the generated methods do not cover.
     pub fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
-        let index = self.core.route_key("query_routed", &key)?;
-        self.query_on(index, cmd)
+        let route = self.core.route_key("query_routed", &key)?;
+        self.run(route, cmd)
     }
 
     /// Runs any command on every server.
@@ -195,115 +215,178 @@ impl MRedis {
         &self.core
     }
 
-    /// A pooled connection to server `index`, with errors naming the server.
-    pub(crate) fn connection(&self, index: usize) -> RedisResult<r2d2::PooledConnection<Manager>> {
-        let pool = self
-            .pools
+    fn pool(&self, index: usize) -> RedisResult<&Pool> {
+        self.pools
             .get(index)
-            .ok_or_else(|| crate::routing::client_error(format!("no server {index}")))?;
-        pool.get().map_err(|e| {
-            RedisError::from((
-                redis::ErrorKind::Io,
-                "mredis: cannot connect",
-                format!("{}: {e}", self.core.name(index)),
-            ))
-        })
+            .ok_or_else(|| client_error(format!("no server {index}")))
+    }
+
+    /// Runs `f` on a connection to server `index`; the connection goes back
+    /// to the pool unless the exchange failed below the server's own reply.
+    pub(crate) fn with_connection<T>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        let pool = self.pool(index)?;
+        let mut con = pool.get().map_err(|e| name_server(self.core.name(index), e))?;
+        match f(&mut con) {
+            Ok(v) => {
+                pool.put(con);
+                Ok(v)
+            }
+            Err(e) => {
+                if e.code().is_some() {
+                    pool.put(con);
+                }
+                Err(name_server(self.core.name(index), e))
+            }
+        }
     }
 
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
-        let mut con = self.connection(index)?;
-        cmd.query::<Value>(&mut *con)
-            .map_err(|e| name_server(self.core.name(index), e))
+        self.with_connection(index, |con| con.req_command(cmd).and_then(Value::extract_error))
     }
 
-    pub(crate) fn query_on<RV: FromRedisValue>(&self, index: usize, cmd: &Cmd) -> RedisResult<RV> {
-        let value = self.value_on(index, cmd)?;
-        Ok(RV::from_redis_value(value)?)
-    }
-
+    /// Sends a pipeline to one server; the replies, raw (an atomic
+    /// pipeline's: the EXEC reply alone).
     pub(crate) fn pipeline_on(&self, index: usize, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
-        let mut con = self.connection(index)?;
-        pipe.query::<Vec<Value>>(&mut *con)
-            .map_err(|e| name_server(self.core.name(index), e))
+        let packed = pipe.get_packed_pipeline();
+        let (offset, count) = if pipe.is_transaction() {
+            (pipe.len() + 1, 1)
+        } else {
+            (0, pipe.len())
+        };
+        self.with_connection(index, |con| con.req_packed_commands(&packed, offset, count))
     }
 
-    pub(crate) fn route_key<K: redis::ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
-        self.core.route_key(command, key)
-    }
-
-    pub(crate) fn route_colocated(&self, command: &str, keys: &[Vec<u8>]) -> RedisResult<usize> {
-        self.core.route_colocated(command, keys)
+    /// Runs a routed command: brings moving keys first, then one server or
+    /// a split over several.
+    pub(crate) fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        match route {
+            Route::One { server, moves } => {
+                self.migrate(&moves)?;
+                Ok(RV::from_redis_value(self.value_on(server, cmd)?)?)
+            }
+            Route::Split(plan) => {
+                self.migrate(&plan.moves)?;
+                let packed = plan.packed(cmd);
+                let jobs: Vec<Job<'_>> = packed
+                    .iter()
+                    .map(|(server, bytes)| Job {
+                        server: *server,
+                        packed: bytes,
+                        replies: 1,
+                    })
+                    .collect();
+                let replies = self.send_many(&jobs).into_iter().map(first_reply).collect();
+                let value = plan.merge(&self.core, &command_name(cmd), replies)?;
+                Ok(RV::from_redis_value(value)?)
+            }
+        }
     }
 
     pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        let jobs: Vec<(usize, &Cmd)> = (0..self.core.servers.len()).map(|i| (i, cmd)).collect();
-        let replies = self.on_each(&jobs, |i, c| self.value_on(i, c));
-        collect_fan_out(&self.core, cmd, replies)
-    }
-
-    /// Runs one job per server, in parallel threads when there are several
-    /// (a round trip each, so waiting for them one by one would add up).
-    pub(crate) fn on_each<J: Sync, T: Send>(
-        &self,
-        jobs: &[(usize, J)],
-        run: impl Fn(usize, &J) -> RedisResult<T> + Sync,
-    ) -> Vec<RedisResult<T>> {
-        if jobs.len() <= 1 {
-            return jobs.iter().map(|(i, j)| run(*i, j)).collect();
-        }
-        std::thread::scope(|scope| {
-            let run = &run;
-            let handles: Vec<_> = jobs[1..].iter().map(|(i, j)| scope.spawn(move || run(*i, j))).collect();
-            let mut out = vec![run(jobs[0].0, &jobs[0].1)];
-            for h in handles {
-                out.push(
-                    h.join()
-                        .unwrap_or_else(|_| Err(crate::routing::client_error("a worker thread panicked".to_string()))),
-                );
-            }
-            out
-        })
-    }
-
-    pub(crate) fn scatter<RV: FromRedisValue>(&self, cmd: &Cmd, stride: usize, merge: Merge) -> RedisResult<RV> {
-        let plan = self.core.plan(cmd, stride)?;
-        if plan.whole {
-            let (server, _) = plan.groups[0];
-            return self.query_on(server, cmd);
-        }
-        let jobs: Vec<(usize, Cmd)> = plan
-            .groups
-            .iter()
-            .map(|(s, items)| (*s, plan.command_for(items)))
+        let packed = cmd.get_packed_command();
+        let jobs: Vec<Job<'_>> = (0..self.core.all())
+            .map(|server| Job {
+                server,
+                packed: &packed,
+                replies: 1,
+            })
             .collect();
-        let replies = self.on_each(&jobs, |s, c| self.value_on(s, c));
-        let value = plan.merge(&self.core, merge, replies)?;
-        Ok(RV::from_redis_value(value)?)
+        let replies = self.send_many(&jobs).into_iter().map(first_reply).collect();
+        crate::per_server::collect(&self.core, &command_name(cmd), replies)
+    }
+
+    /// MIGRATEs moving keys to their new servers (nothing to do unless a
+    /// migration is configured and the command touches a moving key).
+    pub(crate) fn migrate(&self, moves: &[Move]) -> RedisResult<()> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let jobs = self.core.migrate_jobs(moves);
+        let packed: Vec<Vec<u8>> = jobs.iter().map(|j| j.2.get_packed_command()).collect();
+        let requests: Vec<Job<'_>> = jobs
+            .iter()
+            .zip(&packed)
+            .map(|(j, p)| Job {
+                server: j.0,
+                packed: p,
+                replies: 1,
+            })
+            .collect();
+        let replies = self.send_many(&requests);
+        for (job, reply) in jobs.iter().zip(replies) {
+            self.core.migrate_outcome(moves, job, first_reply(reply))?;
+        }
+        Ok(())
+    }
+
+    /// Writes every job's request, then reads every reply, on this thread,
+    /// with one deadline (the response timeout) for the whole call. A
+    /// server that fails costs only its own part; its connection is dropped.
+    pub(crate) fn send_many(&self, jobs: &[Job<'_>]) -> Vec<RedisResult<Vec<Value>>> {
+        let start = Instant::now();
+        let mut cons: Vec<Option<Connection>> = Vec::with_capacity(jobs.len());
+        let mut out: Vec<RedisResult<Vec<Value>>> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let sent = self.pool(job.server).and_then(|pool| {
+                let mut con = pool.get()?;
+                con.send_packed_command(job.packed)?;
+                Ok(con)
+            });
+            match sent {
+                Ok(con) => {
+                    cons.push(Some(con));
+                    out.push(Ok(Vec::with_capacity(job.replies)));
+                }
+                Err(e) => {
+                    cons.push(None);
+                    out.push(Err(name_server(self.core.name(job.server), e)));
+                }
+            }
+        }
+        for ((job, slot), result) in jobs.iter().zip(cons.iter_mut()).zip(out.iter_mut()) {
+            let Some(mut con) = slot.take() else { continue };
+            let Ok(pool) = self.pool(job.server) else { continue };
+            // Shorten the socket's wait to what is left of the deadline,
+            // once a tenth of it has gone (cheaper than a syscall per read).
+            let mut shortened = false;
+            if let Some(timeout) = pool.response_timeout {
+                let elapsed = start.elapsed();
+                if elapsed > timeout / 10 {
+                    let left = timeout.saturating_sub(elapsed).max(Duration::from_millis(1));
+                    shortened = con.set_read_timeout(Some(left)).is_ok();
+                }
+            }
+            let Ok(values) = result else { continue };
+            let mut failed = None;
+            for _ in 0..job.replies {
+                match con.recv_response() {
+                    Ok(v) => values.push(v),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(e) => *result = Err(name_server(self.core.name(job.server), e)),
+                None => {
+                    if !shortened || con.set_read_timeout(pool.response_timeout).is_ok() {
+                        pool.put(con);
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
-/// Turns per-server replies into a `PerServer`, or a `FanOutError` that
-/// keeps the successful ones.
-pub(crate) fn collect_fan_out<RV: FromRedisValue>(
-    core: &Core,
-    cmd: &Cmd,
-    replies: Vec<RedisResult<Value>>,
-) -> Result<PerServer<RV>, FanOutError<RV>> {
-    let mut ok = Vec::with_capacity(replies.len());
-    let mut failed = Vec::new();
-    for (i, reply) in replies.into_iter().enumerate() {
-        let name = core.name(i).to_string();
-        match reply.and_then(|v| RV::from_redis_value(v).map_err(RedisError::from)) {
-            Ok(v) => ok.push((name, v)),
-            Err(e) => failed.push((name, e)),
-        }
-    }
-    if failed.is_empty() {
-        Ok(PerServer::from_entries(ok))
-    } else {
-        let command = crate::routing::command_name(cmd);
-        Err(FanOutError::new(command, PerServer::from_entries(ok), failed))
-    }
+/// The one reply of a one-command job.
+pub(crate) fn first_reply(reply: RedisResult<Vec<Value>>) -> RedisResult<Value> {
+    reply.and_then(|mut v| v.pop().ok_or_else(|| client_error("no reply".to_string())))
 }
 
 mredis_macros::sync_methods!();

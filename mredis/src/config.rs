@@ -321,6 +321,15 @@ pub struct Options {
     pub(crate) hash_tags: Option<bool>,
     pub(crate) mode: Mode,
     pub(crate) retries: usize,
+    pub(crate) migrating_from: Option<std::sync::Arc<OldConfig>>,
+}
+
+/// The configuration a client is moving away from (see
+/// [`Builder::migrating_from`]).
+#[derive(Debug, Clone)]
+pub(crate) struct OldConfig {
+    pub(crate) servers: Vec<Server>,
+    pub(crate) options: Options,
 }
 
 impl Default for Options {
@@ -332,6 +341,7 @@ impl Default for Options {
             hash_tags: None,
             mode: Mode::Standard,
             retries: 1,
+            migrating_from: None,
         }
     }
 }
@@ -413,6 +423,36 @@ impl Builder {
     /// Reconnect attempts of the async client per failed connection (default 1).
     pub fn reconnect_retries(mut self, retries: usize) -> Self {
         self.options.retries = retries;
+        self
+    }
+
+    /// Makes this a migration-aware configuration: the fleet is moving from
+    /// `old` (its servers and placement; its timeouts are ignored) to this
+    /// one. Keys whose owner is the same in both are routed as usual. A
+    /// command on a key whose owner changes first MIGRATEs the key from its
+    /// old server to its new one (atomically, by the server; a key that is
+    /// not there any more is fine), then runs on the new server, so a key
+    /// is never served from two places and keys created during the move are
+    /// created on their new server. Fan-out commands reach the servers of
+    /// both configurations. Deploy this to every client, run
+    /// `mredis rebalance --from OLD --to NEW`, then deploy the plain new
+    /// configuration (see the crate docs, "Adding or removing servers").
+    ///
+    /// The old servers must be able to reach the new ones at the addresses
+    /// given here (MIGRATE connects from server to server).
+    pub fn migrating_from(mut self, old: Builder) -> Self {
+        match old.into_parts() {
+            Ok((servers, options)) => {
+                self.options.migrating_from = Some(std::sync::Arc::new(OldConfig { servers, options }));
+            }
+            Err(e) => {
+                self.error = Some(RedisError::from((
+                    e.kind(),
+                    "mredis: invalid configuration",
+                    format!("the configuration migrated from: {}", e.detail().unwrap_or("invalid")),
+                )))
+            }
+        }
         self
     }
 

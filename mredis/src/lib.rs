@@ -37,13 +37,15 @@
 //!
 //! # Every command
 //!
-#![doc = mredis_macros::command_docs!()]
+//! The [`commands`] module lists every Redis command by class, with the
+//! reason for each one that has no method.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aio;
 mod client;
 mod config;
+mod error;
 mod fleet_config;
 mod per_server;
 mod pipeline;
@@ -62,7 +64,9 @@ pub use pipeline::{FleetPipeline, KeyPipeline};
 pub use placement::Mode;
 pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
-pub use spec::{COMMANDS, CommandSpec, Example, MethodSpec, RouteClass, examples};
+#[cfg(feature = "table-examples")]
+pub use spec::examples;
+pub use spec::{COMMANDS, CommandSpec, Example, MethodSpec, RouteClass};
 
 /// Every Redis command and what mredis does with it (generated from `commands.toml`).
 ///

@@ -5,7 +5,10 @@
 use std::fmt;
 use std::ops::Index;
 
-use redis::{ErrorKind, RedisError};
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Value};
+
+use crate::error::Failure;
+use crate::routing::Core;
 
 /// One result per server, in configuration order, keyed by server name
 /// (`host:port:db`).
@@ -139,21 +142,25 @@ impl<T> FanOutError<T> {
         (self.succeeded, self.failed)
     }
 
-    fn detail(&self) -> String {
-        let failed: Vec<String> = self.failed.iter().map(|(s, e)| format!("{s}: {e}")).collect();
-        format!(
-            "{} failed on {} of {} servers: {}",
-            self.command,
-            self.failed.len(),
-            self.failed.len() + self.succeeded.len(),
-            failed.join("; ")
-        )
+    /// The same failure as a `RedisError` (the servers' results are dropped).
+    fn to_redis_error(&self) -> RedisError {
+        let mut failure = Failure::new(&self.command);
+        for name in self.succeeded.names() {
+            failure.succeeded(name, 1);
+        }
+        for (name, e) in &self.failed {
+            failure.failed(name, e.clone());
+        }
+        match failure.into_result() {
+            Err(e) => e,
+            Ok(()) => RedisError::from((ErrorKind::Client, "mredis: fan-out failed")),
+        }
     }
 }
 
 impl<T> fmt::Display for FanOutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "mredis: {}", self.detail())
+        fmt::Display::fmt(&self.to_redis_error(), f)
     }
 }
 
@@ -161,7 +168,36 @@ impl<T: fmt::Debug> std::error::Error for FanOutError<T> {}
 
 impl<T> From<FanOutError<T>> for RedisError {
     fn from(e: FanOutError<T>) -> RedisError {
-        let kind = e.failed.first().map(|(_, err)| err.kind()).unwrap_or(ErrorKind::Io);
-        RedisError::from((kind, "mredis: fan-out failed", e.detail()))
+        e.to_redis_error()
+    }
+}
+
+/// Turns per-server replies (one per server, in `Core::servers` order) into
+/// a `PerServer`, or a `FanOutError` that keeps the successful ones.
+pub(crate) fn collect<RV: FromRedisValue>(
+    core: &Core,
+    command: &str,
+    replies: Vec<RedisResult<Value>>,
+) -> Result<PerServer<RV>, FanOutError<RV>> {
+    let mut ok = Vec::with_capacity(replies.len());
+    let mut failed = Vec::new();
+    for (i, reply) in replies.into_iter().enumerate() {
+        let name = core.name(i).to_string();
+        match reply
+            .and_then(Value::extract_error)
+            .and_then(|v| RV::from_redis_value(v).map_err(RedisError::from))
+        {
+            Ok(v) => ok.push((name, v)),
+            Err(e) => failed.push((name, e)),
+        }
+    }
+    if failed.is_empty() {
+        Ok(PerServer::from_entries(ok))
+    } else {
+        Err(FanOutError::new(
+            command.to_string(),
+            PerServer::from_entries(ok),
+            failed,
+        ))
     }
 }

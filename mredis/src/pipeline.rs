@@ -1,13 +1,15 @@
-//! Per-key pipelines: a redis-rs pipeline bound to the server that owns one
-//! key. Unlike the original MRedis, where a command on another server's key
-//! silently went to the wrong server, such a command makes execution fail
-//! before anything is sent, naming the key and both servers.
+//! Pipelines. A [`KeyPipeline`] is bound to the server that owns one key: a
+//! command on another server's key makes execution fail before anything is
+//! sent (the original MRedis silently sent it to the wrong server). A
+//! [`FleetPipeline`] routes each command on its own and sends one pipeline
+//! per server, replies in call order.
 
 use std::sync::Arc;
 
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ToRedisArgs, Value};
 
-use crate::routing::{Core, client_error};
+use crate::error::{Failure, client_error, show_key};
+use crate::routing::{Core, Move, Route};
 
 /// Pipelines run only on the client (and so the server list) they were built for.
 fn same_client(running: &Arc<Core>, built: &Arc<Core>) -> RedisResult<()> {
@@ -18,6 +20,28 @@ fn same_client(running: &Arc<Core>, built: &Arc<Core>) -> RedisResult<()> {
             "this pipeline was made by another MRedis; run it on the client that created it".to_string(),
         ))
     }
+}
+
+/// The replies of one server's pipeline in the caller's terms: an atomic
+/// pipeline's EXEC reply unpacked (nil when a WATCHed key changed), the
+/// first error reply returned as the error (its code intact).
+fn unpack(atomic: bool, mut values: Vec<Value>) -> RedisResult<Option<Vec<Value>>> {
+    if atomic {
+        match values.pop() {
+            Some(Value::Array(items)) => values = items,
+            Some(Value::Nil) | None => return Ok(None),
+            Some(other) => {
+                other.extract_error()?;
+                return Err(client_error("unexpected EXEC reply".to_string()));
+            }
+        }
+    }
+    for v in &values {
+        if let Value::ServerError(_) = v {
+            v.clone().extract_error()?;
+        }
+    }
+    Ok(Some(values))
 }
 
 /// A pipeline bound to one server; see [`MRedis::pipeline`](crate::MRedis::pipeline).
@@ -39,6 +63,8 @@ pub struct KeyPipeline {
     core: Arc<Core>,
     server: usize,
     pipe: Pipeline,
+    ignored: Vec<bool>,
+    moves: Vec<Move>,
     problem: Option<RedisError>,
 }
 
@@ -53,13 +79,18 @@ impl std::fmt::Debug for KeyPipeline {
 }
 
 impl KeyPipeline {
-    pub(crate) fn new(core: Arc<Core>, server: usize) -> KeyPipeline {
-        KeyPipeline {
+    pub(crate) fn new(core: Arc<Core>, route: Route) -> RedisResult<KeyPipeline> {
+        let Route::One { server, moves } = route else {
+            return Err(client_error("a pipeline is bound to one key".to_string()));
+        };
+        Ok(KeyPipeline {
             core,
             server,
             pipe: Pipeline::new(),
+            ignored: Vec::new(),
+            moves,
             problem: None,
-        }
+        })
     }
 
     /// The server this pipeline runs on (`host:port:db`).
@@ -75,7 +106,9 @@ impl KeyPipeline {
 
     /// Drops the reply of the last command added from the results.
     pub fn ignore(&mut self) -> &mut Self {
-        self.pipe.ignore();
+        if let Some(last) = self.ignored.last_mut() {
+            *last = true;
+        }
         self
     }
 
@@ -98,12 +131,18 @@ impl KeyPipeline {
 
     pub(crate) fn add_command(&mut self, cmd: Cmd) -> &mut Self {
         self.pipe.add_command(cmd);
+        self.ignored.push(false);
         self
     }
 
     pub(crate) fn check_key<K: ToRedisArgs>(&mut self, command: &str, key: &K) {
-        let keys = key.to_redis_args();
-        self.check_keys(command, &keys);
+        if self.problem.is_some() {
+            return;
+        }
+        match self.core.route_key(command, key) {
+            Ok(route) => self.check_route(command, route, || key.to_redis_args()),
+            Err(e) => self.problem = Some(e),
+        }
     }
 
     pub(crate) fn check_keys(&mut self, command: &str, keys: &[Vec<u8>]) {
@@ -111,29 +150,63 @@ impl KeyPipeline {
             return;
         }
         for key in keys {
-            let owner = self.core.placement.index(key);
+            let (owner, from) = self.core.owner(key);
             if owner != self.server {
-                self.problem = Some(RedisError::from((
-                    redis::ErrorKind::Client,
-                    "mredis: key of another server in a pipeline",
-                    format!(
-                        "{command} in a pipeline bound to {} uses key `{}`, which belongs to {}; nothing was sent",
-                        self.core.name(self.server),
-                        crate::routing::show_key(key),
-                        self.core.name(owner)
-                    ),
-                )));
+                self.problem = Some(self.wrong_server(command, key, owner));
                 return;
             }
+            if let Some(from) = from {
+                self.moves.push(Move {
+                    from,
+                    to: owner,
+                    key: key.clone(),
+                });
+            }
         }
+    }
+
+    fn check_route(&mut self, command: &str, route: Route, keys: impl FnOnce() -> Vec<Vec<u8>>) {
+        if let Route::One { server, moves } = route {
+            if server != self.server {
+                let key = keys().pop().unwrap_or_default();
+                self.problem = Some(self.wrong_server(command, &key, server));
+                return;
+            }
+            self.moves.extend(moves);
+        }
+    }
+
+    fn wrong_server(&self, command: &str, key: &[u8], owner: usize) -> RedisError {
+        RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
+            "mredis: key of another server in a pipeline",
+            format!(
+                "{command} in a pipeline bound to {} uses key `{}`, which belongs to {}; nothing was sent",
+                self.core.name(self.server),
+                show_key(key),
+                self.core.name(owner)
+            ),
+        ))
     }
 
     fn ready(&self, core: &Arc<Core>) -> RedisResult<()> {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
-        same_client(core, &self.core)?;
-        Ok(())
+        same_client(core, &self.core)
+    }
+
+    fn finish<T: FromRedisValue>(&self, values: Vec<Value>) -> RedisResult<T> {
+        let Some(values) = unpack(self.pipe.is_transaction(), values)? else {
+            return Ok(T::from_redis_value(Value::Nil)?);
+        };
+        let kept = values
+            .into_iter()
+            .zip(&self.ignored)
+            .filter(|(_, ignored)| !**ignored)
+            .map(|(v, _)| v)
+            .collect();
+        Ok(T::from_redis_value(Value::Array(kept))?)
     }
 
     /// Sends the pipeline on the sync client and converts the replies, like
@@ -143,8 +216,9 @@ impl KeyPipeline {
         if self.pipe.is_empty() {
             return Ok(T::from_redis_value(Value::Array(vec![]))?);
         }
+        mr.migrate(&self.moves)?;
         let values = mr.pipeline_on(self.server, &self.pipe)?;
-        Ok(T::from_redis_value(Value::Array(values))?)
+        self.finish(values)
     }
 
     /// Sends the pipeline on the async client and converts the replies.
@@ -153,8 +227,9 @@ impl KeyPipeline {
         if self.pipe.is_empty() {
             return Ok(T::from_redis_value(Value::Array(vec![]))?);
         }
+        mr.migrate(&self.moves).await?;
         let values = mr.pipeline_on(self.server, &self.pipe).await?;
-        Ok(T::from_redis_value(Value::Array(values))?)
+        self.finish(values)
     }
 
     /// Sends the pipeline and discards the replies.
@@ -168,10 +243,11 @@ mredis_macros::pipeline_methods!();
 /// A pipeline over the whole fleet: commands on any keys, in any order.
 ///
 /// Each command is routed on its own key(s); executing it sends one
-/// redis-rs pipeline per server involved (concurrently with the async
-/// client) and returns the replies in call order. It is not atomic across
-/// servers. A co-located or multi-key command whose keys span servers makes
-/// execution fail before anything is sent.
+/// redis-rs pipeline per server involved (all written before any reply is
+/// read, or concurrently with the async client) and returns the replies in
+/// call order. It is not atomic across servers. A co-located or multi-key
+/// command whose keys span servers makes execution fail before anything is
+/// sent.
 ///
 /// ```no_run
 /// # fn main() -> redis::RedisResult<()> {
@@ -185,6 +261,7 @@ pub struct FleetPipeline {
     /// Per server (by index): its pipeline and the call-order position of each command.
     shares: Vec<Option<(Pipeline, Vec<usize>)>>,
     ignored: Vec<bool>,
+    moves: Vec<Move>,
     problem: Option<RedisError>,
 }
 
@@ -199,11 +276,12 @@ impl std::fmt::Debug for FleetPipeline {
 
 impl FleetPipeline {
     pub(crate) fn new(core: Arc<Core>) -> FleetPipeline {
-        let shares = vec![None; core.servers.len()];
+        let shares = vec![None; core.all()];
         FleetPipeline {
             core,
             shares,
             ignored: Vec::new(),
+            moves: Vec::new(),
             problem: None,
         }
     }
@@ -232,9 +310,13 @@ impl FleetPipeline {
         self.ignored.is_empty()
     }
 
-    fn record(&mut self, result: RedisResult<usize>) -> Option<usize> {
+    fn record(&mut self, result: RedisResult<Route>) -> Option<usize> {
         match result {
-            Ok(server) => Some(server),
+            Ok(Route::One { server, moves }) => {
+                self.moves.extend(moves);
+                Some(server)
+            }
+            Ok(Route::Split(_)) => None,
             Err(e) => {
                 if self.problem.is_none() {
                     self.problem = Some(e);
@@ -286,56 +368,57 @@ impl FleetPipeline {
         replies: Vec<RedisResult<Vec<Value>>>,
     ) -> RedisResult<T> {
         let mut slots: Vec<Option<Value>> = vec![None; self.ignored.len()];
-        let mut failed = Vec::new();
-        let mut succeeded = Vec::new();
-        for ((server, _), reply) in jobs.iter().zip(replies) {
+        let mut failure = Failure::new("pipeline");
+        for ((server, pipe), reply) in jobs.iter().zip(replies) {
             match reply {
                 Ok(values) => {
-                    succeeded.push(self.core.name(*server).to_string());
+                    failure.succeeded(self.core.name(*server), pipe.len());
                     if let Some(Some((_, positions))) = self.shares.get(*server) {
                         for (&p, v) in positions.iter().zip(values) {
                             slots[p] = Some(v);
                         }
                     }
                 }
-                Err(e) => failed.push(format!("{}: {e}", self.core.name(*server))),
+                Err(e) => failure.failed(self.core.name(*server), e),
             }
         }
-        if !failed.is_empty() {
-            return Err(RedisError::from((
-                redis::ErrorKind::Io,
-                "mredis: pipeline failed on some servers",
-                format!(
-                    "failed on {}; the commands for {} were executed",
-                    failed.join("; "),
-                    if succeeded.is_empty() {
-                        "no server".to_string()
-                    } else {
-                        succeeded.join(", ")
-                    }
-                ),
-            )));
-        }
-        let values: Vec<Value> = slots
+        failure.into_result()?;
+        // The first error reply in call order is the error, as with redis-rs.
+        let values = slots.into_iter().map(|v| v.unwrap_or(Value::Nil)).collect::<Vec<_>>();
+        let values = unpack(false, values)?.unwrap_or_default();
+        let kept: Vec<Value> = values
             .into_iter()
             .zip(&self.ignored)
             .filter(|(_, ignored)| !**ignored)
-            .map(|(v, _)| v.unwrap_or(Value::Nil))
+            .map(|(v, _)| v)
             .collect();
-        Ok(T::from_redis_value(Value::Array(values))?)
+        Ok(T::from_redis_value(Value::Array(kept))?)
     }
 
-    /// Sends the commands (one pipeline per server, in parallel) on the sync
-    /// client and returns the replies in call order.
+    /// Sends the commands on the sync client (every server's pipeline
+    /// written before any reply is read) and returns the replies in call
+    /// order.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
         let jobs = self.jobs(mr.core())?;
-        let replies = mr.on_each(&jobs, |s, p| mr.pipeline_on(s, p));
+        mr.migrate(&self.moves)?;
+        let packed: Vec<Vec<u8>> = jobs.iter().map(|(_, p)| p.get_packed_pipeline()).collect();
+        let requests: Vec<crate::client::Job<'_>> = jobs
+            .iter()
+            .zip(&packed)
+            .map(|((server, pipe), bytes)| crate::client::Job {
+                server: *server,
+                packed: bytes,
+                replies: pipe.len(),
+            })
+            .collect();
+        let replies = mr.send_many(&requests);
         self.assemble(&jobs, replies)
     }
 
     /// Sends the commands on the async client, all servers concurrently.
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
         let jobs = self.jobs(mr.core())?;
+        mr.migrate(&self.moves).await?;
         let replies = futures::future::join_all(jobs.iter().map(|(server, pipe)| mr.pipeline_on(*server, pipe))).await;
         self.assemble(&jobs, replies)
     }

@@ -1,14 +1,29 @@
-//! Routing: which server a command goes to. Shared by the sync and async
-//! clients and the pipelines: key extraction from arguments, co-location
-//! checks, and the scatter-gather plan (split a multi-key command by server,
-//! then merge the replies the way one server would have answered).
+//! Routing as a value: where a command goes ([`Route`]), decided from the
+//! command table's class and the placement, without touching a socket.
+//! The sync client, the async client, both pipelines, scripts and the
+//! table test all route through here; only the I/O differs between them.
+//!
+//! A key is hashed where it lies: [`Core::route_key`] feeds the caller's
+//! argument straight to the placement through a [`redis::RedisWrite`] that
+//! hashes instead of copying. A multi-key command is split by reading the
+//! caller's packed command in place ([`Plan`]), and each server's command is
+//! packed once.
+//!
+//! While a migration is configured ([`Builder::migrating_from`]), a key
+//! whose owner changes carries a [`Move`]: the executor MIGRATEs it from
+//! its old server to its new one before the command runs there.
+//!
+//! [`Builder::migrating_from`]: crate::Builder::migrating_from
 
 use std::sync::Arc;
 
-use redis::{Arg, Cmd, ErrorKind, RedisError, RedisResult, ToRedisArgs, Value};
+use redis::{Arg, Cmd, ErrorKind, RedisError, RedisResult, RedisWrite, ToRedisArgs, Value};
 
 use crate::config::{Options, Server};
+use crate::error::{Failure, client_error};
 use crate::placement::Placement;
+
+pub(crate) use crate::error::{cross_server_error, name_server, show_key};
 
 /// How the replies of a scatter-gather command are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,44 +36,199 @@ pub enum Merge {
     Ok,
 }
 
+/// The configuration a client is moving away from.
+#[derive(Debug)]
+pub(crate) struct Migration {
+    placement: Placement,
+    /// Old placement index -> index in `Core::servers`.
+    map: Vec<usize>,
+}
+
 /// What both clients share: the servers and the placement.
+///
+/// `servers` holds the current configuration's servers first (placement
+/// index = position), then, while migrating, the old configuration's
+/// servers that the new one lacks.
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) servers: Vec<Server>,
     pub(crate) placement: Placement,
+    /// How many of `servers` the current configuration has.
+    pub(crate) current: usize,
+    pub(crate) migration: Option<Migration>,
+    /// MIGRATE's own timeout, in milliseconds.
+    pub(crate) migrate_timeout_ms: u64,
+}
+
+/// A key to bring from its old server to its new one before a command on
+/// it runs (a migration is under way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Move {
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+    pub(crate) key: Vec<u8>,
+}
+
+/// Where a command goes.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// One server; `moves` are keys to MIGRATE there first (empty, and not
+    /// allocated, unless a migration is under way).
+    One { server: usize, moves: Vec<Move> },
+    /// A multi-key command split by server.
+    Split(Plan),
+}
+
+/// Hashes the one argument a key parameter writes, without copying it.
+struct KeyRoute<'c> {
+    core: &'c Core,
+    args: usize,
+    server: usize,
+    from: Option<usize>,
+    key: Option<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl KeyRoute<'_> {
+    fn take(&mut self, arg: &[u8]) {
+        self.args += 1;
+        let (server, from) = self.core.owner(arg);
+        self.server = server;
+        self.from = from;
+        if from.is_some() {
+            self.key = Some(arg.to_vec());
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() || self.args == 0 {
+            let buf = std::mem::take(&mut self.buf);
+            self.take(&buf);
+            self.buf = buf;
+        }
+    }
+}
+
+impl RedisWrite for KeyRoute<'_> {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.take(arg);
+    }
+
+    fn write_arg_fmt(&mut self, arg: impl std::fmt::Display) {
+        let text = arg.to_string();
+        self.take(text.as_bytes());
+    }
+
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        // Rare (custom ToRedisArgs types): buffer, hash in `flush`.
+        self.args += 1;
+        self.buf.clear();
+        &mut self.buf
+    }
 }
 
 impl Core {
     pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Core>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
-        Ok(Arc::new(Core { servers, placement }))
+        let current = servers.len();
+        let mut servers = servers;
+        let migration = match &options.migrating_from {
+            None => None,
+            Some(old) => {
+                let placement = Placement::new(old.options.mode, &old.servers, old.options.hash_tags)?;
+                let mut map = Vec::with_capacity(old.servers.len());
+                for s in &old.servers {
+                    match servers.iter().position(|n| n.name() == s.name()) {
+                        Some(i) => map.push(i),
+                        None => {
+                            servers.push(s.clone());
+                            map.push(servers.len() - 1);
+                        }
+                    }
+                }
+                Some(Migration { placement, map })
+            }
+        };
+        let migrate_timeout_ms = options
+            .response_timeout
+            .map_or(5000, |t| (t.as_millis() as u64).clamp(1, 60_000));
+        Ok(Arc::new(Core {
+            servers,
+            placement,
+            current,
+            migration,
+            migrate_timeout_ms,
+        }))
     }
 
     pub(crate) fn name(&self, index: usize) -> &str {
         self.servers.get(index).map(Server::name).unwrap_or("<unknown server>")
     }
 
-    /// The server owning one key given as a command argument.
-    pub(crate) fn route_key<K: ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
-        let mut args = key.to_redis_args();
-        if args.len() != 1 {
-            return Err(client_error(format!(
-                "{command} is routed by one key, but its key argument gave {} values",
-                args.len()
-            )));
-        }
-        let key = args.pop().unwrap_or_default();
-        Ok(self.placement.index(&key))
+    /// The current configuration's servers.
+    pub(crate) fn current_servers(&self) -> &[Server] {
+        &self.servers[..self.current]
     }
 
-    /// The one server owning all `keys`, or an error naming them.
-    pub(crate) fn route_colocated(&self, command: &str, keys: &[Vec<u8>]) -> RedisResult<usize> {
+    /// Every server a fan-out reaches: the current ones and, while
+    /// migrating, the old configuration's others.
+    pub(crate) fn all(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// The server owning `key`, and the one it is moving from (if any).
+    #[inline]
+    pub(crate) fn owner(&self, key: &[u8]) -> (usize, Option<usize>) {
+        let server = self.placement.index(key);
+        let from = self.migration.as_ref().and_then(|m| {
+            let old = m.map.get(m.placement.index(key)).copied().unwrap_or(server);
+            (old != server).then_some(old)
+        });
+        (server, from)
+    }
+
+    /// The route of a command on one key, given as the caller's argument.
+    #[inline]
+    pub(crate) fn route_key<K: ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<Route> {
+        let mut r = KeyRoute {
+            core: self,
+            args: 0,
+            server: 0,
+            from: None,
+            key: None,
+            buf: Vec::new(),
+        };
+        key.write_redis_args(&mut r);
+        r.flush();
+        if r.args != 1 {
+            return Err(client_error(format!(
+                "{command} is routed by one key, but its key argument gave {} values",
+                r.args
+            )));
+        }
+        let moves = match (r.from, r.key) {
+            (Some(from), Some(key)) => vec![Move {
+                from,
+                to: r.server,
+                key,
+            }],
+            _ => Vec::new(),
+        };
+        Ok(Route::One {
+            server: r.server,
+            moves,
+        })
+    }
+
+    /// The one server owning all `keys`, or an error naming two that differ.
+    pub(crate) fn route_colocated(&self, command: &str, keys: &[Vec<u8>]) -> RedisResult<Route> {
         let Some(first) = keys.first() else {
             return Err(client_error(format!("{command} needs at least one key")));
         };
-        let server = self.placement.index(first);
-        for key in &keys[1..] {
-            let other = self.placement.index(key);
+        let (server, _) = self.owner(first);
+        let mut moves = Vec::new();
+        for key in keys {
+            let (other, from) = self.owner(key);
             if other != server {
                 return Err(cross_server_error(
                     command,
@@ -68,117 +238,253 @@ impl Core {
                     self.name(other),
                 ));
             }
+            if let Some(from) = from {
+                moves.push(Move {
+                    from,
+                    to: server,
+                    key: key.clone(),
+                });
+            }
         }
-        Ok(server)
+        Ok(Route::One { server, moves })
     }
 
-    /// Splits the arguments of a multi-key command by server.
-    pub(crate) fn plan(&self, cmd: &Cmd, stride: usize) -> RedisResult<Plan> {
-        let mut args = cmd.args_iter().map(|a| match a {
-            Arg::Simple(bytes) => bytes.to_vec(),
-            _ => b"0".to_vec(),
-        });
-        let name = args.next().unwrap_or_default();
-        let rest: Vec<Vec<u8>> = args.collect();
-        let command = command_name(cmd);
+    /// Splits a multi-key command by server: `stride` arguments per key
+    /// (1 for MGET/DEL, 2 for MSET). All keys on one server (and none
+    /// moving) gives `Route::One`, which sends the caller's command as is.
+    pub(crate) fn route_split(&self, cmd: &Cmd, stride: usize, merge: Merge) -> Route {
         let stride = stride.max(1);
-        if rest.is_empty() || rest.len() % stride != 0 {
+        let total = cmd.args_iter().len().saturating_sub(1);
+        if total == 0 || total % stride != 0 {
             // Let the server produce its own "wrong number of arguments".
-            return Ok(Plan {
-                command,
-                name,
-                groups: vec![(0, Vec::new())],
-                chunks: rest,
-                stride,
-                whole: true,
-            });
+            return Route::One {
+                server: 0,
+                moves: Vec::new(),
+            };
         }
-        let chunks: Vec<Vec<u8>> = rest;
-        let count = chunks.len() / stride;
+        let count = total / stride;
         let mut owner_of = Vec::with_capacity(count);
-        for i in 0..count {
-            owner_of.push(self.placement.index(&chunks[i * stride]));
+        let mut moves = Vec::new();
+        for (i, arg) in cmd.args_iter().skip(1).step_by(stride).enumerate() {
+            let key = match arg {
+                Arg::Simple(bytes) => bytes,
+                _ => b"0",
+            };
+            let (server, from) = self.owner(key);
+            owner_of.push(server);
+            if let Some(from) = from {
+                moves.push(Move {
+                    from,
+                    to: server,
+                    key: key.to_vec(),
+                });
+            }
+            let _ = i;
+        }
+        let first = owner_of[0];
+        if owner_of.iter().all(|&s| s == first) {
+            return Route::One { server: first, moves };
         }
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        for server in 0..self.servers.len() {
+        for server in 0..self.current {
             let items: Vec<usize> = (0..count).filter(|&i| owner_of[i] == server).collect();
             if !items.is_empty() {
                 groups.push((server, items));
             }
         }
-        let whole = groups.len() == 1;
-        Ok(Plan {
-            command,
-            name,
+        Route::Split(Plan {
             groups,
-            chunks,
             stride,
-            whole,
+            count,
+            merge,
+            moves,
         })
     }
+
+    /// The MIGRATE commands that carry out `moves`: one per (from, to)
+    /// pair, `MIGRATE host port "" db timeout [AUTH..] KEYS k...`.
+    pub(crate) fn migrate_jobs(&self, moves: &[Move]) -> Vec<(usize, usize, Cmd, Vec<usize>)> {
+        let mut out: Vec<(usize, usize, Cmd, Vec<usize>)> = Vec::new();
+        for (i, m) in moves.iter().enumerate() {
+            if let Some(job) = out.iter_mut().find(|j| j.0 == m.from && j.1 == m.to) {
+                // A key listed twice (MSET k 1 k 2) is moved once.
+                if !job.3.iter().any(|&j| moves[j].key == m.key) {
+                    job.2.arg(&m.key[..]);
+                    job.3.push(i);
+                }
+                continue;
+            }
+            let target = &self.servers[m.to];
+            let mut cmd = redis::cmd("MIGRATE");
+            cmd.arg(target.host())
+                .arg(target.port())
+                .arg("")
+                .arg(target.db())
+                .arg(self.migrate_timeout_ms);
+            let info = target.connection_info();
+            let settings = info.redis_settings();
+            if let Some(password) = settings.password() {
+                match settings.username() {
+                    Some(user) => cmd.arg("AUTH2").arg(user).arg(password),
+                    None => cmd.arg("AUTH").arg(password),
+                };
+            }
+            cmd.arg("KEYS").arg(&m.key[..]);
+            out.push((m.from, m.to, cmd, vec![i]));
+        }
+        out
+    }
+
+    /// Checks the reply of one MIGRATE job: OK and NOKEY are fine; a key
+    /// already on the destination is a conflict the caller must not
+    /// resolve by guessing (TRYAGAIN, naming it).
+    pub(crate) fn migrate_outcome(
+        &self,
+        moves: &[Move],
+        job: &(usize, usize, Cmd, Vec<usize>),
+        reply: RedisResult<Value>,
+    ) -> RedisResult<()> {
+        let (from, to, _, items) = job;
+        let key = items.first().map(|&i| show_key(&moves[i].key)).unwrap_or_default();
+        match reply.and_then(|v| v.extract_error()) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYKEY") || e.to_string().contains("BUSYKEY") => Err(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+                "mredis: key on two servers during a migration",
+                format!(
+                    "a key of this command (first: `{key}`) exists on both {} (old owner) and {} (new owner); \
+                     nothing was run. `mredis rebalance` reports and resolves such copies",
+                    self.name(*from),
+                    self.name(*to)
+                ),
+            ))),
+            Err(e) => Err(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+                "mredis: moving a key failed",
+                format!(
+                    "moving `{key}` from {} to {} before running the command: {}; nothing was run, retry",
+                    self.name(*from),
+                    self.name(*to),
+                    crate::error::describe(&e)
+                ),
+            ))),
+        }
+    }
+}
+
+/// The keys a key argument routes by (for tests of the table: the same
+/// extraction [`Core::route_key`] uses).
+#[cfg_attr(not(feature = "table-examples"), allow(dead_code))]
+pub fn key_args<K: ToRedisArgs>(key: &K) -> Vec<Vec<u8>> {
+    key.to_redis_args()
+}
+
+/// The keys of a multi-key command as [`Core::route_split`] reads them.
+#[cfg_attr(not(feature = "table-examples"), allow(dead_code))]
+pub fn split_keys(cmd: &Cmd, stride: usize) -> Vec<Vec<u8>> {
+    cmd.args_iter()
+        .skip(1)
+        .step_by(stride.max(1))
+        .map(|a| match a {
+            Arg::Simple(b) => b.to_vec(),
+            _ => b"0".to_vec(),
+        })
+        .collect()
 }
 
 /// A multi-key command split by server.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    pub(crate) command: String,
-    name: Vec<u8>,
-    /// (server index, indices of the key chunks it owns), in server order.
+    /// (server index, indices of the keys it owns), in server order.
     pub(crate) groups: Vec<(usize, Vec<usize>)>,
-    chunks: Vec<Vec<u8>>,
     stride: usize,
-    /// All keys on one server: send the original command unchanged.
-    pub(crate) whole: bool,
+    count: usize,
+    merge: Merge,
+    pub(crate) moves: Vec<Move>,
 }
 
 impl Plan {
-    /// The command for one group.
-    pub(crate) fn command_for(&self, items: &[usize]) -> Cmd {
-        let mut cmd = Cmd::new();
-        cmd.arg(&self.name[..]);
-        for &i in items {
-            for j in 0..self.stride {
-                cmd.arg(&self.chunks[i * self.stride + j][..]);
-            }
-        }
-        cmd
+    /// Each group's command, packed once, read from the caller's command
+    /// in place.
+    pub(crate) fn packed(&self, cmd: &Cmd) -> Vec<(usize, Vec<u8>)> {
+        let args: Vec<&[u8]> = cmd
+            .args_iter()
+            .map(|a| match a {
+                Arg::Simple(b) => b,
+                _ => b"0",
+            })
+            .collect();
+        self.groups
+            .iter()
+            .map(|(server, items)| {
+                let n = 1 + items.len() * self.stride;
+                let size: usize = 16
+                    + items
+                        .iter()
+                        .map(|&i| 16 * self.stride + args[1 + i * self.stride].len())
+                        .sum::<usize>();
+                let mut out = Vec::with_capacity(size);
+                pack_header(&mut out, n);
+                pack_arg(&mut out, args[0]);
+                for &i in items {
+                    for j in 0..self.stride {
+                        pack_arg(&mut out, args[1 + i * self.stride + j]);
+                    }
+                }
+                (*server, out)
+            })
+            .collect()
     }
 
-    fn key_count(&self) -> usize {
-        self.chunks.len() / self.stride.max(1)
+    /// Each group's command as a `Cmd` (for the async client, whose
+    /// connections take commands rather than bytes).
+    pub(crate) fn commands(&self, cmd: &Cmd) -> Vec<(usize, Cmd)> {
+        let args: Vec<&[u8]> = cmd
+            .args_iter()
+            .map(|a| match a {
+                Arg::Simple(b) => b,
+                _ => b"0",
+            })
+            .collect();
+        self.groups
+            .iter()
+            .map(|(server, items)| {
+                let mut c = Cmd::new();
+                c.arg(args[0]);
+                for &i in items {
+                    for j in 0..self.stride {
+                        c.arg(args[1 + i * self.stride + j]);
+                    }
+                }
+                (*server, c)
+            })
+            .collect()
     }
 
     /// Merges per-group replies (in `groups` order) into one reply.
-    pub(crate) fn merge(&self, core: &Core, merge: Merge, replies: Vec<RedisResult<Value>>) -> RedisResult<Value> {
-        let mut failed = Vec::new();
-        let mut succeeded = Vec::new();
+    pub(crate) fn merge(&self, core: &Core, command: &str, replies: Vec<RedisResult<Value>>) -> RedisResult<Value> {
+        let mut failure = Failure::new(command);
         let mut values = Vec::with_capacity(replies.len());
         for ((server, items), reply) in self.groups.iter().zip(replies) {
-            match reply {
+            match reply.and_then(|v| v.extract_error()) {
                 Ok(v) => {
-                    succeeded.push(format!("{} ({} keys)", core.name(*server), items.len()));
+                    failure.succeeded(core.name(*server), items.len());
                     values.push((items, v));
                 }
-                Err(e) => failed.push((core.name(*server).to_string(), e)),
+                Err(e) => failure.failed(core.name(*server), e),
             }
         }
-        if !failed.is_empty() {
-            return Err(partial_failure(&self.command, &failed, &succeeded));
-        }
-        match merge {
+        failure.into_result()?;
+        match self.merge {
             Merge::Ordered => {
-                let mut out = vec![Value::Nil; self.key_count()];
+                let mut out = vec![Value::Nil; self.count];
                 for (items, v) in values {
                     let Value::Array(parts) = v else {
-                        return Err(client_error(format!(
-                            "{}: expected an array reply, got {v:?}",
-                            self.command
-                        )));
+                        return Err(client_error(format!("{command}: expected an array reply, got {v:?}")));
                     };
                     if parts.len() != items.len() {
                         return Err(client_error(format!(
-                            "{}: expected {} replies from a server, got {}",
-                            self.command,
+                            "{command}: expected {} replies from a server, got {}",
                             items.len(),
                             parts.len()
                         )));
@@ -196,8 +502,7 @@ impl Plan {
                         Value::Int(n) => total += n,
                         other => {
                             return Err(client_error(format!(
-                                "{}: expected an integer reply, got {other:?}",
-                                self.command
+                                "{command}: expected an integer reply, got {other:?}"
                             )));
                         }
                     }
@@ -207,13 +512,31 @@ impl Plan {
             Merge::Ok => {
                 for (_, v) in values {
                     if !matches!(v, Value::Okay) {
-                        return Err(client_error(format!("{}: expected OK, got {v:?}", self.command)));
+                        return Err(client_error(format!("{command}: expected OK, got {v:?}")));
                     }
                 }
                 Ok(Value::Okay)
             }
         }
     }
+}
+
+fn pack_header(out: &mut Vec<u8>, n: usize) {
+    out.push(b'*');
+    out.extend_from_slice(itoa(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn pack_arg(out: &mut Vec<u8>, arg: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(itoa(arg.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(arg);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(n: usize) -> String {
+    n.to_string()
 }
 
 /// The command's name (its first argument), for messages.
@@ -234,74 +557,6 @@ pub fn push_pair_keys<T: ToRedisArgs>(keys: &mut Vec<Vec<u8>>, arg: &T) {
     keys.extend(arg.to_redis_args().into_iter().step_by(2));
 }
 
-/// A key as shown in errors: printable, shortened.
-pub(crate) fn show_key(key: &[u8]) -> String {
-    let mut s: String = key.escape_ascii().to_string();
-    if s.len() > 80 {
-        let mut cut = 77;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
-}
-
-pub(crate) fn client_error(detail: String) -> RedisError {
-    RedisError::from((ErrorKind::Client, "mredis", detail))
-}
-
-pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb: &str) -> RedisError {
-    RedisError::from((
-        ErrorKind::Client,
-        "mredis: keys on different servers",
-        format!(
-            "{command} needs all its keys on one server, but `{}` is on {sa} and `{}` is on {sb}; \
-             nothing was sent. Put related keys together with hash tags ({{user:1}}:a, {{user:1}}:b) \
-             and enable them with Builder::hash_tags(true)",
-            show_key(a),
-            show_key(b)
-        ),
-    ))
-}
-
-fn partial_failure(command: &str, failed: &[(String, RedisError)], succeeded: &[String]) -> RedisError {
-    let failed_text: Vec<String> = failed.iter().map(|(s, e)| format!("{s}: {e}")).collect();
-    let ok_text = if succeeded.is_empty() {
-        "none".to_string()
-    } else {
-        succeeded.join(", ")
-    };
-    let kind = failed.first().map(|(_, e)| e.kind()).unwrap_or(ErrorKind::Io);
-    RedisError::from((
-        kind,
-        "mredis: scatter-gather failed on some servers",
-        format!(
-            "{command} failed on {} of {} servers ({}); succeeded on: {ok_text}",
-            failed.len(),
-            failed.len() + succeeded.len(),
-            failed_text.join("; ")
-        ),
-    ))
-}
-
-/// Adds the server's name to errors that are not the server's own reply
-/// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
-/// through unchanged, as redis-rs returns them, so `code()` still works.
-pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
-    // Anything with an error code is the server's own reply.
-    if err.code().is_some() || matches!(err.kind(), ErrorKind::Server(_)) {
-        return err;
-    }
-    let kind = if err.is_timeout() || err.is_io_error() || err.is_connection_refusal() {
-        ErrorKind::Io
-    } else {
-        err.kind()
-    };
-    RedisError::from((kind, "mredis: server error", format!("{server}: {err}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,8 +573,43 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_shown_printable_and_short() {
-        assert_eq!(show_key(b"a\xff\n"), "a\\xff\\n");
-        assert!(show_key(&[b'k'; 200]).ends_with("..."));
+    fn split_packs_what_redis_rs_would() {
+        let servers: Vec<Server> = (0..4).map(|i| Server::from_parts("h", 7000 + i, 0).unwrap()).collect();
+        let core = Core::new(servers, &Options::default()).unwrap();
+        let mut cmd = redis::cmd("MSET");
+        for i in 0..40 {
+            cmd.arg(format!("k{i}")).arg(i);
+        }
+        let Route::Split(plan) = core.route_split(&cmd, 2, Merge::Ok) else {
+            panic!("40 keys on 4 servers must split")
+        };
+        for (server, packed) in plan.packed(&cmd) {
+            let mut expect = redis::cmd("MSET");
+            for i in 0..40 {
+                let key = format!("k{i}");
+                if core.owner(key.as_bytes()).0 == server {
+                    expect.arg(key).arg(i);
+                }
+            }
+            assert_eq!(packed, expect.get_packed_command());
+        }
+    }
+
+    #[test]
+    fn a_key_routes_without_copy_like_its_bytes() {
+        let servers: Vec<Server> = (0..5).map(|i| Server::from_parts("h", 7000 + i, 0).unwrap()).collect();
+        let core = Core::new(servers, &Options::default()).unwrap();
+        for key in ["a", "b", "user:1", ""] {
+            let Route::One { server, moves } = core.route_key("GET", &key).unwrap() else {
+                panic!()
+            };
+            assert_eq!(server, core.placement.index(key.as_bytes()));
+            assert!(moves.is_empty());
+        }
+        let Route::One { server, .. } = core.route_key("GET", &42i64).unwrap() else {
+            panic!()
+        };
+        assert_eq!(server, core.placement.index(b"42"));
+        assert!(core.route_key("GET", &vec!["a", "b"]).is_err());
     }
 }

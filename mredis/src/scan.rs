@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use futures::stream::BoxStream;
 use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs, Value};
 
-use crate::routing::client_error;
+use crate::error::client_error;
 
 /// Page size asked of the server.
 const COUNT: usize = 100;
@@ -180,7 +180,7 @@ macro_rules! key_scans {
                 #[doc = concat!("Iterates the elements of one key with `", $cmd, "` on the server that owns it.")]
                 #[doc(alias = $cmd)]
                 pub fn $name<K: ToRedisArgs, RV: FromRedisValue>(&self, key: K) -> RedisResult<ScanIter<'_, RV>> {
-                    let server = self.route_key($cmd, &key)?;
+                    let server = self.settle($cmd, &key)?;
                     let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, server, None);
                     Ok(self.scan_with(spec))
                 }
@@ -192,7 +192,7 @@ macro_rules! key_scans {
                     key: K,
                     pattern: P,
                 ) -> RedisResult<ScanIter<'_, RV>> {
-                    let server = self.route_key($cmd, &key)?;
+                    let server = self.settle($cmd, &key)?;
                     let spec =
                         ScanSpec::of_key($cmd, single_arg("key", &key)?, server, Some(single_arg("pattern", &pattern)?));
                     Ok(self.scan_with(spec))
@@ -208,7 +208,7 @@ macro_rules! key_scans {
                     &self,
                     key: K,
                 ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-                    let server = self.route_key($cmd, &key)?;
+                    let server = self.settle($cmd, self.core().route_key($cmd, &key)?).await?;
                     let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, server, None);
                     Ok(self.scan_with(spec))
                 }
@@ -220,7 +220,7 @@ macro_rules! key_scans {
                     key: K,
                     pattern: P,
                 ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-                    let server = self.route_key($cmd, &key)?;
+                    let server = self.settle($cmd, self.core().route_key($cmd, &key)?).await?;
                     let spec =
                         ScanSpec::of_key($cmd, single_arg("key", &key)?, server, Some(single_arg("pattern", &pattern)?));
                     Ok(self.scan_with(spec))
@@ -237,6 +237,18 @@ key_scans! {
 }
 
 impl crate::MRedis {
+    /// The server owning `key`, with the key moved there first if a
+    /// migration is moving it.
+    fn settle<K: ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
+        match self.core().route_key(command, key)? {
+            crate::routing::Route::One { server, moves } => {
+                self.migrate(&moves)?;
+                Ok(server)
+            }
+            crate::routing::Route::Split(_) => Err(client_error(format!("{command} takes one key"))),
+        }
+    }
+
     fn scan_with<RV: FromRedisValue>(&self, spec: ScanSpec) -> ScanIter<'_, RV> {
         ScanIter {
             mr: self,
@@ -251,7 +263,7 @@ impl crate::MRedis {
     /// changes during the walk.
     #[doc(alias = "SCAN")]
     pub fn scan<RV: FromRedisValue>(&self) -> RedisResult<ScanIter<'_, RV>> {
-        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), None)))
+        Ok(self.scan_with(ScanSpec::keys(self.core().all(), None)))
     }
 
     /// Same as [`MRedis::scan`](crate::MRedis::scan).
@@ -264,11 +276,21 @@ impl crate::MRedis {
     #[doc(alias = "SCAN")]
     pub fn scan_match<P: ToRedisArgs, RV: FromRedisValue>(&self, pattern: P) -> RedisResult<ScanIter<'_, RV>> {
         let pattern = single_arg("pattern", &pattern)?;
-        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), Some(pattern))))
+        Ok(self.scan_with(ScanSpec::keys(self.core().all(), Some(pattern))))
     }
 }
 
 impl crate::aio::MRedis {
+    async fn settle(&self, command: &str, route: crate::routing::Route) -> RedisResult<usize> {
+        match route {
+            crate::routing::Route::One { server, moves } => {
+                self.migrate(&moves).await?;
+                Ok(server)
+            }
+            crate::routing::Route::Split(_) => Err(client_error(format!("{command} takes one key"))),
+        }
+    }
+
     fn scan_with<RV: FromRedisValue + Send + 'static>(&self, spec: ScanSpec) -> BoxStream<'_, RedisResult<RV>> {
         let state = ScanState::<RV>::new(spec);
         let stream = futures::stream::unfold((state, false), move |(mut state, failed)| async move {
@@ -295,7 +317,7 @@ impl crate::aio::MRedis {
     /// Streams every key of every server (`SCAN` on each server in turn).
     #[doc(alias = "SCAN")]
     pub async fn scan<RV: FromRedisValue + Send + 'static>(&self) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), None)))
+        Ok(self.scan_with(ScanSpec::keys(self.core().all(), None)))
     }
 
     /// Streams the keys matching `pattern` on every server (`SCAN ... MATCH`).
@@ -305,6 +327,6 @@ impl crate::aio::MRedis {
         pattern: P,
     ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
         let pattern = single_arg("pattern", &pattern)?;
-        Ok(self.scan_with(ScanSpec::keys(self.servers().len(), Some(pattern))))
+        Ok(self.scan_with(ScanSpec::keys(self.core().all(), Some(pattern))))
     }
 }

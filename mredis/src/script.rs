@@ -4,7 +4,8 @@
 
 use redis::{FromRedisValue, RedisResult, ToRedisArgs};
 
-use crate::routing::{client_error, name_server, push_keys};
+use crate::error::client_error;
+use crate::routing::{Move, Route, name_server, push_keys};
 
 /// A Lua script, invoked with EVALSHA on the server that owns its keys.
 ///
@@ -84,27 +85,29 @@ impl ScriptInvocation<'_> {
         self
     }
 
-    fn server(&self, core: &crate::routing::Core) -> RedisResult<usize> {
+    fn route(&self, core: &crate::routing::Core) -> RedisResult<(usize, Vec<Move>)> {
         if self.keys.is_empty() {
             return Err(client_error(
                 "a script without keys has no owning server; pass the keys it touches with key()".to_string(),
             ));
         }
-        core.route_colocated("EVALSHA", &self.keys)
+        match core.route_colocated("EVALSHA", &self.keys)? {
+            Route::One { server, moves } => Ok((server, moves)),
+            Route::Split(_) => Err(client_error("a script runs on one server".to_string())),
+        }
     }
 
     /// Runs the script on the server that owns its keys (sync client).
     pub fn invoke<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        let server = self.server(mr.core())?;
-        let mut con = mr.connection(server)?;
-        self.inner
-            .invoke(&mut *con)
-            .map_err(|e| name_server(mr.core().name(server), e))
+        let (server, moves) = self.route(mr.core())?;
+        mr.migrate(&moves)?;
+        mr.with_connection(server, |con| self.inner.invoke(con))
     }
 
     /// Runs the script on the server that owns its keys (async client).
     pub async fn invoke_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        let server = self.server(mr.core())?;
+        let (server, moves) = self.route(mr.core())?;
+        mr.migrate(&moves).await?;
         let mut con = mr.connection(server)?;
         self.inner
             .invoke_async(&mut con)

@@ -61,7 +61,9 @@ pub struct Example {
 
 mredis_macros::command_table!();
 
-/// Example invocations of routed methods, for the routing test.
+/// Example invocations of routed methods, for the routing test (feature
+/// `table-examples`; not part of the API).
+#[cfg(feature = "table-examples")]
 #[doc(hidden)]
 pub mod examples {
     mredis_macros::command_examples!();

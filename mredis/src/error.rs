@@ -1,0 +1,168 @@
+//! Errors: one way to say that a call failed on some servers, and the
+//! helpers that name the server in errors that are not the server's own
+//! reply.
+//!
+//! Codes a caller can match with [`redis::RedisError::code`]:
+//! - a server's own reply (WRONGTYPE, OOM, NOSCRIPT, BUSYKEY, READONLY, ...)
+//!   passes through unchanged, on every path, when it is the only failure;
+//! - `CROSSSLOT`: the keys of one command live on different servers; nothing
+//!   was sent (Redis Cluster's code for the same thing);
+//! - `TRYAGAIN`: a key is being moved by a migration and the command could
+//!   not run now; nothing was run, retrying is safe (Redis Cluster's code).
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+pub(crate) fn client_error(detail: String) -> RedisError {
+    RedisError::from((ErrorKind::Client, "mredis", detail))
+}
+
+/// A key as shown in errors: printable, shortened.
+pub(crate) fn show_key(key: &[u8]) -> String {
+    let mut s: String = key.escape_ascii().to_string();
+    if s.len() > 80 {
+        let mut cut = 77;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb: &str) -> RedisError {
+    RedisError::from((
+        ErrorKind::Server(ServerErrorKind::CrossSlot),
+        "mredis: keys on different servers",
+        format!(
+            "{command} needs all its keys on one server, but `{}` is on {sa} and `{}` is on {sb}; \
+             nothing was sent. Put related keys together with hash tags ({{user:1}}:a, {{user:1}}:b) \
+             and enable them with Builder::hash_tags(true)",
+            show_key(a),
+            show_key(b)
+        ),
+    ))
+}
+
+/// An error's text for messages.
+pub(crate) fn describe(err: &RedisError) -> String {
+    err.to_string()
+}
+
+/// Adds the server's name to errors that are not the server's own reply
+/// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
+/// through unchanged, as redis-rs returns them, so `code()` still works.
+pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
+    if err.code().is_some() || matches!(err.kind(), ErrorKind::Server(_)) {
+        return err;
+    }
+    let (kind, text) = if err.is_timeout() {
+        (
+            ErrorKind::Io,
+            format!("{server}: no reply in time ({err}); the command may have run there"),
+        )
+    } else if err.is_connection_refusal() {
+        (
+            ErrorKind::Io,
+            format!("{server}: connection refused ({err}); nothing was sent"),
+        )
+    } else if err.kind() == ErrorKind::AuthenticationFailed {
+        (
+            ErrorKind::AuthenticationFailed,
+            format!("{server}: authentication failed ({err})"),
+        )
+    } else if err.is_io_error() {
+        (ErrorKind::Io, format!("{server}: {err}"))
+    } else {
+        (err.kind(), format!("{server}: {err}"))
+    };
+    RedisError::from((kind, "mredis: server error", text))
+}
+
+/// A call that went to several servers failed on some: the one type every
+/// path (fan-out, scatter-gather, fleet pipeline) reports it with.
+///
+/// With one failed server whose error is the server's own reply, that reply
+/// is returned unchanged (its code still works). Otherwise the error names
+/// every failed server with its error and the servers that did run their
+/// part; its kind is the first failure's.
+#[derive(Debug)]
+pub(crate) struct Failure<'c> {
+    command: &'c str,
+    failed: Vec<(String, RedisError)>,
+    succeeded: Vec<String>,
+}
+
+impl<'c> Failure<'c> {
+    pub(crate) fn new(command: &'c str) -> Self {
+        Failure {
+            command,
+            failed: Vec::new(),
+            succeeded: Vec::new(),
+        }
+    }
+
+    pub(crate) fn succeeded(&mut self, server: &str, items: usize) {
+        self.succeeded.push(format!("{server} ({items})"));
+    }
+
+    pub(crate) fn failed(&mut self, server: &str, err: RedisError) {
+        self.failed.push((server.to_string(), err));
+    }
+
+    pub(crate) fn into_result(mut self) -> Result<(), RedisError> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        if self.failed.len() == 1 && self.failed[0].1.code().is_some() {
+            return Err(self.failed.remove(0).1);
+        }
+        let kind = self.failed[0].1.kind();
+        let failed: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(s, e)| {
+                let text = e.to_string();
+                if text.contains(s.as_str()) {
+                    text
+                } else {
+                    format!("{s}: {text}")
+                }
+            })
+            .collect();
+        let ok = if self.succeeded.is_empty() {
+            "none".to_string()
+        } else {
+            self.succeeded.join(", ")
+        };
+        Err(RedisError::from((
+            kind,
+            "mredis: failed on some servers",
+            format!(
+                "{} failed on {} of {} servers ({}); succeeded on: {ok}",
+                self.command,
+                self.failed.len(),
+                self.failed.len() + self.succeeded.len(),
+                failed.join("; ")
+            ),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_shown_printable_and_short() {
+        assert_eq!(show_key(b"a\xff\n"), "a\\xff\\n");
+        assert!(show_key(&[b'k'; 200]).ends_with("..."));
+    }
+
+    #[test]
+    fn cross_server_errors_have_redis_clusters_code() {
+        let e = cross_server_error("RENAME", b"a", "s1", b"b", "s2");
+        assert_eq!(e.code(), Some("CROSSSLOT"));
+        assert!(e.to_string().contains("`a` is on s1"));
+    }
+}
