@@ -279,7 +279,11 @@ impl MRedis {
                         replies: 1,
                     })
                     .collect();
-                let replies = self.send_many(&jobs).into_iter().map(first_reply).collect();
+                let replies = self
+                    .send_many(&jobs)
+                    .into_iter()
+                    .map(|r| first_reply(r).and_then(Value::extract_error))
+                    .collect();
                 let value = plan.merge(&self.core, &command_name(cmd), replies)?;
                 Ok(RV::from_redis_value(value)?)
             }

@@ -265,7 +265,7 @@ impl Core {
         let count = total / stride;
         let mut owner_of = Vec::with_capacity(count);
         let mut moves = Vec::new();
-        for (i, arg) in cmd.args_iter().skip(1).step_by(stride).enumerate() {
+        for arg in cmd.args_iter().skip(1).step_by(stride) {
             let key = match arg {
                 Arg::Simple(bytes) => bytes,
                 _ => b"0",
@@ -279,19 +279,20 @@ impl Core {
                     key: key.to_vec(),
                 });
             }
-            let _ = i;
         }
         let first = owner_of[0];
         if owner_of.iter().all(|&s| s == first) {
             return Route::One { server: first, moves };
         }
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        for server in 0..self.current {
-            let items: Vec<usize> = (0..count).filter(|&i| owner_of[i] == server).collect();
-            if !items.is_empty() {
-                groups.push((server, items));
-            }
+        let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.current];
+        for (i, &server) in owner_of.iter().enumerate() {
+            by_server[server].push(i);
         }
+        let groups: Vec<(usize, Vec<usize>)> = by_server
+            .into_iter()
+            .enumerate()
+            .filter(|(_, items)| !items.is_empty())
+            .collect();
         Route::Split(Plan {
             groups,
             stride,
@@ -466,7 +467,12 @@ impl Plan {
         let mut failure = Failure::new(command);
         let mut values = Vec::with_capacity(replies.len());
         for ((server, items), reply) in self.groups.iter().zip(replies) {
-            match reply.and_then(|v| v.extract_error()) {
+            // Replies arrive with errors extracted (`value_on`, `send_many`'s caller).
+            let reply = reply.and_then(|v| match v {
+                Value::ServerError(e) => Err(e.into()),
+                v => Ok(v),
+            });
+            match reply {
                 Ok(v) => {
                     failure.succeeded(core.name(*server), items.len());
                     values.push((items, v));
@@ -523,20 +529,31 @@ impl Plan {
 
 fn pack_header(out: &mut Vec<u8>, n: usize) {
     out.push(b'*');
-    out.extend_from_slice(itoa(n).as_bytes());
+    push_decimal(out, n);
     out.extend_from_slice(b"\r\n");
 }
 
 fn pack_arg(out: &mut Vec<u8>, arg: &[u8]) {
     out.push(b'$');
-    out.extend_from_slice(itoa(arg.len()).as_bytes());
+    push_decimal(out, arg.len());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(arg);
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa(n: usize) -> String {
-    n.to_string()
+/// Appends `n` in decimal without allocating.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The command's name (its first argument), for messages.
