@@ -12,9 +12,10 @@ use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::error::client_error;
+use crate::migration::{Machine, One, Split, Step};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::routing::{Core, Move, Route, command_name, name_server};
+use crate::routing::{Core, Route, command_name, name_server};
 
 /// Several Redis servers behaving like one (async, tokio).
 ///
@@ -152,22 +153,29 @@ impl MRedis {
             .map_err(|e| name_server(self.core.name(index), e))
     }
 
-    /// Runs a routed command: brings moving keys first, then one server or
-    /// a split over several (concurrently).
+    /// Runs a routed command on one server, or split over several
+    /// (concurrently); keys being moved by a migration go through the
+    /// migration machines, as in the sync client.
     pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
-        match route {
+        let value = match route {
+            Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd).await?,
             Route::One { server, moves } => {
-                self.migrate(&moves).await?;
-                Ok(RV::from_redis_value(self.value_on(server, cmd).await?)?)
+                let cmds = std::slice::from_ref(cmd);
+                self.drive(One::new(&self.core, cmds, false, server, &moves))
+                    .await?
+                    .extract_error()?
             }
-            Route::Split(plan) => {
-                self.migrate(&plan.moves).await?;
+            Route::Split(plan) if plan.moves.is_empty() => {
                 let cmds = plan.commands(cmd);
                 let replies = join_all(cmds.iter().map(|(s, c)| self.value_on(*s, c))).await;
-                let value = plan.merge(&self.core, &command_name(cmd), replies)?;
-                Ok(RV::from_redis_value(value)?)
+                plan.merge(&self.core, &command_name(cmd), replies)?
             }
-        }
+            Route::Split(plan) => {
+                self.drive(Split::new(&self.core, cmd, plan.stride(), plan.merge_policy()))
+                    .await?
+            }
+        };
+        Ok(RV::from_redis_value(value)?)
     }
 
     pub(crate) async fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
@@ -175,17 +183,29 @@ impl MRedis {
         crate::per_server::collect(&self.core, &command_name(cmd), replies)
     }
 
-    /// MIGRATEs moving keys to their new servers first.
-    pub(crate) async fn migrate(&self, moves: &[Move]) -> RedisResult<()> {
-        if moves.is_empty() {
-            return Ok(());
+    /// Carries a migration machine's requests (each a pipeline to one
+    /// server, all servers concurrently) until it is done.
+    pub(crate) async fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
+        let mut step = machine.start();
+        loop {
+            match step {
+                Step::Done(result) => return result,
+                Step::Send(requests) => {
+                    let pipes: Vec<(usize, redis::Pipeline)> = requests
+                        .into_iter()
+                        .map(|r| {
+                            let mut p = redis::pipe();
+                            for c in r.cmds {
+                                p.add_command(c);
+                            }
+                            (r.server, p)
+                        })
+                        .collect();
+                    let replies = join_all(pipes.iter().map(|(s, p)| self.pipeline_on(*s, p))).await;
+                    step = machine.next(replies);
+                }
+            }
         }
-        let jobs = self.core.migrate_jobs(moves);
-        let replies = join_all(jobs.iter().map(|j| self.value_on(j.0, &j.2))).await;
-        for (job, reply) in jobs.iter().zip(replies) {
-            self.core.migrate_outcome(moves, job, reply)?;
-        }
-        Ok(())
     }
 }
 

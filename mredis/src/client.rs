@@ -13,6 +13,7 @@ use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisResult, Value}
 
 use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::error::client_error;
+use crate::migration::{Machine, One, Split, Step};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 use crate::routing::{Core, Move, Route, command_name, name_server};
@@ -181,21 +182,64 @@ impl MRedis {
         let Route::One { server, moves } = self.core.route_colocated("transaction", &all)? else {
             unreachable!("co-located keys have one server")
         };
-        self.migrate(&moves)?;
-        let pool = self.pool(server)?;
-        let mut con = pool.get().map_err(|e| name_server(self.core.name(server), e))?;
-        let result = redis::transaction(&mut con, keys, func);
-        match result {
-            Ok(v) => {
-                pool.put(con);
-                Ok(v)
-            }
-            Err(e) => {
-                if e.code().is_some() {
-                    pool.put(con);
+        let mut func = func;
+        loop {
+            // During a migration the keys are served by their old server
+            // while they are all there, by the new one once none is.
+            let target = if moves.is_empty() {
+                server
+            } else {
+                self.where_moving(&moves, server)?
+            };
+            let attempt = self.with_connection(target, |con| {
+                redis::cmd("WATCH").arg(keys).exec(con)?;
+                if !moves.is_empty() && self.where_moving(&moves, server)? != target {
+                    // Moved between the check and the WATCH: decide again.
+                    redis::cmd("UNWATCH").exec(con)?;
+                    return Ok(None);
                 }
-                Err(name_server(self.core.name(server), e))
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                match func(con, &mut pipe)? {
+                    Some(result) => {
+                        redis::cmd("UNWATCH").exec(con)?;
+                        Ok(Some(result))
+                    }
+                    None => Ok(None),
+                }
+            })?;
+            if let Some(result) = attempt {
+                return Ok(result);
             }
+        }
+    }
+
+    /// Where keys being moved are served now: their old server while all of
+    /// them are there (and they share it), the new one once none is;
+    /// otherwise a retryable TRYAGAIN error.
+    pub(crate) fn where_moving(&self, moves: &[Move], server: usize) -> RedisResult<usize> {
+        let mut froms: Vec<usize> = moves.iter().map(|m| m.from).collect();
+        froms.sort_unstable();
+        froms.dedup();
+        let mut here: i64 = 0;
+        for f in &froms {
+            let mut c = redis::cmd("EXISTS");
+            for m in moves.iter().filter(|m| m.from == *f) {
+                c.arg(&m.key[..]);
+            }
+            here += i64::from_redis_value(self.value_on(*f, &c)?)?;
+        }
+        if here == 0 {
+            Ok(server)
+        } else if here == moves.len() as i64 && froms.len() == 1 {
+            Ok(froms[0])
+        } else {
+            Err(crate::migration::try_again(
+                &self.core,
+                &moves[0].key,
+                moves[0].from,
+                server,
+            ))
         }
     }
 
@@ -260,16 +304,17 @@ impl MRedis {
         self.with_connection(index, |con| con.req_packed_commands(&packed, offset, count))
     }
 
-    /// Runs a routed command: brings moving keys first, then one server or
-    /// a split over several.
+    /// Runs a routed command on one server, or split over several; keys
+    /// being moved by a migration go through the migration machines.
     pub(crate) fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
-        match route {
+        let value = match route {
+            Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd)?,
             Route::One { server, moves } => {
-                self.migrate(&moves)?;
-                Ok(RV::from_redis_value(self.value_on(server, cmd)?)?)
+                let cmds = std::slice::from_ref(cmd);
+                self.drive(One::new(&self.core, cmds, false, server, &moves))?
+                    .extract_error()?
             }
-            Route::Split(plan) => {
-                self.migrate(&plan.moves)?;
+            Route::Split(plan) if plan.moves.is_empty() => {
                 let packed = plan.packed(cmd);
                 let jobs: Vec<Job<'_>> = packed
                     .iter()
@@ -284,10 +329,11 @@ impl MRedis {
                     .into_iter()
                     .map(|r| first_reply(r).and_then(Value::extract_error))
                     .collect();
-                let value = plan.merge(&self.core, &command_name(cmd), replies)?;
-                Ok(RV::from_redis_value(value)?)
+                plan.merge(&self.core, &command_name(cmd), replies)?
             }
-        }
+            Route::Split(plan) => self.drive(Split::new(&self.core, cmd, plan.stride(), plan.merge_policy()))?,
+        };
+        Ok(RV::from_redis_value(value)?)
     }
 
     pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
@@ -303,28 +349,32 @@ impl MRedis {
         crate::per_server::collect(&self.core, &command_name(cmd), replies)
     }
 
-    /// MIGRATEs moving keys to their new servers (nothing to do unless a
-    /// migration is configured and the command touches a moving key).
-    pub(crate) fn migrate(&self, moves: &[Move]) -> RedisResult<()> {
-        if moves.is_empty() {
-            return Ok(());
+    /// Carries a migration machine's requests (each a pipeline to one
+    /// server, all written before any reply is read) until it is done.
+    pub(crate) fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
+        let mut step = machine.start();
+        loop {
+            match step {
+                Step::Done(result) => return result,
+                Step::Send(requests) => {
+                    let packed: Vec<Vec<u8>> = requests
+                        .iter()
+                        .map(|r| r.cmds.iter().flat_map(|c| c.get_packed_command()).collect())
+                        .collect();
+                    let jobs: Vec<Job<'_>> = requests
+                        .iter()
+                        .zip(&packed)
+                        .map(|(r, p)| Job {
+                            server: r.server,
+                            packed: p,
+                            replies: r.cmds.len(),
+                        })
+                        .collect();
+                    let replies = self.send_many(&jobs);
+                    step = machine.next(replies);
+                }
+            }
         }
-        let jobs = self.core.migrate_jobs(moves);
-        let packed: Vec<Vec<u8>> = jobs.iter().map(|j| j.2.get_packed_command()).collect();
-        let requests: Vec<Job<'_>> = jobs
-            .iter()
-            .zip(&packed)
-            .map(|(j, p)| Job {
-                server: j.0,
-                packed: p,
-                replies: 1,
-            })
-            .collect();
-        let replies = self.send_many(&requests);
-        for (job, reply) in jobs.iter().zip(replies) {
-            self.core.migrate_outcome(moves, job, first_reply(reply))?;
-        }
-        Ok(())
     }
 
     /// Writes every job's request, then reads every reply, on this thread,

@@ -44,11 +44,6 @@ pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb
     ))
 }
 
-/// An error's text for messages.
-pub(crate) fn describe(err: &RedisError) -> String {
-    err.to_string()
-}
-
 /// Adds the server's name to errors that are not the server's own reply
 /// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
 /// through unchanged, as redis-rs returns them, so `code()` still works.

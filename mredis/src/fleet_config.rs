@@ -11,7 +11,7 @@ use crate::placement::{KeyHash, Mode};
 
 /// One server entry of a TOML configuration: a URL, or a table with weight
 /// and name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Entry {
     Url(String),
@@ -36,6 +36,40 @@ struct FileConfig {
     #[serde(default)]
     hash_tags: Option<bool>,
     servers: Vec<Entry>,
+    /// The configuration the fleet is moving away from (same fields).
+    #[serde(default)]
+    migrating_from: Option<Box<FileConfig>>,
+}
+
+/// A TOML error without the text of the offending value (it may hold a
+/// URL with a password): the line and what was wrong.
+fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let mut message = String::new();
+    let mut in_quotes = false;
+    for c in e.message().chars() {
+        if c == '"' || c == '`' {
+            if !in_quotes {
+                message.push_str("\"...");
+            }
+            in_quotes = !in_quotes;
+            if !in_quotes {
+                message.push('"');
+            }
+            continue;
+        }
+        if !in_quotes {
+            message.push(c);
+        }
+    }
+    if message.contains("untagged enum Entry") {
+        message =
+            "a server entry must be a URL string or a table { url = \"...\", weight = N, name = \"...\" }".to_string();
+    }
+    let place = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+    config_error(format!("fleet configuration, {place}{}", message.trim()))
 }
 
 fn tag_chars(tag: &str) -> RedisResult<[u8; 2]> {
@@ -78,8 +112,48 @@ fn mode_of(mode: Option<&str>, hash: Option<&str>, tag: Option<&str>) -> RedisRe
 ///   { url = "redis://10.0.0.2:6379/0", weight = 2, name = "cache-b" },
 /// ]
 /// ```
+///
+/// A migration-aware configuration (see [`Builder::migrating_from`]) adds
+/// the configuration it is moving away from as a `[migrating_from]` table
+/// with the same fields:
+///
+/// ```toml
+/// servers = ["redis://10.0.0.1:6379/0", "redis://10.0.0.2:6379/0", "redis://10.0.0.3:6379/0"]
+///
+/// [migrating_from]
+/// servers = ["redis://10.0.0.1:6379/0", "redis://10.0.0.2:6379/0"]
+/// ```
+///
+/// Errors name the line and never repeat the offending value.
 pub fn builder_from_toml(text: &str) -> RedisResult<Builder> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| config_error(format!("fleet configuration: {e}")))?;
+    let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+    let mut builder = builder_from_file(file.clone_shallow())?;
+    if let Some(old) = file.migrating_from {
+        if old.migrating_from.is_some() {
+            return Err(config_error(
+                "fleet configuration: [migrating_from] cannot itself have a [migrating_from]".to_string(),
+            ));
+        }
+        builder = builder.migrating_from(builder_from_file(*old)?);
+    }
+    Ok(builder)
+}
+
+impl FileConfig {
+    /// The top level without its `migrating_from`.
+    fn clone_shallow(&self) -> FileConfig {
+        FileConfig {
+            mode: self.mode.clone(),
+            hash: self.hash.clone(),
+            hash_tag: self.hash_tag.clone(),
+            hash_tags: self.hash_tags,
+            servers: self.servers.clone(),
+            migrating_from: None,
+        }
+    }
+}
+
+fn builder_from_file(file: FileConfig) -> RedisResult<Builder> {
     let mode = mode_of(file.mode.as_deref(), file.hash.as_deref(), file.hash_tag.as_deref())?;
     let mut servers = Vec::new();
     for entry in file.servers {

@@ -47,6 +47,7 @@ mod client;
 mod config;
 mod error;
 mod fleet_config;
+mod migration;
 mod per_server;
 mod pipeline;
 pub mod placement;

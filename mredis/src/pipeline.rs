@@ -9,7 +9,27 @@ use std::sync::Arc;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::{Failure, client_error, show_key};
+use crate::migration::{One, Pipe};
 use crate::routing::{Core, Move, Route};
+
+/// A command's old server and its keys there, while a migration moves them.
+type Moving = Option<(usize, Vec<Vec<u8>>)>;
+
+/// The moving keys of one command as (old server, keys); several old
+/// servers for one command cannot be guarded together.
+fn moving_of(core: &Core, command: &str, moves: &[Move]) -> Result<Moving, RedisError> {
+    let Some(first) = moves.first() else { return Ok(None) };
+    if moves.iter().any(|m| m.from != first.from) {
+        return Err(crate::migration::try_again(core, &first.key, first.from, first.to)).map_err(|e| {
+            RedisError::from((
+                e.kind(),
+                "mredis: keys being moved from several servers",
+                format!("{command}: {}", e.detail().unwrap_or_default()),
+            ))
+        });
+    }
+    Ok(Some((first.from, moves.iter().map(|m| m.key.clone()).collect())))
+}
 
 /// Pipelines run only on the client (and so the server list) they were built for.
 fn same_client(running: &Arc<Core>, built: &Arc<Core>) -> RedisResult<()> {
@@ -64,7 +84,10 @@ pub struct KeyPipeline {
     server: usize,
     pipe: Pipeline,
     ignored: Vec<bool>,
+    /// Every moving key of the pipeline, and per command its moving keys.
     moves: Vec<Move>,
+    moving: Vec<Moving>,
+    pending: Vec<Move>,
     problem: Option<RedisError>,
 }
 
@@ -88,7 +111,9 @@ impl KeyPipeline {
             server,
             pipe: Pipeline::new(),
             ignored: Vec::new(),
-            moves,
+            moves: Vec::new(),
+            moving: Vec::new(),
+            pending: moves,
             problem: None,
         })
     }
@@ -130,6 +155,17 @@ impl KeyPipeline {
     }
 
     pub(crate) fn add_command(&mut self, cmd: Cmd) -> &mut Self {
+        let pending = std::mem::take(&mut self.pending);
+        match moving_of(&self.core, &crate::routing::command_name(&cmd), &pending) {
+            Ok(m) => self.moving.push(m),
+            Err(e) => {
+                self.moving.push(None);
+                if self.problem.is_none() {
+                    self.problem = Some(e);
+                }
+            }
+        }
+        self.moves.extend(pending);
         self.pipe.add_command(cmd);
         self.ignored.push(false);
         self
@@ -156,7 +192,7 @@ impl KeyPipeline {
                 return;
             }
             if let Some(from) = from {
-                self.moves.push(Move {
+                self.pending.push(Move {
                     from,
                     to: owner,
                     key: key.clone(),
@@ -172,7 +208,7 @@ impl KeyPipeline {
                 self.problem = Some(self.wrong_server(command, &key, server));
                 return;
             }
-            self.moves.extend(moves);
+            self.pending.extend(moves);
         }
     }
 
@@ -216,9 +252,25 @@ impl KeyPipeline {
         if self.pipe.is_empty() {
             return Ok(T::from_redis_value(Value::Array(vec![]))?);
         }
-        mr.migrate(&self.moves)?;
-        let values = mr.pipeline_on(self.server, &self.pipe)?;
-        self.finish(values)
+        if self.moves.is_empty() {
+            let values = mr.pipeline_on(self.server, &self.pipe)?;
+            return self.finish(values);
+        }
+        let cmds: Vec<Cmd> = self.pipe.cmd_iter().cloned().collect();
+        if self.pipe.is_transaction() {
+            let value = mr.drive(One::new(&self.core, &cmds, true, self.server, &self.moves))?;
+            return self.finish(vec![value]);
+        }
+        let list = self.moving_list(cmds);
+        let slots = mr.drive(Pipe::new(&self.core, &list))?;
+        self.finish(slots.into_iter().collect::<RedisResult<Vec<Value>>>()?)
+    }
+
+    fn moving_list(&self, cmds: Vec<Cmd>) -> Vec<(Cmd, usize, Moving)> {
+        cmds.into_iter()
+            .zip(&self.moving)
+            .map(|(c, m)| (c, self.server, m.clone()))
+            .collect()
     }
 
     /// Sends the pipeline on the async client and converts the replies.
@@ -227,9 +279,20 @@ impl KeyPipeline {
         if self.pipe.is_empty() {
             return Ok(T::from_redis_value(Value::Array(vec![]))?);
         }
-        mr.migrate(&self.moves).await?;
-        let values = mr.pipeline_on(self.server, &self.pipe).await?;
-        self.finish(values)
+        if self.moves.is_empty() {
+            let values = mr.pipeline_on(self.server, &self.pipe).await?;
+            return self.finish(values);
+        }
+        let cmds: Vec<Cmd> = self.pipe.cmd_iter().cloned().collect();
+        if self.pipe.is_transaction() {
+            let value = mr
+                .drive(One::new(&self.core, &cmds, true, self.server, &self.moves))
+                .await?;
+            return self.finish(vec![value]);
+        }
+        let list = self.moving_list(cmds);
+        let slots = mr.drive(Pipe::new(&self.core, &list)).await?;
+        self.finish(slots.into_iter().collect::<RedisResult<Vec<Value>>>()?)
     }
 
     /// Sends the pipeline and discards the replies.
@@ -261,7 +324,10 @@ pub struct FleetPipeline {
     /// Per server (by index): its pipeline and the call-order position of each command.
     shares: Vec<Option<(Pipeline, Vec<usize>)>>,
     ignored: Vec<bool>,
-    moves: Vec<Move>,
+    /// Per command (call order): its server and moving keys.
+    placed: Vec<(usize, Moving)>,
+    pending: Moving,
+    any_moving: bool,
     problem: Option<RedisError>,
 }
 
@@ -281,7 +347,9 @@ impl FleetPipeline {
             core,
             shares,
             ignored: Vec::new(),
-            moves: Vec::new(),
+            placed: Vec::new(),
+            pending: None,
+            any_moving: false,
             problem: None,
         }
     }
@@ -310,12 +378,21 @@ impl FleetPipeline {
         self.ignored.is_empty()
     }
 
-    fn record(&mut self, result: RedisResult<Route>) -> Option<usize> {
+    fn record(&mut self, command: &str, result: RedisResult<Route>) -> Option<usize> {
         match result {
-            Ok(Route::One { server, moves }) => {
-                self.moves.extend(moves);
-                Some(server)
-            }
+            Ok(Route::One { server, moves }) => match moving_of(&self.core, command, &moves) {
+                Ok(m) => {
+                    self.any_moving |= m.is_some();
+                    self.pending = m;
+                    Some(server)
+                }
+                Err(e) => {
+                    if self.problem.is_none() {
+                        self.problem = Some(e);
+                    }
+                    None
+                }
+            },
             Ok(Route::Split(_)) => None,
             Err(e) => {
                 if self.problem.is_none() {
@@ -328,12 +405,12 @@ impl FleetPipeline {
 
     pub(crate) fn route_key<K: ToRedisArgs>(&mut self, command: &str, key: &K) -> Option<usize> {
         let result = self.core.route_key(command, key);
-        self.record(result)
+        self.record(command, result)
     }
 
     pub(crate) fn route_keys(&mut self, command: &str, keys: &[Vec<u8>]) -> Option<usize> {
         let result = self.core.route_colocated(command, keys);
-        self.record(result)
+        self.record(command, result)
     }
 
     pub(crate) fn add_routed_command(&mut self, server: Option<usize>, cmd: Cmd) -> &mut Self {
@@ -344,8 +421,36 @@ impl FleetPipeline {
             pipe.add_command(cmd);
             positions.push(position);
             self.ignored.push(false);
+            self.placed.push((server, self.pending.take()));
         }
         self
+    }
+
+    /// Every command in call order with its server and moving keys.
+    fn moving_list(&self) -> Vec<(Cmd, usize, Moving)> {
+        let mut cmds: Vec<Option<Cmd>> = vec![None; self.placed.len()];
+        for (pipe, positions) in self.shares.iter().flatten() {
+            for (c, &p) in pipe.cmd_iter().zip(positions) {
+                cmds[p] = Some(c.clone());
+            }
+        }
+        cmds.into_iter()
+            .zip(&self.placed)
+            .map(|(c, (server, m))| (c.unwrap_or_default(), *server, m.clone()))
+            .collect()
+    }
+
+    /// Call-order replies of the migration path, as the plain path gives them.
+    fn assemble_slots<T: FromRedisValue>(&self, slots: Vec<RedisResult<Value>>) -> RedisResult<T> {
+        let values = slots.into_iter().collect::<RedisResult<Vec<Value>>>()?;
+        let values = unpack(false, values)?.unwrap_or_default();
+        let kept: Vec<Value> = values
+            .into_iter()
+            .zip(&self.ignored)
+            .filter(|(_, ignored)| !**ignored)
+            .map(|(v, _)| v)
+            .collect();
+        Ok(T::from_redis_value(Value::Array(kept))?)
     }
 
     /// (server, pipeline) of every server with commands.
@@ -400,7 +505,10 @@ impl FleetPipeline {
     /// order.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
         let jobs = self.jobs(mr.core())?;
-        mr.migrate(&self.moves)?;
+        if self.any_moving {
+            let list = self.moving_list();
+            return self.assemble_slots(mr.drive(Pipe::new(&self.core, &list))?);
+        }
         let packed: Vec<Vec<u8>> = jobs.iter().map(|(_, p)| p.get_packed_pipeline()).collect();
         let requests: Vec<crate::client::Job<'_>> = jobs
             .iter()
@@ -418,7 +526,10 @@ impl FleetPipeline {
     /// Sends the commands on the async client, all servers concurrently.
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
         let jobs = self.jobs(mr.core())?;
-        mr.migrate(&self.moves).await?;
+        if self.any_moving {
+            let list = self.moving_list();
+            return self.assemble_slots(mr.drive(Pipe::new(&self.core, &list)).await?);
+        }
         let replies = futures::future::join_all(jobs.iter().map(|(server, pipe)| mr.pipeline_on(*server, pipe))).await;
         self.assemble(&jobs, replies)
     }

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use redis::{Arg, Cmd, ErrorKind, RedisError, RedisResult, RedisWrite, ToRedisArgs, Value};
+use redis::{Arg, Cmd, RedisResult, RedisWrite, ToRedisArgs, Value};
 
 use crate::config::{Options, Server};
 use crate::error::{Failure, client_error};
@@ -56,8 +56,6 @@ pub(crate) struct Core {
     /// How many of `servers` the current configuration has.
     pub(crate) current: usize,
     pub(crate) migration: Option<Migration>,
-    /// MIGRATE's own timeout, in milliseconds.
-    pub(crate) migrate_timeout_ms: u64,
 }
 
 /// A key to bring from its old server to its new one before a command on
@@ -149,15 +147,11 @@ impl Core {
                 Some(Migration { placement, map })
             }
         };
-        let migrate_timeout_ms = options
-            .response_timeout
-            .map_or(5000, |t| (t.as_millis() as u64).clamp(1, 60_000));
         Ok(Arc::new(Core {
             servers,
             placement,
             current,
             migration,
-            migrate_timeout_ms,
         }))
     }
 
@@ -281,7 +275,7 @@ impl Core {
             }
         }
         let first = owner_of[0];
-        if owner_of.iter().all(|&s| s == first) {
+        if moves.is_empty() && owner_of.iter().all(|&s| s == first) {
             return Route::One { server: first, moves };
         }
         let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.current];
@@ -300,76 +294,6 @@ impl Core {
             merge,
             moves,
         })
-    }
-
-    /// The MIGRATE commands that carry out `moves`: one per (from, to)
-    /// pair, `MIGRATE host port "" db timeout [AUTH..] KEYS k...`.
-    pub(crate) fn migrate_jobs(&self, moves: &[Move]) -> Vec<(usize, usize, Cmd, Vec<usize>)> {
-        let mut out: Vec<(usize, usize, Cmd, Vec<usize>)> = Vec::new();
-        for (i, m) in moves.iter().enumerate() {
-            if let Some(job) = out.iter_mut().find(|j| j.0 == m.from && j.1 == m.to) {
-                // A key listed twice (MSET k 1 k 2) is moved once.
-                if !job.3.iter().any(|&j| moves[j].key == m.key) {
-                    job.2.arg(&m.key[..]);
-                    job.3.push(i);
-                }
-                continue;
-            }
-            let target = &self.servers[m.to];
-            let mut cmd = redis::cmd("MIGRATE");
-            cmd.arg(target.host())
-                .arg(target.port())
-                .arg("")
-                .arg(target.db())
-                .arg(self.migrate_timeout_ms);
-            let info = target.connection_info();
-            let settings = info.redis_settings();
-            if let Some(password) = settings.password() {
-                match settings.username() {
-                    Some(user) => cmd.arg("AUTH2").arg(user).arg(password),
-                    None => cmd.arg("AUTH").arg(password),
-                };
-            }
-            cmd.arg("KEYS").arg(&m.key[..]);
-            out.push((m.from, m.to, cmd, vec![i]));
-        }
-        out
-    }
-
-    /// Checks the reply of one MIGRATE job: OK and NOKEY are fine; a key
-    /// already on the destination is a conflict the caller must not
-    /// resolve by guessing (TRYAGAIN, naming it).
-    pub(crate) fn migrate_outcome(
-        &self,
-        moves: &[Move],
-        job: &(usize, usize, Cmd, Vec<usize>),
-        reply: RedisResult<Value>,
-    ) -> RedisResult<()> {
-        let (from, to, _, items) = job;
-        let key = items.first().map(|&i| show_key(&moves[i].key)).unwrap_or_default();
-        match reply.and_then(|v| v.extract_error()) {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("BUSYKEY") || e.to_string().contains("BUSYKEY") => Err(RedisError::from((
-                ErrorKind::Server(redis::ServerErrorKind::TryAgain),
-                "mredis: key on two servers during a migration",
-                format!(
-                    "a key of this command (first: `{key}`) exists on both {} (old owner) and {} (new owner); \
-                     nothing was run. `mredis rebalance` reports and resolves such copies",
-                    self.name(*from),
-                    self.name(*to)
-                ),
-            ))),
-            Err(e) => Err(RedisError::from((
-                ErrorKind::Server(redis::ServerErrorKind::TryAgain),
-                "mredis: moving a key failed",
-                format!(
-                    "moving `{key}` from {} to {} before running the command: {}; nothing was run, retry",
-                    self.name(*from),
-                    self.name(*to),
-                    crate::error::describe(&e)
-                ),
-            ))),
-        }
     }
 }
 
@@ -465,7 +389,7 @@ impl Plan {
     /// Merges per-group replies (in `groups` order) into one reply.
     pub(crate) fn merge(&self, core: &Core, command: &str, replies: Vec<RedisResult<Value>>) -> RedisResult<Value> {
         let mut failure = Failure::new(command);
-        let mut values = Vec::with_capacity(replies.len());
+        let mut parts = Vec::with_capacity(replies.len());
         for ((server, items), reply) in self.groups.iter().zip(replies) {
             // Replies arrive with errors extracted (`value_on`, `send_many`'s caller).
             let reply = reply.and_then(|v| match v {
@@ -475,54 +399,74 @@ impl Plan {
             match reply {
                 Ok(v) => {
                     failure.succeeded(core.name(*server), items.len());
-                    values.push((items, v));
+                    parts.push((items.clone(), v));
                 }
                 Err(e) => failure.failed(core.name(*server), e),
             }
         }
         failure.into_result()?;
-        match self.merge {
-            Merge::Ordered => {
-                let mut out = vec![Value::Nil; self.count];
-                for (items, v) in values {
-                    let Value::Array(parts) = v else {
-                        return Err(client_error(format!("{command}: expected an array reply, got {v:?}")));
-                    };
-                    if parts.len() != items.len() {
+        merge_parts(command, self.merge, self.count, parts)
+    }
+
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
+    }
+
+    pub(crate) fn merge_policy(&self) -> Merge {
+        self.merge
+    }
+}
+
+/// Merges the replies of parts of a multi-key command (each: the indices
+/// of its keys, and its reply) into the reply one server would have given
+/// for all `count` keys.
+pub(crate) fn merge_parts(
+    command: &str,
+    merge: Merge,
+    count: usize,
+    parts: Vec<(Vec<usize>, Value)>,
+) -> RedisResult<Value> {
+    match merge {
+        Merge::Ordered => {
+            let mut out = vec![Value::Nil; count];
+            for (items, v) in parts {
+                let Value::Array(values) = v else {
+                    return Err(client_error(format!("{command}: expected an array reply, got {v:?}")));
+                };
+                if values.len() != items.len() {
+                    return Err(client_error(format!(
+                        "{command}: expected {} replies from a server, got {}",
+                        items.len(),
+                        values.len()
+                    )));
+                }
+                for (i, part) in items.into_iter().zip(values) {
+                    out[i] = part;
+                }
+            }
+            Ok(Value::Array(out))
+        }
+        Merge::Sum => {
+            let mut total: i64 = 0;
+            for (_, v) in parts {
+                match v {
+                    Value::Int(n) => total += n,
+                    other => {
                         return Err(client_error(format!(
-                            "{command}: expected {} replies from a server, got {}",
-                            items.len(),
-                            parts.len()
+                            "{command}: expected an integer reply, got {other:?}"
                         )));
                     }
-                    for (&i, part) in items.iter().zip(parts) {
-                        out[i] = part;
-                    }
                 }
-                Ok(Value::Array(out))
             }
-            Merge::Sum => {
-                let mut total: i64 = 0;
-                for (_, v) in values {
-                    match v {
-                        Value::Int(n) => total += n,
-                        other => {
-                            return Err(client_error(format!(
-                                "{command}: expected an integer reply, got {other:?}"
-                            )));
-                        }
-                    }
+            Ok(Value::Int(total))
+        }
+        Merge::Ok => {
+            for (_, v) in parts {
+                if !matches!(v, Value::Okay) {
+                    return Err(client_error(format!("{command}: expected OK, got {v:?}")));
                 }
-                Ok(Value::Int(total))
             }
-            Merge::Ok => {
-                for (_, v) in values {
-                    if !matches!(v, Value::Okay) {
-                        return Err(client_error(format!("{command}: expected OK, got {v:?}")));
-                    }
-                }
-                Ok(Value::Okay)
-            }
+            Ok(Value::Okay)
         }
     }
 }

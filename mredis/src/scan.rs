@@ -10,10 +10,28 @@ use std::marker::PhantomData;
 use futures::stream::BoxStream;
 use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs, Value};
 
+use std::collections::HashSet;
+
 use crate::error::client_error;
+use crate::migration::{ByRef, One};
+use crate::routing::{Core, Move, Route};
 
 /// Page size asked of the server.
 const COUNT: usize = 100;
+
+/// Which keys of a server's SCAN pages are yielded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// All (no migration).
+    All,
+    /// During a migration, first walk: keys that do not move, and moving
+    /// keys still on their old server.
+    Old,
+    /// Second walk, after the first: moving keys on their new server not
+    /// yielded by the first. A key moves only from old to new, so one that
+    /// existed throughout is found by one walk or the other.
+    New,
+}
 
 /// What to scan: which servers, which command.
 #[derive(Debug, Clone)]
@@ -21,25 +39,41 @@ pub(crate) struct ScanSpec {
     command: &'static str,
     key: Option<Vec<u8>>,
     pattern: Option<Vec<u8>>,
-    servers: Vec<usize>,
+    servers: Vec<(usize, Phase)>,
+    /// HSCAN & co. on a key being moved: guarded pages on its old server.
+    moves: Vec<Move>,
 }
 
 impl ScanSpec {
-    pub(crate) fn keys(servers: usize, pattern: Option<Vec<u8>>) -> ScanSpec {
+    pub(crate) fn keys(core: &Core, pattern: Option<Vec<u8>>) -> ScanSpec {
+        let servers = if core.migration.is_some() {
+            (0..core.all())
+                .map(|s| (s, Phase::Old))
+                .chain((0..core.current).map(|s| (s, Phase::New)))
+                .collect()
+        } else {
+            (0..core.all()).map(|s| (s, Phase::All)).collect()
+        };
         ScanSpec {
             command: "SCAN",
             key: None,
             pattern,
-            servers: (0..servers).collect(),
+            servers,
+            moves: Vec::new(),
         }
     }
 
-    pub(crate) fn of_key(command: &'static str, key: Vec<u8>, server: usize, pattern: Option<Vec<u8>>) -> ScanSpec {
+    pub(crate) fn of_key(command: &'static str, key: Vec<u8>, route: Route, pattern: Option<Vec<u8>>) -> ScanSpec {
+        let (server, moves) = match route {
+            Route::One { server, moves } => (server, moves),
+            Route::Split(_) => (0, Vec::new()),
+        };
         ScanSpec {
             command,
             key: Some(key),
             pattern,
-            servers: vec![server],
+            servers: vec![(server, Phase::All)],
+            moves,
         }
     }
 
@@ -90,6 +124,10 @@ struct ScanState<T> {
     cursor: u64,
     buffer: VecDeque<T>,
     done: bool,
+    /// Moving keys yielded by the first walk of a migration.
+    seen: HashSet<Vec<u8>>,
+    /// A page of a moving key came from its old server.
+    paged_on_old: bool,
 }
 
 impl<T: FromRedisValue> ScanState<T> {
@@ -101,6 +139,8 @@ impl<T: FromRedisValue> ScanState<T> {
             cursor: 0,
             buffer: VecDeque::new(),
             done,
+            seen: HashSet::new(),
+            paged_on_old: false,
         }
     }
 
@@ -109,11 +149,46 @@ impl<T: FromRedisValue> ScanState<T> {
         if self.done {
             return None;
         }
-        Some((self.spec.servers[self.position], self.spec.page(self.cursor)))
+        Some((self.spec.servers[self.position].0, self.spec.page(self.cursor)))
     }
 
-    fn take_page(&mut self, value: Value) -> RedisResult<()> {
-        let (cursor, items) = split_page(value)?;
+    /// After a page of a moving key: false when it must be fetched again
+    /// (the key left its old server, so the walk restarts on the new one;
+    /// SCAN may return an element more than once, never miss one).
+    fn served(&mut self, on_old: bool) -> bool {
+        if on_old {
+            self.paged_on_old = true;
+            return true;
+        }
+        self.spec.moves.clear();
+        if self.paged_on_old {
+            self.cursor = 0;
+            return false;
+        }
+        true
+    }
+
+    fn take_page(&mut self, core: &Core, value: Value) -> RedisResult<()> {
+        let (cursor, mut items) = split_page(value)?;
+        let (server, phase) = self.spec.servers[self.position];
+        if phase != Phase::All {
+            items.retain(|item| {
+                let Value::BulkString(key) = item else { return true };
+                let (owner, from) = core.owner(key);
+                let moving = from.is_some();
+                match phase {
+                    Phase::Old if moving && server == owner => false,
+                    Phase::Old => {
+                        if moving {
+                            self.seen.insert(key.clone());
+                        }
+                        true
+                    }
+                    Phase::New => moving && server == owner && !self.seen.contains(key),
+                    Phase::All => true,
+                }
+            });
+        }
         let converted: Vec<T> = Vec::<T>::from_redis_value(Value::Array(items))?;
         self.buffer.extend(converted);
         if cursor == 0 {
@@ -155,7 +230,24 @@ impl<T: FromRedisValue> Iterator for ScanIter<'_, T> {
                 return None;
             }
             let (server, cmd) = self.state.next_request()?;
-            let page = self.mr.value_on(server, &cmd).and_then(|v| self.state.take_page(v));
+            let page = if self.state.spec.moves.is_empty() {
+                self.mr.value_on(server, &cmd)
+            } else {
+                let moves = self.state.spec.moves.clone();
+                let mut machine = One::new(self.mr.core(), std::slice::from_ref(&cmd), false, server, &moves);
+                let fetched = {
+                    let m = &mut machine;
+                    self.mr.drive(ByRef(m))
+                };
+                let on_old = machine.served_on != server;
+                match fetched.and_then(Value::extract_error) {
+                    Ok(v) if self.state.served(on_old) => Ok(v),
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
+                }
+            };
+            let core = self.mr.core().clone();
+            let page = page.and_then(|v| self.state.take_page(&core, v));
             if let Err(e) = page {
                 // Stop after reporting: a cursor cannot be resumed reliably.
                 self.failed = true;
@@ -180,8 +272,8 @@ macro_rules! key_scans {
                 #[doc = concat!("Iterates the elements of one key with `", $cmd, "` on the server that owns it.")]
                 #[doc(alias = $cmd)]
                 pub fn $name<K: ToRedisArgs, RV: FromRedisValue>(&self, key: K) -> RedisResult<ScanIter<'_, RV>> {
-                    let server = self.settle($cmd, &key)?;
-                    let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, server, None);
+                    let route = self.core().route_key($cmd, &key)?;
+                    let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, route, None);
                     Ok(self.scan_with(spec))
                 }
 
@@ -192,9 +284,9 @@ macro_rules! key_scans {
                     key: K,
                     pattern: P,
                 ) -> RedisResult<ScanIter<'_, RV>> {
-                    let server = self.settle($cmd, &key)?;
+                    let route = self.core().route_key($cmd, &key)?;
                     let spec =
-                        ScanSpec::of_key($cmd, single_arg("key", &key)?, server, Some(single_arg("pattern", &pattern)?));
+                        ScanSpec::of_key($cmd, single_arg("key", &key)?, route, Some(single_arg("pattern", &pattern)?));
                     Ok(self.scan_with(spec))
                 }
             )*
@@ -208,8 +300,8 @@ macro_rules! key_scans {
                     &self,
                     key: K,
                 ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-                    let server = self.settle($cmd, self.core().route_key($cmd, &key)?).await?;
-                    let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, server, None);
+                    let route = self.core().route_key($cmd, &key)?;
+                    let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, route, None);
                     Ok(self.scan_with(spec))
                 }
 
@@ -220,9 +312,9 @@ macro_rules! key_scans {
                     key: K,
                     pattern: P,
                 ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-                    let server = self.settle($cmd, self.core().route_key($cmd, &key)?).await?;
+                    let route = self.core().route_key($cmd, &key)?;
                     let spec =
-                        ScanSpec::of_key($cmd, single_arg("key", &key)?, server, Some(single_arg("pattern", &pattern)?));
+                        ScanSpec::of_key($cmd, single_arg("key", &key)?, route, Some(single_arg("pattern", &pattern)?));
                     Ok(self.scan_with(spec))
                 }
             )*
@@ -237,18 +329,6 @@ key_scans! {
 }
 
 impl crate::MRedis {
-    /// The server owning `key`, with the key moved there first if a
-    /// migration is moving it.
-    fn settle<K: ToRedisArgs>(&self, command: &str, key: &K) -> RedisResult<usize> {
-        match self.core().route_key(command, key)? {
-            crate::routing::Route::One { server, moves } => {
-                self.migrate(&moves)?;
-                Ok(server)
-            }
-            crate::routing::Route::Split(_) => Err(client_error(format!("{command} takes one key"))),
-        }
-    }
-
     fn scan_with<RV: FromRedisValue>(&self, spec: ScanSpec) -> ScanIter<'_, RV> {
         ScanIter {
             mr: self,
@@ -263,7 +343,7 @@ impl crate::MRedis {
     /// changes during the walk.
     #[doc(alias = "SCAN")]
     pub fn scan<RV: FromRedisValue>(&self) -> RedisResult<ScanIter<'_, RV>> {
-        Ok(self.scan_with(ScanSpec::keys(self.core().all(), None)))
+        Ok(self.scan_with(ScanSpec::keys(self.core(), None)))
     }
 
     /// Same as [`MRedis::scan`](crate::MRedis::scan).
@@ -276,21 +356,11 @@ impl crate::MRedis {
     #[doc(alias = "SCAN")]
     pub fn scan_match<P: ToRedisArgs, RV: FromRedisValue>(&self, pattern: P) -> RedisResult<ScanIter<'_, RV>> {
         let pattern = single_arg("pattern", &pattern)?;
-        Ok(self.scan_with(ScanSpec::keys(self.core().all(), Some(pattern))))
+        Ok(self.scan_with(ScanSpec::keys(self.core(), Some(pattern))))
     }
 }
 
 impl crate::aio::MRedis {
-    async fn settle(&self, command: &str, route: crate::routing::Route) -> RedisResult<usize> {
-        match route {
-            crate::routing::Route::One { server, moves } => {
-                self.migrate(&moves).await?;
-                Ok(server)
-            }
-            crate::routing::Route::Split(_) => Err(client_error(format!("{command} takes one key"))),
-        }
-    }
-
     fn scan_with<RV: FromRedisValue + Send + 'static>(&self, spec: ScanSpec) -> BoxStream<'_, RedisResult<RV>> {
         let state = ScanState::<RV>::new(spec);
         let stream = futures::stream::unfold((state, false), move |(mut state, failed)| async move {
@@ -302,8 +372,21 @@ impl crate::aio::MRedis {
                     return None;
                 }
                 let (server, cmd) = state.next_request()?;
-                let page = match self.value_on(server, &cmd).await {
-                    Ok(v) => state.take_page(v),
+                let fetched = if state.spec.moves.is_empty() {
+                    self.value_on(server, &cmd).await
+                } else {
+                    let moves = state.spec.moves.clone();
+                    let mut machine = One::new(self.core(), std::slice::from_ref(&cmd), false, server, &moves);
+                    let fetched = self.drive(ByRef(&mut machine)).await;
+                    let on_old = machine.served_on != server;
+                    match fetched.and_then(Value::extract_error) {
+                        Ok(v) if state.served(on_old) => Ok(v),
+                        Ok(_) => continue,
+                        Err(e) => Err(e),
+                    }
+                };
+                let page = match fetched {
+                    Ok(v) => state.take_page(self.core(), v),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = page {
@@ -317,7 +400,7 @@ impl crate::aio::MRedis {
     /// Streams every key of every server (`SCAN` on each server in turn).
     #[doc(alias = "SCAN")]
     pub async fn scan<RV: FromRedisValue + Send + 'static>(&self) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-        Ok(self.scan_with(ScanSpec::keys(self.core().all(), None)))
+        Ok(self.scan_with(ScanSpec::keys(self.core(), None)))
     }
 
     /// Streams the keys matching `pattern` on every server (`SCAN ... MATCH`).
@@ -327,6 +410,6 @@ impl crate::aio::MRedis {
         pattern: P,
     ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
         let pattern = single_arg("pattern", &pattern)?;
-        Ok(self.scan_with(ScanSpec::keys(self.core().all(), Some(pattern))))
+        Ok(self.scan_with(ScanSpec::keys(self.core(), Some(pattern))))
     }
 }

@@ -2,7 +2,7 @@
 //! keys (all keys must share a server), loading itself there when the server
 //! answers NOSCRIPT, like redis-rs's `Script`.
 
-use redis::{FromRedisValue, RedisResult, ToRedisArgs};
+use redis::{FromRedisValue, RedisResult, ToRedisArgs, Value};
 
 use crate::error::client_error;
 use crate::routing::{Move, Route, name_server, push_keys};
@@ -19,6 +19,9 @@ use crate::routing::{Move, Route, name_server, push_keys};
 #[derive(Debug, Clone)]
 pub struct Script {
     inner: redis::Script,
+    /// The same code behind a guard that runs it only where all its keys
+    /// are, for keys being moved by a migration.
+    guarded: redis::Script,
 }
 
 impl Script {
@@ -26,6 +29,7 @@ impl Script {
     pub fn new(code: &str) -> Script {
         Script {
             inner: redis::Script::new(code),
+            guarded: redis::Script::new(&crate::migration::guarded_script(code)),
         }
     }
 
@@ -51,16 +55,20 @@ impl Script {
     /// Starts an invocation without keys or arguments.
     pub fn prepare_invoke(&self) -> ScriptInvocation<'_> {
         ScriptInvocation {
+            script: self,
             inner: self.inner.prepare_invoke(),
             keys: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
 
 /// A script with its keys and arguments, ready to run.
 pub struct ScriptInvocation<'a> {
+    script: &'a Script,
     inner: redis::ScriptInvocation<'a>,
     keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ScriptInvocation<'_> {
@@ -81,8 +89,49 @@ impl ScriptInvocation<'_> {
 
     /// Adds an argument.
     pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
         self.inner.arg(arg);
         self
+    }
+
+    /// The guarded script's invocation on the old server of moving keys.
+    fn guarded(&self) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.script.guarded.prepare_invoke();
+        for k in &self.keys {
+            inv.key(&k[..]);
+        }
+        for a in &self.args {
+            inv.arg(&a[..]);
+        }
+        inv
+    }
+
+    /// Where the guarded run said to go next.
+    fn after_guard<T: FromRedisValue>(
+        core: &crate::routing::Core,
+        moves: &[Move],
+        server: usize,
+        reply: RedisResult<Value>,
+    ) -> Option<RedisResult<T>> {
+        match reply {
+            Err(e) if e.code() == Some(crate::migration::ABSENT) => None,
+            Err(e) if e.code() == Some(crate::migration::PARTIAL) => Some(Err(crate::migration::try_again(
+                core,
+                &moves[0].key,
+                moves[0].from,
+                server,
+            ))),
+            Err(e) => Some(Err(e)),
+            Ok(v) => Some(T::from_redis_value(v).map_err(Into::into)),
+        }
+    }
+
+    fn single_from(core: &crate::routing::Core, moves: &[Move], server: usize) -> RedisResult<usize> {
+        let from = moves[0].from;
+        if moves.iter().any(|m| m.from != from) {
+            return Err(crate::migration::try_again(core, &moves[0].key, from, server));
+        }
+        Ok(from)
     }
 
     fn route(&self, core: &crate::routing::Core) -> RedisResult<(usize, Vec<Move>)> {
@@ -100,14 +149,31 @@ impl ScriptInvocation<'_> {
     /// Runs the script on the server that owns its keys (sync client).
     pub fn invoke<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
         let (server, moves) = self.route(mr.core())?;
-        mr.migrate(&moves)?;
+        if !moves.is_empty() {
+            let from = Self::single_from(mr.core(), &moves, server)?;
+            let reply = mr.with_connection(from, |con| self.guarded().invoke::<Value>(con));
+            if let Some(done) = Self::after_guard(mr.core(), &moves, server, reply) {
+                return done;
+            }
+        }
         mr.with_connection(server, |con| self.inner.invoke(con))
     }
 
     /// Runs the script on the server that owns its keys (async client).
     pub async fn invoke_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
         let (server, moves) = self.route(mr.core())?;
-        mr.migrate(&moves).await?;
+        if !moves.is_empty() {
+            let from = Self::single_from(mr.core(), &moves, server)?;
+            let mut con = mr.connection(from)?;
+            let reply = self
+                .guarded()
+                .invoke_async::<Value>(&mut con)
+                .await
+                .map_err(|e| name_server(mr.core().name(from), e));
+            if let Some(done) = Self::after_guard(mr.core(), &moves, server, reply) {
+                return done;
+            }
+        }
         let mut con = mr.connection(server)?;
         self.inner
             .invoke_async(&mut con)

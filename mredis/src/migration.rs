@@ -1,0 +1,721 @@
+//! Serving keys while the fleet moves ([`Builder::migrating_from`]).
+//!
+//! The model is Redis Cluster's ASK redirection, done in the client: while
+//! a key whose owner changes (old server A, new server B) still exists on
+//! A, commands on it run on A, atomically with the check that it is there
+//! (a Lua guard: `EXISTS` then the command, in one script); once it is
+//! gone from A they run on B. A only ever loses such keys: the migration-
+//! aware clients never create them there (a key missing from A is created
+//! on B), and `mredis rebalance` moves them from A to B with MIGRATE, which
+//! is atomic. So a key is never served from two places, and no client ever
+//! issues MIGRATE itself (two MIGRATEs in opposite directions block both
+//! servers until they time out).
+//!
+//! Commands on several moving keys run on A when all of them are there and
+//! on B when none is; when only some are, the call fails with a retryable
+//! `TRYAGAIN` error naming a key, as Redis Cluster does. Scatter-gather
+//! commands (MGET, MSET, DEL, ...) are split per key and never fail so.
+//! Scripts and functions that cannot be wrapped run on B when none of their
+//! keys is left on A, and fail with `TRYAGAIN` otherwise (mredis's own
+//! [`Script`](crate::Script) is wrapped, so it runs on A as well).
+//!
+//! The logic is written once, as state machines that ask for requests and
+//! read their replies; the sync and async clients only carry the requests.
+//!
+//! [`Builder::migrating_from`]: crate::Builder::migrating_from
+
+use std::sync::LazyLock;
+
+use redis::{Arg, Cmd, ErrorKind, RedisError, RedisResult, Value};
+
+use crate::error::show_key;
+use crate::routing::{Core, Merge, Move};
+
+/// Error code of the guard when the keys are not on the old server.
+pub(crate) const ABSENT: &str = "MREDISABSENT";
+/// Error code of the guard when only some of the keys are.
+pub(crate) const PARTIAL: &str = "MREDISPARTIAL";
+
+/// Runs commands on this server only if every key in KEYS exists here.
+/// ARGV: number of commands (`*N`: reply with an array even for one), then
+/// for each its argument count and arguments. One command: its reply as
+/// is. Several: an array of replies (errors kept in place, as MULTI/EXEC
+/// would).
+const GUARD_CODE: &str = r#"
+local here = 0
+for i = 1, #KEYS do here = here + redis.call('EXISTS', KEYS[i]) end
+if here == 0 then return redis.error_reply('MREDISABSENT the keys are not on this server') end
+if here < #KEYS then return redis.error_reply('MREDISPARTIAL only some keys are on this server') end
+local arr = string.sub(ARGV[1], 1, 1) == '*'
+local n = tonumber(arr and string.sub(ARGV[1], 2) or ARGV[1])
+local pos = 2
+local out = {}
+for c = 1, n do
+  local argc = tonumber(ARGV[pos])
+  local args = {}
+  for j = 1, argc do args[j] = ARGV[pos + j] end
+  pos = pos + argc + 1
+  if n == 1 and not arr then return redis.call(unpack(args)) end
+  out[c] = redis.pcall(unpack(args))
+end
+return out
+"#;
+
+/// Runs one multi-key command key by key, for the keys that exist here.
+/// ARGV: command name, arguments per key (stride), then the other
+/// arguments of each key. Reply: a string of '1'/'0' per key (here or
+/// not), then the reply of each key that was here.
+const EACH_CODE: &str = r#"
+local name = ARGV[1]
+local per = tonumber(ARGV[2]) - 1
+local flags = {}
+local out = {''}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local args = {name, KEYS[i]}
+    for j = 1, per do args[#args + 1] = ARGV[2 + (i - 1) * per + j] end
+    flags[i] = '1'
+    out[#out + 1] = redis.pcall(unpack(args))
+  else
+    flags[i] = '0'
+  end
+end
+out[1] = table.concat(flags)
+return out
+"#;
+
+static GUARD: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GUARD_CODE));
+static EACH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(EACH_CODE));
+
+/// Commands that cannot run inside a Lua script.
+fn unwrappable(cmd: &Cmd) -> bool {
+    let name = crate::routing::command_name(cmd).to_ascii_uppercase();
+    matches!(
+        name.as_str(),
+        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO"
+    )
+}
+
+fn args_of(cmd: &Cmd) -> Vec<&[u8]> {
+    cmd.args_iter()
+        .map(|a| match a {
+            Arg::Simple(b) => b,
+            _ => b"0",
+        })
+        .collect()
+}
+
+/// The guard around `cmds`, by SHA (or with its code, after NOSCRIPT).
+fn guard(keys: &[&[u8]], cmds: &[&Cmd], array: bool, with_code: bool) -> Cmd {
+    let mut c = if with_code {
+        let mut c = redis::cmd("EVAL");
+        c.arg(GUARD_CODE);
+        c
+    } else {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(GUARD.get_hash());
+        c
+    };
+    c.arg(keys.len());
+    for k in keys {
+        c.arg(*k);
+    }
+    if array {
+        c.arg(format!("*{}", cmds.len()));
+    } else {
+        c.arg(cmds.len());
+    }
+    for cmd in cmds {
+        let args = args_of(cmd);
+        c.arg(args.len());
+        for a in args {
+            c.arg(a);
+        }
+    }
+    c
+}
+
+fn each(name: &[u8], stride: usize, keys: &[&[u8]], rest: &[&[u8]], with_code: bool) -> Cmd {
+    let mut c = if with_code {
+        let mut c = redis::cmd("EVAL");
+        c.arg(EACH_CODE);
+        c
+    } else {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(EACH.get_hash());
+        c
+    };
+    c.arg(keys.len());
+    for k in keys {
+        c.arg(*k);
+    }
+    c.arg(name).arg(stride);
+    for r in rest {
+        c.arg(*r);
+    }
+    c
+}
+
+/// The server error code of a reply, if it is an error reply.
+fn code_of(v: &Value) -> Option<&str> {
+    match v {
+        Value::ServerError(e) => Some(e.code()),
+        _ => None,
+    }
+}
+
+pub(crate) fn try_again(core: &Core, key: &[u8], from: usize, to: usize) -> RedisError {
+    RedisError::from((
+        ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+        "mredis: keys being moved",
+        format!(
+            "some keys of this command (e.g. `{}`) are still on {} (their old server) and some are not; \
+             nothing was run. Retry: the rebalance moves them to {}",
+            show_key(key),
+            core.name(from),
+            core.name(to)
+        ),
+    ))
+}
+
+/// Requests to servers: each a list of commands sent as one pipeline; its
+/// reply is the list of replies (error replies kept as values).
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) server: usize,
+    pub(crate) cmds: Vec<Cmd>,
+}
+
+/// What a machine wants next.
+pub(crate) enum Step<T> {
+    Send(Vec<Request>),
+    Done(RedisResult<T>),
+}
+
+/// A conversation with the servers, carried by a client's I/O.
+pub(crate) trait Machine {
+    type Output;
+    /// The first step.
+    fn start(&mut self) -> Step<Self::Output>;
+    /// The step after the replies to the last `Send` (one per request).
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Self::Output>;
+}
+
+/// Drives a machine the caller keeps (to read what it learnt after).
+pub(crate) struct ByRef<'m, M>(pub(crate) &'m mut M);
+
+impl<M: Machine> Machine for ByRef<'_, M> {
+    type Output = M::Output;
+
+    fn start(&mut self) -> Step<M::Output> {
+        self.0.start()
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<M::Output> {
+        self.0.next(replies)
+    }
+}
+
+fn one(reply: RedisResult<Vec<Value>>) -> RedisResult<Value> {
+    let mut v = reply?;
+    v.pop()
+        .ok_or_else(|| crate::error::client_error("no reply".to_string()))
+}
+
+/// A command on one server (key or co-located keys) some of whose keys
+/// are moving.
+pub(crate) struct One<'a> {
+    core: &'a Core,
+    /// The commands: one, or an atomic pipeline's (MULTI/EXEC on the new
+    /// server, one guard script on the old one).
+    cmds: &'a [Cmd],
+    atomic: bool,
+    server: usize,
+    moves: &'a [Move],
+    state: OneState,
+    /// The server that ran the command.
+    pub(crate) served_on: usize,
+}
+
+#[derive(Clone, Copy)]
+enum OneState {
+    Checking,
+    Guarding { with_code: bool },
+    Final,
+}
+
+impl<'a> One<'a> {
+    pub(crate) fn new(core: &'a Core, cmds: &'a [Cmd], atomic: bool, server: usize, moves: &'a [Move]) -> Self {
+        One {
+            core,
+            cmds,
+            atomic,
+            server,
+            moves,
+            state: OneState::Final,
+            served_on: server,
+        }
+    }
+
+    fn from(&self) -> Option<usize> {
+        let first = self.moves.first()?.from;
+        self.moves.iter().all(|m| m.from == first).then_some(first)
+    }
+
+    fn guard_request(&self, with_code: bool) -> Vec<Request> {
+        let keys: Vec<&[u8]> = self.moves.iter().map(|m| &m.key[..]).collect();
+        let cmds: Vec<&Cmd> = self.cmds.iter().collect();
+        vec![Request {
+            server: self.from().unwrap_or(self.server),
+            cmds: vec![guard(&keys, &cmds, self.atomic, with_code)],
+        }]
+    }
+
+    fn on_new(&mut self) -> Step<Value> {
+        self.state = OneState::Final;
+        self.served_on = self.server;
+        let cmds = if self.atomic {
+            let mut cmds = vec![redis::cmd("MULTI")];
+            cmds.extend(self.cmds.iter().cloned());
+            cmds.push(redis::cmd("EXEC"));
+            cmds
+        } else {
+            self.cmds.to_vec()
+        };
+        Step::Send(vec![Request {
+            server: self.server,
+            cmds,
+        }])
+    }
+}
+
+impl Machine for One<'_> {
+    type Output = Value;
+
+    fn start(&mut self) -> Step<Value> {
+        if self.moves.is_empty() {
+            return self.on_new();
+        }
+        if self.cmds.iter().any(unwrappable) || self.from().is_none() {
+            // Are any of the keys still on their old servers?
+            self.state = OneState::Checking;
+            let mut requests: Vec<Request> = Vec::new();
+            for m in self.moves {
+                match requests.iter_mut().find(|r| r.server == m.from) {
+                    Some(r) => {
+                        r.cmds[0].arg(&m.key[..]);
+                    }
+                    None => {
+                        let mut c = redis::cmd("EXISTS");
+                        c.arg(&m.key[..]);
+                        requests.push(Request {
+                            server: m.from,
+                            cmds: vec![c],
+                        });
+                    }
+                }
+            }
+            return Step::Send(requests);
+        }
+        self.state = OneState::Guarding { with_code: false };
+        Step::Send(self.guard_request(false))
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Value> {
+        match self.state {
+            OneState::Final => {
+                let reply = replies.into_iter().next().map(one);
+                Step::Done(reply.unwrap_or_else(|| Err(crate::error::client_error("no reply".to_string()))))
+            }
+            OneState::Checking => {
+                let mut here = 0i64;
+                for reply in replies {
+                    match one(reply).and_then(Value::extract_error) {
+                        Ok(Value::Int(n)) => here += n,
+                        Ok(other) => {
+                            return Step::Done(Err(crate::error::client_error(format!(
+                                "unexpected EXISTS reply {other:?}"
+                            ))));
+                        }
+                        Err(e) => return Step::Done(Err(e)),
+                    }
+                }
+                if here == 0 {
+                    self.on_new()
+                } else {
+                    let m = &self.moves[0];
+                    Step::Done(Err(try_again(self.core, &m.key, m.from, m.to)))
+                }
+            }
+            OneState::Guarding { with_code } => {
+                let reply = match replies.into_iter().next().map(one) {
+                    Some(Ok(v)) => v,
+                    Some(Err(e)) => return Step::Done(Err(e)),
+                    None => return Step::Done(Err(crate::error::client_error("no reply".to_string()))),
+                };
+                match code_of(&reply) {
+                    Some("NOSCRIPT") if !with_code => {
+                        self.state = OneState::Guarding { with_code: true };
+                        Step::Send(self.guard_request(true))
+                    }
+                    Some(ABSENT) => self.on_new(),
+                    Some(PARTIAL) => {
+                        let m = &self.moves[0];
+                        Step::Done(Err(try_again(self.core, &m.key, m.from, m.to)))
+                    }
+                    _ => {
+                        self.served_on = self.from().unwrap_or(self.server);
+                        Step::Done(Ok(reply))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A multi-key command (MGET, MSET, DEL, ...) split per server, some of
+/// whose keys are moving: those are served key by key on their old server
+/// while they are there, the rest on their new one; replies merged as one
+/// server would answer.
+pub(crate) struct Split<'a> {
+    core: &'a Core,
+    args: Vec<&'a [u8]>,
+    stride: usize,
+    merge: Merge,
+    /// New owner of each key.
+    owner_of: Vec<usize>,
+    /// Old server of each moving key.
+    from_of: Vec<Option<usize>>,
+    /// (items, reply) gathered so far.
+    parts: Vec<(Vec<usize>, Value)>,
+    /// What the requests in flight are: a group on its new server, or the
+    /// moving keys of one old server.
+    inflight: Vec<Part>,
+    command: String,
+}
+
+enum Part {
+    Group(Vec<usize>),
+    Each { items: Vec<usize>, with_code: bool },
+}
+
+impl<'a> Split<'a> {
+    pub(crate) fn new(core: &'a Core, cmd: &'a Cmd, stride: usize, merge: Merge) -> Self {
+        let args = args_of(cmd);
+        let stride = stride.max(1);
+        let count = (args.len() - 1) / stride;
+        let mut owner_of = Vec::with_capacity(count);
+        let mut from_of = Vec::with_capacity(count);
+        for i in 0..count {
+            let (server, from) = core.owner(args[1 + i * stride]);
+            owner_of.push(server);
+            from_of.push(from);
+        }
+        Split {
+            core,
+            args,
+            stride,
+            merge,
+            owner_of,
+            from_of,
+            parts: Vec::new(),
+            inflight: Vec::new(),
+            command: crate::routing::command_name(cmd),
+        }
+    }
+
+    fn group_cmd(&self, items: &[usize]) -> Cmd {
+        let mut c = Cmd::new();
+        c.arg(self.args[0]);
+        for &i in items {
+            for j in 0..self.stride {
+                c.arg(self.args[1 + i * self.stride + j]);
+            }
+        }
+        c
+    }
+
+    fn each_cmd(&self, items: &[usize], with_code: bool) -> Cmd {
+        let keys: Vec<&[u8]> = items.iter().map(|&i| self.args[1 + i * self.stride]).collect();
+        let mut rest: Vec<&[u8]> = Vec::new();
+        for &i in items {
+            for j in 1..self.stride {
+                rest.push(self.args[1 + i * self.stride + j]);
+            }
+        }
+        each(self.args[0], self.stride, &keys, &rest, with_code)
+    }
+
+    /// Requests for `items` on their new servers.
+    fn groups(&mut self, items: impl Iterator<Item = usize>, out: &mut Vec<Request>) {
+        let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.core.all()];
+        for i in items {
+            by_server[self.owner_of[i]].push(i);
+        }
+        for (server, items) in by_server.into_iter().enumerate() {
+            if !items.is_empty() {
+                out.push(Request {
+                    server,
+                    cmds: vec![self.group_cmd(&items)],
+                });
+                self.inflight.push(Part::Group(items));
+            }
+        }
+    }
+
+    /// The reply of one key served by EACH, in the form of a group reply.
+    fn key_reply(&self, v: Value) -> RedisResult<Value> {
+        let v = v.extract_error()?;
+        Ok(match self.merge {
+            Merge::Ordered => v,
+            Merge::Sum | Merge::Ok => v,
+        })
+    }
+}
+
+impl Machine for Split<'_> {
+    type Output = Value;
+
+    fn start(&mut self) -> Step<Value> {
+        let mut requests = Vec::new();
+        let count = self.owner_of.len();
+        let staying: Vec<usize> = (0..count).filter(|&i| self.from_of[i].is_none()).collect();
+        self.groups(staying.into_iter(), &mut requests);
+        let mut by_from: Vec<Vec<usize>> = vec![Vec::new(); self.core.all()];
+        for i in 0..count {
+            if let Some(from) = self.from_of[i] {
+                by_from[from].push(i);
+            }
+        }
+        for (from, items) in by_from.into_iter().enumerate() {
+            if !items.is_empty() {
+                requests.push(Request {
+                    server: from,
+                    cmds: vec![self.each_cmd(&items, false)],
+                });
+                self.inflight.push(Part::Each {
+                    items,
+                    with_code: false,
+                });
+            }
+        }
+        Step::Send(requests)
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Value> {
+        let inflight = std::mem::take(&mut self.inflight);
+        let mut failure = crate::error::Failure::new(&self.command);
+        let mut absent: Vec<usize> = Vec::new();
+        let mut retry: Vec<Request> = Vec::new();
+        for (part, reply) in inflight.into_iter().zip(replies) {
+            let reply = one(reply);
+            match part {
+                Part::Group(items) => match reply.and_then(Value::extract_error) {
+                    Ok(v) => self.parts.push((items, v)),
+                    Err(e) => {
+                        let server = self.owner_of[items[0]];
+                        failure.failed(self.core.name(server), e)
+                    }
+                },
+                Part::Each { items, with_code } => {
+                    let from = self.from_of[items[0]].unwrap_or(0);
+                    let v = match reply {
+                        Ok(v) => v,
+                        Err(e) => {
+                            failure.failed(self.core.name(from), e);
+                            continue;
+                        }
+                    };
+                    if code_of(&v) == Some("NOSCRIPT") && !with_code {
+                        retry.push(Request {
+                            server: from,
+                            cmds: vec![self.each_cmd(&items, true)],
+                        });
+                        self.inflight.push(Part::Each { items, with_code: true });
+                        continue;
+                    }
+                    let Value::Array(mut out) = v else {
+                        failure.failed(
+                            self.core.name(from),
+                            v.extract_error()
+                                .err()
+                                .unwrap_or_else(|| crate::error::client_error("unexpected guard reply".to_string())),
+                        );
+                        continue;
+                    };
+                    let flags = match out.first() {
+                        Some(Value::BulkString(b)) => b.clone(),
+                        _ => Vec::new(),
+                    };
+                    let mut values = out.drain(1..);
+                    for (&i, flag) in items.iter().zip(flags.iter().chain(std::iter::repeat(&b'0'))) {
+                        if *flag == b'1' {
+                            let v = values.next().unwrap_or(Value::Nil);
+                            match self.key_reply(v) {
+                                Ok(v) => self.parts.push((vec![i], v)),
+                                Err(e) => failure.failed(self.core.name(from), e),
+                            }
+                        } else {
+                            absent.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = failure.into_result() {
+            return Step::Done(Err(e));
+        }
+        if !absent.is_empty() {
+            // Keys gone from their old server are served by their new one
+            // (they cannot come back).
+            for &i in &absent {
+                self.from_of[i] = None;
+            }
+            self.groups(absent.into_iter(), &mut retry);
+        }
+        if !retry.is_empty() {
+            return Step::Send(retry);
+        }
+        let parts = std::mem::take(&mut self.parts);
+        Step::Done(crate::routing::merge_parts(
+            &self.command,
+            self.merge,
+            self.owner_of.len(),
+            parts,
+        ))
+    }
+}
+
+/// A pipeline command: the command, its server, and while its keys are
+/// moving, their old server and the keys.
+pub(crate) type PipeCommand = (Cmd, usize, Option<(usize, Vec<Vec<u8>>)>);
+
+/// A pipeline (fleet, or a key pipeline's non-atomic one) with commands on
+/// moving keys: those go guarded to their old server first; the ones whose
+/// keys are gone run on their new server after. Replies in call order.
+pub(crate) struct Pipe<'a> {
+    core: &'a Core,
+    /// Each command with its server and, when moving, (old server, keys).
+    cmds: &'a [PipeCommand],
+    slots: Vec<Option<RedisResult<Value>>>,
+    /// Positions of the commands of each request in flight, and whether
+    /// they are guarded (and with the code).
+    inflight: Vec<(Vec<usize>, Option<bool>)>,
+}
+
+impl<'a> Pipe<'a> {
+    pub(crate) fn new(core: &'a Core, cmds: &'a [PipeCommand]) -> Self {
+        Pipe {
+            core,
+            cmds,
+            slots: (0..cmds.len()).map(|_| None).collect(),
+            inflight: Vec::new(),
+        }
+    }
+
+    fn requests(&mut self, positions: &[usize], guarded: bool, with_code: bool) -> Vec<Request> {
+        let mut requests: Vec<Request> = Vec::new();
+        let base = self.inflight.len();
+        for &p in positions {
+            let (cmd, server, moving) = &self.cmds[p];
+            let (target, c) = match (guarded, moving) {
+                (true, Some((from, keys))) => {
+                    let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+                    (*from, guard(&keys, &[cmd], false, with_code))
+                }
+                _ => (*server, cmd.clone()),
+            };
+            let kind = guarded.then_some(with_code);
+            match requests
+                .iter_mut()
+                .zip(self.inflight[base..].iter_mut())
+                .find(|(r, (_, k))| r.server == target && *k == kind)
+            {
+                Some((r, (ps, _))) => {
+                    r.cmds.push(c);
+                    ps.push(p);
+                }
+                None => {
+                    requests.push(Request {
+                        server: target,
+                        cmds: vec![c],
+                    });
+                    self.inflight.push((vec![p], kind));
+                }
+            }
+        }
+        requests
+    }
+}
+
+impl Machine for Pipe<'_> {
+    type Output = Vec<RedisResult<Value>>;
+
+    fn start(&mut self) -> Step<Self::Output> {
+        let plain: Vec<usize> = (0..self.cmds.len()).filter(|&p| self.cmds[p].2.is_none()).collect();
+        let moving: Vec<usize> = (0..self.cmds.len()).filter(|&p| self.cmds[p].2.is_some()).collect();
+        let mut requests = self.requests(&plain, false, false);
+        requests.extend(self.requests(&moving, true, false));
+        Step::Send(requests)
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Self::Output> {
+        let inflight = std::mem::take(&mut self.inflight);
+        let mut absent = Vec::new();
+        let mut noscript = Vec::new();
+        for ((positions, kind), reply) in inflight.into_iter().zip(replies) {
+            match reply {
+                Err(e) => {
+                    for p in positions {
+                        self.slots[p] = Some(Err(e.clone()));
+                    }
+                }
+                Ok(values) => {
+                    for (p, v) in positions.into_iter().zip(values) {
+                        match (kind, code_of(&v)) {
+                            (Some(false), Some("NOSCRIPT")) => noscript.push(p),
+                            (Some(_), Some(ABSENT)) => absent.push(p),
+                            (Some(_), Some(PARTIAL)) => {
+                                let (_, server, moving) = &self.cmds[p];
+                                let (from, keys) = moving.as_ref().map(|(f, k)| (*f, &k[..])).unwrap_or((0, &[]));
+                                let key = keys.first().map(|k| &k[..]).unwrap_or(b"");
+                                self.slots[p] = Some(Err(try_again(self.core, key, from, *server)));
+                            }
+                            _ => self.slots[p] = Some(Ok(v)),
+                        }
+                    }
+                }
+            }
+        }
+        let mut requests = self.requests(&noscript, true, true);
+        absent.sort_unstable();
+        requests.extend(self.requests(&absent, false, false));
+        if !requests.is_empty() {
+            return Step::Send(requests);
+        }
+        let slots = std::mem::take(&mut self.slots);
+        Step::Done(Ok(slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err(crate::error::client_error("no reply".to_string()))))
+            .collect()))
+    }
+}
+
+/// A guarded Lua script: runs `code` only if every key is on this server
+/// (mredis's `Script` during a migration).
+pub(crate) fn guarded_script(code: &str) -> String {
+    let (shebang, body) = match code.strip_prefix("#!") {
+        Some(_) => match code.split_once('\n') {
+            Some((first, rest)) => (format!("{first}\n"), rest),
+            None => (format!("{code}\n"), ""),
+        },
+        None => (String::new(), code),
+    };
+    format!(
+        "{shebang}local __mredis_here = 0\n\
+         for i = 1, #KEYS do __mredis_here = __mredis_here + redis.call('EXISTS', KEYS[i]) end\n\
+         if __mredis_here == 0 then return redis.error_reply('{ABSENT} the keys are not on this server') end\n\
+         if __mredis_here < #KEYS then return redis.error_reply('{PARTIAL} only some keys are on this server') end\n\
+         return (function()\n{body}\nend)()\n"
+    )
+}
