@@ -168,8 +168,19 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
             if m.keys.is_empty() && m.pairs.is_none() {
                 problems.push(line, who, format!("`{name}`: `multi` method needs `keys` or `pairs`"));
             }
-            if m.stride.is_none() {
-                problems.push(line, who, format!("`{name}`: `multi` method needs `stride` (1 or 2)"));
+            match (m.stride, m.pairs.is_some(), m.keys.is_empty()) {
+                (None, _, _) => problems.push(line, who, format!("`{name}`: `multi` method needs `stride` (1 or 2)")),
+                // The split reads the packed command by `stride`; `keys` and
+                // `pairs` must say the same thing.
+                (Some(2), true, true) | (Some(1), false, false) => {}
+                (Some(stride), _, _) => problems.push(
+                    line,
+                    who,
+                    format!(
+                        "`{name}`: `stride = {stride}` does not match its keys: use `stride = 1` with `keys` \
+                         (every argument a key) or `stride = 2` with `pairs` (key, value)"
+                    ),
+                ),
             }
             if m.merge.is_none() {
                 problems.push(
@@ -326,6 +337,14 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].contains("needs `stride`"));
         assert!(p[1].contains("needs `merge`"));
+    }
+
+    #[test]
+    fn multi_stride_must_match_keys_or_pairs() {
+        let src = "[[command]]\nname = \"MGET\"\ngroup = \"string\"\nclass = \"multi\"\nsummary = \"s\"\nmethods = [{ sig = \"mget<K: ToRedisArgs>(key: K)\", keys = [\"key\"], stride = 2, merge = \"ordered\" }]\n";
+        let p = problems_of(src);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("`stride = 2` does not match its keys"), "{p:?}");
     }
 
     #[test]

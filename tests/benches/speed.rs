@@ -16,7 +16,10 @@
 //!   the same formula `((crc32(key) >> 16) & 0x7fff) % n`, computed per call;
 //! - async: `join_all` over one multiplexed connection per server;
 //! - single key: the same command on a raw connection to the key's server
-//!   (sync `Connection`, async `MultiplexedConnection`), 4-server fleet.
+//!   (sync `Connection`, async `MultiplexedConnection`), 4-server fleet;
+//! - migration-aware client (4 servers migrating from 3): against the plain
+//!   4-server mredis client, GET of keys that stay, of moving keys still on
+//!   their old server (one guarded round trip) and of moved keys (two).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -149,6 +152,29 @@ fn main() {
     let items: Vec<(String, i64)> = keys.iter().enumerate().map(|(i, k)| (k.clone(), i as i64)).collect();
     mr4.mset::<_, _, ()>(&items).unwrap();
 
+    // A migration from s[0..3] to s[0..4]: keys that stay, keys not yet
+    // moved (on their old server), keys moved (on their new server).
+    let three = MRedis::new(four[..3].iter().map(|x| x.url())).unwrap();
+    let aware = MRedis::builder()
+        .servers(four.iter().map(|x| x.url()))
+        .migrating_from(MRedis::builder().servers(four[..3].iter().map(|x| x.url())))
+        .build()
+        .unwrap();
+    let (mut staying, mut unmoved, mut moved) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..3000 {
+        let k = format!("mig:{i}");
+        let (o, n) = (three.server_index_for(k.as_bytes()), mr4.server_index_for(k.as_bytes()));
+        if o == n {
+            mr4.set::<_, _, ()>(&k, i).unwrap();
+            staying.push(k);
+        } else if i % 2 == 0 {
+            three.set::<_, _, ()>(&k, i).unwrap();
+            unmoved.push(k);
+        } else {
+            mr4.set::<_, _, ()>(&k, i).unwrap();
+            moved.push(k);
+        }
+    }
     let (amr4, amr16, araw4, araw16) = rt.block_on(async {
         let amr4 = mredis::aio::MRedis::connect(four.iter().map(|x| x.url()))
             .await
@@ -355,6 +381,79 @@ fn main() {
                 &mut rows,
                 "sync single-key GET (4 servers) vs raw connection",
                 1.05,
+                ours,
+                theirs,
+                reps,
+            );
+        }
+        // Migration-aware client (4 servers, migrating from the first 3):
+        // GET of keys that do not move, vs the plain 4-server client.
+        {
+            let reps = 2000;
+            let (ours, theirs) = pair(
+                || {
+                    for i in 0..reps {
+                        let v: Option<i64> = aware.get(&staying[i % staying.len()]).unwrap();
+                        black_box(v);
+                    }
+                },
+                || {
+                    for i in 0..reps {
+                        let v: Option<i64> = mr4.get(&staying[i % staying.len()]).unwrap();
+                        black_box(v);
+                    }
+                },
+            );
+            record(
+                &mut rows,
+                "migrating client: GET of a key that stays",
+                1.05,
+                ours,
+                theirs,
+                reps,
+            );
+            // Keys that move: still on the old server (one guarded round
+            // trip) and already moved (guard, then the new server: two).
+            let (ours, theirs) = pair(
+                || {
+                    for i in 0..reps {
+                        let v: Option<i64> = aware.get(&unmoved[i % unmoved.len()]).unwrap();
+                        black_box(v);
+                    }
+                },
+                || {
+                    for i in 0..reps {
+                        let v: Option<i64> = mr4.get(&staying[i % staying.len()]).unwrap();
+                        black_box(v);
+                    }
+                },
+            );
+            record(
+                &mut rows,
+                "migrating client: GET of a moving key not yet moved",
+                0.0,
+                ours,
+                theirs,
+                reps,
+            );
+            let (ours, theirs) = pair(
+                || {
+                    for i in 0..reps {
+                        let v: Option<i64> = aware.get(&moved[i % moved.len()]).unwrap();
+                        black_box(v);
+                    }
+                },
+                || {
+                    for i in 0..reps {
+                        let v: Option<i64> = mr4.get(&staying[i % staying.len()]).unwrap();
+                        black_box(v);
+                    }
+                },
+            );
+            record(
+                &mut rows,
+                "migrating client: GET of a moving key already moved",
+                2.5,
                 ours,
                 theirs,
                 reps,
