@@ -3,7 +3,10 @@
 //!
 //! `cargo run --example quickstart` starts two local `redis-server`s on free
 //! ports (and stops them at the end) unless `MREDIS_SERVERS` lists servers:
-//! `MREDIS_SERVERS=redis://10.0.0.1:6379/0,redis://10.0.0.2:6379/0`.
+//! `MREDIS_SERVERS=redis://10.0.0.1:6379/0,redis://10.0.0.2:6379/0`. On
+//! servers of yours it touches only keys under its own prefix
+//! (`mredis-quickstart:<pid>:`) and deletes them at the end; it prints
+//! server names (`host:port:db`), never the URLs' passwords.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -74,24 +77,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let mr = MRedis::new(&servers)?;
-    println!("servers: {}", servers.join(", "));
-    let _: PerServer<()> = mr.flushdb()?;
+    let names: Vec<&str> = mr.servers().iter().map(|s| s.name()).collect();
+    println!("servers: {}", names.join(", "));
+    let prefix = format!("mredis-quickstart:{}:", std::process::id());
 
     // Build a set of keys for operations.
     let mut keys = std::collections::BTreeSet::new();
     while keys.len() < 100 {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
-        keys.insert(format!("key:{now:.8}:{}", keys.len()));
+        keys.insert(format!("{prefix}key:{now:.8}:{}", keys.len()));
     }
+    let outcome = demo(&mr, &prefix, &keys);
+    // Remove what the demo wrote, whatever happened.
+    let written: Vec<&String> = keys.iter().collect();
+    let removed: usize = mr.del(&written)?;
+    println!("removed the demo's {removed} keys");
+    outcome
+}
 
+fn demo(
+    mr: &MRedis,
+    prefix: &str,
+    keys: &std::collections::BTreeSet<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
     // Set these keys across the servers.
-    for key in &keys {
+    for key in keys {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
         mr.set::<_, _, ()>(key, now)?;
     }
 
     // Get the keys from all servers, by server.
-    let fetched: PerServer<Vec<String>> = mr.keys("key:*")?;
+    let fetched: PerServer<Vec<String>> = mr.keys(format!("{prefix}key:*"))?;
 
     // Read every key back from the server that owns it.
     let mut results = Vec::new();
