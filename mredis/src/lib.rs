@@ -69,6 +69,11 @@ pub use script::{Script, ScriptInvocation};
 pub use spec::examples;
 pub use spec::{COMMANDS, CommandSpec, Example, MethodSpec, RouteClass};
 
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Every Redis command and what mredis does with it (generated from `commands.toml`).
 ///
 #[doc = mredis_macros::command_docs!()]
