@@ -33,7 +33,45 @@
 //! `((crc32(key) >> 16) & 0x7fff) % number_of_servers` over the raw key
 //! bytes, servers in configuration order. Hash tags (`{user:1}:cart`) are off
 //! by default, because the original had none; turn them on with
-//! [`Builder::hash_tags`] to co-locate related keys.
+//! [`Builder::hash_tags`] to co-locate related keys. twemproxy (ketama,
+//! modula) and go-redis Ring (rendezvous) placements are [`Mode`]s; the
+//! [`placement`] module has the exact rules.
+//!
+//! ## Errors and timeouts
+//!
+//! - Server replies (`WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) come back
+//!   unchanged with their [`code`](redis::RedisError::code) on every path.
+//! - Keys of one command on different servers: code `CROSSSLOT`, nothing
+//!   sent. Keys split by a running migration: code `TRYAGAIN`, nothing run,
+//!   retryable.
+//! - A call on several servers that fails on some names each failed server
+//!   and those that ran their part; fan-out keeps the answers it got
+//!   ([`FanOutError`]).
+//! - Connection errors name the server: refused (at once, nothing sent), no
+//!   reply within the response timeout (the command may have run), or
+//!   authentication failed. Timeouts: [`Builder::connect_timeout`] (2 s),
+//!   [`Builder::response_timeout`] (5 s), one deadline for a whole call on
+//!   several servers.
+//! - No password appears in any `Debug`, `Display` or error text; mredis
+//!   writes no logs.
+//!
+//! ## Adding or removing servers
+//!
+//! A client built with [`Builder::migrating_from`] serves a fleet that is
+//! moving from one server list to another: a key whose owner changes is
+//! served by its old server while it is there (checked atomically, in one
+//! Lua script, with the command) and by its new server once
+//! [`rebalance`](rebalance::rebalance) (or `mredis rebalance`) has moved
+//! it. The procedure: deploy the migration-aware configuration to every
+//! client, run the rebalance, deploy the new configuration.
+//!
+//! ## Features
+//!
+//! - `tls`: `rediss://` URLs (rustls); `Server::with_tls_root_cert` for a
+//!   private CA. `tls-insecure`: `#insecure` URLs, for tests.
+//! - `cli`: the `mredis` command-line tool (`locate`, `stats`, `rebalance`)
+//!   over TOML fleet files ([`builder_from_toml`]) or twemproxy YAML pools
+//!   ([`builder_from_twemproxy_yaml`]).
 //!
 //! # Every command
 //!
