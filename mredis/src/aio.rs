@@ -157,6 +157,7 @@ impl MRedis {
     /// (concurrently); keys being moved by a migration go through the
     /// migration machines, as in the sync client.
     pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        self.core.check_size(cmd)?;
         let value = match route {
             Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd).await?,
             Route::One { server, moves } => {
@@ -179,6 +180,13 @@ impl MRedis {
     }
 
     pub(crate) async fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
+        if let Err(e) = self.core.check_size(cmd) {
+            return Err(FanOutError::new(
+                command_name(cmd),
+                PerServer::from_entries(Vec::new()),
+                vec![("mredis".to_string(), e)],
+            ));
+        }
         let replies = join_all((0..self.core.all()).map(|i| self.value_on(i, cmd))).await;
         crate::per_server::collect(&self.core, &command_name(cmd), replies)
     }

@@ -307,6 +307,7 @@ impl MRedis {
     /// Runs a routed command on one server, or split over several; keys
     /// being moved by a migration go through the migration machines.
     pub(crate) fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        self.core.check_size(cmd)?;
         let value = match route {
             Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd)?,
             Route::One { server, moves } => {
@@ -337,6 +338,13 @@ impl MRedis {
     }
 
     pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
+        if let Err(e) = self.core.check_size(cmd) {
+            return Err(FanOutError::new(
+                command_name(cmd),
+                PerServer::from_entries(Vec::new()),
+                vec![("mredis".to_string(), e)],
+            ));
+        }
         let packed = cmd.get_packed_command();
         let jobs: Vec<Job<'_>> = (0..self.core.all())
             .map(|server| Job {

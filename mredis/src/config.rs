@@ -322,6 +322,7 @@ pub struct Options {
     pub(crate) mode: Mode,
     pub(crate) retries: usize,
     pub(crate) migrating_from: Option<std::sync::Arc<OldConfig>>,
+    pub(crate) max_arg_size: usize,
 }
 
 /// The configuration a client is moving away from (see
@@ -342,6 +343,7 @@ impl Default for Options {
             mode: Mode::Standard,
             retries: 1,
             migrating_from: None,
+            max_arg_size: 512 * 1024 * 1024,
         }
     }
 }
@@ -417,6 +419,16 @@ impl Builder {
     /// The placement mode (default [`Mode::Standard`], the original MRedis).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.options.mode = mode;
+        self
+    }
+
+    /// The largest argument (key or value) mredis sends, in bytes (default
+    /// 512 MiB, the server's default `proto-max-bulk-len`). A larger one is
+    /// an error before anything is sent; a server would close the
+    /// connection instead. Set it to the servers' `proto-max-bulk-len` if
+    /// you changed that.
+    pub fn max_arg_size(mut self, bytes: usize) -> Self {
+        self.options.max_arg_size = bytes;
         self
     }
 

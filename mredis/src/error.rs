@@ -51,6 +51,18 @@ pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
     if err.code().is_some() || matches!(err.kind(), ErrorKind::Server(_)) {
         return err;
     }
+    if err.kind() == ErrorKind::Extension {
+        // redis-rs's pipeline failure: the first failed command's own reply,
+        // so its code (OOM, WRONGTYPE, ...) still works.
+        if let Some(first) = err
+            .clone()
+            .into_server_errors()
+            .and_then(|e| e.first().map(|(_, s)| s.clone()))
+        {
+            return first.into();
+        }
+        return err;
+    }
     let (kind, text) = if err.is_timeout() {
         (
             ErrorKind::Io,

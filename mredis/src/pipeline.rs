@@ -229,7 +229,8 @@ impl KeyPipeline {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
-        same_client(core, &self.core)
+        same_client(core, &self.core)?;
+        self.pipe.cmd_iter().try_for_each(|c| self.core.check_size(c))
     }
 
     fn finish<T: FromRedisValue>(&self, values: Vec<Value>) -> RedisResult<T> {
@@ -459,6 +460,9 @@ impl FleetPipeline {
             return Err(problem.clone());
         }
         same_client(core, &self.core)?;
+        for (pipe, _) in self.shares.iter().flatten() {
+            pipe.cmd_iter().try_for_each(|c| self.core.check_size(c))?;
+        }
         Ok(self
             .shares
             .iter()

@@ -56,6 +56,8 @@ pub(crate) struct Core {
     /// How many of `servers` the current configuration has.
     pub(crate) current: usize,
     pub(crate) migration: Option<Migration>,
+    /// The largest argument sent (`Builder::max_arg_size`).
+    pub(crate) max_arg_size: usize,
 }
 
 /// A key to bring from its old server to its new one before a command on
@@ -152,7 +154,28 @@ impl Core {
             placement,
             current,
             migration,
+            max_arg_size: options.max_arg_size,
         }))
+    }
+
+    /// An argument over the servers' `proto-max-bulk-len` would make the
+    /// server drop the connection: refuse it before sending.
+    #[inline]
+    pub(crate) fn check_size(&self, cmd: &Cmd) -> RedisResult<()> {
+        for (i, arg) in cmd.args_iter().enumerate() {
+            if let Arg::Simple(bytes) = arg
+                && bytes.len() > self.max_arg_size
+            {
+                return Err(client_error(format!(
+                    "{}: argument {i} is {} bytes, over the limit of {} bytes (the server's proto-max-bulk-len; \
+                     Builder::max_arg_size); nothing was sent",
+                    command_name(cmd),
+                    bytes.len(),
+                    self.max_arg_size
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn name(&self, index: usize) -> &str {
