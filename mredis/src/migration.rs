@@ -87,8 +87,16 @@ return out
 static GUARD: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GUARD_CODE));
 static EACH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(EACH_CODE));
 
-/// Commands that cannot run inside a Lua script.
+/// Lua's `unpack` takes at most about 8000 values.
+const MAX_WRAPPED_ARGS: usize = 7000;
+
+/// Commands that cannot run inside the guard script: scripts and functions
+/// (Redis runs no script from a script), and commands with more arguments
+/// than Lua can pass on.
 fn unwrappable(cmd: &Cmd) -> bool {
+    if cmd.args_iter().len() > MAX_WRAPPED_ARGS {
+        return true;
+    }
     let name = crate::routing::command_name(cmd).to_ascii_uppercase();
     matches!(
         name.as_str(),
@@ -598,9 +606,20 @@ pub(crate) struct Pipe<'a> {
     /// Each command with its server and, when moving, (old server, keys).
     cmds: &'a [PipeCommand],
     slots: Vec<Option<RedisResult<Value>>>,
-    /// Positions of the commands of each request in flight, and whether
-    /// they are guarded (and with the code).
-    inflight: Vec<(Vec<usize>, Option<bool>)>,
+    /// Positions of the commands of each request in flight, and how they
+    /// were sent.
+    inflight: Vec<(Vec<usize>, Sent)>,
+}
+
+/// How a pipeline command went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// As is, to its server.
+    Plain,
+    /// In the guard, to its old server (by SHA, or with the code).
+    Guard { with_code: bool },
+    /// Too big for the guard: `EXISTS` of its keys on the old server first.
+    Exists,
 }
 
 impl<'a> Pipe<'a> {
@@ -618,14 +637,20 @@ impl<'a> Pipe<'a> {
         let base = self.inflight.len();
         for &p in positions {
             let (cmd, server, moving) = &self.cmds[p];
-            let (target, c) = match (guarded, moving) {
+            let (target, c, kind) = match (guarded, moving) {
+                (true, Some((from, keys))) if unwrappable(cmd) => {
+                    let mut c = redis::cmd("EXISTS");
+                    for k in keys {
+                        c.arg(&k[..]);
+                    }
+                    (*from, c, Sent::Exists)
+                }
                 (true, Some((from, keys))) => {
                     let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-                    (*from, guard(&keys, &[cmd], false, with_code))
+                    (*from, guard(&keys, &[cmd], false, with_code), Sent::Guard { with_code })
                 }
-                _ => (*server, cmd.clone()),
+                _ => (*server, cmd.clone(), Sent::Plain),
             };
-            let kind = guarded.then_some(with_code);
             match requests
                 .iter_mut()
                 .zip(self.inflight[base..].iter_mut())
@@ -672,10 +697,20 @@ impl Machine for Pipe<'_> {
                 }
                 Ok(values) => {
                     for (p, v) in positions.into_iter().zip(values) {
+                        let partial = match (kind, &v) {
+                            (Sent::Exists, Value::Int(0)) => {
+                                absent.push(p);
+                                continue;
+                            }
+                            (Sent::Exists, Value::Int(_)) => true,
+                            _ => false,
+                        };
                         match (kind, code_of(&v)) {
-                            (Some(false), Some("NOSCRIPT")) => noscript.push(p),
-                            (Some(_), Some(ABSENT)) => absent.push(p),
-                            (Some(_), Some(PARTIAL)) => {
+                            (Sent::Guard { with_code: false }, Some("NOSCRIPT")) => noscript.push(p),
+                            (Sent::Guard { .. }, Some(ABSENT)) => absent.push(p),
+                            (Sent::Guard { .. }, Some(PARTIAL)) | (Sent::Exists, None)
+                                if partial || kind != Sent::Exists =>
+                            {
                                 let (_, server, moving) = &self.cmds[p];
                                 let (from, keys) = moving.as_ref().map(|(f, k)| (*f, &k[..])).unwrap_or((0, &[]));
                                 let key = keys.first().map(|k| &k[..]).unwrap_or(b"");

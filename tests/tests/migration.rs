@@ -701,3 +701,43 @@ fn toml_migrating_from_builds_an_aware_client() {
     assert!(!err.contains("hunter2secret"), "{err}");
     assert!(err.contains("line 3"), "{err}");
 }
+
+#[test]
+fn commands_too_big_for_the_guard_run_on_the_new_server_or_say_tryagain() {
+    let s = persistent_servers(3);
+    let old_refs: Vec<&RedisServer> = s[..2].iter().collect();
+    let new_refs: Vec<&RedisServer> = s.iter().collect();
+    let old = builder(&old_refs, Mode::Standard).build().unwrap();
+    let plain_new = builder(&new_refs, Mode::Standard).build().unwrap();
+    let mr = builder(&new_refs, Mode::Standard)
+        .migrating_from(builder(&old_refs, Mode::Standard))
+        .build()
+        .unwrap();
+    let mut moving = (0..)
+        .map(|i| format!("big:{i}"))
+        .filter(|k| owner_port(&old, k) != owner_port(&plain_new, k));
+    let (on_old, gone, fresh) = (moving.next().unwrap(), moving.next().unwrap(), moving.next().unwrap());
+    old.sadd::<_, _, ()>(&on_old, 0).unwrap();
+    old.sadd::<_, _, ()>(&gone, 0).unwrap();
+    migrate(
+        server_on(&s, owner_port(&old, &gone)),
+        server_on(&s, owner_port(&plain_new, &gone)),
+        &gone,
+    );
+    let members: Vec<i64> = (1..=9000).collect();
+    // Still on its old server: cannot be wrapped, so TRYAGAIN, nothing written.
+    let err = mr.sadd::<_, _, i64>(&on_old, &members[..]).unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    assert_eq!(old.scard::<_, i64>(&on_old).unwrap(), 1);
+    let err = mr
+        .pipeline_all()
+        .sadd(&on_old, &members[..])
+        .query::<(i64,)>(&mr)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    // Moved, or new: runs on the new server.
+    assert_eq!(mr.sadd::<_, _, i64>(&gone, &members[..]).unwrap(), 9000);
+    let (n,): (i64,) = mr.pipeline_all().sadd(&fresh, &members[..]).query(&mr).unwrap();
+    assert_eq!(n, 9000);
+    assert_eq!(where_keys_are(&new_refs)[&fresh], vec![owner_port(&plain_new, &fresh)]);
+}
