@@ -12,6 +12,7 @@ use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::error::client_error;
+pub use crate::handle::AsyncConnection as Connection;
 use crate::migration::{Machine, One, Split, Step};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
@@ -108,6 +109,31 @@ impl MRedis {
     /// [`FleetPipeline::query_async`](crate::FleetPipeline::query_async).
     pub fn pipeline_all(&self) -> crate::FleetPipeline {
         crate::FleetPipeline::new(self.core.clone())
+    }
+
+    /// A routed connection handle implementing `redis::aio::ConnectionLike`,
+    /// for code written against redis-rs async connections; see
+    /// [`handle`](crate::handle) for the routing rules. Cheap to clone.
+    pub async fn get_connection(&self) -> RedisResult<Connection> {
+        let book = match self.core.book.get() {
+            Some(book) => book.clone(),
+            None => {
+                let mut last = None;
+                let mut found = None;
+                for server in 0..self.core.all() {
+                    match self.value_on(server, &redis::cmd("COMMAND")).await {
+                        Ok(v) => {
+                            found = Some(Arc::new(crate::handle::CommandBook::parse(&v)));
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let book = found.ok_or_else(|| last.unwrap_or_else(|| client_error("no server".to_string())))?;
+                self.core.book.get_or_init(|| book).clone()
+            }
+        };
+        Ok(Connection::new(self.clone(), book))
     }
 
     /// Runs any command on the server that owns `key`.

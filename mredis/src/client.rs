@@ -243,6 +243,50 @@ impl MRedis {
         }
     }
 
+    /// A routed connection handle implementing `redis::ConnectionLike`, for
+    /// code written against redis-rs connections (`cmd().query`,
+    /// `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
+    /// `TypedCommands`). Commands are routed when sent, from the command
+    /// table and the servers' `COMMAND` metadata (fetched on the first
+    /// call, from the first server that answers); see the
+    /// [`handle`](crate::handle) module for the rules. Omitted commands are
+    /// errors here rather than compile errors.
+    pub fn get_connection(&self) -> RedisResult<crate::handle::Connection> {
+        let book = match self.core.book.get() {
+            Some(book) => book.clone(),
+            None => {
+                let mut last = None;
+                let mut found = None;
+                for server in 0..self.core.all() {
+                    match self.value_on(server, &redis::cmd("COMMAND")) {
+                        Ok(v) => {
+                            found = Some(Arc::new(crate::handle::CommandBook::parse(&v)));
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let book = found.ok_or_else(|| last.unwrap_or_else(|| client_error("no server".to_string())))?;
+                self.core.book.get_or_init(|| book).clone()
+            }
+        };
+        Ok(crate::handle::Connection::new(self.clone(), book))
+    }
+
+    /// A connection of server `index` for a caller that keeps it a while
+    /// (a WATCH); give it back with `checkin`.
+    pub(crate) fn checkout(&self, index: usize) -> RedisResult<Connection> {
+        self.pool(index)?
+            .get()
+            .map_err(|e| name_server(self.core.name(index), e))
+    }
+
+    pub(crate) fn checkin(&self, index: usize, con: Connection) {
+        if let Ok(pool) = self.pool(index) {
+            pool.put(con);
+        }
+    }
+
     /// Runs any command on the server that owns `key`: the escape hatch for
     /// commands or options the generated methods do not cover.
     pub fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {

@@ -58,6 +58,8 @@ pub(crate) struct Core {
     pub(crate) migration: Option<Migration>,
     /// The largest argument sent (`Builder::max_arg_size`).
     pub(crate) max_arg_size: usize,
+    /// The servers' COMMAND metadata, for routed handles (fetched once).
+    pub(crate) book: std::sync::OnceLock<Arc<crate::handle::CommandBook>>,
 }
 
 /// A key to bring from its old server to its new one before a command on
@@ -155,6 +157,7 @@ impl Core {
             current,
             migration,
             max_arg_size: options.max_arg_size,
+            book: std::sync::OnceLock::new(),
         }))
     }
 

@@ -1,0 +1,1030 @@
+//! Routed connection handles: [`Connection`] implements
+//! `redis::ConnectionLike` and [`aio::Connection`](crate::aio::Connection)
+//! `redis::aio::ConnectionLike`, so code written for redis-rs (`cmd().query`,
+//! `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
+//! `TypedCommands`, ...) runs on the whole fleet unchanged.
+//!
+//! This is the runtime-checked door: each command is routed when it is
+//! sent, the way Redis Cluster clients route (redis-rs's
+//! `cluster_routing`): the command table says what mredis does with it, the
+//! server's own `COMMAND` metadata (fetched once) says where its keys are
+//! and how replies of every server combine:
+//!
+//! - a command on keys goes to the keys' server; keys on different servers
+//!   are a `CROSSSLOT` error, nothing sent;
+//! - MGET, MSET, DEL, EXISTS, ... are split by server and merged;
+//! - server-wide commands go to every server and the replies are merged by
+//!   the command's response policy: DBSIZE summed, KEYS concatenated,
+//!   FLUSHDB / SCRIPT LOAD answer once all servers succeeded, SCRIPT
+//!   EXISTS and-ed; INFO-like commands (`response_policy:special`) give a
+//!   map of server name to reply; commands without a policy go to the
+//!   first server;
+//! - `SCAN` walks every server: its cursor carries the server;
+//! - pipelines keep call order; MULTI/EXEC (an atomic pipeline) and WATCH
+//!   need all their keys on one server;
+//! - a command that cannot be routed (no key and no policy, or omitted from
+//!   mredis with a reason) is an error naming it.
+//!
+//! [`MRedis`](crate::MRedis) keeps its compile-time guarantees: omitted
+//! commands do not exist there.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::{Cmd, ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
+
+use crate::error::client_error;
+use crate::routing::{Core, Merge, Route};
+use crate::spec::RouteClass;
+
+/// How a server-wide command's replies combine (Redis's response policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Response {
+    None,
+    AggSum,
+    AllSucceeded,
+    OneSucceeded,
+    AggAnd,
+    AggOr,
+    AggMin,
+    AggMax,
+    Special,
+}
+
+/// What the server says about one command.
+#[derive(Debug, Clone)]
+struct Info {
+    first: i64,
+    last: i64,
+    step: i64,
+    movable: bool,
+    all_servers: bool,
+    response: Response,
+    has_subcommands: bool,
+}
+
+/// The servers' `COMMAND` output, by lower-case name (`config|get`).
+#[derive(Debug, Default)]
+pub(crate) struct CommandBook {
+    infos: HashMap<String, Info>,
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(n) => *n,
+        _ => 0,
+    }
+}
+
+impl CommandBook {
+    pub(crate) fn parse(reply: &Value) -> CommandBook {
+        let mut book = CommandBook::default();
+        if let Value::Array(entries) = reply {
+            for e in entries {
+                book.add(e);
+            }
+        }
+        book
+    }
+
+    fn add(&mut self, entry: &Value) {
+        let Value::Array(f) = entry else { return };
+        if f.len() < 6 {
+            return;
+        }
+        let Some(name) = text(&f[0]) else { return };
+        let flags: Vec<String> = match &f[2] {
+            Value::Array(items) | Value::Set(items) => items.iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        };
+        let tips: Vec<String> = match f.get(7) {
+            Some(Value::Array(items)) => items.iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        };
+        let subcommands = match f.get(9) {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        let response = tips
+            .iter()
+            .find_map(|t| t.strip_prefix("response_policy:"))
+            .map(|p| match p {
+                "agg_sum" => Response::AggSum,
+                "all_succeeded" => Response::AllSucceeded,
+                "one_succeeded" => Response::OneSucceeded,
+                "agg_logical_and" => Response::AggAnd,
+                "agg_logical_or" => Response::AggOr,
+                "agg_min" => Response::AggMin,
+                "agg_max" => Response::AggMax,
+                _ => Response::Special,
+            })
+            .unwrap_or(Response::None);
+        let all_servers = tips
+            .iter()
+            .any(|t| t == "request_policy:all_shards" || t == "request_policy:all_nodes");
+        self.infos.insert(
+            name.to_ascii_lowercase(),
+            Info {
+                first: int(&f[3]),
+                last: int(&f[4]),
+                step: int(&f[5]),
+                movable: flags.iter().any(|x| x == "movablekeys"),
+                all_servers,
+                response,
+                has_subcommands: !subcommands.is_empty(),
+            },
+        );
+        for sub in &subcommands {
+            self.add(sub);
+        }
+    }
+}
+
+/// What to do with one command sent through a handle.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Routed like an MRedis method.
+    Run(Route),
+    /// Every server, replies merged by `response`.
+    All(Response),
+    /// The first server (server-wide command without a response policy).
+    First,
+    /// One page of a fleet-wide SCAN: server, that server's cursor.
+    Scan(usize, u64),
+    /// WATCH on the keys' server.
+    Watch(usize),
+    /// UNWATCH (or DISCARD): on the watched server, if any.
+    Unwatch,
+    /// Ask a server for the keys (`COMMAND GETKEYS`), then plan again.
+    GetKeys,
+}
+
+/// The command table's entry for a command (and its subcommand).
+fn table_entry(name: &str, sub: Option<&str>) -> Option<&'static crate::CommandSpec> {
+    static BY_NAME: std::sync::LazyLock<HashMap<&'static str, &'static crate::CommandSpec>> =
+        std::sync::LazyLock::new(|| crate::COMMANDS.iter().map(|c| (c.name, c)).collect());
+    if let Some(sub) = sub {
+        let full = format!("{name} {}", sub.to_ascii_uppercase());
+        if let Some(c) = BY_NAME.get(full.as_str()) {
+            return Some(c);
+        }
+    }
+    BY_NAME.get(name).copied()
+}
+
+fn cannot(command: &str, why: &str) -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "mredis: command cannot be routed",
+        format!("{command}: {why}"),
+    ))
+}
+
+/// The keys of a command, from the server's metadata.
+fn keys_of(info: &Info, name: &str, args: &[&[u8]], known: Option<Vec<Vec<u8>>>) -> Option<Vec<Vec<u8>>> {
+    if matches!(name, "PUBLISH" | "SPUBLISH") {
+        // Routed by channel, as go-redis does.
+        return Some(args.get(1).map(|c| vec![c.to_vec()]).unwrap_or_default());
+    }
+    if info.movable {
+        if matches!(
+            name,
+            "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO"
+        ) {
+            let n: usize = args
+                .get(2)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            return Some(args.iter().skip(3).take(n).map(|k| k.to_vec()).collect());
+        }
+        return known;
+    }
+    if info.first <= 0 || info.step <= 0 {
+        return Some(Vec::new());
+    }
+    let last = if info.last < 0 {
+        args.len() as i64 + info.last
+    } else {
+        info.last.min(args.len() as i64 - 1)
+    };
+    let mut out = Vec::new();
+    let mut i = info.first;
+    while i <= last && (i as usize) < args.len() {
+        out.push(args[i as usize].to_vec());
+        i += info.step;
+    }
+    Some(out)
+}
+
+/// Decides what to do with one command.
+pub(crate) fn plan(
+    core: &Core,
+    book: &CommandBook,
+    cmd: &Cmd,
+    n_servers: usize,
+    known_keys: Option<Vec<Vec<u8>>>,
+) -> RedisResult<Plan> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => b,
+            _ => b"0",
+        })
+        .collect();
+    let Some(first) = args.first() else {
+        return Err(client_error("an empty command".to_string()));
+    };
+    let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+    match name.as_str() {
+        "WATCH" => {
+            let keys: Vec<Vec<u8>> = args[1..].iter().map(|k| k.to_vec()).collect();
+            return match core.route_colocated("WATCH", &keys)? {
+                Route::One { server, moves } if moves.is_empty() => Ok(Plan::Watch(server)),
+                Route::One { .. } => Err(crate::migration::try_again(core, &keys[0], 0, 0)),
+                Route::Split(_) => Err(cannot("WATCH", "keys on several servers")),
+            };
+        }
+        "UNWATCH" | "DISCARD" => return Ok(Plan::Unwatch),
+        "SCAN" => {
+            // The fleet cursor is server + n * that server's cursor.
+            let cursor: u64 = args
+                .get(1)
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| cannot("SCAN", "the cursor is not a number"))?;
+            let n = n_servers.max(1) as u64;
+            return Ok(Plan::Scan((cursor % n) as usize, cursor / n));
+        }
+        "MULTI" | "EXEC" => {
+            return Err(cannot(
+                &name,
+                "send transactions as an atomic pipeline (redis::pipe().atomic() or redis::transaction), \
+                 whose keys must share a server",
+            ));
+        }
+        "SELECT" => return Err(cannot("SELECT", "put the database in each server's URL")),
+        _ => {}
+    }
+    let lower = name.to_ascii_lowercase();
+    let top = book.infos.get(&lower);
+    let sub = args.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+    let info = match (top, &sub) {
+        (Some(t), Some(s)) if t.has_subcommands => book.infos.get(&format!("{lower}|{s}")).or(top),
+        (t, _) => t,
+    };
+    let entry = table_entry(&name, sub.as_deref().filter(|_| info.is_some_and(|_| true)));
+    if let Some(e) = entry
+        && e.class == RouteClass::Omitted
+    {
+        return Err(cannot(e.name, e.reason.unwrap_or("not supported across servers")));
+    }
+    let Some(info) = info else {
+        return Err(cannot(&name, "unknown to the servers' COMMAND table"));
+    };
+    let class = entry.map(|e| e.class);
+    match class {
+        Some(RouteClass::Multi) => {
+            let stride = info.step.max(1) as usize;
+            let merge = match info.response {
+                Response::AggSum => Merge::Sum,
+                Response::AllSucceeded => Merge::Ok,
+                _ => Merge::Ordered,
+            };
+            return Ok(Plan::Run(core.route_split(cmd, stride, merge)));
+        }
+        Some(RouteClass::All) => {
+            return Ok(if info.all_servers {
+                Plan::All(info.response)
+            } else {
+                Plan::First
+            });
+        }
+        _ => {}
+    }
+    let Some(keys) = keys_of(info, &name, &args, known_keys) else {
+        return Ok(Plan::GetKeys);
+    };
+    if keys.is_empty() {
+        if info.all_servers {
+            return Ok(Plan::All(info.response));
+        }
+        if class.is_none() && info.first == 0 && !info.movable {
+            return Ok(Plan::First);
+        }
+        return Err(cannot(
+            &name,
+            "no key to route by (a keyless script or function needs MRedis::query_routed or query_all)",
+        ));
+    }
+    Ok(Plan::Run(core.route_colocated(&name, &keys)?))
+}
+
+/// Merges every server's reply to a server-wide command into one.
+pub(crate) fn merge_all(
+    command: &str,
+    response: Response,
+    names: &[&str],
+    replies: Vec<RedisResult<Value>>,
+) -> RedisResult<Value> {
+    let mut failure = crate::error::Failure::new(command);
+    let mut ok = Vec::with_capacity(replies.len());
+    for (name, r) in names.iter().zip(replies) {
+        match r.and_then(Value::extract_error) {
+            Ok(v) => {
+                failure.succeeded(name, 1);
+                ok.push((*name, v));
+            }
+            Err(e) => failure.failed(name, e),
+        }
+    }
+    if response == Response::OneSucceeded {
+        if let Some((_, v)) = ok.into_iter().next() {
+            return Ok(v);
+        }
+        failure.into_result()?;
+        return Ok(Value::Nil);
+    }
+    failure.into_result()?;
+    let bad = |v: &Value| client_error(format!("{command}: cannot merge the reply {v:?}"));
+    match response {
+        Response::AggSum | Response::AggMin | Response::AggMax => {
+            let mut acc: Option<i64> = None;
+            for (_, v) in &ok {
+                let Value::Int(n) = v else { return Err(bad(v)) };
+                acc = Some(match (acc, response) {
+                    (None, _) => *n,
+                    (Some(a), Response::AggSum) => a + n,
+                    (Some(a), Response::AggMin) => a.min(*n),
+                    (Some(a), _) => a.max(*n),
+                });
+            }
+            Ok(Value::Int(acc.unwrap_or(0)))
+        }
+        Response::AggAnd | Response::AggOr => {
+            let and = response == Response::AggAnd;
+            let mut acc: Option<Vec<i64>> = None;
+            for (_, v) in &ok {
+                let items: Vec<i64> = match v {
+                    Value::Array(items) => items.iter().map(int).collect(),
+                    Value::Int(n) => vec![*n],
+                    other => return Err(bad(other)),
+                };
+                acc = Some(match acc {
+                    None => items,
+                    Some(a) => a
+                        .iter()
+                        .zip(&items)
+                        .map(|(x, y)| {
+                            if and {
+                                (*x != 0 && *y != 0) as i64
+                            } else {
+                                (*x != 0 || *y != 0) as i64
+                            }
+                        })
+                        .collect(),
+                });
+            }
+            let acc = acc.unwrap_or_default();
+            Ok(match ok.first().map(|(_, v)| v) {
+                Some(Value::Int(_)) => Value::Int(acc.first().copied().unwrap_or(0)),
+                _ => Value::Array(acc.into_iter().map(Value::Int).collect()),
+            })
+        }
+        Response::AllSucceeded => Ok(ok.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Okay)),
+        Response::Special => Ok(Value::Map(
+            ok.into_iter()
+                .map(|(name, v)| (Value::BulkString(name.as_bytes().to_vec()), v))
+                .collect(),
+        )),
+        Response::None | Response::OneSucceeded => {
+            // Arrays (KEYS, ...) are concatenated; anything else must agree.
+            if ok.iter().all(|(_, v)| matches!(v, Value::Array(_))) {
+                let mut all = Vec::new();
+                for (_, v) in ok {
+                    if let Value::Array(items) = v {
+                        all.extend(items);
+                    }
+                }
+                return Ok(Value::Array(all));
+            }
+            let first = ok.first().map(|(_, v)| v.clone()).unwrap_or(Value::Nil);
+            if ok.iter().all(|(_, v)| *v == first) {
+                Ok(first)
+            } else {
+                Err(client_error(format!(
+                    "{command}: the servers answered differently and the command has no rule to merge them; \
+                     use MRedis::query_all for one reply per server"
+                )))
+            }
+        }
+    }
+}
+
+/// A SCAN page of one server as a page of the fleet-wide walk.
+pub(crate) fn scan_page(server: usize, n_servers: usize, reply: Value) -> RedisResult<Value> {
+    let Value::Array(mut parts) = reply.extract_error()? else {
+        return Err(client_error("unexpected SCAN reply".to_string()));
+    };
+    if parts.len() != 2 {
+        return Err(client_error("unexpected SCAN reply".to_string()));
+    }
+    let items = parts.pop().unwrap_or(Value::Nil);
+    let cursor: u64 = text(&parts[0]).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let n = n_servers.max(1) as u64;
+    let next = if cursor != 0 {
+        cursor
+            .checked_mul(n)
+            .and_then(|c| c.checked_add(server as u64))
+            .ok_or_else(|| client_error("SCAN cursor too large to carry the server".to_string()))?
+    } else if server + 1 < n_servers {
+        (server + 1) as u64
+    } else {
+        0
+    };
+    Ok(Value::Array(vec![
+        Value::BulkString(next.to_string().into_bytes()),
+        items,
+    ]))
+}
+
+/// A SCAN command for one server with that server's cursor.
+pub(crate) fn scan_cmd(cmd: &Cmd, cursor: u64) -> Cmd {
+    let mut out = Cmd::new();
+    for (i, a) in cmd.args_iter().enumerate() {
+        match (i, a) {
+            (1, _) => {
+                out.arg(cursor);
+            }
+            (_, redis::Arg::Simple(b)) => {
+                out.arg(b);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Parses packed RESP commands (what `redis::ConnectionLike` receives).
+pub(crate) fn parse_packed(mut bytes: &[u8]) -> RedisResult<Vec<Cmd>> {
+    fn line<'a>(bytes: &mut &'a [u8], prefix: u8) -> RedisResult<usize> {
+        let end = bytes
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| client_error("malformed packed command".to_string()))?;
+        if bytes.first() != Some(&prefix) {
+            return Err(client_error("malformed packed command".to_string()));
+        }
+        let n = std::str::from_utf8(&bytes[1..end])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| client_error("malformed packed command".to_string()))?;
+        *bytes = &bytes[end + 2..];
+        Ok(n)
+    }
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let argc = line(&mut bytes, b'*')?;
+        let mut cmd = Cmd::new();
+        for _ in 0..argc {
+            let len = line(&mut bytes, b'$')?;
+            if bytes.len() < len + 2 {
+                return Err(client_error("malformed packed command".to_string()));
+            }
+            cmd.arg(&bytes[..len]);
+            bytes = &bytes[len + 2..];
+        }
+        out.push(cmd);
+    }
+    Ok(out)
+}
+
+/// `COMMAND GETKEYS` for `cmd`.
+pub(crate) fn getkeys_cmd(cmd: &Cmd) -> Cmd {
+    let mut c = redis::cmd("COMMAND");
+    c.arg("GETKEYS");
+    for a in cmd.args_iter() {
+        if let redis::Arg::Simple(b) = a {
+            c.arg(b);
+        }
+    }
+    c
+}
+
+/// An error as a pipeline reply value (the server's own form), when it has
+/// a code; `None` for errors that are not replies (I/O, ...).
+pub(crate) fn error_value(e: &RedisError) -> Option<Value> {
+    let code = e.code()?;
+    let detail = e.detail().unwrap_or("").replace(['\r', '\n'], " ");
+    redis::parse_redis_value(format!("-{code} {detail}\r\n").as_bytes()).ok()
+}
+
+/// Is this pipeline MULTI ... EXEC?
+pub(crate) fn is_atomic(cmds: &[Cmd]) -> bool {
+    let name = |c: &Cmd| crate::routing::command_name(c).to_ascii_uppercase();
+    cmds.len() >= 2 && name(&cmds[0]) == "MULTI" && name(&cmds[cmds.len() - 1]) == "EXEC"
+}
+
+/// A routed connection handle over the sync client; see the module docs.
+/// Made by [`MRedis::get_connection`](crate::MRedis::get_connection).
+///
+/// ```no_run
+/// # fn main() -> redis::RedisResult<()> {
+/// use redis::Commands;
+/// let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"])?;
+/// let mut con = mr.get_connection()?;
+/// redis::cmd("SET").arg("k").arg(1).exec(&mut con)?;
+/// let v: i64 = con.get("k")?;
+/// let (a, b): (i64, i64) = redis::pipe().incr("a", 1).incr("b", 1).query(&mut con)?;
+/// # Ok(()) }
+/// ```
+pub struct Connection {
+    mr: crate::MRedis,
+    book: Arc<CommandBook>,
+    watched: Option<(usize, redis::Connection)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mredis::Connection")
+            .field("client", &self.mr)
+            .field("watching", &self.watched.as_ref().map(|(s, _)| self.mr.core().name(*s)))
+            .finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(mr: crate::MRedis, book: Arc<CommandBook>) -> Connection {
+        Connection {
+            mr,
+            book,
+            watched: None,
+        }
+    }
+
+    fn plan(&self, cmd: &Cmd) -> RedisResult<Plan> {
+        let core = self.mr.core();
+        match plan(core, &self.book, cmd, core.all(), None)? {
+            Plan::GetKeys => {
+                let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd))?)?;
+                plan(core, &self.book, cmd, core.all(), Some(keys))
+            }
+            p => Ok(p),
+        }
+    }
+
+    /// Runs one command; server error replies are errors.
+    fn exec(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let core = self.mr.core().clone();
+        match self.plan(cmd)? {
+            Plan::Run(route) => self.mr.run::<Value>(route, cmd),
+            Plan::First => self.mr.value_on(0, cmd),
+            Plan::All(response) => {
+                let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
+                let packed = cmd.get_packed_command();
+                let jobs: Vec<crate::client::Job<'_>> = (0..core.all())
+                    .map(|server| crate::client::Job {
+                        server,
+                        packed: &packed,
+                        replies: 1,
+                    })
+                    .collect();
+                let replies = self
+                    .mr
+                    .send_many(&jobs)
+                    .into_iter()
+                    .map(crate::client::first_reply)
+                    .collect();
+                merge_all(&crate::routing::command_name(cmd), response, &names, replies)
+            }
+            Plan::Scan(server, cursor) => {
+                if server >= core.all() {
+                    return Err(cannot("SCAN", "this cursor was not made by this fleet"));
+                }
+                let reply = self.mr.value_on(server, &scan_cmd(cmd, cursor))?;
+                scan_page(server, core.all(), reply)
+            }
+            Plan::Watch(server) => {
+                if let Some((watching, con)) = self.watched.as_mut() {
+                    if *watching != server {
+                        return Err(cannot(
+                            "WATCH",
+                            "keys on another server than the keys already watched; watched keys must share a server",
+                        ));
+                    }
+                    return con.req_command(cmd).and_then(Value::extract_error);
+                }
+                let mut con = self.mr.checkout(server)?;
+                let reply = con.req_command(cmd).and_then(Value::extract_error)?;
+                self.watched = Some((server, con));
+                Ok(reply)
+            }
+            Plan::Unwatch => match self.watched.take() {
+                Some((server, mut con)) => {
+                    let reply = con.req_command(cmd).and_then(Value::extract_error);
+                    if reply.is_ok() {
+                        self.mr.checkin(server, con);
+                    }
+                    reply
+                }
+                None => Ok(Value::Okay),
+            },
+            Plan::GetKeys => Err(cannot(
+                &crate::routing::command_name(cmd),
+                "its keys could not be found",
+            )),
+        }
+    }
+
+    /// MULTI ... EXEC: the keys of every command must share a server.
+    fn atomic(&mut self, bytes: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let inner = &cmds[1..cmds.len() - 1];
+        let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+        for c in inner {
+            let (server, moves) = match self.plan(c)? {
+                Plan::Run(Route::One { server, moves }) => (server, moves),
+                _ => {
+                    return Err(cannot(
+                        &crate::routing::command_name(c),
+                        "in a transaction, every command must be on keys of one server",
+                    ));
+                }
+            };
+            match &mut target {
+                None => target = Some((server, moves)),
+                Some((s, m)) if *s == server => m.extend(moves),
+                Some((s, _)) => {
+                    return Err(RedisError::from((
+                        ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
+                        "mredis: keys on different servers",
+                        format!(
+                            "a transaction's commands are on keys of {} and {}; nothing was sent",
+                            self.mr.core().name(*s),
+                            self.mr.core().name(server)
+                        ),
+                    )));
+                }
+            }
+        }
+        let Some((server, moves)) = target else {
+            return Ok(vec![Value::Array(vec![])]);
+        };
+        if !moves.is_empty() {
+            if self.watched.is_some() {
+                return Err(crate::migration::try_again(
+                    self.mr.core(),
+                    &moves[0].key,
+                    moves[0].from,
+                    server,
+                ));
+            }
+            let core = self.mr.core().clone();
+            let value = self
+                .mr
+                .drive(crate::migration::One::new(&core, inner, true, server, &moves))?;
+            return Ok(vec![value]);
+        }
+        if let Some((watching, _)) = &self.watched
+            && *watching == server
+            && let Some((_, mut con)) = self.watched.take()
+        {
+            // EXEC ends the WATCH.
+            let reply = con.req_packed_commands(bytes, offset, count);
+            if reply.is_ok() {
+                self.mr.checkin(server, con);
+            }
+            return reply;
+        }
+        self.mr
+            .with_connection(server, |con| con.req_packed_commands(bytes, offset, count))
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        let mut cmds = parse_packed(cmd)?;
+        if cmds.len() != 1 {
+            return Err(client_error(format!("expected one command, got {}", cmds.len())));
+        }
+        let cmd = cmds.pop().unwrap_or_default();
+        self.exec(&cmd)
+    }
+
+    fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let cmds = parse_packed(cmd)?;
+        if is_atomic(&cmds) {
+            return self.atomic(cmd, &cmds, offset, count);
+        }
+        // In call order; runs of commands on one server each are sent
+        // together, one pipeline per server.
+        let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
+        let mut i = 0;
+        while i < cmds.len() {
+            let mut batch: Vec<(usize, usize)> = Vec::new();
+            while i < cmds.len() {
+                match self.plan(&cmds[i])? {
+                    Plan::Run(Route::One { server, moves }) if moves.is_empty() => {
+                        batch.push((i, server));
+                        i += 1;
+                    }
+                    _ => break,
+                }
+            }
+            if batch.is_empty() {
+                let v = match self.exec(&cmds[i]) {
+                    Ok(v) => v,
+                    Err(e) => error_value(&e).ok_or(e)?,
+                };
+                values.push(v);
+                i += 1;
+                continue;
+            }
+            let core = self.mr.core();
+            let mut per: Vec<(usize, Vec<u8>, Vec<usize>)> = Vec::new();
+            for (at, server) in batch {
+                let packed = cmds[at].get_packed_command();
+                match per.iter_mut().find(|p| p.0 == server) {
+                    Some(p) => {
+                        p.1.extend(packed);
+                        p.2.push(at);
+                    }
+                    None => per.push((server, packed, vec![at])),
+                }
+            }
+            let jobs: Vec<crate::client::Job<'_>> = per
+                .iter()
+                .map(|(server, packed, ats)| crate::client::Job {
+                    server: *server,
+                    packed,
+                    replies: ats.len(),
+                })
+                .collect();
+            let replies = self.mr.send_many(&jobs);
+            let start = values.len();
+            let total: usize = per.iter().map(|p| p.2.len()).sum();
+            values.extend(std::iter::repeat_n(Value::Nil, total));
+            let base = per.iter().flat_map(|p| p.2.iter()).min().copied().unwrap_or(0);
+            let mut failure = crate::error::Failure::new("pipeline");
+            for ((server, _, ats), reply) in per.iter().zip(replies) {
+                match reply {
+                    Ok(vs) => {
+                        failure.succeeded(core.name(*server), ats.len());
+                        for (at, v) in ats.iter().zip(vs) {
+                            values[start + (at - base)] = v;
+                        }
+                    }
+                    Err(e) => failure.failed(core.name(*server), e),
+                }
+            }
+            failure.into_result()?;
+        }
+        Ok(values.into_iter().skip(offset).take(count).collect())
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.exec(&redis::cmd("PING")).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+/// A routed connection handle over the async client, implementing
+/// `redis::aio::ConnectionLike` (so `AsyncCommands`, `AsyncTypedCommands`,
+/// `cmd().query_async`, `pipe().query_async`, `Script::invoke_async` work).
+/// Cheap to clone; clones share the client's connections. Made by
+/// [`aio::MRedis::get_connection`](crate::aio::MRedis::get_connection).
+/// WATCH needs a connection of its own, which a multiplexed connection is
+/// not: use the sync handle or [`MRedis::transaction`](crate::MRedis::transaction).
+#[derive(Clone)]
+pub struct AsyncConnection {
+    mr: crate::aio::MRedis,
+    book: Arc<CommandBook>,
+}
+
+impl std::fmt::Debug for AsyncConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mredis::aio::Connection")
+            .field("client", &self.mr)
+            .finish()
+    }
+}
+
+impl AsyncConnection {
+    pub(crate) fn new(mr: crate::aio::MRedis, book: Arc<CommandBook>) -> AsyncConnection {
+        AsyncConnection { mr, book }
+    }
+
+    async fn plan(&self, cmd: &Cmd) -> RedisResult<Plan> {
+        let core = self.mr.core();
+        match plan(core, &self.book, cmd, core.all(), None)? {
+            Plan::GetKeys => {
+                let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd)).await?)?;
+                plan(core, &self.book, cmd, core.all(), Some(keys))
+            }
+            p => Ok(p),
+        }
+    }
+
+    async fn exec(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let core = self.mr.core().clone();
+        match self.plan(cmd).await? {
+            Plan::Run(route) => self.mr.run::<Value>(route, cmd).await,
+            Plan::First => self.mr.value_on(0, cmd).await,
+            Plan::All(response) => {
+                let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
+                let replies = futures::future::join_all((0..core.all()).map(|i| self.mr.value_on(i, cmd))).await;
+                merge_all(&crate::routing::command_name(cmd), response, &names, replies)
+            }
+            Plan::Scan(server, cursor) => {
+                if server >= core.all() {
+                    return Err(cannot("SCAN", "this cursor was not made by this fleet"));
+                }
+                let reply = self.mr.value_on(server, &scan_cmd(cmd, cursor)).await?;
+                scan_page(server, core.all(), reply)
+            }
+            Plan::Watch(_) => Err(cannot(
+                "WATCH",
+                "needs a connection of its own; use the sync handle (MRedis::get_connection) or MRedis::transaction",
+            )),
+            Plan::Unwatch => Ok(Value::Okay),
+            Plan::GetKeys => Err(cannot(
+                &crate::routing::command_name(cmd),
+                "its keys could not be found",
+            )),
+        }
+    }
+
+    async fn pipeline(&self, pipe: &redis::Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
+        let core = self.mr.core().clone();
+        if pipe.is_transaction() {
+            let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+            for c in &cmds {
+                let (server, moves) = match self.plan(c).await? {
+                    Plan::Run(Route::One { server, moves }) => (server, moves),
+                    _ => {
+                        return Err(cannot(
+                            &crate::routing::command_name(c),
+                            "in a transaction, every command must be on keys of one server",
+                        ));
+                    }
+                };
+                match &mut target {
+                    None => target = Some((server, moves)),
+                    Some((s, m)) if *s == server => m.extend(moves),
+                    Some((s, _)) => {
+                        return Err(RedisError::from((
+                            ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
+                            "mredis: keys on different servers",
+                            format!(
+                                "a transaction's commands are on keys of {} and {}; nothing was sent",
+                                core.name(*s),
+                                core.name(server)
+                            ),
+                        )));
+                    }
+                }
+            }
+            let Some((server, moves)) = target else {
+                return Ok(vec![Value::Array(vec![])]);
+            };
+            if !moves.is_empty() {
+                let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
+                let value = self
+                    .mr
+                    .drive(crate::migration::One::new(&core, &owned, true, server, &moves))
+                    .await?;
+                return Ok(vec![value]);
+            }
+            let mut con = self.mr.connection(server)?;
+            return redis::aio::ConnectionLike::req_packed_commands(&mut con, pipe, offset, count)
+                .await
+                .map_err(|e| crate::error::name_server(core.name(server), e));
+        }
+        // One command at a time would cost a round trip each: commands on
+        // one server's keys go in that server's pipeline, all servers at
+        // once; other commands run in call order between them.
+        let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
+        let mut i = 0;
+        while i < cmds.len() {
+            let mut per: Vec<(usize, redis::Pipeline, Vec<usize>)> = Vec::new();
+            while i < cmds.len() {
+                match self.plan(cmds[i]).await? {
+                    Plan::Run(Route::One { server, moves }) if moves.is_empty() => {
+                        match per.iter_mut().find(|p| p.0 == server) {
+                            Some(p) => {
+                                p.1.add_command(cmds[i].clone());
+                                p.2.push(i);
+                            }
+                            None => {
+                                let mut p = redis::pipe();
+                                p.add_command(cmds[i].clone());
+                                per.push((server, p, vec![i]));
+                            }
+                        }
+                        i += 1;
+                    }
+                    _ => break,
+                }
+            }
+            if per.is_empty() {
+                let v = match self.exec(cmds[i]).await {
+                    Ok(v) => v,
+                    Err(e) => error_value(&e).ok_or(e)?,
+                };
+                values.push(v);
+                i += 1;
+                continue;
+            }
+            let replies =
+                futures::future::join_all(per.iter().map(|(server, p, _)| self.mr.pipeline_on(*server, p))).await;
+            let base = values.len();
+            let first = per.iter().flat_map(|p| p.2.iter()).min().copied().unwrap_or(0);
+            let total: usize = per.iter().map(|p| p.2.len()).sum();
+            values.extend(std::iter::repeat_n(Value::Nil, total));
+            let mut failure = crate::error::Failure::new("pipeline");
+            for ((server, _, ats), reply) in per.iter().zip(replies) {
+                match reply {
+                    Ok(vs) => {
+                        failure.succeeded(core.name(*server), ats.len());
+                        for (at, v) in ats.iter().zip(vs) {
+                            values[base + (at - first)] = v;
+                        }
+                    }
+                    Err(e) => failure.failed(core.name(*server), e),
+                }
+            }
+            failure.into_result()?;
+        }
+        Ok(values.into_iter().skip(offset).take(count).collect())
+    }
+}
+
+impl redis::aio::ConnectionLike for AsyncConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(async move { self.exec(cmd).await })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move { self.pipeline(cmd, offset, count).await })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_commands_parse_back() {
+        let mut p = redis::pipe();
+        p.cmd("SET").arg("k").arg(&b"a\r\nb"[..]).cmd("GET").arg("k");
+        let cmds = parse_packed(&p.get_packed_pipeline()).unwrap();
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(
+            cmds[0].get_packed_command(),
+            redis::cmd("SET").arg("k").arg(&b"a\r\nb"[..]).get_packed_command()
+        );
+        assert!(parse_packed(b"*1\r\n$5\r\nab").is_err());
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_server() {
+        let page = |cursor: &str| {
+            Value::Array(vec![
+                Value::BulkString(cursor.as_bytes().to_vec()),
+                Value::Array(vec![]),
+            ])
+        };
+        let next = |v: Value| match v {
+            Value::Array(p) => text(&p[0]).unwrap(),
+            _ => panic!(),
+        };
+        assert_eq!(next(scan_page(1, 3, page("17")).unwrap()), (17 * 3 + 1).to_string());
+        assert_eq!(next(scan_page(1, 3, page("0")).unwrap()), "2");
+        assert_eq!(next(scan_page(2, 3, page("0")).unwrap()), "0");
+    }
+}

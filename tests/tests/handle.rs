@@ -1,0 +1,148 @@
+//! Routed connection handles: code written only against redis-rs's
+//! `ConnectionLike` / `aio::ConnectionLike` (cmd, pipe, transaction, Script,
+//! Commands, TypedCommands) runs on three servers, and every key ends on
+//! its owner.
+
+use std::collections::HashSet;
+
+use mredis::MRedis;
+use mredis_tests::{servers, urls};
+use redis::{AsyncCommands, Commands, RedisResult, TypedCommands};
+
+/// Written for any redis-rs connection; knows nothing of mredis.
+fn generic_sync<C: redis::ConnectionLike>(con: &mut C) -> RedisResult<()> {
+    redis::cmd("SET").arg("g:a").arg(1).exec(con)?;
+    let v: i64 = redis::cmd("GET").arg("g:a").query(con)?;
+    assert_eq!(v, 1);
+    Commands::set::<_, _, ()>(con, "g:b", 2)?;
+    let (a, b): (i64, i64) = redis::pipe().incr("g:a", 1).incr("g:b", 1).query(con)?;
+    assert_eq!((a, b), (2, 3));
+    // Replies in call order, over several servers, with ignore().
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.set(format!("g:p{i}"), i).ignore().get(format!("g:p{i}"));
+    }
+    let got: Vec<i64> = pipe.query(con)?;
+    assert_eq!(got, (0..50).collect::<Vec<i64>>());
+    // MGET and DEL are split and merged.
+    let keys: Vec<String> = (0..50).map(|i| format!("g:p{i}")).collect();
+    let values: Vec<i64> = Commands::mget(con, &keys)?;
+    assert_eq!(values, (0..50).collect::<Vec<i64>>());
+    // A transaction on one key (WATCH/MULTI/EXEC on its server).
+    let n: (i64,) = redis::transaction(con, &["g:t"], |c, p| {
+        let old: Option<i64> = Commands::get(c, "g:t")?;
+        p.set("g:t", old.unwrap_or(0) + 10).ignore().get("g:t").query(c)
+    })?;
+    assert_eq!(n.0, 10);
+    // Scripts: EVALSHA, loaded on NOSCRIPT.
+    let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    let s: i64 = script.key("g:s").arg(5).invoke(con)?;
+    assert_eq!(s, 5);
+    // TypedCommands: fixed return types.
+    TypedCommands::set(con, "g:typed", "x")?;
+    assert_eq!(TypedCommands::get(con, "g:typed")?, Some("x".to_string()));
+    assert_eq!(TypedCommands::incr(con, "g:n", 3)?, 3);
+    assert!(TypedCommands::exists(con, "g:typed")?);
+    Ok(())
+}
+
+async fn generic_async<C: redis::aio::ConnectionLike + Send + Sync>(con: &mut C) -> RedisResult<()> {
+    redis::cmd("SET").arg("h:a").arg(1).exec_async(con).await?;
+    let v: i64 = con.get("h:a").await?;
+    assert_eq!(v, 1);
+    let (a, b): (i64, i64) = redis::pipe().incr("h:a", 1).incr("h:b", 1).query_async(con).await?;
+    assert_eq!((a, b), (2, 1));
+    let keys: Vec<String> = (0..30).map(|i| format!("h:k{i}")).collect();
+    let items: Vec<(String, i64)> = keys.iter().cloned().zip(0..).collect();
+    con.mset::<_, _, ()>(&items).await?;
+    let values: Vec<i64> = con.mget(&keys).await?;
+    assert_eq!(values, (0..30).collect::<Vec<i64>>());
+    let (x,): (i64,) = redis::pipe().atomic().incr("h:a", 5).query_async(con).await?;
+    assert_eq!(x, 7);
+    let script = redis::Script::new("return redis.call('GET', KEYS[1])");
+    let s: i64 = script.key("h:a").invoke_async(con).await?;
+    assert_eq!(s, 7);
+    Ok(())
+}
+
+#[test]
+fn redis_rs_code_runs_on_the_sync_handle_and_keys_land_on_their_owner() {
+    let s = servers(3);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    let mut con = mr.get_connection().unwrap();
+    generic_sync(&mut con).unwrap();
+
+    // Every key is on the server mredis places it on.
+    let mut seen = 0;
+    for (i, server) in s.iter().enumerate() {
+        for k in server.keys() {
+            assert_eq!(mr.server_index_for(k.as_bytes()), i, "{k}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 50);
+    // Server-wide commands merged as Redis Cluster clients do.
+    let n: usize = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, seen);
+    let keys: Vec<String> = Commands::keys(&mut con, "g:*").unwrap();
+    assert_eq!(keys.len(), seen);
+    let scanned: HashSet<String> = Commands::scan::<String>(&mut con)
+        .unwrap()
+        .map(|k| k.unwrap())
+        .collect();
+    assert_eq!(scanned.len(), seen, "SCAN walks every server");
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+    // Keys on two servers: CROSSSLOT, nothing sent.
+    let (a, b) = two_keys_on_different_servers(&mr);
+    let err = redis::cmd("RENAME").arg(&a).arg(&b).exec(&mut con).unwrap_err();
+    assert_eq!(err.code(), Some("CROSSSLOT"), "{err}");
+    let err = redis::pipe()
+        .atomic()
+        .set(&a, 1)
+        .set(&b, 1)
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("CROSSSLOT"), "{err}");
+    // Commands mredis leaves out are errors naming them.
+    let err = redis::cmd("SELECT").arg(1).exec(&mut con).unwrap_err();
+    assert!(err.to_string().contains("SELECT"), "{err}");
+    let err = redis::cmd("SWAPDB").arg(0).arg(1).exec(&mut con).unwrap_err();
+    assert!(err.to_string().contains("SWAPDB"), "{err}");
+    let err = redis::cmd("EVAL").arg("return 1").arg(0).exec(&mut con).unwrap_err();
+    assert!(err.to_string().contains("no key"), "{err}");
+    // FLUSHDB answers OK once every server did.
+    redis::cmd("FLUSHDB").exec(&mut con).unwrap();
+    assert!(s.iter().all(|x| x.dbsize() == 0));
+}
+
+fn two_keys_on_different_servers(mr: &MRedis) -> (String, String) {
+    let a = "x:0".to_string();
+    let b = (1..)
+        .map(|i| format!("x:{i}"))
+        .find(|k| mr.server_index_for(k.as_bytes()) != mr.server_index_for(a.as_bytes()))
+        .unwrap();
+    (a, b)
+}
+
+#[test]
+fn redis_rs_code_runs_on_the_async_handle() {
+    let s = servers(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mr = mredis::aio::MRedis::connect(urls(&s)).await.unwrap();
+        let mut con = mr.get_connection().await.unwrap();
+        generic_async(&mut con).await.unwrap();
+        let n: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+        let total: i64 = s.iter().map(|x| x.dbsize()).sum();
+        assert_eq!(n as i64, total);
+        let err = redis::cmd("WATCH").arg("h:a").exec_async(&mut con).await.unwrap_err();
+        assert!(err.to_string().contains("WATCH"), "{err}");
+    });
+    let mr = MRedis::new(urls(&s)).unwrap();
+    for (i, server) in s.iter().enumerate() {
+        for k in server.keys() {
+            assert_eq!(mr.server_index_for(k.as_bytes()), i, "{k}");
+        }
+    }
+}
