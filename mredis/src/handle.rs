@@ -476,7 +476,7 @@ pub(crate) fn scan_cmd(cmd: &Cmd, cursor: u64) -> Cmd {
 
 /// Parses packed RESP commands (what `redis::ConnectionLike` receives).
 pub(crate) fn parse_packed(mut bytes: &[u8]) -> RedisResult<Vec<Cmd>> {
-    fn line<'a>(bytes: &mut &'a [u8], prefix: u8) -> RedisResult<usize> {
+    fn line(bytes: &mut &[u8], prefix: u8) -> RedisResult<usize> {
         let end = bytes
             .windows(2)
             .position(|w| w == b"\r\n")
