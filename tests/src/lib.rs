@@ -74,9 +74,30 @@ fn find_binary(name: &str) -> Option<PathBuf> {
         })
 }
 
+/// The server the tests start: `redis-server`, or the binary named by
+/// `MREDIS_TEST_SERVER` (e.g. a `valkey-server`), so the same suite runs
+/// against Redis and Valkey.
 fn redis_server_binary() -> Option<&'static Path> {
     static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BINARY.get_or_init(|| find_binary("redis-server")).as_deref()
+    BINARY
+        .get_or_init(|| match std::env::var_os("MREDIS_TEST_SERVER") {
+            Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+            _ => find_binary("redis-server"),
+        })
+        .as_deref()
+}
+
+/// The server binary the tests start (see `MREDIS_TEST_SERVER`).
+pub fn server_binary() -> PathBuf {
+    redis_server_binary()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+/// Whether the tests run against Valkey (`MREDIS_TEST_SERVER` names a
+/// `valkey-server`), for the few fixtures that depend on the server.
+pub fn testing_valkey() -> bool {
+    redis_server_binary().is_some_and(|p| p.to_string_lossy().contains("valkey"))
 }
 
 fn nutcracker_binary() -> Option<&'static Path> {

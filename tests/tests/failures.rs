@@ -126,8 +126,6 @@ fn a_server_that_accepts_but_never_answers_times_out() {
 #[test]
 fn server_errors_pass_through_clearly() {
     let s = vec![RedisServer::with_args(&[
-        "--maxmemory",
-        "1mb",
         "--maxmemory-policy",
         "noeviction",
         "--busy-reply-threshold",
@@ -138,6 +136,21 @@ fn server_errors_pass_through_clearly() {
     mr.set::<_, _, ()>("str", "v").unwrap();
     let err = mr.lpush::<_, _, usize>("str", "x").unwrap_err();
     assert_eq!(err.code(), Some("WRONGTYPE"));
+    // A memory limit 1 MB above what the server uses now (Redis and Valkey
+    // start at different sizes).
+    let mut admin = s[0].conn();
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut admin).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 1024 * 1024)
+        .exec(&mut admin)
+        .unwrap();
     // OOM: the write fails with the server's error, nothing is half-written.
     let big = vec![b'x'; 512 * 1024];
     let mut oom = None;
@@ -184,7 +197,7 @@ fn a_server_loading_its_data_answers_loading_then_the_data() {
     let dir = s[0].dir().to_path_buf();
     s[0].stop();
     // Start it by hand so nothing waits for the load to finish.
-    let mut child = std::process::Command::new("redis-server")
+    let mut child = std::process::Command::new(mredis_tests::server_binary())
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
         .arg(&dir)
