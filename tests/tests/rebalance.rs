@@ -5,11 +5,20 @@
 
 use std::collections::HashMap;
 
-use mredis::rebalance::{RebalanceOptions, rebalance, verify};
+use mredis::rebalance::{Prefer, RebalanceOptions, rebalance, verify};
 use mredis::{MRedis, Mode, Server};
 use mredis_tests::{RedisServer, servers};
 
 const KEYS: usize = 10_000;
+
+/// Options for tests where persistence does not matter (the harness's
+/// servers have none).
+fn volatile_ok() -> RebalanceOptions {
+    RebalanceOptions {
+        allow_volatile: true,
+        ..Default::default()
+    }
+}
 
 fn config(servers: &[&RedisServer], mode: Mode) -> MRedis {
     let list: Vec<Server> = servers
@@ -118,13 +127,13 @@ fn three_to_four_and_back_keeps_every_value_and_ttl() {
         &to,
         RebalanceOptions {
             limit: Some(dry.moved / 2),
-            ..Default::default()
+            ..volatile_ok()
         },
     )
     .unwrap();
     assert!(half.interrupted);
     assert_eq!(half.moved, dry.moved / 2);
-    let rest = rebalance(&from, &to, RebalanceOptions::default()).unwrap();
+    let rest = rebalance(&from, &to, volatile_ok()).unwrap();
     assert!(!rest.interrupted);
     assert_eq!(half.moved + rest.moved, dry.moved, "nothing moved twice, nothing left");
     assert_eq!(rest.misplaced, 0);
@@ -134,7 +143,7 @@ fn three_to_four_and_back_keeps_every_value_and_ttl() {
     assert_same(&before, &snapshot(&to));
 
     // And back from 4 to 3.
-    let back = rebalance(&to, &from, RebalanceOptions::default()).unwrap();
+    let back = rebalance(&to, &from, volatile_ok()).unwrap();
     assert_eq!(back.misplaced, 0);
     assert_eq!(s[3].dbsize(), 0);
     assert_same(&before, &snapshot(&from));
@@ -160,7 +169,7 @@ fn standard_placement_moves_most_keys_and_conflicts_are_kept() {
         .exec(&mut s[target].conn())
         .unwrap();
 
-    let report = rebalance(&from, &to, RebalanceOptions::default()).unwrap();
+    let report = rebalance(&from, &to, volatile_ok()).unwrap();
     assert_eq!(report.conflicts.len(), 1);
     assert_eq!(report.conflicts[0].key, clash);
     assert_eq!(report.misplaced, 1, "the conflicting key stays where it was");
@@ -176,12 +185,14 @@ fn standard_placement_moves_most_keys_and_conflicts_are_kept() {
         &from,
         &to,
         RebalanceOptions {
-            replace: true,
-            ..Default::default()
+            prefer: Some(Prefer::Source),
+            ..volatile_ok()
         },
     )
     .unwrap();
     assert_eq!(replaced.moved, 1);
+    assert_eq!(replaced.discarded.len(), 1);
+    assert_eq!(replaced.discarded[0].discarded_from, to.server_for(&clash).unwrap());
     assert_eq!(replaced.misplaced, 0);
     let v: String = to.get(&clash).unwrap();
     assert_eq!(v, clash.trim_start_matches('c'));
