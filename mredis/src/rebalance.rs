@@ -266,6 +266,75 @@ struct Plan<'a> {
     /// Node of each server of `to`.
     to_node: Vec<usize>,
     settings: Settings,
+    traffic: Traffic,
+}
+
+/// Which servers are busy as a MIGRATE source or destination.
+///
+/// A server running MIGRATE is blocked until its destination answers, so
+/// two MIGRATEs in opposite directions (A -> B while B -> A) wait for each
+/// other until they time out. Workers therefore only start a round trip
+/// from X to Ys when nobody is migrating into X and no Y is migrating out;
+/// each reservation is taken all at once and released after a bounded time
+/// (the timeouts), so this cannot deadlock.
+#[derive(Default)]
+struct Traffic {
+    /// Per node: (migrating out, migrations coming in).
+    state: Mutex<Vec<(bool, u32)>>,
+    changed: std::sync::Condvar,
+}
+
+struct Reservation<'a> {
+    traffic: &'a Traffic,
+    src: usize,
+    dests: Vec<usize>,
+}
+
+impl Traffic {
+    fn new(nodes: usize) -> Traffic {
+        Traffic {
+            state: Mutex::new(vec![(false, 0); nodes]),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until `src` may migrate to `dests`; `None` if `abort` is set.
+    fn reserve(&self, src: usize, dests: Vec<usize>, abort: &AtomicBool) -> Option<Reservation<'_>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            if state[src].1 == 0 && dests.iter().all(|&d| !state[d].0) {
+                state[src].0 = true;
+                for &d in &dests {
+                    state[d].1 += 1;
+                }
+                return Some(Reservation {
+                    traffic: self,
+                    src,
+                    dests,
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut state = self.traffic.state.lock().unwrap_or_else(|e| e.into_inner());
+        state[self.src].0 = false;
+        for &d in &self.dests {
+            state[d].1 -= 1;
+        }
+        drop(state);
+        self.traffic.changed.notify_all();
+    }
 }
 
 #[derive(Default)]
@@ -438,6 +507,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     let io_timeout = Duration::from_millis(timeout_ms + (timeout_ms / 2).max(1000));
     let (nodes, mut cons, to_node) = identify(from, to, io_timeout)?;
     let plan = Plan {
+        traffic: Traffic::new(nodes.len()),
         nodes,
         to,
         to_node,
@@ -877,7 +947,23 @@ fn worker(plan: &Plan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<W
                         groups.retain(|_, ks| !ks.is_empty());
                     }
                 }
+                let mut dests: Vec<usize> = groups
+                    .keys()
+                    .map(|&ti| plan.to_node[ti])
+                    .filter(|&d| same_server_db(plan, src, d).is_none())
+                    .collect();
+                dests.sort_unstable();
+                dests.dedup();
+                let reservation = if dests.is_empty() {
+                    None
+                } else {
+                    match plan.traffic.reserve(src, dests, &shared.abort) {
+                        Some(r) => Some(r),
+                        None => break,
+                    }
+                };
                 let next_page = w.move_page(groups, (!stop).then_some(next))?;
+                drop(reservation);
                 if let Some(p) = next_page {
                     page = p;
                     continue;
@@ -989,39 +1075,62 @@ impl Worker<'_> {
         if let Some(cursor) = next {
             pipe.cmd("SCAN").arg(cursor).arg("COUNT").arg(s.scan_count);
         }
-        let mut replies = if pipe.is_empty() {
-            Vec::new()
-        } else {
-            pquery(&mut pipe, &mut self.con, &self.name, s.io_timeout)?
-        };
-        let page = match next {
-            Some(_) => {
-                let v = replies.pop().unwrap_or_default();
-                if let Value::ServerError(e) = &v {
-                    return Err(error(format!("{}: SCAN failed: {}", self.name, server_error_text(e))));
+        // Read the replies one by one, so that a failed batch (e.g. a
+        // destination that stopped answering) is reported at once rather
+        // than after every queued batch has timed out too.
+        let io = s.io_timeout;
+        let fail = |e: RedisError, name: &str| error(format!("{}; {RERUN}", describe(name, &e, io)));
+        if !pipe.is_empty() {
+            self.con
+                .send_packed_command(&pipe.get_packed_pipeline())
+                .map_err(|e| fail(e, &self.name))?;
+        }
+        let mut busy_batches = Vec::new();
+        for (ti, chunk) in batches {
+            let mut exec = Ok(Value::Nil);
+            for i in 0..4 {
+                let v = match self.con.recv_response() {
+                    Ok(v) => Ok(v),
+                    Err(e) => match e.code() {
+                        Some(code) => Err(format!("{code} {}", e.detail().unwrap_or(""))),
+                        None => return Err(fail(e, &self.name)),
+                    },
+                };
+                if i == 3 {
+                    exec = v;
                 }
-                Some(redis::from_redis_value(v).map_err(|e| error(format!("{}: SCAN: {e}", self.name)))?)
             }
-            None => None,
-        };
-        for (b, (ti, chunk)) in batches.into_iter().enumerate() {
-            let (existing, reply) = match replies.get(b * 4 + 3) {
-                Some(Value::Array(items)) if items.len() == 2 => {
+            let exec = match exec {
+                Ok(v) => v,
+                Err(e) => return Err(self.move_error(ti, &e)),
+            };
+            let (existing, reply) = match &exec {
+                Value::Array(items) if items.len() == 2 => {
                     let existing = match &items[0] {
                         Value::Int(n) => *n as u64,
                         _ => 0,
                     };
                     (existing, classify(&items[1]))
                 }
-                Some(Value::ServerError(e)) => (0, Reply::Err(server_error_text(e))),
+                Value::ServerError(e) => (0, Reply::Err(server_error_text(e))),
                 other => (0, Reply::Err(format!("unexpected reply {other:?}"))),
             };
             match reply {
                 Reply::Ok => self.record(ti, existing),
                 Reply::NoKey => {}
-                Reply::Busy => self.batch_fallback(ti, chunk, existing)?,
+                Reply::Busy => busy_batches.push((ti, chunk, existing)),
                 Reply::Err(e) => return Err(self.move_error(ti, &e)),
             }
+        }
+        let page = match next {
+            Some(_) => {
+                let v = self.con.recv_response().map_err(|e| fail(e, &self.name))?;
+                Some(redis::from_redis_value(v).map_err(|e| error(format!("{}: SCAN: {e}", self.name)))?)
+            }
+            None => None,
+        };
+        for (ti, chunk, existing) in busy_batches {
+            self.batch_fallback(ti, chunk, existing)?;
         }
         for (ti, keys) in local {
             let db = same_server_db(self.plan, self.src, self.plan.to_node[ti]);
@@ -1155,6 +1264,7 @@ pub fn verify(config: &MRedis, others: &MRedis) -> RedisResult<u64> {
     let (nodes, cons, to_node) = identify(others, config, io_timeout)?;
     drop(cons);
     let plan = Plan {
+        traffic: Traffic::new(nodes.len()),
         nodes,
         to: config,
         to_node,
