@@ -472,19 +472,24 @@ fn identify(from: &MRedis, to: &MRedis, io_timeout: Duration) -> RedisResult<(Ve
     Ok((nodes, cons, to_node))
 }
 
-/// `None` when the server persists writes; otherwise why not.
-fn volatility(con: &mut Connection) -> Option<String> {
-    let get = |con: &mut Connection, name: &str| -> Result<String, String> {
-        let pair: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query(con)
-            .map_err(|e| e.detail().map(str::to_string).unwrap_or_else(|| e.to_string()))?;
-        pair.get(1)
-            .cloned()
-            .ok_or_else(|| format!("CONFIG GET {name} returned nothing"))
+/// `None` when the server persists writes; otherwise why not. A server
+/// that does not answer is an error, not a reason.
+fn volatility(con: &mut Connection, server: &str, io_timeout: Duration) -> RedisResult<Option<String>> {
+    let mut get = |name: &str| -> RedisResult<Result<String, String>> {
+        match redis::cmd("CONFIG").arg("GET").arg(name).query::<Vec<String>>(con) {
+            Ok(pair) => Ok(pair
+                .get(1)
+                .cloned()
+                .ok_or_else(|| format!("CONFIG GET {name} returned nothing"))),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                Err(error(format!("{}; {RERUN}", describe(server, &e, io_timeout))))
+            }
+            Err(e) => Ok(Err(e.detail().map(str::to_string).unwrap_or_else(|| e.to_string()))),
+        }
     };
-    match (get(con, "save"), get(con, "appendonly")) {
+    let save = get("save")?;
+    let aof = get("appendonly")?;
+    Ok(match (save, aof) {
         (Ok(save), Ok(aof)) => {
             if save.trim().is_empty() && aof != "yes" {
                 Some("it has no persistence (save \"\" and appendonly no)".to_string())
@@ -493,7 +498,7 @@ fn volatility(con: &mut Connection) -> Option<String> {
             }
         }
         (Err(e), _) | (_, Err(e)) => Some(format!("its persistence cannot be read (CONFIG GET failed: {e})")),
-    }
+    })
 }
 
 /// Moves every key of the fleet to where `to` places it.
@@ -544,7 +549,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     let mut volatile: BTreeMap<usize, String> = BTreeMap::new();
     let dests: BTreeSet<usize> = plan.to_node.iter().copied().collect();
     for &n in &dests {
-        if let Some(why) = volatility(&mut cons[n]) {
+        if let Some(why) = volatility(&mut cons[n], plan.nodes[n].name(), io_timeout)? {
             volatile.insert(n, why);
         }
     }
