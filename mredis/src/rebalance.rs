@@ -660,7 +660,9 @@ fn resolve(plan: &Plan, c: &Conflict, prefer: Prefer) -> RedisResult<()> {
         }
         Prefer::Source => {
             let same = same_server_db(plan, src, plan.to_node[ti]);
-            match move_one(&mut con, &c.from, dest, same, &c.raw_key, true, &plan.settings)? {
+            match move_one(&mut con, dest, same, &c.raw_key, true, &plan.settings)
+                .map_err(|e| error(format!("{}; {RERUN}", describe(&c.from, &e, io))))?
+            {
                 Reply::Ok | Reply::NoKey => {}
                 Reply::Busy => return Err(error(format!("{}: MIGRATE REPLACE failed with BUSYKEY", c.from))),
                 Reply::Err(e) => {
@@ -823,22 +825,21 @@ fn pquery(
         .map_err(|e| error(format!("{}; {RERUN}", describe(server, &e, io_timeout))))
 }
 
-/// Moves one key from the server on `con` to `dest`.
+/// Moves one key from the server on `con` to `dest`. A connection failure
+/// comes back as redis-rs's own error, for the caller to explain.
 fn move_one(
     con: &mut Connection,
-    src_name: &str,
     dest: &Server,
     same_server_db: Option<i64>,
     key: &[u8],
     replace: bool,
     s: &Settings,
 ) -> RedisResult<Reply> {
-    let io = s.io_timeout;
     let mut pipe = redis::pipe();
     match same_server_db {
         None => {
             pipe.add_command(migrate_cmd(dest, s.timeout_ms, replace, &[key.to_vec()]));
-            let v = pquery(&mut pipe, con, src_name, io)?;
+            let v: Vec<Value> = pipe.ignore_errors().query(con)?;
             Ok(v.first().map(classify).unwrap_or(Reply::Err("no reply".into())))
         }
         Some(db) => {
@@ -856,7 +857,7 @@ fn move_one(
             } else {
                 pipe.cmd("MOVE").arg(key).arg(db).cmd("EXISTS").arg(key);
             }
-            let v = pquery(&mut pipe, con, src_name, io)?;
+            let v: Vec<Value> = pipe.ignore_errors().query(con)?;
             let int = |i: usize| match v.get(i) {
                 Some(Value::Int(n)) => Ok(*n),
                 Some(Value::ServerError(e)) => Err(server_error_text(e)),
@@ -924,6 +925,11 @@ fn worker(plan: &Plan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<W
             if plan.to_node[ti] != src {
                 groups.entry(ti).or_default().push(key);
             }
+        }
+        for ks in groups.values_mut() {
+            // A page can hold a key twice; EXISTS would count it twice.
+            ks.sort_unstable();
+            ks.dedup();
         }
         let mut stop = next == 0;
         match mode {
@@ -1037,6 +1043,47 @@ impl Worker<'_> {
         Ok(self.dest_cons.get_mut(&ti).expect("just inserted"))
     }
 
+    /// Explains a failure of the connection to the source while MIGRATEs to
+    /// `dest_tis` were pending: a read that timed out is either the source
+    /// stopped or a destination that does not answer (the source then waits
+    /// the MIGRATE timeout for every queued batch). Each destination gets a
+    /// `PING` on a new connection; one that does not answer is named.
+    fn source_error(&self, e: RedisError, dest_tis: &[usize]) -> RedisError {
+        let s = &self.plan.settings;
+        if e.is_timeout() {
+            let probe = Duration::from_millis(1000);
+            for &ti in dest_tis {
+                let dest = self.dest(ti);
+                let answers = dest
+                    .client()
+                    .and_then(|c| c.get_connection_with_timeout(probe))
+                    .and_then(|mut c| {
+                        c.set_read_timeout(Some(probe))?;
+                        redis::cmd("PING").query::<String>(&mut c)
+                    })
+                    .is_ok();
+                if !answers {
+                    return error(format!(
+                        "moving keys from {} to {}: {} does not answer (stopped or overloaded?); {}'s MIGRATE \
+                         to it timed out after {} ms; {RERUN}",
+                        self.name,
+                        dest.name(),
+                        dest.name(),
+                        self.name,
+                        s.timeout_ms
+                    ));
+                }
+            }
+            return error(format!(
+                "{} did not answer within {} ms (stopped or overloaded? a key too large to move within \
+                 the MIGRATE timeout needs a larger --timeout-ms); {RERUN}",
+                self.name,
+                s.io_timeout.as_millis()
+            ));
+        }
+        error(format!("{}; {RERUN}", describe(&self.name, &e, s.io_timeout)))
+    }
+
     fn move_error(&self, ti: usize, e: &str) -> RedisError {
         let dest = self.dest(ti).name();
         let what = if e.starts_with("IOERR") {
@@ -1080,15 +1127,20 @@ impl Worker<'_> {
         if let Some(cursor) = next {
             pipe.cmd("SCAN").arg(cursor).arg("COUNT").arg(s.scan_count);
         }
-        // Read the replies one by one, so that a failed batch (e.g. a
-        // destination that stopped answering) is reported at once rather
-        // than after every queued batch has timed out too.
-        let io = s.io_timeout;
-        let fail = |e: RedisError, name: &str| error(format!("{}; {RERUN}", describe(name, &e, io)));
+        // Read the replies one by one and stop at the first failed batch.
+        // A source whose destination stopped answering spends the MIGRATE
+        // timeout on every queued batch and may send no reply before the
+        // last; a read that times out is therefore diagnosed (which server
+        // does not answer) instead of blamed on the source.
+        let dest_tis: Vec<usize> = {
+            let mut v: Vec<usize> = batches.iter().map(|(ti, _)| *ti).collect();
+            v.dedup();
+            v
+        };
         if !pipe.is_empty() {
-            self.con
-                .send_packed_command(&pipe.get_packed_pipeline())
-                .map_err(|e| fail(e, &self.name))?;
+            if let Err(e) = self.con.send_packed_command(&pipe.get_packed_pipeline()) {
+                return Err(self.source_error(e, &dest_tis));
+            }
         }
         let mut busy_batches = Vec::new();
         for (ti, chunk) in batches {
@@ -1098,7 +1150,7 @@ impl Worker<'_> {
                     Ok(v) => Ok(v),
                     Err(e) => match e.code() {
                         Some(code) => Err(format!("{code} {}", e.detail().unwrap_or(""))),
-                        None => return Err(fail(e, &self.name)),
+                        None => return Err(self.source_error(e, &dest_tis)),
                     },
                 };
                 if i == 3 {
@@ -1129,7 +1181,10 @@ impl Worker<'_> {
         }
         let page = match next {
             Some(_) => {
-                let v = self.con.recv_response().map_err(|e| fail(e, &self.name))?;
+                let v = match self.con.recv_response() {
+                    Ok(v) => v,
+                    Err(e) => return Err(self.source_error(e, &dest_tis)),
+                };
                 Some(redis::from_redis_value(v).map_err(|e| error(format!("{}: SCAN: {e}", self.name)))?)
             }
             None => None,
@@ -1142,7 +1197,9 @@ impl Worker<'_> {
             let mut busy = Vec::new();
             for key in keys {
                 let dest = self.plan.to.servers()[ti].clone();
-                match move_one(&mut self.con, &self.name, &dest, db, &key, false, &self.plan.settings)? {
+                match move_one(&mut self.con, &dest, db, &key, false, &self.plan.settings)
+                    .map_err(|e| self.source_error(e, &[ti]))?
+                {
                     Reply::Ok => self.record(ti, 1),
                     Reply::NoKey => {}
                     Reply::Busy => busy.push(key),
@@ -1175,7 +1232,10 @@ impl Worker<'_> {
         for k in &left {
             pipe.add_command(migrate_cmd(self.dest(ti), s.timeout_ms, false, std::slice::from_ref(k)));
         }
-        let v = pquery(&mut pipe, &mut self.con, &self.name, s.io_timeout)?;
+        let v: Vec<Value> = match pipe.ignore_errors().query(&mut self.con) {
+            Ok(v) => v,
+            Err(e) => return Err(self.source_error(e, &[ti])),
+        };
         let mut busy = Vec::new();
         for (k, v) in left.into_iter().zip(v) {
             match classify(&v) {
@@ -1212,13 +1272,15 @@ impl Worker<'_> {
             let outcome = match (a, b) {
                 (None, _) => continue,
                 (Some(a), Some(b)) if a == b => {
-                    let r = move_one(&mut self.con, &self.name, &dest, db, &key, true, &self.plan.settings)?;
+                    let r = move_one(&mut self.con, &dest, db, &key, true, &self.plan.settings)
+                        .map_err(|e| self.source_error(e, &[ti]))?;
                     if matches!(r, Reply::Ok) {
                         self.out.leftovers += 1;
                     }
                     r
                 }
-                (Some(_), None) => move_one(&mut self.con, &self.name, &dest, db, &key, false, &self.plan.settings)?,
+                (Some(_), None) => move_one(&mut self.con, &dest, db, &key, false, &self.plan.settings)
+                    .map_err(|e| self.source_error(e, &[ti]))?,
                 (Some(_), Some(_)) => Reply::Busy,
             };
             match outcome {

@@ -484,8 +484,10 @@ fn fill_strings(mr: &MRedis, prefix: &str, n: usize) {
     }
 }
 
-/// A run during which `victim` is stopped for 3 s fails naming it; a rerun
-/// afterwards finishes, with no key on two servers and every value intact.
+/// A run during which `victim` is stopped (SIGSTOP) fails naming it; the
+/// server is resumed once the run has returned (or after 20 s, should it
+/// hang), and a rerun finishes, with no key on two servers and every value
+/// intact.
 fn stall_and_rerun(victim: usize) {
     const N: usize = 60_000;
     let s = servers(4);
@@ -497,6 +499,8 @@ fn stall_and_rerun(victim: usize) {
     let flag = stopped.clone();
     let resume = std::sync::Arc::new(std::sync::Mutex::new(None));
     let resume_slot = resume.clone();
+    let (returned, wait_for_return) = std::sync::mpsc::channel::<()>();
+    let wait_for_return = std::sync::Arc::new(std::sync::Mutex::new(Some(wait_for_return)));
     let started = std::time::Instant::now();
     let result = rebalance(
         &from,
@@ -509,8 +513,9 @@ fn stall_and_rerun(victim: usize) {
                 if !flag.get() && p.moved > 0 {
                     flag.set(true);
                     kill(pid, "STOP");
+                    let wait = wait_for_return.lock().unwrap().take().unwrap();
                     *resume_slot.lock().unwrap() = Some(std::thread::spawn(move || {
-                        std::thread::sleep(std::time::Duration::from_secs(3));
+                        let _ = wait.recv_timeout(std::time::Duration::from_secs(20));
                         kill(pid, "CONT");
                     }));
                 }
@@ -518,6 +523,7 @@ fn stall_and_rerun(victim: usize) {
             ..volatile_ok()
         },
     );
+    let _ = returned.send(());
     if let Some(handle) = resume.lock().unwrap().take() {
         handle.join().unwrap();
     }
@@ -532,6 +538,12 @@ fn stall_and_rerun(victim: usize) {
     );
 
     let report = rebalance(&from, &to, volatile_ok()).unwrap();
+    eprintln!(
+        "stopped {}: {text}\nrerun moved {}, resolved {} identical leftovers",
+        s[victim].name(),
+        report.moved,
+        report.leftovers
+    );
     assert!(report.is_complete(), "{report:?}");
     assert!(report.conflicts.is_empty(), "leftovers are identical, not conflicts");
     assert!(on_two_servers(&s).is_empty());
@@ -552,4 +564,52 @@ fn stopped_source_is_named_and_a_rerun_finishes() {
 #[test]
 fn stopped_destination_is_named_and_a_rerun_cleans_up_timed_out_migrates() {
     stall_and_rerun(3);
+}
+
+#[test]
+fn two_databases_of_one_server_use_move_not_migrate() {
+    // MIGRATE from a server to itself would block it until the timeout.
+    let s = servers(1);
+    let db = |n: i64| {
+        MRedis::builder()
+            .servers([Server::from_parts("127.0.0.1", s[0].port(), n).unwrap()])
+            .build()
+            .unwrap()
+    };
+    let (from, to) = (db(0), db(1));
+    for i in 0..500 {
+        from.set::<_, _, ()>(format!("d{i}"), i).unwrap();
+    }
+    from.expire::<_, ()>("d3", 1000).unwrap();
+    to.set::<_, _, ()>("d1", "outside").unwrap();
+    let leftover = dump(&s[0], "d2").unwrap();
+    let mut db1 = redis::Client::open(s[0].url_db(1)).unwrap().get_connection().unwrap();
+    redis::cmd("RESTORE")
+        .arg("d2")
+        .arg(0)
+        .arg(leftover)
+        .exec(&mut db1)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let report = rebalance(&from, &to, volatile_ok()).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "no stall");
+    assert_eq!(report.moved, 499, "{report:?}");
+    assert_eq!(report.leftovers, 1);
+    assert_eq!(report.conflicts.len(), 1);
+    assert_eq!(report.conflicts[0].key, "d1");
+    assert_eq!(s[0].dbsize(), 1, "only the conflict is left in db 0");
+    assert_eq!(to.get::<_, String>("d1").unwrap(), "outside");
+    assert!(to.ttl::<_, i64>("d3").unwrap() > 900, "TTL kept");
+    let resolved = rebalance(
+        &from,
+        &to,
+        RebalanceOptions {
+            prefer: Some(Prefer::Source),
+            ..volatile_ok()
+        },
+    )
+    .unwrap();
+    assert!(resolved.is_complete(), "{resolved:?}");
+    assert_eq!(to.get::<_, i64>("d1").unwrap(), 1);
+    assert_eq!(s[0].dbsize(), 0);
 }
