@@ -613,3 +613,82 @@ fn two_databases_of_one_server_use_move_not_migrate() {
     assert_eq!(to.get::<_, i64>("d1").unwrap(), 1);
     assert_eq!(s[0].dbsize(), 0);
 }
+
+#[test]
+fn an_old_client_writing_during_the_move_is_detected_and_nothing_is_overwritten() {
+    // A client still on the old configuration writes keys on their old
+    // server after they moved: the run must not end "complete", must list
+    // them, and must keep both copies.
+    const N: usize = 40_000;
+    let s = servers(4);
+    let from = config(&[&s[0], &s[1], &s[2]], ketama());
+    let to = config(&[&s[0], &s[1], &s[2], &s[3]], ketama());
+    fill_strings(&from, "w", N);
+    let ports: Vec<u16> = s.iter().map(|x| x.port()).collect();
+    let written = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let log = written.clone();
+    let report = rebalance(
+        &from,
+        &to,
+        RebalanceOptions {
+            batch_size: Some(10),
+            scan_count: Some(100),
+            progress: Some(Box::new(move |p| {
+                if !log.borrow().is_empty() || p.moved == 0 {
+                    return;
+                }
+                let old = MRedis::builder()
+                    .servers(
+                        ports[..3]
+                            .iter()
+                            .map(|p| Server::from_parts("127.0.0.1", *p, 0).unwrap())
+                            .collect::<Vec<_>>(),
+                    )
+                    .mode(ketama())
+                    .build()
+                    .unwrap();
+                let mut new_server = redis::Client::open(format!("redis://127.0.0.1:{}/0", ports[3]))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                for i in 0..N {
+                    let key = format!("w{i}");
+                    let moved: bool = redis::cmd("EXISTS").arg(&key).query(&mut new_server).unwrap();
+                    if moved {
+                        old.set::<_, _, ()>(&key, "stale-write").unwrap();
+                        log.borrow_mut().push(key);
+                        if log.borrow().len() == 5 {
+                            break;
+                        }
+                    }
+                }
+            })),
+            ..volatile_ok()
+        },
+    )
+    .unwrap();
+    let written = written.borrow().clone();
+    assert_eq!(written.len(), 5, "the writer ran during the move");
+    assert!(!report.is_complete(), "{report:?}");
+    for key in &written {
+        let listed = report.misplaced_keys.iter().find(|m| &m.key == key);
+        let listed = listed.unwrap_or_else(|| panic!("{key} not listed: {report:?}"));
+        assert!(listed.on_both, "{listed:?}");
+        assert_eq!(listed.owner, s[3].name());
+        let i: i64 = key[1..].parse().unwrap();
+        assert_eq!(to.get::<_, i64>(key).unwrap(), i, "the moved copy is not overwritten");
+        assert_eq!(
+            from.get::<_, String>(key).unwrap(),
+            "stale-write",
+            "the old client's write is kept"
+        );
+    }
+    // Running again lists them as conflicts and still keeps both.
+    let again = rebalance(&from, &to, volatile_ok()).unwrap();
+    let mut conflicts: Vec<String> = again.conflicts.iter().map(|c| c.key.clone()).collect();
+    conflicts.sort();
+    let mut expected = written.clone();
+    expected.sort();
+    assert_eq!(conflicts, expected);
+    assert_eq!(again.misplaced, 5);
+}
