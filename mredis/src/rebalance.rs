@@ -578,10 +578,6 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
             )));
         }
     }
-    report.volatile = volatile
-        .iter()
-        .map(|(n, why)| format!("{}: {why}", plan.nodes[*n].name()))
-        .collect();
 
     // Move (or count).
     progress.phase = Phase::Moving;
@@ -597,6 +593,13 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     report.leftovers = out.leftovers;
     report.conflicts = out.conflicts;
     report.interrupted = shared.interrupted.load(Ordering::Relaxed);
+    // Volatile servers that received (or in a dry run would receive) keys.
+    let receiving: BTreeSet<&String> = report.moves.keys().map(|(_, to)| to).collect();
+    report.volatile = volatile
+        .iter()
+        .filter(|(n, _)| plan.nodes[**n].names.iter().any(|name| receiving.contains(name)))
+        .map(|(n, why)| format!("{}: {why}", plan.nodes[*n].name()))
+        .collect();
     if options.dry_run {
         return Ok(report);
     }

@@ -150,6 +150,7 @@ fn progress_reporter(quiet: bool, dry_run: bool) -> (ProgressBar, ProgressFn) {
             ProgressStyle::with_template("{elapsed_precise} {bar:30} {pos}/{len} keys scanned, {msg}, ETA {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        bar.set_message("connecting");
         let b = bar.clone();
         let callback = Box::new(move |p: &Progress| {
             b.set_length(p.total);
