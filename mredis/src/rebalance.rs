@@ -35,6 +35,10 @@
 //!   renamed or denied), unless [`RebalanceOptions::allow_volatile`]: a
 //!   restart of that server would lose the moved keys, and since they are no
 //!   longer on their old server, a rerun could not bring them back.
+//!   The check counts which servers would receive keys first (a volatile
+//!   server that receives nothing is no reason to refuse); keys that writers
+//!   create later for a volatile server are not moved either and show up as
+//!   misplaced in the verification.
 //! - **Move keys between two names of one server** (`localhost:7001` and
 //!   `127.0.0.1:7001`): servers are identified by `run_id` (`INFO server`)
 //!   and database number; names that are the same server are reported in
@@ -43,10 +47,22 @@
 //! # Failures
 //!
 //! Every connection has a read timeout a little above the `MIGRATE`
-//! timeout, so a server that stops answering gives an error naming it
-//! instead of a hang. Errors are always safe to retry: running again (after
-//! the server is back) finishes the job, whatever moment the previous run
-//! was stopped at, including `kill -9`.
+//! timeout (the timeout plus half of it, at least 1 s more), so a server
+//! that stops answering gives an error naming it instead of a hang. A
+//! source blocked in `MIGRATE` towards a destination that stopped answering
+//! looks like a silent source; the destinations are then probed with
+//! `PING`, so the error names the server that really stopped. Errors are
+//! always safe to retry: running again (after the server is back) finishes
+//! the job, whatever moment the previous run was stopped at, including
+//! `kill -9`.
+//!
+//! # Concurrency
+//!
+//! One thread per distinct server scans it and moves its keys. A server
+//! running `MIGRATE` is blocked until its destination answers, so two
+//! servers migrating into each other at the same time would wait for each
+//! other until the timeout; a round trip from X to Y therefore only starts
+//! while nobody migrates into X and Y migrates to nobody.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -267,6 +283,9 @@ struct Plan<'a> {
     to_node: Vec<usize>,
     settings: Settings,
     traffic: Traffic,
+    /// Per node: volatile and not allowed. Keys are never moved there, even
+    /// ones written after the check; they stay and show as misplaced.
+    forbidden: Vec<bool>,
 }
 
 /// Which servers are busy as a MIGRATE source or destination.
@@ -511,8 +530,9 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     let timeout_ms = options.migrate_timeout_ms.unwrap_or(5000).max(1);
     let io_timeout = Duration::from_millis(timeout_ms + (timeout_ms / 2).max(1000));
     let (nodes, mut cons, to_node) = identify(from, to, io_timeout)?;
-    let plan = Plan {
+    let mut plan = Plan {
         traffic: Traffic::new(nodes.len()),
+        forbidden: vec![false; nodes.len()],
         nodes,
         to,
         to_node,
@@ -554,6 +574,11 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
         }
     }
     drop(cons);
+    if !options.allow_volatile {
+        for &n in volatile.keys() {
+            plan.forbidden[n] = true;
+        }
+    }
     if !volatile.is_empty() && !options.allow_volatile && !options.dry_run {
         // Only destinations that would receive keys matter: count first.
         let shared = Shared::default();
@@ -925,7 +950,8 @@ fn worker(plan: &Plan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<W
         let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
         for key in keys {
             let ti = plan.to.server_index_for(&key);
-            if plan.to_node[ti] != src {
+            let dest = plan.to_node[ti];
+            if dest != src && !(mode == Mode::Move && plan.forbidden[dest]) {
                 groups.entry(ti).or_default().push(key);
             }
         }
@@ -1335,6 +1361,7 @@ pub fn verify(config: &MRedis, others: &MRedis) -> RedisResult<u64> {
     drop(cons);
     let plan = Plan {
         traffic: Traffic::new(nodes.len()),
+        forbidden: vec![false; nodes.len()],
         nodes,
         to: config,
         to_node,
