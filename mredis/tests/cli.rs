@@ -240,6 +240,30 @@ fn no_password_in_any_output() {
     assert!(!out.contains(CANARY), "{out}");
     assert_eq!(open(&new).get::<_, i64>("p7").unwrap(), 7);
 
+    // An ACL user (MIGRATE ... AUTH2 user password).
+    // The default user is off: only `mover` with its password gets in.
+    let acl = RedisServer::with_args(&[
+        "--user",
+        "mover",
+        "on",
+        &format!(">{CANARY}"),
+        "~*",
+        "&*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ]);
+    let user_url = format!("redis://mover:{CANARY}@127.0.0.1:{}/0", acl.port());
+    let users = dir.config("users.toml", &[user_url]);
+    let (code, out) = mredis_code(&["rebalance", "--from", &new, "--to", &users, "--allow-volatile"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(CANARY), "{out}");
+    let moved = open(&users);
+    for i in 0..300 {
+        assert_eq!(moved.get::<_, i64>(format!("p{i}")).unwrap(), i);
+    }
+
     // A wrong password: an error naming the server, without the password.
     let wrong = dir.config(
         "wrong.toml",
