@@ -108,7 +108,16 @@ fn locate_stats_and_rebalance() {
     assert_eq!(s[2].dbsize(), 0);
 
     // Not a terminal: plain progress lines on stderr.
-    let (ok, out) = mredis(&["rebalance", "--from", old, "--to", new, "--allow-volatile"]);
+    let (ok, out) = mredis(&[
+        "rebalance",
+        "--from",
+        old,
+        "--to",
+        new,
+        "--allow-volatile",
+        "--batch-size",
+        "7",
+    ]);
     assert!(ok, "{out}");
     assert!(out.contains("rebalance: ") && out.contains("keys scanned"), "{out}");
     assert!(out.contains("verification: 0 keys away"), "{out}");

@@ -62,7 +62,8 @@ enum Command {
         /// twemproxy pool name, when --from and --to are nutcracker YAML files.
         #[arg(long)]
         pool: Option<String>,
-        /// Count what would move; move nothing.
+        /// Count what would move, per pair of servers; move nothing (and do
+        /// not look for conflicts).
         #[arg(long)]
         dry_run: bool,
         /// Resolve conflicts (a key with different contents on its old and
@@ -81,6 +82,10 @@ enum Command {
         /// a margin) is reported as an error.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// Keys per MIGRATE; lower it for very large values (each MIGRATE
+        /// blocks the source server while it runs).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch_size: u64,
         /// No progress output.
         #[arg(long)]
         quiet: bool,
@@ -205,6 +210,7 @@ fn run_rebalance(
     allow_volatile: bool,
     limit: Option<u64>,
     timeout_ms: u64,
+    batch_size: usize,
     quiet: bool,
 ) -> Result<Outcome, String> {
     let old = open(from, pool)?;
@@ -220,6 +226,7 @@ fn run_rebalance(
         allow_volatile,
         limit,
         migrate_timeout_ms: Some(timeout_ms),
+        batch_size: Some(batch_size),
         progress: Some(progress),
         before_discard: Some(Box::new(move |discards: &[Discard]| {
             discard_bar.suspend(|| {
@@ -345,6 +352,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
             allow_volatile,
             limit,
             timeout_ms,
+            batch_size,
             quiet,
         } => {
             return run_rebalance(
@@ -356,6 +364,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
                 allow_volatile,
                 limit,
                 timeout_ms,
+                batch_size as usize,
                 quiet,
             );
         }
