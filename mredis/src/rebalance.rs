@@ -237,6 +237,9 @@ pub struct RebalanceReport {
     pub volatile: Vec<String>,
     /// The run stopped at `limit`; run again to finish.
     pub interrupted: bool,
+    /// Pages tried again after a transient MIGRATE timeout (a destination
+    /// or source that was busy for a moment but answers).
+    pub retries: u64,
     /// Keys the verification pass found away from their new owner
     /// (conflicts included); 0 means every key is where the new
     /// configuration puts it. Not computed in a dry run.
@@ -363,6 +366,7 @@ struct Shared {
     conflicts: AtomicU64,
     abort: AtomicBool,
     interrupted: AtomicBool,
+    retries: AtomicU64,
     budget: Option<AtomicU64>,
 }
 
@@ -618,6 +622,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     report.leftovers = out.leftovers;
     report.conflicts = out.conflicts;
     report.interrupted = shared.interrupted.load(Ordering::Relaxed);
+    report.retries = shared.retries.load(Ordering::Relaxed);
     // Volatile servers that received (or in a dry run would receive) keys.
     let receiving: BTreeSet<&String> = report.moves.keys().map(|(_, to)| to).collect();
     report.volatile = volatile
@@ -907,6 +912,36 @@ fn move_one(
     }
 }
 
+/// Why a page failed.
+enum PageFailure {
+    /// A MIGRATE to this destination (index in `to`) timed out.
+    Timeout(usize, String),
+    /// Reading from the source timed out while MIGRATEs to these
+    /// destinations (indexes in `to`) were pending.
+    Stalled(Vec<usize>),
+    /// Anything else.
+    Fatal(RedisError),
+}
+
+impl From<RedisError> for PageFailure {
+    fn from(e: RedisError) -> Self {
+        PageFailure::Fatal(e)
+    }
+}
+
+/// Whether `server` answers `PING` within a second, on a new connection.
+fn answers_ping(server: &Server) -> bool {
+    let probe = Duration::from_millis(1000);
+    server
+        .client()
+        .and_then(|c| c.get_connection_with_timeout(probe))
+        .and_then(|mut c| {
+            c.set_read_timeout(Some(probe))?;
+            redis::cmd("PING").query::<String>(&mut c)
+        })
+        .is_ok()
+}
+
 /// One source's worker: connections to the source and, lazily, to
 /// destinations, and what it did.
 struct Worker<'a> {
@@ -1080,37 +1115,44 @@ impl Worker<'_> {
     fn source_error(&self, e: RedisError, dest_tis: &[usize]) -> RedisError {
         let s = &self.plan.settings;
         if e.is_timeout() {
-            let probe = Duration::from_millis(1000);
-            for &ti in dest_tis {
-                let dest = self.dest(ti);
-                let answers = dest
-                    .client()
-                    .and_then(|c| c.get_connection_with_timeout(probe))
-                    .and_then(|mut c| {
-                        c.set_read_timeout(Some(probe))?;
-                        redis::cmd("PING").query::<String>(&mut c)
-                    })
-                    .is_ok();
-                if !answers {
-                    return error(format!(
-                        "moving keys from {} to {}: {} does not answer (stopped or overloaded?); {}'s MIGRATE \
-                         to it timed out after {} ms; {RERUN}",
-                        self.name,
-                        dest.name(),
-                        dest.name(),
-                        self.name,
-                        s.timeout_ms
-                    ));
-                }
-            }
-            return error(format!(
-                "{} did not answer within {} ms (stopped or overloaded? a key too large to move within \
-                 the MIGRATE timeout needs a larger --timeout-ms); {RERUN}",
-                self.name,
-                s.io_timeout.as_millis()
-            ));
+            return self.stall_error(dest_tis);
         }
         error(format!("{}; {RERUN}", describe(&self.name, &e, s.io_timeout)))
+    }
+
+    /// A read from the source timed out in the middle of a page.
+    fn page_error(&self, e: RedisError, dest_tis: &[usize]) -> PageFailure {
+        if e.is_timeout() {
+            PageFailure::Stalled(dest_tis.to_vec())
+        } else {
+            PageFailure::Fatal(self.source_error(e, dest_tis))
+        }
+    }
+
+    /// Names whoever stopped answering: a destination that does not
+    /// answer `PING`, else the source.
+    fn stall_error(&self, dest_tis: &[usize]) -> RedisError {
+        let s = &self.plan.settings;
+        for &ti in dest_tis {
+            let dest = self.dest(ti);
+            if !answers_ping(dest) {
+                return error(format!(
+                    "moving keys from {} to {}: {} does not answer (stopped or overloaded?); {}'s MIGRATE \
+                     to it timed out after {} ms; {RERUN}",
+                    self.name,
+                    dest.name(),
+                    dest.name(),
+                    self.name,
+                    s.timeout_ms
+                ));
+            }
+        }
+        error(format!(
+            "{} did not answer within {} ms (stopped or overloaded? a key too large to move within \
+             the MIGRATE timeout needs a larger --timeout-ms); {RERUN}",
+            self.name,
+            s.io_timeout.as_millis()
+        ))
     }
 
     fn move_error(&self, ti: usize, e: &str) -> RedisError {
@@ -1126,20 +1168,65 @@ impl Worker<'_> {
         error(format!("moving keys from {} to {dest}: {what}; {RERUN}", self.name))
     }
 
-    /// Moves one page of keys (grouped by destination) in batches, all in
-    /// one round trip together with the next `SCAN` page, which it returns.
+    /// Moves one page of keys (grouped by destination), all in one round
+    /// trip together with the next `SCAN` page, which it returns.
+    ///
+    /// A MIGRATE that timed out while its destination still answers `PING`
+    /// is transient (typically a client's MIGRATE in the opposite direction
+    /// at the same moment: both servers wait for each other until the
+    /// timeout): the page is tried again on a new connection, up to 3
+    /// times. Keys the failed attempt did move are gone from the source
+    /// (NOKEY), and copies it left on both servers are identical, so trying
+    /// again is safe.
     fn move_page(
         &mut self,
         groups: BTreeMap<usize, Vec<Vec<u8>>>,
         next: Option<u64>,
     ) -> RedisResult<Option<(u64, Vec<Vec<u8>>)>> {
+        let mut attempt = 0;
+        loop {
+            match self.move_page_once(&groups, next) {
+                Ok(page) => return Ok(page),
+                Err(PageFailure::Fatal(e)) => return Err(e),
+                Err(PageFailure::Timeout(ti, e)) => {
+                    if attempt == 3 || !answers_ping(self.dest(ti)) {
+                        return Err(self.move_error(ti, &e));
+                    }
+                    attempt += 1;
+                    self.shared.retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                    self.con = connect(&self.plan.nodes[self.src].server, self.plan.settings.io_timeout)?;
+                }
+                Err(PageFailure::Stalled(dest_tis)) => {
+                    // Either a destination stopped (the source then waits
+                    // for it on every queued batch), or the source did, or
+                    // the source was only slow. Name the one that stopped.
+                    let source_answers = dest_tis.iter().all(|&ti| answers_ping(self.dest(ti)))
+                        && answers_ping(&self.plan.nodes[self.src].server);
+                    if attempt == 3 || !source_answers {
+                        return Err(self.stall_error(&dest_tis));
+                    }
+                    attempt += 1;
+                    self.shared.retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(100 * attempt));
+                    self.con = connect(&self.plan.nodes[self.src].server, self.plan.settings.io_timeout)?;
+                }
+            }
+        }
+    }
+
+    fn move_page_once(
+        &mut self,
+        groups: &BTreeMap<usize, Vec<Vec<u8>>>,
+        next: Option<u64>,
+    ) -> Result<Option<(u64, Vec<Vec<u8>>)>, PageFailure> {
         let s = &self.plan.settings;
         let mut pipe = redis::pipe();
         let mut batches: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
         let mut local: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
-        for (ti, keys) in groups {
+        for (&ti, keys) in groups {
             if same_server_db(self.plan, self.src, self.plan.to_node[ti]).is_some() {
-                local.push((ti, keys));
+                local.push((ti, keys.clone()));
                 continue;
             }
             for chunk in keys.chunks(s.batch) {
@@ -1168,7 +1255,7 @@ impl Worker<'_> {
         };
         if !pipe.is_empty() {
             if let Err(e) = self.con.send_packed_command(&pipe.get_packed_pipeline()) {
-                return Err(self.source_error(e, &dest_tis));
+                return Err(PageFailure::Fatal(self.source_error(e, &dest_tis)));
             }
         }
         let mut busy_batches = Vec::new();
@@ -1179,7 +1266,7 @@ impl Worker<'_> {
                     Ok(v) => Ok(v),
                     Err(e) => match e.code() {
                         Some(code) => Err(format!("{code} {}", e.detail().unwrap_or(""))),
-                        None => return Err(self.source_error(e, &dest_tis)),
+                        None => return Err(self.page_error(e, &dest_tis)),
                     },
                 };
                 if i == 3 {
@@ -1188,7 +1275,7 @@ impl Worker<'_> {
             }
             let exec = match exec {
                 Ok(v) => v,
-                Err(e) => return Err(self.move_error(ti, &e)),
+                Err(e) => return Err(self.move_error(ti, &e).into()),
             };
             let (existing, reply) = match &exec {
                 Value::Array(items) if items.len() == 2 => {
@@ -1205,14 +1292,15 @@ impl Worker<'_> {
                 Reply::Ok => self.record(ti, existing),
                 Reply::NoKey => {}
                 Reply::Busy => busy_batches.push((ti, chunk, existing)),
-                Reply::Err(e) => return Err(self.move_error(ti, &e)),
+                Reply::Err(e) if e.starts_with("IOERR") => return Err(PageFailure::Timeout(ti, e)),
+                Reply::Err(e) => return Err(PageFailure::Fatal(self.move_error(ti, &e))),
             }
         }
         let page = match next {
             Some(_) => {
                 let v = match self.con.recv_response() {
                     Ok(v) => v,
-                    Err(e) => return Err(self.source_error(e, &dest_tis)),
+                    Err(e) => return Err(self.page_error(e, &dest_tis)),
                 };
                 Some(redis::from_redis_value(v).map_err(|e| error(format!("{}: SCAN: {e}", self.name)))?)
             }
@@ -1232,7 +1320,7 @@ impl Worker<'_> {
                     Reply::Ok => self.record(ti, 1),
                     Reply::NoKey => {}
                     Reply::Busy => busy.push(key),
-                    Reply::Err(e) => return Err(self.move_error(ti, &e)),
+                    Reply::Err(e) => return Err(PageFailure::Fatal(self.move_error(ti, &e))),
                 }
             }
             self.settle_busy(ti, busy)?;

@@ -692,3 +692,48 @@ fn an_old_client_writing_during_the_move_is_detected_and_nothing_is_overwritten(
     assert_eq!(conflicts, expected);
     assert_eq!(again.misplaced, 5);
 }
+
+#[test]
+fn a_destination_busy_for_a_moment_is_retried_not_reported() {
+    // DEBUG SLEEP blocks the destination for 1 s, longer than the MIGRATE
+    // timeout, as a client's MIGRATE in the opposite direction would: the
+    // source's MIGRATE times out, the destination answers again, the page
+    // is tried again and the run finishes.
+    const N: usize = 60_000;
+    let s = [
+        RedisServer::new(),
+        RedisServer::with_args(&["--enable-debug-command", "yes"]),
+    ];
+    let from = config(&[&s[0]], ketama());
+    let to = config(&[&s[0], &s[1]], ketama());
+    fill_strings(&from, "b", N);
+    let url = s[1].url();
+    let sleeper = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = sleeper.clone();
+    let report = rebalance(
+        &from,
+        &to,
+        RebalanceOptions {
+            migrate_timeout_ms: Some(300),
+            batch_size: Some(10),
+            scan_count: Some(100),
+            progress: Some(Box::new(move |p| {
+                let mut slot = slot.lock().unwrap();
+                if slot.is_none() && p.moved > 0 {
+                    let url = url.clone();
+                    *slot = Some(std::thread::spawn(move || {
+                        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                        redis::cmd("DEBUG").arg("SLEEP").arg(1).exec(&mut con).unwrap();
+                    }));
+                }
+            })),
+            ..volatile_ok()
+        },
+    )
+    .unwrap();
+    sleeper.lock().unwrap().take().expect("slept").join().unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert!(report.retries >= 1, "{report:?}");
+    assert!(on_two_servers(&s).is_empty());
+    assert_eq!(s.iter().map(|x| x.dbsize()).sum::<i64>() as usize, N);
+}

@@ -266,6 +266,12 @@ fn run_rebalance(
     for ((a, b), n) in &report.moves {
         println!("  {a} -> {b}: {n}");
     }
+    if report.retries > 0 {
+        println!(
+            "retried {} times after a MIGRATE timed out while both servers still answered",
+            report.retries
+        );
+    }
     if report.leftovers > 0 {
         println!(
             "resolved {} identical copies left on two servers by a MIGRATE that timed out",
