@@ -912,6 +912,9 @@ fn move_one(
     }
 }
 
+/// A `SCAN` page: the next cursor and the keys.
+type Page = (u64, Vec<Vec<u8>>);
+
 /// Why a page failed.
 enum PageFailure {
     /// A MIGRATE to this destination (index in `to`) timed out.
@@ -971,7 +974,7 @@ fn worker(plan: &Plan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<W
         cmd.arg(cursor).arg("COUNT").arg(s.scan_count);
         cmd
     };
-    let mut page: (u64, Vec<Vec<u8>>) = query(&scan(0), &mut w.con, &w.name, s.io_timeout)?;
+    let mut page: Page = query(&scan(0), &mut w.con, &w.name, s.io_timeout)?;
     let mut returned: u64 = 0;
     loop {
         if shared.abort.load(Ordering::Relaxed) {
@@ -1178,11 +1181,7 @@ impl Worker<'_> {
     /// times. Keys the failed attempt did move are gone from the source
     /// (NOKEY), and copies it left on both servers are identical, so trying
     /// again is safe.
-    fn move_page(
-        &mut self,
-        groups: BTreeMap<usize, Vec<Vec<u8>>>,
-        next: Option<u64>,
-    ) -> RedisResult<Option<(u64, Vec<Vec<u8>>)>> {
+    fn move_page(&mut self, groups: BTreeMap<usize, Vec<Vec<u8>>>, next: Option<u64>) -> RedisResult<Option<Page>> {
         let mut attempt = 0;
         loop {
             match self.move_page_once(&groups, next) {
@@ -1219,7 +1218,7 @@ impl Worker<'_> {
         &mut self,
         groups: &BTreeMap<usize, Vec<Vec<u8>>>,
         next: Option<u64>,
-    ) -> Result<Option<(u64, Vec<Vec<u8>>)>, PageFailure> {
+    ) -> Result<Option<Page>, PageFailure> {
         let s = &self.plan.settings;
         let mut pipe = redis::pipe();
         let mut batches: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
