@@ -729,31 +729,39 @@ fn run_workers(
     progress: &mut Progress,
 ) -> RedisResult<WorkerOut> {
     let results: Mutex<Vec<RedisResult<WorkerOut>>> = Mutex::new(Vec::new());
+    let (finished, wait) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..plan.nodes.len())
-            .map(|n| {
-                let results = &results;
-                scope.spawn(move || {
-                    let r = worker(plan, shared, mode, n);
-                    if r.is_err() {
-                        shared.abort.store(true, Ordering::Relaxed);
-                    }
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
-                })
-            })
-            .collect();
+        for n in 0..plan.nodes.len() {
+            let results = &results;
+            let finished = finished.clone();
+            scope.spawn(move || {
+                let r = worker(plan, shared, mode, n);
+                if r.is_err() {
+                    shared.abort.store(true, Ordering::Relaxed);
+                }
+                results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                let _ = finished.send(());
+            });
+        }
+        drop(finished);
+        let mut running = plan.nodes.len();
         loop {
-            let done = handles.iter().all(|h| h.is_finished());
+            // Woken by a worker that ends, or every 100 ms for progress.
+            match wait.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => running -= 1,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // A worker panicked: the scope propagates it.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => running = 0,
+            }
             if mode != Mode::Verify {
                 progress.scanned = shared.scanned.load(Ordering::Relaxed);
                 progress.moved = shared.moved.load(Ordering::Relaxed);
                 progress.conflicts = shared.conflicts.load(Ordering::Relaxed);
             }
             tick(progress);
-            if done {
+            if running == 0 {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     });
     let mut total = WorkerOut::default();
