@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mredis::rebalance::{RebalanceOptions, rebalance};
+use mredis::rebalance::{Phase, RebalanceOptions, rebalance};
 use mredis::{MRedis, Mode, Server};
 use mredis_tests::{RedisServer, servers};
 
@@ -122,20 +122,30 @@ fn main() {
 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let (mut our_secs, mut their_secs) = (Vec::new(), Vec::new());
+    let mut verify_secs = Vec::new();
     let mut moved_keys = 0;
     for run in 0..runs {
         fill(&s, &from, n);
         let t = Instant::now();
+        let verifying_since = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = verifying_since.clone();
         let report = rebalance(
             &from,
             &to,
             RebalanceOptions {
                 allow_volatile: true,
+                progress: Some(Box::new(move |p| {
+                    if p.phase == Phase::Verifying && seen.get().is_none() {
+                        seen.set(Some(Instant::now()));
+                    }
+                })),
                 ..Default::default()
             },
         )
         .unwrap();
         let ours_time = t.elapsed();
+        let verify_time = verifying_since.get().map(|v| v.elapsed()).unwrap_or_default();
+        verify_secs.push(verify_time.as_secs_f64());
         assert!(report.is_complete(), "run {run}: {report:?}");
         moved_keys = report.moved;
 
@@ -156,10 +166,12 @@ fn main() {
         our_secs.push(ours_time.as_secs_f64());
         their_secs.push(theirs_time.as_secs_f64());
         println!(
-            "  run {}: rebalance {:.2} s ({:.0} keys moved/s), hand-written loop {:.2} s ({:.0} keys moved/s)",
+            "  run {}: rebalance {:.2} s ({:.0} keys moved/s; verification pass {:.2} s), \
+             hand-written loop {:.2} s ({:.0} keys moved/s)",
             run + 1,
             ours_time.as_secs_f64(),
             ours[run],
+            verify_time.as_secs_f64(),
             theirs_time.as_secs_f64(),
             theirs[run]
         );
