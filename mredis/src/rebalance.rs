@@ -749,6 +749,7 @@ fn run_workers(
             });
         }
         drop(finished);
+        tick(progress);
         let mut running = plan.nodes.len();
         loop {
             // Woken by a worker that ends, or every 100 ms for progress.
