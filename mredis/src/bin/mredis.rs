@@ -304,7 +304,11 @@ fn run_rebalance(
     }
     println!("verification: {} keys away from their new server", report.misplaced);
     for m in &report.misplaced_keys {
-        let both = if m.on_both { " (it is on both: conflict)" } else { "" };
+        let both = if m.on_both {
+            " (it is on both: conflict)"
+        } else {
+            " (run again to move it)"
+        };
         println!("  misplaced: `{}` on {}, belongs on {}{both}", m.key, m.on, m.owner);
     }
     if report.misplaced > report.misplaced_keys.len() as u64 {
