@@ -20,7 +20,9 @@ use mredis::{MRedis, PerServer};
 #[command(
     name = "mredis",
     version,
-    about = "Look at and reshape a fleet of Redis servers placed by mredis"
+    about = "Look at and reshape a fleet of Redis servers placed by mredis",
+    after_help = "Exit codes: 0 success; 1 error (the message names the server); 2 usage error, or for \
+                  `rebalance`, conflicts or misplaced keys left (see `mredis rebalance --help`)."
 )]
 struct Cli {
     #[command(subcommand)]
