@@ -17,7 +17,11 @@
 //!     holds it, so A's copy is authoritative. When `DUMP` of both copies is
 //!     byte-identical, B's copy carries nothing A's lacks, and
 //!     `MIGRATE ... REPLACE` from A loses nothing: it is resolved silently
-//!     (counted in [`RebalanceReport::leftovers`]).
+//!     (counted in [`RebalanceReport::leftovers`]; A's TTL is kept, `DUMP`
+//!     has none). The comparison errs on the safe side only: servers of
+//!     different versions or encoding settings (e.g.
+//!     `hash-max-listpack-entries`) may serialise one value differently, and
+//!     such a leftover then shows as a conflict, never the other way round.
 //!   - otherwise a **conflict**: someone outside the procedure wrote it (for
 //!     example a client still on the old configuration wrote A after the key
 //!     had moved). Both copies are kept and the key is listed in
