@@ -1492,3 +1492,44 @@ pub fn verify(config: &MRedis, others: &MRedis) -> RedisResult<u64> {
     )?;
     Ok(out.misplaced)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_shared_and_never_exceeded() {
+        let budget = AtomicU64::new(10);
+        assert_eq!(reserve(&budget, 4), 4);
+        assert_eq!(reserve(&budget, 10), 6);
+        assert_eq!(reserve(&budget, 1), 0);
+    }
+
+    #[test]
+    fn opposite_migrations_never_overlap() {
+        let traffic = Traffic::new(3);
+        let abort = AtomicBool::new(false);
+        let a_to_b = traffic.reserve(0, vec![1], &abort).unwrap();
+        // C may migrate into B at the same time...
+        let c_to_b = traffic.reserve(2, vec![1], &abort).unwrap();
+        drop(c_to_b);
+        // ...but B may not migrate into A (or anywhere) meanwhile: it waits,
+        // and gives up when the run aborts.
+        let stop = AtomicBool::new(true);
+        assert!(traffic.reserve(1, vec![0], &stop).is_none());
+        assert!(traffic.reserve(1, vec![2], &stop).is_none());
+        drop(a_to_b);
+        assert!(traffic.reserve(1, vec![0], &abort).is_some());
+    }
+
+    #[test]
+    fn migrate_replies() {
+        assert!(matches!(classify(&Value::Okay), Reply::Ok));
+        assert!(matches!(classify(&Value::SimpleString("NOKEY".into())), Reply::NoKey));
+        let parse = |resp: &[u8]| redis::parse_redis_value(resp).unwrap();
+        let busy = parse(b"-ERR Target instance replied with error: BUSYKEY Target key name already exists.\r\n");
+        assert!(matches!(classify(&busy), Reply::Busy), "{busy:?}");
+        let timeout = parse(b"-IOERR error or timeout reading to target instance\r\n");
+        assert!(matches!(classify(&timeout), Reply::Err(e) if e.starts_with("IOERR")));
+    }
+}
