@@ -145,7 +145,9 @@ impl std::fmt::Debug for RebalanceOptions {
 /// What a run is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
-    /// Connecting, identifying servers, checking persistence.
+    /// Connecting, identifying servers, checking persistence (and, when a
+    /// destination has none, counting which servers would receive keys:
+    /// `scanned` and `moved` then count that pass).
     #[default]
     Checking,
     /// Scanning and moving keys (or counting, in a dry run).
@@ -595,7 +597,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     if !volatile.is_empty() && !options.allow_volatile && !options.dry_run {
         // Only destinations that would receive keys matter: count first.
         let shared = Shared::default();
-        let counted = run_workers(&plan, &shared, Mode::Count, &mut |_| {}, &mut progress)?;
+        let counted = run_workers(&plan, &shared, Mode::Count, &mut tick, &mut progress)?;
         let receiving: BTreeSet<String> = counted.moves.keys().map(|(_, to)| to.clone()).collect();
         let refused: Vec<String> = volatile
             .iter()
@@ -619,6 +621,8 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
 
     // Move (or count).
     progress.phase = Phase::Moving;
+    progress.scanned = 0;
+    progress.moved = 0;
     let shared = Shared {
         budget: options.limit.map(AtomicU64::new),
         ..Default::default()

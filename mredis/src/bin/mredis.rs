@@ -145,12 +145,29 @@ fn message(e: &redis::RedisError) -> String {
 }
 
 /// Progress output: a bar on a terminal, a plain line every 2 s otherwise.
+/// Rates and ETA count from the start of the current phase.
 fn progress_reporter(quiet: bool, dry_run: bool) -> (ProgressBar, ProgressFn) {
-    let start = Instant::now();
     if quiet {
         return (ProgressBar::hidden(), Box::new(|_| {}));
     }
     let verb = if dry_run { "would move" } else { "moved" };
+    let mut phase: Option<Phase> = None;
+    let mut phase_start = Instant::now();
+    let mut describe = move |p: &Progress| -> (bool, String, f64) {
+        let changed = phase != Some(p.phase);
+        if changed {
+            phase = Some(p.phase);
+            phase_start = Instant::now();
+        }
+        let secs = phase_start.elapsed().as_secs_f64().max(0.001);
+        let text = match p.phase {
+            Phase::Checking => format!("checking servers ({} keys would move so far)", p.moved),
+            Phase::Moving => format!("{verb} {} ({:.0} keys/s)", p.moved, p.moved as f64 / secs),
+            Phase::Resolving => format!("{verb} {}, resolving conflicts", p.moved),
+            Phase::Verifying => format!("{verb} {}, verifying", p.moved),
+        };
+        (changed, text, secs)
+    };
     if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -160,45 +177,32 @@ fn progress_reporter(quiet: bool, dry_run: bool) -> (ProgressBar, ProgressFn) {
         bar.set_message("connecting");
         let b = bar.clone();
         let callback = Box::new(move |p: &Progress| {
+            let (changed, text, _) = describe(p);
+            if changed {
+                b.reset_eta();
+            }
             b.set_length(p.total);
             b.set_position(p.scanned.min(p.total));
-            let rate = p.moved as f64 / start.elapsed().as_secs_f64().max(0.001);
-            b.set_message(format!("{verb} {} ({rate:.0} keys/s){}", p.moved, phase_note(p)));
+            b.set_message(text);
         });
         (bar, callback)
     } else {
         let mut last: Option<Instant> = None;
         let callback = Box::new(move |p: &Progress| {
+            let (_, text, secs) = describe(p);
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
                 return;
             }
             last = Some(Instant::now());
-            let secs = start.elapsed().as_secs_f64().max(0.001);
-            let rate = p.moved as f64 / secs;
-            let eta = if p.scanned == 0 || p.scanned >= p.total {
+            let eta = if p.scanned == 0 || p.scanned >= p.total || p.phase == Phase::Verifying {
                 String::new()
             } else {
                 let left = (p.total - p.scanned) as f64 * secs / p.scanned as f64;
                 format!(", ETA {left:.0} s")
             };
-            eprintln!(
-                "rebalance: {}/{} keys scanned, {verb} {} ({rate:.0} keys/s){eta}{}",
-                p.scanned,
-                p.total,
-                p.moved,
-                phase_note(p)
-            );
+            eprintln!("rebalance: {}/{} keys scanned, {text}{eta}", p.scanned, p.total);
         });
         (ProgressBar::hidden(), callback)
-    }
-}
-
-fn phase_note(p: &Progress) -> &'static str {
-    match p.phase {
-        Phase::Checking => " [checking servers]",
-        Phase::Moving => "",
-        Phase::Resolving => " [resolving conflicts]",
-        Phase::Verifying => " [verifying]",
     }
 }
 
