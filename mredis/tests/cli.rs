@@ -1,11 +1,21 @@
 //! The `mredis` command-line tool against real servers: locate, stats and
-//! rebalance with TOML configurations.
+//! rebalance with TOML and twemproxy configurations, exit codes, conflicts,
+//! and a rebalance killed with SIGKILL at several moments, then finished.
 
-use std::process::Command;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use mredis_tests::servers;
+use mredis_tests::{RedisServer, servers};
 
 fn mredis(args: &[&str]) -> (bool, String) {
+    let (code, text) = mredis_code(args);
+    (code == 0, text)
+}
+
+/// Runs the tool; returns its exit code and stdout + stderr.
+fn mredis_code(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mredis"))
         .args(args)
         .output()
@@ -15,26 +25,51 @@ fn mredis(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text)
+    assert!(!text.contains("mredis: mredis:"), "error prefix printed twice: {text}");
+    (out.status.code().expect("exited, not killed"), text)
+}
+
+/// A scratch directory for configuration files, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("mredis-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    /// Writes a ketama/fnv1a_64 TOML configuration of `urls`; returns its path.
+    fn config(&self, file: &str, urls: &[String]) -> String {
+        let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        let text = format!(
+            "mode = \"ketama\"\nhash = \"fnv1a_64\"\nservers = [{}]\n",
+            list.join(", ")
+        );
+        let path = self.0.join(file);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(path: &str) -> mredis::MRedis {
+    let text = std::fs::read_to_string(Path::new(path)).unwrap();
+    mredis::builder_from_toml(&text).unwrap().build().unwrap()
 }
 
 #[test]
 fn locate_stats_and_rebalance() {
     let s = servers(3);
-    let dir = std::env::temp_dir().join(format!("mredis-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = |ports: &[u16]| {
-        let list: Vec<String> = ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}/0\"")).collect();
-        format!(
-            "mode = \"ketama\"\nhash = \"fnv1a_64\"\nservers = [{}]\n",
-            list.join(", ")
-        )
-    };
-    let old = dir.join("old.toml");
-    let new = dir.join("new.toml");
-    std::fs::write(&old, conf(&[s[0].port(), s[1].port()])).unwrap();
-    std::fs::write(&new, conf(&[s[0].port(), s[1].port(), s[2].port()])).unwrap();
-    let (old, new) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let dir = Dir::new("basic");
+    let old = dir.config("old.toml", &[s[0].url(), s[1].url()]);
+    let new = dir.config("new.toml", &[s[0].url(), s[1].url(), s[2].url()]);
+    let (old, new) = (old.as_str(), new.as_str());
 
     let text = std::fs::read_to_string(old).unwrap();
     let mr = mredis::builder_from_toml(&text).unwrap().build().unwrap();
@@ -59,10 +94,32 @@ fn locate_stats_and_rebalance() {
     let (ok, out) = mredis(&["rebalance", "--from", old, "--to", new, "--dry-run", "--quiet"]);
     assert!(ok, "{out}");
     assert!(out.contains("would move"), "{out}");
+    assert!(out.contains(&format!("{} -> {}", s[0].name(), s[2].name())), "{out}");
+    assert!(out.contains("would refuse without --allow-volatile"), "{out}");
     assert_eq!(s[2].dbsize(), 0);
 
-    let (ok, out) = mredis(&["rebalance", "--from", old, "--to", new, "--quiet"]);
+    // The harness's servers have no persistence.
+    let (code, out) = mredis_code(&["rebalance", "--from", old, "--to", new, "--quiet"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("mredis: refusing to move keys to") && out.contains(&s[2].name()),
+        "{out}"
+    );
+    assert_eq!(s[2].dbsize(), 0);
+
+    // Not a terminal: plain progress lines on stderr.
+    let (ok, out) = mredis(&[
+        "rebalance",
+        "--from",
+        old,
+        "--to",
+        new,
+        "--allow-volatile",
+        "--batch-size",
+        "7",
+    ]);
     assert!(ok, "{out}");
+    assert!(out.contains("rebalance: ") && out.contains("keys scanned"), "{out}");
     assert!(out.contains("verification: 0 keys away"), "{out}");
     assert!(s[2].dbsize() > 300, "about a third moved to the new server");
     let text = std::fs::read_to_string(new).unwrap();
@@ -73,5 +130,259 @@ fn locate_stats_and_rebalance() {
 
     let (ok, out) = mredis(&["stats", "--config", "/nonexistent.toml"]);
     assert!(!ok && out.contains("cannot read"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_documents_exit_codes_and_replace_is_gone() {
+    let (ok, out) = mredis(&["rebalance", "--help"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Exit codes") && out.contains("  2  conflicts"), "{out}");
+    assert!(out.contains("--prefer") && out.contains("--allow-volatile") && out.contains("--pool"));
+    assert!(!out.contains("--replace"), "{out}");
+    let (code, out) = mredis_code(&["rebalance", "--from", "a", "--to", "b", "--replace"]);
+    assert_eq!(code, 2, "clap's usage error: {out}");
+}
+
+#[test]
+fn errors_name_the_server_once_and_yaml_needs_a_pool() {
+    let s = servers(1);
+    let dir = Dir::new("errors");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let old = dir.config("old.toml", &[s[0].url()]);
+    let new = dir.config("new.toml", &[s[0].url(), format!("redis://127.0.0.1:{closed}/0")]);
+    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &new, "--quiet"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("mredis: "), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{closed}:0")), "{out}");
+    assert!(out.contains("rerunning is safe"), "{out}");
+
+    let yaml = dir.0.join("nutcracker.yml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "alpha:\n  listen: 127.0.0.1:22121\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n   - 127.0.0.1:{}:1\n",
+            s[0].port()
+        ),
+    )
+    .unwrap();
+    let yaml = yaml.to_str().unwrap();
+    let (code, out) = mredis_code(&["rebalance", "--from", yaml, "--to", yaml, "--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--pool NAME is needed"), "{out}");
+    let (code, out) = mredis_code(&["rebalance", "--from", yaml, "--to", yaml, "--pool", "alpha", "--quiet"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("moved 0"), "{out}");
+}
+
+#[test]
+fn conflicts_exit_2_and_prefer_prints_what_it_discards_first() {
+    let s = servers(3);
+    let dir = Dir::new("conflicts");
+    let old = dir.config("old.toml", &[s[0].url(), s[1].url()]);
+    let new = dir.config("new.toml", &[s[0].url(), s[1].url(), s[2].url()]);
+    let (from, to) = (open(&old), open(&new));
+    for i in 0..500 {
+        from.set::<_, _, ()>(format!("c{i}"), i).unwrap();
+    }
+    let clash = (0..500)
+        .map(|i| format!("c{i}"))
+        .find(|k| from.server_index_for(k.as_bytes()) != to.server_index_for(k.as_bytes()))
+        .unwrap();
+    let (src, dst) = (from.server_for(&clash).unwrap(), to.server_for(&clash).unwrap());
+    redis::cmd("SET")
+        .arg(&clash)
+        .arg("outside")
+        .exec(&mut s[2].conn())
+        .unwrap();
+    assert_eq!(dst, s[2].name());
+
+    let args = ["rebalance", "--from", &old, "--to", &new, "--quiet", "--allow-volatile"];
+    let (code, out) = mredis_code(&args);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "conflict: `{clash}` differs on {src} (old) and {dst} (new); both copies kept"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "misplaced: `{clash}` on {src}, belongs on {dst} (it is on both"
+        )),
+        "{out}"
+    );
+
+    let mut args = args.to_vec();
+    args.extend(["--prefer", "source"]);
+    let (code, out) = mredis_code(&args);
+    assert_eq!(code, 0, "{out}");
+    let announced = out
+        .find(&format!("discarding `{clash}` on {dst} (keeping the copy on {src})"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let done = out
+        .find(&format!("discarded `{clash}` on {dst}"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(announced < done, "{out}");
+    assert!(out.contains("verification: 0 keys away"), "{out}");
+    let i: i64 = clash[1..].parse().unwrap();
+    assert_eq!(to.get::<_, i64>(&clash).unwrap(), i, "the source's copy won");
+}
+
+#[test]
+fn no_password_in_any_output() {
+    const CANARY: &str = "canary-Pw-7f3a9";
+    let plain = RedisServer::new();
+    let guarded = RedisServer::with_args(&["--requirepass", CANARY]);
+    let dir = Dir::new("password");
+    let url = format!("redis://:{CANARY}@127.0.0.1:{}/0", guarded.port());
+    let old = dir.config("old.toml", &[plain.url()]);
+    let new = dir.config("new.toml", &[url]);
+    let from = open(&old);
+    for i in 0..300 {
+        from.set::<_, _, ()>(format!("p{i}"), i).unwrap();
+    }
+    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &new, "--allow-volatile"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(CANARY), "{out}");
+    assert_eq!(open(&new).get::<_, i64>("p7").unwrap(), 7);
+
+    // An ACL user (MIGRATE ... AUTH2 user password).
+    // The default user is off: only `mover` with its password gets in.
+    let acl = RedisServer::with_args(&[
+        "--user",
+        "mover",
+        "on",
+        &format!(">{CANARY}"),
+        "~*",
+        "&*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ]);
+    let user_url = format!("redis://mover:{CANARY}@127.0.0.1:{}/0", acl.port());
+    let users = dir.config("users.toml", &[user_url]);
+    let (code, out) = mredis_code(&["rebalance", "--from", &new, "--to", &users, "--allow-volatile"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(CANARY), "{out}");
+    let moved = open(&users);
+    for i in 0..300 {
+        assert_eq!(moved.get::<_, i64>(format!("p{i}")).unwrap(), i);
+    }
+
+    // A wrong password: an error naming the server, without the password.
+    let wrong = dir.config(
+        "wrong.toml",
+        &[format!("redis://:{CANARY}-x@127.0.0.1:{}/0", guarded.port())],
+    );
+    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &wrong, "--allow-volatile"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&guarded.name()), "{out}");
+    assert!(!out.contains(CANARY), "{out}");
+}
+
+/// DUMP of every key of `servers`, by key.
+fn dumps(servers: &[RedisServer]) -> HashMap<Vec<u8>, Vec<u8>> {
+    let mut out = HashMap::new();
+    for s in servers {
+        let mut con = s.conn();
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+        if keys.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("DUMP").arg(k);
+        }
+        let values: Vec<Vec<u8>> = pipe.query(&mut con).unwrap();
+        for (k, v) in keys.into_iter().zip(values) {
+            assert!(
+                out.insert(k.clone(), v).is_none(),
+                "{} is on two servers",
+                String::from_utf8_lossy(&k)
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
+    const N: usize = 120_000;
+    let s: Vec<RedisServer> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| RedisServer::with_args(&["--appendonly", "yes"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let dir = Dir::new("sigkill");
+    let old = dir.config("old.toml", &[s[0].url(), s[1].url(), s[2].url()]);
+    let new = dir.config("new.toml", &[s[0].url(), s[1].url(), s[2].url(), s[3].url()]);
+    let from = open(&old);
+    for start in (0..N).step_by(10_000) {
+        let mut pipe = from.pipeline_all();
+        for i in start..start + 10_000 {
+            match i % 3 {
+                0 => pipe.set(format!("k{i}"), i).ignore(),
+                1 => pipe.rpush(format!("k{i}"), &[i, i + 1][..]).ignore(),
+                _ => pipe.hset(format!("k{i}"), "f", i).ignore(),
+            };
+        }
+        pipe.query::<()>(&from).unwrap();
+    }
+    let before = dumps(&s);
+    assert_eq!(before.len(), N);
+
+    // Kill it as soon as it has moved something, then a little later, then later still.
+    let mut kills = 0;
+    for threshold in [1, 2_000, 10_000] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mredis"))
+            .args([
+                "rebalance",
+                "--from",
+                &old,
+                "--to",
+                &new,
+                "--quiet",
+                "--timeout-ms",
+                "2000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if s[3].dbsize() >= threshold {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+                eprintln!("killed after {} keys reached the new server", s[3].dbsize());
+                break;
+            }
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = child.wait();
+    }
+    assert!(kills >= 1, "the tool was never killed mid-run");
+
+    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &new, "--quiet"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verification: 0 keys away"), "{out}");
+    let after = dumps(&s);
+    assert_eq!(after.len(), N);
+    assert!(before == after, "values changed");
+    let to = open(&new);
+    for i in (0..N).step_by(997) {
+        let key = format!("k{i}");
+        let owner = to.server_index_for(key.as_bytes());
+        let here: i64 = redis::cmd("EXISTS").arg(&key).query(&mut s[owner].conn()).unwrap();
+        assert_eq!(here, 1, "{key} is on its new server");
+    }
 }

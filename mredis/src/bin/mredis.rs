@@ -2,23 +2,27 @@
 //!
 //!     mredis locate --config fleet.toml KEY...
 //!     mredis stats --config fleet.toml
-//!     mredis rebalance --from old.toml --to new.toml [--dry-run] [--replace]
+//!     mredis rebalance --from old.toml --to new.toml [--dry-run] [--prefer source|destination]
 //!
 //! Configurations are TOML files (see `mredis::builder_from_toml`), or a
 //! twemproxy YAML file with `--pool NAME`.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use mredis::rebalance::{RebalanceOptions, rebalance};
+use mredis::rebalance::{Discard, Phase, Prefer, Progress, ProgressFn, RebalanceOptions, rebalance};
 use mredis::{MRedis, PerServer};
 
 #[derive(Parser)]
 #[command(
     name = "mredis",
     version,
-    about = "Look at and reshape a fleet of Redis servers placed by mredis"
+    about = "Look at and reshape a fleet of Redis servers placed by mredis",
+    after_help = "Exit codes: 0 success; 1 error (the message names the server); 2 usage error, or for \
+                  `rebalance`, conflicts or misplaced keys left (see `mredis rebalance --help`)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +53,7 @@ enum Command {
         pool: Option<String>,
     },
     /// Move every key whose owner changes from the --from to the --to configuration.
+    #[command(after_help = REBALANCE_HELP)]
     Rebalance {
         /// The configuration the data was written with.
         #[arg(long)]
@@ -56,37 +61,281 @@ enum Command {
         /// The new configuration.
         #[arg(long)]
         to: String,
-        /// Count what would move; move nothing.
+        /// twemproxy pool name, when --from and --to are nutcracker YAML files.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Count what would move, per pair of servers; move nothing (and do
+        /// not look for conflicts).
         #[arg(long)]
         dry_run: bool,
-        /// Overwrite keys that already exist on their new server.
+        /// Resolve conflicts (a key with different contents on its old and
+        /// its new server) by keeping this side's copy; every copy it
+        /// discards is printed first.
+        #[arg(long, value_enum)]
+        prefer: Option<PreferArg>,
+        /// Move keys to servers without persistence (save "" and appendonly
+        /// no), or whose persistence cannot be read, anyway.
         #[arg(long)]
-        replace: bool,
-        /// Stop after moving this many keys (run again to continue).
+        allow_volatile: bool,
+        /// Stop after moving about this many keys (run again to continue).
         #[arg(long)]
         limit: Option<u64>,
-        /// No progress bar.
+        /// MIGRATE timeout in milliseconds; a server silent for longer (plus
+        /// a margin) is reported as an error.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Keys per MIGRATE; lower it for very large values (each MIGRATE
+        /// blocks the source server while it runs).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch_size: u64,
+        /// No progress output.
         #[arg(long)]
         quiet: bool,
     },
 }
 
-fn open(path: &str, pool: Option<&str>) -> Result<MRedis, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let builder = match pool {
-        Some(pool) => mredis::builder_from_twemproxy_yaml(&text, pool),
-        None => mredis::builder_from_toml(&text),
-    }
-    .map_err(|e| format!("{path}: {e}"))?;
-    builder.build().map_err(|e| format!("{path}: {e}"))
+const REBALANCE_HELP: &str = "\
+Exit codes:
+  0  every key is on its new server, none is on two servers, no conflicts
+     (--dry-run: the counts were printed)
+  1  error: the message names the server and says whether running again is
+     safe (it is, for errors while moving keys)
+  2  conflicts or misplaced keys are left; they are listed (run again, or
+     pick a side with --prefer); usage errors also exit 2, with clap's message
+
+Keys that exist on both their old and new server with different contents
+(conflicts) are kept on both and listed, never overwritten, unless --prefer
+says which copy wins. Byte-identical copies (left by a MIGRATE that timed
+out) are resolved silently.";
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PreferArg {
+    /// Keep the copy on the old server (MIGRATE REPLACE to the new one).
+    Source,
+    /// Keep the copy on the new server (DEL on the old one).
+    Destination,
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+/// What a run ended with, for the exit code.
+enum Outcome {
+    Done,
+    Incomplete,
+}
+
+fn open(path: &str, pool: Option<&str>) -> Result<MRedis, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let yaml = path.ends_with(".yml") || path.ends_with(".yaml");
+    let builder = match pool {
+        Some(pool) => mredis::builder_from_twemproxy_yaml(&text, pool),
+        None if yaml => {
+            return Err(format!(
+                "{path} looks like a twemproxy YAML file: --pool NAME is needed to pick its pool"
+            ));
+        }
+        None => mredis::builder_from_toml(&text),
+    }
+    .map_err(|e| format!("{path}: {}", message(&e)))?;
+    builder.build().map_err(|e| format!("{path}: {}", message(&e)))
+}
+
+/// An error's text without redis-rs's kind tag or a leading `mredis: `.
+fn message(e: &redis::RedisError) -> String {
+    let text = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
+    text.strip_prefix("mredis: ").map(str::to_string).unwrap_or(text)
+}
+
+/// Progress output: a bar on a terminal, a plain line every 2 s otherwise.
+/// Rates and ETA count from the start of the current phase.
+fn progress_reporter(quiet: bool, dry_run: bool) -> (ProgressBar, ProgressFn) {
+    if quiet {
+        return (ProgressBar::hidden(), Box::new(|_| {}));
+    }
+    let verb = if dry_run { "would move" } else { "moved" };
+    let mut phase: Option<Phase> = None;
+    let mut phase_start = Instant::now();
+    let mut describe = move |p: &Progress| -> (bool, String, f64) {
+        let changed = phase != Some(p.phase);
+        if changed {
+            phase = Some(p.phase);
+            phase_start = Instant::now();
+        }
+        let secs = phase_start.elapsed().as_secs_f64().max(0.001);
+        let text = match p.phase {
+            Phase::Checking => format!("checking servers ({} keys would move so far)", p.moved),
+            Phase::Moving => format!("{verb} {} ({:.0} keys/s)", p.moved, p.moved as f64 / secs),
+            Phase::Resolving => format!("{verb} {}, resolving conflicts", p.moved),
+            Phase::Verifying => format!("{verb} {}, verifying", p.moved),
+        };
+        (changed, text, secs)
+    };
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} {bar:30} {pos}/{len} keys scanned, {msg}, ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message("connecting");
+        let b = bar.clone();
+        let callback = Box::new(move |p: &Progress| {
+            let (changed, text, _) = describe(p);
+            if changed {
+                b.reset_eta();
+            }
+            b.set_length(p.total);
+            b.set_position(p.scanned.min(p.total));
+            b.set_message(text);
+        });
+        (bar, callback)
+    } else {
+        let mut last: Option<Instant> = None;
+        let callback = Box::new(move |p: &Progress| {
+            let (_, text, secs) = describe(p);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+                return;
+            }
+            last = Some(Instant::now());
+            let eta = if p.scanned == 0 || p.scanned >= p.total || p.phase == Phase::Verifying {
+                String::new()
+            } else {
+                let left = (p.total - p.scanned) as f64 * secs / p.scanned as f64;
+                format!(", ETA {left:.0} s")
+            };
+            eprintln!("rebalance: {}/{} keys scanned, {text}{eta}", p.scanned, p.total);
+        });
+        (ProgressBar::hidden(), callback)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_rebalance(
+    from: &str,
+    to: &str,
+    pool: Option<&str>,
+    dry_run: bool,
+    prefer: Option<PreferArg>,
+    allow_volatile: bool,
+    limit: Option<u64>,
+    timeout_ms: u64,
+    batch_size: usize,
+    quiet: bool,
+) -> Result<Outcome, String> {
+    let old = open(from, pool)?;
+    let new = open(to, pool)?;
+    let (bar, progress) = progress_reporter(quiet, dry_run);
+    let discard_bar = bar.clone();
+    let options = RebalanceOptions {
+        dry_run,
+        prefer: prefer.map(|p| match p {
+            PreferArg::Source => Prefer::Source,
+            PreferArg::Destination => Prefer::Destination,
+        }),
+        allow_volatile,
+        limit,
+        migrate_timeout_ms: Some(timeout_ms),
+        batch_size: Some(batch_size),
+        progress: Some(progress),
+        before_discard: Some(Box::new(move |discards: &[Discard]| {
+            discard_bar.suspend(|| {
+                println!("--prefer: discarding {} copies:", discards.len());
+                for d in discards {
+                    println!(
+                        "  discarding `{}` on {} (keeping the copy on {})",
+                        d.key, d.discarded_from, d.kept
+                    );
+                }
+                let _ = std::io::stdout().flush();
+            });
+        })),
+        ..Default::default()
+    };
+    let result = rebalance(&old, &new, options);
+    bar.finish_and_clear();
+    let report = result.map_err(|e| message(&e))?;
+    for names in &report.same_server {
+        println!(
+            "same server under several names: {} (nothing moves between them)",
+            names.join(" = ")
+        );
+    }
+    for v in &report.volatile {
+        if dry_run {
+            println!("would refuse without --allow-volatile: {v}");
+        } else {
+            println!("warning: moved keys to a server without persistence (--allow-volatile): {v}");
+        }
+    }
+    let verb = if dry_run { "would move" } else { "moved" };
+    println!(
+        "scanned {} keys (of {}), {verb} {}",
+        report.scanned, report.keys, report.moved
+    );
+    for ((a, b), n) in &report.moves {
+        println!("  {a} -> {b}: {n}");
+    }
+    if report.retries > 0 {
+        println!(
+            "retried {} times after a MIGRATE timed out while both servers still answered",
+            report.retries
+        );
+    }
+    if report.leftovers > 0 {
+        println!(
+            "resolved {} identical copies left on two servers by a MIGRATE that timed out",
+            report.leftovers
+        );
+    }
+    for d in &report.discarded {
+        println!(
+            "discarded `{}` on {} (kept the copy on {})",
+            d.key, d.discarded_from, d.kept
+        );
+    }
+    for c in &report.conflicts {
+        println!(
+            "conflict: `{}` differs on {} (old) and {} (new); both copies kept",
+            c.key, c.from, c.to
+        );
+    }
+    if !report.conflicts.is_empty() {
+        println!(
+            "{} conflicts: keep both (default), or run again with --prefer source|destination",
+            report.conflicts.len()
+        );
+    }
+    if dry_run {
+        return Ok(Outcome::Done);
+    }
+    if report.interrupted {
+        println!("stopped at --limit; run again to continue");
+    }
+    println!("verification: {} keys away from their new server", report.misplaced);
+    for m in &report.misplaced_keys {
+        let both = if m.on_both {
+            " (it is on both: conflict)"
+        } else {
+            " (run again to move it)"
+        };
+        println!("  misplaced: `{}` on {}, belongs on {}{both}", m.key, m.on, m.owner);
+    }
+    if report.misplaced > report.misplaced_keys.len() as u64 {
+        println!(
+            "  ... and {} more",
+            report.misplaced - report.misplaced_keys.len() as u64
+        );
+    }
+    Ok(if report.is_complete() {
+        Outcome::Done
+    } else {
+        Outcome::Incomplete
+    })
+}
+
+fn run(cli: Cli) -> Result<Outcome, String> {
     match cli.command {
         Command::Locate { config, pool, keys } => {
             let mr = open(&config, pool.as_deref())?;
             for key in keys {
-                let server = mr.server_for(&key).map_err(|e| e.to_string())?;
+                let server = mr.server_for(&key).map_err(|e| message(&e))?;
                 println!("{key}\t{server}");
             }
         }
@@ -113,63 +362,38 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Rebalance {
             from,
             to,
+            pool,
             dry_run,
-            replace,
+            prefer,
+            allow_volatile,
             limit,
+            timeout_ms,
+            batch_size,
             quiet,
         } => {
-            let old = open(&from, None)?;
-            let new = open(&to, None)?;
-            let bar = if quiet {
-                ProgressBar::hidden()
-            } else {
-                ProgressBar::new(0)
-            };
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} keys scanned, {msg}").map_err(|e| e.to_string())?,
-            );
-            let progress_bar = bar.clone();
-            let options = RebalanceOptions {
+            return run_rebalance(
+                &from,
+                &to,
+                pool.as_deref(),
                 dry_run,
-                replace,
+                prefer,
+                allow_volatile,
                 limit,
-                progress: Some(Box::new(move |p| {
-                    progress_bar.set_length(p.total);
-                    progress_bar.set_position(p.scanned);
-                    progress_bar.set_message(format!("{} moved, scanning {}", p.moved, p.server));
-                })),
-                ..Default::default()
-            };
-            let report = rebalance(&old, &new, options).map_err(|e| e.to_string())?;
-            bar.finish_and_clear();
-            let verb = if dry_run { "would move" } else { "moved" };
-            println!("scanned {} keys, {verb} {}", report.scanned, report.moved);
-            for ((a, b), n) in &report.moves {
-                println!("  {a} -> {b}: {n}");
-            }
-            for c in &report.conflicts {
-                println!(
-                    "conflict: `{}` exists on {} and {}; both left (use --replace to overwrite)",
-                    c.key, c.from, c.to
-                );
-            }
-            if report.interrupted {
-                println!("stopped at --limit; run again to continue");
-            } else if !dry_run {
-                println!("verification: {} keys away from their new server", report.misplaced);
-                if report.misplaced > report.conflicts.len() as u64 {
-                    return Err("verification failed: keys are not where the new configuration puts them".into());
-                }
-            }
+                timeout_ms,
+                batch_size as usize,
+                quiet,
+            );
         }
     }
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Incomplete) => ExitCode::from(2),
         Err(e) => {
+            let e = e.strip_prefix("mredis: ").unwrap_or(&e);
             eprintln!("mredis: {e}");
             ExitCode::FAILURE
         }
