@@ -126,6 +126,16 @@ pub struct RebalanceOptions {
     /// Called with every copy [`RebalanceOptions::prefer`] will discard,
     /// before any is discarded.
     pub before_discard: Option<DiscardFn>,
+    /// A file recording the keys of every `MIGRATE` batch in flight, kept
+    /// across runs (the CLI always keeps one). A batch whose outcome the
+    /// tool did not see (a timeout, a stalled server, the tool killed) may
+    /// have left a copy on the destination while the source kept its own;
+    /// migration-aware clients keep writing the source's copy, so the two
+    /// differ later. Such a key, found on both servers, is recognised from
+    /// the journal as the tool's own leftover and replaced from the source
+    /// (the copy clients served). Without a journal it is reported as a
+    /// conflict. The file is removed after a run that leaves nothing to do.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RebalanceOptions {
@@ -138,6 +148,7 @@ impl std::fmt::Debug for RebalanceOptions {
             .field("migrate_timeout_ms", &self.migrate_timeout_ms)
             .field("batch_size", &self.batch_size)
             .field("scan_count", &self.scan_count)
+            .field("journal", &self.journal)
             .finish_non_exhaustive()
     }
 }
@@ -369,6 +380,7 @@ impl Drop for Reservation<'_> {
 
 #[derive(Default)]
 struct Shared {
+    journal: Journal,
     scanned: AtomicU64,
     moved: AtomicU64,
     conflicts: AtomicU64,
@@ -376,6 +388,123 @@ struct Shared {
     interrupted: AtomicBool,
     retries: AtomicU64,
     budget: Option<AtomicU64>,
+}
+
+/// Keys of MIGRATE batches whose outcome was not seen, kept in a file so a
+/// later run can tell its own leftovers from conflicts. Lines are
+/// `B <source> <hex key>` when a batch is sent and `E <source> <hex key>`
+/// once its outcome is known; the keys begun and not ended are uncertain.
+#[derive(Default)]
+struct Journal {
+    path: Option<std::path::PathBuf>,
+    file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    // (dropped with the journal: the file is closed before `finish` removes it)
+    pending: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
+}
+
+fn hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, keeping only the keys still
+    /// uncertain.
+    fn open(path: Option<&std::path::Path>) -> RedisResult<Journal> {
+        let Some(path) = path else {
+            return Ok(Journal::default());
+        };
+        let mut pending = std::collections::HashSet::new();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines() {
+                let mut parts = line.splitn(3, ' ');
+                let (Some(kind), Some(src), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Some(key) = unhex(key) else { continue };
+                match kind {
+                    "B" => {
+                        pending.insert((src.to_string(), key));
+                    }
+                    "E" => {
+                        pending.remove(&(src.to_string(), key));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let io = |e: std::io::Error| error(format!("journal {}: {e}", path.display()));
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut file = std::io::BufWriter::new(file);
+        for (src, key) in &pending {
+            use std::io::Write;
+            writeln!(file, "B {src} {}", hex(key)).map_err(io)?;
+        }
+        std::io::Write::flush(&mut file).map_err(io)?;
+        Ok(Journal {
+            path: Some(path.to_path_buf()),
+            file: Some(Mutex::new(file)),
+            pending: Mutex::new(pending),
+        })
+    }
+
+    fn write(&self, kind: char, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+        let Some(file) = &self.file else { return Ok(()) };
+        use std::io::Write;
+        let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+        let io = |e: std::io::Error| error(format!("writing the rebalance journal: {e}"));
+        for k in keys {
+            writeln!(f, "{kind} {src} {}", hex(k)).map_err(io)?;
+        }
+        f.flush().map_err(io)
+    }
+
+    /// Before sending a batch: its keys are in flight.
+    fn begin(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+        self.write('B', src, keys)
+    }
+
+    /// The batch's outcome is known for these keys.
+    fn end(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for k in keys {
+                p.remove(&(src.to_string(), k.clone()));
+            }
+        }
+        self.write('E', src, keys)
+    }
+
+    /// A batch whose outcome this run did not see (it is retried).
+    fn lost(&self, src: &str, keys: &[Vec<u8>]) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            p.insert((src.to_string(), k.clone()));
+        }
+    }
+
+    /// Was `key` in a batch from `src` whose outcome was not seen?
+    fn uncertain(&self, src: &str, key: &[u8]) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(src.to_string(), key.to_vec()))
+    }
+
+    /// After a run with nothing left to do.
+    fn finish(&self) {
+        if let Some(path) = &self.path
+            && self.pending.lock().map(|p| p.is_empty()).unwrap_or(false)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -623,8 +752,13 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     progress.phase = Phase::Moving;
     progress.scanned = 0;
     progress.moved = 0;
-    let shared = Shared {
+    let mut shared = Shared {
         budget: options.limit.map(AtomicU64::new),
+        journal: if options.dry_run {
+            Journal::default()
+        } else {
+            Journal::open(options.journal.as_deref())?
+        },
         ..Default::default()
     };
     let mode = if options.dry_run { Mode::Count } else { Mode::Move };
@@ -636,6 +770,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     report.conflicts = out.conflicts;
     report.interrupted = shared.interrupted.load(Ordering::Relaxed);
     report.retries = shared.retries.load(Ordering::Relaxed);
+    let shared_journal = std::mem::take(&mut shared.journal);
     // Volatile servers that received (or in a dry run would receive) keys.
     let receiving: BTreeSet<&String> = report.moves.keys().map(|(_, to)| to).collect();
     report.volatile = volatile
@@ -686,6 +821,9 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     let checked = run_workers(&plan, &shared, Mode::Verify, &mut tick, &mut progress)?;
     report.misplaced = checked.misplaced;
     report.misplaced_keys = checked.misplaced_keys;
+    if report.misplaced == 0 && report.conflicts.is_empty() && !report.interrupted {
+        shared_journal.finish();
+    }
     Ok(report)
 }
 
@@ -1280,6 +1418,11 @@ impl Worker<'_> {
             v.dedup();
             v
         };
+        // The batches are in flight until their replies are read: a batch
+        // whose reply is never seen stays in the journal.
+        let in_flight: Vec<Vec<u8>> = batches.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
+        self.shared.journal.begin(&self.name, &in_flight)?;
+        self.shared.journal.lost(&self.name, &in_flight);
         if !pipe.is_empty() {
             if let Err(e) = self.con.send_packed_command(&pipe.get_packed_pipeline()) {
                 return Err(PageFailure::Fatal(self.source_error(e, &dest_tis)));
@@ -1316,8 +1459,11 @@ impl Worker<'_> {
                 other => (0, Reply::Err(format!("unexpected reply {other:?}"))),
             };
             match reply {
-                Reply::Ok => self.record(ti, existing),
-                Reply::NoKey => {}
+                Reply::Ok => {
+                    self.record(ti, existing);
+                    self.shared.journal.end(&self.name, &chunk)?;
+                }
+                Reply::NoKey => self.shared.journal.end(&self.name, &chunk)?,
                 Reply::Busy => busy_batches.push((ti, chunk, existing)),
                 Reply::Err(e) if e.starts_with("IOERR") => return Err(PageFailure::Timeout(ti, e)),
                 Reply::Err(e) => return Err(PageFailure::Fatal(self.move_error(ti, &e))),
@@ -1365,6 +1511,7 @@ impl Worker<'_> {
             pipe.cmd("EXISTS").arg(k);
         }
         let v = pquery(&mut pipe, &mut self.con, &self.name, s.io_timeout)?;
+        let chunk_keys = chunk.clone();
         let left: Vec<Vec<u8>> = chunk
             .into_iter()
             .zip(v)
@@ -1372,6 +1519,8 @@ impl Worker<'_> {
             .map(|(k, _)| k)
             .collect();
         self.record(ti, existing.saturating_sub(left.len() as u64));
+        let gone: Vec<Vec<u8>> = chunk_keys.iter().filter(|k| !left.contains(k)).cloned().collect();
+        self.shared.journal.end(&self.name, &gone)?;
         let mut pipe = redis::pipe();
         for k in &left {
             pipe.add_command(migrate_cmd(self.dest(ti), s.timeout_ms, false, std::slice::from_ref(k)));
@@ -1383,8 +1532,12 @@ impl Worker<'_> {
         let mut busy = Vec::new();
         for (k, v) in left.into_iter().zip(v) {
             match classify(&v) {
-                Reply::Ok => self.record(ti, 1),
-                Reply::NoKey => {}
+                Reply::Ok | Reply::NoKey => {
+                    if matches!(classify(&v), Reply::Ok) {
+                        self.record(ti, 1);
+                    }
+                    self.shared.journal.end(&self.name, std::slice::from_ref(&k))?;
+                }
                 Reply::Busy => busy.push(k),
                 Reply::Err(e) => return Err(self.move_error(ti, &e)),
             }
@@ -1413,9 +1566,13 @@ impl Worker<'_> {
         for (i, key) in busy.into_iter().enumerate() {
             let a = dump_of(here.get(i)).map_err(|e| error(format!("{}: DUMP: {e}", self.name)))?;
             let b = dump_of(there.get(i)).map_err(|e| error(format!("{dest_name}: DUMP: {e}")))?;
+            let uncertain = self.shared.journal.uncertain(&self.name, &key);
             let outcome = match (a, b) {
-                (None, _) => continue,
-                (Some(a), Some(b)) if a == b => {
+                (None, _) => {
+                    self.shared.journal.end(&self.name, std::slice::from_ref(&key))?;
+                    continue;
+                }
+                (Some(a), Some(b)) if a == b || uncertain => {
                     let r = move_one(&mut self.con, &dest, db, &key, true, &self.plan.settings)
                         .map_err(|e| self.source_error(e, &[ti]))?;
                     if matches!(r, Reply::Ok) {
@@ -1428,8 +1585,12 @@ impl Worker<'_> {
                 (Some(_), Some(_)) => Reply::Busy,
             };
             match outcome {
-                Reply::Ok => self.record(ti, 1),
-                Reply::NoKey => {}
+                Reply::Ok | Reply::NoKey => {
+                    if matches!(outcome, Reply::Ok) {
+                        self.record(ti, 1);
+                    }
+                    self.shared.journal.end(&self.name, std::slice::from_ref(&key))?;
+                }
                 Reply::Busy => self.conflict(ti, key),
                 Reply::Err(e) => return Err(self.move_error(ti, &e)),
             }

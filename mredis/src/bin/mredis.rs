@@ -91,6 +91,12 @@ enum Command {
         /// No progress output.
         #[arg(long)]
         quiet: bool,
+        /// The journal of MIGRATE batches in flight (default:
+        /// `.mredis-rebalance-<id>.journal` in the current directory, one per
+        /// pair of configurations). Run again from the same directory after
+        /// an interruption; it is removed once nothing is left to do.
+        #[arg(long)]
+        journal: Option<std::path::PathBuf>,
     },
 }
 
@@ -218,9 +224,22 @@ fn run_rebalance(
     timeout_ms: u64,
     batch_size: usize,
     quiet: bool,
+    journal: Option<std::path::PathBuf>,
 ) -> Result<Outcome, String> {
     let old = open(from, pool)?;
     let new = open(to, pool)?;
+    let journal = journal.unwrap_or_else(|| {
+        // One journal per pair of server lists, found again by a rerun.
+        let mut id = String::new();
+        for s in old.servers().iter().chain(new.servers()) {
+            id.push_str(s.name());
+            id.push('\n');
+        }
+        std::path::PathBuf::from(format!(
+            ".mredis-rebalance-{:08x}.journal",
+            crc32fast::hash(id.as_bytes())
+        ))
+    });
     let (bar, progress) = progress_reporter(quiet, dry_run);
     let discard_bar = bar.clone();
     let options = RebalanceOptions {
@@ -233,6 +252,7 @@ fn run_rebalance(
         limit,
         migrate_timeout_ms: Some(timeout_ms),
         batch_size: Some(batch_size),
+        journal: Some(journal),
         progress: Some(progress),
         before_discard: Some(Box::new(move |discards: &[Discard]| {
             discard_bar.suspend(|| {
@@ -370,6 +390,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
             timeout_ms,
             batch_size,
             quiet,
+            journal,
         } => {
             return run_rebalance(
                 &from,
@@ -382,6 +403,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
                 timeout_ms,
                 batch_size as usize,
                 quiet,
+                journal,
             );
         }
     }
