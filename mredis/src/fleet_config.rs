@@ -47,9 +47,20 @@ fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
     let line = e
         .span()
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let mut message = without_quoted(e.message());
+    if message.contains("untagged enum Entry") {
+        message =
+            "a server entry must be a URL string or a table { url = \"...\", weight = N, name = \"...\" }".to_string();
+    }
+    let place = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+    config_error(format!("fleet configuration, {place}{}", message.trim()))
+}
+
+/// A parser's message with anything quoted (a value it may echo) cut out.
+fn without_quoted(text: &str) -> String {
     let mut message = String::new();
     let mut in_quotes = false;
-    for c in e.message().chars() {
+    for c in text.chars() {
         if c == '"' || c == '`' {
             if !in_quotes {
                 message.push_str("\"...");
@@ -64,12 +75,10 @@ fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
             message.push(c);
         }
     }
-    if message.contains("untagged enum Entry") {
-        message =
-            "a server entry must be a URL string or a table { url = \"...\", weight = N, name = \"...\" }".to_string();
+    if in_quotes {
+        message.push('"');
     }
-    let place = line.map(|l| format!("line {l}: ")).unwrap_or_default();
-    config_error(format!("fleet configuration, {place}{}", message.trim()))
+    message
 }
 
 fn tag_chars(tag: &str) -> RedisResult<[u8; 2]> {
@@ -181,11 +190,16 @@ fn builder_from_file(file: FileConfig) -> RedisResult<Builder> {
 
 /// Reads a twemproxy (nutcracker) configuration and returns a builder for
 /// pool `pool` with the same servers, weights, names, hash, distribution
-/// and hash tag. `servers:` lines are `host:port:weight [name]`; the
-/// database is 0 (twemproxy has none).
+/// and hash tag. `servers:` lines are `host:port:weight [name]`.
+///
+/// As nutcracker does, the pool's `redis_auth:` password is sent (`AUTH`)
+/// to every server of the pool, and its `redis_db:` (default 0) is the
+/// database used on each of them; placement does not depend on either.
+/// Server lines cannot carry a user or password (`secret@host:port:1` is an
+/// error that does not show the secret). Errors never show the password.
 pub fn builder_from_twemproxy_yaml(text: &str, pool: &str) -> RedisResult<Builder> {
-    let docs: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| config_error(format!("twemproxy configuration: {e}")))?;
+    let docs: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| config_error(format!("twemproxy configuration: {}", without_quoted(&e.to_string()))))?;
     let pool_cfg = docs
         .get(pool)
         .ok_or_else(|| config_error(format!("no pool `{pool}` in the twemproxy configuration")))?;
@@ -205,18 +219,52 @@ pub fn builder_from_twemproxy_yaml(text: &str, pool: &str) -> RedisResult<Builde
         .get("servers")
         .and_then(|v| v.as_sequence())
         .ok_or_else(|| config_error(format!("pool `{pool}` has no `servers:` list")))?;
+    // A YAML scalar as text: `redis_auth: 12345` is a number to YAML.
+    let scalar = |k: &str| -> RedisResult<Option<String>> {
+        match pool_cfg.get(k) {
+            None | Some(serde_yaml_ng::Value::Null) => Ok(None),
+            Some(serde_yaml_ng::Value::String(s)) => Ok(Some(s.clone())),
+            Some(serde_yaml_ng::Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(serde_yaml_ng::Value::Bool(b)) => Ok(Some(b.to_string())),
+            Some(_) => Err(config_error(format!("pool `{pool}`: `{k}` must be a single value"))),
+        }
+    };
+    let auth = scalar("redis_auth")?.filter(|a| !a.is_empty());
+    let db = match scalar("redis_db")? {
+        None => 0,
+        Some(db) => db
+            .parse::<i64>()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| config_error(format!("pool `{pool}`: `redis_db` must be a database number")))?,
+    };
     let mut servers = Vec::new();
     for line in lines {
         let line = line
             .as_str()
             .ok_or_else(|| config_error("each twemproxy server must be a string".into()))?;
-        servers.push(server_from_twemproxy_line(line)?);
+        let mut server = server_from_twemproxy_line_db(line, db)?;
+        if let Some(auth) = &auth {
+            server = server.with_password(auth);
+        }
+        servers.push(server);
     }
     Ok(Builder::new().servers(servers).mode(mode))
 }
 
-/// Parses one twemproxy server line: `host:port:weight [name]`.
+/// Parses one twemproxy server line: `host:port:weight [name]` (database 0).
 pub fn server_from_twemproxy_line(line: &str) -> RedisResult<Server> {
+    server_from_twemproxy_line_db(line, 0)
+}
+
+fn server_from_twemproxy_line_db(line: &str, db: i64) -> RedisResult<Server> {
+    if line.contains('@') {
+        return Err(config_error(format!(
+            "twemproxy server `{}`: server lines have no user or password (host:port:weight [name]); \
+             give the pool's password as `redis_auth:`",
+            crate::config::redact_url(line)
+        )));
+    }
     let mut parts = line.split_whitespace();
     let address = parts
         .next()
@@ -231,7 +279,7 @@ pub fn server_from_twemproxy_line(line: &str) -> RedisResult<Server> {
             "twemproxy server `{line}` is not host:port:weight [name]"
         )));
     };
-    let mut server = Server::from_parts(host, port, 0)?.with_weight(weight);
+    let mut server = Server::from_parts(host, port, db)?.with_weight(weight);
     if let Some(name) = name {
         server = server.with_alias(name);
     }
