@@ -78,17 +78,21 @@ pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
     if err.code().is_some() || matches!(err.kind(), ErrorKind::Server(_)) {
         return err;
     }
-    let (kind, text) = if err.is_timeout() {
-        (
-            ErrorKind::Io,
-            format!("{server}: no reply in time ({err}); the command may have run there"),
-        )
-    } else if err.is_connection_refusal() {
-        (
-            ErrorKind::Io,
-            format!("{server}: connection refused ({err}); nothing was sent"),
-        )
-    } else if err.is_io_error() {
+    // Timeouts and refusals stay I/O errors of the same io kind, so
+    // `is_timeout()` and `is_connection_refusal()` still answer for them.
+    if err.is_timeout() {
+        return RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("mredis: {server}: no reply in time ({err}); the command may have run there"),
+        ));
+    }
+    if err.is_connection_refusal() {
+        return RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("mredis: {server}: connection refused ({err}); nothing was sent"),
+        ));
+    }
+    let (kind, text) = if err.is_io_error() {
         (ErrorKind::Io, format!("{server}: {err}"))
     } else {
         (err.kind(), format!("{server}: {err}"))
