@@ -470,6 +470,14 @@ fn a_wrong_password_says_authentication_failed_naming_server_and_user() {
         let e = mr.get::<_, i64>("missing").unwrap_err();
         assert_no_canary("type error", &all_texts(&e));
     }
+    // The same through a fleet file, in both tables.
+    let url = format!("redis://alice:{CANARY}@127.0.0.1:{}/0", s.port());
+    let toml = format!("servers = [\"{url}\"]\n[migrating_from]\nservers = [{{ url = \"{url}\", name = \"a\" }}]\n");
+    let builder = mredis::builder_from_toml(&toml).unwrap();
+    assert_no_canary("Builder from TOML", &format!("{builder:?} {builder:#?}"));
+    let mr = builder.build().unwrap();
+    assert_no_canary("MRedis from TOML", &format!("{mr:?} {mr:#?}"));
+    assert_eq!(mr.get::<_, i64>("k").unwrap(), 1);
 }
 
 #[test]
