@@ -48,6 +48,33 @@ pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb
 /// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
 /// through unchanged, as redis-rs returns them, so `code()` still works.
 pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
+    // A refused password: redis-rs reports AUTH's refusal as
+    // AuthenticationFailed ("Password authentication failed"), and HELLO's
+    // (RESP3) as the server's WRONGPASS reply; neither names the server
+    // nor the user. Say both (the user as configured; never the password).
+    if err.kind() == ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
+        let users = crate::config::users_of(server);
+        let who = match users.as_slice() {
+            [] => "with the configured credentials".to_string(),
+            [user] => format!("as user `{user}`"),
+            several => format!(
+                "as user {} (this process configures several users for this server)",
+                several
+                    .iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        };
+        return RedisError::from((
+            ErrorKind::AuthenticationFailed,
+            "mredis: server error",
+            format!(
+                "{server}: authentication failed {who}: wrong password, or the user does not exist or \
+                 is disabled ({err})"
+            ),
+        ));
+    }
     if err.code().is_some() || matches!(err.kind(), ErrorKind::Server(_)) {
         return err;
     }
@@ -63,22 +90,21 @@ pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
         }
         return err;
     }
-    let (kind, text) = if err.is_timeout() {
-        (
-            ErrorKind::Io,
-            format!("{server}: no reply in time ({err}); the command may have run there"),
-        )
-    } else if err.is_connection_refusal() {
-        (
-            ErrorKind::Io,
-            format!("{server}: connection refused ({err}); nothing was sent"),
-        )
-    } else if err.kind() == ErrorKind::AuthenticationFailed {
-        (
-            ErrorKind::AuthenticationFailed,
-            format!("{server}: authentication failed ({err})"),
-        )
-    } else if err.is_io_error() {
+    // Timeouts and refusals stay I/O errors of the same io kind, so
+    // `is_timeout()` and `is_connection_refusal()` still answer for them.
+    if err.is_timeout() {
+        return RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("mredis: {server}: no reply in time ({err}); the command may have run there"),
+        ));
+    }
+    if err.is_connection_refusal() {
+        return RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("mredis: {server}: connection refused ({err}); nothing was sent"),
+        ));
+    }
+    let (kind, text) = if err.is_io_error() {
         (ErrorKind::Io, format!("{server}: {err}"))
     } else {
         (err.kind(), format!("{server}: {err}"))

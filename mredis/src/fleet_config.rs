@@ -47,9 +47,25 @@ fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
     let line = e
         .span()
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let mut message = without_quoted(e.message());
+    if message.starts_with("unknown field") {
+        // The known names hold no secret; the unknown one might.
+        message =
+            "unknown field (the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from])".to_string();
+    }
+    if message.contains("untagged enum Entry") {
+        message =
+            "a server entry must be a URL string or a table { url = \"...\", weight = N, name = \"...\" }".to_string();
+    }
+    let place = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+    config_error(format!("fleet configuration, {place}{}", message.trim()))
+}
+
+/// A parser's message with anything quoted (a value it may echo) cut out.
+fn without_quoted(text: &str) -> String {
     let mut message = String::new();
     let mut in_quotes = false;
-    for c in e.message().chars() {
+    for c in text.chars() {
         if c == '"' || c == '`' {
             if !in_quotes {
                 message.push_str("\"...");
@@ -64,12 +80,10 @@ fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
             message.push(c);
         }
     }
-    if message.contains("untagged enum Entry") {
-        message =
-            "a server entry must be a URL string or a table { url = \"...\", weight = N, name = \"...\" }".to_string();
+    if in_quotes {
+        message.push('"');
     }
-    let place = line.map(|l| format!("line {l}: ")).unwrap_or_default();
-    config_error(format!("fleet configuration, {place}{}", message.trim()))
+    message
 }
 
 fn tag_chars(tag: &str) -> RedisResult<[u8; 2]> {
@@ -127,14 +141,14 @@ fn mode_of(mode: Option<&str>, hash: Option<&str>, tag: Option<&str>) -> RedisRe
 /// Errors name the line and never repeat the offending value.
 pub fn builder_from_toml(text: &str) -> RedisResult<Builder> {
     let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
-    let mut builder = builder_from_file(file.clone_shallow())?;
+    let mut builder = builder_from_file(file.clone_shallow(), "")?;
     if let Some(old) = file.migrating_from {
         if old.migrating_from.is_some() {
             return Err(config_error(
                 "fleet configuration: [migrating_from] cannot itself have a [migrating_from]".to_string(),
             ));
         }
-        builder = builder.migrating_from(builder_from_file(*old)?);
+        builder = builder.migrating_from(builder_from_file(*old, "[migrating_from] ")?);
     }
     Ok(builder)
 }
@@ -153,14 +167,24 @@ impl FileConfig {
     }
 }
 
-fn builder_from_file(file: FileConfig) -> RedisResult<Builder> {
+fn builder_from_file(file: FileConfig, table: &str) -> RedisResult<Builder> {
     let mode = mode_of(file.mode.as_deref(), file.hash.as_deref(), file.hash_tag.as_deref())?;
     let mut servers = Vec::new();
-    for entry in file.servers {
+    for (i, entry) in file.servers.into_iter().enumerate() {
+        // Which entry, so a bad URL can be found without showing it whole.
+        let parse = |url: &str| {
+            Server::from_url(url).map_err(|e| {
+                config_error(format!(
+                    "fleet configuration, {table}servers entry {}: {}",
+                    i + 1,
+                    e.detail().unwrap_or("invalid")
+                ))
+            })
+        };
         let server = match entry {
-            Entry::Url(url) => Server::from_url(&url)?,
+            Entry::Url(url) => parse(&url)?,
             Entry::Full { url, weight, name } => {
-                let mut s = Server::from_url(&url)?;
+                let mut s = parse(&url)?;
                 if let Some(w) = weight {
                     s = s.with_weight(w);
                 }
@@ -181,11 +205,16 @@ fn builder_from_file(file: FileConfig) -> RedisResult<Builder> {
 
 /// Reads a twemproxy (nutcracker) configuration and returns a builder for
 /// pool `pool` with the same servers, weights, names, hash, distribution
-/// and hash tag. `servers:` lines are `host:port:weight [name]`; the
-/// database is 0 (twemproxy has none).
+/// and hash tag. `servers:` lines are `host:port:weight [name]`.
+///
+/// As nutcracker does, the pool's `redis_auth:` password is sent (`AUTH`)
+/// to every server of the pool, and its `redis_db:` (default 0) is the
+/// database used on each of them; placement does not depend on either.
+/// Server lines cannot carry a user or password (`secret@host:port:1` is an
+/// error that does not show the secret). Errors never show the password.
 pub fn builder_from_twemproxy_yaml(text: &str, pool: &str) -> RedisResult<Builder> {
-    let docs: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| config_error(format!("twemproxy configuration: {e}")))?;
+    let docs: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| config_error(format!("twemproxy configuration: {}", without_quoted(&e.to_string()))))?;
     let pool_cfg = docs
         .get(pool)
         .ok_or_else(|| config_error(format!("no pool `{pool}` in the twemproxy configuration")))?;
@@ -205,18 +234,52 @@ pub fn builder_from_twemproxy_yaml(text: &str, pool: &str) -> RedisResult<Builde
         .get("servers")
         .and_then(|v| v.as_sequence())
         .ok_or_else(|| config_error(format!("pool `{pool}` has no `servers:` list")))?;
+    // A YAML scalar as text: `redis_auth: 12345` is a number to YAML.
+    let scalar = |k: &str| -> RedisResult<Option<String>> {
+        match pool_cfg.get(k) {
+            None | Some(serde_yaml_ng::Value::Null) => Ok(None),
+            Some(serde_yaml_ng::Value::String(s)) => Ok(Some(s.clone())),
+            Some(serde_yaml_ng::Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(serde_yaml_ng::Value::Bool(b)) => Ok(Some(b.to_string())),
+            Some(_) => Err(config_error(format!("pool `{pool}`: `{k}` must be a single value"))),
+        }
+    };
+    let auth = scalar("redis_auth")?.filter(|a| !a.is_empty());
+    let db = match scalar("redis_db")? {
+        None => 0,
+        Some(db) => db
+            .parse::<i64>()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| config_error(format!("pool `{pool}`: `redis_db` must be a database number")))?,
+    };
     let mut servers = Vec::new();
     for line in lines {
         let line = line
             .as_str()
             .ok_or_else(|| config_error("each twemproxy server must be a string".into()))?;
-        servers.push(server_from_twemproxy_line(line)?);
+        let mut server = server_from_twemproxy_line_db(line, db)?;
+        if let Some(auth) = &auth {
+            server = server.with_password(auth);
+        }
+        servers.push(server);
     }
     Ok(Builder::new().servers(servers).mode(mode))
 }
 
-/// Parses one twemproxy server line: `host:port:weight [name]`.
+/// Parses one twemproxy server line: `host:port:weight [name]` (database 0).
 pub fn server_from_twemproxy_line(line: &str) -> RedisResult<Server> {
+    server_from_twemproxy_line_db(line, 0)
+}
+
+fn server_from_twemproxy_line_db(line: &str, db: i64) -> RedisResult<Server> {
+    if line.contains('@') {
+        return Err(config_error(format!(
+            "twemproxy server `{}`: server lines have no user or password (host:port:weight [name]); \
+             give the pool's password as `redis_auth:`",
+            crate::config::redact_url(line)
+        )));
+    }
     let mut parts = line.split_whitespace();
     let address = parts
         .next()
@@ -231,7 +294,7 @@ pub fn server_from_twemproxy_line(line: &str) -> RedisResult<Server> {
             "twemproxy server `{line}` is not host:port:weight [name]"
         )));
     };
-    let mut server = Server::from_parts(host, port, 0)?.with_weight(weight);
+    let mut server = Server::from_parts(host, port, db)?.with_weight(weight);
     if let Some(name) = name {
         server = server.with_alias(name);
     }
@@ -282,5 +345,80 @@ mod tests {
         );
         assert!(builder_from_twemproxy_yaml(yaml, "beta").is_err());
         assert!(server_from_twemproxy_line("127.0.0.1:7001").is_err());
+    }
+
+    const CANARY: &str = "CanaryPw-7f3a";
+
+    fn shows(e: &redis::RedisError) -> String {
+        format!("{e} {e:?}")
+    }
+
+    #[test]
+    fn toml_errors_never_echo_the_line() {
+        let url = format!("redis://u:{CANARY}@127.0.0.1:6379/0");
+        let cases = [
+            // Syntax: an unclosed string, a missing comma, a bad key.
+            format!("servers = [\"{url}]\n"),
+            format!("servers = [\"{url}\" \"{url}\"]\n"),
+            format!("servers = [\"{url}\"]\n{CANARY} = 1\n"),
+            // Types: a string for the list, a number for an entry, a string weight.
+            format!("servers = \"{url}\"\n"),
+            format!("servers = [\"{url}\", 7]\n"),
+            format!("servers = [{{ url = \"{url}\", weight = \"{CANARY}\" }}]\n"),
+            format!("servers = [\"{url}\"]\nmode = [\"{url}\"]\n"),
+            // The same in [migrating_from].
+            format!("servers = [\"redis://a:1/0\"]\n[migrating_from]\nservers = [\"{url}]\n"),
+            format!("servers = [\"redis://a:1/0\"]\n[migrating_from]\nservers = \"{url}\"\n"),
+            format!(
+                "servers = [\"redis://a:1/0\"]\n[migrating_from]\nservers = [{{ url = \"{url}\", weight = -1 }}]\n"
+            ),
+            format!("servers = [\"redis://a:1/0\"]\n[migrating_from]\nservers = [\"{url}\"]\n{CANARY} = 2\n"),
+            // Bad URLs inside well-formed files.
+            format!("servers = [\"redis://u:{CANARY}@127.0.0.1:99999/0\"]\n"),
+            format!("servers = [\"redis://a:1/0\"]\n[migrating_from]\nservers = [\"redis://:{CANARY}/x@h:1\"]\n"),
+        ];
+        for text in cases {
+            let e = builder_from_toml(&text).unwrap_err();
+            assert!(!shows(&e).contains(CANARY), "{text}\n-> {e:?}");
+            assert!(
+                shows(&e).contains("line") || shows(&e).contains("URL"),
+                "{text}\n-> {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn twemproxy_lines_never_keep_user_info() {
+        let yaml = format!("p:\n  servers:\n   - {CANARY}@127.0.0.1:7001:1\n");
+        let e = builder_from_twemproxy_yaml(&yaml, "p").unwrap_err();
+        assert!(!shows(&e).contains(CANARY), "{e:?}");
+        assert!(e.to_string().contains("redis_auth"), "{e}");
+        let e = server_from_twemproxy_line(&format!("u:{CANARY}@127.0.0.1:7001:1 name")).unwrap_err();
+        assert!(!shows(&e).contains(CANARY), "{e:?}");
+        // A YAML syntax error around a password.
+        let yaml = format!("p:\n  redis_auth: \"{CANARY}\n  servers: [\n");
+        let e = builder_from_twemproxy_yaml(&yaml, "p").unwrap_err();
+        assert!(!shows(&e).contains(CANARY), "{e:?}");
+    }
+
+    #[test]
+    fn twemproxy_redis_auth_and_db_reach_every_server() {
+        let yaml = format!(
+            "p:\n  redis_auth: {CANARY}\n  redis_db: 3\n  servers:\n   - 127.0.0.1:7001:1\n   - 127.0.0.1:7002:1 b\n"
+        );
+        let b = builder_from_twemproxy_yaml(&yaml, "p").unwrap();
+        assert!(!format!("{b:?}").contains(CANARY));
+        let (servers, _) = b.into_parts().unwrap();
+        for s in &servers {
+            assert_eq!(s.connection_info().redis_settings().password(), Some(CANARY));
+            assert_eq!(s.db(), 3);
+            assert!(!format!("{s} {s:?}").contains(CANARY));
+        }
+        // A numeric password is a number to YAML: still a password.
+        let yaml = "p:\n  redis_auth: 12345\n  servers:\n   - 127.0.0.1:7001:1\n";
+        let (servers, _) = builder_from_twemproxy_yaml(yaml, "p").unwrap().into_parts().unwrap();
+        assert_eq!(servers[0].connection_info().redis_settings().password(), Some("12345"));
+        let yaml = "p:\n  redis_db: x\n  servers:\n   - 127.0.0.1:7001:1\n";
+        assert!(builder_from_twemproxy_yaml(yaml, "p").is_err());
     }
 }

@@ -275,7 +275,7 @@ impl Core {
     pub(crate) fn route_split(&self, cmd: &Cmd, stride: usize, merge: Merge) -> Route {
         let stride = stride.max(1);
         let total = cmd.args_iter().len().saturating_sub(1);
-        if total == 0 || total % stride != 0 {
+        if total == 0 || !total.is_multiple_of(stride) {
             // Let the server produce its own "wrong number of arguments".
             return Route::One {
                 server: 0,

@@ -245,3 +245,302 @@ fn tls_servers_work_with_rediss_urls() {
     let _ = std::fs::remove_dir_all(&dir);
     drop(servers(0));
 }
+
+// ---------------------------------------------------------------------------
+// The canary: one recognisable password, looked for in every text a user or
+// a log could see, on every path a password can take.
+
+const CANARY: &str = "CanaryPw-7f3a";
+
+/// Display and Debug (plain and pretty) of anything that has them.
+fn all_texts<T: std::fmt::Display + std::fmt::Debug>(value: &T) -> String {
+    format!("{value} {value:?} {value:#?}")
+}
+
+fn assert_no_canary(what: &str, text: &str) {
+    assert!(!text.contains(CANARY), "{what} shows the password: {text}");
+}
+
+/// Every hostile way to write a password into a server address, each of
+/// which is an error (the form is ambiguous or wrong) that must not show it.
+fn hostile_urls(port: u16) -> Vec<String> {
+    [
+        // Raw `/`, `#`, `?` in the password: the URL cuts the authority there.
+        "redis://:{C}/x@127.0.0.1:{P}",
+        "redis://u:{C}/x@127.0.0.1:{P}/0",
+        "redis://:{C}#x@127.0.0.1:{P}",
+        "redis://u:{C}?x@127.0.0.1:{P}/0",
+        // No scheme.
+        ":{C}@127.0.0.1:{P}",
+        "u:{C}@127.0.0.1:{P}",
+        // A password where the user name goes.
+        "redis://{C}@127.0.0.1:{P}/0",
+        // Other mistakes next to a password.
+        "redis://u:{C}@127.0.0.1:99999/0",
+        "redis://u:{C}@127.0.0.1:{P}/0?db=3",
+        "redis://u:{C}@127.0.0.1:{P}/0?password={C}",
+        "redis://u:{C}@127.0.0.1:x{P}/0",
+        "redis://u:{C}@/0",
+        "redis://u:{C}@127.0.0.1:{P}/notadb",
+        "http://u:{C}@127.0.0.1:{P}/0",
+    ]
+    .iter()
+    .map(|u| u.replace("{C}", CANARY).replace("{P}", &port.to_string()))
+    .collect()
+}
+
+/// Every way to build a client from `url`, each of which must fail without
+/// showing the password.
+fn assert_every_builder_refuses(url: &str) {
+    let e = Server::from_url(url).unwrap_err();
+    assert_no_canary(&format!("Server::from_url({url})"), &all_texts(&e));
+    let e = MRedis::new([url]).unwrap_err();
+    assert_no_canary(&format!("MRedis::new({url})"), &all_texts(&e));
+    let builder = MRedis::builder().servers([url]);
+    assert_no_canary(&format!("Builder Debug ({url})"), &format!("{builder:?} {builder:#?}"));
+    let e = builder.clone().build().unwrap_err();
+    assert_no_canary(&format!("Builder::build({url})"), &all_texts(&e));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt.block_on(builder.build_async()).unwrap_err();
+    assert_no_canary(&format!("Builder::build_async({url})"), &all_texts(&e));
+    let e = rt.block_on(mredis::aio::MRedis::connect([url])).unwrap_err();
+    assert_no_canary(&format!("aio::MRedis::connect({url})"), &all_texts(&e));
+    // The same URL in a fleet file, as a plain entry, a table, and in [migrating_from].
+    let escaped = url.replace('\\', "\\\\").replace('"', "\\\"");
+    for toml in [
+        format!("servers = [\"{escaped}\"]\n"),
+        format!("mode = \"ketama\"\nservers = [{{ url = \"{escaped}\", weight = 2, name = \"a\" }}]\n"),
+        format!("servers = [\"redis://127.0.0.1:1/0\"]\n[migrating_from]\nservers = [\"{escaped}\"]\n"),
+    ] {
+        let e = mredis::builder_from_toml(&toml).unwrap_err();
+        assert_no_canary(&format!("builder_from_toml({toml})"), &all_texts(&e));
+    }
+}
+
+#[test]
+fn hostile_urls_are_refused_without_showing_the_password() {
+    for url in hostile_urls(6379) {
+        assert_every_builder_refuses(&url);
+    }
+    // The reasons are told, not only "did not parse".
+    let reason = |url: &str| Server::from_url(url).unwrap_err().to_string();
+    assert!(reason(&hostile_urls(6379)[0]).contains("percent-encode"));
+    assert!(reason(&hostile_urls(6379)[4]).contains("missing redis:// scheme"));
+    assert!(reason(&hostile_urls(6379)[7]).contains("port 99999 out of range"));
+    assert!(reason(&hostile_urls(6379)[8]).contains("`db`"));
+    assert!(reason(&hostile_urls(6379)[9]).contains("unknown query parameter `password`"));
+}
+
+#[test]
+fn twemproxy_files_never_show_the_password() {
+    for line in [
+        format!("{CANARY}@127.0.0.1:6379:1"),
+        format!("u:{CANARY}@127.0.0.1:6379:1 name"),
+        format!(":{CANARY}@127.0.0.1:6379:1"),
+    ] {
+        let yaml = format!("p:\n  distribution: ketama\n  servers:\n   - {line}\n");
+        let e = mredis::builder_from_twemproxy_yaml(&yaml, "p").unwrap_err();
+        assert_no_canary("twemproxy server line", &all_texts(&e));
+        let yaml = format!("p:\n  redis_auth: {CANARY}\n  servers:\n   - {line}\n");
+        let e = mredis::builder_from_twemproxy_yaml(&yaml, "p").unwrap_err();
+        assert_no_canary("twemproxy server line with redis_auth", &all_texts(&e));
+        let e = mredis::server_from_twemproxy_line(&line).unwrap_err();
+        assert_no_canary("server_from_twemproxy_line", &all_texts(&e));
+    }
+    // A broken file around the password.
+    let yaml = format!("p:\n  redis_auth: \"{CANARY}\n  servers: [\n");
+    let e = mredis::builder_from_twemproxy_yaml(&yaml, "p").unwrap_err();
+    assert_no_canary("broken twemproxy file", &all_texts(&e));
+}
+
+/// A server that wants `CANARY` as the default user's password, and the
+/// same password for ACL user `alice`.
+fn canary_server() -> RedisServer {
+    let rule = format!(">{CANARY}");
+    RedisServer::with_args(&[
+        "--requirepass",
+        CANARY,
+        "--user",
+        "alice",
+        "on",
+        &rule,
+        "~*",
+        "&*",
+        "+@all",
+    ])
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command, a fleet pipeline and a fan-out on `mr` (sync) and on an
+/// async client over the same servers; returns their errors' texts.
+fn failures_of(builder: mredis::Builder) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    assert_no_canary("Builder", &format!("{builder:?} {builder:#?}"));
+    let mr = builder.clone().build().unwrap();
+    assert_no_canary("MRedis", &format!("{mr:?} {mr:#?}"));
+    for s in mr.servers() {
+        assert_no_canary("Server", &all_texts(s));
+    }
+    let e = mr.get::<_, Option<String>>("k").unwrap_err();
+    out.push(("get".to_string(), all_texts(&e)));
+    let e = mr
+        .pipeline_all()
+        .set("a", 1)
+        .get("b")
+        .query::<((), Option<i64>)>(&mr)
+        .unwrap_err();
+    out.push(("pipeline_all".to_string(), all_texts(&e)));
+    let e = mr.dbsize::<i64>().unwrap_err();
+    out.push(("dbsize".to_string(), all_texts(&e)));
+    out.push((
+        "dbsize as RedisError".to_string(),
+        all_texts(&redis::RedisError::from(e)),
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let amr = builder.build_async().await.unwrap();
+        assert_no_canary("aio::MRedis", &format!("{amr:?} {amr:#?}"));
+        let e = amr.get::<_, Option<String>>("k").await.unwrap_err();
+        out.push(("async get".to_string(), all_texts(&e)));
+        let e = amr
+            .pipeline_all()
+            .set("a", 1)
+            .get("b")
+            .query_async::<((), Option<i64>)>(&amr)
+            .await
+            .unwrap_err();
+        out.push(("async pipeline_all".to_string(), all_texts(&e)));
+        let e = amr.dbsize::<i64>().await.unwrap_err();
+        out.push(("async dbsize".to_string(), all_texts(&e)));
+    });
+    for (what, text) in &out {
+        assert_no_canary(what, text);
+    }
+    out
+}
+
+#[test]
+fn a_wrong_password_says_authentication_failed_naming_server_and_user() {
+    let s = canary_server();
+    let wrong = format!("{CANARY}-wrong");
+    for (url, user) in [
+        (format!("redis://alice:{wrong}@127.0.0.1:{}/0", s.port()), "alice"),
+        (format!("redis://:{wrong}@127.0.0.1:{}/0", s.port()), "default"),
+        // RESP3: the refusal comes as HELLO's WRONGPASS reply.
+        (
+            format!("redis://alice:{wrong}@127.0.0.1:{}/0?protocol=3", s.port()),
+            "alice",
+        ),
+    ] {
+        let builder = MRedis::builder().servers([url.as_str()]);
+        for (what, text) in failures_of(builder) {
+            assert!(text.contains("authentication failed"), "{what}: {text}");
+            assert!(text.contains(&s.name()), "{what} does not name the server: {text}");
+            assert!(
+                text.contains(&format!("`{user}`")),
+                "{what} does not name the user: {text}"
+            );
+            assert!(!text.contains(&wrong), "{what}: {text}");
+        }
+    }
+    // The right password works, on every path, and is shown nowhere.
+    for url in [
+        format!("redis://alice:{CANARY}@127.0.0.1:{}/0", s.port()),
+        format!("redis://:{CANARY}@127.0.0.1:{}/0?protocol=3", s.port()),
+    ] {
+        let mr = MRedis::new([url.as_str()]).unwrap();
+        mr.set::<_, _, ()>("k", 1).unwrap();
+        assert_eq!(mr.get::<_, i64>("k").unwrap(), 1);
+        assert_no_canary("MRedis", &format!("{mr:?}"));
+        let e = mr.get::<_, i64>("missing").unwrap_err();
+        assert_no_canary("type error", &all_texts(&e));
+    }
+    // The same through a fleet file, in both tables.
+    let url = format!("redis://alice:{CANARY}@127.0.0.1:{}/0", s.port());
+    let toml = format!("servers = [\"{url}\"]\n[migrating_from]\nservers = [{{ url = \"{url}\", name = \"a\" }}]\n");
+    let builder = mredis::builder_from_toml(&toml).unwrap();
+    assert_no_canary("Builder from TOML", &format!("{builder:?} {builder:#?}"));
+    let mr = builder.build().unwrap();
+    assert_no_canary("MRedis from TOML", &format!("{mr:?} {mr:#?}"));
+    assert_eq!(mr.get::<_, i64>("k").unwrap(), 1);
+}
+
+#[test]
+fn a_password_with_a_raw_at_sign_works() {
+    let password = format!("{CANARY}@x");
+    let s = RedisServer::with_args(&["--requirepass", &password]);
+    let mr = MRedis::new([format!("redis://:{password}@127.0.0.1:{}/0", s.port())]).unwrap();
+    mr.set::<_, _, ()>("k", 1).unwrap();
+    assert_eq!(mr.servers()[0].name(), s.name());
+    assert_no_canary("MRedis", &format!("{mr:?} {:?}", mr.servers()));
+    // Percent-encoded, `/` and `#` work too.
+    let password = format!("{CANARY}/y#z");
+    let t = RedisServer::with_args(&["--requirepass", &password]);
+    let encoded = password.replace('/', "%2F").replace('#', "%23");
+    let mr = MRedis::new([format!("redis://:{encoded}@127.0.0.1:{}/0", t.port())]).unwrap();
+    mr.set::<_, _, ()>("k", 1).unwrap();
+}
+
+#[test]
+fn unreachable_servers_never_show_the_password() {
+    let port = closed_port();
+    let builder = MRedis::builder()
+        .servers([format!("redis://alice:{CANARY}@127.0.0.1:{port}/0")])
+        .connect_timeout(Duration::from_millis(300));
+    for (what, text) in failures_of(builder) {
+        assert!(text.contains(&format!("127.0.0.1:{port}:0")), "{what}: {text}");
+    }
+}
+
+#[test]
+fn twemproxy_redis_auth_reaches_every_server() {
+    let a = canary_server();
+    let b = canary_server();
+    let pool = |auth: &str| {
+        format!(
+            "p:\n  listen: 127.0.0.1:22121\n  hash: md5\n  distribution: ketama\n  redis: true\n  \
+             redis_auth: {auth}\n  servers:\n   - 127.0.0.1:{}:1\n   - 127.0.0.1:{}:1\n",
+            a.port(),
+            b.port()
+        )
+    };
+    let builder = mredis::builder_from_twemproxy_yaml(&pool(CANARY), "p").unwrap();
+    assert_no_canary("twemproxy Builder", &format!("{builder:?} {builder:#?}"));
+    let mr = builder.build().unwrap();
+    assert_no_canary("MRedis", &format!("{mr:?}"));
+    for i in 0..40 {
+        mr.set::<_, _, ()>(format!("k{i}"), i).unwrap();
+    }
+    let sizes: PerServer<i64> = mr.dbsize().unwrap();
+    assert_eq!(sizes.values().sum::<i64>(), 40);
+    assert!(sizes.values().all(|&n| n > 0), "{sizes:?}");
+    // Without redis_auth the pool cannot be used (NOAUTH), as with nutcracker.
+    let yaml = pool(CANARY).replace(&format!("  redis_auth: {CANARY}\n"), "");
+    let none = mredis::builder_from_twemproxy_yaml(&yaml, "p")
+        .unwrap()
+        .build()
+        .unwrap();
+    let e = none.get::<_, Option<i64>>("k1").unwrap_err();
+    assert_eq!(e.code(), Some("NOAUTH"), "{e}");
+    // A wrong redis_auth: authentication failed, naming the server, no password.
+    let builder = mredis::builder_from_twemproxy_yaml(&pool(&format!("{CANARY}-wrong")), "p").unwrap();
+    for (what, text) in failures_of(builder) {
+        assert!(text.contains("authentication failed"), "{what}: {text}");
+        assert!(text.contains("`default`"), "{what}: {text}");
+    }
+}

@@ -1,6 +1,100 @@
-//! Placement: which server owns a key. Each mode reproduces, bit for bit,
-//! a system that already places keys on plain Redis servers, so data it
-//! wrote is found where it is (see `shared/spec/placement.md`).
+//! Placement: which server owns a key.
+//!
+//! Each [`Mode`] reproduces, bit for bit, a system that already places keys
+//! on plain Redis servers, so data that system wrote is found where it is,
+//! and the reverse. The rules, as implemented here:
+//!
+//! # `standard`: the original Python MRedis (the default)
+//!
+//! ```text
+//! index = ((crc32(key) >> 16) & 0x7fff) % number_of_servers
+//! ```
+//!
+//! - `crc32` is the ordinary reflected CRC-32 (zlib's, `crc32fast`) of the
+//!   raw key bytes; servers count in configuration order. The `>> 16 &
+//!   0x7fff` step (libmemcached's "crc32") is what the original's code does,
+//!   although its README says "crc32 mod n"; its data is only found with it.
+//! - Hash tags are off by default, as in the original; with
+//!   [`Builder::hash_tags(true)`](crate::Builder::hash_tags) only the Redis
+//!   Cluster tag is hashed (the text inside the first `{`...`}` pair, if it
+//!   is non-empty; else the whole key).
+//! - Servers are named `host:port:db`, as the original names them in
+//!   per-server results.
+//! - Compatible with: Python MRedis. Tested against the formula computed
+//!   independently (`mredis_tests::original_index`).
+//!
+//! # `ketama` and `modula`: twemproxy (nutcracker) 0.5.0
+//!
+//! **Names and order.** A server line is `host:port:weight [name]`. Without
+//! a name, the server's name is `host:port` as written (no DNS lookup, no
+//! weight), except that port 11211 gives just `host`
+//! ([`twemproxy::default_name`]); [`Server::with_alias`](crate::Server::with_alias)
+//! sets the name. The list is then sorted by name, shorter names first,
+//! then byte order ([`twemproxy::sorted_order`]); placement works on that
+//! order, whatever the configuration order. Two servers with one name are
+//! an error.
+//!
+//! **Key hash** (`hash:`, [`KeyHash`], default `fnv1a_64`): one of
+//! twemproxy's twelve (`one_at_a_time`, `md5`, `crc16`, `crc32`, `crc32a`,
+//! `fnv1_64`, `fnv1a_64`, `fnv1_32`, `fnv1a_32`, `hsieh`, `murmur`,
+//! `jenkins`), each returning a `u32` exactly as twemproxy's `hashkit` does,
+//! quirks included: key bytes are read as signed C `char`s (a byte >= 0x80
+//! is sign-extended before it is mixed in), `fnv1a_64` is computed in 32
+//! bits, `crc32` is `(crc32(key) >> 16) & 0x7fff`, and an empty key hashes
+//! to 0. A pool of one server always picks it.
+//!
+//! **Ketama** ([`twemproxy::Ketama`]). The ring is built with MD5 whatever
+//! the key hash is. A server of weight `w` out of a total weight `W` over
+//! `n` servers gets `floor(w / W * 160 / 4 * n + 1e-10) * 4` points,
+//! computed in `f32` as twemproxy does: about 160 points per server at equal
+//! weights, shared by weight (weights 5/1/2 give 300/60/120; 25 equal
+//! servers get 156 each, not 160). For `i` in `0..points / 4`, the MD5 of
+//! `"{name}-{i}"` gives four points (the little-endian `u32`s of its
+//! 16 bytes). Points are sorted by value, stably. A key goes to the first
+//! point whose value is >= the key's hash, wrapping to the first point.
+//! With `hash: crc32` the hashes are all <= 0x7fff, so nearly every key
+//! lands on one server: twemproxy does the same, and so does this mode.
+//!
+//! **Modula** ([`twemproxy::Modula`]). Each server appears `weight` times
+//! in a list, in sorted order; a key goes to `list[hash % total_weight]`.
+//!
+//! **Hash tags** (`hash_tag:`, two bytes such as `{}` or `$$`;
+//! [`twemproxy::tagged`]): the text between the first `tag[0]` and the
+//! first `tag[1]` after it is hashed if both exist and it is non-empty,
+//! else the whole key (`{a}{b}` hashes `a`; `}{a}` hashes `a`; `{}abc`,
+//! `a{}{x}` and `{x` hash the whole key). Off unless `hash_tag` is set.
+//!
+//! Compatible with: twemproxy (nutcracker) 0.5.0 configured with the same
+//! servers, weights, names, `hash`, `distribution` and `hash_tag`
+//! ([`builder_from_twemproxy_yaml`](crate::builder_from_twemproxy_yaml)
+//! reads them from its YAML). The integration tests write keys (ASCII,
+//! binary, empty, tagged) through a real `nutcracker` in front of real
+//! redis-servers, for every hash with ketama and modula, with weights,
+//! names and hash tags, and read each back through mredis.
+//!
+//! # `rendezvous`: go-redis v9 Ring
+//!
+//! ([`goredis::Rendezvous`]) Each server has a shard name: its
+//! [`alias`](crate::Server::alias), else the name twemproxy would give it
+//! (`host:port`, or `host` alone on port 11211); give go-redis's shard
+//! names (the keys of its `Addrs` map) as aliases. With
+//! `nh = xxhash64(shard name)` and
+//! `kh = xxhash64(key)` (seed 0), a shard's score is
+//!
+//! ```text
+//! x = kh ^ nh;  x ^= x >> 12;  x ^= x << 25;  x ^= x >> 27;
+//! score = x * 2685821657736338717          (wrapping u64)
+//! ```
+//!
+//! and the highest score wins (ties go to the first shard in configuration
+//! order). Hash tags follow the Redis Cluster rule and are on by default,
+//! as in go-redis; `Builder::hash_tags(false)` turns them off.
+//!
+//! Compatible with: go-redis v9 `Ring` with its default
+//! `NewConsistentHash` (go-rendezvous over xxhash64), the same shard names
+//! and all shards up. No Go toolchain runs here, so the integration tests
+//! compare with a second, plain implementation of the rule written in the
+//! test, over real servers.
 
 use redis::RedisResult;
 
