@@ -1423,10 +1423,10 @@ impl Worker<'_> {
         let in_flight: Vec<Vec<u8>> = batches.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
         self.shared.journal.begin(&self.name, &in_flight)?;
         self.shared.journal.lost(&self.name, &in_flight);
-        if !pipe.is_empty() {
-            if let Err(e) = self.con.send_packed_command(&pipe.get_packed_pipeline()) {
-                return Err(PageFailure::Fatal(self.source_error(e, &dest_tis)));
-            }
+        if !pipe.is_empty()
+            && let Err(e) = self.con.send_packed_command(&pipe.get_packed_pipeline())
+        {
+            return Err(PageFailure::Fatal(self.source_error(e, &dest_tis)));
         }
         let mut busy_batches = Vec::new();
         for (ti, chunk) in batches {

@@ -475,7 +475,7 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode) {
                 let r = mr.append::<_, _, i64>(&ak, "x");
                 count(&models, &ak, 1, &r);
                 let dk = format!("t{t}:d{i}");
-                if round % 2 == 0 {
+                if round.is_multiple_of(2) {
                     let r = mr.set::<_, _, ()>(&dk, "here");
                     put(&models, &dk, Some("here".into()), outcome(&r));
                 } else {
