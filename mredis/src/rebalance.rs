@@ -12,9 +12,10 @@
 //!   destination B is one of two things:
 //!   - the leftover of a `MIGRATE` that timed out after B had applied the
 //!     `RESTORE` (A keeps its copy when it does not hear back from B). Under
-//!     the documented procedure (migration-aware clients move a key from A
-//!     to B before touching it on B) nobody writes a key on B while A still
-//!     holds it, so A's copy is authoritative. When `DUMP` of both copies is
+//!     the documented procedure (migration-aware clients serve a moving key
+//!     from A while A has it, and from B only once it is gone from A)
+//!     nobody writes a key on B while A still holds it, so A's copy is
+//!     authoritative. When `DUMP` of both copies is
 //!     byte-identical, B's copy carries nothing A's lacks, and
 //!     `MIGRATE ... REPLACE` from A loses nothing: it is resolved silently
 //!     (counted in [`RebalanceReport::leftovers`]; A's TTL is kept, `DUMP`
@@ -29,11 +30,14 @@
 //!     picks a side; then every copy it is about to discard is first handed
 //!     to [`RebalanceOptions::before_discard`], and only then discarded.
 //!
-//!   No journal of in-flight batches is kept: a `MIGRATE` runs to its end on
-//!   the server even when this process dies, so the only way a key ends up on
-//!   two servers is a `MIGRATE` that timed out (or a source that died) after
-//!   the destination applied it, and that copy is byte-identical to the
-//!   source's, which the rule above recognises on the next run.
+//!   A leftover is not always identical: clients keep writing A's copy after
+//!   the `MIGRATE` that left B's copy timed out. So the keys of every batch
+//!   are written to a journal ([`RebalanceOptions::journal`]; the CLI always
+//!   keeps one) before the batch is sent, and marked done once its reply is
+//!   read. A key found on both servers whose batch never got its reply (a
+//!   timeout, a stalled server, this process killed) is the tool's own
+//!   leftover: it is replaced from A too. Without the journal entry, a key
+//!   with different copies is a conflict.
 //! - **Move keys to a server without persistence** (`save ""` and
 //!   `appendonly no`), or one whose persistence cannot be read (`CONFIG GET`
 //!   renamed or denied), unless [`RebalanceOptions::allow_volatile`]: a
@@ -400,6 +404,8 @@ struct Journal {
     file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     // (dropped with the journal: the file is closed before `finish` removes it)
     pending: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
+    /// Keys of batches sent and not answered yet.
+    inflight: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
 }
 
 fn hex(key: &[u8]) -> String {
@@ -451,6 +457,7 @@ impl Journal {
             path: Some(path.to_path_buf()),
             file: Some(Mutex::new(file)),
             pending: Mutex::new(pending),
+            inflight: Mutex::default(),
         })
     }
 
@@ -467,11 +474,26 @@ impl Journal {
 
     /// Before sending a batch: its keys are in flight.
     fn begin(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+        let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            f.insert((src.to_string(), k.clone()));
+        }
+        drop(f);
         self.write('B', src, keys)
     }
 
-    /// The batch's outcome is known for these keys.
+    /// The batch was answered (BUSYKEY): not in flight any more, but an
+    /// uncertainty left by an earlier batch stays until the key is settled.
+    fn answered(&self, src: &str, keys: &[Vec<u8>]) {
+        let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            f.remove(&(src.to_string(), k.clone()));
+        }
+    }
+
+    /// The key is settled (moved, gone, resolved or listed as a conflict).
     fn end(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+        self.answered(src, keys);
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             for k in keys {
@@ -481,12 +503,19 @@ impl Journal {
         self.write('E', src, keys)
     }
 
-    /// A batch whose outcome this run did not see (it is retried).
-    fn lost(&self, src: &str, keys: &[Vec<u8>]) {
+    /// The replies of `src`'s batches in flight were not seen (a timeout):
+    /// their keys are uncertain for the retry.
+    fn lost(&self, src: &str) {
+        let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for k in keys {
-            p.insert((src.to_string(), k.clone()));
-        }
+        f.retain(|(s, k)| {
+            if s == src {
+                p.insert((s.clone(), k.clone()));
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Was `key` in a batch from `src` whose outcome was not seen?
@@ -497,11 +526,10 @@ impl Journal {
             .contains(&(src.to_string(), key.to_vec()))
     }
 
-    /// After a run with nothing left to do.
+    /// After a run that verified every key on its owner and no key on two
+    /// servers: nothing in the journal can matter any more.
     fn finish(&self) {
-        if let Some(path) = &self.path
-            && self.pending.lock().map(|p| p.is_empty()).unwrap_or(false)
-        {
+        if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -1354,6 +1382,7 @@ impl Worker<'_> {
                 Ok(page) => return Ok(page),
                 Err(PageFailure::Fatal(e)) => return Err(e),
                 Err(PageFailure::Timeout(ti, e)) => {
+                    self.shared.journal.lost(&self.name);
                     if attempt == 3 || !answers_ping(self.dest(ti)) {
                         return Err(self.move_error(ti, &e));
                     }
@@ -1363,6 +1392,7 @@ impl Worker<'_> {
                     self.con = connect(&self.plan.nodes[self.src].server, self.plan.settings.io_timeout)?;
                 }
                 Err(PageFailure::Stalled(dest_tis)) => {
+                    self.shared.journal.lost(&self.name);
                     // Either a destination stopped (the source then waits
                     // for it on every queued batch), or the source did, or
                     // the source was only slow. Name the one that stopped.
@@ -1422,7 +1452,6 @@ impl Worker<'_> {
         // whose reply is never seen stays in the journal.
         let in_flight: Vec<Vec<u8>> = batches.iter().flat_map(|(_, c)| c.iter().cloned()).collect();
         self.shared.journal.begin(&self.name, &in_flight)?;
-        self.shared.journal.lost(&self.name, &in_flight);
         if !pipe.is_empty()
             && let Err(e) = self.con.send_packed_command(&pipe.get_packed_pipeline())
         {
@@ -1464,7 +1493,10 @@ impl Worker<'_> {
                     self.shared.journal.end(&self.name, &chunk)?;
                 }
                 Reply::NoKey => self.shared.journal.end(&self.name, &chunk)?,
-                Reply::Busy => busy_batches.push((ti, chunk, existing)),
+                Reply::Busy => {
+                    self.shared.journal.answered(&self.name, &chunk);
+                    busy_batches.push((ti, chunk, existing));
+                }
                 Reply::Err(e) if e.starts_with("IOERR") => return Err(PageFailure::Timeout(ti, e)),
                 Reply::Err(e) => return Err(PageFailure::Fatal(self.move_error(ti, &e))),
             }
@@ -1525,6 +1557,7 @@ impl Worker<'_> {
         for k in &left {
             pipe.add_command(migrate_cmd(self.dest(ti), s.timeout_ms, false, std::slice::from_ref(k)));
         }
+        self.shared.journal.begin(&self.name, &left)?;
         let v: Vec<Value> = match pipe.ignore_errors().query(&mut self.con) {
             Ok(v) => v,
             Err(e) => return Err(self.source_error(e, &[ti])),
@@ -1538,7 +1571,10 @@ impl Worker<'_> {
                     }
                     self.shared.journal.end(&self.name, std::slice::from_ref(&k))?;
                 }
-                Reply::Busy => busy.push(k),
+                Reply::Busy => {
+                    self.shared.journal.answered(&self.name, std::slice::from_ref(&k));
+                    busy.push(k);
+                }
                 Reply::Err(e) => return Err(self.move_error(ti, &e)),
             }
         }
@@ -1591,7 +1627,10 @@ impl Worker<'_> {
                     }
                     self.shared.journal.end(&self.name, std::slice::from_ref(&key))?;
                 }
-                Reply::Busy => self.conflict(ti, key),
+                Reply::Busy => {
+                    self.shared.journal.end(&self.name, std::slice::from_ref(&key))?;
+                    self.conflict(ti, key);
+                }
                 Reply::Err(e) => return Err(self.move_error(ti, &e)),
             }
         }

@@ -18,6 +18,8 @@ fn mredis(args: &[&str]) -> (bool, String) {
 fn mredis_code(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mredis"))
         .args(args)
+        // Journals (kept in the working directory) go to a scratch place.
+        .current_dir(std::env::temp_dir())
         .output()
         .expect("run mredis");
     let text = format!(
@@ -350,6 +352,7 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
                 "--timeout-ms",
                 "2000",
             ])
+            .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -375,6 +378,21 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
     let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &new, "--quiet"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("verification: 0 keys away"), "{out}");
+    // The journal the killed runs left was used, then removed.
+    let mut id = String::new();
+    for server in open(&old).servers().iter().chain(open(&new).servers()) {
+        id.push_str(server.name());
+        id.push('\n');
+    }
+    let journal = std::env::temp_dir().join(format!(
+        ".mredis-rebalance-{:08x}.journal",
+        crc32fast::hash(id.as_bytes())
+    ));
+    assert!(
+        !journal.exists(),
+        "{} is left after a run with nothing left to do",
+        journal.display()
+    );
     let after = dumps(&s);
     assert_eq!(after.len(), N);
     assert!(before == after, "values changed");

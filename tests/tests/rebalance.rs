@@ -737,3 +737,69 @@ fn a_destination_busy_for_a_moment_is_retried_not_reported() {
     assert!(on_two_servers(&s).is_empty());
     assert_eq!(s.iter().map(|x| x.dbsize()).sum::<i64>() as usize, N);
 }
+
+/// A key left on both servers by a MIGRATE whose reply was never seen, then
+/// written on its source by migration-aware clients (which serve it from
+/// there while it is there): the copies differ. The journal says it was
+/// the tool's own batch, so the source's copy wins; without the journal
+/// entry the same state is a conflict, kept.
+#[test]
+fn a_journaled_leftover_is_replaced_from_the_source_even_when_the_copies_differ() {
+    let s = servers(3);
+    let old = config(&[&s[0], &s[1]], Mode::Standard);
+    let new = config(&[&s[0], &s[1], &s[2]], Mode::Standard);
+    let mut moving = (0..)
+        .map(|i| format!("j:{i}"))
+        .filter(|k| old.server_index_for(k.as_bytes()) != new.server_index_for(k.as_bytes()));
+    let (journaled, unjournaled) = (moving.next().unwrap(), moving.next().unwrap());
+    let mut places = Vec::new();
+    for key in [&journaled, &unjournaled] {
+        let a = &s[old.server_index_for(key.as_bytes())];
+        let b = &s[new.server_index_for(key.as_bytes())];
+        // The leftover: B got the value as it was when the batch was sent;
+        // clients then wrote A's copy.
+        redis::cmd("SET").arg(key).arg("v1").exec(&mut b.conn()).unwrap();
+        redis::cmd("SET")
+            .arg(key)
+            .arg("v2, written after")
+            .exec(&mut a.conn())
+            .unwrap();
+        places.push((a.port(), b.port()));
+    }
+    let dir = std::env::temp_dir().join(format!("mredis-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = dir.join("rebalance.journal");
+    let hex: String = journaled.bytes().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&journal, format!("B 127.0.0.1:{}:0 {hex}\n", places[0].0)).unwrap();
+
+    let options = RebalanceOptions {
+        journal: Some(journal.clone()),
+        ..volatile_ok()
+    };
+    let report = rebalance(&old, &new, options).unwrap();
+    // The journaled key: the source's (newer) copy is on the new owner only.
+    let b = s.iter().find(|x| x.port() == places[0].1).unwrap();
+    let a = s.iter().find(|x| x.port() == places[0].0).unwrap();
+    assert_eq!(dump(a, &journaled), None);
+    let got: String = redis::cmd("GET").arg(&journaled).query(&mut b.conn()).unwrap();
+    assert_eq!(got, "v2, written after");
+    // The other: a conflict, both copies kept.
+    assert_eq!(report.conflicts.len(), 1, "{:?}", report.conflicts);
+    assert_eq!(report.conflicts[0].key, unjournaled);
+    let a2 = s.iter().find(|x| x.port() == places[1].0).unwrap();
+    let b2 = s.iter().find(|x| x.port() == places[1].1).unwrap();
+    assert!(dump(a2, &unjournaled).is_some() && dump(b2, &unjournaled).is_some());
+    // Settled keys are marked done in the journal; the file stays while a
+    // conflict is left.
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.contains(&format!("E 127.0.0.1:{}:0 {hex}", places[0].0)), "{text}");
+    // Resolving the conflict leaves nothing to do: the journal is removed.
+    let options = RebalanceOptions {
+        journal: Some(journal.clone()),
+        prefer: Some(Prefer::Source),
+        ..volatile_ok()
+    };
+    let report = rebalance(&old, &new, options).unwrap();
+    assert_eq!(report.misplaced, 0);
+    assert!(!journal.exists(), "the journal is removed once nothing is left");
+}
