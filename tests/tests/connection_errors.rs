@@ -92,6 +92,7 @@ async fn a_silent_server_times_out_async() {
     let mr = MRedis::builder()
         .servers([url.as_str()])
         .response_timeout(Some(Duration::from_millis(300)))
+        .connect_timeout(Duration::from_millis(500))
         .reconnect_retries(0)
         .build_async()
         .await
