@@ -122,7 +122,7 @@ fn a_slow_reply_times_out_after_the_response_timeout() {
     let started = Instant::now();
     let e = mr.blpop::<_, Option<(String, String)>>("empty", 5.0).unwrap_err();
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}: {e}");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}: {e}");
     let text = e.to_string();
     assert!(
         text.contains("no reply in time") && text.contains("may have run"),
@@ -147,7 +147,7 @@ async fn a_slow_reply_times_out_async() {
     let started = Instant::now();
     let e = mr.blpop::<_, Option<(String, String)>>("empty", 5.0).await.unwrap_err();
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}: {e}");
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}: {e}");
     let text = e.to_string();
     assert!(
         text.contains("no reply in time") && text.contains("may have run"),
