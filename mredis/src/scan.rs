@@ -42,6 +42,8 @@ pub(crate) struct ScanSpec {
     servers: Vec<(usize, Phase)>,
     /// HSCAN & co. on a key being moved: guarded pages on its old server.
     moves: Vec<Move>,
+    /// Options given as `redis::ScanOptions` (MATCH, COUNT, TYPE).
+    options: Vec<Vec<u8>>,
 }
 
 impl ScanSpec {
@@ -60,6 +62,7 @@ impl ScanSpec {
             pattern,
             servers,
             moves: Vec::new(),
+            options: Vec::new(),
         }
     }
 
@@ -74,6 +77,7 @@ impl ScanSpec {
             pattern,
             servers: vec![(server, Phase::All)],
             moves,
+            options: Vec::new(),
         }
     }
 
@@ -86,7 +90,12 @@ impl ScanSpec {
         if let Some(p) = &self.pattern {
             cmd.arg("MATCH").arg(&p[..]);
         }
-        cmd.arg("COUNT").arg(COUNT);
+        for o in &self.options {
+            cmd.arg(&o[..]);
+        }
+        if !self.options.iter().any(|o| o.eq_ignore_ascii_case(b"COUNT")) {
+            cmd.arg("COUNT").arg(COUNT);
+        }
         cmd
     }
 }
@@ -346,6 +355,15 @@ impl crate::MRedis {
         Ok(self.scan_with(ScanSpec::keys(self.core(), None)))
     }
 
+    /// Iterates the keys of every server with `SCAN` options (`MATCH`,
+    /// `COUNT`, `TYPE`), as redis-rs's `scan_options`.
+    #[doc(alias = "SCAN")]
+    pub fn scan_options<RV: FromRedisValue>(&self, opts: redis::ScanOptions) -> RedisResult<ScanIter<'_, RV>> {
+        let mut spec = ScanSpec::keys(self.core(), None);
+        spec.options = opts.to_redis_args();
+        Ok(self.scan_with(spec))
+    }
+
     /// Same as [`MRedis::scan`](crate::MRedis::scan).
     #[doc(alias = "SCAN")]
     pub fn scan_iter<RV: FromRedisValue>(&self) -> RedisResult<ScanIter<'_, RV>> {
@@ -401,6 +419,18 @@ impl crate::aio::MRedis {
     #[doc(alias = "SCAN")]
     pub async fn scan<RV: FromRedisValue + Send + 'static>(&self) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
         Ok(self.scan_with(ScanSpec::keys(self.core(), None)))
+    }
+
+    /// Streams the keys of every server with `SCAN` options (`MATCH`,
+    /// `COUNT`, `TYPE`), as redis-rs's `scan_options`.
+    #[doc(alias = "SCAN")]
+    pub async fn scan_options<RV: FromRedisValue + Send + 'static>(
+        &self,
+        opts: redis::ScanOptions,
+    ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
+        let mut spec = ScanSpec::keys(self.core(), None);
+        spec.options = opts.to_redis_args();
+        Ok(self.scan_with(spec))
     }
 
     /// Streams the keys matching `pattern` on every server (`SCAN ... MATCH`).

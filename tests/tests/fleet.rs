@@ -183,3 +183,35 @@ fn scripts_load_themselves_on_the_owning_server() {
         .unwrap();
     assert_eq!(v, 7);
 }
+
+#[test]
+fn scan_options_filter_by_pattern_and_type_on_every_server() {
+    let s = mredis_tests::servers(3);
+    let mr = MRedis::new(mredis_tests::urls(&s)).unwrap();
+    for i in 0..60 {
+        mr.set::<_, _, ()>(format!("so:str:{i}"), i).unwrap();
+        mr.rpush::<_, _, ()>(format!("so:list:{i}"), i).unwrap();
+    }
+    let opts = || {
+        redis::ScanOptions::default()
+            .with_pattern("so:*")
+            .with_type("list")
+            .with_count(7)
+    };
+    let mut keys: Vec<String> = mr.scan_options(opts()).unwrap().collect::<Result<_, _>>().unwrap();
+    keys.sort();
+    let mut expected: Vec<String> = (0..60).map(|i| format!("so:list:{i}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert!(
+        s.iter().all(|x| x.dbsize() > 0),
+        "the keys are spread over every server"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = rt.block_on(async {
+        let am = mredis::aio::MRedis::connect(mredis_tests::urls(&s)).await.unwrap();
+        let stream = am.scan_options::<String>(opts()).await.unwrap();
+        stream.map(|k| k.unwrap()).collect::<Vec<_>>().await.len()
+    });
+    assert_eq!(n, 60);
+}
