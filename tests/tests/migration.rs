@@ -415,7 +415,7 @@ fn outcome<T>(r: &redis::RedisResult<T>) -> Result<(), bool> {
     }
 }
 
-fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode) {
+fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destination: bool) {
     let total = old_n.max(new_n);
     let s = persistent_servers(total);
     let old_refs: Vec<&RedisServer> = s[..old_n].iter().collect();
@@ -562,8 +562,18 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode) {
 
     // The rebalance, with the first old server stopped for 2 s mid-way.
     let started = Instant::now();
-    let stopped = s[0].pid().unwrap();
+    // The first old server, or the last server (a destination), stops for 2 s.
+    let stopped = if stop_destination {
+        s[total - 1].pid().unwrap()
+    } else {
+        s[0].pid().unwrap()
+    };
+    let journal = std::env::temp_dir().join(format!(
+        "mredis-migration-{}-{old_n}-{new_n}-{stop_destination}.journal",
+        std::process::id()
+    ));
     let rebalancer = {
+        let journal = journal.clone();
         let old = old.clone();
         let plain_new = plain_new.clone();
         std::thread::spawn(move || {
@@ -572,6 +582,7 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode) {
                 runs += 1;
                 let options = RebalanceOptions {
                     migrate_timeout_ms: Some(1000),
+                    journal: Some(journal.clone()),
                     ..Default::default()
                 };
                 match rebalance(&old, &plain_new, options) {
@@ -599,13 +610,24 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode) {
     rt.block_on(async_handle).unwrap();
     // Writers may have moved keys after the last pass: finish (this is the
     // documented last step, and must find nothing misplaced but those).
-    let final_report = rebalance(&old, &plain_new, RebalanceOptions::default()).unwrap();
+    let final_report = rebalance(
+        &old,
+        &plain_new,
+        RebalanceOptions {
+            journal: Some(journal.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!journal.exists(), "a clean run removes its journal");
     assert!(final_report.conflicts.is_empty());
     eprintln!(
-        "{old_n} -> {new_n}: rebalance took {runs} runs, {:?}; moved {} keys, then {}",
+        "{old_n} -> {new_n}: rebalance took {runs} runs, {:?}; moved {} keys, then {}; retries {}, leftovers {}",
         started.elapsed(),
         report.moved,
-        final_report.moved
+        final_report.moved,
+        report.retries,
+        report.leftovers + final_report.leftovers
     );
 
     // Every key is on its new owner only.
@@ -654,17 +676,22 @@ fn signal(sig: &str, pid: u32) {
 
 #[test]
 fn writers_lose_nothing_while_growing_3_to_4_standard() {
-    writers_during_rebalance(3, 4, Mode::Standard);
+    writers_during_rebalance(3, 4, Mode::Standard, false);
+}
+
+#[test]
+fn writers_lose_nothing_while_growing_3_to_4_standard_with_the_destination_stopped() {
+    writers_during_rebalance(3, 4, Mode::Standard, true);
 }
 
 #[test]
 fn writers_lose_nothing_while_growing_3_to_4_ketama() {
-    writers_during_rebalance(3, 4, ketama());
+    writers_during_rebalance(3, 4, ketama(), false);
 }
 
 #[test]
 fn writers_lose_nothing_while_shrinking_4_to_3_standard() {
-    writers_during_rebalance(4, 3, Mode::Standard);
+    writers_during_rebalance(4, 3, Mode::Standard, false);
 }
 
 #[test]
