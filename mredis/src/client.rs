@@ -40,10 +40,17 @@ impl Pool {
 
     /// An idle connection, or a new one opened now.
     fn get(&self) -> RedisResult<Connection> {
+        self.get_within(self.connect_timeout)
+    }
+
+    /// The same, spending at most `budget` on opening one (the rest of a
+    /// call's deadline).
+    fn get_within(&self, budget: Duration) -> RedisResult<Connection> {
         if let Some(con) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(con);
         }
-        let con = self.client.get_connection_with_timeout(self.connect_timeout)?;
+        let timeout = self.connect_timeout.min(budget).max(Duration::from_millis(1));
+        let con = self.client.get_connection_with_timeout(timeout)?;
         con.set_read_timeout(self.response_timeout)?;
         con.set_write_timeout(self.response_timeout)?;
         Ok(con)
@@ -339,13 +346,27 @@ impl MRedis {
     /// Sends a pipeline to one server; the replies, raw (an atomic
     /// pipeline's: the EXEC reply alone).
     pub(crate) fn pipeline_on(&self, index: usize, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
+        // Through `send_many`: one deadline for the whole pipeline, and the
+        // first reply that does not come ends it (redis-rs's own pipeline
+        // read would wait the timeout once per command).
         let packed = pipe.get_packed_pipeline();
-        let (offset, count) = if pipe.is_transaction() {
-            (pipe.len() + 1, 1)
-        } else {
-            (0, pipe.len())
+        let atomic = pipe.is_transaction();
+        let replies = if atomic { pipe.len() + 2 } else { pipe.len() };
+        let job = Job {
+            server: index,
+            packed: &packed,
+            replies,
         };
-        self.with_connection(index, |con| con.req_packed_commands(&packed, offset, count))
+        let mut values = self
+            .send_many(std::slice::from_ref(&job))
+            .pop()
+            .unwrap_or_else(|| Err(client_error("no reply".to_string())))?;
+        if atomic {
+            // MULTI's OK and the QUEUED replies come first; EXEC's is last.
+            let exec = values.pop().unwrap_or(Value::Nil);
+            return Ok(vec![exec]);
+        }
+        Ok(values)
     }
 
     /// Runs a routed command on one server, or split over several; keys
@@ -438,7 +459,11 @@ impl MRedis {
         let mut out: Vec<RedisResult<Vec<Value>>> = Vec::with_capacity(jobs.len());
         for job in jobs {
             let sent = self.pool(job.server).and_then(|pool| {
-                let mut con = pool.get()?;
+                // A connection opened now gets what is left of the deadline.
+                let budget = pool
+                    .response_timeout
+                    .map_or(pool.connect_timeout, |t| t.saturating_sub(start.elapsed()));
+                let mut con = pool.get_within(budget)?;
                 con.send_packed_command(job.packed)?;
                 Ok(con)
             });

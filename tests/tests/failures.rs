@@ -225,3 +225,81 @@ fn a_server_loading_its_data_answers_loading_then_the_data() {
         "after loading, the data is there: no wrong answer before"
     );
 }
+
+fn signal(sig: &str, pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A server that stops answering (SIGSTOP) costs a whole call one response
+/// timeout: a 50-command pipeline, a fleet pipeline and a fan-out each fail
+/// after about one timeout, not one per command or per server.
+#[test]
+fn a_stopped_server_costs_one_deadline_per_call() {
+    let s = servers(3);
+    let timeout = Duration::from_millis(400);
+    let mr = MRedis::builder()
+        .servers(urls(&s))
+        .response_timeout(Some(timeout))
+        .build()
+        .unwrap();
+    let k = key_on(0, 3, "d");
+    let other = key_on(1, 3, "e");
+    // Warm the pools so the connections exist before the server stops.
+    for _ in 0..4 {
+        let _: PerServer<i64> = mr.dbsize().unwrap();
+        mr.set::<_, _, ()>(&k, 1).unwrap();
+    }
+    let pid = s[0].pid().unwrap();
+    signal("STOP", pid);
+    let mut pipe = mr.pipeline(&k).unwrap();
+    for _ in 0..50 {
+        pipe.incr(&k, 1);
+    }
+    let started = Instant::now();
+    let err = pipe.query::<Vec<i64>>(&mr).unwrap_err();
+    let key_pipeline = started.elapsed();
+
+    let mut fleet = mr.pipeline_all();
+    for i in 0..50 {
+        fleet.get(if i % 2 == 0 { &k } else { &other });
+    }
+    let started = Instant::now();
+    let fleet_err = fleet.query::<Vec<Option<i64>>>(&mr).unwrap_err();
+    let fleet_pipeline = started.elapsed();
+
+    let started = Instant::now();
+    let fan_err = mr.dbsize::<i64>().unwrap_err();
+    let fan_out = started.elapsed();
+    signal("CONT", pid);
+
+    let name = format!("127.0.0.1:{}:0", s[0].port());
+    for (what, text) in [
+        ("key pipeline", err.to_string()),
+        ("fleet pipeline", fleet_err.to_string()),
+        ("fan-out", fan_err.to_string()),
+    ] {
+        assert!(
+            text.contains(&name) && text.contains("no reply in time"),
+            "{what}: {text}"
+        );
+    }
+    // Generous bounds (the machine may be loaded), far below 50 timeouts.
+    for (what, took) in [
+        ("key pipeline", key_pipeline),
+        ("fleet pipeline", fleet_pipeline),
+        ("fan-out", fan_out),
+    ] {
+        assert!(took < timeout * 5, "{what} took {took:?} for a {timeout:?} timeout");
+    }
+    // The fan-out kept the other servers' answers.
+    assert_eq!(fan_err.succeeded().len(), 2);
+    // After SIGCONT the same client works (the stopped server's timed-out
+    // connections were dropped, not reused out of step).
+    assert!(mr.get::<_, i64>(&k).unwrap() >= 1);
+    let _: PerServer<i64> = mr.dbsize().unwrap();
+}
