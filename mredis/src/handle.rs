@@ -20,6 +20,8 @@
 //!   map of server name to reply; commands without a policy go to the
 //!   first server;
 //! - `SCAN` walks every server: its cursor carries the server;
+//! - `HSCAN`, `SSCAN`, `ZSCAN` go to their key's server (the cursor is
+//!   that key's), so redis-rs's `hscan`/`sscan`/`zscan` iterators work;
 //! - pipelines keep call order; MULTI/EXEC (an atomic pipeline) and WATCH
 //!   need all their keys on one server;
 //! - a command that cannot be routed (no key and no policy, or omitted from
@@ -283,8 +285,14 @@ pub(crate) fn plan(
         (t, _) => t,
     };
     let entry = table_entry(&name, sub.as_deref().filter(|_| info.is_some_and(|_| true)));
+    // HSCAN, SSCAN and ZSCAN are omitted from MRedis's methods only because
+    // MRedis has iterators in their place; their cursor belongs to one key,
+    // on that key's server, so here they are key commands like any other
+    // (redis-rs's `hscan`/`sscan`/`zscan` iterators send them).
+    let cursor_of_one_key = matches!(name.as_str(), "HSCAN" | "SSCAN" | "ZSCAN");
     if let Some(e) = entry
         && e.class == RouteClass::Omitted
+        && !cursor_of_one_key
     {
         return Err(cannot(e.name, e.reason.unwrap_or("not supported across servers")));
     }
