@@ -144,7 +144,11 @@ impl Ctx {
     /// With hash tags on: `{t}a` and `{t}b` share a server.
     fn tagged() -> Ctx {
         let servers = servers(3);
-        let mr = MRedis::builder().servers(urls(&servers)).hash_tags(true).build().unwrap();
+        let mr = MRedis::builder()
+            .servers(urls(&servers))
+            .hash_tags(true)
+            .build()
+            .unwrap();
         Ctx { servers, mr }
     }
 
@@ -170,8 +174,8 @@ impl Ctx {
 mod basic {
     use super::*;
     use redis::{
-        CopyOptions, ErrorKind, Expiry, IntegerReplyOrNoOp::IntegerReply, Role, ScanOptions, SetExpiry,
-        SetOptions, SortedSetAddOptions, TypedCommands, UpdateCheck, ValueType,
+        CopyOptions, ErrorKind, Expiry, IntegerReplyOrNoOp::IntegerReply, Role, ScanOptions, SetExpiry, SetOptions,
+        SortedSetAddOptions, TypedCommands, UpdateCheck, ValueType,
     };
 
     #[test]
@@ -228,12 +232,22 @@ mod basic {
         assert_eq!(set_key_type, ValueType::Set);
 
         //The key is a sorted set
-        redis::cmd("ZADD").arg("sorted_set_bar").arg("1").arg("foo").exec(&mut con).unwrap();
+        redis::cmd("ZADD")
+            .arg("sorted_set_bar")
+            .arg("1")
+            .arg("foo")
+            .exec(&mut con)
+            .unwrap();
         let zset_key_type = con.key_type("sorted_set_bar").unwrap();
         assert_eq!(zset_key_type, ValueType::ZSet);
 
         //The key is a hash
-        redis::cmd("HSET").arg("hset_bar").arg("hset_key_1").arg("foo").exec(&mut con).unwrap();
+        redis::cmd("HSET")
+            .arg("hset_bar")
+            .arg("hset_key_1")
+            .arg("foo")
+            .exec(&mut con)
+            .unwrap();
         let hash_key_type = con.key_type("hset_bar").unwrap();
         assert_eq!(hash_key_type, ValueType::Hash);
 
@@ -314,8 +328,18 @@ mod basic {
         let ctx = Ctx::new();
         let mut con = ctx.connection();
 
-        redis::cmd("HSET").arg("foo").arg("key_1").arg(1).exec(&mut con).unwrap();
-        redis::cmd("HSET").arg("foo").arg("key_2").arg(2).exec(&mut con).unwrap();
+        redis::cmd("HSET")
+            .arg("foo")
+            .arg("key_1")
+            .arg(1)
+            .exec(&mut con)
+            .unwrap();
+        redis::cmd("HSET")
+            .arg("foo")
+            .arg("key_2")
+            .arg(2)
+            .exec(&mut con)
+            .unwrap();
 
         let h: HashMap<String, i32> = redis::cmd("HGETALL").arg("foo").query(&mut con).unwrap();
         assert_eq!(h.len(), 2);
@@ -390,8 +414,7 @@ mod basic {
 
         redis::cmd("SET").arg("foo").arg(1).exec(&mut con).unwrap();
 
-        let (a, b): (Option<i32>, Option<i32>) =
-            redis::cmd("MGET").arg("foo").arg("missing").query(&mut con).unwrap();
+        let (a, b): (Option<i32>, Option<i32>) = redis::cmd("MGET").arg("foo").arg("missing").query(&mut con).unwrap();
         assert_eq!(a, Some(1i32));
         assert_eq!(b, None);
 
@@ -410,7 +433,12 @@ mod basic {
             unseen.insert(x);
         }
 
-        let iter = redis::cmd("SSCAN").arg("foo").cursor_arg(0).clone().iter(&mut con).unwrap();
+        let iter = redis::cmd("SSCAN")
+            .arg("foo")
+            .cursor_arg(0)
+            .clone()
+            .iter(&mut con)
+            .unwrap();
 
         let iter = iter.map(std::result::Result::unwrap);
 
@@ -435,11 +463,17 @@ mod basic {
         }
 
         // This key is raw bytes, invalid UTF-8
-        redis::cmd("SET").arg(b"\xc3\x28").arg("invalid").exec(&mut con).unwrap();
+        redis::cmd("SET")
+            .arg(b"\xc3\x28")
+            .arg("invalid")
+            .exec(&mut con)
+            .unwrap();
 
         // get an iterator for SCAN over all redis keys
         // Specify count=1 so we don't get the invalid UTF-8 scenario in the first scan
-        let iter = con.scan_options::<String>(ScanOptions::default().with_count(1)).unwrap();
+        let iter = con
+            .scan_options::<String>(ScanOptions::default().with_count(1))
+            .unwrap();
 
         let mut error_kind = None;
         let mut count = 0;
@@ -478,7 +512,9 @@ mod basic {
             }
         }
 
-        let iter = con.hscan_match::<&str, &str, (String, usize)>("foo", "key_0_*").unwrap();
+        let iter = con
+            .hscan_match::<&str, &str, (String, usize)>("foo", "key_0_*")
+            .unwrap();
 
         let iter = iter.map(std::result::Result::unwrap);
 
@@ -551,7 +587,11 @@ mod basic {
         let ctx = Ctx::new();
         let mut con = ctx.connection();
         let mut pipe = redis::pipe();
-        pipe.set("x", "x-value").ignore().hset("x", "field", "field_value").ignore().get("x");
+        pipe.set("x", "x-value")
+            .ignore()
+            .hset("x", "field", "field_value")
+            .ignore()
+            .get("x");
 
         let res = pipe.exec(&mut con);
         let error_message = res.unwrap_err().to_string();
@@ -602,8 +642,15 @@ mod basic {
 
         let mut pl = redis::pipe();
 
-        let ((k1,),): ((i32,),) =
-            pl.cmd("SET").arg("pkey_1").arg(42).ignore().cmd("MGET").arg(&["pkey_1"]).query(&mut con).unwrap();
+        let ((k1,),): ((i32,),) = pl
+            .cmd("SET")
+            .arg("pkey_1")
+            .arg(42)
+            .ignore()
+            .cmd("MGET")
+            .arg(&["pkey_1"])
+            .query(&mut con)
+            .unwrap();
 
         assert_eq!(k1, 42);
 
@@ -633,8 +680,15 @@ mod basic {
 
         let mut pl = redis::pipe();
 
-        let ((k1,),): ((i32,),) =
-            pl.cmd("SET").arg("pkey_1").arg(44).ignore().cmd("MGET").arg(&["pkey_1"]).query(&mut con).unwrap();
+        let ((k1,),): ((i32,),) = pl
+            .cmd("SET")
+            .arg("pkey_1")
+            .arg(44)
+            .ignore()
+            .cmd("MGET")
+            .arg(&["pkey_1"])
+            .query(&mut con)
+            .unwrap();
         pl.clear();
 
         assert_eq!(k1, 44);
@@ -668,8 +722,16 @@ mod basic {
         loop {
             redis::cmd("WATCH").arg(key).exec(&mut con).unwrap();
             let val: isize = redis::cmd("GET").arg(key).query(&mut con).unwrap();
-            let response: Option<(isize,)> =
-                redis::pipe().atomic().cmd("SET").arg(key).arg(val + 1).ignore().cmd("GET").arg(key).query(&mut con).unwrap();
+            let response: Option<(isize,)> = redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(key)
+                .arg(val + 1)
+                .ignore()
+                .cmd("GET")
+                .arg(key)
+                .query(&mut con)
+                .unwrap();
 
             match response {
                 None => {
@@ -693,7 +755,13 @@ mod basic {
 
         let response: (isize,) = redis::transaction(&mut con, &[key], |con, pipe| {
             let val: isize = redis::cmd("GET").arg(key).query(con).unwrap();
-            pipe.cmd("SET").arg(key).arg(val + 1).ignore().cmd("GET").arg(key).query(con)
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(val + 1)
+                .ignore()
+                .cmd("GET")
+                .arg(key)
+                .query(con)
         })
         .unwrap();
 
@@ -706,7 +774,11 @@ mod basic {
         let ctx = Ctx::new();
         let mut con = ctx.connection();
 
-        redis::cmd("HMSET").arg("my_key").arg(&[("field_1", 42), ("field_2", 23)]).exec(&mut con).unwrap();
+        redis::cmd("HMSET")
+            .arg("my_key")
+            .arg(&[("field_1", 42), ("field_2", 23)])
+            .exec(&mut con)
+            .unwrap();
 
         assert_eq!(redis::cmd("HGET").arg("my_key").arg("field_1").query(&mut con), Ok(42));
         assert_eq!(redis::cmd("HGET").arg("my_key").arg("field_2").query(&mut con), Ok(23));
@@ -755,7 +827,10 @@ mod basic {
         let ctx = Ctx::new();
         let mut con = ctx.connection();
 
-        assert_eq!(con.hset_multiple("my_hash", &[("f1", 1), ("f2", 2), ("f3", 4), ("f4", 8)]), Ok(()));
+        assert_eq!(
+            con.hset_multiple("my_hash", &[("f1", 1), ("f2", 2), ("f3", 4), ("f4", 8)]),
+            Ok(())
+        );
 
         let hm: HashMap<String, isize> = redis::Commands::hgetall(&mut con, "my_hash").unwrap();
         assert_eq!(hm.get("f1"), Some(&1));
@@ -774,7 +849,12 @@ mod basic {
         let v: Vec<(String, isize)> = redis::Commands::hgetall(&mut con, "my_hash").unwrap();
         assert_eq!(
             v,
-            vec![("f1".to_string(), 1), ("f2".to_string(), 2), ("f3".to_string(), 4), ("f4".to_string(), 8),]
+            vec![
+                ("f1".to_string(), 1),
+                ("f2".to_string(), 2),
+                ("f3".to_string(), 4),
+                ("f4".to_string(), 8),
+            ]
         );
 
         assert_eq!(redis::Commands::hmget(&mut con, "my_hash", &["f2", "f4"]), Ok((2, 8)));
@@ -915,13 +995,22 @@ mod basic {
         assert_eq!(con.set(foobaz, foobaz_v), Ok(()));
 
         assert_eq!(con.bit_and(result, &[foobar, foobaz]), Ok(foobar_v.len()));
-        assert_eq!(con.get(result), Ok(Some(perform_bitwise_operation(foobar_v, foobaz_v, |a, b| a & b))));
+        assert_eq!(
+            con.get(result),
+            Ok(Some(perform_bitwise_operation(foobar_v, foobaz_v, |a, b| a & b)))
+        );
 
         assert_eq!(con.bit_or(result, &[foobar, foobaz]), Ok(foobar_v.len()));
-        assert_eq!(con.get(result), Ok(Some(perform_bitwise_operation(foobar_v, foobaz_v, |a, b| a | b))));
+        assert_eq!(
+            con.get(result),
+            Ok(Some(perform_bitwise_operation(foobar_v, foobaz_v, |a, b| a | b)))
+        );
 
         assert_eq!(con.bit_xor(result, &[foobar, foobaz]), Ok(foobar_v.len()));
-        assert_eq!(con.get(result), Ok(Some(perform_bitwise_operation(foobar_v, foobaz_v, |a, b| a ^ b))));
+        assert_eq!(
+            con.get(result),
+            Ok(Some(perform_bitwise_operation(foobar_v, foobaz_v, |a, b| a ^ b)))
+        );
 
         let key_values = BTreeMap::from([("{b}key1", b"\x0F"), ("{b}key2", b"\xF0"), ("{b}key3", b"\xFF")]);
 
@@ -964,11 +1053,16 @@ mod basic {
         let ctx = Ctx::tagged();
         let mut con = ctx.connection();
 
-        con.zadd_multiple("{z}zset1", &[(1, "one"), (2, "two"), (4, "four")]).unwrap();
-        con.zadd_multiple("{z}zset2", &[(1, "one"), (2, "two"), (3, "three")]).unwrap();
+        con.zadd_multiple("{z}zset1", &[(1, "one"), (2, "two"), (4, "four")])
+            .unwrap();
+        con.zadd_multiple("{z}zset2", &[(1, "one"), (2, "two"), (3, "three")])
+            .unwrap();
 
         // zinterstore_weights
-        assert_eq!(con.zinterstore_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]), Ok(2));
+        assert_eq!(
+            con.zinterstore_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]),
+            Ok(2)
+        );
 
         assert_eq!(
             con.zrange_withscores("{z}out", 0, -1),
@@ -976,7 +1070,10 @@ mod basic {
         );
 
         // zinterstore_min_weights
-        assert_eq!(con.zinterstore_min_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]), Ok(2));
+        assert_eq!(
+            con.zinterstore_min_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]),
+            Ok(2)
+        );
 
         assert_eq!(
             con.zrange_withscores("{z}out", 0, -1),
@@ -984,7 +1081,10 @@ mod basic {
         );
 
         // zinterstore_max_weights
-        assert_eq!(con.zinterstore_max_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]), Ok(2));
+        assert_eq!(
+            con.zinterstore_max_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]),
+            Ok(2)
+        );
 
         assert_eq!(
             con.zrange_withscores("{z}out", 0, -1),
@@ -999,35 +1099,61 @@ mod basic {
         let mut con = ctx.connection();
 
         con.zadd_multiple("{z}zset1", &[(1, "one"), (2, "two")]).unwrap();
-        con.zadd_multiple("{z}zset2", &[(1, "one"), (2, "two"), (3, "three")]).unwrap();
+        con.zadd_multiple("{z}zset2", &[(1, "one"), (2, "two"), (3, "three")])
+            .unwrap();
 
         // zunionstore_weights
-        assert_eq!(con.zunionstore_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]), Ok(3));
+        assert_eq!(
+            con.zunionstore_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]),
+            Ok(3)
+        );
 
         assert_eq!(
             con.zrange_withscores("{z}out", 0, -1),
-            Ok(vec![("one".to_string(), 5.0), ("three".to_string(), 9.0), ("two".to_string(), 10.0)])
+            Ok(vec![
+                ("one".to_string(), 5.0),
+                ("three".to_string(), 9.0),
+                ("two".to_string(), 10.0)
+            ])
         );
         // test converting to double
         assert_eq!(
             con.zrange_withscores("{z}out", 0, -1),
-            Ok(vec![("one".to_string(), 5.0), ("three".to_string(), 9.0), ("two".to_string(), 10.0)])
+            Ok(vec![
+                ("one".to_string(), 5.0),
+                ("three".to_string(), 9.0),
+                ("two".to_string(), 10.0)
+            ])
         );
 
         // zunionstore_min_weights
-        assert_eq!(con.zunionstore_min_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]), Ok(3));
+        assert_eq!(
+            con.zunionstore_min_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]),
+            Ok(3)
+        );
 
         assert_eq!(
             con.zrange_withscores("{z}out", 0, -1),
-            Ok(vec![("one".to_string(), 2.0), ("two".to_string(), 4.0), ("three".to_string(), 9.0)])
+            Ok(vec![
+                ("one".to_string(), 2.0),
+                ("two".to_string(), 4.0),
+                ("three".to_string(), 9.0)
+            ])
         );
 
         // zunionstore_max_weights
-        assert_eq!(con.zunionstore_max_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]), Ok(3));
+        assert_eq!(
+            con.zunionstore_max_weights("{z}out", &[("{z}zset1", 2), ("{z}zset2", 3)]),
+            Ok(3)
+        );
 
         assert_eq!(
             con.zrange_withscores("{z}out", 0, -1),
-            Ok(vec![("one".to_string(), 3.0), ("two".to_string(), 6.0), ("three".to_string(), 9.0)])
+            Ok(vec![
+                ("one".to_string(), 3.0),
+                ("two".to_string(), 6.0),
+                ("three".to_string(), 9.0)
+            ])
         );
     }
 
@@ -1040,7 +1166,14 @@ mod basic {
         assert_eq!(
             con.zadd_multiple(
                 setname,
-                &[(0, "apple"), (0, "banana"), (0, "carrot"), (0, "durian"), (0, "eggplant"), (0, "grapes"),],
+                &[
+                    (0, "apple"),
+                    (0, "banana"),
+                    (0, "carrot"),
+                    (0, "durian"),
+                    (0, "eggplant"),
+                    (0, "grapes"),
+                ],
             ),
             Ok(6)
         );
@@ -1072,7 +1205,10 @@ mod basic {
         assert_eq!(result.len(), 1);
         assert_eq!(result[0], "one".to_string());
 
-        assert_eq!(con.zadd_multiple(setname, &[(2, "two"), (3, "three"), (4, "four"), (5, "five")]), Ok(4));
+        assert_eq!(
+            con.zadd_multiple(setname, &[(2, "two"), (3, "three"), (4, "four"), (5, "five")]),
+            Ok(4)
+        );
 
         let results: Vec<String> = con.zrandmember(setname, Some(5)).unwrap();
         assert_eq!(results.len(), 5);
@@ -1127,7 +1263,12 @@ mod basic {
 
         // Enable an LFU `maxmemory-policy`. This is required for `OBJECT FREQ` to work.
         // (CONFIG SET goes to every server.)
-        redis::cmd("CONFIG").arg("SET").arg(b"maxmemory-policy").arg("allkeys-lfu").exec(&mut con).unwrap();
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(b"maxmemory-policy")
+            .arg("allkeys-lfu")
+            .exec(&mut con)
+            .unwrap();
 
         // Set a key and check the initial access frequency.
         // It should be 5 (`LFU_INIT_VALUE`), which is the default value for new keys
@@ -1254,8 +1395,12 @@ mod basic {
         let mut con = ctx.connection();
 
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as usize;
-        con.set_options("foo", "bar", SetOptions::default().with_expiration(SetExpiry::EXAT(now as u64 + 10)))
-            .unwrap();
+        con.set_options(
+            "foo",
+            "bar",
+            SetOptions::default().with_expiration(SetExpiry::EXAT(now as u64 + 10)),
+        )
+        .unwrap();
         let expire_time_seconds = match con.expire_time("foo").unwrap() {
             IntegerReply(expire_time) => expire_time,
             _ => panic!("Expected a value"),
@@ -1398,7 +1543,8 @@ mod streams {
     // the client has hash tags on.
 
     fn xadd(con: &mut mredis::Connection) {
-        con.xadd("k1", "1000-0", &[("hello", "world"), ("redis", "streams")]).unwrap();
+        con.xadd("k1", "1000-0", &[("hello", "world"), ("redis", "streams")])
+            .unwrap();
         con.xadd("k1", "1000-1", &[("hello", "world2")]).unwrap();
         con.xadd("k2", "2000-0", &[("hello", "world")]).unwrap();
         con.xadd("k2", "2000-1", &[("hello", "world2")]).unwrap();
@@ -1416,7 +1562,8 @@ mod streams {
         let ctx = Ctx::tagged();
         let mut con = ctx.connection();
 
-        con.xadd("{k}1", "1000-0", &[("hello", "world"), ("redis", "streams")]).unwrap();
+        con.xadd("{k}1", "1000-0", &[("hello", "world"), ("redis", "streams")])
+            .unwrap();
         con.xadd("{k}1", "1000-1", &[("hello", "world2")]).unwrap();
         con.xadd("{k}2", "2000-0", &[("hello", "world")]).unwrap();
         con.xadd("{k}2", "2000-1", &[("hello", "world2")]).unwrap();
@@ -1468,7 +1615,8 @@ mod streams {
 
         // test xadd_maxlen
 
-        con.xadd_maxlen("k4", StreamMaxlen::Equals(10), "*", &[("h", "w")]).unwrap();
+        con.xadd_maxlen("k4", StreamMaxlen::Equals(10), "*", &[("h", "w")])
+            .unwrap();
         let result = con.xlen("k4");
         assert_eq!(result, Ok(10));
         ctx.assert_on_owner("k4");
@@ -1623,8 +1771,10 @@ mod streams {
         // using ID=">" means all undelivered ids
         // otherwise, ID="0 | ms-num" means all pending already
         // sent to this client
-        let reply =
-            con.xread_options(&["k99"], &[">"], &StreamReadOptions::default().group("g99", "c99")).unwrap().unwrap();
+        let reply = con
+            .xread_options(&["k99"], &[">"], &StreamReadOptions::default().group("g99", "c99"))
+            .unwrap()
+            .unwrap();
         assert_eq!(reply.keys[0].ids.len(), 2);
 
         // read xinfo consumers again, should have 2 messages for the c99 consumer
@@ -1637,8 +1787,10 @@ mod streams {
 
         // get pending messages already seen by this client
         // we should only have one now..
-        let reply =
-            con.xread_options(&["k99"], &["0"], &StreamReadOptions::default().group("g99", "c99")).unwrap().unwrap();
+        let reply = con
+            .xread_options(&["k99"], &["0"], &StreamReadOptions::default().group("g99", "c99"))
+            .unwrap()
+            .unwrap();
         assert_eq!(reply.keys.len(), 1);
 
         // we should also have one pending here...
@@ -1648,7 +1800,9 @@ mod streams {
         // add more and read so we can test xpending
         let _ = con.xadd("k99", "1001-0", &[("i", "j"), ("k", "l")]);
         let _ = con.xadd("k99", "1001-1", &[("m", "n"), ("o", "p")]);
-        let _ = con.xread_options(&["k99"], &[">"], &StreamReadOptions::default().group("g99", "c99")).unwrap();
+        let _ = con
+            .xread_options(&["k99"], &[">"], &StreamReadOptions::default().group("g99", "c99"))
+            .unwrap();
 
         // call xpending here...
         // this has a different reply from what the count variations return
@@ -1669,7 +1823,13 @@ mod streams {
         let reply = con.xpending_consumer_count("k99", "g99", "-", "+", 10, "c99").unwrap();
         assert_eq!(reply.ids.len(), 3);
 
-        for StreamPendingId { id, consumer, times_delivered, last_delivered_ms: _ } in reply.ids {
+        for StreamPendingId {
+            id,
+            consumer,
+            times_delivered,
+            last_delivered_ms: _,
+        } in reply.ids
+        {
             assert!(!id.is_empty());
             assert!(!consumer.is_empty());
             assert!(times_delivered > 0);
@@ -1777,12 +1937,16 @@ mod streams {
         assert_matches!(result, Ok(_));
         let _ = con.xadd_maxlen("k1", StreamMaxlen::Equals(1), "*", &[("h1", "w1")]);
         // read the pending items for this key & group
-        let result =
-            con.xread_options(&["k1"], &[">"], &StreamReadOptions::default().group("g1", "c1")).unwrap().unwrap();
+        let result = con
+            .xread_options(&["k1"], &[">"], &StreamReadOptions::default().group("g1", "c1"))
+            .unwrap()
+            .unwrap();
 
         let _ = con.xadd_maxlen("k1", StreamMaxlen::Equals(1), "*", &[("h2", "w2")]);
-        let result_deleted_entry =
-            con.xread_options(&["k1"], &["0"], &StreamReadOptions::default().group("g1", "c1")).unwrap().unwrap();
+        let result_deleted_entry = con
+            .xread_options(&["k1"], &["0"], &StreamReadOptions::default().group("g1", "c1"))
+            .unwrap()
+            .unwrap();
         assert_eq!(result.keys[0].ids.len(), result_deleted_entry.keys[0].ids.len());
         assert_eq!(result.keys[0].ids[0].id, result_deleted_entry.keys[0].ids[0].id);
     }
@@ -1794,8 +1958,10 @@ mod streams {
 
         xadd_keyrange(con, "k1", 0, 10);
 
-        let reply =
-            con.xread_options(&["k1"], &[">"], &StreamReadOptions::default().group("g1", "c1")).unwrap().unwrap();
+        let reply = con
+            .xread_options(&["k1"], &[">"], &StreamReadOptions::default().group("g1", "c1"))
+            .unwrap()
+            .unwrap();
         assert_eq!(reply.keys[0].ids.len(), 10);
         reply
     }
@@ -1816,7 +1982,14 @@ mod streams {
 
         // grab this id if > 4ms
         let reply = con
-            .xautoclaim_options("k1", "g1", "c2", 4, claim.id.clone(), StreamAutoClaimOptions::default().count(2))
+            .xautoclaim_options(
+                "k1",
+                "g1",
+                "c2",
+                4,
+                claim.id.clone(),
+                StreamAutoClaimOptions::default().count(2),
+            )
             .unwrap();
         assert_eq!(reply.claimed.len(), 2);
         assert_eq!(reply.claimed[0].id, claim.id);
@@ -1931,7 +2104,10 @@ mod streams {
         // add some keys
         xadd_keyrange(&mut con, "k1", 0, 10);
 
-        let reply = con.xread_options(&["k1"], &["0"], &StreamReadOptions::default()).unwrap().unwrap();
+        let reply = con
+            .xread_options(&["k1"], &["0"], &StreamReadOptions::default())
+            .unwrap()
+            .unwrap();
         // verify we have 10 ids
         assert_eq!(reply.keys[0].ids.len(), 10);
 
@@ -1940,7 +2116,13 @@ mod streams {
         let claim_late_id = &reply.keys[0].ids[8];
 
         // get read up to the middle record
-        let _ = con.xread_options(&["k1"], &[">"], &StreamReadOptions::default().count(6).group("g1", "c1")).unwrap();
+        let _ = con
+            .xread_options(
+                &["k1"],
+                &[">"],
+                &StreamReadOptions::default().count(6).group("g1", "c1"),
+            )
+            .unwrap();
 
         let info = con.xinfo_groups("k1").unwrap();
         assert_eq!(info.groups[0].last_delivered_id, claim_middle_id.id.clone());
@@ -1955,7 +2137,9 @@ mod streams {
                 "c2",
                 4,
                 slice::from_ref(&claim_middle_id.id),
-                StreamClaimOptions::default().with_justid().with_lastid(claim_early_id.id.as_str()),
+                StreamClaimOptions::default()
+                    .with_justid()
+                    .with_lastid(claim_early_id.id.as_str()),
             )
             .unwrap();
 
@@ -1973,7 +2157,9 @@ mod streams {
                 "c1",
                 4,
                 slice::from_ref(&claim_middle_id.id),
-                StreamClaimOptions::default().with_justid().with_lastid(claim_late_id.id.as_str()),
+                StreamClaimOptions::default()
+                    .with_justid()
+                    .with_lastid(claim_late_id.id.as_str()),
             )
             .unwrap();
 
@@ -2070,8 +2256,10 @@ mod streams {
         assert_matches!(result, Ok(_));
 
         // read from the group so we can register the consumer
-        let reply =
-            con.xread_options(&["k1"], &[">"], &StreamReadOptions::default().group("g1", "c1")).unwrap().unwrap();
+        let reply = con
+            .xread_options(&["k1"], &[">"], &StreamReadOptions::default().group("g1", "c1"))
+            .unwrap()
+            .unwrap();
         assert_eq!(reply.keys[0].ids.len(), 2);
 
         let result = con.xgroup_delconsumer("k1", "g1", "c1");
@@ -2141,7 +2329,14 @@ mod streams {
         sleep(Duration::from_millis(5));
 
         let reply = con
-            .xautoclaim_options("k1", "g1", "c2", 1, claim.id.clone(), StreamAutoClaimOptions::default().count(4))
+            .xautoclaim_options(
+                "k1",
+                "g1",
+                "c2",
+                1,
+                claim.id.clone(),
+                StreamAutoClaimOptions::default().count(4),
+            )
             .unwrap();
         assert_eq!(reply.claimed, claimed_entries);
 
@@ -2218,7 +2413,10 @@ mod geospatial {
 
         assert_eq!(con.geo_add("my_gis", &[PALERMO, CATANIA]), Ok(2));
 
-        let dist = con.geo_dist("my_gis", PALERMO.2, CATANIA.2, Unit::Kilometers).unwrap().unwrap();
+        let dist = con
+            .geo_dist("my_gis", PALERMO.2, CATANIA.2, Unit::Kilometers)
+            .unwrap()
+            .unwrap();
         assert_approx_eq!(dist, 166.2742, 0.001);
     }
 
@@ -2252,7 +2450,10 @@ mod geospatial {
         assert_eq!(result, Ok(vec![String::from("sqc8b49rny0")]));
 
         let result: RedisResult<Vec<String>> = con.geo_hash("my_gis", &[PALERMO.2, CATANIA.2]);
-        assert_eq!(result, Ok(vec![String::from("sqc8b49rny0"), String::from("sqdtr74hyu0"),]));
+        assert_eq!(
+            result,
+            Ok(vec![String::from("sqc8b49rny0"), String::from("sqdtr74hyu0"),])
+        );
     }
 
     #[test]
@@ -2284,7 +2485,10 @@ mod geospatial {
         let ctx = Ctx::new();
         let mut con = ctx.connection();
 
-        assert_eq!(con.geo_add("my_gis", (Coord::lon_lat(13.361_389, 38.115_556), "Palermo")), Ok(1));
+        assert_eq!(
+            con.geo_add("my_gis", (Coord::lon_lat(13.361_389, 38.115_556), "Palermo")),
+            Ok(1)
+        );
 
         let result = con.geo_pos("my_gis", "Palermo").unwrap();
         assert_eq!(result.len(), 1);
@@ -2301,7 +2505,8 @@ mod geospatial {
         assert_eq!(con.geo_add("my_gis", &[PALERMO, CATANIA]), Ok(2));
 
         let mut geo_radius = |opts: RadiusOptions| -> Vec<RadiusSearchResult> {
-            con.geo_radius("my_gis", 15.0, 37.0, 200.0, Unit::Kilometers, opts).unwrap()
+            con.geo_radius("my_gis", 15.0, 37.0, 200.0, Unit::Kilometers, opts)
+                .unwrap()
         };
 
         // Simple request, without extra data
@@ -2350,7 +2555,9 @@ mod geospatial {
 
         // Simple request, without extra data
         let opts = RadiusOptions::default().order(RadiusOrder::Asc);
-        let result = con.geo_radius_by_member("my_gis", AGRIGENTO.2, 100.0, Unit::Kilometers, opts).unwrap();
+        let result = con
+            .geo_radius_by_member("my_gis", AGRIGENTO.2, 100.0, Unit::Kilometers, opts)
+            .unwrap();
         let names: Vec<_> = result.iter().map(|c| c.name.as_str()).collect();
 
         assert_eq!(names, vec!["Agrigento", "Palermo"]);
@@ -2386,7 +2593,11 @@ mod script {
         assert_eq!(hash, Ok(script.get_hash().to_string()));
         // Added: SCRIPT LOAD went to every server.
         for s in &ctx.servers {
-            let exists: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(script.get_hash()).query(&mut s.conn()).unwrap();
+            let exists: Vec<bool> = redis::cmd("SCRIPT")
+                .arg("EXISTS")
+                .arg(script.get_hash())
+                .query(&mut s.conn())
+                .unwrap();
             assert_eq!(exists, vec![true]);
         }
     }
