@@ -18,7 +18,9 @@
 //!   FLUSHDB / SCRIPT LOAD answer once all servers succeeded, SCRIPT
 //!   EXISTS and-ed; INFO-like commands (`response_policy:special`) give a
 //!   map of server name to reply; commands without a policy go to the
-//!   first server;
+//!   first server, except ACL SETUSER / DELUSER / SAVE and CONFIG
+//!   RESETSTAT / REWRITE, which change every server (as in redis-rs's
+//!   cluster routing);
 //! - `SCAN` walks every server: its cursor carries the server;
 //! - `HSCAN`, `SSCAN`, `ZSCAN` go to their key's server (the cursor is
 //!   that key's), so redis-rs's `hscan`/`sscan`/`zscan` iterators work;
@@ -228,6 +230,17 @@ fn keys_of(info: &Info, name: &str, args: &[&[u8]], known: Option<Vec<Vec<u8>>>)
     Some(out)
 }
 
+/// Server-wide commands that change each server's state but carry no
+/// request policy in the servers' `COMMAND` tips (Redis 7.0): sent to every
+/// server, OK once all succeeded, as redis-rs's cluster routing does. On the
+/// first server only, `ACL SETUSER` would create a user one server knows.
+fn changes_every_server(name: &str, sub: Option<&str>) -> bool {
+    matches!(
+        (name, sub),
+        ("ACL", Some("setuser" | "deluser" | "save")) | ("CONFIG", Some("resetstat" | "rewrite"))
+    )
+}
+
 /// Decides what to do with one command.
 pub(crate) fn plan(
     core: &Core,
@@ -313,6 +326,8 @@ pub(crate) fn plan(
         Some(RouteClass::All) => {
             return Ok(if info.all_servers {
                 Plan::All(info.response)
+            } else if changes_every_server(&name, sub.as_deref()) {
+                Plan::All(Response::AllSucceeded)
             } else {
                 Plan::First
             });
