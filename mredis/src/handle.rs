@@ -25,7 +25,8 @@
 //! - `HSCAN`, `SSCAN`, `ZSCAN` go to their key's server (the cursor is
 //!   that key's), so redis-rs's `hscan`/`sscan`/`zscan` iterators work;
 //! - pipelines keep call order; MULTI/EXEC (an atomic pipeline) and WATCH
-//!   need all their keys on one server;
+//!   need all their keys on one server (PING and ECHO in a transaction run
+//!   on that server);
 //! - a command that cannot be routed (no key and no policy, or omitted from
 //!   mredis with a reason) is an error naming it.
 //!
@@ -239,6 +240,13 @@ fn changes_every_server(name: &str, sub: Option<&str>) -> bool {
         (name, sub),
         ("ACL", Some("setuser" | "deluser" | "save")) | ("CONFIG", Some("resetstat" | "rewrite"))
     )
+}
+
+/// Keyless commands any server answers alike (PING, ECHO): in a
+/// transaction they run on the transaction's server.
+fn answered_by_any_server(cmd: &Cmd) -> bool {
+    let name = crate::routing::command_name(cmd);
+    name.eq_ignore_ascii_case("PING") || name.eq_ignore_ascii_case("ECHO")
 }
 
 /// Decides what to do with one command.
@@ -672,7 +680,12 @@ impl Connection {
     fn atomic(&mut self, bytes: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         let inner = &cmds[1..cmds.len() - 1];
         let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+        let mut keyless = false;
         for c in inner {
+            if answered_by_any_server(c) {
+                keyless = true;
+                continue;
+            }
             let (server, moves) = match self.plan(c)? {
                 Plan::Run(Route::One { server, moves }) => (server, moves),
                 _ => {
@@ -697,6 +710,9 @@ impl Connection {
                     )));
                 }
             }
+        }
+        if target.is_none() && keyless {
+            target = Some((0, Vec::new()));
         }
         let Some((server, moves)) = target else {
             return Ok(vec![Value::Array(vec![])]);
@@ -897,7 +913,12 @@ impl AsyncConnection {
         let core = self.mr.core().clone();
         if pipe.is_transaction() {
             let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+            let mut keyless = false;
             for c in &cmds {
+                if answered_by_any_server(c) {
+                    keyless = true;
+                    continue;
+                }
                 let (server, moves) = match self.plan(c).await? {
                     Plan::Run(Route::One { server, moves }) => (server, moves),
                     _ => {
@@ -922,6 +943,9 @@ impl AsyncConnection {
                         )));
                     }
                 }
+            }
+            if target.is_none() && keyless {
+                target = Some((0, Vec::new()));
             }
             let Some((server, moves)) = target else {
                 return Ok(vec![Value::Array(vec![])]);
