@@ -1024,7 +1024,18 @@ impl AsyncConnection {
 
 impl redis::aio::ConnectionLike for AsyncConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
-        Box::pin(async move { self.exec(cmd).await })
+        Box::pin(async move {
+            if cmd.in_scan_mode() {
+                // A `cursor_arg` cursor (redis-rs's `iter_async`, `scan`)
+                // is kept outside the arguments, which show it as
+                // `Arg::Cursor`; packing writes its value in.
+                let plain = parse_packed(&cmd.get_packed_command())?
+                    .pop()
+                    .ok_or_else(|| client_error("an empty command".to_string()))?;
+                return self.exec(&plain).await;
+            }
+            self.exec(cmd).await
+        })
     }
 
     fn req_packed_commands<'a>(
