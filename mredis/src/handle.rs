@@ -505,6 +505,12 @@ pub(crate) fn scan_cmd(cmd: &Cmd, cursor: u64) -> Cmd {
     out
 }
 
+/// What redis-rs's own connections answer to nothing to send (an empty
+/// `Cmd` or `Pipeline`).
+fn empty_command() -> RedisError {
+    RedisError::from((ErrorKind::Client, "empty command"))
+}
+
 /// Parses packed RESP commands (what `redis::ConnectionLike` receives).
 pub(crate) fn parse_packed(mut bytes: &[u8]) -> RedisResult<Vec<Cmd>> {
     fn line(bytes: &mut &[u8], prefix: u8) -> RedisResult<usize> {
@@ -750,6 +756,9 @@ impl Connection {
 
 impl ConnectionLike for Connection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        if cmd.is_empty() {
+            return Err(empty_command());
+        }
         let mut cmds = parse_packed(cmd)?;
         if cmds.len() != 1 {
             return Err(client_error(format!("expected one command, got {}", cmds.len())));
@@ -759,6 +768,9 @@ impl ConnectionLike for Connection {
     }
 
     fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        if cmd.is_empty() {
+            return Err(empty_command());
+        }
         let cmds = parse_packed(cmd)?;
         if is_atomic(&cmds) {
             return self.atomic(cmd, &cmds, offset, count);
@@ -1025,6 +1037,9 @@ impl AsyncConnection {
 impl redis::aio::ConnectionLike for AsyncConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
         Box::pin(async move {
+            if cmd.args_iter().len() == 0 {
+                return Err(empty_command());
+            }
             if cmd.in_scan_mode() {
                 // A `cursor_arg` cursor (redis-rs's `iter_async`, `scan`)
                 // is kept outside the arguments, which show it as
@@ -1044,7 +1059,12 @@ impl redis::aio::ConnectionLike for AsyncConnection {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move { self.pipeline(cmd, offset, count).await })
+        Box::pin(async move {
+            if cmd.cmd_iter().next().is_none() {
+                return Err(empty_command());
+            }
+            self.pipeline(cmd, offset, count).await
+        })
     }
 
     fn get_db(&self) -> i64 {
