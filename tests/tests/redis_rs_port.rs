@@ -2766,3 +2766,676 @@ mod script {
         assert_eq!(hash, Ok(script.get_hash().to_string()));
     }
 }
+
+/// From redis-rs's `tests/test_async.rs` (module `basic_async`), on the
+/// async handle `mredis::aio::Connection`. Each test runs in a tokio
+/// runtime of its own, as redis-rs's `block_on_all` does.
+mod basic_async {
+    use super::*;
+    use futures::{StreamExt, TryFutureExt, future};
+    use redis::aio::ConnectionLike;
+    use redis::{AsyncCommands, ErrorKind, ParsingError, RedisError, ScanOptions, ServerErrorKind, Value};
+
+    /// Three servers and an async client over them.
+    struct AsyncCtx {
+        servers: Vec<RedisServer>,
+        mr: mredis::aio::MRedis,
+    }
+
+    impl AsyncCtx {
+        async fn new() -> AsyncCtx {
+            let servers = servers(3);
+            let mr = mredis::aio::MRedis::connect(urls(&servers)).await.unwrap();
+            AsyncCtx { servers, mr }
+        }
+
+        /// With hash tags on: `{t}a` and `{t}b` share a server.
+        async fn tagged() -> AsyncCtx {
+            let servers = servers(3);
+            let mr = mredis::aio::MRedis::builder()
+                .servers(urls(&servers))
+                .hash_tags(true)
+                .build_async()
+                .await
+                .unwrap();
+            AsyncCtx { servers, mr }
+        }
+
+        async fn connection(&self) -> mredis::aio::Connection {
+            self.mr.get_connection().await.unwrap()
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn test_args() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            redis::cmd("SET")
+                .arg("key1")
+                .arg(b"foo")
+                .exec_async(&mut con)
+                .await
+                .unwrap();
+            redis::cmd("SET")
+                .arg(&["key2", "bar"])
+                .exec_async(&mut con)
+                .await
+                .unwrap();
+            let result = redis::cmd("MGET").arg(&["key1", "key2"]).query_async(&mut con).await;
+            assert_eq!(result, Ok(("foo".to_string(), b"bar".to_vec())));
+        });
+    }
+
+    #[test]
+    fn test_no_response_skips_response_even_on_error() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            redis::cmd("SET")
+                .arg("key")
+                .arg(b"foo")
+                .set_no_response(true)
+                .exec_async(&mut con)
+                .await
+                .unwrap();
+
+            // this should error, since we hset a string value, but we shouldn't receive the error, because we ignore the response
+            redis::cmd("HSET")
+                .arg("key")
+                .arg(b"foo")
+                .arg("bar")
+                .set_no_response(true)
+                .exec_async(&mut con)
+                .await
+                .unwrap();
+
+            let result = redis::cmd("GET").arg("key").query_async(&mut con).await;
+            assert_eq!(result, Ok("foo".to_string()));
+        });
+    }
+
+    #[test]
+    fn test_nice_hash_api() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut connection = ctx.connection().await;
+
+            assert_eq!(
+                connection
+                    .hset_multiple("my_hash", &[("f1", 1), ("f2", 2), ("f3", 4), ("f4", 8)])
+                    .await,
+                Ok(())
+            );
+
+            let hm: HashMap<String, isize> = connection.hgetall("my_hash").await.unwrap();
+            assert_eq!(hm.len(), 4);
+            assert_eq!(hm.get("f1"), Some(&1));
+            assert_eq!(hm.get("f2"), Some(&2));
+            assert_eq!(hm.get("f3"), Some(&4));
+            assert_eq!(hm.get("f4"), Some(&8));
+        });
+    }
+
+    #[test]
+    fn test_nice_hash_api_in_pipe() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut connection = ctx.connection().await;
+
+            assert_eq!(
+                connection
+                    .hset_multiple("my_hash", &[("f1", 1), ("f2", 2), ("f3", 4), ("f4", 8)])
+                    .await,
+                Ok(())
+            );
+
+            let mut pipe = redis::pipe();
+            pipe.cmd("HGETALL").arg("my_hash");
+            let mut vec: Vec<HashMap<String, isize>> = pipe.query_async(&mut connection).await.unwrap();
+            assert_eq!(vec.len(), 1);
+            let hash = vec.pop().unwrap();
+            assert_eq!(hash.len(), 4);
+            assert_eq!(hash.get("f1"), Some(&1));
+            assert_eq!(hash.get("f2"), Some(&2));
+            assert_eq!(hash.get("f3"), Some(&4));
+            assert_eq!(hash.get("f4"), Some(&8));
+        });
+    }
+
+    #[test]
+    fn test_pipeline_transaction() {
+        block_on(async {
+            // Hash tags: the atomic pipeline's keys must share a server.
+            let ctx = AsyncCtx::tagged().await;
+            let mut con = ctx.connection().await;
+
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
+                .arg("{key}_1")
+                .arg(42)
+                .ignore()
+                .cmd("SET")
+                .arg("{key}_2")
+                .arg(43)
+                .ignore()
+                .cmd("MGET")
+                .arg(&["{key}_1", "{key}_2"]);
+            pipe.query_async(&mut con)
+                .map_ok(|((k1, k2),): ((i32, i32),)| {
+                    assert_eq!(k1, 42);
+                    assert_eq!(k2, 43);
+                })
+                .await
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn test_pipeline_transaction_with_errors() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            con.set::<_, _, ()>("x", 42).await.unwrap();
+
+            // Make Redis a replica of a nonexistent master, thereby making it read-only.
+            // (SLAVEOF is omitted from mredis: sent to each server directly.)
+            for s in &ctx.servers {
+                redis::cmd("slaveof")
+                    .arg("1.1.1.1")
+                    .arg("1")
+                    .exec(&mut s.conn())
+                    .unwrap();
+            }
+
+            // Ensure that a write command fails with a READONLY error
+            let err = redis::pipe()
+                .atomic()
+                .ping()
+                .set("x", 142)
+                .ignore()
+                .get("x")
+                .set("x", 142)
+                .query_async::<()>(&mut con)
+                .await
+                .unwrap_err();
+
+            assert_eq!(err.kind(), ServerErrorKind::ExecAbort.into());
+            let errors = err.into_server_errors().unwrap();
+            assert_eq!(errors.len(), 2);
+            assert_eq!(errors[0].0, 1);
+            assert_eq!(errors[0].1.kind(), ServerErrorKind::ReadOnly.into());
+            assert_eq!(errors[1].0, 3);
+            assert_eq!(errors[1].1.kind(), ServerErrorKind::ReadOnly.into());
+
+            let x: i32 = con.get("x").await.unwrap();
+            assert_eq!(x, 42);
+        });
+    }
+
+    #[test]
+    fn test_pipeline_returns_server_errors() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            let mut pipe = redis::pipe();
+            pipe.set("x", "x-value")
+                .ignore()
+                .hset("x", "field", "field_value")
+                .ignore()
+                .get("x");
+
+            let res = pipe.exec_async(&mut con).await;
+            let error_message = res.unwrap_err().to_string();
+            assert_eq!(
+                &error_message,
+                "Pipeline failure: [(Index 1, error: \"WRONGTYPE\": Operation against a key holding the wrong kind of value)]"
+            );
+        });
+    }
+
+    async fn test_cmd(mut con: impl AsyncCommands + Clone, i: i32) {
+        let key = format!("key{i}");
+        let key_2 = key.clone();
+        let key2 = format!("key{i}_2");
+        let key2_2 = key2.clone();
+
+        let foo_val = format!("foo{i}");
+
+        redis::cmd("SET")
+            .arg(&key[..])
+            .arg(foo_val.as_bytes())
+            .exec_async(&mut con)
+            .await
+            .unwrap();
+        redis::cmd("SET")
+            .arg(&[&key2, "bar"])
+            .exec_async(&mut con)
+            .await
+            .unwrap();
+        futures::FutureExt::map(
+            redis::cmd("MGET").arg(&[&key_2, &key2_2]).query_async(&mut con),
+            |result| {
+                assert_eq!(Ok((foo_val, b"bar".to_vec())), result);
+            },
+        )
+        .await;
+    }
+
+    #[test]
+    fn test_pipe_over_multiplexed_connection() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            let mut pipe = redis::pipe();
+            pipe.zrange("zset", 0, 0);
+            pipe.zrange("zset", 0, 0);
+            let frames = con.req_packed_commands(&pipe, 0, 2).await.unwrap();
+            assert_eq!(frames.len(), 2);
+            assert_matches!(frames[0], redis::Value::Array(_));
+            assert_matches!(frames[1], redis::Value::Array(_));
+        });
+    }
+
+    #[test]
+    fn test_running_multiple_commands() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let con = ctx.connection().await;
+
+            let cmds = (0..100).map(move |i| test_cmd(con.clone(), i));
+            future::join_all(cmds).await;
+            // Added: 200 keys, each on its owner.
+            let total: i64 = ctx.servers.iter().map(|s| s.dbsize()).sum();
+            assert_eq!(total, 200);
+            for (i, s) in ctx.servers.iter().enumerate() {
+                for k in s.keys() {
+                    assert_eq!(ctx.mr.servers()[i].name(), ctx.mr.server_for(&k).unwrap(), "{k}");
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn test_async_transaction() {
+        block_on(async {
+            // Hash tags: each transaction sets and reads `key` and `key2`
+            // atomically, so they are `{k}key` and `{k}key2`.
+            let ctx = AsyncCtx::tagged().await;
+            let con = ctx.connection().await;
+
+            let cmds = (0..100).map(move |i| {
+                let mut con = con.clone();
+                async move {
+                    let foo_val = i;
+                    let bar_val = format!("bar{i}");
+
+                    let mut pipe = redis::pipe();
+                    pipe.atomic()
+                        .cmd("SET")
+                        .arg("{k}key")
+                        .arg(foo_val)
+                        .ignore()
+                        .cmd("SET")
+                        .arg(&["{k}key2", &bar_val[..]])
+                        .ignore()
+                        .cmd("MGET")
+                        .arg(&["{k}key", "{k}key2"]);
+
+                    futures::FutureExt::map(pipe.query_async(&mut con), move |result| {
+                        assert_eq!(Ok(((foo_val, bar_val.into_bytes()),)), result);
+                        result
+                    })
+                    .await
+                }
+            });
+            future::try_join_all(cmds)
+                .map_ok(|results| {
+                    assert_eq!(results.len(), 100);
+                })
+                .map_err(|err: RedisError| panic!("{err}"))
+                .await
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn test_async_scanning() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+            let mut unseen = std::collections::HashSet::new();
+
+            for x in 0..1000 {
+                redis::cmd("SADD").arg("foo").arg(x).exec_async(&mut con).await.unwrap();
+                unseen.insert(x);
+            }
+
+            let mut iter = redis::cmd("SSCAN")
+                .arg("foo")
+                .cursor_arg(0)
+                .clone()
+                .iter_async(&mut con)
+                .await
+                .unwrap();
+
+            while let Some(x) = iter.next_item().await {
+                let x = x.unwrap();
+
+                // if this assertion fails, too many items were returned by the iterator.
+                assert!(unseen.remove(&x));
+            }
+
+            assert!(unseen.is_empty());
+        });
+    }
+
+    #[test]
+    fn test_async_scanning_iterative() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+            let mut unseen = std::collections::HashSet::new();
+
+            for x in 0..1000 {
+                let key_name = format!("key.{x}");
+                redis::cmd("SET")
+                    .arg(key_name.clone())
+                    .arg("foo")
+                    .exec_async(&mut con)
+                    .await
+                    .unwrap();
+                unseen.insert(key_name.clone());
+            }
+
+            let mut iter = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg("key*")
+                .arg("COUNT")
+                .arg(1)
+                .clone()
+                .iter_async::<String>(&mut con)
+                .await
+                .unwrap();
+
+            while let Some(item) = iter.next_item().await {
+                let item = item.unwrap();
+
+                // if this assertion fails, too many items were returned by the iterator.
+                assert!(unseen.remove(&item));
+            }
+
+            assert!(unseen.is_empty());
+        });
+    }
+
+    #[test]
+    fn test_async_scanning_stream() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+            let mut unseen = std::collections::HashSet::new();
+
+            for x in 0..1000 {
+                let key_name = format!("key.{x}");
+                redis::cmd("SET")
+                    .arg(key_name.clone())
+                    .arg("foo")
+                    .exec_async(&mut con)
+                    .await
+                    .unwrap();
+                unseen.insert(key_name.clone());
+            }
+
+            let mut iter = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg("key*")
+                .arg("COUNT")
+                .arg(1)
+                .clone()
+                .iter_async::<String>(&mut con)
+                .await
+                .unwrap();
+
+            while let Some(item) = iter.next_item().await {
+                let item = item.unwrap();
+
+                // if this assertion fails, too many items were returned by the iterator.
+                assert!(unseen.remove(&item));
+            }
+
+            assert!(unseen.is_empty());
+        });
+    }
+
+    #[test]
+    fn test_script_load() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            let script = redis::Script::new("return 'Hello World'");
+
+            let hash = script.prepare_invoke().load_async(&mut con).await.unwrap();
+            assert_eq!(hash, script.get_hash().to_string());
+        });
+    }
+
+    #[test]
+    fn test_scan_with_options_works() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            for i in 0..20usize {
+                let _: () = con.append(format!("test/{i}"), i).await.unwrap();
+                let _: () = con.append(format!("other/{i}"), i).await.unwrap();
+            }
+            // scan with pattern
+            let opts = ScanOptions::default().with_count(20).with_pattern("test/*");
+            let values = con.scan_options::<String>(opts).await.unwrap();
+            let values: Vec<_> = tokio::time::timeout(Duration::from_millis(100), values.collect::<Vec<_>>())
+                .await
+                .unwrap();
+            assert_eq!(values.len(), 20);
+
+            // scan without pattern
+            let opts = ScanOptions::default();
+            let values = con.scan_options::<String>(opts).await.unwrap();
+            let values: Vec<_> = tokio::time::timeout(Duration::from_millis(100), values.collect::<Vec<_>>())
+                .await
+                .unwrap();
+            assert_eq!(values.len(), 40);
+        });
+    }
+
+    #[test]
+    fn test_issue_stream_blocks() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            for i in 0..20usize {
+                let _: () = con.append(format!("test/{i}"), i).await.unwrap();
+            }
+            let values = con.scan_match::<&str, String>("test/*").await.unwrap();
+            tokio::time::timeout(Duration::from_millis(100), async move {
+                let values: Vec<_> = values.collect().await;
+                assert_eq!(values.len(), 20);
+            })
+            .await
+            .unwrap();
+        });
+    }
+
+    #[test]
+    fn test_issue_async_commands_scan_broken() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            let mut keys: Vec<String> = (0..100).map(|k| format!("async-key{k}")).collect();
+            keys.sort();
+            for key in &keys {
+                let _: () = con.set(key, b"foo").await.unwrap();
+            }
+
+            let iter: redis::AsyncIter<String> = con.scan().await.unwrap();
+            let mut keys_from_redis: Vec<_> = iter.map(std::result::Result::unwrap).collect().await;
+            keys_from_redis.sort();
+            assert_eq!(keys, keys_from_redis);
+            assert_eq!(keys.len(), 100);
+        });
+    }
+
+    #[test]
+    fn test_issue_async_commands_scan_finishing_prematurely() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut con = ctx.connection().await;
+
+            const PREFIX: &str = "async-key";
+            const NUM_KEYS: usize = 100;
+
+            /// Container that is constructed from a string that has [`PREFIX`] as prefix
+            struct Container(String);
+
+            impl redis::FromRedisValue for Container {
+                fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+                    let text = String::from_redis_value(v.clone()).unwrap();
+
+                    // If container does not start with [`PREFIX`], return error
+                    if !text.starts_with(PREFIX) {
+                        // hack to create a parsing error
+                        return Err(u64::from_redis_value(v).unwrap_err());
+                    }
+
+                    Ok(Self(text))
+                }
+            }
+
+            // Insert 100 keys but one with an incorrect prefix
+            let keys: Vec<String> = (0..NUM_KEYS)
+                .map(|i| format!("{}{i}", if i == 50 { "NOPE" } else { PREFIX }))
+                .collect();
+
+            for key in &keys {
+                let _: () = con.set(key, "bar".as_bytes()).await.unwrap();
+            }
+
+            // Query all keys
+            let mut iter: redis::AsyncIter<Container> = con.scan().await.unwrap();
+
+            let mut error = None;
+            let mut count = 0;
+
+            while let Some(key) = iter.next_item().await {
+                match key {
+                    Ok(key) => {
+                        assert!(key.0.starts_with(PREFIX));
+                        count += 1;
+                    }
+                    Err(_) if error.is_some() => {
+                        panic!("Encountered multiple errors");
+                    }
+                    Err(e) => error = Some(e.kind()),
+                }
+            }
+
+            // Assert that the number of visited keys is all keys minus
+            // the one invalid key
+            assert_eq!(count, NUM_KEYS - 1);
+
+            // Assert that the encountered error is a type error
+            assert_eq!(error, Some(ErrorKind::Parse));
+        });
+    }
+
+    #[test]
+    fn test_pipe_errors_do_not_affect_subsequent_commands() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut conn = ctx.connection().await;
+
+            conn.lpush::<&str, &str, ()>("key", "value").await.unwrap();
+
+            let err = redis::pipe()
+                .get("key") // WRONGTYPE
+                .llen("key")
+                .exec_async(&mut conn)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Extension);
+            let server_errors = err.into_server_errors().unwrap();
+            assert_eq!(server_errors.len(), 1);
+            assert_eq!(server_errors[0].1.code(), "WRONGTYPE");
+
+            let list: Vec<String> = conn.lrange("key", 0, -1).await.unwrap();
+
+            assert_eq!(list, vec!["value".to_owned()]);
+        });
+    }
+
+    #[test]
+    fn test_non_transaction_errors_do_not_affect_other_results_in_pipeline() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut conn = ctx.connection().await;
+
+            conn.lpush::<&str, &str, ()>("key", "value").await.unwrap();
+
+            let mut results: Vec<Value> = conn
+                .req_packed_commands(
+                    redis::pipe()
+                        .get("key") // WRONGTYPE
+                        .llen("key"),
+                    0,
+                    2,
+                )
+                .await
+                .unwrap();
+
+            assert_eq!(results.pop().unwrap(), Value::Int(1));
+            assert_matches!(results.pop().unwrap().extract_error(), Err(_));
+        });
+    }
+
+    #[test]
+    fn test_fail_on_empty_command() {
+        block_on(async {
+            let ctx = AsyncCtx::new().await;
+            let mut connection = ctx.connection().await;
+
+            let error: RedisError = redis::Pipeline::new()
+                .query_async::<String>(&mut connection)
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Client);
+            assert_eq!(error.to_string(), "empty command - Client");
+
+            let error: RedisError = redis::Cmd::new()
+                .query_async::<String>(&mut connection)
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Client);
+            assert_eq!(error.to_string(), "empty command - Client");
+        });
+    }
+}
