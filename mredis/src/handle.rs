@@ -18,10 +18,15 @@
 //!   FLUSHDB / SCRIPT LOAD answer once all servers succeeded, SCRIPT
 //!   EXISTS and-ed; INFO-like commands (`response_policy:special`) give a
 //!   map of server name to reply; commands without a policy go to the
-//!   first server;
+//!   first server, except ACL SETUSER / DELUSER / SAVE and CONFIG
+//!   RESETSTAT / REWRITE, which change every server (as in redis-rs's
+//!   cluster routing);
 //! - `SCAN` walks every server: its cursor carries the server;
+//! - `HSCAN`, `SSCAN`, `ZSCAN` go to their key's server (the cursor is
+//!   that key's), so redis-rs's `hscan`/`sscan`/`zscan` iterators work;
 //! - pipelines keep call order; MULTI/EXEC (an atomic pipeline) and WATCH
-//!   need all their keys on one server;
+//!   need all their keys on one server (PING and ECHO in a transaction run
+//!   on that server);
 //! - a command that cannot be routed (no key and no policy, or omitted from
 //!   mredis with a reason) is an error naming it.
 //!
@@ -226,6 +231,24 @@ fn keys_of(info: &Info, name: &str, args: &[&[u8]], known: Option<Vec<Vec<u8>>>)
     Some(out)
 }
 
+/// Server-wide commands that change each server's state but carry no
+/// request policy in the servers' `COMMAND` tips (Redis 7.0): sent to every
+/// server, OK once all succeeded, as redis-rs's cluster routing does. On the
+/// first server only, `ACL SETUSER` would create a user one server knows.
+fn changes_every_server(name: &str, sub: Option<&str>) -> bool {
+    matches!(
+        (name, sub),
+        ("ACL", Some("setuser" | "deluser" | "save")) | ("CONFIG", Some("resetstat" | "rewrite"))
+    )
+}
+
+/// Keyless commands any server answers alike (PING, ECHO): in a
+/// transaction they run on the transaction's server.
+fn answered_by_any_server(cmd: &Cmd) -> bool {
+    let name = crate::routing::command_name(cmd);
+    name.eq_ignore_ascii_case("PING") || name.eq_ignore_ascii_case("ECHO")
+}
+
 /// Decides what to do with one command.
 pub(crate) fn plan(
     core: &Core,
@@ -283,8 +306,14 @@ pub(crate) fn plan(
         (t, _) => t,
     };
     let entry = table_entry(&name, sub.as_deref().filter(|_| info.is_some_and(|_| true)));
+    // HSCAN, SSCAN and ZSCAN are omitted from MRedis's methods only because
+    // MRedis has iterators in their place; their cursor belongs to one key,
+    // on that key's server, so here they are key commands like any other
+    // (redis-rs's `hscan`/`sscan`/`zscan` iterators send them).
+    let cursor_of_one_key = matches!(name.as_str(), "HSCAN" | "SSCAN" | "ZSCAN");
     if let Some(e) = entry
         && e.class == RouteClass::Omitted
+        && !cursor_of_one_key
     {
         return Err(cannot(e.name, e.reason.unwrap_or("not supported across servers")));
     }
@@ -305,6 +334,8 @@ pub(crate) fn plan(
         Some(RouteClass::All) => {
             return Ok(if info.all_servers {
                 Plan::All(info.response)
+            } else if changes_every_server(&name, sub.as_deref()) {
+                Plan::All(Response::AllSucceeded)
             } else {
                 Plan::First
             });
@@ -472,6 +503,12 @@ pub(crate) fn scan_cmd(cmd: &Cmd, cursor: u64) -> Cmd {
         }
     }
     out
+}
+
+/// What redis-rs's own connections answer to nothing to send (an empty
+/// `Cmd` or `Pipeline`).
+fn empty_command() -> RedisError {
+    RedisError::from((ErrorKind::Client, "empty command"))
 }
 
 /// Parses packed RESP commands (what `redis::ConnectionLike` receives).
@@ -649,7 +686,12 @@ impl Connection {
     fn atomic(&mut self, bytes: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         let inner = &cmds[1..cmds.len() - 1];
         let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+        let mut keyless = false;
         for c in inner {
+            if answered_by_any_server(c) {
+                keyless = true;
+                continue;
+            }
             let (server, moves) = match self.plan(c)? {
                 Plan::Run(Route::One { server, moves }) => (server, moves),
                 _ => {
@@ -674,6 +716,9 @@ impl Connection {
                     )));
                 }
             }
+        }
+        if target.is_none() && keyless {
+            target = Some((0, Vec::new()));
         }
         let Some((server, moves)) = target else {
             return Ok(vec![Value::Array(vec![])]);
@@ -711,6 +756,9 @@ impl Connection {
 
 impl ConnectionLike for Connection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        if cmd.is_empty() {
+            return Err(empty_command());
+        }
         let mut cmds = parse_packed(cmd)?;
         if cmds.len() != 1 {
             return Err(client_error(format!("expected one command, got {}", cmds.len())));
@@ -720,6 +768,9 @@ impl ConnectionLike for Connection {
     }
 
     fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        if cmd.is_empty() {
+            return Err(empty_command());
+        }
         let cmds = parse_packed(cmd)?;
         if is_atomic(&cmds) {
             return self.atomic(cmd, &cmds, offset, count);
@@ -874,7 +925,12 @@ impl AsyncConnection {
         let core = self.mr.core().clone();
         if pipe.is_transaction() {
             let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+            let mut keyless = false;
             for c in &cmds {
+                if answered_by_any_server(c) {
+                    keyless = true;
+                    continue;
+                }
                 let (server, moves) = match self.plan(c).await? {
                     Plan::Run(Route::One { server, moves }) => (server, moves),
                     _ => {
@@ -899,6 +955,9 @@ impl AsyncConnection {
                         )));
                     }
                 }
+            }
+            if target.is_none() && keyless {
+                target = Some((0, Vec::new()));
             }
             let Some((server, moves)) = target else {
                 return Ok(vec![Value::Array(vec![])]);
@@ -977,7 +1036,21 @@ impl AsyncConnection {
 
 impl redis::aio::ConnectionLike for AsyncConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
-        Box::pin(async move { self.exec(cmd).await })
+        Box::pin(async move {
+            if cmd.args_iter().len() == 0 {
+                return Err(empty_command());
+            }
+            if cmd.in_scan_mode() {
+                // A `cursor_arg` cursor (redis-rs's `iter_async`, `scan`)
+                // is kept outside the arguments, which show it as
+                // `Arg::Cursor`; packing writes its value in.
+                let plain = parse_packed(&cmd.get_packed_command())?
+                    .pop()
+                    .ok_or_else(|| client_error("an empty command".to_string()))?;
+                return self.exec(&plain).await;
+            }
+            self.exec(cmd).await
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -986,7 +1059,12 @@ impl redis::aio::ConnectionLike for AsyncConnection {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move { self.pipeline(cmd, offset, count).await })
+        Box::pin(async move {
+            if cmd.cmd_iter().next().is_none() {
+                return Err(empty_command());
+            }
+            self.pipeline(cmd, offset, count).await
+        })
     }
 
     fn get_db(&self) -> i64 {
