@@ -273,8 +273,15 @@ impl MRedis {
                         Err(e) => last = Some(e),
                     }
                 }
-                let book = found.ok_or_else(|| last.unwrap_or_else(|| client_error("no server".to_string())))?;
-                self.core.book.get_or_init(|| book).clone()
+                match (found, last) {
+                    (Some(book), _) => self.core.book.get_or_init(|| book).clone(),
+                    // A user who may not run COMMAND: Redis 7.0's metadata,
+                    // built in (not kept, so a later handle asks again).
+                    (None, Some(e)) if e.code() == Some("NOPERM") => Arc::new(crate::handle::CommandBook::built_in()),
+                    (None, last) => {
+                        return Err(last.unwrap_or_else(|| client_error("no server".to_string())));
+                    }
+                }
             }
         };
         Ok(crate::handle::Connection::new(self.clone(), book))

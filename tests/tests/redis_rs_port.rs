@@ -254,9 +254,6 @@ mod basic {
     }
 
     #[test]
-    #[ignore = "mredis bug: a handle fetches the servers' COMMAND table with the client's own credentials \
-                (MRedis::get_connection, client.rs), so a user without +command, like this test's \
-                user with only +acl, cannot get a handle at all (NOPERM 'command')"]
     fn test_can_authenticate_with_username_and_password() {
         let ctx = Ctx::new();
         let mut con = ctx.connection();
@@ -2921,9 +2918,6 @@ mod basic_async {
     }
 
     #[test]
-    #[ignore = "mredis bug: a handle fetches the servers' COMMAND table with the client's own credentials \
-                (aio::MRedis::get_connection, aio.rs), so a user without +command, like this test's \
-                user with only +acl, cannot get a handle at all (NOPERM 'command')"]
     fn test_can_authenticate_with_username_and_password() {
         block_on(async {
             let ctx = AsyncCtx::new().await;
