@@ -149,7 +149,9 @@ impl CommandBook {
 /// movable keys, sent to every server, response policy, has subcommands),
 /// for when the servers do not let this client run `COMMAND` (an ACL user
 /// without `+command`). A test compares it with the live server's.
-const BUILT_IN: &[(&str, i64, i64, i64, bool, bool, &str, bool)] = &[
+type BuiltIn = (&'static str, i64, i64, i64, bool, bool, &'static str, bool);
+
+const BUILT_IN: &[BuiltIn] = &[
     ("acl", 0, 0, 0, false, false, "none", true),
     ("acl|cat", 0, 0, 0, false, false, "none", false),
     ("acl|deluser", 0, 0, 0, false, false, "none", false),
