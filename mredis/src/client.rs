@@ -262,26 +262,16 @@ impl MRedis {
         let book = match self.core.book.get() {
             Some(book) => book.clone(),
             None => {
-                let mut last = None;
-                let mut found = None;
+                let mut tried = Vec::new();
                 for server in 0..self.core.all() {
-                    match self.value_on(server, &redis::cmd("COMMAND")) {
-                        Ok(v) => {
-                            found = Some(Arc::new(crate::handle::CommandBook::parse(&v)));
-                            break;
-                        }
-                        Err(e) => last = Some(e),
+                    let reply = self.value_on(server, &redis::cmd("COMMAND"));
+                    let done = reply.is_ok();
+                    tried.push(reply);
+                    if done {
+                        break;
                     }
                 }
-                match (found, last) {
-                    (Some(book), _) => self.core.book.get_or_init(|| book).clone(),
-                    // A user who may not run COMMAND: Redis 7.0's metadata,
-                    // built in (not kept, so a later handle asks again).
-                    (None, Some(e)) if e.code() == Some("NOPERM") => Arc::new(crate::handle::CommandBook::built_in()),
-                    (None, last) => {
-                        return Err(last.unwrap_or_else(|| client_error("no server".to_string())));
-                    }
-                }
+                crate::handle::book_from(&self.core, tried)?
             }
         };
         Ok(crate::handle::Connection::new(self.clone(), book))

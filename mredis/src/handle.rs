@@ -957,6 +957,57 @@ fn empty_command() -> RedisError {
     RedisError::from((ErrorKind::Client, "empty command"))
 }
 
+/// The command book from the replies to `COMMAND` (the last one tried
+/// first): the servers' own, kept for later handles; for a user who may not
+/// run COMMAND, Redis 7.0's built-in copy (not kept, so a later handle asks
+/// again); otherwise the error.
+pub(crate) fn book_from(core: &Core, mut tried: Vec<RedisResult<Value>>) -> RedisResult<Arc<CommandBook>> {
+    match tried.pop() {
+        Some(Ok(v)) => {
+            let book = Arc::new(CommandBook::parse(&v));
+            Ok(core.book.get_or_init(|| book).clone())
+        }
+        Some(Err(e)) if e.code() == Some("NOPERM") => Ok(Arc::new(CommandBook::built_in())),
+        Some(Err(e)) => Err(e),
+        None => Err(client_error("no server".to_string())),
+    }
+}
+
+/// Adds one command of a transaction to the transaction's server: every
+/// command must be on keys of that one server.
+fn join_transaction(
+    core: &Core,
+    target: &mut Option<(usize, Vec<crate::routing::Move>)>,
+    cmd: &Cmd,
+    plan: Plan,
+) -> RedisResult<()> {
+    let (server, moves) = match plan {
+        Plan::Run(Route::One { server, moves }) => (server, moves),
+        _ => {
+            return Err(cannot(
+                &crate::routing::command_name(cmd),
+                "in a transaction, every command must be on keys of one server",
+            ));
+        }
+    };
+    match target {
+        None => *target = Some((server, moves)),
+        Some((s, m)) if *s == server => m.extend(moves),
+        Some((s, _)) => {
+            return Err(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
+                "mredis: keys on different servers",
+                format!(
+                    "a transaction's commands are on keys of {} and {}; nothing was sent",
+                    core.name(*s),
+                    core.name(server)
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Parses packed RESP commands (what `redis::ConnectionLike` receives).
 pub(crate) fn parse_packed(mut bytes: &[u8]) -> RedisResult<Vec<Cmd>> {
     fn line(bytes: &mut &[u8], prefix: u8) -> RedisResult<usize> {
@@ -1138,30 +1189,8 @@ impl Connection {
                 keyless = true;
                 continue;
             }
-            let (server, moves) = match self.plan(c)? {
-                Plan::Run(Route::One { server, moves }) => (server, moves),
-                _ => {
-                    return Err(cannot(
-                        &crate::routing::command_name(c),
-                        "in a transaction, every command must be on keys of one server",
-                    ));
-                }
-            };
-            match &mut target {
-                None => target = Some((server, moves)),
-                Some((s, m)) if *s == server => m.extend(moves),
-                Some((s, _)) => {
-                    return Err(RedisError::from((
-                        ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
-                        "mredis: keys on different servers",
-                        format!(
-                            "a transaction's commands are on keys of {} and {}; nothing was sent",
-                            self.mr.core().name(*s),
-                            self.mr.core().name(server)
-                        ),
-                    )));
-                }
-            }
+            let plan = self.plan(c)?;
+            join_transaction(self.mr.core(), &mut target, c, plan)?;
         }
         if target.is_none() && keyless {
             target = Some((0, Vec::new()));
@@ -1379,30 +1408,8 @@ impl AsyncConnection {
                     keyless = true;
                     continue;
                 }
-                let (server, moves) = match self.plan(c).await? {
-                    Plan::Run(Route::One { server, moves }) => (server, moves),
-                    _ => {
-                        return Err(cannot(
-                            &crate::routing::command_name(c),
-                            "in a transaction, every command must be on keys of one server",
-                        ));
-                    }
-                };
-                match &mut target {
-                    None => target = Some((server, moves)),
-                    Some((s, m)) if *s == server => m.extend(moves),
-                    Some((s, _)) => {
-                        return Err(RedisError::from((
-                            ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
-                            "mredis: keys on different servers",
-                            format!(
-                                "a transaction's commands are on keys of {} and {}; nothing was sent",
-                                core.name(*s),
-                                core.name(server)
-                            ),
-                        )));
-                    }
-                }
+                let plan = self.plan(c).await?;
+                join_transaction(&core, &mut target, c, plan)?;
             }
             if target.is_none() && keyless {
                 target = Some((0, Vec::new()));

@@ -26,10 +26,10 @@
 
 use std::sync::LazyLock;
 
-use redis::{Arg, Cmd, ErrorKind, RedisError, RedisResult, Value};
+use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::error::show_key;
-use crate::routing::{Core, Merge, Move};
+use crate::routing::{Core, Merge, Move, args_of};
 
 /// Error code of the guard when the keys are not on the old server.
 pub(crate) const ABSENT: &str = "MREDISABSENT";
@@ -102,15 +102,6 @@ fn unwrappable(cmd: &Cmd) -> bool {
         name.as_str(),
         "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO"
     )
-}
-
-fn args_of(cmd: &Cmd) -> Vec<&[u8]> {
-    cmd.args_iter()
-        .map(|a| match a {
-            Arg::Simple(b) => b,
-            _ => b"0",
-        })
-        .collect()
 }
 
 /// The guard around `cmds`, by SHA (or with its code, after NOSCRIPT).

@@ -358,13 +358,7 @@ impl Plan {
     /// Each group's command, packed once, read from the caller's command
     /// in place.
     pub(crate) fn packed(&self, cmd: &Cmd) -> Vec<(usize, Vec<u8>)> {
-        let args: Vec<&[u8]> = cmd
-            .args_iter()
-            .map(|a| match a {
-                Arg::Simple(b) => b,
-                _ => b"0",
-            })
-            .collect();
+        let args = args_of(cmd);
         self.groups
             .iter()
             .map(|(server, items)| {
@@ -390,13 +384,7 @@ impl Plan {
     /// Each group's command as a `Cmd` (for the async client, whose
     /// connections take commands rather than bytes).
     pub(crate) fn commands(&self, cmd: &Cmd) -> Vec<(usize, Cmd)> {
-        let args: Vec<&[u8]> = cmd
-            .args_iter()
-            .map(|a| match a {
-                Arg::Simple(b) => b,
-                _ => b"0",
-            })
-            .collect();
+        let args = args_of(cmd);
         self.groups
             .iter()
             .map(|(server, items)| {
@@ -524,6 +512,16 @@ fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
         }
     }
     out.extend_from_slice(&digits[at..]);
+}
+
+/// A command's arguments as bytes (a cursor argument reads as 0).
+pub(crate) fn args_of(cmd: &Cmd) -> Vec<&[u8]> {
+    cmd.args_iter()
+        .map(|a| match a {
+            Arg::Simple(b) => b,
+            _ => b"0",
+        })
+        .collect()
 }
 
 /// The command's name (its first argument), for messages.
