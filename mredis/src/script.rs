@@ -137,13 +137,53 @@ impl ScriptInvocation<'_> {
     fn route(&self, core: &crate::routing::Core) -> RedisResult<(usize, Vec<Move>)> {
         if self.keys.is_empty() {
             return Err(client_error(
-                "a script without keys has no owning server; pass the keys it touches with key()".to_string(),
+                "a script without keys has no owning server; pass the keys it touches with key(), \
+                 or name the server with invoke_on / invoke_on_async"
+                    .to_string(),
             ));
         }
         match core.route_colocated("EVALSHA", &self.keys)? {
             Route::One { server, moves } => Ok((server, moves)),
             Route::Split(_) => Err(client_error("a script runs on one server".to_string())),
         }
+    }
+
+    /// Runs the script on the server named `server` (`host:port:db`, as
+    /// [`MRedis::servers`](crate::MRedis::servers) names them), for scripts
+    /// without keys. Its keys, if any, must belong to that server.
+    pub fn invoke_on<T: FromRedisValue>(&self, mr: &crate::MRedis, server: &str) -> RedisResult<T> {
+        let index = Self::named(mr.core(), &self.keys, server)?;
+        mr.with_connection(index, |con| self.inner.invoke(con))
+    }
+
+    /// [`invoke_on`](Self::invoke_on) for the async client.
+    pub async fn invoke_on_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis, server: &str) -> RedisResult<T> {
+        let index = Self::named(mr.core(), &self.keys, server)?;
+        let mut con = mr.connection(index)?;
+        self.inner
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| name_server(mr.core().name(index), e))
+    }
+
+    /// The index of the server named `server`; keys given must be its own.
+    fn named(core: &crate::routing::Core, keys: &[Vec<u8>], server: &str) -> RedisResult<usize> {
+        let index = (0..core.current)
+            .find(|&i| core.name(i) == server)
+            .ok_or_else(|| client_error(format!("no server named `{server}` in this client")))?;
+        for key in keys {
+            let (owner, from) = core.owner(key);
+            if owner != index || from.is_some() {
+                return Err(crate::routing::cross_server_error(
+                    "EVALSHA",
+                    key,
+                    core.name(owner),
+                    key,
+                    server,
+                ));
+            }
+        }
+        Ok(index)
     }
 
     /// Runs the script on the server that owns its keys (sync client).

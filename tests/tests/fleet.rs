@@ -215,3 +215,39 @@ fn scan_options_filter_by_pattern_and_type_on_every_server() {
     });
     assert_eq!(n, 60);
 }
+
+#[test]
+fn keyless_scripts_run_where_the_caller_says_or_are_refused() {
+    let s = servers(3);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    mr.set::<_, _, ()>("only-key", 1).unwrap();
+    let owner = mr.server_for("only-key").unwrap().to_string();
+    let script = Script::new("return redis.call('DBSIZE')");
+    let err = script.prepare_invoke().invoke::<i64>(&mr).unwrap_err();
+    assert!(err.to_string().contains("invoke_on"), "{err}");
+    for server in mr.servers() {
+        let n: i64 = script.prepare_invoke().invoke_on(&mr, server.name()).unwrap();
+        assert_eq!(n, i64::from(server.name() == owner), "{}", server.name());
+    }
+    let err = script
+        .prepare_invoke()
+        .invoke_on::<i64>(&mr, "nowhere:1:0")
+        .unwrap_err();
+    assert!(err.to_string().contains("nowhere:1:0"), "{err}");
+    // A key of another server is refused.
+    let other = mr
+        .servers()
+        .iter()
+        .find(|x| x.name() != owner)
+        .unwrap()
+        .name()
+        .to_string();
+    let err = script.key("only-key").invoke_on::<i64>(&mr, &other).unwrap_err();
+    assert_eq!(err.code(), Some("CROSSSLOT"), "{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n: i64 = rt.block_on(async {
+        let am = mredis::aio::MRedis::connect(urls(&s)).await.unwrap();
+        script.prepare_invoke().invoke_on_async(&am, &owner).await.unwrap()
+    });
+    assert_eq!(n, 1);
+}
