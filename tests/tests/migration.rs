@@ -572,35 +572,38 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
         "mredis-migration-{}-{old_n}-{new_n}-{stop_destination}.journal",
         std::process::id()
     ));
-    let rebalancer = {
-        let journal = journal.clone();
-        let old = old.clone();
-        let plain_new = plain_new.clone();
-        std::thread::spawn(move || {
-            let mut runs = 0;
-            loop {
-                runs += 1;
-                let options = RebalanceOptions {
-                    migrate_timeout_ms: Some(1000),
-                    journal: Some(journal.clone()),
-                    ..Default::default()
-                };
-                match rebalance(&old, &plain_new, options) {
-                    Ok(report) if report.conflicts.is_empty() => return (runs, report),
-                    Ok(report) => panic!("conflicts under the procedure: {:?}", report.conflicts),
-                    Err(e) => {
-                        assert!(runs < 20, "rebalance keeps failing: {e}");
-                        std::thread::sleep(Duration::from_millis(300));
-                    }
-                }
-            }
-        })
-    };
+    // The rebalance runs in a child process: started, the server stopped
+    // for 2 s under it, the child killed (SIGKILL) right after, then run
+    // again until it exits 0.
+    let ports = |list: &[&RedisServer]| list.iter().map(|x| x.port().to_string()).collect::<Vec<_>>().join(",");
+    let spec = format!(
+        "{};{};{};{}",
+        if mode == Mode::Standard { "standard" } else { "ketama" },
+        ports(&old_refs),
+        ports(&new_refs),
+        journal.display()
+    );
+    let mut first = spawn_rebalance(&spec);
     std::thread::sleep(Duration::from_millis(300));
     signal("STOP", stopped);
     std::thread::sleep(Duration::from_secs(2));
     signal("CONT", stopped);
-    let (runs, report) = rebalancer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let killed = first.try_wait().unwrap().is_none();
+    if killed {
+        signal("KILL", first.id());
+    }
+    let _ = first.wait();
+    let mut runs = 1;
+    loop {
+        runs += 1;
+        let status = spawn_rebalance(&spec).wait().unwrap();
+        if status.success() {
+            break;
+        }
+        assert!(runs < 20, "rebalance keeps failing");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // Keep writing a little after the rebalance, then stop.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -622,12 +625,15 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
     assert!(!journal.exists(), "a clean run removes its journal");
     assert!(final_report.conflicts.is_empty());
     eprintln!(
-        "{old_n} -> {new_n}: rebalance took {runs} runs, {:?}; moved {} keys, then {}; retries {}, leftovers {}",
+        "{old_n} -> {new_n}: rebalance took {runs} runs (the first {}), {:?}; then {} moved, {} leftovers",
+        if killed {
+            "killed with SIGKILL"
+        } else {
+            "finished before the kill"
+        },
         started.elapsed(),
-        report.moved,
         final_report.moved,
-        report.retries,
-        report.leftovers + final_report.leftovers
+        final_report.leftovers
     );
 
     // Every key is on its new owner only.
@@ -663,6 +669,54 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
     assert!(checked > 1000, "only {checked} keys written");
     let acked: i64 = models.values().map(|m| m.acked).sum();
     eprintln!("checked {checked} keys, {acked} acknowledged increments");
+}
+
+/// Starts this test binary's `child_rebalance` in a child process.
+fn spawn_rebalance(spec: &str) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_rebalance", "--test-threads", "1", "-q"])
+        .env("MREDIS_CHILD_REBALANCE", spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Not a test of its own: the rebalance the writers tests run in a child
+/// process (so they can SIGKILL it), from `MREDIS_CHILD_REBALANCE`
+/// (`mode;old ports;new ports;journal`). Exits non-zero on an error or a
+/// conflict.
+#[test]
+#[ignore = "the child process of the writers tests"]
+fn child_rebalance() {
+    let Ok(spec) = std::env::var("MREDIS_CHILD_REBALANCE") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(';').collect();
+    let mode = if parts[0] == "standard" {
+        Mode::Standard
+    } else {
+        ketama()
+    };
+    let list = |ports: &str| -> Vec<Server> {
+        ports
+            .split(',')
+            .map(|p| Server::from_parts("127.0.0.1", p.parse().unwrap(), 0).unwrap())
+            .collect()
+    };
+    let old = MRedis::builder().servers(list(parts[1])).mode(mode).build().unwrap();
+    let new = MRedis::builder().servers(list(parts[2])).mode(mode).build().unwrap();
+    let options = RebalanceOptions {
+        migrate_timeout_ms: Some(1000),
+        journal: Some(std::path::PathBuf::from(parts[3])),
+        ..Default::default()
+    };
+    let report = rebalance(&old, &new, options).unwrap();
+    assert!(
+        report.conflicts.is_empty(),
+        "conflicts under the procedure: {:?}",
+        report.conflicts
+    );
 }
 
 fn signal(sig: &str, pid: u32) {
