@@ -35,6 +35,7 @@ use crate::routing::{Core, Route, command_name, name_server};
 pub struct MRedis {
     core: Arc<Core>,
     connections: Arc<Vec<ConnectionManager>>,
+    response_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for MRedis {
@@ -83,6 +84,7 @@ impl MRedis {
         Ok(MRedis {
             core,
             connections: Arc::new(connections),
+            response_timeout: options.response_timeout,
         })
     }
 
@@ -160,7 +162,7 @@ impl MRedis {
         con.req_packed_command(cmd)
             .await
             .and_then(Value::extract_error)
-            .map_err(|e| name_server(self.core.name(index), e))
+            .map_err(|e| crate::error::name_server_after(self.core.name(index), e, None, self.response_timeout))
     }
 
     /// Sends a pipeline's commands to one server; the replies, raw.
@@ -173,7 +175,7 @@ impl MRedis {
         };
         con.req_packed_commands(pipe, offset, count)
             .await
-            .map_err(|e| name_server(self.core.name(index), e))
+            .map_err(|e| crate::error::name_server_after(self.core.name(index), e, None, self.response_timeout))
     }
 
     /// Runs a routed command on one server, or split over several

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisResult, Value};
+use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::error::client_error;
@@ -20,6 +20,7 @@ use crate::routing::{Core, Move, Route, command_name, name_server};
 
 /// Idle connections of one server.
 pub(crate) struct Pool {
+    name: String,
     client: redis::Client,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
@@ -28,8 +29,9 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    fn new(client: redis::Client, options: &Options) -> Pool {
+    fn new(name: &str, client: redis::Client, options: &Options) -> Pool {
         Pool {
+            name: name.to_string(),
             client,
             idle: Mutex::new(Vec::new()),
             max_idle: options.pool_size as usize,
@@ -50,7 +52,10 @@ impl Pool {
             return Ok(con);
         }
         let timeout = self.connect_timeout.min(budget).max(Duration::from_millis(1));
-        let con = self.client.get_connection_with_timeout(timeout)?;
+        let con = self
+            .client
+            .get_connection_with_timeout(timeout)
+            .map_err(|e| crate::error::name_server_after(&self.name, e, Some(timeout), None))?;
         con.set_read_timeout(self.response_timeout)?;
         con.set_write_timeout(self.response_timeout)?;
         Ok(con)
@@ -132,7 +137,7 @@ impl MRedis {
         let mut pools = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
             let client = server.client().map_err(|e| name_server(server.name(), e))?;
-            pools.push(Pool::new(client, &options));
+            pools.push(Pool::new(server.name(), client, &options));
         }
         Ok(MRedis {
             core,
@@ -331,9 +336,16 @@ impl MRedis {
                 if e.code().is_some() {
                     pool.put(con);
                 }
-                Err(name_server(self.core.name(index), e))
+                Err(self.named(index, e))
             }
         }
+    }
+
+    /// An error of server `index` naming it, and for a timeout how long
+    /// the reply was waited for.
+    fn named(&self, index: usize, e: RedisError) -> RedisError {
+        let after = self.pools.get(index).and_then(|p| p.response_timeout);
+        crate::error::name_server_after(self.core.name(index), e, None, after)
     }
 
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
@@ -471,7 +483,7 @@ impl MRedis {
                 }
                 Err(e) => {
                     cons.push(None);
-                    out.push(Err(name_server(self.core.name(job.server), e)));
+                    out.push(Err(self.named(job.server, e)));
                 }
             }
         }
@@ -500,7 +512,7 @@ impl MRedis {
                 }
             }
             match failed {
-                Some(e) => *result = Err(name_server(self.core.name(job.server), e)),
+                Some(e) => *result = Err(self.named(job.server, e)),
                 None => {
                     if !shortened || con.set_read_timeout(pool.response_timeout).is_ok() {
                         pool.put(con);

@@ -48,6 +48,20 @@ pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb
 /// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
 /// through unchanged, as redis-rs returns them, so `code()` still works.
 pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
+    name_server_after(server, err, None, None)
+}
+
+/// [`name_server`], saying how long was waited: `connect` for opening the
+/// connection (nothing was sent), `reply` for the reply.
+pub(crate) fn name_server_after(
+    server: &str,
+    err: RedisError,
+    connect: Option<std::time::Duration>,
+    reply: Option<std::time::Duration>,
+) -> RedisError {
+    if err.is_io_error() && err.to_string().starts_with("mredis: ") {
+        return err; // named already
+    }
     // A refused password: redis-rs reports AUTH's refusal as
     // AuthenticationFailed ("Password authentication failed"), and HELLO's
     // (RESP3) as the server's WRONGPASS reply; neither names the server
@@ -93,10 +107,18 @@ pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
     // Timeouts and refusals stay I/O errors of the same io kind, so
     // `is_timeout()` and `is_connection_refusal()` still answer for them.
     if err.is_timeout() {
-        return RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("mredis: {server}: no reply in time ({err}); the command may have run there"),
-        ));
+        let text = match (connect, reply) {
+            (Some(t), _) => format!(
+                "mredis: {server}: could not connect within {} ({err}); nothing was sent",
+                millis(t)
+            ),
+            (None, Some(t)) => format!(
+                "mredis: {server}: no reply in time, within {} ({err}); the command may have run there",
+                millis(t)
+            ),
+            (None, None) => format!("mredis: {server}: no reply in time ({err}); the command may have run there"),
+        };
+        return RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, text));
     }
     if err.is_connection_refusal() {
         return RedisError::from(std::io::Error::new(
@@ -110,6 +132,16 @@ pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
         (err.kind(), format!("{server}: {err}"))
     };
     RedisError::from((kind, "mredis: server error", text))
+}
+
+/// A duration as people write it: `300 ms`, `2 s`.
+fn millis(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 1000 && ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
 }
 
 /// A call that went to several servers failed on some: the one type every
