@@ -137,7 +137,7 @@ pub(crate) fn name_server_after(
 /// A duration as people write it: `300 ms`, `2 s`.
 fn millis(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms >= 1000 && ms % 1000 == 0 {
+    if ms >= 1000 && ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{ms} ms")
