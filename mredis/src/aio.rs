@@ -16,6 +16,7 @@ pub use crate::handle::AsyncConnection as Connection;
 use crate::migration::{Machine, One, Split, Step};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
+pub use crate::pubsub::Subscriber;
 use crate::routing::{Core, Route, command_name, name_server};
 
 /// Several Redis servers behaving like one (async, tokio).
@@ -133,6 +134,13 @@ impl MRedis {
             }
         };
         Ok(Connection::new(self.clone(), book))
+    }
+
+    /// A subscriber over every server: channels on their owner server,
+    /// patterns on all, one stream of events; it reconnects and subscribes
+    /// again by itself. See [`pubsub`](crate::pubsub). Needs a tokio runtime.
+    pub fn subscriber(&self) -> RedisResult<Subscriber> {
+        Subscriber::start(self.core.clone())
     }
 
     /// Runs any command on the server that owns `key`.

@@ -282,6 +282,15 @@ impl MRedis {
         Ok(crate::handle::Connection::new(self.clone(), book))
     }
 
+    /// A subscriber over every server: channels on their owner server,
+    /// patterns on all, one iterator of [`Event`](crate::Event)s; it
+    /// reconnects and subscribes again by itself. See
+    /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
+    /// its own.
+    pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
+        crate::pubsub::SyncSubscriber::start(self.core.clone())
+    }
+
     /// A connection of server `index` for a caller that keeps it a while
     /// (a WATCH); give it back with `checkin`.
     pub(crate) fn checkout(&self, index: usize) -> RedisResult<Connection> {

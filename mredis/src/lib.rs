@@ -90,6 +90,7 @@ mod migration;
 mod per_server;
 mod pipeline;
 pub mod placement;
+pub mod pubsub;
 pub mod rebalance;
 mod routing;
 mod scan;
@@ -103,6 +104,7 @@ pub use handle::Connection;
 pub use per_server::{FanOutError, PerServer};
 pub use pipeline::{FleetPipeline, KeyPipeline};
 pub use placement::Mode;
+pub use pubsub::{Event, Message, SyncSubscriber as Subscriber};
 pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
 #[cfg(feature = "table-examples")]
