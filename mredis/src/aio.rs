@@ -18,6 +18,7 @@ use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::Subscriber;
 use crate::routing::{Core, Route, command_name, name_server};
+use crate::telemetry::Span;
 
 /// Several Redis servers behaving like one (async, tokio).
 ///
@@ -166,6 +167,12 @@ impl MRedis {
     }
 
     pub(crate) async fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
+        Span::server(&self.core, index)
+            .run_async(self.value_on_in(index, cmd))
+            .await
+    }
+
+    async fn value_on_in(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
         let mut con = self.connection(index)?;
         con.req_packed_command(cmd)
             .await
@@ -190,6 +197,16 @@ impl MRedis {
     /// (concurrently); keys being moved by a migration go through the
     /// migration machines, as in the sync client.
     pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        let class = if matches!(route, Route::One { .. }) {
+            "key"
+        } else {
+            "split"
+        };
+        let value = Span::command(cmd, class).run_async(self.run_value(route, cmd)).await?;
+        Ok(RV::from_redis_value(value)?)
+    }
+
+    async fn run_value(&self, route: Route, cmd: &Cmd) -> RedisResult<Value> {
         self.core.check_size(cmd)?;
         let value = match route {
             Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd).await?,
@@ -209,10 +226,33 @@ impl MRedis {
                     .await?
             }
         };
-        Ok(RV::from_redis_value(value)?)
+        Ok(value)
     }
 
     pub(crate) async fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
+        let span = Span::command(cmd, "all");
+        let result = span
+            .run_async(async { Ok(self.fan_out_in(cmd).await) })
+            .await
+            .unwrap_or_else(|e| {
+                Err(FanOutError::new(
+                    command_name(cmd),
+                    PerServer::from_entries(Vec::new()),
+                    vec![("mredis".to_string(), e)],
+                ))
+            });
+        span.outcome(&match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e
+                .failed()
+                .first()
+                .map(|(_, e)| e.clone())
+                .unwrap_or_else(|| client_error("fan-out".into()))),
+        });
+        result
+    }
+
+    async fn fan_out_in<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
         if let Err(e) = self.core.check_size(cmd) {
             return Err(FanOutError::new(
                 command_name(cmd),

@@ -17,6 +17,7 @@ use crate::migration::{Machine, One, Split, Step};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 use crate::routing::{Core, Move, Route, command_name, name_server};
+use crate::telemetry::Span;
 
 /// Idle connections of one server.
 pub(crate) struct Pool {
@@ -358,7 +359,8 @@ impl MRedis {
     }
 
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
-        self.with_connection(index, |con| con.req_command(cmd).and_then(Value::extract_error))
+        Span::server(&self.core, index)
+            .run(|| self.with_connection(index, |con| con.req_command(cmd).and_then(Value::extract_error)))
     }
 
     /// Sends a pipeline to one server; the replies, raw (an atomic
@@ -390,6 +392,16 @@ impl MRedis {
     /// Runs a routed command on one server, or split over several; keys
     /// being moved by a migration go through the migration machines.
     pub(crate) fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        let class = if matches!(route, Route::One { .. }) {
+            "key"
+        } else {
+            "split"
+        };
+        let value = Span::command(cmd, class).run(|| self.run_value(route, cmd))?;
+        Ok(RV::from_redis_value(value)?)
+    }
+
+    fn run_value(&self, route: Route, cmd: &Cmd) -> RedisResult<Value> {
         self.core.check_size(cmd)?;
         let value = match route {
             Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd)?,
@@ -417,10 +429,24 @@ impl MRedis {
             }
             Route::Split(plan) => self.drive(Split::new(&self.core, cmd, plan.stride(), plan.merge_policy()))?,
         };
-        Ok(RV::from_redis_value(value)?)
+        Ok(value)
     }
 
     pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
+        let span = Span::command(cmd, "all");
+        let result = span.in_scope(|| self.fan_out_in(cmd));
+        span.outcome(&match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e
+                .failed()
+                .first()
+                .map(|(_, e)| e.clone())
+                .unwrap_or_else(|| client_error("fan-out".into()))),
+        });
+        result
+    }
+
+    fn fan_out_in<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
         if let Err(e) = self.core.check_size(cmd) {
             return Err(FanOutError::new(
                 command_name(cmd),
@@ -473,10 +499,11 @@ impl MRedis {
     /// server that fails costs only its own part; its connection is dropped.
     pub(crate) fn send_many(&self, jobs: &[Job<'_>]) -> Vec<RedisResult<Vec<Value>>> {
         let start = Instant::now();
+        let spans: Vec<Span> = jobs.iter().map(|j| Span::server(&self.core, j.server)).collect();
         let mut cons: Vec<Option<Connection>> = Vec::with_capacity(jobs.len());
         let mut out: Vec<RedisResult<Vec<Value>>> = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let sent = self.pool(job.server).and_then(|pool| {
+        for (job, span) in jobs.iter().zip(&spans) {
+            let sent = span.in_scope(|| self.pool(job.server)).and_then(|pool| {
                 // A connection opened now gets what is left of the deadline.
                 let budget = pool
                     .response_timeout
@@ -528,6 +555,9 @@ impl MRedis {
                     }
                 }
             }
+        }
+        for (span, result) in spans.iter().zip(&out) {
+            span.outcome(result);
         }
         out
     }

@@ -69,6 +69,10 @@
 //!
 //! - `tls`: `rediss://` URLs (rustls); `Server::with_tls_root_cert` for a
 //!   private CA. `tls-insecure`: `#insecure` URLs, for tests.
+//! - `tracing`: one span per command with OpenTelemetry database attributes
+//!   (`db.system.name`, `db.operation.name`, `server.address`, ...), the
+//!   route class and the outcome, and a child span per server; never keys,
+//!   values or credentials.
 //! - `cli`: the `mredis` command-line tool (`locate`, `stats`, `rebalance`)
 //!   over TOML fleet files ([`builder_from_toml`]) or twemproxy YAML pools
 //!   ([`builder_from_twemproxy_yaml`]).
@@ -96,6 +100,7 @@ mod routing;
 mod scan;
 mod script;
 mod spec;
+mod telemetry;
 
 pub use client::MRedis;
 pub use config::{Builder, IntoServer, Server, redact_url};

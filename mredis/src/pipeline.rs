@@ -11,6 +11,7 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ToRedisArgs,
 use crate::error::{Failure, client_error, show_key};
 use crate::migration::{One, Pipe};
 use crate::routing::{Core, Move, Route};
+use crate::telemetry::Span;
 
 /// A command's old server and its keys there, while a migration moves them.
 type Moving = Option<(usize, Vec<Vec<u8>>)>;
@@ -249,6 +250,12 @@ impl KeyPipeline {
     /// Sends the pipeline on the sync client and converts the replies, like
     /// redis-rs's `Pipeline::query`.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
+        let value = Span::pipeline(self.pipe.len()).run(|| self.query_value(mr))?;
+        Ok(T::from_redis_value(value)?)
+    }
+
+    fn query_value(&self, mr: &crate::MRedis) -> RedisResult<Value> {
+        type T = Value;
         self.ready(mr.core())?;
         if self.pipe.is_empty() {
             return Ok(T::from_redis_value(Value::Array(vec![]))?);
@@ -276,6 +283,14 @@ impl KeyPipeline {
 
     /// Sends the pipeline on the async client and converts the replies.
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+        let value = Span::pipeline(self.pipe.len())
+            .run_async(self.query_value_async(mr))
+            .await?;
+        Ok(T::from_redis_value(value)?)
+    }
+
+    async fn query_value_async(&self, mr: &crate::aio::MRedis) -> RedisResult<Value> {
+        type T = Value;
         self.ready(mr.core())?;
         if self.pipe.is_empty() {
             return Ok(T::from_redis_value(Value::Array(vec![]))?);
@@ -508,6 +523,11 @@ impl FleetPipeline {
     /// written before any reply is read) and returns the replies in call
     /// order.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
+        let value = Span::pipeline(self.len()).run(|| self.query_value(mr))?;
+        Ok(T::from_redis_value(value)?)
+    }
+
+    fn query_value(&self, mr: &crate::MRedis) -> RedisResult<Value> {
         let jobs = self.jobs(mr.core())?;
         if self.any_moving {
             let list = self.moving_list();
@@ -529,6 +549,11 @@ impl FleetPipeline {
 
     /// Sends the commands on the async client, all servers concurrently.
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+        let value = Span::pipeline(self.len()).run_async(self.query_value_async(mr)).await?;
+        Ok(T::from_redis_value(value)?)
+    }
+
+    async fn query_value_async(&self, mr: &crate::aio::MRedis) -> RedisResult<Value> {
         let jobs = self.jobs(mr.core())?;
         if self.any_moving {
             let list = self.moving_list();
