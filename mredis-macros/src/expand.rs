@@ -582,4 +582,43 @@ mod tests {
         );
         assert!(out.contains("-> & mut Self"), "{out}");
     }
+
+    #[test]
+    fn returns_replaces_rv_and_leaves_pipelines_out() {
+        let (table, problems) = parse(
+            "[[command]]\nname = \"GET\"\ngroup = \"string\"\nclass = \"key\"\nsummary = \"s\"\nmethods = [{ sig = \"get_int<K: ToSingleRedisArg>(key: K)\", cmd = \"GET {key}\", key = \"key\", returns = \"Option<isize>\" }]\n",
+        );
+        assert!(problems.messages.is_empty());
+        let out = methods(&table, Target::Sync).to_string();
+        assert!(out.contains("pub fn get_int < 'a , K : ToSingleRedisArg > (& self , key : K) -> :: redis :: RedisResult < Option < isize > >"), "{out}");
+        assert!(!out.contains("RV"), "{out}");
+        let out = methods(&table, Target::Async).to_string();
+        assert!(out.contains("pub async fn get_int"), "{out}");
+        assert!(out.contains("-> :: redis :: RedisResult < Option < isize > >"), "{out}");
+        for target in [Target::Pipeline, Target::Fleet] {
+            assert!(!methods(&table, target).to_string().contains("get_int"));
+        }
+    }
+
+    #[test]
+    fn feature_gates_methods_and_examples() {
+        let (table, problems) = parse(
+            "[[command]]\nname = \"BF.CARD\"\ngroup = \"module\"\nclass = \"key\"\nsince = \"RedisBloom\"\nfeature = \"bloom\"\nsummary = \"s\"\nmethods = [{ sig = \"bf_card<K: ToSingleRedisArg>(key: K)\", key = \"key\" }]\n",
+        );
+        assert!(problems.messages.is_empty());
+        let gate = "# [cfg (feature = \"bloom\")] # [cfg_attr (docsrs , doc (cfg (feature = \"bloom\")))]";
+        for target in [Target::Sync, Target::Async, Target::Pipeline, Target::Fleet] {
+            let out = methods(&table, target).to_string();
+            assert!(out.contains(gate), "{target:?}: {out}");
+        }
+        let out = examples(&table).to_string();
+        assert!(out.contains("# [cfg (feature = \"bloom\")] {"), "{out}");
+        // The table data lists the row either way.
+        let out = table_data(&table).to_string();
+        assert!(!out.contains("cfg"), "{out}");
+        assert!(
+            out.contains("feature : :: std :: option :: Option :: Some (\"bloom\")"),
+            "{out}"
+        );
+    }
 }

@@ -142,8 +142,10 @@ pub struct Command {
     pub summary: String,
     pub since: Option<String>,
     pub reason: Option<String>,
-    /// The cargo feature of mredis the row's methods need (`bloom`).
+    /// The cargo feature of mredis the row's methods need (`bloom`), and
+    /// the line of that field.
     pub feature: Option<String>,
+    pub feature_line: usize,
     pub methods: Vec<Method>,
 }
 
@@ -265,6 +267,10 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
     let since = string_field(src, fields, "since", problems, who);
     let reason = string_field(src, fields, "reason", problems, who);
     let feature = string_field(src, fields, "feature", problems, who);
+    let feature_line = fields
+        .get("feature")
+        .map(|v| line_of(src, v.span().start))
+        .unwrap_or(line);
     let class = match string_field(src, fields, "class", problems, who) {
         None => {
             problems.push(line, who, format!("missing `class` (one of: {})", Class::NAMES));
@@ -312,6 +318,7 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
         since,
         reason,
         feature,
+        feature_line,
         methods,
     })
 }

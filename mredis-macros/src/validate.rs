@@ -36,7 +36,7 @@ pub fn validate(table: &Table, problems: &mut Problems) {
             && !FEATURES.contains(&feature.as_str())
         {
             problems.push(
-                cmd.line,
+                cmd.feature_line,
                 who,
                 format!(
                     "unknown feature `{feature}` (expected one of: {}; a new one also needs `[features]` in \
@@ -398,7 +398,7 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
         let p = problems_of(&bad);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].starts_with("commands.toml:2: GET: unknown feature `blom` (expected one of: bloom, vector-sets"),
+            p[0].starts_with("commands.toml:6: GET: unknown feature `blom` (expected one of: bloom, vector-sets"),
             "{p:?}"
         );
     }
