@@ -53,6 +53,12 @@ pub fn method_doc(cmd: &Command, m: &Method) -> Vec<String> {
     let mut lines = vec![format!(" {}", cmd.summary), String::new()];
     lines.push(format!(" {}", routing_line(cmd, m)));
     lines.push(String::new());
+    if let Some(returns) = &m.returns {
+        lines.push(format!(
+            " The reply is always converted to `{returns}` (no `RV` to choose)."
+        ));
+        lines.push(String::new());
+    }
     lines.push(format!(" `{}` — [Redis docs]({})", cmd.name, docs_url(&cmd.name)));
     if let Some(since) = &cmd.since {
         lines.push(String::new());

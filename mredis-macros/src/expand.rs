@@ -591,7 +591,7 @@ mod tests {
         assert!(problems.messages.is_empty());
         let out = methods(&table, Target::Sync).to_string();
         assert!(out.contains("pub fn get_int < 'a , K : ToSingleRedisArg > (& self , key : K) -> :: redis :: RedisResult < Option < isize > >"), "{out}");
-        assert!(!out.contains("RV"), "{out}");
+        assert!(!out.contains("RV :"), "{out}");
         let out = methods(&table, Target::Async).to_string();
         assert!(out.contains("pub async fn get_int"), "{out}");
         assert!(out.contains("-> :: redis :: RedisResult < Option < isize > >"), "{out}");
