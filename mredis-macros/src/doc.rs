@@ -53,12 +53,34 @@ pub fn method_doc(cmd: &Command, m: &Method) -> Vec<String> {
     let mut lines = vec![format!(" {}", cmd.summary), String::new()];
     lines.push(format!(" {}", routing_line(cmd, m)));
     lines.push(String::new());
+    if let Some(returns) = &m.returns {
+        lines.push(format!(
+            " The reply is always converted to `{returns}` (no `RV` to choose)."
+        ));
+        lines.push(String::new());
+    }
     lines.push(format!(" `{}` — [Redis docs]({})", cmd.name, docs_url(&cmd.name)));
     if let Some(since) = &cmd.since {
         lines.push(String::new());
-        lines.push(format!(" Needs Redis {since} or newer."));
+        lines.push(format!(" {}", needs(since)));
+    }
+    if let Some(feature) = &cmd.feature {
+        lines.push(String::new());
+        lines.push(format!(" Needs mredis's cargo feature `{feature}`."));
     }
     lines
+}
+
+/// The sentence for a row's `since`: a Redis version (`7.2.0`), another
+/// server's (`Valkey 8.1`) or a module (`RedisBloom`).
+fn needs(since: &str) -> String {
+    if since.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("Needs Redis {since} or newer.")
+    } else if since.contains(|c: char| c.is_ascii_digit()) {
+        format!("Needs {since} or newer.")
+    } else {
+        format!("Needs the {since} module on the servers.")
+    }
 }
 
 fn escape_cell(s: &str) -> String {
@@ -116,8 +138,13 @@ pub fn overview(table: &Table) -> String {
             out.push_str("| command | methods | summary |\n|---|---|---|\n");
             for c in rows {
                 let methods: Vec<String> = c.methods.iter().map(|m| format!("`{}`", m.name())).collect();
+                let feature = c
+                    .feature
+                    .as_deref()
+                    .map(|f| format!(" (feature `{f}`)"))
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "| [`{}`]({}) | {} | {} |\n",
+                    "| [`{}`]({}) | {}{feature} | {} |\n",
                     c.name,
                     docs_url(&c.name),
                     methods.join(", "),
@@ -141,5 +168,13 @@ mod tests {
             "https://redis.io/docs/latest/commands/object-encoding/"
         );
         assert_eq!(docs_url("GET"), "https://redis.io/docs/latest/commands/get/");
+        assert_eq!(docs_url("BF.ADD"), "https://redis.io/docs/latest/commands/bf.add/");
+    }
+
+    #[test]
+    fn since_of_versions_servers_and_modules() {
+        assert_eq!(needs("7.2.0"), "Needs Redis 7.2.0 or newer.");
+        assert_eq!(needs("Valkey 8.1"), "Needs Valkey 8.1 or newer.");
+        assert_eq!(needs("RedisBloom"), "Needs the RedisBloom module on the servers.");
     }
 }

@@ -34,8 +34,9 @@ fn arg_idents(sig: &syn::Signature) -> Vec<syn::Ident> {
 }
 
 /// The generic parameters of a generated method: `'a` first (the table's
-/// signatures may borrow with it, as redis-rs's do), the row's own, then `RV`.
-fn generics(sig: &syn::Signature, target: Target) -> syn::Generics {
+/// signatures may borrow with it, as redis-rs's do), the row's own, then `RV`
+/// (unless the method has a fixed return type).
+fn generics(sig: &syn::Signature, target: Target, with_rv: bool) -> syn::Generics {
     let mut g = syn::Generics::default();
     let has_a = sig
         .generics
@@ -56,7 +57,7 @@ fn generics(sig: &syn::Signature, target: Target) -> syn::Generics {
         }
         g.params.push(param);
     }
-    if matches!(target, Target::Sync | Target::Async) {
+    if with_rv && matches!(target, Target::Sync | Target::Async) {
         g.params.push(syn::parse_quote!(RV: ::redis::FromRedisValue));
     }
     g.where_clause = sig.generics.where_clause.clone();
@@ -123,6 +124,17 @@ fn merge_tokens(m: &Method) -> TokenStream {
     }
 }
 
+/// `#[cfg(feature = ...)]` (and its docs.rs badge) for rows of a feature.
+fn feature_attrs(cmd: &Command) -> TokenStream {
+    match &cmd.feature {
+        Some(f) => quote! {
+            #[cfg(feature = #f)]
+            #[cfg_attr(docsrs, doc(cfg(feature = #f)))]
+        },
+        None => quote!(),
+    }
+}
+
 fn doc_attrs(cmd: &Command, m: &Method) -> TokenStream {
     let lines = doc::method_doc(cmd, m);
     let alias = &cmd.name;
@@ -135,14 +147,21 @@ fn doc_attrs(cmd: &Command, m: &Method) -> TokenStream {
 fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
     let sig = m.sig.as_ref()?;
     let class = cmd.class?;
-    if matches!(target, Target::Pipeline | Target::Fleet) && class == Class::All {
+    // Pipelines answer at `query` time: no fan-out, and no fixed return types
+    // (redis-rs's `Pipeline` has no `get_int` either).
+    if matches!(target, Target::Pipeline | Target::Fleet) && (class == Class::All || m.returns.is_some()) {
         return None;
     }
     let name = &sig.ident;
-    let generics = generics(sig, target);
+    let fixed = m.returns_type();
+    let generics = generics(sig, target, fixed.is_none());
     let (params, _, where_clause) = generics.split_for_impl();
     let inputs = &sig.inputs;
     let docs = doc_attrs(cmd, m);
+    let docs = {
+        let cfg = feature_attrs(cmd);
+        quote!(#cfg #docs)
+    };
     let build = build_cmd(m, sig);
     let redis_name = &cmd.name;
     let allow = quote! {
@@ -203,11 +222,15 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
     } else {
         quote!()
     };
+    let rv = match &fixed {
+        Some(ty) => quote!(#ty),
+        None => quote!(RV),
+    };
     let (ret, body) = match class {
         Class::Key => {
             let key = syn::Ident::new(m.key.as_deref().unwrap_or("key"), Span::call_site());
             (
-                quote!(::redis::RedisResult<RV>),
+                quote!(::redis::RedisResult<#rv>),
                 quote! {
                     let __route = self.core().route_key(#redis_name, &#key)?;
                     let __cmd = #build;
@@ -218,7 +241,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
         Class::Colocated => {
             let collect = collect_keys(m);
             (
-                quote!(::redis::RedisResult<RV>),
+                quote!(::redis::RedisResult<#rv>),
                 quote! {
                     #collect
                     let __route = self.core().route_colocated(#redis_name, &__keys)?;
@@ -231,7 +254,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             let stride = m.stride.unwrap_or(1);
             let merge = merge_tokens(m);
             (
-                quote!(::redis::RedisResult<RV>),
+                quote!(::redis::RedisResult<#rv>),
                 quote! {
                     let __cmd = #build;
                     let __route = self.core().route_split(&__cmd, #stride, #merge);
@@ -240,7 +263,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             )
         }
         Class::All => (
-            quote!(::std::result::Result<crate::PerServer<RV>, crate::FanOutError<RV>>),
+            quote!(::std::result::Result<crate::PerServer<#rv>, crate::FanOutError<#rv>>),
             quote! {
                 let __cmd = #build;
                 self.fan_out(&__cmd) #awaiting
@@ -265,6 +288,8 @@ fn prelude() -> TokenStream {
         use ::redis::*;
         #[allow(unused_imports)]
         use ::std::num::NonZeroUsize;
+        #[allow(unused_imports)]
+        use ::serde::Serialize;
     }
 }
 
@@ -307,11 +332,13 @@ pub fn table_data(table: &Table) -> TokenStream {
         let summary = &c.summary;
         let since = opt_str(c.since.as_deref());
         let reason = opt_str(c.reason.as_deref());
+        let feature = opt_str(c.feature.as_deref());
         let methods = c.methods.iter().map(|m| {
             let mname = m.name();
             let sig = &m.sig_text;
             let keys = m.key_args();
-            quote!(crate::MethodSpec { name: #mname, signature: #sig, key_args: &[#(#keys),*] })
+            let returns = opt_str(m.returns.as_deref());
+            quote!(crate::MethodSpec { name: #mname, signature: #sig, key_args: &[#(#keys),*], returns: #returns })
         });
         Some(quote! {
             crate::CommandSpec {
@@ -321,6 +348,7 @@ pub fn table_data(table: &Table) -> TokenStream {
                 summary: #summary,
                 since: #since,
                 reason: #reason,
+                feature: #feature,
                 methods: &[#(#methods),*],
             }
         })
@@ -328,7 +356,8 @@ pub fn table_data(table: &Table) -> TokenStream {
     quote! {
         /// Every command of `commands.toml`, in table order: its Redis name
         /// (subcommands as `"CLIENT LIST"`), how it is routed, and the methods
-        /// generated for it. Omitted commands are listed with their reason.
+        /// generated for it. Omitted commands are listed with their reason;
+        /// rows of a cargo feature are listed whether it is on or not.
         pub static COMMANDS: &[crate::CommandSpec] = &[#(#rows),*];
     }
 }
@@ -481,7 +510,9 @@ pub fn examples(table: &Table) -> TokenStream {
             let mname = m.name();
             let cname = &c.name;
             let fname = format_ident!("__example_{}", sig.ident);
+            let cfg = c.feature.as_deref().map(|f| quote!(#[cfg(feature = #f)]));
             Some(quote! {
+                #cfg
                 {
                     #[allow(clippy::let_unit_value, unused_variables, clippy::useless_vec)]
                     fn #fname() -> (::std::vec::Vec<::std::vec::Vec<u8>>, ::redis::Cmd) {
@@ -489,7 +520,7 @@ pub fn examples(table: &Table) -> TokenStream {
                         #collect
                         (__keys, #build)
                     }
-                    crate::Example { command: #cname, method: #mname, build: #fname }
+                    __examples.push(crate::Example { command: #cname, method: #mname, build: #fname });
                 }
             })
         })
@@ -501,7 +532,9 @@ pub fn examples(table: &Table) -> TokenStream {
         #[doc(hidden)]
         pub fn examples() -> ::std::vec::Vec<crate::Example> {
             #prelude
-            ::std::vec![#(#items),*]
+            let mut __examples = ::std::vec::Vec::new();
+            #(#items)*
+            __examples
         }
     }
 }
@@ -548,5 +581,44 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("-> & mut Self"), "{out}");
+    }
+
+    #[test]
+    fn returns_replaces_rv_and_leaves_pipelines_out() {
+        let (table, problems) = parse(
+            "[[command]]\nname = \"GET\"\ngroup = \"string\"\nclass = \"key\"\nsummary = \"s\"\nmethods = [{ sig = \"get_int<K: ToSingleRedisArg>(key: K)\", cmd = \"GET {key}\", key = \"key\", returns = \"Option<isize>\" }]\n",
+        );
+        assert!(problems.messages.is_empty());
+        let out = methods(&table, Target::Sync).to_string();
+        assert!(out.contains("pub fn get_int < 'a , K : ToSingleRedisArg > (& self , key : K) -> :: redis :: RedisResult < Option < isize > >"), "{out}");
+        assert!(!out.contains("RV :"), "{out}");
+        let out = methods(&table, Target::Async).to_string();
+        assert!(out.contains("pub async fn get_int"), "{out}");
+        assert!(out.contains("-> :: redis :: RedisResult < Option < isize > >"), "{out}");
+        for target in [Target::Pipeline, Target::Fleet] {
+            assert!(!methods(&table, target).to_string().contains("get_int"));
+        }
+    }
+
+    #[test]
+    fn feature_gates_methods_and_examples() {
+        let (table, problems) = parse(
+            "[[command]]\nname = \"BF.CARD\"\ngroup = \"module\"\nclass = \"key\"\nsince = \"RedisBloom\"\nfeature = \"bloom\"\nsummary = \"s\"\nmethods = [{ sig = \"bf_card<K: ToSingleRedisArg>(key: K)\", key = \"key\" }]\n",
+        );
+        assert!(problems.messages.is_empty());
+        let gate = "# [cfg (feature = \"bloom\")] # [cfg_attr (docsrs , doc (cfg (feature = \"bloom\")))]";
+        for target in [Target::Sync, Target::Async, Target::Pipeline, Target::Fleet] {
+            let out = methods(&table, target).to_string();
+            assert!(out.contains(gate), "{target:?}: {out}");
+        }
+        let out = examples(&table).to_string();
+        assert!(out.contains("# [cfg (feature = \"bloom\")] {"), "{out}");
+        // The table data lists the row either way.
+        let out = table_data(&table).to_string();
+        assert!(!out.contains("cfg"), "{out}");
+        assert!(
+            out.contains("feature : :: std :: option :: Option :: Some (\"bloom\")"),
+            "{out}"
+        );
     }
 }

@@ -91,9 +91,16 @@ pub struct Method {
     pub stride: Option<usize>,
     pub merge: Option<Merge>,
     pub example: Option<String>,
+    /// A fixed return type (`Option<isize>`) instead of the `RV` generic.
+    pub returns: Option<String>,
 }
 
 impl Method {
+    /// The fixed return type, when `returns` is given and parses.
+    pub fn returns_type(&self) -> Option<syn::Type> {
+        self.returns.as_deref().and_then(|r| syn::parse_str(r).ok())
+    }
+
     pub fn name(&self) -> String {
         match &self.sig {
             Some(sig) => sig.ident.to_string(),
@@ -135,6 +142,10 @@ pub struct Command {
     pub summary: String,
     pub since: Option<String>,
     pub reason: Option<String>,
+    /// The cargo feature of mredis the row's methods need (`bloom`), and
+    /// the line of that field.
+    pub feature: Option<String>,
+    pub feature_line: usize,
     pub methods: Vec<Method>,
 }
 
@@ -178,8 +189,16 @@ pub fn line_of(src: &str, offset: usize) -> usize {
     src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
-const COMMAND_FIELDS: &[&str] = &["name", "group", "class", "summary", "since", "reason", "methods"];
-const METHOD_FIELDS: &[&str] = &["sig", "cmd", "key", "keys", "pairs", "stride", "merge", "example"];
+const COMMAND_FIELDS: &[&str] = &[
+    "name", "group", "class", "summary", "since", "reason", "feature", "methods",
+];
+const METHOD_FIELDS: &[&str] = &[
+    "sig", "cmd", "key", "keys", "pairs", "stride", "merge", "example", "returns",
+];
+
+/// The cargo features of mredis a row's `feature` may name; each must exist
+/// in `mredis/Cargo.toml` (it forwards to redis-rs's feature of that name).
+pub const FEATURES: &[&str] = &["bloom", "vector-sets"];
 
 /// Parses the table text. Returns what could be read plus every problem.
 pub fn parse(src: &str) -> (Table, Problems) {
@@ -247,6 +266,11 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
     let summary = string_field(src, fields, "summary", problems, who).unwrap_or_default();
     let since = string_field(src, fields, "since", problems, who);
     let reason = string_field(src, fields, "reason", problems, who);
+    let feature = string_field(src, fields, "feature", problems, who);
+    let feature_line = fields
+        .get("feature")
+        .map(|v| line_of(src, v.span().start))
+        .unwrap_or(line);
     let class = match string_field(src, fields, "class", problems, who) {
         None => {
             problems.push(line, who, format!("missing `class` (one of: {})", Class::NAMES));
@@ -293,6 +317,8 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
         summary,
         since,
         reason,
+        feature,
+        feature_line,
         methods,
     })
 }
@@ -339,6 +365,7 @@ fn parse_method(src: &str, item: &Spanned<DeValue<'_>>, who: &str, problems: &mu
     let key = string_field(src, fields, "key", problems, who);
     let pairs = string_field(src, fields, "pairs", problems, who);
     let example = string_field(src, fields, "example", problems, who);
+    let returns = string_field(src, fields, "returns", problems, who);
     let keys = match fields.get("keys") {
         None => Vec::new(),
         Some(v) => match v.get_ref() {
@@ -390,6 +417,7 @@ fn parse_method(src: &str, item: &Spanned<DeValue<'_>>, who: &str, problems: &mu
         stride,
         merge,
         example,
+        returns,
     })
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::table::{Class, Method, Piece, Problems, Table};
+use crate::table::{Class, FEATURES, Method, Piece, Problems, Table};
 
 /// Validates the whole table, appending every problem found.
 pub fn validate(table: &Table, problems: &mut Problems) {
@@ -32,9 +32,29 @@ pub fn validate(table: &Table, problems: &mut Problems) {
         if cmd.group.is_empty() {
             problems.push(cmd.line, who, "missing `group`");
         }
+        if let Some(feature) = &cmd.feature
+            && !FEATURES.contains(&feature.as_str())
+        {
+            problems.push(
+                cmd.feature_line,
+                who,
+                format!(
+                    "unknown feature `{feature}` (expected one of: {}; a new one also needs `[features]` in \
+                     mredis/Cargo.toml and `FEATURES` in mredis-macros)",
+                    FEATURES.join(", ")
+                ),
+            );
+        }
         let Some(class) = cmd.class else { continue };
         match class {
             Class::Omitted => {
+                if cmd.feature.is_some() {
+                    problems.push(
+                        cmd.line,
+                        who,
+                        "`feature` is not for `omitted` rows: they generate nothing",
+                    );
+                }
                 if cmd.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
                     problems.push(cmd.line, who, "`omitted` row without a `reason`");
                 }
@@ -73,7 +93,7 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
         problems.push(
             line,
             who,
-            format!("`{name}`: leave out the return type; methods return `RedisResult<RV>`"),
+            format!("`{name}`: leave out the return type; methods return `RedisResult<RV>` (or give `returns`)"),
         );
     }
     if sig.inputs.iter().any(|i| matches!(i, syn::FnArg::Receiver(_))) {
@@ -95,6 +115,16 @@ fn validate_method(class: Class, m: &Method, who: &str, problems: &mut Problems)
                 who,
                 format!("`{name}`: `RV` is added by the generator; do not declare it"),
             );
+        }
+    }
+    if let Some(returns) = &m.returns {
+        match syn::parse_str::<syn::Type>(returns) {
+            Ok(_) => {}
+            Err(err) => problems.push(
+                line,
+                who,
+                format!("`{name}`: `returns = \"{returns}\"` is not a Rust type: {err}"),
+            ),
         }
     }
     let args = m.arg_names();
@@ -345,6 +375,32 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
         let p = problems_of(src);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].contains("`stride = 2` does not match its keys"), "{p:?}");
+    }
+
+    #[test]
+    fn returns_must_be_a_rust_type() {
+        let good = OK_ROW.replace("key = \"key\" }", "key = \"key\", returns = \"Option<isize>\" }");
+        assert_eq!(problems_of(&good), Vec::<String>::new());
+        let bad = OK_ROW.replace("key = \"key\" }", "key = \"key\", returns = \"Option<isize\" }");
+        let p = problems_of(&bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("commands.toml:7: GET: `get`: `returns = \"Option<isize\"` is not a Rust type"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn feature_must_be_known() {
+        let good = OK_ROW.replace("summary =", "feature = \"bloom\"\nsummary =");
+        assert_eq!(problems_of(&good), Vec::<String>::new());
+        let bad = OK_ROW.replace("summary =", "feature = \"blom\"\nsummary =");
+        let p = problems_of(&bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("commands.toml:6: GET: unknown feature `blom` (expected one of: bloom, vector-sets"),
+            "{p:?}"
+        );
     }
 
     #[test]

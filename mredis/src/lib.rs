@@ -76,6 +76,11 @@
 //! - `cli`: the `mredis` command-line tool (`locate`, `stats`, `rebalance`)
 //!   over TOML fleet files ([`builder_from_toml`]) or twemproxy YAML pools
 //!   ([`builder_from_twemproxy_yaml`]).
+//! - `bloom`: the Bloom filter methods (`bf_add`, `bf_exists`, `bf_reserve`,
+//!   ...), as redis-rs's feature of that name; the servers need the
+//!   RedisBloom module (or valkey-bloom).
+//! - `vector-sets`: the vector set methods (`vadd`, `vsim`, `vcard`, ...), as
+//!   redis-rs's feature of that name; the servers need Redis 8.0 or newer.
 //!
 //! # Every command
 //!

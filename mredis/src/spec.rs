@@ -31,6 +31,9 @@ pub struct CommandSpec {
     pub since: Option<&'static str>,
     /// Why no method exists (omitted commands only).
     pub reason: Option<&'static str>,
+    /// The cargo feature of mredis its methods need (`"bloom"`,
+    /// `"vector-sets"`); the row is listed here either way.
+    pub feature: Option<&'static str>,
     /// The generated methods.
     pub methods: &'static [MethodSpec],
 }
@@ -44,6 +47,9 @@ pub struct MethodSpec {
     pub signature: &'static str,
     /// The arguments holding keys.
     pub key_args: &'static [&'static str],
+    /// Its fixed return type (`"Option<isize>"`), if it has one instead of
+    /// the caller's choice (`RV`).
+    pub returns: Option<&'static str>,
 }
 
 /// An example invocation of a routed method (from the table's `example`
