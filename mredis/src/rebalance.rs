@@ -139,6 +139,8 @@ pub struct RebalanceOptions {
     /// the journal as the tool's own leftover and replaced from the source
     /// (the copy clients served). Without a journal it is reported as a
     /// conflict. The file is removed after a run that leaves nothing to do.
+    /// Use one journal per pair of configurations and never share one
+    /// between two runs at once (the CLI names it after both server lists).
     pub journal: Option<std::path::PathBuf>,
 }
 

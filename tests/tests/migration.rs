@@ -568,9 +568,12 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
     } else {
         s[0].pid().unwrap()
     };
+    // One journal per fleet (the tests run in parallel; two rebalances of
+    // different fleets must not share one, as they would not in use).
     let journal = std::env::temp_dir().join(format!(
-        "mredis-migration-{}-{old_n}-{new_n}-{stop_destination}.journal",
-        std::process::id()
+        "mredis-migration-{}-{}.journal",
+        std::process::id(),
+        s[0].port()
     ));
     // The rebalance runs in a child process: started, the server stopped
     // for 2 s under it, the child killed (SIGKILL) right after, then run
@@ -595,13 +598,21 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
     }
     let _ = first.wait();
     let mut runs = 1;
+    let mut failures = Vec::new();
     loop {
         runs += 1;
-        let status = spawn_rebalance(&spec).wait().unwrap();
-        if status.success() {
+        let out = spawn_rebalance(&spec).wait_with_output().unwrap();
+        if out.status.success() {
             break;
         }
-        assert!(runs < 20, "rebalance keeps failing");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let why = text
+            .lines()
+            .find(|l| l.contains("conflicts under") || l.contains("rebalance failed"))
+            .map(str::to_string)
+            .unwrap_or(text.lines().last().unwrap_or_default().to_string());
+        failures.push(why);
+        assert!(runs < 20, "rebalance keeps failing: {failures:#?}");
         std::thread::sleep(Duration::from_millis(300));
     }
     // Keep writing a little after the rebalance, then stop.
@@ -676,8 +687,8 @@ fn spawn_rebalance(spec: &str) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "child_rebalance", "--test-threads", "1", "-q"])
         .env("MREDIS_CHILD_REBALANCE", spec)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
 }
@@ -715,7 +726,7 @@ fn child_rebalance() {
     assert!(
         report.conflicts.is_empty(),
         "conflicts under the procedure: {:?}",
-        report.conflicts
+        report.conflicts.iter().take(4).collect::<Vec<_>>()
     );
 }
 
