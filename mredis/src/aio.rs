@@ -144,6 +144,12 @@ impl MRedis {
         Subscriber::start(self.core.clone())
     }
 
+    /// Each server's health as the opt-in health checking sees it; empty
+    /// without it.
+    pub fn health(&self) -> Vec<crate::health::ServerHealth> {
+        self.core.health.as_ref().map(|h| h.snapshot()).unwrap_or_default()
+    }
+
     /// Runs any command on the server that owns `key`.
     pub async fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
         let route = self.core.route_key("query_routed", &key)?;

@@ -292,6 +292,18 @@ impl MRedis {
         crate::pubsub::SyncSubscriber::start(self.core.clone())
     }
 
+    /// Each server's health as the opt-in health checking sees it
+    /// ([`Builder::health_check`](crate::Builder::health_check)); empty
+    /// without it. Includes the idle connections kept per server.
+    pub fn health(&self) -> Vec<crate::health::ServerHealth> {
+        let Some(h) = &self.core.health else { return Vec::new() };
+        let mut all = h.snapshot();
+        for (s, pool) in all.iter_mut().zip(self.pools.iter()) {
+            s.idle_connections = Some(pool.idle.lock().map(|i| i.len()).unwrap_or(0));
+        }
+        all
+    }
+
     /// A connection of server `index` for a caller that keeps it a while
     /// (a WATCH); give it back with `checkin`.
     pub(crate) fn checkout(&self, index: usize) -> RedisResult<Connection> {

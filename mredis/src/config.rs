@@ -672,6 +672,7 @@ pub struct Options {
     pub(crate) retries: usize,
     pub(crate) migrating_from: Option<std::sync::Arc<OldConfig>>,
     pub(crate) max_arg_size: usize,
+    pub(crate) health: Option<crate::health::HealthCheck>,
 }
 
 /// The configuration a client is moving away from (see
@@ -693,6 +694,7 @@ impl Default for Options {
             retries: 1,
             migrating_from: None,
             max_arg_size: 512 * 1024 * 1024,
+            health: None,
         }
     }
 }
@@ -778,6 +780,16 @@ impl Builder {
     /// you changed that.
     pub fn max_arg_size(mut self, bytes: usize) -> Self {
         self.options.max_arg_size = bytes;
+        self
+    }
+
+    /// Turns on health checking (off by default): a background thread
+    /// checks every server and keeps its state ([`MRedis::health`](crate::MRedis::health)),
+    /// with events for your callback; with [`HealthCheck::eject`](crate::health::HealthCheck::eject)
+    /// a down server's keys go to the others (ketama and rendezvous only;
+    /// refused for other placements). See the [`health`](crate::health) module.
+    pub fn health_check(mut self, options: crate::health::HealthCheck) -> Self {
+        self.options.health = Some(options);
         self
     }
 

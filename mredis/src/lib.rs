@@ -65,6 +65,14 @@
 //! it. The procedure: deploy the migration-aware configuration to every
 //! client, run the rebalance, deploy the new configuration.
 //!
+//! ## Pub/Sub, health, tracing
+//!
+//! [`MRedis::subscriber`] (async: [`aio::MRedis::subscriber`]) subscribes
+//! across the fleet ([`pubsub`]). [`Builder::health_check`] turns on
+//! background health checking and, for ketama or rendezvous fleets,
+//! optional ejection ([`health`]). The `tracing` feature adds a span per
+//! command.
+//!
 //! ## Features
 //!
 //! - `tls`: `rediss://` URLs (rustls); `Server::with_tls_root_cert` for a
@@ -95,6 +103,7 @@ mod config;
 mod error;
 mod fleet_config;
 pub mod handle;
+pub mod health;
 mod migration;
 mod per_server;
 mod pipeline;

@@ -60,6 +60,16 @@ pub(crate) struct Core {
     pub(crate) max_arg_size: usize,
     /// The servers' COMMAND metadata, for routed handles (fetched once).
     pub(crate) book: std::sync::OnceLock<Arc<crate::handle::CommandBook>>,
+    /// Opt-in health checking (and ejection).
+    pub(crate) health: Option<Arc<crate::health::Health>>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if let Some(h) = &self.health {
+            h.shut_down();
+        }
+    }
 }
 
 /// A key to bring from its old server to its new one before a command on
@@ -133,6 +143,28 @@ impl Core {
     pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Core>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
+        let health = match &options.health {
+            None => None,
+            Some(h) => {
+                if h.eject {
+                    crate::health::check_ejection(options.mode)?;
+                    if options.migrating_from.is_some() {
+                        return Err(crate::config::config_error(
+                            "ejection and migrating_from cannot be combined: finish the migration first".to_string(),
+                        ));
+                    }
+                }
+                let health = crate::health::Health::new(&servers);
+                crate::health::start(
+                    health.clone(),
+                    servers.clone(),
+                    options.mode,
+                    options.hash_tags,
+                    h.clone(),
+                )?;
+                Some(health)
+            }
+        };
         let mut servers = servers;
         let migration = match &options.migrating_from {
             None => None,
@@ -158,6 +190,7 @@ impl Core {
             migration,
             max_arg_size: options.max_arg_size,
             book: std::sync::OnceLock::new(),
+            health,
         }))
     }
 
@@ -199,7 +232,10 @@ impl Core {
     /// The server owning `key`, and the one it is moving from (if any).
     #[inline]
     pub(crate) fn owner(&self, key: &[u8]) -> (usize, Option<usize>) {
-        let server = self.placement.index(key);
+        let server = match self.health.as_ref().and_then(|h| h.reroute(key)) {
+            Some(s) => s,
+            None => self.placement.index(key),
+        };
         let from = self.migration.as_ref().and_then(|m| {
             let old = m.map.get(m.placement.index(key)).copied().unwrap_or(server);
             (old != server).then_some(old)
