@@ -65,8 +65,11 @@ fn a_stopped_server_is_marked_down_within_a_few_intervals_then_up() {
         })
         .build()
         .unwrap();
-    std::thread::sleep(interval * 2);
-    assert!(mr.health().iter().all(|h| h.up && h.checks > 0), "{:?}", mr.health());
+    let started = Instant::now();
+    while !mr.health().iter().all(|h| h.up && h.checks >= 2) {
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", mr.health());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pid = s[1].pid().unwrap();
     let name = s[1].name();
     signal("STOP", pid);
@@ -77,9 +80,10 @@ fn a_stopped_server_is_marked_down_within_a_few_intervals_then_up() {
     );
     signal("CONT", pid);
     // down_after = 2 failed checks, each waiting at most one interval for
-    // its reply: about 2 to 3 intervals; one more of slack for a loaded machine.
+    // its reply: about 3 intervals (617 ms measured with 200 ms on an idle
+    // machine); the bound leaves room for a loaded one.
     eprintln!("marked down {took:?} after the stop ({interval:?} interval)");
-    assert!(took <= interval * 4, "marked down after {took:?}");
+    assert!(took <= interval * 6, "marked down after {took:?}");
     let h = mr.health();
     let down = h.iter().find(|x| x.server == name).unwrap();
     assert!(down.failures >= 2, "{down:?}");
@@ -104,7 +108,7 @@ fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
     let mut s = servers(3);
     let events: Arc<Mutex<Vec<HealthEvent>>> = Arc::default();
     let seen = events.clone();
-    let interval = Duration::from_millis(100);
+    let interval = Duration::from_millis(200);
     let mr = MRedis::builder()
         .servers(list(&s))
         .mode(ketama())
@@ -118,22 +122,36 @@ fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
         })
         .build()
         .unwrap();
-    let keys: Vec<String> = (0..300).map(|i| format!("cache:{i}")).collect();
+    // Every server checked and up before looking at placement.
+    let started = Instant::now();
+    while !mr.health().iter().all(|h| h.up && h.checks >= 2) {
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", mr.health());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let keys: Vec<String> = (0..600).map(|i| format!("cache:{i}")).collect();
+    // Stop the server owning the most keys.
+    let victim = (0..3)
+        .max_by_key(|&i| {
+            keys.iter()
+                .filter(|k| mr.server_for(k.as_str()).unwrap() == s[i].name())
+                .count()
+        })
+        .unwrap();
     let on_dead: Vec<&String> = keys
         .iter()
-        .filter(|k| mr.server_for(k.as_str()).unwrap() == s[2].name())
+        .filter(|k| mr.server_for(k.as_str()).unwrap() == s[victim].name())
         .collect();
     let elsewhere: Vec<&String> = keys
         .iter()
-        .filter(|k| mr.server_for(k.as_str()).unwrap() != s[2].name())
+        .filter(|k| mr.server_for(k.as_str()).unwrap() != s[victim].name())
         .collect();
-    assert!(on_dead.len() > 30);
+    assert!(on_dead.len() >= 200, "the largest of three shares: {}", on_dead.len());
     let owners_before: Vec<String> = elsewhere
         .iter()
         .map(|k| mr.server_for(k.as_str()).unwrap().to_string())
         .collect();
-    s[2].stop();
-    let name = s[2].name();
+    s[victim].stop();
+    let name = s[victim].name();
     wait_for(
         &events,
         |e| matches!(e, HealthEvent::Down { server, .. } if *server == name),
@@ -151,10 +169,15 @@ fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
         .map(|k| mr.server_for(k.as_str()).unwrap().to_string())
         .collect();
     assert_eq!(owners_before, owners_during);
-    let stored: usize = s[..2].iter().map(|x| x.keys().len()).sum();
+    let stored: usize = s
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, x)| x.keys().len())
+        .sum();
     assert_eq!(stored, on_dead.len());
     // It comes back: its keys go to it again (empty after the restart).
-    s[2].restart();
+    s[victim].restart();
     wait_for(
         &events,
         |e| matches!(e, HealthEvent::Up { server } if *server == name),
