@@ -247,14 +247,7 @@ impl MRedis {
                     vec![("mredis".to_string(), e)],
                 ))
             });
-        span.outcome(&match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e
-                .failed()
-                .first()
-                .map(|(_, e)| e.clone())
-                .unwrap_or_else(|| client_error("fan-out".into()))),
-        });
+        span.fan_out_outcome(&result);
         result
     }
 

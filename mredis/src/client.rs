@@ -447,14 +447,7 @@ impl MRedis {
     pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
         let span = Span::command(cmd, "all");
         let result = span.in_scope(|| self.fan_out_in(cmd));
-        span.outcome(&match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e
-                .failed()
-                .first()
-                .map(|(_, e)| e.clone())
-                .unwrap_or_else(|| client_error("fan-out".into()))),
-        });
+        span.fan_out_outcome(&result);
         result
     }
 

@@ -155,7 +155,8 @@ fn millis(d: std::time::Duration) -> String {
 pub(crate) struct Failure<'c> {
     command: &'c str,
     failed: Vec<(String, RedisError)>,
-    succeeded: Vec<String>,
+    /// (server, items): borrowed, as most calls succeed and never format it.
+    succeeded: Vec<(&'c str, usize)>,
 }
 
 impl<'c> Failure<'c> {
@@ -167,8 +168,8 @@ impl<'c> Failure<'c> {
         }
     }
 
-    pub(crate) fn succeeded(&mut self, server: &str, items: usize) {
-        self.succeeded.push(format!("{server} ({items})"));
+    pub(crate) fn succeeded(&mut self, server: &'c str, items: usize) {
+        self.succeeded.push((server, items));
     }
 
     pub(crate) fn failed(&mut self, server: &str, err: RedisError) {
@@ -198,7 +199,11 @@ impl<'c> Failure<'c> {
         let ok = if self.succeeded.is_empty() {
             "none".to_string()
         } else {
-            self.succeeded.join(", ")
+            self.succeeded
+                .iter()
+                .map(|(s, n)| format!("{s} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         Err(RedisError::from((
             kind,

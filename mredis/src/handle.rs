@@ -703,13 +703,7 @@ pub(crate) fn plan(
     n_servers: usize,
     known_keys: Option<Vec<Vec<u8>>>,
 ) -> RedisResult<Plan> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .map(|a| match a {
-            redis::Arg::Simple(b) => b,
-            _ => b"0",
-        })
-        .collect();
+    let args = crate::routing::args_of(cmd);
     let Some(first) = args.first() else {
         return Err(client_error("an empty command".to_string()));
     };
@@ -751,7 +745,7 @@ pub(crate) fn plan(
         (Some(t), Some(s)) if t.has_subcommands => book.infos.get(&format!("{lower}|{s}")).or(top),
         (t, _) => t,
     };
-    let entry = table_entry(&name, sub.as_deref().filter(|_| info.is_some_and(|_| true)));
+    let entry = table_entry(&name, sub.as_deref().filter(|_| info.is_some()));
     // HSCAN, SSCAN and ZSCAN are omitted from MRedis's methods only because
     // MRedis has iterators in their place; their cursor belongs to one key,
     // on that key's server, so here they are key commands like any other
@@ -1118,8 +1112,14 @@ impl Connection {
 
     /// Runs one command; server error replies are errors.
     fn exec(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let plan = self.plan(cmd)?;
+        self.exec_plan(cmd, plan)
+    }
+
+    /// Runs one command already planned.
+    fn exec_plan(&mut self, cmd: &Cmd, plan: Plan) -> RedisResult<Value> {
         let core = self.mr.core().clone();
-        match self.plan(cmd)? {
+        match plan {
             Plan::Run(route) => self.mr.run::<Value>(route, cmd),
             Plan::First => self.mr.value_on(0, cmd),
             Plan::All(response) => {
@@ -1256,19 +1256,33 @@ impl ConnectionLike for Connection {
         // together, one pipeline per server.
         let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
         let mut i = 0;
+        // The plan of the command that ended the last batch (each command
+        // is planned once; a plan may have cost a COMMAND GETKEYS).
+        let mut pending: Option<Plan> = None;
         while i < cmds.len() {
             let mut batch: Vec<(usize, usize)> = Vec::new();
             while i < cmds.len() {
-                match self.plan(&cmds[i])? {
+                let plan = match pending.take() {
+                    Some(p) => p,
+                    None => self.plan(&cmds[i])?,
+                };
+                match plan {
                     Plan::Run(Route::One { server, moves }) if moves.is_empty() => {
                         batch.push((i, server));
                         i += 1;
                     }
-                    _ => break,
+                    other => {
+                        pending = Some(other);
+                        break;
+                    }
                 }
             }
             if batch.is_empty() {
-                let v = match self.exec(&cmds[i]) {
+                let plan = match pending.take() {
+                    Some(p) => p,
+                    None => self.plan(&cmds[i])?,
+                };
+                let v = match self.exec_plan(&cmds[i], plan) {
                     Ok(v) => v,
                     Err(e) => error_value(&e).ok_or(e)?,
                 };
@@ -1369,8 +1383,14 @@ impl AsyncConnection {
     }
 
     async fn exec(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let plan = self.plan(cmd).await?;
+        self.exec_plan(cmd, plan).await
+    }
+
+    /// Runs one command already planned.
+    async fn exec_plan(&self, cmd: &Cmd, plan: Plan) -> RedisResult<Value> {
         let core = self.mr.core().clone();
-        match self.plan(cmd).await? {
+        match plan {
             Plan::Run(route) => self.mr.run::<Value>(route, cmd).await,
             Plan::First => self.mr.value_on(0, cmd).await,
             Plan::All(response) => {
@@ -1435,10 +1455,16 @@ impl AsyncConnection {
         // once; other commands run in call order between them.
         let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
         let mut i = 0;
+        // The plan of the command that ended the last batch (planned once).
+        let mut pending: Option<Plan> = None;
         while i < cmds.len() {
             let mut per: Vec<(usize, redis::Pipeline, Vec<usize>)> = Vec::new();
             while i < cmds.len() {
-                match self.plan(cmds[i]).await? {
+                let plan = match pending.take() {
+                    Some(p) => p,
+                    None => self.plan(cmds[i]).await?,
+                };
+                match plan {
                     Plan::Run(Route::One { server, moves }) if moves.is_empty() => {
                         match per.iter_mut().find(|p| p.0 == server) {
                             Some(p) => {
@@ -1453,11 +1479,18 @@ impl AsyncConnection {
                         }
                         i += 1;
                     }
-                    _ => break,
+                    other => {
+                        pending = Some(other);
+                        break;
+                    }
                 }
             }
             if per.is_empty() {
-                let v = match self.exec(cmds[i]).await {
+                let plan = match pending.take() {
+                    Some(p) => p,
+                    None => self.plan(cmds[i]).await?,
+                };
+                let v = match self.exec_plan(cmds[i], plan).await {
                     Ok(v) => v,
                     Err(e) => error_value(&e).ok_or(e)?,
                 };

@@ -461,15 +461,6 @@ impl<'a> Split<'a> {
             }
         }
     }
-
-    /// The reply of one key served by EACH, in the form of a group reply.
-    fn key_reply(&self, v: Value) -> RedisResult<Value> {
-        let v = v.extract_error()?;
-        Ok(match self.merge {
-            Merge::Ordered => v,
-            Merge::Sum | Merge::Ok => v,
-        })
-    }
 }
 
 impl Machine for Split<'_> {
@@ -550,7 +541,7 @@ impl Machine for Split<'_> {
                     for (&i, flag) in items.iter().zip(flags.iter().chain(std::iter::repeat(&b'0'))) {
                         if *flag == b'1' {
                             let v = values.next().unwrap_or(Value::Nil);
-                            match self.key_reply(v) {
+                            match v.extract_error() {
                                 Ok(v) => self.parts.push((vec![i], v)),
                                 Err(e) => failure.failed(self.core.name(from), e),
                             }

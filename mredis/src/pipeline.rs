@@ -65,6 +65,16 @@ fn unpack(atomic: bool, mut values: Vec<Value>) -> RedisResult<Option<Vec<Value>
     Ok(Some(values))
 }
 
+/// The replies of the commands not marked `ignore()`, in call order.
+fn kept(values: Vec<Value>, ignored: &[bool]) -> Vec<Value> {
+    values
+        .into_iter()
+        .zip(ignored)
+        .filter(|(_, ignored)| !**ignored)
+        .map(|(v, _)| v)
+        .collect()
+}
+
 /// A pipeline bound to one server; see [`MRedis::pipeline`](crate::MRedis::pipeline).
 ///
 /// ```no_run
@@ -238,13 +248,7 @@ impl KeyPipeline {
         let Some(values) = unpack(self.pipe.is_transaction(), values)? else {
             return Ok(T::from_redis_value(Value::Nil)?);
         };
-        let kept = values
-            .into_iter()
-            .zip(&self.ignored)
-            .filter(|(_, ignored)| !**ignored)
-            .map(|(v, _)| v)
-            .collect();
-        Ok(T::from_redis_value(Value::Array(kept))?)
+        Ok(T::from_redis_value(Value::Array(kept(values, &self.ignored)))?)
     }
 
     /// Sends the pipeline on the sync client and converts the replies, like
@@ -460,13 +464,7 @@ impl FleetPipeline {
     fn assemble_slots<T: FromRedisValue>(&self, slots: Vec<RedisResult<Value>>) -> RedisResult<T> {
         let values = slots.into_iter().collect::<RedisResult<Vec<Value>>>()?;
         let values = unpack(false, values)?.unwrap_or_default();
-        let kept: Vec<Value> = values
-            .into_iter()
-            .zip(&self.ignored)
-            .filter(|(_, ignored)| !**ignored)
-            .map(|(v, _)| v)
-            .collect();
-        Ok(T::from_redis_value(Value::Array(kept))?)
+        Ok(T::from_redis_value(Value::Array(kept(values, &self.ignored)))?)
     }
 
     /// (server, pipeline) of every server with commands.
@@ -510,13 +508,7 @@ impl FleetPipeline {
         // The first error reply in call order is the error, as with redis-rs.
         let values = slots.into_iter().map(|v| v.unwrap_or(Value::Nil)).collect::<Vec<_>>();
         let values = unpack(false, values)?.unwrap_or_default();
-        let kept: Vec<Value> = values
-            .into_iter()
-            .zip(&self.ignored)
-            .filter(|(_, ignored)| !**ignored)
-            .map(|(v, _)| v)
-            .collect();
-        Ok(T::from_redis_value(Value::Array(kept))?)
+        Ok(T::from_redis_value(Value::Array(kept(values, &self.ignored)))?)
     }
 
     /// Sends the commands on the sync client (every server's pipeline

@@ -122,6 +122,22 @@ impl Span {
         let _ = result;
     }
 
+    /// Records how a fan-out ended: `OK`, or the first failed server's error.
+    #[inline]
+    pub(crate) fn fan_out_outcome<T>(&self, result: &Result<crate::PerServer<T>, crate::FanOutError<T>>) {
+        #[cfg(feature = "tracing")]
+        match result {
+            Ok(_) => self.outcome(&Ok::<(), redis::RedisError>(())),
+            Err(e) => {
+                if let Some((_, first)) = e.failed().first() {
+                    self.outcome(&Err::<(), _>(first.clone()));
+                }
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = result;
+    }
+
     /// Runs `f` inside the span (no outcome recorded).
     #[inline]
     pub(crate) fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
