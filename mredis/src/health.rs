@@ -83,6 +83,10 @@ impl std::fmt::Debug for HealthCheck {
 }
 
 /// A change of a server's health.
+///
+/// With [`HealthCheck::eject`], routing has already changed when a `Down` or
+/// `Up` event reaches [`HealthCheck::on_event`]: a key looked up from the
+/// callback (or after it) goes to its server under the new placement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthEvent {
     /// Marked down after failed checks (the last error, without secrets).
@@ -221,8 +225,8 @@ fn run(
     let timeout = options.interval.max(Duration::from_millis(10));
     while !health.stop.load(Ordering::Relaxed) {
         let round = Instant::now();
-        let mut changed = false;
         for i in 0..n {
+            let mut changed = false;
             let started = Instant::now();
             let result = check_one(&clients[i], &mut cons[i], timeout, options.check.as_ref());
             let took = started.elapsed();
@@ -266,35 +270,43 @@ fn run(
                     }
                 }
             }
+            // Routing changes before anyone hears of it: a `Down` or `Up`
+            // callback that looks at placement sees the new one.
+            if changed && options.eject {
+                apply_ejection(&health, &servers, mode, hash_tags);
+            }
             if let Some(cb) = &options.on_event {
                 for e in &events {
                     cb(e);
                 }
             }
         }
-        if changed && options.eject {
-            let up: Vec<usize> = health
-                .snapshot()
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.up)
-                .map(|(i, _)| i)
-                .collect();
-            let placement = if up.len() == n || up.is_empty() {
-                None
-            } else {
-                let subset: Vec<Server> = up.iter().map(|&i| servers[i].clone()).collect();
-                Placement::new(mode, &subset, hash_tags).ok().map(|p| (p, up))
-            };
-            let any = placement.is_some();
-            *health.ejected.write().unwrap_or_else(|e| e.into_inner()) = placement;
-            health.any_ejected.store(any, Ordering::Release);
-        }
         let spent = round.elapsed();
         if spent < options.interval {
             std::thread::sleep(options.interval - spent);
         }
     }
+}
+
+/// Routes around the servers that are down now (or stops doing so when all
+/// are up, or none is: with every server down there is nowhere else to go).
+fn apply_ejection(health: &Health, servers: &[Server], mode: Mode, hash_tags: Option<bool>) {
+    let up: Vec<usize> = health
+        .snapshot()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.up)
+        .map(|(i, _)| i)
+        .collect();
+    let placement = if up.len() == servers.len() || up.is_empty() {
+        None
+    } else {
+        let subset: Vec<Server> = up.iter().map(|&i| servers[i].clone()).collect();
+        Placement::new(mode, &subset, hash_tags).ok().map(|p| (p, up))
+    };
+    let any = placement.is_some();
+    *health.ejected.write().unwrap_or_else(|e| e.into_inner()) = placement;
+    health.any_ejected.store(any, Ordering::Release);
 }
 
 fn check_one(

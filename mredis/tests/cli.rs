@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 
 use mredis_tests::{RedisServer, servers};
 
-fn mredis(args: &[&str]) -> (bool, String) {
-    let (code, text) = mredis_code(args);
+fn mredis(dir: &Dir, args: &[&str]) -> (bool, String) {
+    let (code, text) = mredis_code(dir, args);
     (code == 0, text)
 }
 
-/// Runs the tool; returns its exit code and stdout + stderr.
-fn mredis_code(args: &[&str]) -> (i32, String) {
+/// Runs the tool in `dir`; returns its exit code and stdout + stderr.
+fn mredis_code(dir: &Dir, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mredis"))
         .args(args)
-        // Journals (kept in the working directory) go to a scratch place.
-        .current_dir(std::env::temp_dir())
+        // Journals (kept in the working directory) go to the test's own
+        // directory, removed with it.
+        .current_dir(&dir.0)
         .output()
         .expect("run mredis");
     let text = format!(
@@ -41,9 +42,16 @@ impl Dir {
         Dir(dir)
     }
 
-    /// Writes a ketama/fnv1a_64 TOML configuration of `urls`; returns its path.
+    /// Writes a ketama/fnv1a_64 TOML configuration of `urls`; returns its
+    /// path. The servers are named `s0`, `s1`, ... by their place in the
+    /// list, so ketama puts every key in the same place on every run (not by
+    /// the random ports); tests list both configurations in the same order.
     fn config(&self, file: &str, urls: &[String]) -> String {
-        let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        let list: Vec<String> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("{{ url = \"{u}\", name = \"s{i}\" }}"))
+            .collect();
         let text = format!(
             "mode = \"ketama\"\nhash = \"fnv1a_64\"\nservers = [{}]\n",
             list.join(", ")
@@ -79,21 +87,21 @@ fn locate_stats_and_rebalance() {
         mr.set::<_, _, ()>(format!("key:{i}"), i).unwrap();
     }
 
-    let (ok, out) = mredis(&["locate", "--config", old, "key:1", "key:2"]);
+    let (ok, out) = mredis(&dir, &["locate", "--config", old, "key:1", "key:2"]);
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!("key:1\t{}", mr.server_for("key:1").unwrap())),
         "{out}"
     );
 
-    let (ok, out) = mredis(&["stats", "--config", old]);
+    let (ok, out) = mredis(&dir, &["stats", "--config", old]);
     assert!(ok, "{out}");
     assert!(
         out.contains("total") && out.contains("2000") && out.contains("imbalance"),
         "{out}"
     );
 
-    let (ok, out) = mredis(&["rebalance", "--from", old, "--to", new, "--dry-run", "--quiet"]);
+    let (ok, out) = mredis(&dir, &["rebalance", "--from", old, "--to", new, "--dry-run", "--quiet"]);
     assert!(ok, "{out}");
     assert!(out.contains("would move"), "{out}");
     assert!(out.contains(&format!("{} -> {}", s[0].name(), s[2].name())), "{out}");
@@ -101,7 +109,7 @@ fn locate_stats_and_rebalance() {
     assert_eq!(s[2].dbsize(), 0);
 
     // The harness's servers have no persistence.
-    let (code, out) = mredis_code(&["rebalance", "--from", old, "--to", new, "--quiet"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", old, "--to", new, "--quiet"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("mredis: refusing to move keys to") && out.contains(&s[2].name()),
@@ -110,16 +118,19 @@ fn locate_stats_and_rebalance() {
     assert_eq!(s[2].dbsize(), 0);
 
     // Not a terminal: plain progress lines on stderr.
-    let (ok, out) = mredis(&[
-        "rebalance",
-        "--from",
-        old,
-        "--to",
-        new,
-        "--allow-volatile",
-        "--batch-size",
-        "7",
-    ]);
+    let (ok, out) = mredis(
+        &dir,
+        &[
+            "rebalance",
+            "--from",
+            old,
+            "--to",
+            new,
+            "--allow-volatile",
+            "--batch-size",
+            "7",
+        ],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("rebalance: ") && out.contains("keys scanned"), "{out}");
     assert!(out.contains("verification: 0 keys away"), "{out}");
@@ -130,18 +141,19 @@ fn locate_stats_and_rebalance() {
         assert_eq!(moved.get::<_, i64>(format!("key:{i}")).unwrap(), i);
     }
 
-    let (ok, out) = mredis(&["stats", "--config", "/nonexistent.toml"]);
+    let (ok, out) = mredis(&dir, &["stats", "--config", "/nonexistent.toml"]);
     assert!(!ok && out.contains("cannot read"), "{out}");
 }
 
 #[test]
 fn help_documents_exit_codes_and_replace_is_gone() {
-    let (ok, out) = mredis(&["rebalance", "--help"]);
+    let dir = Dir::new("help");
+    let (ok, out) = mredis(&dir, &["rebalance", "--help"]);
     assert!(ok, "{out}");
     assert!(out.contains("Exit codes") && out.contains("  2  conflicts"), "{out}");
     assert!(out.contains("--prefer") && out.contains("--allow-volatile") && out.contains("--pool"));
     assert!(!out.contains("--replace"), "{out}");
-    let (code, out) = mredis_code(&["rebalance", "--from", "a", "--to", "b", "--replace"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", "a", "--to", "b", "--replace"]);
     assert_eq!(code, 2, "clap's usage error: {out}");
 }
 
@@ -155,7 +167,7 @@ fn errors_name_the_server_once_and_yaml_needs_a_pool() {
     };
     let old = dir.config("old.toml", &[s[0].url()]);
     let new = dir.config("new.toml", &[s[0].url(), format!("redis://127.0.0.1:{closed}/0")]);
-    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &new, "--quiet"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", &old, "--to", &new, "--quiet"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("mredis: "), "{out}");
     assert!(out.contains(&format!("127.0.0.1:{closed}:0")), "{out}");
@@ -171,10 +183,13 @@ fn errors_name_the_server_once_and_yaml_needs_a_pool() {
     )
     .unwrap();
     let yaml = yaml.to_str().unwrap();
-    let (code, out) = mredis_code(&["rebalance", "--from", yaml, "--to", yaml, "--dry-run"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", yaml, "--to", yaml, "--dry-run"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("--pool NAME is needed"), "{out}");
-    let (code, out) = mredis_code(&["rebalance", "--from", yaml, "--to", yaml, "--pool", "alpha", "--quiet"]);
+    let (code, out) = mredis_code(
+        &dir,
+        &["rebalance", "--from", yaml, "--to", yaml, "--pool", "alpha", "--quiet"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("moved 0"), "{out}");
 }
@@ -192,7 +207,7 @@ fn conflicts_exit_2_and_prefer_prints_what_it_discards_first() {
     let clash = (0..500)
         .map(|i| format!("c{i}"))
         .find(|k| from.server_index_for(k.as_bytes()) != to.server_index_for(k.as_bytes()))
-        .unwrap();
+        .expect("a key that moves from s0, s1 to s2");
     let (src, dst) = (from.server_for(&clash).unwrap(), to.server_for(&clash).unwrap());
     redis::cmd("SET")
         .arg(&clash)
@@ -202,7 +217,7 @@ fn conflicts_exit_2_and_prefer_prints_what_it_discards_first() {
     assert_eq!(dst, s[2].name());
 
     let args = ["rebalance", "--from", &old, "--to", &new, "--quiet", "--allow-volatile"];
-    let (code, out) = mredis_code(&args);
+    let (code, out) = mredis_code(&dir, &args);
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains(&format!(
@@ -219,7 +234,7 @@ fn conflicts_exit_2_and_prefer_prints_what_it_discards_first() {
 
     let mut args = args.to_vec();
     args.extend(["--prefer", "source"]);
-    let (code, out) = mredis_code(&args);
+    let (code, out) = mredis_code(&dir, &args);
     assert_eq!(code, 0, "{out}");
     let announced = out
         .find(&format!("discarding `{clash}` on {dst} (keeping the copy on {src})"))
@@ -246,7 +261,7 @@ fn no_password_in_any_output() {
     for i in 0..300 {
         from.set::<_, _, ()>(format!("p{i}"), i).unwrap();
     }
-    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &new, "--allow-volatile"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", &old, "--to", &new, "--allow-volatile"]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains(CANARY), "{out}");
     assert_eq!(open(&new).get::<_, i64>("p7").unwrap(), 7);
@@ -267,7 +282,7 @@ fn no_password_in_any_output() {
     ]);
     let user_url = format!("redis://mover:{CANARY}@127.0.0.1:{}/0", acl.port());
     let users = dir.config("users.toml", &[user_url]);
-    let (code, out) = mredis_code(&["rebalance", "--from", &new, "--to", &users, "--allow-volatile"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", &new, "--to", &users, "--allow-volatile"]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains(CANARY), "{out}");
     let moved = open(&users);
@@ -280,7 +295,7 @@ fn no_password_in_any_output() {
         "wrong.toml",
         &[format!("redis://:{CANARY}-x@127.0.0.1:{}/0", guarded.port())],
     );
-    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &wrong, "--allow-volatile"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", &old, "--to", &wrong, "--allow-volatile"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&guarded.name()), "{out}");
     assert!(!out.contains(CANARY), "{out}");
@@ -352,7 +367,7 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
                 "--timeout-ms",
                 "2000",
             ])
-            .current_dir(std::env::temp_dir())
+            .current_dir(&dir.0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -375,7 +390,7 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
     }
     assert!(kills >= 1, "the tool was never killed mid-run");
 
-    let (code, out) = mredis_code(&["rebalance", "--from", &old, "--to", &new, "--quiet"]);
+    let (code, out) = mredis_code(&dir, &["rebalance", "--from", &old, "--to", &new, "--quiet"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("verification: 0 keys away"), "{out}");
     // The journal the killed runs left was used, then removed.
@@ -384,7 +399,7 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
         id.push_str(server.name());
         id.push('\n');
     }
-    let journal = std::env::temp_dir().join(format!(
+    let journal = dir.0.join(format!(
         ".mredis-rebalance-{:08x}.journal",
         crc32fast::hash(id.as_bytes())
     ));

@@ -51,6 +51,29 @@ fn scratch_dir(kind: &str) -> PathBuf {
     dir
 }
 
+/// A new, empty scratch directory (under the system temp dir, unique to this
+/// process and call), removed with everything in it when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `mredis-<kind>-<pid>-<n>`.
+    pub fn new(kind: &str) -> TempDir {
+        TempDir(scratch_dir(kind))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Finds an executable on `PATH`, then in the usual system directories
 /// (`nutcracker` lives in `/usr/sbin`, which is not always on `PATH`).
 fn find_binary(name: &str) -> Option<PathBuf> {

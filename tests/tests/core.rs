@@ -116,12 +116,20 @@ fn every_fan_out_command_reaches_every_server() {
     assert!(saved.values().all(|r| r == "OK"));
     let bg: PerServer<String> = mr.bgsave().unwrap();
     assert_eq!(bg.len(), 3);
-    // BGREWRITEAOF may be refused while BGSAVE runs; wait for it like a user would.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let aof: Result<PerServer<String>, _> = mr.bgrewriteaof();
-    if let Err(e) = &aof {
-        assert!(e.to_string().contains("BGREWRITEAOF"), "{e}");
+    // BGREWRITEAOF while a BGSAVE runs is only scheduled; wait until every
+    // server has finished its BGSAVE, as a user would, then it starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while mr
+        .info()
+        .map(|info: PerServer<String>| info.values().any(|t| t.contains("rdb_bgsave_in_progress:1")))
+        .unwrap()
+    {
+        assert!(std::time::Instant::now() < deadline, "BGSAVE never finished");
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    let aof: PerServer<String> = mr.bgrewriteaof().unwrap();
+    assert_eq!(aof.len(), 3);
+    assert!(aof.values().all(|r| r.contains("rewriting")), "{aof:?}");
     let random: PerServer<Option<String>> = mr.randomkey().unwrap();
     for (i, (_, key)) in random.iter().enumerate() {
         let key = key.clone().expect("every server holds keys");

@@ -173,8 +173,17 @@ fn server_errors_pass_through_clearly() {
                 .query(&mut con);
         }
     });
-    std::thread::sleep(Duration::from_millis(400));
-    let err = mr.get::<_, Option<String>>("str").unwrap_err();
+    // Until the script has started (and run past the 100 ms threshold), GET
+    // still answers; then it gets BUSY.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        match mr.get::<_, Option<String>>("str") {
+            Err(e) => break e,
+            Ok(v) => assert_eq!(v.as_deref(), Some("v")),
+        }
+        assert!(Instant::now() < deadline, "the script never made the server busy");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(err.code(), Some("BUSY"), "{err}");
     let _: redis::RedisResult<()> = redis::cmd("SCRIPT").arg("KILL").query(&mut s[0].conn());
     blocker.join().unwrap();

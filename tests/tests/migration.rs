@@ -21,12 +21,27 @@ fn persistent_servers(n: usize) -> Vec<RedisServer> {
     (0..n).map(|_| RedisServer::with_args(&["--save", "3600 1"])).collect()
 }
 
+/// A configuration of `servers`, named `s0`, `s1`, ... by their place in
+/// the list for placement, so ketama puts every key in the same place on
+/// every run (not by the random ports). Tests list the servers of both
+/// configurations in the same order (one extends the other).
 fn builder(servers: &[&RedisServer], mode: Mode) -> Builder {
-    let list: Vec<Server> = servers
-        .iter()
-        .map(|s| Server::from_parts("127.0.0.1", s.port(), 0).unwrap())
-        .collect();
-    MRedis::builder().servers(list).mode(mode)
+    MRedis::builder()
+        .servers(named(servers.iter().map(|s| s.port())))
+        .mode(mode)
+}
+
+/// Servers on 127.0.0.1 at `ports`, named `s0`, `s1`, ... (see [`builder`]).
+fn named(ports: impl IntoIterator<Item = u16>) -> Vec<Server> {
+    ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Server::from_parts("127.0.0.1", p, 0)
+                .unwrap()
+                .with_alias(format!("s{i}"))
+        })
+        .collect()
 }
 
 /// Every key of every server: key -> the ports it is on.
@@ -518,14 +533,8 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
         .unwrap();
     let async_models = models.clone();
     let async_stop = stop.clone();
-    let new_urls: Vec<Server> = new_refs
-        .iter()
-        .map(|s| Server::from_parts("127.0.0.1", s.port(), 0).unwrap())
-        .collect();
-    let old_urls: Vec<Server> = old_refs
-        .iter()
-        .map(|s| Server::from_parts("127.0.0.1", s.port(), 0).unwrap())
-        .collect();
+    let new_urls = named(new_refs.iter().map(|s| s.port()));
+    let old_urls = named(old_refs.iter().map(|s| s.port()));
     let async_handle = rt.spawn(async move {
         let mr = MRedis::builder()
             .servers(new_urls)
@@ -570,11 +579,8 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
     };
     // One journal per fleet (the tests run in parallel; two rebalances of
     // different fleets must not share one, as they would not in use).
-    let journal = std::env::temp_dir().join(format!(
-        "mredis-migration-{}-{}.journal",
-        std::process::id(),
-        s[0].port()
-    ));
+    let scratch = mredis_tests::TempDir::new("migration");
+    let journal = scratch.path().join("rebalance.journal");
     // The rebalance runs in a child process: started, the server stopped
     // for 2 s under it, the child killed (SIGKILL) right after, then run
     // again until it exits 0.
@@ -709,12 +715,7 @@ fn child_rebalance() {
     } else {
         ketama()
     };
-    let list = |ports: &str| -> Vec<Server> {
-        ports
-            .split(',')
-            .map(|p| Server::from_parts("127.0.0.1", p.parse().unwrap(), 0).unwrap())
-            .collect()
-    };
+    let list = |ports: &str| named(ports.split(',').map(|p| p.parse::<u16>().unwrap()));
     let old = MRedis::builder().servers(list(parts[1])).mode(mode).build().unwrap();
     let new = MRedis::builder().servers(list(parts[2])).mode(mode).build().unwrap();
     let options = RebalanceOptions {

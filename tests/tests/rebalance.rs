@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use mredis::rebalance::{Prefer, RebalanceOptions, rebalance, verify};
 use mredis::{MRedis, Mode, Server};
-use mredis_tests::{RedisServer, servers};
+use mredis_tests::{RedisServer, TempDir, servers};
 
 const KEYS: usize = 10_000;
 
@@ -20,10 +20,19 @@ fn volatile_ok() -> RebalanceOptions {
     }
 }
 
+/// A configuration of `servers`, named `s0`, `s1`, ... by their place in
+/// the list for placement, so ketama puts every key in the same place on
+/// every run (not by the random ports). Tests list the servers of both
+/// configurations in the same order (the new one extends the old one).
 fn config(servers: &[&RedisServer], mode: Mode) -> MRedis {
     let list: Vec<Server> = servers
         .iter()
-        .map(|s| Server::from_parts("127.0.0.1", s.port(), 0).unwrap())
+        .enumerate()
+        .map(|(i, s)| {
+            Server::from_parts("127.0.0.1", s.port(), 0)
+                .unwrap()
+                .with_alias(format!("s{i}"))
+        })
         .collect();
     MRedis::builder().servers(list).mode(mode).build().unwrap()
 }
@@ -307,9 +316,18 @@ fn only_destinations_that_receive_keys_need_persistence() {
     for i in 0..500 {
         from.set::<_, _, ()>(format!("p{i}"), i).unwrap();
     }
+    // The keys that change server (fixed: the servers are named s0..s2),
+    // all of them to the new, persistent one.
+    let moving: Vec<String> = (0..500)
+        .map(|i| format!("p{i}"))
+        .filter(|k| from.server_index_for(k.as_bytes()) != to.server_index_for(k.as_bytes()))
+        .collect();
+    assert!(!moving.is_empty(), "some key moves to s2");
+    assert!(moving.iter().all(|k| to.server_index_for(k.as_bytes()) == 2));
     let report = rebalance(&from, &to, RebalanceOptions::default()).unwrap();
     assert!(report.is_complete(), "{report:?}");
-    assert!(report.moved > 0);
+    assert_eq!(report.moved, moving.len() as u64);
+    assert_eq!(s[2].dbsize(), moving.len() as i64);
 }
 
 #[test]
@@ -641,7 +659,12 @@ fn an_old_client_writing_during_the_move_is_detected_and_nothing_is_overwritten(
                     .servers(
                         ports[..3]
                             .iter()
-                            .map(|p| Server::from_parts("127.0.0.1", *p, 0).unwrap())
+                            .enumerate()
+                            .map(|(i, p)| {
+                                Server::from_parts("127.0.0.1", *p, 0)
+                                    .unwrap()
+                                    .with_alias(format!("s{i}"))
+                            })
                             .collect::<Vec<_>>(),
                     )
                     .mode(ketama())
@@ -695,7 +718,7 @@ fn an_old_client_writing_during_the_move_is_detected_and_nothing_is_overwritten(
 
 #[test]
 fn a_destination_busy_for_a_moment_is_retried_not_reported() {
-    // DEBUG SLEEP blocks the destination for 1 s, longer than the MIGRATE
+    // DEBUG SLEEP blocks the destination for 2 s, longer than the MIGRATE
     // timeout, as a client's MIGRATE in the opposite direction would: the
     // source's MIGRATE times out, the destination answers again, the page
     // is tried again and the run finishes.
@@ -721,10 +744,22 @@ fn a_destination_busy_for_a_moment_is_retried_not_reported() {
                 let mut slot = slot.lock().unwrap();
                 if slot.is_none() && p.moved > 0 {
                     let url = url.clone();
+                    // Connected before the server sleeps.
+                    let mut probe = redis::Client::open(url.clone()).unwrap().get_connection().unwrap();
+                    let sleep_url = url.clone();
                     *slot = Some(std::thread::spawn(move || {
-                        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-                        redis::cmd("DEBUG").arg("SLEEP").arg(1).exec(&mut con).unwrap();
+                        let mut con = redis::Client::open(sleep_url).unwrap().get_connection().unwrap();
+                        redis::cmd("DEBUG").arg("SLEEP").arg(2).exec(&mut con).unwrap();
                     }));
+                    // Go on only once the destination really is asleep: a
+                    // PING that gets no answer within 50 ms.
+                    probe
+                        .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+                        .unwrap();
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    while redis::cmd("PING").exec(&mut probe).is_ok() {
+                        assert!(std::time::Instant::now() < deadline, "DEBUG SLEEP never started");
+                    }
                 }
             })),
             ..volatile_ok()
@@ -766,9 +801,8 @@ fn a_journaled_leftover_is_replaced_from_the_source_even_when_the_copies_differ(
             .unwrap();
         places.push((a.port(), b.port()));
     }
-    let dir = std::env::temp_dir().join(format!("mredis-journal-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let journal = dir.join("rebalance.journal");
+    let dir = TempDir::new("journal");
+    let journal = dir.path().join("rebalance.journal");
     let hex: String = journaled.bytes().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&journal, format!("B 127.0.0.1:{}:0 {hex}\n", places[0].0)).unwrap();
 

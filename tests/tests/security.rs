@@ -186,9 +186,9 @@ fn tls_servers_work_with_rediss_urls() {
         eprintln!("skipped: this valkey-server has no TLS support");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("mredis-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    make_certs(&dir);
+    let scratch = mredis_tests::TempDir::new("tls");
+    let dir = scratch.path();
+    make_certs(dir);
     let path = |f: &str| dir.join(f).display().to_string();
     let tls_server = || {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -248,7 +248,6 @@ fn tls_servers_work_with_rediss_urls() {
     assert_eq!(verified.get::<_, i64>("t1").unwrap(), 1);
     let sizes: PerServer<i64> = verified.dbsize().unwrap();
     assert_eq!(sizes.values().sum::<i64>(), 20);
-    let _ = std::fs::remove_dir_all(&dir);
     drop(servers(0));
 }
 
