@@ -159,9 +159,11 @@ impl MRedis {
         Ok(self.core.name(server))
     }
 
-    /// The index (in configuration order) of the server that owns `key`.
+    /// The index (in configuration order) of the server that owns `key`:
+    /// the server [`server_for`](Self::server_for) names, where commands on
+    /// `key` go (also while a server is ejected by health checking).
     pub fn server_index_for(&self, key: &[u8]) -> usize {
-        self.core.placement.index(key)
+        self.core.owner(key).0
     }
 
     /// A pipeline bound to the server that owns `key`. Every command added

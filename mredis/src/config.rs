@@ -802,17 +802,19 @@ impl Builder {
     /// Makes this a migration-aware configuration: the fleet is moving from
     /// `old` (its servers and placement; its timeouts are ignored) to this
     /// one. Keys whose owner is the same in both are routed as usual. A
-    /// command on a key whose owner changes first MIGRATEs the key from its
-    /// old server to its new one (atomically, by the server; a key that is
-    /// not there any more is fine), then runs on the new server, so a key
-    /// is never served from two places and keys created during the move are
-    /// created on their new server. Fan-out commands reach the servers of
-    /// both configurations. Deploy this to every client, run
-    /// `mredis rebalance --from OLD --to NEW`, then deploy the plain new
-    /// configuration (see the crate docs, "Adding or removing servers").
+    /// command on a key whose owner changes runs on its old server while
+    /// the key is still there (atomically with that check, by a Lua guard)
+    /// and on its new server once it is gone from the old one, so a key is
+    /// never served from two places and keys created during the move are
+    /// created on their new server. The client never moves a key itself:
+    /// `mredis rebalance` moves them (MIGRATE, atomic on the server). Fan-out
+    /// commands reach the servers of both configurations. Deploy this to
+    /// every client, run `mredis rebalance --from OLD --to NEW`, then deploy
+    /// the plain new configuration (see the crate docs, "Adding or removing
+    /// servers").
     ///
     /// The old servers must be able to reach the new ones at the addresses
-    /// given here (MIGRATE connects from server to server).
+    /// given here (the rebalance's MIGRATE connects from server to server).
     pub fn migrating_from(mut self, old: Builder) -> Self {
         match old.into_parts() {
             Ok((servers, options)) => {

@@ -10,8 +10,10 @@
 //! packed once.
 //!
 //! While a migration is configured ([`Builder::migrating_from`]), a key
-//! whose owner changes carries a [`Move`]: the executor MIGRATEs it from
-//! its old server to its new one before the command runs there.
+//! whose owner changes carries a [`Move`] (old and new server): the
+//! migration state machines run the command on the old server while the
+//! key is still there and on the new one once it is gone; the client never
+//! MIGRATEs a key itself (the rebalance does).
 //!
 //! [`Builder::migrating_from`]: crate::Builder::migrating_from
 
@@ -84,8 +86,9 @@ pub(crate) struct Move {
 /// Where a command goes.
 #[derive(Debug)]
 pub(crate) enum Route {
-    /// One server; `moves` are keys to MIGRATE there first (empty, and not
-    /// allocated, unless a migration is under way).
+    /// One server; `moves` are keys whose owner changes, served from their
+    /// old server while they are still there (empty, and not allocated,
+    /// unless a migration is under way).
     One { server: usize, moves: Vec<Move> },
     /// A multi-key command split by server.
     Split(Plan),

@@ -168,6 +168,11 @@ fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
     for k in &on_dead {
         let owner = mr.server_for(k.as_str()).unwrap().to_string();
         assert_ne!(owner, name, "{k} still on the ejected server");
+        assert_eq!(
+            s[mr.server_index_for(k.as_bytes())].name(),
+            owner,
+            "{k}: index and name agree"
+        );
         mr.set::<_, _, ()>(k.as_str(), "while ejected").unwrap();
     }
     // Only the ejected server's keys moved (ketama).

@@ -718,7 +718,7 @@ fn an_old_client_writing_during_the_move_is_detected_and_nothing_is_overwritten(
 
 #[test]
 fn a_destination_busy_for_a_moment_is_retried_not_reported() {
-    // DEBUG SLEEP blocks the destination for 2 s, longer than the MIGRATE
+    // DEBUG SLEEP blocks the destination for 1 s, longer than the MIGRATE
     // timeout, as a client's MIGRATE in the opposite direction would: the
     // source's MIGRATE times out, the destination answers again, the page
     // is tried again and the run finishes.
@@ -749,7 +749,7 @@ fn a_destination_busy_for_a_moment_is_retried_not_reported() {
                     let sleep_url = url.clone();
                     *slot = Some(std::thread::spawn(move || {
                         let mut con = redis::Client::open(sleep_url).unwrap().get_connection().unwrap();
-                        redis::cmd("DEBUG").arg("SLEEP").arg(2).exec(&mut con).unwrap();
+                        redis::cmd("DEBUG").arg("SLEEP").arg(1).exec(&mut con).unwrap();
                     }));
                     // Go on only once the destination really is asleep: a
                     // PING that gets no answer within 50 ms.
