@@ -118,9 +118,9 @@ fn collect_keys(m: &Method) -> TokenStream {
 
 fn merge_tokens(m: &Method) -> TokenStream {
     match m.merge {
-        Some(Merge::Ordered) => quote!(crate::routing::Merge::Ordered),
-        Some(Merge::Sum) => quote!(crate::routing::Merge::Sum),
-        Some(Merge::Ok) | None => quote!(crate::routing::Merge::Ok),
+        Some(Merge::Ordered) => quote!(crate::Merge::Ordered),
+        Some(Merge::Sum) => quote!(crate::Merge::Sum),
+        Some(Merge::Ok) | None => quote!(crate::Merge::Ok),
     }
 }
 
@@ -333,12 +333,36 @@ pub fn table_data(table: &Table) -> TokenStream {
         let since = opt_str(c.since.as_deref());
         let reason = opt_str(c.reason.as_deref());
         let feature = opt_str(c.feature.as_deref());
+        let reply = match c.reply {
+            Some(r) => {
+                let v = proc_macro2::Ident::new(r.variant(), proc_macro2::Span::call_site());
+                quote!(::std::option::Option::Some(crate::Reply::#v))
+            }
+            None => quote!(::std::option::Option::None),
+        };
         let methods = c.methods.iter().map(|m| {
             let mname = m.name();
             let sig = &m.sig_text;
             let keys = m.key_args();
             let returns = opt_str(m.returns.as_deref());
-            quote!(crate::MethodSpec { name: #mname, signature: #sig, key_args: &[#(#keys),*], returns: #returns })
+            let (stride, merge) = if c.class == Some(Class::Multi) {
+                let stride = m.stride.unwrap_or(1);
+                let merge = merge_tokens(m);
+                (
+                    quote!(::std::option::Option::Some(#stride)),
+                    quote!(::std::option::Option::Some(#merge)),
+                )
+            } else {
+                (quote!(::std::option::Option::None), quote!(::std::option::Option::None))
+            };
+            quote!(crate::MethodSpec {
+                name: #mname,
+                signature: #sig,
+                key_args: &[#(#keys),*],
+                returns: #returns,
+                stride: #stride,
+                merge: #merge,
+            })
         });
         Some(quote! {
             crate::CommandSpec {
@@ -349,6 +373,7 @@ pub fn table_data(table: &Table) -> TokenStream {
                 since: #since,
                 reason: #reason,
                 feature: #feature,
+                reply: #reply,
                 methods: &[#(#methods),*],
             }
         })

@@ -45,6 +45,65 @@ impl Class {
     }
 }
 
+/// How the replies of an `all` command combine into one reply on a routed
+/// handle (`get_connection()`), where redis-rs code expects one server's
+/// answer. The generated methods always return one result per server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Integers added up (DBSIZE, PUBSUB NUMPAT).
+    Sum,
+    /// Arrays concatenated, text joined line by line (KEYS, CLIENT LIST).
+    Concat,
+    /// Every server must succeed; their common reply (FLUSHDB, SAVE).
+    AllOk,
+    /// One server's success is enough (SCRIPT KILL: the others answer NOTBUSY).
+    OneOk,
+    /// The first reply that is not nil, in server order (RANDOMKEY).
+    First,
+    /// Arrays of 0/1 and-ed element by element (SCRIPT EXISTS).
+    And,
+    /// Name/count pairs with the counts added up by name (PUBSUB NUMSUB).
+    SumPairs,
+    /// Every server must answer the same; that answer (COMMAND COUNT).
+    Same,
+    /// A map of server name to that server's reply (INFO, CONFIG GET).
+    PerServer,
+}
+
+impl Reply {
+    pub const NAMES: &'static str = "sum, concat, all-ok, one-ok, first, and, sum-pairs, same, per-server";
+
+    fn parse(s: &str) -> Option<Reply> {
+        Some(match s {
+            "sum" => Reply::Sum,
+            "concat" => Reply::Concat,
+            "all-ok" => Reply::AllOk,
+            "one-ok" => Reply::OneOk,
+            "first" => Reply::First,
+            "and" => Reply::And,
+            "sum-pairs" => Reply::SumPairs,
+            "same" => Reply::Same,
+            "per-server" => Reply::PerServer,
+            _ => return None,
+        })
+    }
+
+    /// The variant of `mredis::Reply` it becomes.
+    pub fn variant(self) -> &'static str {
+        match self {
+            Reply::Sum => "Sum",
+            Reply::Concat => "Concat",
+            Reply::AllOk => "AllOk",
+            Reply::OneOk => "OneOk",
+            Reply::First => "First",
+            Reply::And => "And",
+            Reply::SumPairs => "SumPairs",
+            Reply::Same => "Same",
+            Reply::PerServer => "PerServer",
+        }
+    }
+}
+
 /// How the per-server replies of a `multi` command are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
@@ -146,6 +205,10 @@ pub struct Command {
     /// the line of that field.
     pub feature: Option<String>,
     pub feature_line: usize,
+    /// `all` rows: how the replies combine on a routed handle, and the
+    /// line of that field when it is given (valid or not).
+    pub reply: Option<Reply>,
+    pub reply_line: Option<usize>,
     pub methods: Vec<Method>,
 }
 
@@ -190,7 +253,7 @@ pub fn line_of(src: &str, offset: usize) -> usize {
 }
 
 const COMMAND_FIELDS: &[&str] = &[
-    "name", "group", "class", "summary", "since", "reason", "feature", "methods",
+    "name", "group", "class", "summary", "since", "reason", "feature", "reply", "methods",
 ];
 const METHOD_FIELDS: &[&str] = &[
     "sig", "cmd", "key", "keys", "pairs", "stride", "merge", "example", "returns",
@@ -271,6 +334,21 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
         .get("feature")
         .map(|v| line_of(src, v.span().start))
         .unwrap_or(line);
+    let reply_line = fields.get("reply").map(|v| line_of(src, v.span().start));
+    let reply = match string_field(src, fields, "reply", problems, who) {
+        None => None,
+        Some(r) => match Reply::parse(&r) {
+            Some(r) => Some(r),
+            None => {
+                problems.push(
+                    reply_line.unwrap_or(line),
+                    who,
+                    format!("unknown reply `{r}` (expected one of: {})", Reply::NAMES),
+                );
+                None
+            }
+        },
+    };
     let class = match string_field(src, fields, "class", problems, who) {
         None => {
             problems.push(line, who, format!("missing `class` (one of: {})", Class::NAMES));
@@ -319,6 +397,8 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
         reason,
         feature,
         feature_line,
+        reply,
+        reply_line,
         methods,
     })
 }

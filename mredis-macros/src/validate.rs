@@ -46,6 +46,22 @@ pub fn validate(table: &Table, problems: &mut Problems) {
             );
         }
         let Some(class) = cmd.class else { continue };
+        match (class, cmd.reply_line) {
+            (Class::All, None) => problems.push(
+                cmd.line,
+                who,
+                format!(
+                    "`all` row without `reply` (how its servers' replies combine on a routed handle; one of: {})",
+                    crate::table::Reply::NAMES
+                ),
+            ),
+            (Class::All, _) | (_, None) => {}
+            (other, Some(at)) => problems.push(
+                at,
+                who,
+                format!("`reply` is only for `all` rows (this row is `{}`)", other.name()),
+            ),
+        }
         match class {
             Class::Omitted => {
                 if cmd.feature.is_some() {

@@ -5,22 +5,28 @@
 //! `TypedCommands`, ...) runs on the whole fleet unchanged.
 //!
 //! This is the runtime-checked door: each command is routed when it is
-//! sent, the way Redis Cluster clients route (redis-rs's
-//! `cluster_routing`): the command table says what mredis does with it, the
-//! server's own `COMMAND` metadata (fetched once) says where its keys are
-//! and how replies of every server combine:
+//! sent, by the same command table as [`MRedis`](crate::MRedis)'s methods
+//! (`mredis::COMMANDS`, generated from `commands.toml`), so a command goes
+//! to the same servers through a handle as through its method. The
+//! servers' own `COMMAND` metadata (fetched once, or Redis 7.0's built in)
+//! only says where the keys of a command are:
 //!
 //! - a command on keys goes to the keys' server; keys on different servers
 //!   are a `CROSSSLOT` error, nothing sent;
-//! - MGET, MSET, DEL, EXISTS, ... are split by server and merged;
-//! - server-wide commands go to every server and the replies are merged by
-//!   the command's response policy: DBSIZE summed, KEYS concatenated,
-//!   FLUSHDB / SCRIPT LOAD answer once all servers succeeded, SCRIPT
-//!   EXISTS and-ed; INFO-like commands (`response_policy:special`) give a
-//!   map of server name to reply; commands without a policy go to the
-//!   first server, except ACL SETUSER / DELUSER / SAVE and CONFIG
-//!   RESETSTAT / REWRITE, which change every server (as in redis-rs's
-//!   cluster routing);
+//! - MGET, MSET, DEL, EXISTS, ... (the table's `multi` rows) are split by
+//!   server and merged as their method merges them (the row's `merge`);
+//! - server-wide commands (the table's `all` rows) go to every server, and
+//!   the replies combine into one as the row's `reply` says
+//!   ([`Reply`](crate::Reply)): DBSIZE summed, KEYS and CLIENT LIST
+//!   concatenated, FLUSHDB / SAVE / CONFIG SET answer once every server
+//!   succeeded, RANDOMKEY the first key found, SCRIPT EXISTS and-ed, PUBSUB
+//!   NUMSUB summed by channel, INFO / CONFIG GET / LASTSAVE a map of server
+//!   name to that server's reply;
+//! - commands the table does not know (module commands) follow the
+//!   servers' `COMMAND` metadata: routed by their keys, or, when keyless
+//!   with a request policy, sent to every server and merged by its
+//!   response policy; a keyless one without a policy is an error naming
+//!   it (use `MRedis::query_all`);
 //! - `SCAN` walks every server: its cursor carries the server;
 //! - `HSCAN`, `SSCAN`, `ZSCAN` go to their key's server (the cursor is
 //!   that key's), so redis-rs's `hscan`/`sscan`/`zscan` iterators work;
@@ -54,6 +60,31 @@ pub(crate) enum Response {
     AggMin,
     AggMax,
     Special,
+    /// Arrays concatenated, text joined line by line (the table's `concat`).
+    Concat,
+    /// The first reply that is not nil (the table's `first`).
+    First,
+    /// Name/count pairs, counts added up by name (the table's `sum-pairs`).
+    SumPairs,
+    /// Every server must answer alike (the table's `same`).
+    Same,
+}
+
+impl From<crate::Reply> for Response {
+    fn from(reply: crate::Reply) -> Response {
+        use crate::Reply;
+        match reply {
+            Reply::Sum => Response::AggSum,
+            Reply::Concat => Response::Concat,
+            Reply::AllOk => Response::AllSucceeded,
+            Reply::OneOk => Response::OneSucceeded,
+            Reply::First => Response::First,
+            Reply::And => Response::AggAnd,
+            Reply::SumPairs => Response::SumPairs,
+            Reply::Same => Response::Same,
+            Reply::PerServer => Response::Special,
+        }
+    }
 }
 
 /// What the server says about one command.
@@ -607,8 +638,6 @@ pub(crate) enum Plan {
     Run(Route),
     /// Every server, replies merged by `response`.
     All(Response),
-    /// The first server (server-wide command without a response policy).
-    First,
     /// One page of a fleet-wide SCAN: server, that server's cursor.
     Scan(usize, u64),
     /// WATCH on the keys' server.
@@ -675,17 +704,6 @@ fn keys_of(info: &Info, name: &str, args: &[&[u8]], known: Option<Vec<Vec<u8>>>)
         i += info.step;
     }
     Some(out)
-}
-
-/// Server-wide commands that change each server's state but carry no
-/// request policy in the servers' `COMMAND` tips (Redis 7.0): sent to every
-/// server, OK once all succeeded, as redis-rs's cluster routing does. On the
-/// first server only, `ACL SETUSER` would create a user one server knows.
-fn changes_every_server(name: &str, sub: Option<&str>) -> bool {
-    matches!(
-        (name, sub),
-        ("ACL", Some("setuser" | "deluser" | "save")) | ("CONFIG", Some("resetstat" | "rewrite"))
-    )
 }
 
 /// Keyless commands any server answers alike (PING, ECHO): in a
@@ -763,22 +781,18 @@ pub(crate) fn plan(
     let class = entry.map(|e| e.class);
     match class {
         Some(RouteClass::Multi) => {
-            let stride = info.step.max(1) as usize;
-            let merge = match info.response {
-                Response::AggSum => Merge::Sum,
-                Response::AllSucceeded => Merge::Ok,
-                _ => Merge::Ordered,
-            };
-            return Ok(Plan::Run(core.route_split(cmd, stride, merge)));
+            // Split and merged as the generated method does (the table's
+            // `stride` and `merge`), whatever the server's tips say.
+            let split = entry
+                .and_then(|e| e.methods.iter().find_map(|m| Some((m.stride?, m.merge?))))
+                .unwrap_or((1, Merge::Ordered));
+            return Ok(Plan::Run(core.route_split(cmd, split.0, split.1)));
         }
         Some(RouteClass::All) => {
-            return Ok(if info.all_servers {
-                Plan::All(info.response)
-            } else if changes_every_server(&name, sub.as_deref()) {
-                Plan::All(Response::AllSucceeded)
-            } else {
-                Plan::First
-            });
+            // Every server, as the generated method; the table says how the
+            // replies combine into the one reply redis-rs code expects.
+            let reply = entry.and_then(|e| e.reply).unwrap_or(crate::Reply::PerServer);
+            return Ok(Plan::All(reply.into()));
         }
         _ => {}
     }
@@ -790,7 +804,11 @@ pub(crate) fn plan(
             return Ok(Plan::All(info.response));
         }
         if class.is_none() && info.first == 0 && !info.movable {
-            return Ok(Plan::First);
+            return Err(cannot(
+                &name,
+                "not in mredis's command table and without a key: it is not known which server, or whether \
+                 every server, should run it; use MRedis::query_all (one reply per server) or MRedis::query_routed (a key's server)",
+            ));
         }
         return Err(cannot(
             &name,
@@ -877,6 +895,70 @@ pub(crate) fn merge_all(
                 .map(|(name, v)| (Value::BulkString(name.as_bytes().to_vec()), v))
                 .collect(),
         )),
+        Response::Concat => {
+            if ok.iter().all(|(_, v)| matches!(v, Value::Array(_))) {
+                let mut all = Vec::new();
+                for (_, v) in ok {
+                    if let Value::Array(items) = v {
+                        all.extend(items);
+                    }
+                }
+                return Ok(Value::Array(all));
+            }
+            // Text (CLIENT LIST): each server's lines, one after the other.
+            let mut text: Vec<u8> = Vec::new();
+            for (_, v) in &ok {
+                let part: &[u8] = match v {
+                    Value::BulkString(b) => b,
+                    Value::SimpleString(t) => t.as_bytes(),
+                    Value::VerbatimString { text: t, .. } => t.as_bytes(),
+                    other => return Err(bad(other)),
+                };
+                if !text.is_empty() && !text.ends_with(b"\n") && !part.is_empty() {
+                    text.push(b'\n');
+                }
+                text.extend_from_slice(part);
+            }
+            Ok(Value::BulkString(text))
+        }
+        Response::First => Ok(ok
+            .into_iter()
+            .map(|(_, v)| v)
+            .find(|v| *v != Value::Nil)
+            .unwrap_or(Value::Nil)),
+        Response::SumPairs => {
+            // [name, count, name, count, ...] (or a map in RESP3), in the
+            // order the names first appear.
+            let mut sums: Vec<(Value, i64)> = Vec::new();
+            for (_, v) in &ok {
+                let pairs: Vec<(&Value, &Value)> = match v {
+                    Value::Array(items) if items.len() % 2 == 0 => items.chunks(2).map(|p| (&p[0], &p[1])).collect(),
+                    Value::Map(entries) => entries.iter().map(|(k, n)| (k, n)).collect(),
+                    other => return Err(bad(other)),
+                };
+                for (name, n) in pairs {
+                    let Value::Int(n) = n else { return Err(bad(v)) };
+                    match sums.iter_mut().find(|(k, _)| k == name) {
+                        Some((_, total)) => *total += n,
+                        None => sums.push((name.clone(), *n)),
+                    }
+                }
+            }
+            Ok(Value::Array(
+                sums.into_iter().flat_map(|(name, n)| [name, Value::Int(n)]).collect(),
+            ))
+        }
+        Response::Same => {
+            let first = ok.first().map(|(_, v)| v.clone()).unwrap_or(Value::Nil);
+            match ok.iter().find(|(_, v)| *v != first) {
+                None => Ok(first),
+                Some((other, _)) => Err(client_error(format!(
+                    "{command}: {} and {other} answered differently; use MRedis::query_all for one reply per \
+                     server",
+                    ok[0].0
+                ))),
+            }
+        }
         Response::None | Response::OneSucceeded => {
             // Arrays (KEYS, ...) are concatenated; anything else must agree.
             if ok.iter().all(|(_, v)| matches!(v, Value::Array(_))) {
@@ -1121,7 +1203,6 @@ impl Connection {
         let core = self.mr.core().clone();
         match plan {
             Plan::Run(route) => self.mr.run::<Value>(route, cmd),
-            Plan::First => self.mr.value_on(0, cmd),
             Plan::All(response) => {
                 let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
                 let packed = cmd.get_packed_command();
@@ -1392,7 +1473,6 @@ impl AsyncConnection {
         let core = self.mr.core().clone();
         match plan {
             Plan::Run(route) => self.mr.run::<Value>(route, cmd).await,
-            Plan::First => self.mr.value_on(0, cmd).await,
             Plan::All(response) => {
                 let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
                 let replies = futures::future::join_all((0..core.all()).map(|i| self.mr.value_on(i, cmd))).await;

@@ -128,7 +128,7 @@ pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
 #[cfg(feature = "table-examples")]
 pub use spec::examples;
-pub use spec::{COMMANDS, CommandSpec, Example, MethodSpec, RouteClass};
+pub use spec::{COMMANDS, CommandSpec, Example, Merge, MethodSpec, Reply, RouteClass};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -27,16 +27,7 @@ use crate::placement::Placement;
 
 pub(crate) use crate::error::{cross_server_error, name_server, show_key};
 
-/// How the replies of a scatter-gather command are merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Merge {
-    /// One array in the caller's key order (MGET).
-    Ordered,
-    /// Integer replies added up (DEL, EXISTS, UNLINK, TOUCH).
-    Sum,
-    /// Every server answered OK (MSET).
-    Ok,
-}
+pub(crate) use crate::spec::Merge;
 
 /// The configuration a client is moving away from.
 #[derive(Debug)]

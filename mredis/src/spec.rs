@@ -34,8 +34,40 @@ pub struct CommandSpec {
     /// The cargo feature of mredis its methods need (`"bloom"`,
     /// `"vector-sets"`); the row is listed here either way.
     pub feature: Option<&'static str>,
+    /// `All` rows: how the servers' replies combine into one on a routed
+    /// handle ([`MRedis::get_connection`](crate::MRedis::get_connection)),
+    /// where redis-rs code expects one reply. The generated methods return
+    /// one result per server whatever this says.
+    pub reply: Option<Reply>,
     /// The generated methods.
     pub methods: &'static [MethodSpec],
+}
+
+/// How the replies of a command sent to every server combine into one reply
+/// on a routed handle (the `reply` field of `commands.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reply {
+    /// Integers added up (DBSIZE, PUBSUB NUMPAT).
+    Sum,
+    /// Arrays concatenated, text joined line by line (KEYS, CLIENT LIST).
+    Concat,
+    /// Every server must succeed; the first server's reply (FLUSHDB, SAVE).
+    AllOk,
+    /// One server's success is enough (SCRIPT KILL: the others answer
+    /// NOTBUSY); fails only when every server failed.
+    OneOk,
+    /// The first reply that is not nil, in server order (RANDOMKEY).
+    First,
+    /// Arrays of 0/1 and-ed element by element (SCRIPT EXISTS).
+    And,
+    /// Name/count pairs with the counts added up by name (PUBSUB NUMSUB).
+    SumPairs,
+    /// Every server must give the same answer (COMMAND COUNT); a
+    /// disagreement is an error that says to ask each server.
+    Same,
+    /// A map of server name (`host:port:db`) to that server's reply (INFO,
+    /// CONFIG GET, LASTSAVE).
+    PerServer,
 }
 
 /// One generated method.
@@ -50,6 +82,22 @@ pub struct MethodSpec {
     /// Its fixed return type (`"Option<isize>"`), if it has one instead of
     /// the caller's choice (`RV`).
     pub returns: Option<&'static str>,
+    /// `Multi` rows: how many arguments after the command name make one
+    /// key's share (1 for MGET and DEL, 2 for MSET's key/value pairs).
+    pub stride: Option<usize>,
+    /// `Multi` rows: how the servers' replies are merged.
+    pub merge: Option<Merge>,
+}
+
+/// How the replies of a scatter-gather (`Multi`) command are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Merge {
+    /// One array in the caller's key order (MGET).
+    Ordered,
+    /// Integer replies added up (DEL, EXISTS, UNLINK, TOUCH).
+    Sum,
+    /// Every server answered OK (MSET).
+    Ok,
 }
 
 /// An example invocation of a routed method (from the table's `example`
