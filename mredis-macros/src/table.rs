@@ -45,28 +45,18 @@ impl Class {
     }
 }
 
-/// How the replies of an `all` command combine into one reply on a routed
-/// handle (`get_connection()`), where redis-rs code expects one server's
-/// answer. The generated methods always return one result per server.
+/// The `reply` field of an `all` row: how the replies combine on a routed
+/// handle (each variant is documented on `mredis::Reply`, its twin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    /// Integers added up (DBSIZE, PUBSUB NUMPAT).
     Sum,
-    /// Arrays concatenated, text joined line by line (KEYS, CLIENT LIST).
     Concat,
-    /// Every server must succeed; their common reply (FLUSHDB, SAVE).
     AllOk,
-    /// One server's success is enough (SCRIPT KILL: the others answer NOTBUSY).
     OneOk,
-    /// The first reply that is not nil, in server order (RANDOMKEY).
     First,
-    /// Arrays of 0/1 and-ed element by element (SCRIPT EXISTS).
     And,
-    /// Name/count pairs with the counts added up by name (PUBSUB NUMSUB).
     SumPairs,
-    /// Every server must answer the same; that answer (COMMAND COUNT).
     Same,
-    /// A map of server name to that server's reply (INFO, CONFIG GET).
     PerServer,
 }
 

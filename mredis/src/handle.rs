@@ -896,14 +896,8 @@ pub(crate) fn merge_all(
                 .collect(),
         )),
         Response::Concat => {
-            if ok.iter().all(|(_, v)| matches!(v, Value::Array(_))) {
-                let mut all = Vec::new();
-                for (_, v) in ok {
-                    if let Value::Array(items) = v {
-                        all.extend(items);
-                    }
-                }
-                return Ok(Value::Array(all));
+            if let Some(all) = concat_arrays(&mut ok) {
+                return Ok(all);
             }
             // Text (CLIENT LIST): each server's lines, one after the other.
             let mut text: Vec<u8> = Vec::new();
@@ -961,14 +955,8 @@ pub(crate) fn merge_all(
         }
         Response::None | Response::OneSucceeded => {
             // Arrays (KEYS, ...) are concatenated; anything else must agree.
-            if ok.iter().all(|(_, v)| matches!(v, Value::Array(_))) {
-                let mut all = Vec::new();
-                for (_, v) in ok {
-                    if let Value::Array(items) = v {
-                        all.extend(items);
-                    }
-                }
-                return Ok(Value::Array(all));
+            if let Some(all) = concat_arrays(&mut ok) {
+                return Ok(all);
             }
             let first = ok.first().map(|(_, v)| v.clone()).unwrap_or(Value::Nil);
             if ok.iter().all(|(_, v)| *v == first) {
@@ -981,6 +969,21 @@ pub(crate) fn merge_all(
             }
         }
     }
+}
+
+/// The servers' arrays one after the other, when every reply is an array
+/// (the replies are taken; `ok` is left as it was otherwise).
+fn concat_arrays(ok: &mut Vec<(&str, Value)>) -> Option<Value> {
+    if !ok.iter().all(|(_, v)| matches!(v, Value::Array(_))) {
+        return None;
+    }
+    let mut all = Vec::new();
+    for (_, v) in ok.drain(..) {
+        if let Value::Array(items) = v {
+            all.extend(items);
+        }
+    }
+    Some(Value::Array(all))
 }
 
 /// A SCAN page of one server as a page of the fleet-wide walk.
