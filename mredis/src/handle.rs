@@ -714,13 +714,7 @@ fn answered_by_any_server(cmd: &Cmd) -> bool {
 }
 
 /// Decides what to do with one command.
-pub(crate) fn plan(
-    core: &Core,
-    book: &CommandBook,
-    cmd: &Cmd,
-    n_servers: usize,
-    known_keys: Option<Vec<Vec<u8>>>,
-) -> RedisResult<Plan> {
+pub(crate) fn plan(core: &Core, book: &CommandBook, cmd: &Cmd, known_keys: Option<Vec<Vec<u8>>>) -> RedisResult<Plan> {
     let args = crate::routing::args_of(cmd);
     let Some(first) = args.first() else {
         return Err(client_error("an empty command".to_string()));
@@ -743,7 +737,10 @@ pub(crate) fn plan(
                 .and_then(|c| std::str::from_utf8(c).ok())
                 .and_then(|c| c.parse().ok())
                 .ok_or_else(|| cannot("SCAN", "the cursor is not a number"))?;
-            let n = n_servers.max(1) as u64;
+            // The fleet cursor is step + steps * that step's server cursor,
+            // over the servers of the fleet-wide walk (both configurations'
+            // while migrating).
+            let n = crate::scan::fleet_walk(core).len().max(1) as u64;
             return Ok(Plan::Scan((cursor % n) as usize, cursor / n));
         }
         "MULTI" | "EXEC" => {
@@ -987,15 +984,29 @@ fn concat_arrays(ok: &mut Vec<(&str, Value)>) -> Option<Value> {
 }
 
 /// A SCAN page of one server as a page of the fleet-wide walk.
-pub(crate) fn scan_page(server: usize, n_servers: usize, reply: Value) -> RedisResult<Value> {
+/// `keep` says which keys of the page are yielded (see `scan::on_walk`).
+pub(crate) fn scan_page(
+    server: usize,
+    n_servers: usize,
+    reply: Value,
+    keep: impl Fn(&[u8]) -> bool,
+) -> RedisResult<Value> {
     let Value::Array(mut parts) = reply.extract_error()? else {
         return Err(client_error("unexpected SCAN reply".to_string()));
     };
     if parts.len() != 2 {
         return Err(client_error("unexpected SCAN reply".to_string()));
     }
-    let items = parts.pop().unwrap_or(Value::Nil);
-    let cursor: u64 = text(&parts[0]).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut items = parts.pop().unwrap_or(Value::Nil);
+    if let Value::Array(keys) = &mut items {
+        keys.retain(|k| match k {
+            Value::BulkString(key) => keep(key),
+            _ => true,
+        });
+    }
+    let cursor: u64 = text(&parts[0])
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| client_error(format!("SCAN: the server's cursor {:?} is not a number", parts[0])))?;
     let n = n_servers.max(1) as u64;
     let next = if cursor != 0 {
         cursor
@@ -1186,10 +1197,10 @@ impl Connection {
 
     fn plan(&self, cmd: &Cmd) -> RedisResult<Plan> {
         let core = self.mr.core();
-        match plan(core, &self.book, cmd, core.all(), None)? {
+        match plan(core, &self.book, cmd, None)? {
             Plan::GetKeys => {
                 let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd))?)?;
-                plan(core, &self.book, cmd, core.all(), Some(keys))
+                plan(core, &self.book, cmd, Some(keys))
             }
             p => Ok(p),
         }
@@ -1224,12 +1235,15 @@ impl Connection {
                     .collect();
                 merge_all(&crate::routing::command_name(cmd), response, &names, replies)
             }
-            Plan::Scan(server, cursor) => {
-                if server >= core.all() {
+            Plan::Scan(step, cursor) => {
+                let walk = crate::scan::fleet_walk(&core);
+                let Some(&(server, phase)) = walk.get(step) else {
                     return Err(cannot("SCAN", "this cursor was not made by this fleet"));
-                }
+                };
                 let reply = self.mr.value_on(server, &scan_cmd(cmd, cursor))?;
-                scan_page(server, core.all(), reply)
+                scan_page(step, walk.len(), reply, |key| {
+                    crate::scan::on_walk(&core, server, phase, key, None)
+                })
             }
             Plan::Watch(server) => {
                 if let Some((watching, con)) = self.watched.as_mut() {
@@ -1457,10 +1471,10 @@ impl AsyncConnection {
 
     async fn plan(&self, cmd: &Cmd) -> RedisResult<Plan> {
         let core = self.mr.core();
-        match plan(core, &self.book, cmd, core.all(), None)? {
+        match plan(core, &self.book, cmd, None)? {
             Plan::GetKeys => {
                 let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd)).await?)?;
-                plan(core, &self.book, cmd, core.all(), Some(keys))
+                plan(core, &self.book, cmd, Some(keys))
             }
             p => Ok(p),
         }
@@ -1481,12 +1495,15 @@ impl AsyncConnection {
                 let replies = futures::future::join_all((0..core.all()).map(|i| self.mr.value_on(i, cmd))).await;
                 merge_all(&crate::routing::command_name(cmd), response, &names, replies)
             }
-            Plan::Scan(server, cursor) => {
-                if server >= core.all() {
+            Plan::Scan(step, cursor) => {
+                let walk = crate::scan::fleet_walk(&core);
+                let Some(&(server, phase)) = walk.get(step) else {
                     return Err(cannot("SCAN", "this cursor was not made by this fleet"));
-                }
+                };
                 let reply = self.mr.value_on(server, &scan_cmd(cmd, cursor)).await?;
-                scan_page(server, core.all(), reply)
+                scan_page(step, walk.len(), reply, |key| {
+                    crate::scan::on_walk(&core, server, phase, key, None)
+                })
             }
             Plan::Watch(_) => Err(cannot(
                 "WATCH",
@@ -1672,8 +1689,11 @@ mod tests {
             Value::Array(p) => text(&p[0]).unwrap(),
             _ => panic!(),
         };
-        assert_eq!(next(scan_page(1, 3, page("17")).unwrap()), (17 * 3 + 1).to_string());
-        assert_eq!(next(scan_page(1, 3, page("0")).unwrap()), "2");
-        assert_eq!(next(scan_page(2, 3, page("0")).unwrap()), "0");
+        assert_eq!(
+            next(scan_page(1, 3, page("17"), |_| true).unwrap()),
+            (17 * 3 + 1).to_string()
+        );
+        assert_eq!(next(scan_page(1, 3, page("0"), |_| true).unwrap()), "2");
+        assert_eq!(next(scan_page(2, 3, page("0"), |_| true).unwrap()), "0");
     }
 }

@@ -21,7 +21,7 @@ const COUNT: usize = 100;
 
 /// Which keys of a server's SCAN pages are yielded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     /// All (no migration).
     All,
     /// During a migration, first walk: keys that do not move, and moving
@@ -31,6 +31,51 @@ enum Phase {
     /// yielded by the first. A key moves only from old to new, so one that
     /// existed throughout is found by one walk or the other.
     New,
+}
+
+/// The servers a fleet-wide SCAN walks, in order: every server once; during
+/// a migration, every server of both configurations (keys that stay, and
+/// moving keys still on their old server), then the new configuration's
+/// servers again (moving keys already on their new server).
+pub(crate) fn fleet_walk(core: &Core) -> Vec<(usize, Phase)> {
+    if core.migration.is_some() {
+        (0..core.all())
+            .map(|s| (s, Phase::Old))
+            .chain((0..core.current).map(|s| (s, Phase::New)))
+            .collect()
+    } else {
+        (0..core.all()).map(|s| (s, Phase::All)).collect()
+    }
+}
+
+/// Whether `key`, found on `server` in `phase` of the [`fleet_walk`], is
+/// yielded there: a key that exists throughout is yielded by one step or
+/// the other. With `seen` (the moving keys already yielded), never twice;
+/// without (a cursor that carries no state), a key that moves while the
+/// walk runs may come twice, as SCAN allows.
+pub(crate) fn on_walk(
+    core: &Core,
+    server: usize,
+    phase: Phase,
+    key: &[u8],
+    seen: Option<&mut HashSet<Vec<u8>>>,
+) -> bool {
+    if phase == Phase::All {
+        return true;
+    }
+    let (owner, from) = core.owner(key);
+    let moving = from.is_some();
+    match phase {
+        Phase::Old if moving && server == owner => false,
+        Phase::Old => {
+            if moving && let Some(seen) = seen {
+                seen.insert(key.to_vec());
+            }
+            true
+        }
+        Phase::New => moving && server == owner && seen.is_none_or(|seen| !seen.contains(key)),
+        Phase::All => true,
+    }
 }
 
 /// What to scan: which servers, which command.
@@ -48,19 +93,11 @@ pub(crate) struct ScanSpec {
 
 impl ScanSpec {
     pub(crate) fn keys(core: &Core, pattern: Option<Vec<u8>>) -> ScanSpec {
-        let servers = if core.migration.is_some() {
-            (0..core.all())
-                .map(|s| (s, Phase::Old))
-                .chain((0..core.current).map(|s| (s, Phase::New)))
-                .collect()
-        } else {
-            (0..core.all()).map(|s| (s, Phase::All)).collect()
-        };
         ScanSpec {
             command: "SCAN",
             key: None,
             pattern,
-            servers,
+            servers: fleet_walk(core),
             moves: Vec::new(),
             options: Vec::new(),
         }
@@ -183,19 +220,7 @@ impl<T: FromRedisValue> ScanState<T> {
         if phase != Phase::All {
             items.retain(|item| {
                 let Value::BulkString(key) = item else { return true };
-                let (owner, from) = core.owner(key);
-                let moving = from.is_some();
-                match phase {
-                    Phase::Old if moving && server == owner => false,
-                    Phase::Old => {
-                        if moving {
-                            self.seen.insert(key.clone());
-                        }
-                        true
-                    }
-                    Phase::New => moving && server == owner && !self.seen.contains(key),
-                    Phase::All => true,
-                }
+                on_walk(core, server, phase, key, Some(&mut self.seen))
             });
         }
         let converted: Vec<T> = Vec::<T>::from_redis_value(Value::Array(items))?;

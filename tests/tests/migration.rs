@@ -834,3 +834,60 @@ fn commands_too_big_for_the_guard_run_on_the_new_server_or_say_tryagain() {
     assert_eq!(n, 9000);
     assert_eq!(where_keys_are(&new_refs)[&fresh], vec![owner_port(&plain_new, &fresh)]);
 }
+
+/// One page of SCAN through a routed handle: (next cursor, keys).
+fn handle_scan_page(con: &mut dyn redis::ConnectionLike, cursor: u64) -> (u64, Vec<String>) {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(10_000)
+        .query(con)
+        .unwrap()
+}
+
+#[test]
+fn a_handle_scan_finds_keys_that_move_while_it_walks() {
+    // 2 -> 3 servers, standard placement: keys move between the old servers
+    // too. The walk reads s0 first; then the keys moving from s1 to s0 are
+    // moved; they are on neither server when the walk passes it, unless the
+    // walk (as the method's ScanIter) looks at the new owners again.
+    let s = persistent_servers(3);
+    let old_refs: Vec<&RedisServer> = s[..2].iter().collect();
+    let new_refs: Vec<&RedisServer> = s.iter().collect();
+    let old = builder(&old_refs, Mode::Standard).build().unwrap();
+    let plain_new = builder(&new_refs, Mode::Standard).build().unwrap();
+    let mr = builder(&new_refs, Mode::Standard)
+        .migrating_from(builder(&old_refs, Mode::Standard))
+        .build()
+        .unwrap();
+    let keys: Vec<String> = (0..600).map(|i| format!("walk:{i}")).collect();
+    for k in &keys {
+        old.set::<_, _, ()>(k, 1).unwrap();
+    }
+    let late: Vec<&String> = keys
+        .iter()
+        .filter(|k| owner_port(&old, k) == s[1].port() && owner_port(&plain_new, k) == s[0].port())
+        .collect();
+    assert!(!late.is_empty(), "some keys move from s1 to s0");
+
+    let mut con = mr.get_connection().unwrap();
+    let (mut cursor, mut found) = handle_scan_page(&mut con, 0);
+    assert!(cursor != 0, "the walk goes on after the first server");
+    for k in &late {
+        migrate(&s[1], &s[0], k);
+    }
+    while cursor != 0 {
+        let (next, page) = handle_scan_page(&mut con, cursor);
+        found.extend(page);
+        cursor = next;
+    }
+    let found: std::collections::HashSet<String> = found.into_iter().collect();
+    let missing: Vec<&&String> = late.iter().filter(|k| !found.contains(k.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} moved keys missed",
+        missing.len(),
+        late.len()
+    );
+    assert_eq!(found.len(), keys.len(), "every key, none invented");
+}
