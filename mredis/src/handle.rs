@@ -633,7 +633,7 @@ pub fn built_in_differences(reply: &Value) -> Vec<String> {
 
 /// What to do with one command sent through a handle.
 #[derive(Debug)]
-pub(crate) enum Plan {
+pub(crate) enum Dispatch {
     /// Routed like an MRedis method.
     Run(Route),
     /// Every server, replies merged by `response`.
@@ -714,7 +714,12 @@ fn answered_by_any_server(cmd: &Cmd) -> bool {
 }
 
 /// Decides what to do with one command.
-pub(crate) fn plan(core: &Core, book: &CommandBook, cmd: &Cmd, known_keys: Option<Vec<Vec<u8>>>) -> RedisResult<Plan> {
+pub(crate) fn plan(
+    core: &Core,
+    book: &CommandBook,
+    cmd: &Cmd,
+    known_keys: Option<Vec<Vec<u8>>>,
+) -> RedisResult<Dispatch> {
     let args = crate::routing::args_of(cmd);
     let Some(first) = args.first() else {
         return Err(client_error("an empty command".to_string()));
@@ -724,12 +729,12 @@ pub(crate) fn plan(core: &Core, book: &CommandBook, cmd: &Cmd, known_keys: Optio
         "WATCH" => {
             let keys: Vec<Vec<u8>> = args[1..].iter().map(|k| k.to_vec()).collect();
             return match core.route_colocated("WATCH", &keys)? {
-                Route::One { server, moves } if moves.is_empty() => Ok(Plan::Watch(server)),
+                Route::One { server, moves } if moves.is_empty() => Ok(Dispatch::Watch(server)),
                 Route::One { .. } => Err(crate::migration::try_again(core, &keys[0], 0, 0)),
                 Route::Split(_) => Err(cannot("WATCH", "keys on several servers")),
             };
         }
-        "UNWATCH" | "DISCARD" => return Ok(Plan::Unwatch),
+        "UNWATCH" | "DISCARD" => return Ok(Dispatch::Unwatch),
         "SCAN" => {
             // The fleet cursor is server + n * that server's cursor.
             let cursor: u64 = args
@@ -741,7 +746,7 @@ pub(crate) fn plan(core: &Core, book: &CommandBook, cmd: &Cmd, known_keys: Optio
             // over the servers of the fleet-wide walk (both configurations'
             // while migrating).
             let n = crate::scan::fleet_walk(core).len().max(1) as u64;
-            return Ok(Plan::Scan((cursor % n) as usize, cursor / n));
+            return Ok(Dispatch::Scan((cursor % n) as usize, cursor / n));
         }
         "MULTI" | "EXEC" => {
             return Err(cannot(
@@ -783,22 +788,22 @@ pub(crate) fn plan(core: &Core, book: &CommandBook, cmd: &Cmd, known_keys: Optio
             let split = entry
                 .and_then(|e| e.methods.iter().find_map(|m| Some((m.stride?, m.merge?))))
                 .unwrap_or((1, Merge::Ordered));
-            return Ok(Plan::Run(core.route_split(cmd, split.0, split.1)));
+            return Ok(Dispatch::Run(core.route_split(cmd, split.0, split.1)));
         }
         Some(RouteClass::All) => {
             // Every server, as the generated method; the table says how the
             // replies combine into the one reply redis-rs code expects.
             let reply = entry.and_then(|e| e.reply).unwrap_or(crate::Reply::PerServer);
-            return Ok(Plan::All(reply.into()));
+            return Ok(Dispatch::All(reply.into()));
         }
         _ => {}
     }
     let Some(keys) = keys_of(info, &name, &args, known_keys) else {
-        return Ok(Plan::GetKeys);
+        return Ok(Dispatch::GetKeys);
     };
     if keys.is_empty() {
         if info.all_servers {
-            return Ok(Plan::All(info.response));
+            return Ok(Dispatch::All(info.response));
         }
         if class.is_none() && info.first == 0 && !info.movable {
             return Err(cannot(
@@ -812,7 +817,7 @@ pub(crate) fn plan(core: &Core, book: &CommandBook, cmd: &Cmd, known_keys: Optio
             "no key to route by (a keyless script or function needs MRedis::query_routed or query_all)",
         ));
     }
-    Ok(Plan::Run(core.route_colocated(&name, &keys)?))
+    Ok(Dispatch::Run(core.route_colocated(&name, &keys)?))
 }
 
 /// Merges every server's reply to a server-wide command into one.
@@ -1069,10 +1074,10 @@ fn join_transaction(
     core: &Core,
     target: &mut Option<(usize, Vec<crate::routing::Move>)>,
     cmd: &Cmd,
-    plan: Plan,
+    plan: Dispatch,
 ) -> RedisResult<()> {
     let (server, moves) = match plan {
-        Plan::Run(Route::One { server, moves }) => (server, moves),
+        Dispatch::Run(Route::One { server, moves }) => (server, moves),
         _ => {
             return Err(cannot(
                 &crate::routing::command_name(cmd),
@@ -1195,10 +1200,10 @@ impl Connection {
         }
     }
 
-    fn plan(&self, cmd: &Cmd) -> RedisResult<Plan> {
+    fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
         let core = self.mr.core();
         match plan(core, &self.book, cmd, None)? {
-            Plan::GetKeys => {
+            Dispatch::GetKeys => {
                 let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd))?)?;
                 plan(core, &self.book, cmd, Some(keys))
             }
@@ -1213,11 +1218,11 @@ impl Connection {
     }
 
     /// Runs one command already planned.
-    fn exec_plan(&mut self, cmd: &Cmd, plan: Plan) -> RedisResult<Value> {
+    fn exec_plan(&mut self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
         let core = self.mr.core().clone();
         match plan {
-            Plan::Run(route) => self.mr.run::<Value>(route, cmd),
-            Plan::All(response) => {
+            Dispatch::Run(route) => self.mr.run::<Value>(route, cmd),
+            Dispatch::All(response) => {
                 let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
                 let packed = cmd.get_packed_command();
                 let jobs: Vec<crate::client::Job<'_>> = (0..core.all())
@@ -1235,7 +1240,7 @@ impl Connection {
                     .collect();
                 merge_all(&crate::routing::command_name(cmd), response, &names, replies)
             }
-            Plan::Scan(step, cursor) => {
+            Dispatch::Scan(step, cursor) => {
                 let walk = crate::scan::fleet_walk(&core);
                 let Some(&(server, phase)) = walk.get(step) else {
                     return Err(cannot("SCAN", "this cursor was not made by this fleet"));
@@ -1245,7 +1250,7 @@ impl Connection {
                     crate::scan::on_walk(&core, server, phase, key, None)
                 })
             }
-            Plan::Watch(server) => {
+            Dispatch::Watch(server) => {
                 if let Some((watching, con)) = self.watched.as_mut() {
                     if *watching != server {
                         return Err(cannot(
@@ -1260,7 +1265,7 @@ impl Connection {
                 self.watched = Some((server, con));
                 Ok(reply)
             }
-            Plan::Unwatch => match self.watched.take() {
+            Dispatch::Unwatch => match self.watched.take() {
                 Some((server, mut con)) => {
                     let reply = con.req_command(cmd).and_then(Value::extract_error);
                     if reply.is_ok() {
@@ -1270,7 +1275,7 @@ impl Connection {
                 }
                 None => Ok(Value::Okay),
             },
-            Plan::GetKeys => Err(cannot(
+            Dispatch::GetKeys => Err(cannot(
                 &crate::routing::command_name(cmd),
                 "its keys could not be found",
             )),
@@ -1356,7 +1361,7 @@ impl ConnectionLike for Connection {
         let mut i = 0;
         // The plan of the command that ended the last batch (each command
         // is planned once; a plan may have cost a COMMAND GETKEYS).
-        let mut pending: Option<Plan> = None;
+        let mut pending: Option<Dispatch> = None;
         while i < cmds.len() {
             let mut batch: Vec<(usize, usize)> = Vec::new();
             while i < cmds.len() {
@@ -1365,7 +1370,7 @@ impl ConnectionLike for Connection {
                     None => self.plan(&cmds[i])?,
                 };
                 match plan {
-                    Plan::Run(Route::One { server, moves }) if moves.is_empty() => {
+                    Dispatch::Run(Route::One { server, moves }) if moves.is_empty() => {
                         batch.push((i, server));
                         i += 1;
                     }
@@ -1469,10 +1474,10 @@ impl AsyncConnection {
         AsyncConnection { mr, book }
     }
 
-    async fn plan(&self, cmd: &Cmd) -> RedisResult<Plan> {
+    async fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
         let core = self.mr.core();
         match plan(core, &self.book, cmd, None)? {
-            Plan::GetKeys => {
+            Dispatch::GetKeys => {
                 let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd)).await?)?;
                 plan(core, &self.book, cmd, Some(keys))
             }
@@ -1486,16 +1491,16 @@ impl AsyncConnection {
     }
 
     /// Runs one command already planned.
-    async fn exec_plan(&self, cmd: &Cmd, plan: Plan) -> RedisResult<Value> {
+    async fn exec_plan(&self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
         let core = self.mr.core().clone();
         match plan {
-            Plan::Run(route) => self.mr.run::<Value>(route, cmd).await,
-            Plan::All(response) => {
+            Dispatch::Run(route) => self.mr.run::<Value>(route, cmd).await,
+            Dispatch::All(response) => {
                 let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
                 let replies = futures::future::join_all((0..core.all()).map(|i| self.mr.value_on(i, cmd))).await;
                 merge_all(&crate::routing::command_name(cmd), response, &names, replies)
             }
-            Plan::Scan(step, cursor) => {
+            Dispatch::Scan(step, cursor) => {
                 let walk = crate::scan::fleet_walk(&core);
                 let Some(&(server, phase)) = walk.get(step) else {
                     return Err(cannot("SCAN", "this cursor was not made by this fleet"));
@@ -1505,12 +1510,12 @@ impl AsyncConnection {
                     crate::scan::on_walk(&core, server, phase, key, None)
                 })
             }
-            Plan::Watch(_) => Err(cannot(
+            Dispatch::Watch(_) => Err(cannot(
                 "WATCH",
                 "needs a connection of its own; use the sync handle (MRedis::get_connection) or MRedis::transaction",
             )),
-            Plan::Unwatch => Ok(Value::Okay),
-            Plan::GetKeys => Err(cannot(
+            Dispatch::Unwatch => Ok(Value::Okay),
+            Dispatch::GetKeys => Err(cannot(
                 &crate::routing::command_name(cmd),
                 "its keys could not be found",
             )),
@@ -1556,7 +1561,7 @@ impl AsyncConnection {
         let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
         let mut i = 0;
         // The plan of the command that ended the last batch (planned once).
-        let mut pending: Option<Plan> = None;
+        let mut pending: Option<Dispatch> = None;
         while i < cmds.len() {
             let mut per: Vec<(usize, redis::Pipeline, Vec<usize>)> = Vec::new();
             while i < cmds.len() {
@@ -1565,7 +1570,7 @@ impl AsyncConnection {
                     None => self.plan(cmds[i]).await?,
                 };
                 match plan {
-                    Plan::Run(Route::One { server, moves }) if moves.is_empty() => {
+                    Dispatch::Run(Route::One { server, moves }) if moves.is_empty() => {
                         match per.iter_mut().find(|p| p.0 == server) {
                             Some(p) => {
                                 p.1.add_command(cmds[i].clone());

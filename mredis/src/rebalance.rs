@@ -304,7 +304,7 @@ struct Settings {
     scan_count: usize,
 }
 
-struct Plan<'a> {
+struct MovePlan<'a> {
     nodes: Vec<Node>,
     to: &'a MRedis,
     /// Node of each server of `to`.
@@ -704,7 +704,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     let timeout_ms = options.migrate_timeout_ms.unwrap_or(5000).max(1);
     let io_timeout = Duration::from_millis(timeout_ms + (timeout_ms / 2).max(1000));
     let (nodes, mut cons, to_node) = identify(from, to, io_timeout)?;
-    let mut plan = Plan {
+    let mut plan = MovePlan {
         traffic: Traffic::new(nodes.len()),
         forbidden: vec![false; nodes.len()],
         nodes,
@@ -858,7 +858,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
 }
 
 /// Keeps one side of a conflict.
-fn resolve(plan: &Plan, c: &Conflict, prefer: Prefer) -> RedisResult<()> {
+fn resolve(plan: &MovePlan, c: &Conflict, prefer: Prefer) -> RedisResult<()> {
     let io = plan.settings.io_timeout;
     let ti = plan.to.server_index_for(&c.raw_key);
     let dest = &plan.to.servers()[ti];
@@ -903,7 +903,7 @@ enum Mode {
 /// Runs `mode` on every node in parallel, one thread each, calling `tick`
 /// from this thread about every 100 ms.
 fn run_workers(
-    plan: &Plan,
+    plan: &MovePlan,
     shared: &Shared,
     mode: Mode,
     tick: &mut dyn FnMut(&Progress),
@@ -983,7 +983,7 @@ fn run_workers(
 
 /// The database on the same server that `dest` is, when `src` and `dest`
 /// are two databases of one server (MIGRATE would connect to itself).
-fn same_server_db(plan: &Plan, src: usize, dest: usize) -> Option<i64> {
+fn same_server_db(plan: &MovePlan, src: usize, dest: usize) -> Option<i64> {
     let (a, b) = (&plan.nodes[src], &plan.nodes[dest]);
     (a.run_id.is_some() && a.run_id == b.run_id).then(|| b.server.db())
 }
@@ -1138,7 +1138,7 @@ fn answers_ping(server: &Server) -> bool {
 /// One source's worker: connections to the source and, lazily, to
 /// destinations, and what it did.
 struct Worker<'a> {
-    plan: &'a Plan<'a>,
+    plan: &'a MovePlan<'a>,
     shared: &'a Shared,
     src: usize,
     name: String,
@@ -1147,7 +1147,7 @@ struct Worker<'a> {
     out: WorkerOut,
 }
 
-fn worker(plan: &Plan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<WorkerOut> {
+fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<WorkerOut> {
     let s = &plan.settings;
     let node = &plan.nodes[src];
     if mode != Mode::Verify && node.keys == 0 && !node.in_from {
@@ -1676,7 +1676,7 @@ pub fn verify(config: &MRedis, others: &MRedis) -> RedisResult<u64> {
     let io_timeout = Duration::from_secs(10);
     let (nodes, cons, to_node) = identify(others, config, io_timeout)?;
     drop(cons);
-    let plan = Plan {
+    let plan = MovePlan {
         traffic: Traffic::new(nodes.len()),
         forbidden: vec![false; nodes.len()],
         nodes,
