@@ -272,7 +272,10 @@ impl MRedis {
             None => {
                 let mut tried = Vec::new();
                 for server in 0..self.core.all() {
-                    let reply = self.value_on(server, &redis::cmd("COMMAND"));
+                    // A command of its own, in its own span (no orphan
+                    // server span in traces).
+                    let cmd = redis::cmd("COMMAND");
+                    let reply = Span::command(&cmd, "metadata").run(|| self.value_on(server, &cmd));
                     let done = reply.is_ok();
                     tried.push(reply);
                     if done {

@@ -1217,6 +1217,91 @@ impl Connection {
         self.exec_plan(cmd, plan)
     }
 
+    /// A pipeline of several commands, parsed (see `req_packed_commands`).
+    fn pipeline(&mut self, cmd: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        if is_atomic(cmds) {
+            return self.atomic(cmd, cmds, offset, count);
+        }
+        // In call order; runs of commands on one server each are sent
+        // together, one pipeline per server.
+        let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
+        let mut i = 0;
+        // The plan of the command that ended the last batch (each command
+        // is planned once; a plan may have cost a COMMAND GETKEYS).
+        let mut pending: Option<Dispatch> = None;
+        while i < cmds.len() {
+            let mut batch: Vec<(usize, usize)> = Vec::new();
+            while i < cmds.len() {
+                let plan = match pending.take() {
+                    Some(p) => p,
+                    None => self.plan(&cmds[i])?,
+                };
+                match plan {
+                    Dispatch::Run(Route::One { server, moves }) if moves.is_empty() => {
+                        batch.push((i, server));
+                        i += 1;
+                    }
+                    other => {
+                        pending = Some(other);
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                let plan = match pending.take() {
+                    Some(p) => p,
+                    None => self.plan(&cmds[i])?,
+                };
+                let v = match self.exec_plan(&cmds[i], plan) {
+                    Ok(v) => v,
+                    Err(e) => error_value(&e).ok_or(e)?,
+                };
+                values.push(v);
+                i += 1;
+                continue;
+            }
+            let core = self.mr.core();
+            let mut per: Vec<(usize, Vec<u8>, Vec<usize>)> = Vec::new();
+            for (at, server) in batch {
+                let packed = cmds[at].get_packed_command();
+                match per.iter_mut().find(|p| p.0 == server) {
+                    Some(p) => {
+                        p.1.extend(packed);
+                        p.2.push(at);
+                    }
+                    None => per.push((server, packed, vec![at])),
+                }
+            }
+            let jobs: Vec<crate::client::Job<'_>> = per
+                .iter()
+                .map(|(server, packed, ats)| crate::client::Job {
+                    server: *server,
+                    packed,
+                    replies: ats.len(),
+                })
+                .collect();
+            let replies = self.mr.send_many(&jobs);
+            let start = values.len();
+            let total: usize = per.iter().map(|p| p.2.len()).sum();
+            values.extend(std::iter::repeat_n(Value::Nil, total));
+            let base = per.iter().flat_map(|p| p.2.iter()).min().copied().unwrap_or(0);
+            let mut failure = crate::error::Failure::new("pipeline");
+            for ((server, _, ats), reply) in per.iter().zip(replies) {
+                match reply {
+                    Ok(vs) => {
+                        failure.succeeded(core.name(*server), ats.len());
+                        for (at, v) in ats.iter().zip(vs) {
+                            values[start + (at - base)] = v;
+                        }
+                    }
+                    Err(e) => failure.failed(core.name(*server), e),
+                }
+            }
+            failure.into_result()?;
+        }
+        Ok(values.into_iter().skip(offset).take(count).collect())
+    }
+
     /// Runs one command already planned.
     fn exec_plan(&mut self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
         let core = self.mr.core().clone();
@@ -1352,87 +1437,12 @@ impl ConnectionLike for Connection {
             return Err(empty_command());
         }
         let cmds = parse_packed(cmd)?;
-        if is_atomic(&cmds) {
-            return self.atomic(cmd, &cmds, offset, count);
+        // As the client's pipelines: nothing sent if any argument is too
+        // large, one span for the whole pipeline.
+        for c in &cmds {
+            self.mr.core().check_size(c)?;
         }
-        // In call order; runs of commands on one server each are sent
-        // together, one pipeline per server.
-        let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
-        let mut i = 0;
-        // The plan of the command that ended the last batch (each command
-        // is planned once; a plan may have cost a COMMAND GETKEYS).
-        let mut pending: Option<Dispatch> = None;
-        while i < cmds.len() {
-            let mut batch: Vec<(usize, usize)> = Vec::new();
-            while i < cmds.len() {
-                let plan = match pending.take() {
-                    Some(p) => p,
-                    None => self.plan(&cmds[i])?,
-                };
-                match plan {
-                    Dispatch::Run(Route::One { server, moves }) if moves.is_empty() => {
-                        batch.push((i, server));
-                        i += 1;
-                    }
-                    other => {
-                        pending = Some(other);
-                        break;
-                    }
-                }
-            }
-            if batch.is_empty() {
-                let plan = match pending.take() {
-                    Some(p) => p,
-                    None => self.plan(&cmds[i])?,
-                };
-                let v = match self.exec_plan(&cmds[i], plan) {
-                    Ok(v) => v,
-                    Err(e) => error_value(&e).ok_or(e)?,
-                };
-                values.push(v);
-                i += 1;
-                continue;
-            }
-            let core = self.mr.core();
-            let mut per: Vec<(usize, Vec<u8>, Vec<usize>)> = Vec::new();
-            for (at, server) in batch {
-                let packed = cmds[at].get_packed_command();
-                match per.iter_mut().find(|p| p.0 == server) {
-                    Some(p) => {
-                        p.1.extend(packed);
-                        p.2.push(at);
-                    }
-                    None => per.push((server, packed, vec![at])),
-                }
-            }
-            let jobs: Vec<crate::client::Job<'_>> = per
-                .iter()
-                .map(|(server, packed, ats)| crate::client::Job {
-                    server: *server,
-                    packed,
-                    replies: ats.len(),
-                })
-                .collect();
-            let replies = self.mr.send_many(&jobs);
-            let start = values.len();
-            let total: usize = per.iter().map(|p| p.2.len()).sum();
-            values.extend(std::iter::repeat_n(Value::Nil, total));
-            let base = per.iter().flat_map(|p| p.2.iter()).min().copied().unwrap_or(0);
-            let mut failure = crate::error::Failure::new("pipeline");
-            for ((server, _, ats), reply) in per.iter().zip(replies) {
-                match reply {
-                    Ok(vs) => {
-                        failure.succeeded(core.name(*server), ats.len());
-                        for (at, v) in ats.iter().zip(vs) {
-                            values[start + (at - base)] = v;
-                        }
-                    }
-                    Err(e) => failure.failed(core.name(*server), e),
-                }
-            }
-            failure.into_result()?;
-        }
-        Ok(values.into_iter().skip(offset).take(count).collect())
+        crate::telemetry::Span::pipeline(cmds.len()).run(|| self.pipeline(cmd, &cmds, offset, count))
     }
 
     fn get_db(&self) -> i64 {
@@ -1656,7 +1666,14 @@ impl redis::aio::ConnectionLike for AsyncConnection {
             if cmd.cmd_iter().next().is_none() {
                 return Err(empty_command());
             }
-            self.pipeline(cmd, offset, count).await
+            // As the client's pipelines: nothing sent if any argument is
+            // too large, one span for the whole pipeline.
+            for c in cmd.cmd_iter() {
+                self.mr.core().check_size(c)?;
+            }
+            crate::telemetry::Span::pipeline(cmd.len())
+                .run_async(self.pipeline(cmd, offset, count))
+                .await
         })
     }
 

@@ -2,7 +2,9 @@
 //! the OpenTelemetry database attributes that fit (`db.system.name`,
 //! `db.operation.name`, `db.namespace`, `server.address`, `server.port`,
 //! `error.type`), the route class (`mredis.route`: `key`, `split`, `all`,
-//! `pipeline`) and the outcome (`otel.status_code`). A command on several
+//! `pipeline`, or `metadata` for the `COMMAND` a routed handle sends once to
+//! learn the servers' commands) and the outcome (`otel.status_code`). Pipelines
+//! through a routed handle get a span as the client's do. A command on several
 //! servers has one child span per server. Spans never carry keys, values,
 //! arguments or credentials. Without the feature this compiles to nothing.
 

@@ -201,6 +201,33 @@ fn an_argument_over_the_bulk_limit_is_refused_before_sending() {
     }
     let err = mr.query_all::<()>(redis::cmd("ECHO").arg(&big[..])).unwrap_err();
     assert!(err.to_string().contains("1025 bytes"), "{err}");
+    // A pipeline through a routed handle, sync and async: refused whole,
+    // before its first (small) command is sent.
+    let mut con = mr.get_connection().unwrap();
+    let err = redis::pipe()
+        .set("j", 1)
+        .set("k", &big[..])
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert!(err.to_string().contains("1025 bytes"), "handle: {err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let urls: Vec<String> = s.iter().map(|x| x.url()).collect();
+    let err = rt.block_on(async {
+        let am = mredis::aio::MRedis::builder()
+            .servers(urls)
+            .max_arg_size(1024)
+            .build_async()
+            .await
+            .unwrap();
+        let mut con = am.get_connection().await.unwrap();
+        redis::pipe()
+            .set("j", 1)
+            .set("k", &big[..])
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap_err()
+    });
+    assert!(err.to_string().contains("1025 bytes"), "async handle: {err}");
     // The same (only) pooled connection still works, and nothing was written.
     mr.set::<_, _, ()>("k", &big[..1024]).unwrap();
     assert_eq!(mr.strlen::<_, usize>("k").unwrap(), 1024);

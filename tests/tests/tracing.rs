@@ -90,6 +90,10 @@ fn one_span_per_command_with_its_servers_and_no_key_or_password() {
         let _: mredis::PerServer<i64> = mr.dbsize().unwrap();
         let _ = mr.lpush::<_, _, i64>(key, "x").unwrap_err();
         let _: (Option<String>,) = mr.pipeline_all().get(key).query(&mr).unwrap();
+        // A pipeline through a routed handle: one PIPELINE span too (after
+        // the COMMAND that fetches the servers' metadata, once).
+        let mut con = mr.get_connection().unwrap();
+        let _: (Option<String>, Option<String>) = redis::pipe().get(key).get("other").query(&mut con).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -104,7 +108,9 @@ fn one_span_per_command_with_its_servers_and_no_key_or_password() {
     let ops: Vec<&str> = commands.iter().filter_map(|s| s.field("db.operation.name")).collect();
     assert_eq!(
         ops,
-        vec!["SET", "MGET", "DBSIZE", "LPUSH", "PIPELINE", "GET"],
+        vec![
+            "SET", "MGET", "DBSIZE", "LPUSH", "PIPELINE", "COMMAND", "PIPELINE", "GET"
+        ],
         "{seen:#?}"
     );
     for c in &commands {
