@@ -144,12 +144,14 @@ fn open(path: &str, pool: Option<&str>) -> Result<MRedis, String> {
     builder.build().map_err(|e| format!("{path}: {}", message(&e)))
 }
 
-/// An error's text in words on one line ([`mredis::error_text`]), without
-/// a leading `mredis: ` (`main` adds it) or, for a configuration error, its
-/// category.
+/// An error's text in words on one line, without a leading `mredis: `
+/// (`main` adds it): an mredis error's own sentence (without its category,
+/// `rebalance refused`, `invalid configuration`, which the sentence says),
+/// otherwise [`mredis::error_text`] (a server's reply as `CODE text`).
 fn message(e: &redis::RedisError) -> String {
-    let text = match (e.kind(), e.detail()) {
-        (redis::ErrorKind::InvalidClientConfig, Some(detail)) => detail.to_string(),
+    let general = |d: &str| e.to_string().ends_with(&format!(" - {:?}: {d}", e.kind()));
+    let text = match e.detail() {
+        Some(detail) if general(detail) => detail.to_string(),
         _ => mredis::error_text(e),
     };
     text.strip_prefix("mredis: ").map(str::to_string).unwrap_or(text)
