@@ -177,7 +177,9 @@ impl Pool {
         };
         let deadline = Instant::now() + timeout;
         let mut con = bare.get_connection_with_timeout(timeout)?;
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         con.set_write_timeout(Some(left))?;
         self.setup.run(&mut con, deadline)?;
         Ok(con)

@@ -86,13 +86,13 @@ pub fn error_text(err: &RedisError) -> String {
         });
     }
     // A server's reply: `CODE detail`, as the server wrote it.
-    if let Some(code) = err.code() {
-        if err.kind() == ErrorKind::Extension || matches!(err.kind(), ErrorKind::Server(_)) {
-            return one_line(&match err.detail() {
-                Some(detail) => format!("{code} {detail}"),
-                None => code.to_string(),
-            });
-        }
+    if let Some(code) = err.code()
+        && (err.kind() == ErrorKind::Extension || matches!(err.kind(), ErrorKind::Server(_)))
+    {
+        return one_line(&match err.detail() {
+            Some(detail) => format!("{code} {detail}"),
+            None => code.to_string(),
+        });
     }
     one_line(&text)
 }

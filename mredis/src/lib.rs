@@ -129,8 +129,8 @@ mod spec;
 mod telemetry;
 
 pub use client::MRedis;
-pub use error::error_text;
 pub use config::{Builder, IntoServer, Server, redact_url};
+pub use error::error_text;
 pub use fleet_config::{builder_from_toml, builder_from_twemproxy_yaml, server_from_twemproxy_line};
 pub use handle::Connection;
 pub use per_server::{FanOutError, PerServer};

@@ -85,7 +85,10 @@ fn a_silent_server_times_out_saying_nothing_was_sent() {
         .and_then(|t| t.strip_suffix(" s; nothing was sent"))
         .unwrap_or_else(|| panic!("{text}"));
     let waited: f64 = waited.parse().unwrap_or_else(|_| panic!("{text}"));
-    assert!((1.99..=elapsed.as_secs_f64() + 0.01).contains(&waited), "{text} after {elapsed:?}");
+    assert!(
+        (1.99..=elapsed.as_secs_f64() + 0.01).contains(&waited),
+        "{text} after {elapsed:?}"
+    );
     assert!(e.is_timeout(), "{e:?}");
     drop(listener);
 }

@@ -48,11 +48,7 @@ fn assert_words(text: &str) {
 fn a_wrong_password_says_so_once_for_one_command_and_a_fan_out() {
     let s = servers(2);
     let guarded = RedisServer::with_args(&["--requirepass", "right-one"]);
-    let mr = MRedis::new([
-        s[0].url(),
-        format!("redis://:wrong-one@127.0.0.1:{}/0", guarded.port()),
-    ])
-    .unwrap();
+    let mr = MRedis::new([s[0].url(), format!("redis://:wrong-one@127.0.0.1:{}/0", guarded.port())]).unwrap();
     let (ok, bad) = (s[0].name(), guarded.name());
     let said = format!(
         "{bad}: authentication failed as user `default`: wrong password, or the user does not exist or is disabled"
@@ -110,7 +106,10 @@ fn a_refused_connection_and_a_partial_fan_out() {
     assert!(e.is_io_error(), "{e}");
     assert_eq!(
         error_text(&e),
-        format!("mredis: DBSIZE failed on 1 of 2 servers: {said}. Succeeded on: {} (1)", s.name())
+        format!(
+            "mredis: DBSIZE failed on 1 of 2 servers: {said}. Succeeded on: {} (1)",
+            s.name()
+        )
     );
     assert_words(&error_text(&e));
 }
@@ -121,7 +120,13 @@ struct Stopped(u32);
 impl Stopped {
     fn new(s: &RedisServer) -> Stopped {
         let pid = s.pid().unwrap();
-        assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
         Stopped(pid)
     }
 }

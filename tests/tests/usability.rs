@@ -42,8 +42,8 @@ fn a_misspelt_fleet_field_is_named() {
         "mredis: invalid configuration: fleet configuration, line 1: unknown field `server`, did you mean \
          `servers`? (the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from])"
     );
-    let e = mredis::builder_from_toml("servers = [\"redis://a:1/0\"]\nhash_tag = \"{}\"\nmdoe = \"ketama\"\n")
-        .unwrap_err();
+    let e =
+        mredis::builder_from_toml("servers = [\"redis://a:1/0\"]\nhash_tag = \"{}\"\nmdoe = \"ketama\"\n").unwrap_err();
     assert_eq!(
         error_text(&e),
         "mredis: invalid configuration: fleet configuration, line 3: unknown field `mdoe`, did you mean \

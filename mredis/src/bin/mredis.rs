@@ -193,7 +193,10 @@ fn stats(mr: &MRedis) -> Result<(), String> {
     println!("{:<40} {:>12} {:>8}", "server", "keys", "share");
     for (i, (server, count)) in sizes.iter().enumerate() {
         match same_as[i] {
-            Some(j) => println!("{server:<40} {count:>12}  same server as {}, not counted again", names[j]),
+            Some(j) => println!(
+                "{server:<40} {count:>12}  same server as {}, not counted again",
+                names[j]
+            ),
             None => {
                 let share = if total == 0 {
                     0.0
