@@ -23,22 +23,129 @@ use crate::telemetry::Span;
 pub(crate) struct Pool {
     name: String,
     client: redis::Client,
+    /// Opens connections without redis-rs's setup, which `setup` then runs
+    /// under the connect deadline (none for RESP3).
+    bare: Option<redis::Client>,
+    setup: Setup,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
 }
 
+/// What a new connection sends before its first command: AUTH, SELECT and
+/// CLIENT SETINFO (as library `mredis` unless the URL names one), as
+/// redis-rs would. No `Debug`: it holds the password.
+struct Setup {
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+    lib: Option<(String, String)>,
+}
+
+impl Setup {
+    fn of(info: &redis::RedisConnectionInfo) -> Setup {
+        Setup {
+            username: info.username().map(str::to_string),
+            password: info.password().map(str::to_string),
+            db: info.db(),
+            lib: (!info.skip_set_lib_name()).then(|| {
+                (
+                    info.lib_name().unwrap_or("mredis").to_string(),
+                    info.lib_ver().unwrap_or(env!("CARGO_PKG_VERSION")).to_string(),
+                )
+            }),
+        }
+    }
+
+    /// The setup commands, with or without the username in AUTH (servers
+    /// before Redis 6 know only `AUTH password`); the indexes of AUTH and
+    /// SELECT if sent.
+    fn pipeline(&self, with_username: bool) -> (redis::Pipeline, Option<usize>, Option<usize>) {
+        let mut pipe = redis::pipe();
+        let mut auth = None;
+        let mut select = None;
+        if let Some(password) = &self.password {
+            let c = pipe.cmd("AUTH");
+            if let (true, Some(user)) = (with_username, &self.username) {
+                c.arg(user);
+            }
+            c.arg(password);
+            auth = Some(0);
+        }
+        if self.db != 0 {
+            select = Some(pipe.len());
+            pipe.cmd("SELECT").arg(self.db);
+        }
+        if let Some((name, ver)) = &self.lib {
+            pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-NAME").arg(name);
+            pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-VER").arg(ver);
+        }
+        (pipe, auth, select)
+    }
+
+    /// Runs the setup on `con`, every reply read before `deadline` (redis-rs
+    /// waits its timeout once per setup command).
+    fn run(&self, con: &mut Connection, deadline: Instant) -> RedisResult<()> {
+        for with_username in [true, false] {
+            let (pipe, auth, select) = self.pipeline(with_username);
+            if pipe.is_empty() {
+                return Ok(());
+            }
+            con.send_packed_command(&pipe.get_packed_pipeline())?;
+            let mut retry = false;
+            for i in 0..pipe.len() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+                }
+                con.set_read_timeout(Some(left))?;
+                let err = match con.recv_response()? {
+                    Value::ServerError(e) => RedisError::from(e),
+                    _ => continue,
+                };
+                if Some(i) == auth {
+                    let old_server = err
+                        .detail()
+                        .is_some_and(|d| d.contains("wrong number of arguments for 'auth' command"));
+                    if with_username && self.username.is_some() && old_server {
+                        retry = true;
+                        continue;
+                    }
+                    return Err(RedisError::from((
+                        redis::ErrorKind::AuthenticationFailed,
+                        "Password authentication failed",
+                    )));
+                }
+                if retry {
+                    continue; // refused for want of AUTH: sent again below
+                }
+                // CLIENT SETINFO's errors are ignored (older servers), as
+                // redis-rs does; SELECT's is the server's reply.
+                if Some(i) == select {
+                    return Err(err);
+                }
+            }
+            if !retry {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Pool {
-    fn new(name: &str, client: redis::Client, options: &Options) -> Pool {
-        Pool {
-            name: name.to_string(),
+    fn new(server: &Server, client: redis::Client, options: &Options) -> RedisResult<Pool> {
+        Ok(Pool {
+            name: server.name().to_string(),
             client,
+            bare: server.bare_client()?,
+            setup: Setup::of(server.connection_info().redis_settings()),
             idle: Mutex::new(Vec::new()),
             max_idle: options.pool_size as usize,
             connect_timeout: options.connect_timeout,
             response_timeout: options.response_timeout,
-        }
+        })
     }
 
     /// An idle connection, or a new one opened now.
@@ -53,12 +160,28 @@ impl Pool {
             return Ok(con);
         }
         let timeout = self.connect_timeout.min(budget).max(Duration::from_millis(1));
+        let started = Instant::now();
         let con = self
-            .client
-            .get_connection_with_timeout(timeout)
-            .map_err(|e| crate::error::name_server_after(&self.name, e, Some(timeout), None))?;
+            .open(timeout)
+            .map_err(|e| crate::error::name_server_after(&self.name, e, Some(started.elapsed()), None))?;
         con.set_read_timeout(self.response_timeout)?;
         con.set_write_timeout(self.response_timeout)?;
+        Ok(con)
+    }
+
+    /// A new connection: TCP (and TLS) and the setup commands all within
+    /// `timeout`.
+    fn open(&self, timeout: Duration) -> RedisResult<Connection> {
+        let Some(bare) = &self.bare else {
+            return self.client.get_connection_with_timeout(timeout);
+        };
+        let deadline = Instant::now() + timeout;
+        let mut con = bare.get_connection_with_timeout(timeout)?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        con.set_write_timeout(Some(left))?;
+        self.setup.run(&mut con, deadline)?;
         Ok(con)
     }
 
@@ -138,7 +261,7 @@ impl MRedis {
         let mut pools = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
             let client = server.client().map_err(|e| name_server(server.name(), e))?;
-            pools.push(Pool::new(server.name(), client, &options));
+            pools.push(Pool::new(server, client, &options).map_err(|e| name_server(server.name(), e))?);
         }
         Ok(MRedis {
             core,

@@ -225,15 +225,34 @@ impl Server {
 
     /// A redis-rs client for this server, with its TLS roots if any.
     pub(crate) fn client(&self) -> RedisResult<redis::Client> {
+        self.client_of(self.info.clone())
+    }
+
+    /// A client for this server whose connections skip redis-rs's setup
+    /// (no AUTH, SELECT or CLIENT SETINFO), for a caller that runs the
+    /// setup itself under one deadline; `None` for RESP3, whose HELLO
+    /// redis-rs must send itself.
+    pub(crate) fn bare_client(&self) -> RedisResult<Option<redis::Client>> {
+        if self.info.redis_settings().protocol().supports_resp3() {
+            return Ok(None);
+        }
+        let bare = self
+            .info
+            .clone()
+            .set_redis_settings(redis::RedisConnectionInfo::default().set_skip_set_lib_name());
+        self.client_of(bare).map(Some)
+    }
+
+    fn client_of(&self, info: ConnectionInfo) -> RedisResult<redis::Client> {
         #[cfg(feature = "tls")]
         if let Some(root) = &self.tls_root_cert {
             let certs = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root.as_ref().clone()),
             };
-            return redis::Client::build_with_tls(self.info.clone(), certs);
+            return redis::Client::build_with_tls(info, certs);
         }
-        redis::Client::open(self.info.clone())
+        redis::Client::open(info)
     }
 }
 

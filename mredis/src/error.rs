@@ -33,7 +33,7 @@ pub(crate) fn show_key(key: &[u8]) -> String {
 pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb: &str) -> RedisError {
     RedisError::from((
         ErrorKind::Server(ServerErrorKind::CrossSlot),
-        "mredis: keys on different servers",
+        "mredis",
         format!(
             "{command} needs all its keys on one server, but `{}` is on {sa} and `{}` is on {sb}; \
              nothing was sent. Put related keys together with hash tags ({{user:1}}:a, {{user:1}}:b) \
@@ -44,6 +44,59 @@ pub(crate) fn cross_server_error(command: &str, a: &[u8], sa: &str, b: &[u8], sb
     ))
 }
 
+/// One line in words for an error of this crate or of redis-rs, without
+/// redis-rs's framing (`... - AuthenticationFailed: ...`,
+/// `Server(CrossSlot)`, quoted codes): what the `mredis` command-line tool
+/// prints.
+///
+/// redis-rs's own `Display` of a [`RedisError`] always shows the error's
+/// kind as a Rust enum name (`mredis - AuthenticationFailed: ...`); this
+/// crate keeps those kinds, so that [`RedisError::kind`],
+/// [`RedisError::code`] and [`RedisError::is_timeout`] answer as redis-rs's
+/// own errors do, and this function gives the same error as a sentence:
+///
+/// - this crate's errors: `mredis: ` and the text, naming the server
+///   (`mredis: 127.0.0.1:6380:0: authentication failed as user `default`:
+///   wrong password, or the user does not exist or is disabled`);
+/// - a server's own error reply: its code and text, as `redis-cli` shows it
+///   (`WRONGTYPE Operation against a key holding the wrong kind of value`);
+/// - anything else: redis-rs's text on one line.
+///
+/// ```no_run
+/// # fn main() -> redis::RedisResult<()> {
+/// let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0"])?;
+/// if let Err(e) = mr.get::<_, Option<String>>("key") {
+///     eprintln!("{}", mredis::error_text(&e));
+/// }
+/// # Ok(()) }
+/// ```
+pub fn error_text(err: &RedisError) -> String {
+    let text = err.to_string();
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // redis-rs's general errors: `{desc} - {kind:?}` and `: {detail}`.
+    let frame = format!(" - {:?}", err.kind());
+    let tail = match err.detail() {
+        Some(detail) => format!("{frame}: {detail}"),
+        None => frame,
+    };
+    if let Some(desc) = text.strip_suffix(tail.as_str()) {
+        return one_line(&match err.detail() {
+            Some(detail) => format!("{desc}: {detail}"),
+            None => desc.to_string(),
+        });
+    }
+    // A server's reply: `CODE detail`, as the server wrote it.
+    if let Some(code) = err.code()
+        && (err.kind() == ErrorKind::Extension || matches!(err.kind(), ErrorKind::Server(_)))
+    {
+        return one_line(&match err.detail() {
+            Some(detail) => format!("{code} {detail}"),
+            None => code.to_string(),
+        });
+    }
+    one_line(&text)
+}
+
 /// Adds the server's name to errors that are not the server's own reply
 /// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
 /// through unchanged, as redis-rs returns them, so `code()` still works.
@@ -51,15 +104,28 @@ pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
     name_server_after(server, err, None, None)
 }
 
+/// The io error inside a redis-rs I/O error, if it has one.
+fn io_error(err: &RedisError) -> Option<&std::io::Error> {
+    std::error::Error::source(err).and_then(|s| s.downcast_ref::<std::io::Error>())
+}
+
+/// An I/O error of `kind` with this crate's text, so `is_timeout()`,
+/// `is_connection_refusal()` and `is_connection_dropped()` answer for it as
+/// for redis-rs's own, and its `Display` is the text alone.
+fn io_text(kind: std::io::ErrorKind, text: String) -> RedisError {
+    RedisError::from(std::io::Error::new(kind, text))
+}
+
 /// [`name_server`], saying how long was waited: `connect` for opening the
-/// connection (nothing was sent), `reply` for the reply.
+/// connection (the time it took; nothing was sent), `reply` for the reply
+/// (the response timeout).
 pub(crate) fn name_server_after(
     server: &str,
     err: RedisError,
     connect: Option<std::time::Duration>,
     reply: Option<std::time::Duration>,
 ) -> RedisError {
-    if err.is_io_error() && err.to_string().starts_with("mredis: ") {
+    if err.to_string().starts_with("mredis") && (err.is_io_error() || err.to_string().contains(server)) {
         return err; // named already
     }
     // A refused password: redis-rs reports AUTH's refusal as
@@ -82,10 +148,22 @@ pub(crate) fn name_server_after(
         };
         return RedisError::from((
             ErrorKind::AuthenticationFailed,
-            "mredis: server error",
+            "mredis",
             format!(
                 "{server}: authentication failed {who}: wrong password, or the user does not exist or \
-                 is disabled ({err})"
+                 is disabled"
+            ),
+        ));
+    }
+    // Something that is not a Redis server answered (an HTTP server, ...):
+    // redis-rs's parser says where its reply stopped parsing.
+    if err.kind() == ErrorKind::Parse && err.detail().is_some_and(|d| d.starts_with("Parse error")) {
+        return RedisError::from((
+            ErrorKind::Parse,
+            "mredis",
+            format!(
+                "{server}: the server did not answer like a Redis server (its reply is not Redis's \
+                 protocol); is something else listening there?"
             ),
         ));
     }
@@ -106,41 +184,43 @@ pub(crate) fn name_server_after(
     }
     // Timeouts and refusals stay I/O errors of the same io kind, so
     // `is_timeout()` and `is_connection_refusal()` still answer for them.
+    // The OS's text ("Resource temporarily unavailable (os error 11)": a
+    // socket timeout) is left out: it says less than ours, and misleads.
     if err.is_timeout() {
         let text = match (connect, reply) {
             (Some(t), _) => format!(
-                "mredis: {server}: could not connect within {} ({err}); nothing was sent",
-                millis(t)
+                "mredis: {server}: could not connect within {}; nothing was sent",
+                duration(t)
             ),
             (None, Some(t)) => format!(
-                "mredis: {server}: no reply in time, within {} ({err}); the command may have run there",
-                millis(t)
+                "mredis: {server}: no reply in time (waited {}); the command may have run there",
+                duration(t)
             ),
-            (None, None) => format!("mredis: {server}: no reply in time ({err}); the command may have run there"),
+            (None, None) => format!("mredis: {server}: no reply in time; the command may have run there"),
         };
-        return RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, text));
+        return io_text(std::io::ErrorKind::TimedOut, text);
     }
     if err.is_connection_refusal() {
-        return RedisError::from(std::io::Error::new(
+        return io_text(
             std::io::ErrorKind::ConnectionRefused,
-            format!("mredis: {server}: connection refused ({err}); nothing was sent"),
-        ));
+            format!("mredis: {server}: connection refused; nothing was sent"),
+        );
     }
-    let (kind, text) = if err.is_io_error() {
-        (ErrorKind::Io, format!("{server}: {err}"))
-    } else {
-        (err.kind(), format!("{server}: {err}"))
-    };
-    RedisError::from((kind, "mredis: server error", text))
+    if let Some(io) = io_error(&err) {
+        return io_text(io.kind(), format!("mredis: {server}: {}", error_text(&err)));
+    }
+    RedisError::from((err.kind(), "mredis", format!("{server}: {}", error_text(&err))))
 }
 
-/// A duration as people write it: `300 ms`, `2 s`.
-fn millis(d: std::time::Duration) -> String {
+/// A duration as people write it: `300 ms`, `2 s`, `1.02 s`.
+fn duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms >= 1000 && ms.is_multiple_of(1000) {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
-        format!("{ms} ms")
+        format!("{:.2} s", d.as_secs_f64())
     }
 }
 
@@ -184,16 +264,18 @@ impl<'c> Failure<'c> {
             return Err(self.failed.remove(0).1);
         }
         let kind = self.failed[0].1.kind();
+        // Each failure once, in words: `server: what happened`.
         let failed: Vec<String> = self
             .failed
             .iter()
             .map(|(s, e)| {
-                let text = e.to_string();
-                if text.contains(s.as_str()) {
-                    text
-                } else {
-                    format!("{s}: {text}")
-                }
+                let text = error_text(e);
+                let text = text.strip_prefix("mredis: ").unwrap_or(&text);
+                let text = text
+                    .strip_prefix(s.as_str())
+                    .and_then(|t| t.strip_prefix(": "))
+                    .unwrap_or(text);
+                format!("{s}: {text}")
             })
             .collect();
         let ok = if self.succeeded.is_empty() {
@@ -207,13 +289,13 @@ impl<'c> Failure<'c> {
         };
         Err(RedisError::from((
             kind,
-            "mredis: failed on some servers",
+            "mredis",
             format!(
-                "{} failed on {} of {} servers ({}); succeeded on: {ok}",
+                "{} failed on {} of {} servers: {}. Succeeded on: {ok}",
                 self.command,
                 self.failed.len(),
                 self.failed.len() + self.succeeded.len(),
-                failed.join("; ")
+                failed.join(". ")
             ),
         )))
     }

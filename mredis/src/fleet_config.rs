@@ -49,9 +49,14 @@ fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
     let mut message = without_quoted(e.message());
     if message.starts_with("unknown field") {
-        // The known names hold no secret; the unknown one might.
-        message =
-            "unknown field (the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from])".to_string();
+        // The known names hold no secret; the unknown one might (a pasted
+        // password as a key): it is named only when it is a misspelling of
+        // a known one.
+        const FIELDS: &str = "the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from]";
+        message = match unknown_field(e.message()).and_then(|f| near_field(f).map(|near| (f, near))) {
+            Some((field, near)) => format!("unknown field `{field}`, did you mean `{near}`? ({FIELDS})"),
+            None => format!("unknown field, not shown as it is not near any field's name ({FIELDS})"),
+        };
     }
     if message.contains("untagged enum Entry") {
         message =
@@ -59,6 +64,41 @@ fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
     }
     let place = line.map(|l| format!("line {l}: ")).unwrap_or_default();
     config_error(format!("fleet configuration, {place}{}", message.trim()))
+}
+
+/// The name in serde's "unknown field `name`, expected ...".
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+/// The known field `name` is a misspelling of (at most two edits away),
+/// if any.
+fn near_field(name: &str) -> Option<&'static str> {
+    const KNOWN: [&str; 6] = ["mode", "hash", "hash_tag", "hash_tags", "servers", "migrating_from"];
+    let lower = name.to_ascii_lowercase();
+    KNOWN
+        .iter()
+        .map(|k| (edits(&lower, k), *k))
+        .filter(|(d, _)| *d <= 2 && *d < name.len())
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for j in 0..b.len() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != b[j])).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// A parser's message with anything quoted (a value it may echo) cut out.

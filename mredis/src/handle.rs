@@ -1091,7 +1091,7 @@ fn join_transaction(
         Some((s, _)) => {
             return Err(RedisError::from((
                 ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
-                "mredis: keys on different servers",
+                "mredis",
                 format!(
                     "a transaction's commands are on keys of {} and {}; nothing was sent",
                     core.name(*s),

@@ -19,8 +19,16 @@
 //! mr.set_ex::<_, _, ()>("session", "v", 10)?;
 //! let n: i64 = mr.incr("counter", 1)?;
 //! let per_server: mredis::PerServer<Vec<String>> = mr.keys("k*")?;
+//! // The fleet as one: a total, or one list.
+//! let keys: usize = mr.dbsize::<usize>()?.sum();
+//! let all: Vec<String> = per_server.flatten();
+//! // Which server owns a key (`host:port:db`).
+//! let owner: &str = mr.server_for("k")?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`MRedis::server_for`] names the server that owns a key (as `mredis
+//! locate` prints it).
 //!
 //! The async client is [`aio::MRedis`]. Every method is generated from the
 //! command table `commands.toml`; [`commands`] lists every Redis command
@@ -52,6 +60,10 @@
 //!   authentication failed. Timeouts: [`Builder::connect_timeout`] (2 s),
 //!   [`Builder::response_timeout`] (5 s), one deadline for a whole call on
 //!   several servers.
+//! - [`error_text`] gives any error as one line in words, naming the server
+//!   (what the `mredis` tool prints); redis-rs's `Display` frames the same
+//!   words with the error kind's Rust name (`mredis - AuthenticationFailed:
+//!   ...`).
 //! - No password appears in any `Debug`, `Display` or error text; mredis
 //!   writes no logs.
 //!
@@ -118,6 +130,7 @@ mod telemetry;
 
 pub use client::MRedis;
 pub use config::{Builder, IntoServer, Server, redact_url};
+pub use error::error_text;
 pub use fleet_config::{builder_from_toml, builder_from_twemproxy_yaml, server_from_twemproxy_line};
 pub use handle::Connection;
 pub use per_server::{FanOutError, PerServer};

@@ -166,7 +166,7 @@ fn code_of(v: &Value) -> Option<&str> {
 pub(crate) fn try_again(core: &Core, key: &[u8], from: usize, to: usize) -> RedisError {
     RedisError::from((
         ErrorKind::Server(redis::ServerErrorKind::TryAgain),
-        "mredis: keys being moved",
+        "mredis",
         format!(
             "some keys of this command (e.g. `{}`) are still on {} (their old server) and some are not; \
              nothing was run. Retry: the rebalance moves them to {}",

@@ -21,8 +21,14 @@ use crate::routing::Core;
 ///     println!("{server}: {n} keys");
 /// }
 /// let first = sizes["127.0.0.1:6379:0"];
+/// // The fleet as one: a total, or one list.
+/// let total: usize = sizes.sum();
+/// let keys: Vec<String> = mr.keys::<_, Vec<String>>("user:*")?.flatten();
 /// # Ok(()) }
 /// ```
+///
+/// [`values`](PerServer::values) and [`into_values`](PerServer::into_values)
+/// give the values without the names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PerServer<T> {
     entries: Vec<(String, T)>,
@@ -56,6 +62,37 @@ impl<T> PerServer<T> {
     /// The values, in configuration order.
     pub fn into_values(self) -> Vec<T> {
         self.entries.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The sum of the values: the fleet's total of a count (`DBSIZE`, ...).
+    ///
+    /// ```no_run
+    /// # fn main() -> redis::RedisResult<()> {
+    /// # let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"])?;
+    /// let keys: usize = mr.dbsize::<usize>()?.sum();
+    /// # Ok(()) }
+    /// ```
+    pub fn sum<S>(&self) -> S
+    where
+        S: for<'a> std::iter::Sum<&'a T>,
+    {
+        self.entries.iter().map(|(_, v)| v).sum()
+    }
+
+    /// Every server's items in one list, in configuration order: the
+    /// fleet's answer to a list-valued command (`KEYS`, ...).
+    ///
+    /// ```no_run
+    /// # fn main() -> redis::RedisResult<()> {
+    /// # let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"])?;
+    /// let keys: Vec<String> = mr.keys::<_, Vec<String>>("user:*")?.flatten();
+    /// # Ok(()) }
+    /// ```
+    pub fn flatten<U>(self) -> Vec<U>
+    where
+        T: IntoIterator<Item = U>,
+    {
+        self.entries.into_iter().flat_map(|(_, v)| v).collect()
     }
 
     /// Number of servers with a result.
@@ -110,7 +147,7 @@ impl<'p, T> IntoIterator for &'p PerServer<T> {
 ///
 /// It names each failed server with its error and keeps the results of the
 /// servers that did answer, so nothing they returned is lost. Converts into
-/// a [`redis::RedisError`] with `?`.
+/// a [`RedisError`] with `?`.
 #[derive(Debug, Clone)]
 pub struct FanOutError<T> {
     command: String,

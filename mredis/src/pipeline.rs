@@ -226,7 +226,7 @@ impl KeyPipeline {
     fn wrong_server(&self, command: &str, key: &[u8], owner: usize) -> RedisError {
         RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
-            "mredis: key of another server in a pipeline",
+            "mredis",
             format!(
                 "{command} in a pipeline bound to {} uses key `{}`, which belongs to {}; nothing was sent",
                 self.core.name(self.server),

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mredis_tests::{RedisServer, servers};
+use redis::Commands;
 
 fn mredis(dir: &Dir, args: &[&str]) -> (bool, String) {
     let (code, text) = mredis_code(dir, args);
@@ -418,4 +419,54 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
         let here: i64 = redis::cmd("EXISTS").arg(&key).query(&mut s[owner].conn()).unwrap();
         assert_eq!(here, 1, "{key} is on its new server");
     }
+}
+
+#[test]
+fn stats_with_a_wrong_password_says_it_once_in_words() {
+    let s = RedisServer::new();
+    let guarded = RedisServer::with_args(&["--requirepass", "right-one"]);
+    let dir = Dir::new("stats-auth");
+    let path = dir.config(
+        "fleet.toml",
+        &[s.url(), format!("redis://:wrong-one@127.0.0.1:{}/0", guarded.port())],
+    );
+    let (code, out) = mredis_code(&["stats", "--config", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "mredis: DBSIZE failed on 1 of 2 servers: {}: authentication failed as user `default`: wrong \
+             password, or the user does not exist or is disabled. Succeeded on: {} (1)\n",
+            guarded.name(),
+            s.name()
+        )
+    );
+}
+
+#[test]
+fn stats_counts_a_server_listed_under_two_names_once() {
+    let s = servers(2);
+    for i in 0..3 {
+        s[0].conn().set::<_, _, ()>(format!("a{i}"), i).unwrap();
+    }
+    s[1].conn().set::<_, _, ()>("b", 1).unwrap();
+    let dir = Dir::new("stats-twice");
+    let twice = format!("redis://localhost:{}/0", s[0].port());
+    let path = dir.config("fleet.toml", &[s[0].url(), s[1].url(), twice]);
+    let (code, out) = mredis_code(&["stats", "--config", &path]);
+    assert_eq!(code, 0, "{out}");
+    let (a, b, alias) = (s[0].name(), s[1].name(), format!("localhost:{}:0", s[0].port()));
+    let want = [
+        format!("{:<40} {:>12} {:>8}", "server", "keys", "share"),
+        format!("{a:<40} {:>12} {:>7.2}%", 3, 75.0),
+        format!("{b:<40} {:>12} {:>7.2}%", 1, 25.0),
+        format!("{alias:<40} {:>12}  same server as {a}, not counted again", 3),
+        format!("{:<40} {:>12}", "total", 4),
+        "imbalance (largest / mean): 1.500".to_string(),
+        format!(
+            "mredis: warning: {a} and {alias} are the same server (same run_id and database); its keys are \
+             counted once"
+        ),
+    ];
+    assert_eq!(out, want.join("\n") + "\n");
 }

@@ -144,10 +144,83 @@ fn open(path: &str, pool: Option<&str>) -> Result<MRedis, String> {
     builder.build().map_err(|e| format!("{path}: {}", message(&e)))
 }
 
-/// An error's text without redis-rs's kind tag or a leading `mredis: `.
+/// An error's text in words on one line, without a leading `mredis: `
+/// (`main` adds it): an mredis error's own sentence (without its category,
+/// `rebalance refused`, `invalid configuration`, which the sentence says),
+/// otherwise [`mredis::error_text`] (a server's reply as `CODE text`).
 fn message(e: &redis::RedisError) -> String {
-    let text = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
+    let general = |d: &str| e.to_string().ends_with(&format!(" - {:?}: {d}", e.kind()));
+    let text = match e.detail() {
+        Some(detail) if general(detail) => detail.to_string(),
+        _ => mredis::error_text(e),
+    };
     text.strip_prefix("mredis: ").map(str::to_string).unwrap_or(text)
+}
+
+/// `mredis stats`: keys per server. A server listed under several names
+/// (`127.0.0.1:6379` and `localhost:6379`: the same `run_id` and database)
+/// is counted once, under its first name; the others say whose copy they
+/// are.
+fn stats(mr: &MRedis) -> Result<(), String> {
+    let sizes: PerServer<u64> = mr.dbsize().map_err(|e| message(&redis::RedisError::from(e)))?;
+    // The same server under two names: INFO's run_id (as rebalance does).
+    // A server that does not say is taken as distinct.
+    let ids: Vec<Option<String>> = match mr.query_all::<String>(redis::cmd("INFO").arg("server")) {
+        Ok(infos) => infos
+            .values()
+            .map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("run_id:"))
+                    .map(|id| id.trim().to_string())
+            })
+            .collect(),
+        Err(_) => vec![None; sizes.len()],
+    };
+    let dbs: Vec<i64> = mr.servers().iter().map(|s| s.db()).collect();
+    let names: Vec<&str> = sizes.names().collect();
+    // For each entry, the earlier entry that is the same server, if any.
+    let same_as: Vec<Option<usize>> = (0..names.len())
+        .map(|i| (0..i).find(|&j| ids[i].is_some() && ids[i] == ids[j] && dbs[i] == dbs[j]))
+        .collect();
+    let counted: Vec<u64> = sizes
+        .values()
+        .zip(&same_as)
+        .filter(|(_, same)| same.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    let total: u64 = counted.iter().sum();
+    let n = counted.len().max(1) as f64;
+    println!("{:<40} {:>12} {:>8}", "server", "keys", "share");
+    for (i, (server, count)) in sizes.iter().enumerate() {
+        match same_as[i] {
+            Some(j) => println!(
+                "{server:<40} {count:>12}  same server as {}, not counted again",
+                names[j]
+            ),
+            None => {
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    *count as f64 * 100.0 / total as f64
+                };
+                println!("{server:<40} {count:>12} {share:>7.2}%");
+            }
+        }
+    }
+    let max = counted.iter().copied().max().unwrap_or(0) as f64;
+    let mean = total as f64 / n;
+    let imbalance = if mean == 0.0 { 1.0 } else { max / mean };
+    println!("{:<40} {total:>12}", "total");
+    println!("imbalance (largest / mean): {imbalance:.3}");
+    for (i, same) in same_as.iter().enumerate() {
+        if let Some(j) = same {
+            eprintln!(
+                "mredis: warning: {} and {} are the same server (same run_id and database); its keys are counted once",
+                names[*j], names[i]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Progress output: a bar on a terminal, a plain line every 2 s otherwise.
@@ -361,23 +434,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
         }
         Command::Stats { config, pool } => {
             let mr = open(&config, pool.as_deref())?;
-            let sizes: PerServer<u64> = mr.dbsize().map_err(|e| e.to_string())?;
-            let total: u64 = sizes.values().sum();
-            let n = sizes.len().max(1) as f64;
-            println!("{:<40} {:>12} {:>8}", "server", "keys", "share");
-            for (server, count) in &sizes {
-                let share = if total == 0 {
-                    0.0
-                } else {
-                    *count as f64 * 100.0 / total as f64
-                };
-                println!("{server:<40} {count:>12} {share:>7.2}%");
-            }
-            let max = sizes.values().copied().max().unwrap_or(0) as f64;
-            let mean = total as f64 / n;
-            let imbalance = if mean == 0.0 { 1.0 } else { max / mean };
-            println!("{:<40} {total:>12}", "total");
-            println!("imbalance (largest / mean): {imbalance:.3}");
+            stats(&mr)?;
         }
         Command::Rebalance {
             from,
