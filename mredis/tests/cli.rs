@@ -430,7 +430,7 @@ fn stats_with_a_wrong_password_says_it_once_in_words() {
         "fleet.toml",
         &[s.url(), format!("redis://:wrong-one@127.0.0.1:{}/0", guarded.port())],
     );
-    let (code, out) = mredis_code(&["stats", "--config", &path]);
+    let (code, out) = mredis_code(&dir, &["stats", "--config", &path]);
     assert_eq!(code, 1, "{out}");
     assert_eq!(
         out,
@@ -453,7 +453,7 @@ fn stats_counts_a_server_listed_under_two_names_once() {
     let dir = Dir::new("stats-twice");
     let twice = format!("redis://localhost:{}/0", s[0].port());
     let path = dir.config("fleet.toml", &[s[0].url(), s[1].url(), twice]);
-    let (code, out) = mredis_code(&["stats", "--config", &path]);
+    let (code, out) = mredis_code(&dir, &["stats", "--config", &path]);
     assert_eq!(code, 0, "{out}");
     let (a, b, alias) = (s[0].name(), s[1].name(), format!("localhost:{}:0", s[0].port()));
     let want = [
