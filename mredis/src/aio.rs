@@ -74,13 +74,13 @@ impl MRedis {
         let core = Core::new(servers, &options)?;
         let mut connections = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
-            let client = server.client().map_err(|e| name_server(server.name(), e))?;
+            let client = server.client().map_err(|e| name_server(server, e))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
                 .set_response_timeout(options.response_timeout)
                 .set_number_of_retries(options.retries);
             let manager =
-                ConnectionManager::new_lazy_with_config(client, config).map_err(|e| name_server(server.name(), e))?;
+                ConnectionManager::new_lazy_with_config(client, config).map_err(|e| name_server(server, e))?;
             connections.push(manager);
         }
         Ok(MRedis {
@@ -188,7 +188,7 @@ impl MRedis {
         con.req_packed_command(cmd)
             .await
             .and_then(Value::extract_error)
-            .map_err(|e| crate::error::name_server_after(self.core.name(index), e, None, self.response_timeout))
+            .map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
     }
 
     /// Sends a pipeline's commands to one server; the replies, raw.
@@ -201,7 +201,7 @@ impl MRedis {
         };
         con.req_packed_commands(pipe, offset, count)
             .await
-            .map_err(|e| crate::error::name_server_after(self.core.name(index), e, None, self.response_timeout))
+            .map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
     }
 
     /// Runs a routed command on one server, or split over several

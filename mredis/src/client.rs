@@ -21,7 +21,7 @@ use crate::telemetry::Span;
 
 /// Idle connections of one server.
 pub(crate) struct Pool {
-    name: String,
+    server: Server,
     client: redis::Client,
     /// Opens connections without redis-rs's setup, which `setup` then runs
     /// under the connect deadline (none for RESP3).
@@ -137,7 +137,7 @@ impl Setup {
 impl Pool {
     fn new(server: &Server, client: redis::Client, options: &Options) -> RedisResult<Pool> {
         Ok(Pool {
-            name: server.name().to_string(),
+            server: server.clone(),
             client,
             bare: server.bare_client()?,
             setup: Setup::of(server.connection_info().redis_settings()),
@@ -163,7 +163,7 @@ impl Pool {
         let started = Instant::now();
         let con = self
             .open(timeout)
-            .map_err(|e| crate::error::name_server_after(&self.name, e, Some(started.elapsed()), None))?;
+            .map_err(|e| crate::error::name_server_after(&self.server, e, Some(started.elapsed()), None))?;
         con.set_read_timeout(self.response_timeout)?;
         con.set_write_timeout(self.response_timeout)?;
         Ok(con)
@@ -260,8 +260,8 @@ impl MRedis {
         let core = Core::new(servers, &options)?;
         let mut pools = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
-            let client = server.client().map_err(|e| name_server(server.name(), e))?;
-            pools.push(Pool::new(server, client, &options).map_err(|e| name_server(server.name(), e))?);
+            let client = server.client().map_err(|e| name_server(server, e))?;
+            pools.push(Pool::new(server, client, &options).map_err(|e| name_server(server, e))?);
         }
         Ok(MRedis {
             core,
@@ -437,7 +437,7 @@ impl MRedis {
     pub(crate) fn checkout(&self, index: usize) -> RedisResult<Connection> {
         self.pool(index)?
             .get()
-            .map_err(|e| name_server(self.core.name(index), e))
+            .map_err(|e| name_server(self.core.server(index), e))
     }
 
     pub(crate) fn checkin(&self, index: usize, con: Connection) {
@@ -476,7 +476,7 @@ impl MRedis {
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let pool = self.pool(index)?;
-        let mut con = pool.get().map_err(|e| name_server(self.core.name(index), e))?;
+        let mut con = pool.get().map_err(|e| name_server(self.core.server(index), e))?;
         match f(&mut con) {
             Ok(v) => {
                 pool.put(con);
@@ -495,7 +495,7 @@ impl MRedis {
     /// the reply was waited for.
     fn named(&self, index: usize, e: RedisError) -> RedisError {
         let after = self.pools.get(index).and_then(|p| p.response_timeout);
-        crate::error::name_server_after(self.core.name(index), e, None, after)
+        crate::error::name_server_after(self.core.server(index), e, None, after)
     }
 
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {

@@ -3,9 +3,7 @@
 //! carries. Passwords are kept only inside the `redis::ConnectionInfo` and
 //! never printed: every Debug/Display here redacts them.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
@@ -135,9 +133,6 @@ impl Server {
             return Err(config_error(format!("server `{shown}`: database {db} is negative")));
         }
         let name = format!("{host}:{port}:{db}");
-        if info.redis_settings().password().is_some() {
-            note_user(&name, info.redis_settings().username());
-        }
         Ok(Server {
             name,
             host,
@@ -193,7 +188,6 @@ impl Server {
     /// twemproxy's `redis_auth:` sets this for every server of its pool.
     pub fn with_password(mut self, password: impl AsRef<str>) -> Self {
         let settings = self.info.redis_settings().clone().set_password(password);
-        note_user(&self.name, settings.username());
         self.info = self.info.set_redis_settings(settings);
         self
     }
@@ -342,34 +336,6 @@ where
 
 pub(crate) fn config_error(detail: String) -> RedisError {
     RedisError::from((ErrorKind::InvalidClientConfig, "mredis: invalid configuration", detail))
-}
-
-/// The user names configured with a password for each server name, so an
-/// authentication failure can say which user was refused (errors only
-/// carry the server's name). Names and users only, never passwords.
-fn users() -> &'static Mutex<HashMap<String, Vec<String>>> {
-    static USERS: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
-    USERS.get_or_init(Default::default)
-}
-
-fn note_user(server: &str, user: Option<&str>) {
-    let user = user.unwrap_or("default").to_string();
-    let mut map = users().lock().unwrap_or_else(|p| p.into_inner());
-    let list = map.entry(server.to_string()).or_default();
-    if !list.contains(&user) {
-        list.push(user);
-    }
-}
-
-/// The users configured (with a password) for the server named `server`
-/// by any client of this process, in the order they were first seen.
-pub(crate) fn users_of(server: &str) -> Vec<String> {
-    users()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(server)
-        .cloned()
-        .unwrap_or_default()
 }
 
 const TCP_SCHEMES: [&str; 4] = ["redis", "rediss", "valkey", "valkeys"];
@@ -1037,7 +1003,11 @@ mod tests {
         let s = Server::from_url("redis://h:1/0").unwrap().with_password(CANARY);
         assert_eq!(s.connection_info().redis_settings().password(), Some(CANARY));
         assert!(!format!("{s:?}").contains(CANARY));
-        assert_eq!(users_of("h:1:0"), ["default"]);
+        assert_eq!(
+            s.connection_info().redis_settings().username(),
+            None,
+            "the default user"
+        );
     }
 }
 

@@ -100,7 +100,7 @@ pub fn error_text(err: &RedisError) -> String {
 /// Adds the server's name to errors that are not the server's own reply
 /// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
 /// through unchanged, as redis-rs returns them, so `code()` still works.
-pub(crate) fn name_server(server: &str, err: RedisError) -> RedisError {
+pub(crate) fn name_server(server: &crate::config::Server, err: RedisError) -> RedisError {
     name_server_after(server, err, None, None)
 }
 
@@ -120,11 +120,12 @@ fn io_text(kind: std::io::ErrorKind, text: String) -> RedisError {
 /// connection (the time it took; nothing was sent), `reply` for the reply
 /// (the response timeout).
 pub(crate) fn name_server_after(
-    server: &str,
+    config: &crate::config::Server,
     err: RedisError,
     connect: Option<std::time::Duration>,
     reply: Option<std::time::Duration>,
 ) -> RedisError {
+    let server = config.name();
     if err.to_string().starts_with("mredis") && (err.is_io_error() || err.to_string().contains(server)) {
         return err; // named already
     }
@@ -133,18 +134,13 @@ pub(crate) fn name_server_after(
     // (RESP3) as the server's WRONGPASS reply; neither names the server
     // nor the user. Say both (the user as configured; never the password).
     if err.kind() == ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
-        let users = crate::config::users_of(server);
-        let who = match users.as_slice() {
-            [] => "with the configured credentials".to_string(),
-            [user] => format!("as user `{user}`"),
-            several => format!(
-                "as user {} (this process configures several users for this server)",
-                several
-                    .iter()
-                    .map(|u| format!("`{u}`"))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
+        // The user as configured for this server (never the password).
+        let settings = config.connection_info();
+        let settings = settings.redis_settings();
+        let who = match (settings.password(), settings.username()) {
+            (None, _) => "with the configured credentials".to_string(),
+            (Some(_), Some(user)) => format!("as user `{user}`"),
+            (Some(_), None) => "as user `default`".to_string(),
         };
         return RedisError::from((
             ErrorKind::AuthenticationFailed,

@@ -1563,7 +1563,7 @@ impl AsyncConnection {
             let mut con = self.mr.connection(server)?;
             return redis::aio::ConnectionLike::req_packed_commands(&mut con, pipe, offset, count)
                 .await
-                .map_err(|e| crate::error::name_server(core.name(server), e));
+                .map_err(|e| crate::error::name_server(core.server(server), e));
         }
         // One command at a time would cost a round trip each: commands on
         // one server's keys go in that server's pipeline, all servers at

@@ -201,7 +201,7 @@ pub(crate) fn start(
 ) -> RedisResult<()> {
     let mut clients = Vec::new();
     for s in &servers {
-        clients.push(s.client().map_err(|e| crate::routing::name_server(s.name(), e))?);
+        clients.push(s.client().map_err(|e| crate::routing::name_server(s, e))?);
     }
     std::thread::Builder::new()
         .name("mredis-health".to_string())

@@ -155,17 +155,10 @@ impl Subscriber {
         let mut controls = Vec::new();
         let mut tasks = Vec::new();
         for server in core.current_servers() {
-            let client = server
-                .client()
-                .map_err(|e| crate::routing::name_server(server.name(), e))?;
+            let client = server.client().map_err(|e| crate::routing::name_server(server, e))?;
             let (tx, rx) = mpsc::unbounded_channel();
             controls.push(tx);
-            tasks.push(tokio::spawn(serve(
-                server.name().to_string(),
-                client,
-                rx,
-                events_tx.clone(),
-            )));
+            tasks.push(tokio::spawn(serve(server.clone(), client, rx, events_tx.clone())));
         }
         Ok(Subscriber {
             core,
@@ -261,11 +254,12 @@ impl futures::Stream for Subscriber {
 /// One server's connection: keeps the subscriptions, forwards messages,
 /// reconnects and subscribes again after a loss.
 async fn serve(
-    name: String,
+    server: crate::config::Server,
     client: redis::Client,
     mut control: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<Event>,
 ) {
+    let name = server.name().to_string();
     let mut channels: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut patterns: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut lost_at: Option<Instant> = None;
@@ -338,7 +332,7 @@ async fn serve(
                             (tx, r)
                         }
                     };
-                    let _ = reply.send(result.map_err(|e| crate::routing::name_server(&name, e)));
+                    let _ = reply.send(result.map_err(|e| crate::routing::name_server(&server, e)));
                 }
                 m = stream.next() => match m {
                     Some(m) => {

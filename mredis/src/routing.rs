@@ -208,6 +208,11 @@ impl Core {
         Ok(())
     }
 
+    /// Server `index` (of both configurations while migrating).
+    pub(crate) fn server(&self, index: usize) -> &Server {
+        &self.servers[index]
+    }
+
     pub(crate) fn name(&self, index: usize) -> &str {
         self.servers.get(index).map(Server::name).unwrap_or("<unknown server>")
     }

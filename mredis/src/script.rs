@@ -163,7 +163,7 @@ impl ScriptInvocation<'_> {
         self.inner
             .invoke_async(&mut con)
             .await
-            .map_err(|e| name_server(mr.core().name(index), e))
+            .map_err(|e| name_server(mr.core().server(index), e))
     }
 
     /// The index of the server named `server`; keys given must be its own.
@@ -209,7 +209,7 @@ impl ScriptInvocation<'_> {
                 .guarded()
                 .invoke_async::<Value>(&mut con)
                 .await
-                .map_err(|e| name_server(mr.core().name(from), e));
+                .map_err(|e| name_server(mr.core().server(from), e));
             if let Some(done) = Self::after_guard(mr.core(), &moves, server, reply) {
                 return done;
             }
@@ -218,6 +218,6 @@ impl ScriptInvocation<'_> {
         self.inner
             .invoke_async(&mut con)
             .await
-            .map_err(|e| name_server(mr.core().name(server), e))
+            .map_err(|e| name_server(mr.core().server(server), e))
     }
 }

@@ -549,3 +549,23 @@ fn twemproxy_redis_auth_reaches_every_server() {
         assert!(text.contains("`default`"), "{what}: {text}");
     }
 }
+
+#[test]
+fn two_clients_with_different_users_each_name_their_own() {
+    // No process-wide registry of users: each client's error names the user
+    // it was configured with, however many clients the process has.
+    let s = acl_server();
+    let text = |user: &str| {
+        let mr = MRedis::builder()
+            .servers([format!("redis://{user}:{CANARY}-wrong@127.0.0.1:{}/0", s.port())])
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        mredis::error_text(&mr.get::<_, Option<String>>("k").unwrap_err())
+    };
+    let (alice, bob) = (text("alice"), text("bob"));
+    assert!(alice.contains("as user `alice`") && !alice.contains("bob"), "{alice}");
+    assert!(bob.contains("as user `bob`") && !bob.contains("alice"), "{bob}");
+    assert_no_canary("alice", &alice);
+    assert_no_canary("bob", &bob);
+}
