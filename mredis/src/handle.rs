@@ -973,6 +973,36 @@ pub(crate) fn merge_all(
     }
 }
 
+/// Puts each server's replies of a batch at their commands' places (after
+/// the replies already in `values`), sync and async alike; a server that
+/// failed fails the pipeline, naming it and the servers that ran theirs.
+/// `per` holds each server's share: the server, its commands (packed, or
+/// as a pipeline), and their places in the pipeline.
+fn place_batch<P>(
+    core: &Core,
+    per: &[(usize, P, Vec<usize>)],
+    replies: Vec<RedisResult<Vec<Value>>>,
+    values: &mut Vec<Value>,
+) -> RedisResult<()> {
+    let start = values.len();
+    let first = per.iter().flat_map(|p| p.2.iter()).min().copied().unwrap_or(0);
+    let total: usize = per.iter().map(|p| p.2.len()).sum();
+    values.extend(std::iter::repeat_n(Value::Nil, total));
+    let mut failure = crate::error::Failure::new("pipeline");
+    for ((server, _, ats), reply) in per.iter().zip(replies) {
+        match reply {
+            Ok(vs) => {
+                failure.succeeded(core.name(*server), ats.len());
+                for (at, v) in ats.iter().zip(vs) {
+                    values[start + (at - first)] = v;
+                }
+            }
+            Err(e) => failure.failed(core.name(*server), e),
+        }
+    }
+    failure.into_result()
+}
+
 /// The servers' arrays one after the other, when every reply is an array
 /// (the replies are taken; `ok` is left as it was otherwise).
 fn concat_arrays(ok: &mut Vec<(&str, Value)>) -> Option<Value> {
@@ -1281,23 +1311,7 @@ impl Connection {
                 })
                 .collect();
             let replies = self.mr.send_many(&jobs);
-            let start = values.len();
-            let total: usize = per.iter().map(|p| p.2.len()).sum();
-            values.extend(std::iter::repeat_n(Value::Nil, total));
-            let base = per.iter().flat_map(|p| p.2.iter()).min().copied().unwrap_or(0);
-            let mut failure = crate::error::Failure::new("pipeline");
-            for ((server, _, ats), reply) in per.iter().zip(replies) {
-                match reply {
-                    Ok(vs) => {
-                        failure.succeeded(core.name(*server), ats.len());
-                        for (at, v) in ats.iter().zip(vs) {
-                            values[start + (at - base)] = v;
-                        }
-                    }
-                    Err(e) => failure.failed(core.name(*server), e),
-                }
-            }
-            failure.into_result()?;
+            place_batch(core, &per, replies, &mut values)?;
         }
         Ok(values.into_iter().skip(offset).take(count).collect())
     }
@@ -1615,23 +1629,7 @@ impl AsyncConnection {
             }
             let replies =
                 futures::future::join_all(per.iter().map(|(server, p, _)| self.mr.pipeline_on(*server, p))).await;
-            let base = values.len();
-            let first = per.iter().flat_map(|p| p.2.iter()).min().copied().unwrap_or(0);
-            let total: usize = per.iter().map(|p| p.2.len()).sum();
-            values.extend(std::iter::repeat_n(Value::Nil, total));
-            let mut failure = crate::error::Failure::new("pipeline");
-            for ((server, _, ats), reply) in per.iter().zip(replies) {
-                match reply {
-                    Ok(vs) => {
-                        failure.succeeded(core.name(*server), ats.len());
-                        for (at, v) in ats.iter().zip(vs) {
-                            values[base + (at - first)] = v;
-                        }
-                    }
-                    Err(e) => failure.failed(core.name(*server), e),
-                }
-            }
-            failure.into_result()?;
+            place_batch(&core, &per, replies, &mut values)?;
         }
         Ok(values.into_iter().skip(offset).take(count).collect())
     }
