@@ -10,14 +10,15 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
-use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::error::client_error;
 pub use crate::handle::AsyncConnection as Connection;
 use crate::migration::{Machine, One, Split, Step};
+use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::Subscriber;
 use crate::routing::{Core, Route, command_name, name_server};
+use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
 /// Several Redis servers behaving like one (async, tokio).
@@ -38,6 +39,8 @@ pub struct MRedis {
     core: Arc<Core>,
     connections: Arc<Vec<ConnectionManager>>,
     response_timeout: Option<std::time::Duration>,
+    /// The servers' COMMAND metadata, for routed handles (fetched once).
+    book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
 }
 
 impl std::fmt::Debug for MRedis {
@@ -65,11 +68,6 @@ impl MRedis {
         MRedis::from_parts(collect_servers(servers)?, Options::default())
     }
 
-    /// A [`Builder`](crate::Builder) for options; finish with `build_async().await`.
-    pub fn builder() -> crate::Builder {
-        crate::Builder::new()
-    }
-
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let core = Core::new(servers, &options)?;
         let mut connections = Vec::with_capacity(core.servers.len());
@@ -87,6 +85,7 @@ impl MRedis {
             core,
             connections: Arc::new(connections),
             response_timeout: options.response_timeout,
+            book: Arc::default(),
         })
     }
 
@@ -119,7 +118,7 @@ impl MRedis {
     /// for code written against redis-rs async connections; see
     /// [`handle`](crate::handle) for the routing rules. Cheap to clone.
     pub async fn get_connection(&self) -> RedisResult<Connection> {
-        let book = match self.core.book.get() {
+        let book = match self.book.get() {
             Some(book) => book.clone(),
             None => {
                 let mut tried = Vec::new();
@@ -136,7 +135,7 @@ impl MRedis {
                         break;
                     }
                 }
-                crate::handle::book_from(&self.core, tried)?
+                crate::handle::book_from(&self.book, tried)?
             }
         };
         Ok(Connection::new(self.clone(), book))

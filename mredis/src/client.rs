@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
-use crate::config::{IntoServer, Options, Server, collect_servers};
 use crate::error::client_error;
 use crate::migration::{Machine, One, Split, Step};
+use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 use crate::routing::{Core, Move, Route, command_name, name_server};
+use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
 /// Idle connections of one server.
@@ -223,6 +224,8 @@ pub(crate) struct Job<'a> {
 pub struct MRedis {
     core: Arc<Core>,
     pools: Arc<Vec<Pool>>,
+    /// The servers' COMMAND metadata, for routed handles (fetched once).
+    book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
 }
 
 impl std::fmt::Debug for MRedis {
@@ -251,11 +254,6 @@ impl MRedis {
         MRedis::from_parts(collect_servers(servers)?, Options::default())
     }
 
-    /// A [`Builder`](crate::Builder) for options (timeouts, hash tags, placement mode).
-    pub fn builder() -> crate::Builder {
-        crate::Builder::new()
-    }
-
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let core = Core::new(servers, &options)?;
         let mut pools = Vec::with_capacity(core.servers.len());
@@ -266,6 +264,7 @@ impl MRedis {
         Ok(MRedis {
             core,
             pools: Arc::new(pools),
+            book: Arc::default(),
         })
     }
 
@@ -390,7 +389,7 @@ impl MRedis {
     /// [`handle`](crate::handle) module for the rules. Omitted commands are
     /// errors here rather than compile errors.
     pub fn get_connection(&self) -> RedisResult<crate::handle::Connection> {
-        let book = match self.core.book.get() {
+        let book = match self.book.get() {
             Some(book) => book.clone(),
             None => {
                 let mut tried = Vec::new();
@@ -405,7 +404,7 @@ impl MRedis {
                         break;
                     }
                 }
-                crate::handle::book_from(&self.core, tried)?
+                crate::handle::book_from(&self.book, tried)?
             }
         };
         Ok(crate::handle::Connection::new(self.clone(), book))

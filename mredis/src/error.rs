@@ -100,7 +100,7 @@ pub fn error_text(err: &RedisError) -> String {
 /// Adds the server's name to errors that are not the server's own reply
 /// (connection refused, timeouts, ...). Server replies (WRONGTYPE, ...) pass
 /// through unchanged, as redis-rs returns them, so `code()` still works.
-pub(crate) fn name_server(server: &crate::config::Server, err: RedisError) -> RedisError {
+pub(crate) fn name_server(server: &crate::server::Server, err: RedisError) -> RedisError {
     name_server_after(server, err, None, None)
 }
 
@@ -120,7 +120,7 @@ fn io_text(kind: std::io::ErrorKind, text: String) -> RedisError {
 /// connection (the time it took; nothing was sent), `reply` for the reply
 /// (the response timeout).
 pub(crate) fn name_server_after(
-    config: &crate::config::Server,
+    config: &crate::server::Server,
     err: RedisError,
     connect: Option<std::time::Duration>,
     reply: Option<std::time::Duration>,

@@ -6,8 +6,9 @@
 use redis::RedisResult;
 use serde::Deserialize;
 
-use crate::config::{Builder, Server, config_error};
+use crate::config::Builder;
 use crate::placement::{KeyHash, Mode};
+use crate::server::{Server, config_error};
 
 /// One server entry of a TOML configuration: a URL, or a table with weight
 /// and name.
@@ -317,7 +318,7 @@ fn server_from_twemproxy_line_db(line: &str, db: i64) -> RedisResult<Server> {
         return Err(config_error(format!(
             "twemproxy server `{}`: server lines have no user or password (host:port:weight [name]); \
              give the pool's password as `redis_auth:`",
-            crate::config::redact_url(line)
+            crate::server::redact_url(line)
         )));
     }
     let mut parts = line.split_whitespace();

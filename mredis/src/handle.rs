@@ -1086,11 +1086,14 @@ fn empty_command() -> RedisError {
 /// first): the servers' own, kept for later handles; for a user who may not
 /// run COMMAND, Redis 7.0's built-in copy (not kept, so a later handle asks
 /// again); otherwise the error.
-pub(crate) fn book_from(core: &Core, mut tried: Vec<RedisResult<Value>>) -> RedisResult<Arc<CommandBook>> {
+pub(crate) fn book_from(
+    cache: &std::sync::OnceLock<Arc<CommandBook>>,
+    mut tried: Vec<RedisResult<Value>>,
+) -> RedisResult<Arc<CommandBook>> {
     match tried.pop() {
         Some(Ok(v)) => {
             let book = Arc::new(CommandBook::parse(&v));
-            Ok(core.book.get_or_init(|| book).clone())
+            Ok(cache.get_or_init(|| book).clone())
         }
         Some(Err(e)) if e.code() == Some("NOPERM") => Ok(Arc::new(CommandBook::built_in())),
         Some(Err(e)) => Err(e),

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use redis::RedisResult;
 
-use crate::config::Server;
 use crate::placement::{Mode, Placement};
+use crate::server::Server;
 
 /// A user-supplied check of one server's connection.
 pub type CheckFn = Arc<dyn Fn(&mut redis::Connection) -> RedisResult<()> + Send + Sync>;
@@ -183,7 +183,7 @@ impl Health {
 pub(crate) fn check_ejection(mode: Mode) -> RedisResult<()> {
     match mode {
         Mode::Ketama { .. } | Mode::Rendezvous => Ok(()),
-        _ => Err(crate::config::config_error(format!(
+        _ => Err(crate::server::config_error(format!(
             "ejection needs a placement where removing a server moves only that server's keys (ketama or \
              rendezvous); with {mode:?} it would move almost every key. Use health checking without eject, \
              or change the placement"
@@ -201,7 +201,7 @@ pub(crate) fn start(
 ) -> RedisResult<()> {
     let mut clients = Vec::new();
     for s in &servers {
-        clients.push(s.client().map_err(|e| crate::routing::name_server(s, e))?);
+        clients.push(s.client().map_err(|e| crate::error::name_server(s, e))?);
     }
     std::thread::Builder::new()
         .name("mredis-health".to_string())

@@ -155,7 +155,7 @@ impl Subscriber {
         let mut controls = Vec::new();
         let mut tasks = Vec::new();
         for server in core.current_servers() {
-            let client = server.client().map_err(|e| crate::routing::name_server(server, e))?;
+            let client = server.client().map_err(|e| crate::error::name_server(server, e))?;
             let (tx, rx) = mpsc::unbounded_channel();
             controls.push(tx);
             tasks.push(tokio::spawn(serve(server.clone(), client, rx, events_tx.clone())));
@@ -254,7 +254,7 @@ impl futures::Stream for Subscriber {
 /// One server's connection: keeps the subscriptions, forwards messages,
 /// reconnects and subscribes again after a loss.
 async fn serve(
-    server: crate::config::Server,
+    server: crate::server::Server,
     client: redis::Client,
     mut control: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<Event>,
@@ -332,7 +332,7 @@ async fn serve(
                             (tx, r)
                         }
                     };
-                    let _ = reply.send(result.map_err(|e| crate::routing::name_server(&server, e)));
+                    let _ = reply.send(result.map_err(|e| crate::error::name_server(&server, e)));
                 }
                 m = stream.next() => match m {
                     Some(m) => {

@@ -80,8 +80,8 @@ use std::time::Duration;
 use redis::{Connection, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::MRedis;
-use crate::config::Server;
 use crate::routing::show_key;
+use crate::server::Server;
 
 /// A progress callback, called from the calling thread about every 100 ms
 /// and at the end of each phase.

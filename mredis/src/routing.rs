@@ -21,9 +21,10 @@ use std::sync::Arc;
 
 use redis::{Arg, Cmd, RedisResult, RedisWrite, ToRedisArgs, Value};
 
-use crate::config::{Options, Server};
 use crate::error::{Failure, client_error};
+use crate::options::Options;
 use crate::placement::Placement;
+use crate::server::Server;
 
 pub(crate) use crate::error::{cross_server_error, name_server, show_key};
 
@@ -51,8 +52,6 @@ pub(crate) struct Core {
     pub(crate) migration: Option<Migration>,
     /// The largest argument sent (`Builder::max_arg_size`).
     pub(crate) max_arg_size: usize,
-    /// The servers' COMMAND metadata, for routed handles (fetched once).
-    pub(crate) book: std::sync::OnceLock<Arc<crate::handle::CommandBook>>,
     /// Opt-in health checking (and ejection).
     pub(crate) health: Option<Arc<crate::health::Health>>,
 }
@@ -143,7 +142,7 @@ impl Core {
                 if h.eject {
                     crate::health::check_ejection(options.mode)?;
                     if options.migrating_from.is_some() {
-                        return Err(crate::config::config_error(
+                        return Err(crate::server::config_error(
                             "ejection and migrating_from cannot be combined: finish the migration first".to_string(),
                         ));
                     }
@@ -183,7 +182,6 @@ impl Core {
             current,
             migration,
             max_arg_size: options.max_arg_size,
-            book: std::sync::OnceLock::new(),
             health,
         }))
     }

@@ -98,7 +98,7 @@
 
 use redis::RedisResult;
 
-use crate::config::{Server, config_error};
+use crate::server::{Server, config_error};
 
 pub mod goredis;
 pub mod hashkit;

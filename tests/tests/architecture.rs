@@ -1,0 +1,227 @@
+//! The shape of `mredis/src`: imports point one way, down a declared order of
+//! layers, and no module keeps process-global mutable state.
+//!
+//! Each module of the library belongs to one layer; a module may use
+//! (`crate::...`) its own layer and the layers below it, never one above.
+//! A new module must be given a layer here, or this test fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The layers, bottom first, and their modules.
+const LAYERS: &[(&str, &[&str])] = &[
+    // URLs, names, redaction.
+    ("server", &["server"]),
+    // Error texts and kinds; every layer above makes errors.
+    ("errors", &["error"]),
+    ("placement", &["placement"]),
+    // The command table as data.
+    ("table", &["spec"]),
+    ("options and health checking", &["options", "health"]),
+    // Core (servers + placement), Route.
+    ("route", &["routing"]),
+    // Sans-I/O step machines, per-server results, tracing spans.
+    ("exec machines", &["migration", "per_server", "telemetry"]),
+    (
+        "clients",
+        &["client", "aio", "pipeline", "handle", "scan", "script", "pubsub"],
+    ),
+    // The builder lives above the clients it builds.
+    ("builder", &["config", "fleet_config"]),
+    ("rebalance", &["rebalance"]),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|(_, modules)| modules.contains(&module))
+}
+
+/// Names re-exported at the crate root (`pub use module::{A, B as C}`), to
+/// the module they come from.
+fn root_names(lib: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in lib.lines() {
+        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let rest = rest.trim_end_matches(';');
+        let Some((module, names)) = rest.split_once("::") else {
+            continue;
+        };
+        let names = names.trim_start_matches('{').trim_end_matches('}');
+        for name in names.split(',') {
+            let name = name.trim();
+            let shown = name.rsplit(" as ").next().unwrap_or(name).trim();
+            let shown = shown.rsplit("::").next().unwrap_or(shown);
+            if !shown.is_empty() {
+                out.insert(shown.to_string(), module.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The code of a file without comments (doc links name modules freely).
+fn code_lines(source: &str) -> impl Iterator<Item = (usize, &str)> {
+    source.lines().enumerate().filter_map(|(i, line)| {
+        let code = match line.find("//") {
+            Some(at) => &line[..at],
+            None => line,
+        };
+        (!code.trim().is_empty()).then_some((i + 1, code))
+    })
+}
+
+/// Every `crate::x` a file uses: (line, x).
+fn crate_paths(source: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (line, code) in code_lines(source) {
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let before = rest[..at].chars().last();
+            rest = &rest[at + "crate::".len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+                continue;
+            }
+            if rest.starts_with('{') {
+                out.push((line, "{".to_string()));
+                continue;
+            }
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            out.push((line, name));
+        }
+    }
+    out
+}
+
+/// The module a file of `src` belongs to (`placement/hashkit.rs` is
+/// `placement`); None for the crate root and binaries.
+fn module_of(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+    if first == "lib.rs" || first == "bin" {
+        return None;
+    }
+    Some(first.trim_end_matches(".rs").to_string())
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The problems of one module's source: imports from a layer above, names
+/// that resolve to no module, grouped `crate::{...}` imports.
+fn problems_of(module: &str, file: &str, source: &str, roots: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(own) = layer_of(module) else {
+        return vec![format!(
+            "{file}: module `{module}` has no layer in tests/tests/architecture.rs"
+        )];
+    };
+    for (line, name) in crate_paths(source) {
+        if name == "{" {
+            out.push(format!(
+                "{file}:{line}: write one `use crate::module::...` per module, not `crate::{{...}}`"
+            ));
+            continue;
+        }
+        let target = if layer_of(&name).is_some() {
+            name.clone()
+        } else if let Some(module) = roots.get(&name) {
+            module.clone()
+        } else {
+            out.push(format!(
+                "{file}:{line}: `crate::{name}` is neither a module nor a root re-export"
+            ));
+            continue;
+        };
+        let Some(theirs) = layer_of(&target) else {
+            out.push(format!("{file}:{line}: module `{target}` has no layer"));
+            continue;
+        };
+        if theirs > own {
+            out.push(format!(
+                "{file}:{line}: `{module}` (layer {}) uses `crate::{name}` from `{target}` (layer {}), which is above it",
+                LAYERS[own].0, LAYERS[theirs].0
+            ));
+        }
+    }
+    out
+}
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mredis/src")
+}
+
+#[test]
+fn imports_point_down_the_layers() {
+    let src = src_dir();
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let roots = root_names(&lib);
+    assert!(
+        roots.contains_key("MRedis") && roots.contains_key("Builder"),
+        "{roots:?}"
+    );
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let Some(module) = module_of(&src, file) else { continue };
+        let source = std::fs::read_to_string(file).unwrap();
+        let shown = file.strip_prefix(&src).unwrap().display().to_string();
+        problems.extend(problems_of(&module, &shown, &source, &roots));
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} files checked");
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_check_catches_an_upward_import() {
+    let roots = root_names("pub use client::MRedis;\npub use config::Builder;\n");
+    let source = "use crate::server::Server;\n// crate::rebalance in a comment is fine\nfn f() -> crate::Builder { todo!() }\nuse crate::nowhere::X;\nuse crate::{a, b};\n";
+    let problems = problems_of("error", "error.rs", source, &roots);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems[0].contains("error.rs:3") && problems[0].contains("`config` (layer builder)"));
+    assert!(problems[1].contains("crate::nowhere"));
+    assert!(problems[2].contains("one `use crate::module::...`"));
+    assert!(problems_of("nova", "nova.rs", "", &roots)[0].contains("has no layer"));
+    assert!(problems_of("rebalance", "rebalance.rs", source.lines().next().unwrap(), &roots).is_empty());
+}
+
+#[test]
+fn no_process_global_mutable_state() {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let source = std::fs::read_to_string(file).unwrap();
+        for (line, code) in code_lines(&source) {
+            let code = code.trim_start();
+            let is_static = code.starts_with("static ")
+                || code.starts_with("pub static ")
+                || code.starts_with("pub(crate) static ");
+            let mutable = ["Mutex", "RwLock", "Atomic", "Cell<", "OnceLock", "static mut"]
+                .iter()
+                .any(|m| code.contains(m));
+            if (is_static && mutable) || code.contains("thread_local!") {
+                found.push(format!("{}:{line}: {code}", file.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "process-global mutable state:\n{}", found.join("\n"));
+}
