@@ -11,13 +11,13 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::error::client_error;
+use crate::exec::{FanOut, Machine, Routed, Step, fan_out_result};
 pub use crate::handle::AsyncConnection as Connection;
-use crate::migration::{Machine, One, Split, Step};
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::Subscriber;
-use crate::routing::{Core, Route, command_name, name_server};
+use crate::routing::{Core, Route, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -207,89 +207,57 @@ impl MRedis {
     /// (concurrently); keys being moved by a migration go through the
     /// migration machines, as in the sync client.
     pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
-        let class = if matches!(route, Route::One { .. }) {
-            "key"
-        } else {
-            "split"
-        };
-        let value = Span::command(cmd, class).run_async(self.run_value(route, cmd)).await?;
+        let value = Span::command(cmd, Routed::class(&route))
+            .run_async(self.drive(Routed::new(&self.core, &route, cmd)))
+            .await?;
         Ok(RV::from_redis_value(value)?)
-    }
-
-    async fn run_value(&self, route: Route, cmd: &Cmd) -> RedisResult<Value> {
-        self.core.check_size(cmd)?;
-        let value = match route {
-            Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd).await?,
-            Route::One { server, moves } => {
-                let cmds = std::slice::from_ref(cmd);
-                self.drive(One::new(&self.core, cmds, false, server, &moves))
-                    .await?
-                    .extract_error()?
-            }
-            Route::Split(plan) if plan.moves.is_empty() => {
-                let cmds = plan.commands(cmd);
-                let replies = join_all(cmds.iter().map(|(s, c)| self.value_on(*s, c))).await;
-                plan.merge(&self.core, &command_name(cmd), replies)?
-            }
-            Route::Split(plan) => {
-                self.drive(Split::new(&self.core, cmd, plan.stride(), plan.merge_policy()))
-                    .await?
-            }
-        };
-        Ok(value)
     }
 
     pub(crate) async fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
         let span = Span::command(cmd, "all");
         let result = span
-            .run_async(async { Ok(self.fan_out_in(cmd).await) })
-            .await
-            .unwrap_or_else(|e| {
-                Err(FanOutError::new(
-                    command_name(cmd),
-                    PerServer::from_entries(Vec::new()),
-                    vec![("mredis".to_string(), e)],
+            .run_async(async {
+                Ok(fan_out_result(
+                    &self.core,
+                    cmd,
+                    self.drive(FanOut::new(&self.core, cmd)).await,
                 ))
-            });
+            })
+            .await
+            .unwrap_or_else(|e| fan_out_result(&self.core, cmd, Err(e)));
         span.fan_out_outcome(&result);
         result
     }
 
-    async fn fan_out_in<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        if let Err(e) = self.core.check_size(cmd) {
-            return Err(FanOutError::new(
-                command_name(cmd),
-                PerServer::from_entries(Vec::new()),
-                vec![("mredis".to_string(), e)],
-            ));
-        }
-        let replies = join_all((0..self.core.all()).map(|i| self.value_on(i, cmd))).await;
-        crate::per_server::collect(&self.core, &command_name(cmd), replies)
-    }
-
-    /// Carries a migration machine's requests (each a pipeline to one
-    /// server, all servers concurrently) until it is done.
+    /// The async driver: carries a machine's requests (each a pipeline to
+    /// one server, all servers concurrently) until it is done. One command
+    /// goes on the server's multiplexed connection as is.
     pub(crate) async fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
         let mut step = machine.start();
         loop {
-            match step {
+            let replies = match step {
                 Step::Done(result) => return result,
-                Step::Send(requests) => {
-                    let pipes: Vec<(usize, redis::Pipeline)> = requests
-                        .into_iter()
-                        .map(|r| {
-                            let mut p = redis::pipe();
-                            for c in r.cmds {
-                                p.add_command(c);
-                            }
-                            (r.server, p)
-                        })
-                        .collect();
-                    let replies = join_all(pipes.iter().map(|(s, p)| self.pipeline_on(*s, p))).await;
-                    step = machine.next(replies);
-                }
-            }
+                Step::Send(requests) => join_all(requests.iter().map(|r| self.request_on(r.server, &r.cmds))).await,
+            };
+            step = machine.next(replies);
         }
+    }
+
+    /// One request's replies, error replies kept as values.
+    async fn request_on(&self, index: usize, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+        let span = Span::server(&self.core, index);
+        let mut con = self.connection(index)?;
+        let replies = match cmds {
+            [cmd] => span.run_async(con.req_packed_command(cmd)).await.map(|v| vec![v]),
+            _ => {
+                let mut pipe = redis::pipe();
+                for c in cmds {
+                    pipe.add_command(c.clone());
+                }
+                span.run_async(con.req_packed_commands(&pipe, 0, cmds.len())).await
+            }
+        };
+        replies.map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
     }
 }
 

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::migration::{Machine, One, Split, Step};
+use crate::exec::{FanOut, Machine, Routed, Step, fan_out_result};
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::routing::{Core, Move, Route, command_name, name_server};
+use crate::routing::{Core, Move, Route, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -531,98 +531,52 @@ impl MRedis {
     /// Runs a routed command on one server, or split over several; keys
     /// being moved by a migration go through the migration machines.
     pub(crate) fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
-        let class = if matches!(route, Route::One { .. }) {
-            "key"
-        } else {
-            "split"
-        };
-        let value = Span::command(cmd, class).run(|| self.run_value(route, cmd))?;
+        let value =
+            Span::command(cmd, Routed::class(&route)).run(|| self.drive(Routed::new(&self.core, &route, cmd)))?;
         Ok(RV::from_redis_value(value)?)
-    }
-
-    fn run_value(&self, route: Route, cmd: &Cmd) -> RedisResult<Value> {
-        self.core.check_size(cmd)?;
-        let value = match route {
-            Route::One { server, moves } if moves.is_empty() => self.value_on(server, cmd)?,
-            Route::One { server, moves } => {
-                let cmds = std::slice::from_ref(cmd);
-                self.drive(One::new(&self.core, cmds, false, server, &moves))?
-                    .extract_error()?
-            }
-            Route::Split(plan) if plan.moves.is_empty() => {
-                let packed = plan.packed(cmd);
-                let jobs: Vec<Job<'_>> = packed
-                    .iter()
-                    .map(|(server, bytes)| Job {
-                        server: *server,
-                        packed: bytes,
-                        replies: 1,
-                    })
-                    .collect();
-                let replies = self
-                    .send_many(&jobs)
-                    .into_iter()
-                    .map(|r| first_reply(r).and_then(Value::extract_error))
-                    .collect();
-                plan.merge(&self.core, &command_name(cmd), replies)?
-            }
-            Route::Split(plan) => self.drive(Split::new(&self.core, cmd, plan.stride(), plan.merge_policy()))?,
-        };
-        Ok(value)
     }
 
     pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
         let span = Span::command(cmd, "all");
-        let result = span.in_scope(|| self.fan_out_in(cmd));
+        let result = span.in_scope(|| fan_out_result(&self.core, cmd, self.drive(FanOut::new(&self.core, cmd))));
         span.fan_out_outcome(&result);
         result
     }
 
-    fn fan_out_in<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        if let Err(e) = self.core.check_size(cmd) {
-            return Err(FanOutError::new(
-                command_name(cmd),
-                PerServer::from_entries(Vec::new()),
-                vec![("mredis".to_string(), e)],
-            ));
-        }
-        let packed = cmd.get_packed_command();
-        let jobs: Vec<Job<'_>> = (0..self.core.all())
-            .map(|server| Job {
-                server,
-                packed: &packed,
-                replies: 1,
-            })
-            .collect();
-        let replies = self.send_many(&jobs).into_iter().map(first_reply).collect();
-        crate::per_server::collect(&self.core, &command_name(cmd), replies)
-    }
-
-    /// Carries a migration machine's requests (each a pipeline to one
-    /// server, all written before any reply is read) until it is done.
+    /// The sync driver: carries a machine's requests (each a pipeline to
+    /// one server, all written before any reply is read, with one
+    /// deadline) until it is done. One command to one server goes on a
+    /// pooled connection as is.
     pub(crate) fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
         let mut step = machine.start();
         loop {
-            match step {
+            let replies = match step {
                 Step::Done(result) => return result,
-                Step::Send(requests) => {
-                    let packed: Vec<Vec<u8>> = requests
-                        .iter()
-                        .map(|r| r.cmds.iter().flat_map(|c| c.get_packed_command()).collect())
-                        .collect();
-                    let jobs: Vec<Job<'_>> = requests
-                        .iter()
-                        .zip(&packed)
-                        .map(|(r, p)| Job {
-                            server: r.server,
-                            packed: p,
-                            replies: r.cmds.len(),
-                        })
-                        .collect();
-                    let replies = self.send_many(&jobs);
-                    step = machine.next(replies);
-                }
-            }
+                Step::Send(requests) => match &requests[..] {
+                    [one] if one.cmds.len() == 1 => {
+                        let cmd = &one.cmds[0];
+                        vec![
+                            Span::server(&self.core, one.server)
+                                .run(|| self.with_connection(one.server, |con| con.req_command(cmd)))
+                                .map(|v| vec![v]),
+                        ]
+                    }
+                    _ => {
+                        let packed: Vec<Vec<u8>> = requests.iter().map(|r| pack_all(&r.cmds)).collect();
+                        let jobs: Vec<Job<'_>> = requests
+                            .iter()
+                            .zip(&packed)
+                            .map(|(r, p)| Job {
+                                server: r.server,
+                                packed: p,
+                                replies: r.cmds.len(),
+                            })
+                            .collect();
+                        self.send_many(&jobs)
+                    }
+                },
+            };
+            step = machine.next(replies);
         }
     }
 
@@ -692,6 +646,20 @@ impl MRedis {
             span.outcome(result);
         }
         out
+    }
+}
+
+/// Commands packed one after another, as one pipeline.
+fn pack_all(cmds: &[Cmd]) -> Vec<u8> {
+    match cmds {
+        [one] => one.get_packed_command(),
+        _ => {
+            let mut out = Vec::new();
+            for c in cmds {
+                c.write_packed_command(&mut out);
+            }
+            out
+        }
     }
 }
 

@@ -113,6 +113,7 @@ pub mod aio;
 mod client;
 mod config;
 mod error;
+mod exec;
 mod fleet_config;
 pub mod handle;
 pub mod health;

@@ -29,6 +29,7 @@ use std::sync::LazyLock;
 use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::error::show_key;
+use crate::exec::{Machine, Request, Step};
 use crate::routing::{Core, Merge, Move, args_of};
 
 /// Error code of the guard when the keys are not on the old server.
@@ -177,44 +178,6 @@ pub(crate) fn try_again(core: &Core, key: &[u8], from: usize, to: usize) -> Redi
     ))
 }
 
-/// Requests to servers: each a list of commands sent as one pipeline; its
-/// reply is the list of replies (error replies kept as values).
-#[derive(Debug)]
-pub(crate) struct Request {
-    pub(crate) server: usize,
-    pub(crate) cmds: Vec<Cmd>,
-}
-
-/// What a machine wants next.
-pub(crate) enum Step<T> {
-    Send(Vec<Request>),
-    Done(RedisResult<T>),
-}
-
-/// A conversation with the servers, carried by a client's I/O.
-pub(crate) trait Machine {
-    type Output;
-    /// The first step.
-    fn start(&mut self) -> Step<Self::Output>;
-    /// The step after the replies to the last `Send` (one per request).
-    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Self::Output>;
-}
-
-/// Drives a machine the caller keeps (to read what it learnt after).
-pub(crate) struct ByRef<'m, M>(pub(crate) &'m mut M);
-
-impl<M: Machine> Machine for ByRef<'_, M> {
-    type Output = M::Output;
-
-    fn start(&mut self) -> Step<M::Output> {
-        self.0.start()
-    }
-
-    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<M::Output> {
-        self.0.next(replies)
-    }
-}
-
 fn one(reply: RedisResult<Vec<Value>>) -> RedisResult<Value> {
     let mut v = reply?;
     v.pop()
@@ -261,16 +224,16 @@ impl<'a> One<'a> {
         self.moves.iter().all(|m| m.from == first).then_some(first)
     }
 
-    fn guard_request(&self, with_code: bool) -> Vec<Request> {
+    fn guard_request(&self, with_code: bool) -> Vec<Request<'a>> {
         let keys: Vec<&[u8]> = self.moves.iter().map(|m| &m.key[..]).collect();
         let cmds: Vec<&Cmd> = self.cmds.iter().collect();
         vec![Request {
             server: self.from().unwrap_or(self.server),
-            cmds: vec![guard(&keys, &cmds, self.atomic, with_code)],
+            cmds: vec![guard(&keys, &cmds, self.atomic, with_code)].into(),
         }]
     }
 
-    fn on_new(&mut self) -> Step<Value> {
+    fn on_new(&mut self) -> Step<'a, Value> {
         self.state = OneState::Final;
         self.served_on = self.server;
         let cmds = if self.atomic {
@@ -279,37 +242,40 @@ impl<'a> One<'a> {
             cmds.push(redis::cmd("EXEC"));
             cmds
         } else {
-            self.cmds.to_vec()
+            return Step::Send(vec![Request {
+                server: self.server,
+                cmds: self.cmds.into(),
+            }]);
         };
         Step::Send(vec![Request {
             server: self.server,
-            cmds,
+            cmds: cmds.into(),
         }])
     }
 }
 
-impl Machine for One<'_> {
+impl<'a> Machine for One<'a> {
     type Output = Value;
 
-    fn start(&mut self) -> Step<Value> {
+    fn start(&mut self) -> Step<'_, Value> {
         if self.moves.is_empty() {
             return self.on_new();
         }
         if self.cmds.iter().any(unwrappable) || self.from().is_none() {
             // Are any of the keys still on their old servers?
             self.state = OneState::Checking;
-            let mut requests: Vec<Request> = Vec::new();
+            let mut requests: Vec<Request<'a>> = Vec::new();
             for m in self.moves {
                 match requests.iter_mut().find(|r| r.server == m.from) {
                     Some(r) => {
-                        r.cmds[0].arg(&m.key[..]);
+                        r.cmds.to_mut()[0].arg(&m.key[..]);
                     }
                     None => {
                         let mut c = redis::cmd("EXISTS");
                         c.arg(&m.key[..]);
                         requests.push(Request {
                             server: m.from,
-                            cmds: vec![c],
+                            cmds: vec![c].into(),
                         });
                     }
                 }
@@ -320,7 +286,7 @@ impl Machine for One<'_> {
         Step::Send(self.guard_request(false))
     }
 
-    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Value> {
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
         match self.state {
             OneState::Final => {
                 let reply = replies.into_iter().next().map(one);
@@ -446,7 +412,7 @@ impl<'a> Split<'a> {
     }
 
     /// Requests for `items` on their new servers.
-    fn groups(&mut self, items: impl Iterator<Item = usize>, out: &mut Vec<Request>) {
+    fn groups(&mut self, items: impl Iterator<Item = usize>, out: &mut Vec<Request<'a>>) {
         let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.core.all()];
         for i in items {
             by_server[self.owner_of[i]].push(i);
@@ -455,7 +421,7 @@ impl<'a> Split<'a> {
             if !items.is_empty() {
                 out.push(Request {
                     server,
-                    cmds: vec![self.group_cmd(&items)],
+                    cmds: vec![self.group_cmd(&items)].into(),
                 });
                 self.inflight.push(Part::Group(items));
             }
@@ -463,10 +429,10 @@ impl<'a> Split<'a> {
     }
 }
 
-impl Machine for Split<'_> {
+impl<'a> Machine for Split<'a> {
     type Output = Value;
 
-    fn start(&mut self) -> Step<Value> {
+    fn start(&mut self) -> Step<'_, Value> {
         let mut requests = Vec::new();
         let count = self.owner_of.len();
         let staying: Vec<usize> = (0..count).filter(|&i| self.from_of[i].is_none()).collect();
@@ -481,7 +447,7 @@ impl Machine for Split<'_> {
             if !items.is_empty() {
                 requests.push(Request {
                     server: from,
-                    cmds: vec![self.each_cmd(&items, false)],
+                    cmds: vec![self.each_cmd(&items, false)].into(),
                 });
                 self.inflight.push(Part::Each {
                     items,
@@ -492,11 +458,11 @@ impl Machine for Split<'_> {
         Step::Send(requests)
     }
 
-    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Value> {
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
         let inflight = std::mem::take(&mut self.inflight);
         let mut failure = crate::error::Failure::new(&self.command);
         let mut absent: Vec<usize> = Vec::new();
-        let mut retry: Vec<Request> = Vec::new();
+        let mut retry: Vec<Request<'a>> = Vec::new();
         for (part, reply) in inflight.into_iter().zip(replies) {
             let reply = one(reply);
             match part {
@@ -519,7 +485,7 @@ impl Machine for Split<'_> {
                     if code_of(&v) == Some("NOSCRIPT") && !with_code {
                         retry.push(Request {
                             server: from,
-                            cmds: vec![self.each_cmd(&items, true)],
+                            cmds: vec![self.each_cmd(&items, true)].into(),
                         });
                         self.inflight.push(Part::Each { items, with_code: true });
                         continue;
@@ -614,8 +580,8 @@ impl<'a> Pipe<'a> {
         }
     }
 
-    fn requests(&mut self, positions: &[usize], guarded: bool, with_code: bool) -> Vec<Request> {
-        let mut requests: Vec<Request> = Vec::new();
+    fn requests(&mut self, positions: &[usize], guarded: bool, with_code: bool) -> Vec<Request<'a>> {
+        let mut requests: Vec<Request<'a>> = Vec::new();
         let base = self.inflight.len();
         for &p in positions {
             let (cmd, server, moving) = &self.cmds[p];
@@ -639,13 +605,13 @@ impl<'a> Pipe<'a> {
                 .find(|(r, (_, k))| r.server == target && *k == kind)
             {
                 Some((r, (ps, _))) => {
-                    r.cmds.push(c);
+                    r.cmds.to_mut().push(c);
                     ps.push(p);
                 }
                 None => {
                     requests.push(Request {
                         server: target,
-                        cmds: vec![c],
+                        cmds: vec![c].into(),
                     });
                     self.inflight.push((vec![p], kind));
                 }
@@ -655,10 +621,10 @@ impl<'a> Pipe<'a> {
     }
 }
 
-impl Machine for Pipe<'_> {
+impl<'a> Machine for Pipe<'a> {
     type Output = Vec<RedisResult<Value>>;
 
-    fn start(&mut self) -> Step<Self::Output> {
+    fn start(&mut self) -> Step<'_, Self::Output> {
         let plain: Vec<usize> = (0..self.cmds.len()).filter(|&p| self.cmds[p].2.is_none()).collect();
         let moving: Vec<usize> = (0..self.cmds.len()).filter(|&p| self.cmds[p].2.is_some()).collect();
         let mut requests = self.requests(&plain, false, false);
@@ -666,7 +632,7 @@ impl Machine for Pipe<'_> {
         Step::Send(requests)
     }
 
-    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<Self::Output> {
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output> {
         let inflight = std::mem::take(&mut self.inflight);
         let mut absent = Vec::new();
         let mut noscript = Vec::new();

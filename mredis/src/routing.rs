@@ -388,32 +388,6 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Each group's command, packed once, read from the caller's command
-    /// in place.
-    pub(crate) fn packed(&self, cmd: &Cmd) -> Vec<(usize, Vec<u8>)> {
-        let args = args_of(cmd);
-        self.groups
-            .iter()
-            .map(|(server, items)| {
-                let n = 1 + items.len() * self.stride;
-                let size: usize = 16
-                    + items
-                        .iter()
-                        .map(|&i| 16 * self.stride + args[1 + i * self.stride].len())
-                        .sum::<usize>();
-                let mut out = Vec::with_capacity(size);
-                pack_header(&mut out, n);
-                pack_arg(&mut out, args[0]);
-                for &i in items {
-                    for j in 0..self.stride {
-                        pack_arg(&mut out, args[1 + i * self.stride + j]);
-                    }
-                }
-                (*server, out)
-            })
-            .collect()
-    }
-
     /// Each group's command as a `Cmd` (for the async client, whose
     /// connections take commands rather than bytes).
     pub(crate) fn commands(&self, cmd: &Cmd) -> Vec<(usize, Cmd)> {
@@ -518,35 +492,6 @@ pub(crate) fn merge_parts(
     }
 }
 
-fn pack_header(out: &mut Vec<u8>, n: usize) {
-    out.push(b'*');
-    push_decimal(out, n);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn pack_arg(out: &mut Vec<u8>, arg: &[u8]) {
-    out.push(b'$');
-    push_decimal(out, arg.len());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(arg);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends `n` in decimal without allocating.
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 /// A command's arguments as bytes (a cursor argument reads as 0).
 pub(crate) fn args_of(cmd: &Cmd) -> Vec<&[u8]> {
     cmd.args_iter()
@@ -591,7 +536,7 @@ mod tests {
     }
 
     #[test]
-    fn split_packs_what_redis_rs_would() {
+    fn split_commands_hold_each_servers_keys() {
         let servers: Vec<Server> = (0..4).map(|i| Server::from_parts("h", 7000 + i, 0).unwrap()).collect();
         let core = Core::new(servers, &Options::default()).unwrap();
         let mut cmd = redis::cmd("MSET");
@@ -601,7 +546,7 @@ mod tests {
         let Route::Split(plan) = core.route_split(&cmd, 2, Merge::Ok) else {
             panic!("40 keys on 4 servers must split")
         };
-        for (server, packed) in plan.packed(&cmd) {
+        for (server, part) in plan.commands(&cmd) {
             let mut expect = redis::cmd("MSET");
             for i in 0..40 {
                 let key = format!("k{i}");
@@ -609,7 +554,7 @@ mod tests {
                     expect.arg(key).arg(i);
                 }
             }
-            assert_eq!(packed, expect.get_packed_command());
+            assert_eq!(part.get_packed_command(), expect.get_packed_command());
         }
     }
 

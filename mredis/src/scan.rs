@@ -13,7 +13,8 @@ use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs, Value};
 use std::collections::HashSet;
 
 use crate::error::client_error;
-use crate::migration::{ByRef, One};
+use crate::exec::ByRef;
+use crate::migration::One;
 use crate::routing::{Core, Move, Route};
 
 /// Page size asked of the server.

@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Core (servers + placement), Route.
     ("route", &["routing"]),
     // Sans-I/O step machines, per-server results, tracing spans.
-    ("exec machines", &["migration", "per_server", "telemetry"]),
+    ("exec machines", &["exec", "migration", "per_server", "telemetry"]),
     (
         "clients",
         &["client", "aio", "pipeline", "handle", "scan", "script", "pubsub"],

@@ -1,0 +1,209 @@
+//! Every operation of the clients as a sans-I/O step machine.
+//!
+//! A machine says which commands to send to which servers ([`Step::Send`]),
+//! reads their replies, and says what to send next or what the result is
+//! ([`Step::Done`]). It does no I/O. The sync client and the async client
+//! each have one driver (`drive`) that carries a machine's requests over
+//! their connections; that is the only place the two differ. Routed
+//! commands ([`Routed`]), fan-outs ([`FanOut`]) and the migration machines
+//! ([`crate::migration`]) are all driven the same way.
+
+use std::borrow::Cow;
+
+use redis::{Cmd, RedisResult, Value};
+
+use crate::error::client_error;
+use crate::migration::{One, Split};
+use crate::per_server::{FanOutError, PerServer};
+use crate::routing::{Core, Plan, Route, command_name};
+
+/// Requests to servers: each a list of commands sent as one pipeline; its
+/// reply is the list of replies (error replies kept as values). Commands
+/// the caller already holds are borrowed, not copied.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub(crate) server: usize,
+    pub(crate) cmds: Cow<'a, [Cmd]>,
+}
+
+/// What a machine wants next.
+pub(crate) enum Step<'a, T> {
+    Send(Vec<Request<'a>>),
+    Done(RedisResult<T>),
+}
+
+/// A conversation with the servers, carried by a client's driver.
+pub(crate) trait Machine {
+    type Output;
+    /// The first step.
+    fn start(&mut self) -> Step<'_, Self::Output>;
+    /// The step after the replies to the last `Send` (one per request, in
+    /// request order; an I/O failure is that request's error, named).
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output>;
+}
+
+/// Drives a machine the caller keeps (to read what it learnt after).
+pub(crate) struct ByRef<'m, M>(pub(crate) &'m mut M);
+
+impl<M: Machine> Machine for ByRef<'_, M> {
+    type Output = M::Output;
+
+    fn start(&mut self) -> Step<'_, M::Output> {
+        self.0.start()
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, M::Output> {
+        self.0.next(replies)
+    }
+}
+
+/// The one reply of a one-command request.
+pub(crate) fn one(reply: Option<RedisResult<Vec<Value>>>) -> RedisResult<Value> {
+    let mut v = reply.unwrap_or_else(|| Err(client_error("no reply".to_string())))?;
+    v.pop().ok_or_else(|| client_error("no reply".to_string()))
+}
+
+/// A routed command: on the server that owns its key (or co-located keys),
+/// or split over the servers that own its keys, with keys a migration is
+/// moving served through the migration machines. Its output is the reply
+/// one server would have given, errors extracted.
+pub(crate) struct Routed<'a> {
+    core: &'a Core,
+    cmd: &'a Cmd,
+    state: RoutedState<'a>,
+}
+
+enum RoutedState<'a> {
+    /// One server, nothing moving.
+    Direct(usize),
+    /// Split by server, nothing moving.
+    Split(&'a Plan),
+    /// Keys moving: the migration machines decide.
+    Moving(One<'a>),
+    MovingSplit(Split<'a>),
+}
+
+impl<'a> Routed<'a> {
+    pub(crate) fn new(core: &'a Core, route: &'a Route, cmd: &'a Cmd) -> Self {
+        let state = match route {
+            Route::One { server, moves } if moves.is_empty() => RoutedState::Direct(*server),
+            Route::One { server, moves } => {
+                RoutedState::Moving(One::new(core, std::slice::from_ref(cmd), false, *server, moves))
+            }
+            Route::Split(plan) if plan.moves.is_empty() => RoutedState::Split(plan),
+            Route::Split(plan) => RoutedState::MovingSplit(Split::new(core, cmd, plan.stride(), plan.merge_policy())),
+        };
+        Routed { core, cmd, state }
+    }
+
+    /// The class of the route, for the command's span.
+    pub(crate) fn class(route: &Route) -> &'static str {
+        match route {
+            Route::One { .. } => "key",
+            Route::Split(_) => "split",
+        }
+    }
+}
+
+fn done_value(step: Step<'_, Value>) -> Step<'_, Value> {
+    match step {
+        Step::Done(v) => Step::Done(v.and_then(Value::extract_error)),
+        send => send,
+    }
+}
+
+impl Machine for Routed<'_> {
+    type Output = Value;
+
+    fn start(&mut self) -> Step<'_, Value> {
+        if let Err(e) = self.core.check_size(self.cmd) {
+            return Step::Done(Err(e));
+        }
+        match &mut self.state {
+            RoutedState::Direct(server) => Step::Send(vec![Request {
+                server: *server,
+                cmds: Cow::Borrowed(std::slice::from_ref(self.cmd)),
+            }]),
+            RoutedState::Split(plan) => Step::Send(
+                plan.commands(self.cmd)
+                    .into_iter()
+                    .map(|(server, c)| Request {
+                        server,
+                        cmds: vec![c].into(),
+                    })
+                    .collect(),
+            ),
+            RoutedState::Moving(m) => done_value(m.start()),
+            RoutedState::MovingSplit(m) => m.start(),
+        }
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
+        match &mut self.state {
+            RoutedState::Direct(_) => Step::Done(one(replies.into_iter().next()).and_then(Value::extract_error)),
+            RoutedState::Split(plan) => {
+                let replies = replies
+                    .into_iter()
+                    .map(|r| one(Some(r)).and_then(Value::extract_error))
+                    .collect();
+                Step::Done(plan.merge(self.core, &command_name(self.cmd), replies))
+            }
+            RoutedState::Moving(m) => done_value(m.next(replies)),
+            RoutedState::MovingSplit(m) => m.next(replies),
+        }
+    }
+}
+
+/// A command sent to every server; its output is each server's reply (an
+/// error reply or an I/O failure as that server's error), for
+/// [`fan_out_result`].
+pub(crate) struct FanOut<'a> {
+    core: &'a Core,
+    cmd: &'a Cmd,
+}
+
+impl<'a> FanOut<'a> {
+    pub(crate) fn new(core: &'a Core, cmd: &'a Cmd) -> Self {
+        FanOut { core, cmd }
+    }
+}
+
+impl Machine for FanOut<'_> {
+    type Output = Vec<RedisResult<Value>>;
+
+    fn start(&mut self) -> Step<'_, Self::Output> {
+        if let Err(e) = self.core.check_size(self.cmd) {
+            return Step::Done(Err(e));
+        }
+        Step::Send(
+            (0..self.core.all())
+                .map(|server| Request {
+                    server,
+                    cmds: Cow::Borrowed(std::slice::from_ref(self.cmd)),
+                })
+                .collect(),
+        )
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output> {
+        Step::Done(Ok(replies.into_iter().map(|r| one(Some(r))).collect()))
+    }
+}
+
+/// The result of a fan-out: one typed reply per server, or the failure
+/// naming every server that failed (a failure before anything was sent,
+/// such as an argument over `max_arg_size`, is the fleet's own).
+pub(crate) fn fan_out_result<RV: redis::FromRedisValue>(
+    core: &Core,
+    cmd: &Cmd,
+    replies: RedisResult<Vec<RedisResult<Value>>>,
+) -> Result<PerServer<RV>, FanOutError<RV>> {
+    match replies {
+        Ok(replies) => crate::per_server::collect(core, &command_name(cmd), replies),
+        Err(e) => Err(FanOutError::new(
+            command_name(cmd),
+            PerServer::from_entries(Vec::new()),
+            vec![("mredis".to_string(), e)],
+        )),
+    }
+}
