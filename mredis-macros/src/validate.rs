@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::table::{Class, FEATURES, Method, Piece, Problems, Table};
+use crate::table::{Class, FEATURES, KeySpec, Method, Piece, Problems, Table};
 
 /// Validates the whole table, appending every problem found.
 pub fn validate(table: &Table, problems: &mut Problems) {
@@ -61,6 +61,24 @@ pub fn validate(table: &Table, problems: &mut Problems) {
                 who,
                 format!("`reply` is only for `all` rows (this row is `{}`)", other.name()),
             ),
+        }
+        if class == Class::Multi
+            && let KeySpec::Range { step, .. } = cmd.key_spec
+        {
+            for m in &cmd.methods {
+                if let Some(stride) = m.stride
+                    && stride as i64 != step
+                {
+                    problems.push(
+                        cmd.key_spec_line,
+                        who,
+                        format!(
+                            "`key_spec` has `step = {step}` but `{}` splits with `stride = {stride}`",
+                            m.name()
+                        ),
+                    );
+                }
+            }
         }
         match class {
             Class::Omitted => {
