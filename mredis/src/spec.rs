@@ -348,3 +348,133 @@ mredis_macros::command_table!();
 pub mod examples {
     mredis_macros::command_examples!();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn row(name: &str) -> &'static CommandSpec {
+        COMMANDS.iter().find(|c| c.name == name).unwrap()
+    }
+
+    fn args(line: &str) -> Vec<&[u8]> {
+        line.split(' ').map(str::as_bytes).collect()
+    }
+
+    fn keys(name: &str, line: &str) -> CommandKeys<'static> {
+        let line: &'static str = Box::leak(line.to_string().into_boxed_str());
+        row(name).keys(&args(line))
+    }
+
+    fn known(list: &[&'static str]) -> CommandKeys<'static> {
+        CommandKeys::Known(list.iter().map(|k| k.as_bytes()).collect())
+    }
+
+    #[test]
+    fn fixed_positions() {
+        assert_eq!(keys("GET", "GET k"), known(&["k"]));
+        assert_eq!(keys("MSET", "MSET a 1 b 2"), known(&["a", "b"]));
+        assert_eq!(keys("DEL", "DEL a b c"), known(&["a", "b", "c"]));
+        assert_eq!(keys("BLPOP", "BLPOP a b 0"), known(&["a", "b"]));
+        assert_eq!(keys("RPOPLPUSH", "RPOPLPUSH a b"), known(&["a", "b"]));
+        assert_eq!(keys("OBJECT ENCODING", "OBJECT ENCODING k"), known(&["k"]));
+        assert_eq!(keys("PING", "PING"), known(&[]));
+        // Too few arguments: no key there (the server rejects the arity).
+        assert_eq!(keys("GET", "GET"), known(&[]));
+        assert_eq!(keys("BLPOP", "BLPOP"), known(&[]));
+        assert_eq!(row("GET").keys(&[]), known(&[]));
+    }
+
+    #[test]
+    fn counted_keys() {
+        assert_eq!(keys("EVAL", "EVAL s 2 a b x"), known(&["a", "b"]));
+        assert_eq!(keys("EVAL", "EVAL s 0 x"), known(&[]));
+        assert_eq!(keys("ZUNION", "ZUNION 2 a b WITHSCORES"), known(&["a", "b"]));
+        assert_eq!(keys("BLMPOP", "BLMPOP 0 2 a b LEFT"), known(&["a", "b"]));
+        assert_eq!(keys("ZUNIONSTORE", "ZUNIONSTORE d 2 a b"), known(&["d", "a", "b"]));
+        assert_eq!(keys("MSETEX", "MSETEX 2 a 1 b 2 EX 5"), known(&["a", "b"]));
+    }
+
+    #[test]
+    fn malformed_counts_never_panic() {
+        for line in [
+            "EVAL s x a",
+            "EVAL s -1 a",
+            "EVAL s +1 a",
+            "EVAL s 3 a b",
+            "EVAL s 99999999999999999999 a",
+            "EVAL s 18446744073709551615 a",
+            "EVAL s",
+            "EVAL s  a",
+        ] {
+            assert_eq!(keys("EVAL", line), CommandKeys::BadCount, "{line}");
+        }
+        // Every key needs its value with step 2.
+        assert_eq!(keys("MSETEX", "MSETEX 2 a 1 b"), CommandKeys::BadCount);
+        assert_eq!(keys("MSETEX", "MSETEX 9223372036854775807 a 1"), CommandKeys::BadCount);
+        assert_eq!(keys("ZUNIONSTORE", "ZUNIONSTORE d"), CommandKeys::BadCount);
+    }
+
+    #[test]
+    fn channel_and_ask_server() {
+        assert_eq!(keys("PUBLISH", "PUBLISH ch msg"), known(&["ch"]));
+        assert_eq!(keys("PUBLISH", "PUBLISH"), known(&[]));
+        assert_eq!(keys("SORT", "SORT k STORE d"), CommandKeys::AskServer);
+        assert_eq!(keys("XREAD", "XREAD STREAMS s 0"), CommandKeys::AskServer);
+    }
+
+    fn block(name: &str, line: &str) -> Option<Duration> {
+        row(name).block_time(&args(line))
+    }
+
+    #[test]
+    fn block_times() {
+        assert_eq!(block("GET", "GET k"), None);
+        assert_eq!(block("BLPOP", "BLPOP a b 0"), Some(Duration::ZERO));
+        assert_eq!(block("BLPOP", "BLPOP a 1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(block("BLMOVE", "BLMOVE a b LEFT RIGHT 2"), Some(Duration::from_secs(2)));
+        assert_eq!(block("BLMPOP", "BLMPOP 3 1 a LEFT"), Some(Duration::from_secs(3)));
+        assert_eq!(block("BZMPOP", "BZMPOP 0.25 1 a MIN"), Some(Duration::from_millis(250)));
+        assert_eq!(block("WAIT", "WAIT 1 100"), Some(Duration::from_millis(100)));
+        assert_eq!(block("WAITAOF", "WAITAOF 1 0 0"), Some(Duration::ZERO));
+        assert_eq!(block("XREAD", "XREAD COUNT 1 STREAMS s 0"), None);
+        assert_eq!(
+            block("XREAD", "XREAD COUNT 1 block 250 STREAMS s 0"),
+            Some(Duration::from_millis(250))
+        );
+        // A stream named BLOCK is not the option.
+        assert_eq!(block("XREAD", "XREAD STREAMS BLOCK 5 0 0"), None);
+        assert_eq!(
+            block("XREADGROUP", "XREADGROUP GROUP g c BLOCK 0 STREAMS s >"),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn malformed_block_times_never_panic() {
+        for line in ["BLPOP a -1", "BLPOP a x", "BLPOP a inf", "BLPOP a NaN", "BLPOP a 1e300", "BLPOP"] {
+            assert_eq!(block("BLPOP", line), None, "{line}");
+        }
+        assert_eq!(row("BLPOP").block_time(&[]), None);
+        for line in ["XREAD BLOCK", "XREAD BLOCK -1 STREAMS s 0", "XREAD BLOCK 1.5 STREAMS s 0", "XREAD BLOCK +1"] {
+            assert_eq!(block("XREAD", line), None, "{line}");
+        }
+        assert_eq!(block("BLMPOP", "BLMPOP"), None);
+        assert_eq!(block("WAIT", "WAIT"), None);
+    }
+
+    #[test]
+    fn the_table_carries_access_and_blocking() {
+        assert_eq!(row("GET").access, Access::Read);
+        assert_eq!(row("SET").access, Access::Write);
+        assert_eq!(row("PING").access, Access::Neither);
+        assert_eq!(row("OBJECT ENCODING").key_spec, KeySpec::Range { first: 2, last: 2, step: 1 });
+        assert_eq!(
+            row("ZUNIONSTORE").key_spec,
+            KeySpec::NumKeys { count_at: 2, step: 1, dest: Some(1) }
+        );
+        assert!(row("BLPOP").block.is_some() && row("LPOP").block.is_none());
+    }
+}
