@@ -106,7 +106,11 @@ pub enum KeySpec {
     Range { first: i64, last: i64, step: i64 },
     /// `{ numkeys, step, dest }`: the count at `count_at`, its keys after it
     /// every `step` arguments, and maybe one key before the count.
-    NumKeys { dest: Option<i64>, count_at: i64, step: i64 },
+    NumKeys {
+        dest: Option<i64>,
+        count_at: i64,
+        step: i64,
+    },
     /// `{ channel }`: routed by the channel at that position.
     Channel(i64),
     /// `"ask-server"`: only the server can tell (COMMAND GETKEYS).

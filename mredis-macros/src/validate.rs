@@ -463,20 +463,38 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
         }
         for (bad, says) in [
             ("key_spec = { first = 0 }", "`first = 0` is not an argument position"),
-            ("key_spec = { first = 2, last = 1 }", "`last = 1` must be at least `first` (2)"),
+            (
+                "key_spec = { first = 2, last = 1 }",
+                "`last = 1` must be at least `first` (2)",
+            ),
             ("key_spec = { first = 1, step = 0 }", "`step = 0` must be 1 or more"),
             ("key_spec = { first = \"1\" }", "`first` must be an integer"),
-            ("key_spec = { numkeys = 2, dest = 3 }", "`dest = 3` must come before the count"),
-            ("key_spec = { numkeys = 2, last = 3 }", "unknown field `last` in the numkeys form"),
-            ("key_spec = { channel = 1, first = 1 }", "unknown field `first` in the channel form"),
+            (
+                "key_spec = { numkeys = 2, dest = 3 }",
+                "`dest = 3` must come before the count",
+            ),
+            (
+                "key_spec = { numkeys = 2, last = 3 }",
+                "unknown field `last` in the numkeys form",
+            ),
+            (
+                "key_spec = { channel = 1, first = 1 }",
+                "unknown field `first` in the channel form",
+            ),
             ("key_spec = \"ask\"", "`key_spec` must be one of"),
             ("key_spec = {}", "`key_spec` must be one of"),
             ("access = \"readonly\"", "`access` must be \"read\" or \"write\""),
             ("block = { at = -1 }", "`block` without `unit`"),
             ("block = { at = -1, unit = \"min\" }", "`unit` must be \"s\""),
-            ("block = { at = 1, after = \"BLOCK\", unit = \"s\" }", "both `at` and `after`"),
+            (
+                "block = { at = 1, after = \"BLOCK\", unit = \"s\" }",
+                "both `at` and `after`",
+            ),
             ("block = { unit = \"s\" }", "needs `at` or `after`"),
-            ("block = { at = 0, unit = \"s\" }", "`at = 0` is not an argument position"),
+            (
+                "block = { at = 0, unit = \"s\" }",
+                "`at = 0` is not an argument position",
+            ),
             ("block = -1", "`block` must be an inline table"),
         ] {
             let p = problems_of(&with(bad));

@@ -454,11 +454,23 @@ mod tests {
 
     #[test]
     fn malformed_block_times_never_panic() {
-        for line in ["BLPOP a -1", "BLPOP a x", "BLPOP a inf", "BLPOP a NaN", "BLPOP a 1e300", "BLPOP"] {
+        for line in [
+            "BLPOP a -1",
+            "BLPOP a x",
+            "BLPOP a inf",
+            "BLPOP a NaN",
+            "BLPOP a 1e300",
+            "BLPOP",
+        ] {
             assert_eq!(block("BLPOP", line), None, "{line}");
         }
         assert_eq!(row("BLPOP").block_time(&[]), None);
-        for line in ["XREAD BLOCK", "XREAD BLOCK -1 STREAMS s 0", "XREAD BLOCK 1.5 STREAMS s 0", "XREAD BLOCK +1"] {
+        for line in [
+            "XREAD BLOCK",
+            "XREAD BLOCK -1 STREAMS s 0",
+            "XREAD BLOCK 1.5 STREAMS s 0",
+            "XREAD BLOCK +1",
+        ] {
             assert_eq!(block("XREAD", line), None, "{line}");
         }
         assert_eq!(block("BLMPOP", "BLMPOP"), None);
@@ -470,10 +482,21 @@ mod tests {
         assert_eq!(row("GET").access, Access::Read);
         assert_eq!(row("SET").access, Access::Write);
         assert_eq!(row("PING").access, Access::Neither);
-        assert_eq!(row("OBJECT ENCODING").key_spec, KeySpec::Range { first: 2, last: 2, step: 1 });
+        assert_eq!(
+            row("OBJECT ENCODING").key_spec,
+            KeySpec::Range {
+                first: 2,
+                last: 2,
+                step: 1
+            }
+        );
         assert_eq!(
             row("ZUNIONSTORE").key_spec,
-            KeySpec::NumKeys { count_at: 2, step: 1, dest: Some(1) }
+            KeySpec::NumKeys {
+                count_at: 2,
+                step: 1,
+                dest: Some(1)
+            }
         );
         assert!(row("BLPOP").block.is_some() && row("LPOP").block.is_none());
     }
