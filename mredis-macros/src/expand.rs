@@ -8,7 +8,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::doc;
-use crate::table::{Class, Command, Merge, Method, Piece, Table};
+use crate::table::{BlockAt, Class, Command, KeySpec, Merge, Method, Piece, Table, Unit};
 
 /// What a method is generated for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +340,28 @@ pub fn table_data(table: &Table) -> TokenStream {
             }
             None => quote!(::std::option::Option::None),
         };
+        let key_spec = key_spec_tokens(c.key_spec);
+        let access = proc_macro2::Ident::new(c.access.variant(), proc_macro2::Span::call_site());
+        let block = match &c.block {
+            None => quote!(::std::option::Option::None),
+            Some(b) => {
+                let at = match &b.at {
+                    BlockAt::Index(i) => {
+                        let i = *i as isize;
+                        quote!(crate::BlockAt::Index(#i))
+                    }
+                    BlockAt::After { word, until } => {
+                        let until = opt_str(until.as_deref());
+                        quote!(crate::BlockAt::After { word: #word, until: #until })
+                    }
+                };
+                let unit = match b.unit {
+                    Unit::Seconds => quote!(crate::TimeUnit::Seconds),
+                    Unit::Milliseconds => quote!(crate::TimeUnit::Milliseconds),
+                };
+                quote!(::std::option::Option::Some(crate::Block { at: #at, unit: #unit }))
+            }
+        };
         let methods = c.methods.iter().map(|m| {
             let mname = m.name();
             let sig = &m.sig_text;
@@ -374,6 +396,9 @@ pub fn table_data(table: &Table) -> TokenStream {
                 reason: #reason,
                 feature: #feature,
                 reply: #reply,
+                key_spec: #key_spec,
+                access: crate::Access::#access,
+                block: #block,
                 methods: &[#(#methods),*],
             }
         })
@@ -384,6 +409,33 @@ pub fn table_data(table: &Table) -> TokenStream {
         /// generated for it. Omitted commands are listed with their reason;
         /// rows of a cargo feature are listed whether it is on or not.
         pub static COMMANDS: &[crate::CommandSpec] = &[#(#rows),*];
+    }
+}
+
+/// A `crate::KeySpec` value (positions were checked to be positive).
+fn key_spec_tokens(spec: KeySpec) -> TokenStream {
+    match spec {
+        KeySpec::Keyless => quote!(crate::KeySpec::Keyless),
+        KeySpec::AskServer => quote!(crate::KeySpec::AskServer),
+        KeySpec::Channel(at) => {
+            let at = at as usize;
+            quote!(crate::KeySpec::Channel(#at))
+        }
+        KeySpec::Range { first, last, step } => {
+            let (first, last, step) = (first as usize, last as isize, step as usize);
+            quote!(crate::KeySpec::Range { first: #first, last: #last, step: #step })
+        }
+        KeySpec::NumKeys { dest, count_at, step } => {
+            let (count_at, step) = (count_at as usize, step as usize);
+            let dest = match dest {
+                Some(d) => {
+                    let d = d as usize;
+                    quote!(::std::option::Option::Some(#d))
+                }
+                None => quote!(::std::option::Option::None),
+            };
+            quote!(crate::KeySpec::NumKeys { count_at: #count_at, step: #step, dest: #dest })
+        }
     }
 }
 

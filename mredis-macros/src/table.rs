@@ -94,6 +94,72 @@ impl Reply {
     }
 }
 
+/// The `key_spec` field: where the server finds the command's keys
+/// (each form is documented on `mredis::KeySpec`, its twin). Positions
+/// count the command name as argument 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySpec {
+    /// No `key_spec`: the command has no keys.
+    Keyless,
+    /// `{ first, last, step }`: fixed positions (negative `last` counts
+    /// from the end).
+    Range { first: i64, last: i64, step: i64 },
+    /// `{ numkeys, step, dest }`: the count at `count_at`, its keys after it
+    /// every `step` arguments, and maybe one key before the count.
+    NumKeys {
+        dest: Option<i64>,
+        count_at: i64,
+        step: i64,
+    },
+    /// `{ channel }`: routed by the channel at that position.
+    Channel(i64),
+    /// `"ask-server"`: only the server can tell (COMMAND GETKEYS).
+    AskServer,
+}
+
+/// The `access` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Neither,
+    Read,
+    Write,
+}
+
+impl Access {
+    /// The variant of `mredis::Access` it becomes.
+    pub fn variant(self) -> &'static str {
+        match self {
+            Access::Neither => "Neither",
+            Access::Read => "Read",
+            Access::Write => "Write",
+        }
+    }
+}
+
+/// Where a blocking command's block time is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockAt {
+    /// `at = N`: the argument at that position (negative: from the end).
+    Index(i64),
+    /// `after = "WORD"`: the argument after that word, looked for only
+    /// before the word `until` (if given).
+    After { word: String, until: Option<String> },
+}
+
+/// The unit of a block time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Milliseconds,
+}
+
+/// The `block` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub at: BlockAt,
+    pub unit: Unit,
+}
+
 /// How the per-server replies of a `multi` command are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
@@ -199,6 +265,14 @@ pub struct Command {
     /// line of that field when it is given (valid or not).
     pub reply: Option<Reply>,
     pub reply_line: Option<usize>,
+    /// Where the keys are (`key_spec`), and the line of that field (the
+    /// row's line when it is not given).
+    pub key_spec: KeySpec,
+    pub key_spec_line: usize,
+    /// `read`, `write` or neither (`access`).
+    pub access: Access,
+    /// Whether it blocks and where its block time is (`block`).
+    pub block: Option<Block>,
     pub methods: Vec<Method>,
 }
 
@@ -243,7 +317,8 @@ pub fn line_of(src: &str, offset: usize) -> usize {
 }
 
 const COMMAND_FIELDS: &[&str] = &[
-    "name", "group", "class", "summary", "since", "reason", "feature", "reply", "methods",
+    "name", "group", "class", "summary", "since", "reason", "feature", "reply", "key_spec", "access", "block",
+    "methods",
 ];
 const METHOD_FIELDS: &[&str] = &[
     "sig", "cmd", "key", "keys", "pairs", "stride", "merge", "example", "returns",
@@ -339,6 +414,39 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
             }
         },
     };
+    // On a subcommand row argument 1 is the subcommand: keys start at 2.
+    let lowest = if name.contains(' ') { 2 } else { 1 };
+    let key_spec_line = fields
+        .get("key_spec")
+        .map(|v| line_of(src, v.span().start))
+        .unwrap_or(line);
+    let key_spec = match fields.get("key_spec") {
+        None => KeySpec::Keyless,
+        Some(v) => parse_key_spec(v.get_ref(), lowest).unwrap_or_else(|message| {
+            problems.push(key_spec_line, who, message);
+            KeySpec::Keyless
+        }),
+    };
+    let access = match fields.get("access") {
+        None => Access::Neither,
+        Some(v) => match v.get_ref() {
+            DeValue::String(s) if s.as_ref() == "read" => Access::Read,
+            DeValue::String(s) if s.as_ref() == "write" => Access::Write,
+            _ => {
+                problems.push(
+                    line_of(src, v.span().start),
+                    who,
+                    "`access` must be \"read\" or \"write\" (leave it out for neither)",
+                );
+                Access::Neither
+            }
+        },
+    };
+    let block = fields.get("block").and_then(|v| {
+        parse_block(v.get_ref(), lowest)
+            .map_err(|message| problems.push(line_of(src, v.span().start), who, message))
+            .ok()
+    });
     let class = match string_field(src, fields, "class", problems, who) {
         None => {
             problems.push(line, who, format!("missing `class` (one of: {})", Class::NAMES));
@@ -389,8 +497,133 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
         feature_line,
         reply,
         reply_line,
+        key_spec,
+        key_spec_line,
+        access,
+        block,
         methods,
     })
+}
+
+const KEY_SPEC_FORMS: &str = "`{ first = 1, last = -1, step = 1 }`, `{ numkeys = 2 }`, `{ dest = 1, numkeys = 2 }`, \
+                              `{ channel = 1 }` or \"ask-server\"";
+
+/// An integer field of an inline table: `None` if absent, an error if it is
+/// not an integer.
+fn int_field(table: &DeTable<'_>, field: &str, what: &str) -> Result<Option<i64>, String> {
+    match table.get(field).map(|v| v.get_ref()) {
+        None => Ok(None),
+        Some(DeValue::Integer(i)) => i64::from_str_radix(i.as_str(), i.radix())
+            .map(Some)
+            .map_err(|_| format!("`{what}`: `{field}` is out of range")),
+        Some(_) => Err(format!("`{what}`: `{field}` must be an integer")),
+    }
+}
+
+/// Checks that an inline table has only the given fields.
+fn only_fields(table: &DeTable<'_>, allowed: &[&str], what: &str, form: &str) -> Result<(), String> {
+    for (key, _) in table.iter() {
+        let k = key.get_ref().as_ref();
+        if !allowed.contains(&k) {
+            return Err(format!(
+                "`{what}`: unknown field `{k}` in {form} (expected: {})",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A position of an argument, at least `lowest` (2 on subcommand rows).
+fn position(value: Option<i64>, field: &str, lowest: i64, what: &str) -> Result<Option<i64>, String> {
+    match value {
+        Some(n) if n < lowest => Err(format!(
+            "`{what}`: `{field} = {n}` is not an argument position (argument 0 is the command name{}; the first \
+             possible is {lowest})",
+            if lowest > 1 { ", 1 the subcommand" } else { "" }
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Parses a `key_spec` value (`lowest` = the first argument that can be a key).
+fn parse_key_spec(value: &DeValue<'_>, lowest: i64) -> Result<KeySpec, String> {
+    let what = "key_spec";
+    let table = match value {
+        DeValue::String(s) if s.as_ref() == "ask-server" => return Ok(KeySpec::AskServer),
+        DeValue::Table(t) => t,
+        _ => return Err(format!("`key_spec` must be one of {KEY_SPEC_FORMS}")),
+    };
+    let step = match int_field(table, "step", what)? {
+        None => 1,
+        Some(s) if s >= 1 => s,
+        Some(s) => return Err(format!("`key_spec`: `step = {s}` must be 1 or more")),
+    };
+    if table.get("channel").is_some() {
+        only_fields(table, &["channel"], what, "the channel form")?;
+        let at = position(int_field(table, "channel", what)?, "channel", lowest, what)?;
+        return Ok(KeySpec::Channel(at.unwrap_or(lowest)));
+    }
+    if table.get("numkeys").is_some() {
+        only_fields(table, &["numkeys", "dest", "step"], what, "the numkeys form")?;
+        let count_at = position(int_field(table, "numkeys", what)?, "numkeys", lowest, what)?.unwrap_or(lowest);
+        let dest = position(int_field(table, "dest", what)?, "dest", lowest, what)?;
+        if let Some(d) = dest
+            && d >= count_at
+        {
+            return Err(format!(
+                "`key_spec`: `dest = {d}` must come before the count (`numkeys = {count_at}`)"
+            ));
+        }
+        return Ok(KeySpec::NumKeys { dest, count_at, step });
+    }
+    if table.get("first").is_none() {
+        return Err(format!("`key_spec` must be one of {KEY_SPEC_FORMS}"));
+    }
+    only_fields(table, &["first", "last", "step"], what, "the fixed-position form")?;
+    let first = position(int_field(table, "first", what)?, "first", lowest, what)?.unwrap_or(lowest);
+    let last = int_field(table, "last", what)?.unwrap_or(first);
+    if last == 0 || (last > 0 && last < first) {
+        return Err(format!(
+            "`key_spec`: `last = {last}` must be at least `first` ({first}), or negative to count from the end \
+             (-1 = the last argument)"
+        ));
+    }
+    Ok(KeySpec::Range { first, last, step })
+}
+
+/// Parses a `block` value.
+fn parse_block(value: &DeValue<'_>, lowest: i64) -> Result<Block, String> {
+    let what = "block";
+    let forms = "`{ at = -1, unit = \"s\" }` or `{ after = \"BLOCK\", until = \"STREAMS\", unit = \"ms\" }`";
+    let DeValue::Table(table) = value else {
+        return Err(format!("`block` must be an inline table: {forms}"));
+    };
+    only_fields(table, &["at", "after", "until", "unit"], what, "`block`")?;
+    let unit = match table.get("unit").map(|v| v.get_ref()) {
+        Some(DeValue::String(s)) if s.as_ref() == "s" => Unit::Seconds,
+        Some(DeValue::String(s)) if s.as_ref() == "ms" => Unit::Milliseconds,
+        Some(_) => return Err("`block`: `unit` must be \"s\" (seconds) or \"ms\" (milliseconds)".to_string()),
+        None => return Err(format!("`block` without `unit` (\"s\" or \"ms\"): {forms}")),
+    };
+    let word = |field: &str| -> Result<Option<String>, String> {
+        match table.get(field).map(|v| v.get_ref()) {
+            None => Ok(None),
+            Some(DeValue::String(s)) if !s.trim().is_empty() && !s.contains(char::is_whitespace) => {
+                Ok(Some(s.to_string()))
+            }
+            Some(_) => Err(format!("`block`: `{field}` must be one word (\"BLOCK\")")),
+        }
+    };
+    let at = match (int_field(table, "at", what)?, word("after")?, word("until")?) {
+        (Some(_), Some(_), _) => return Err(format!("`block` has both `at` and `after`; give one: {forms}")),
+        (Some(_), None, Some(_)) => return Err("`block`: `until` goes with `after`, not `at`".to_string()),
+        (Some(n), None, None) if n < 0 => BlockAt::Index(n),
+        (Some(n), None, None) => BlockAt::Index(position(Some(n), "at", lowest, what)?.unwrap_or(lowest)),
+        (None, Some(word), until) => BlockAt::After { word, until },
+        (None, None, _) => return Err(format!("`block` needs `at` or `after`: {forms}")),
+    };
+    Ok(Block { at, unit })
 }
 
 fn parse_method(src: &str, item: &Spanned<DeValue<'_>>, who: &str, problems: &mut Problems) -> Option<Method> {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::table::{Class, FEATURES, Method, Piece, Problems, Table};
+use crate::table::{Class, FEATURES, KeySpec, Method, Piece, Problems, Table};
 
 /// Validates the whole table, appending every problem found.
 pub fn validate(table: &Table, problems: &mut Problems) {
@@ -61,6 +61,24 @@ pub fn validate(table: &Table, problems: &mut Problems) {
                 who,
                 format!("`reply` is only for `all` rows (this row is `{}`)", other.name()),
             ),
+        }
+        if class == Class::Multi
+            && let KeySpec::Range { step, .. } = cmd.key_spec
+        {
+            for m in &cmd.methods {
+                if let Some(stride) = m.stride
+                    && stride as i64 != step
+                {
+                    problems.push(
+                        cmd.key_spec_line,
+                        who,
+                        format!(
+                            "`key_spec` has `step = {step}` but `{}` splits with `stride = {stride}`",
+                            m.name()
+                        ),
+                    );
+                }
+            }
         }
         match class {
             Class::Omitted => {
@@ -424,5 +442,86 @@ methods = [{ sig = "get<K: ToSingleRedisArg>(key: K)", key = "key" }]
         let p = problems_of("[[command]]\nname = \"GET\n");
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("commands.toml:2: not valid TOML"), "{p:?}");
+    }
+
+    #[test]
+    fn key_spec_access_and_block_forms() {
+        let with = |fields: &str| OK_ROW.replace("summary =", &format!("{fields}\nsummary ="));
+        for good in [
+            "key_spec = { first = 1 }",
+            "key_spec = { first = 1, last = -2, step = 2 }",
+            "key_spec = { numkeys = 2 }",
+            "key_spec = { dest = 1, numkeys = 2, step = 2 }",
+            "key_spec = { channel = 1 }",
+            "key_spec = \"ask-server\"",
+            "access = \"read\"",
+            "access = \"write\"",
+            "block = { at = -1, unit = \"s\" }",
+            "block = { after = \"BLOCK\", until = \"STREAMS\", unit = \"ms\" }",
+        ] {
+            assert_eq!(problems_of(&with(good)), Vec::<String>::new(), "{good}");
+        }
+        for (bad, says) in [
+            ("key_spec = { first = 0 }", "`first = 0` is not an argument position"),
+            (
+                "key_spec = { first = 2, last = 1 }",
+                "`last = 1` must be at least `first` (2)",
+            ),
+            ("key_spec = { first = 1, step = 0 }", "`step = 0` must be 1 or more"),
+            ("key_spec = { first = \"1\" }", "`first` must be an integer"),
+            (
+                "key_spec = { numkeys = 2, dest = 3 }",
+                "`dest = 3` must come before the count",
+            ),
+            (
+                "key_spec = { numkeys = 2, last = 3 }",
+                "unknown field `last` in the numkeys form",
+            ),
+            (
+                "key_spec = { channel = 1, first = 1 }",
+                "unknown field `first` in the channel form",
+            ),
+            ("key_spec = \"ask\"", "`key_spec` must be one of"),
+            ("key_spec = {}", "`key_spec` must be one of"),
+            ("access = \"readonly\"", "`access` must be \"read\" or \"write\""),
+            ("block = { at = -1 }", "`block` without `unit`"),
+            ("block = { at = -1, unit = \"min\" }", "`unit` must be \"s\""),
+            (
+                "block = { at = 1, after = \"BLOCK\", unit = \"s\" }",
+                "both `at` and `after`",
+            ),
+            ("block = { unit = \"s\" }", "needs `at` or `after`"),
+            (
+                "block = { at = 0, unit = \"s\" }",
+                "`at = 0` is not an argument position",
+            ),
+            ("block = -1", "`block` must be an inline table"),
+        ] {
+            let p = problems_of(&with(bad));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(p[0].starts_with("commands.toml:6: GET: "), "{bad}: {p:?}");
+            assert!(p[0].contains(says), "{bad}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn subcommand_keys_start_after_the_subcommand() {
+        let src = OK_ROW
+            .replace("\"GET\"", "\"OBJECT ENCODING\"")
+            .replace("summary =", "key_spec = { first = 1 }\nsummary =");
+        let p = problems_of(&src);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("1 the subcommand; the first possible is 2"), "{p:?}");
+    }
+
+    #[test]
+    fn multi_step_must_match_stride() {
+        let src = "[[command]]\nname = \"MGET\"\ngroup = \"string\"\nclass = \"multi\"\nsummary = \"s\"\nkey_spec = { first = 1, last = -1, step = 2 }\nmethods = [{ sig = \"mget<K: ToRedisArgs>(key: K)\", keys = [\"key\"], stride = 1, merge = \"ordered\" }]\n";
+        let p = problems_of(src);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("commands.toml:6: MGET: `key_spec` has `step = 2` but `mget` splits with `stride = 1`"),
+            "{p:?}"
+        );
     }
 }

@@ -145,7 +145,10 @@ pub use script::{Script, ScriptInvocation};
 pub use server::{IntoServer, Server, redact_url};
 #[cfg(feature = "table-examples")]
 pub use spec::examples;
-pub use spec::{COMMANDS, CommandSpec, Example, Merge, MethodSpec, Reply, RouteClass};
+pub use spec::{
+    Access, Block, BlockAt, COMMANDS, CommandKeys, CommandSpec, Example, KeySpec, Merge, MethodSpec, Reply, RouteClass,
+    TimeUnit,
+};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -233,3 +233,230 @@ fn the_built_in_command_metadata_matches_the_server() {
     let diffs = mredis::handle::built_in_differences(&reply);
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
+
+/// (flags, first, last, step) of every command and subcommand of the
+/// server's `COMMAND` reply, by upper-case name (`OBJECT ENCODING`).
+fn command_info(server: &RedisServer) -> std::collections::BTreeMap<String, (BTreeSet<String>, i64, i64, i64)> {
+    fn add(entry: &Value, out: &mut std::collections::BTreeMap<String, (BTreeSet<String>, i64, i64, i64)>) {
+        let Value::Array(f) = entry else {
+            panic!("unexpected COMMAND entry {entry:?}")
+        };
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            other => panic!("unexpected text {other:?}"),
+        };
+        let int = |v: &Value| match v {
+            Value::Int(n) => *n,
+            other => panic!("unexpected integer {other:?}"),
+        };
+        let flags = match &f[2] {
+            Value::Array(items) | Value::Set(items) => items.iter().map(text).collect(),
+            other => panic!("unexpected flags {other:?}"),
+        };
+        let name = text(&f[0]).to_uppercase().replace('|', " ");
+        out.insert(name, (flags, int(&f[3]), int(&f[4]), int(&f[5])));
+        if let Some(Value::Array(subs)) = f.get(9) {
+            for sub in subs {
+                add(sub, out);
+            }
+        }
+    }
+    let reply: Value = redis::cmd("COMMAND").query(&mut server.conn()).unwrap();
+    let Value::Array(entries) = reply else {
+        panic!("unexpected COMMAND reply {reply:?}")
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for e in &entries {
+        add(e, &mut out);
+    }
+    out
+}
+
+/// The table's key positions, access and blocking facts are the live
+/// server's `COMMAND` metadata, for every row the server knows.
+#[test]
+fn key_positions_access_and_blocking_match_command_info() {
+    use mredis::{Access, KeySpec};
+    let server = RedisServer::new();
+    let info = command_info(&server);
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for c in COMMANDS {
+        let Some((flags, first, last, step)) = info.get(c.name) else {
+            continue;
+        };
+        checked += 1;
+        let triple = (*first, *last, *step);
+        let movable = flags.contains("movablekeys");
+        let keys_ok = match c.key_spec {
+            // Routed by channel by design; the server sees no key in PUBLISH
+            // and a shard-channel "key" in SPUBLISH.
+            KeySpec::Channel(at) => matches!(c.name, "PUBLISH" | "SPUBLISH") && at == 1,
+            KeySpec::AskServer => movable,
+            KeySpec::NumKeys { dest, .. } => {
+                let d = dest.map(|d| d as i64);
+                movable && triple == d.map(|d| (d, d, 1)).unwrap_or((0, 0, 0))
+            }
+            KeySpec::Range { first, last, step } => !movable && triple == (first as i64, last as i64, step as i64),
+            KeySpec::Keyless => !movable && *first == 0,
+        };
+        if !keys_ok {
+            problems.push(format!(
+                "{}: key_spec {:?}, server first/last/step {triple:?}{}",
+                c.name,
+                c.key_spec,
+                if movable { " movablekeys" } else { "" }
+            ));
+        }
+        let access = if flags.contains("readonly") {
+            Access::Read
+        } else if flags.contains("write") {
+            Access::Write
+        } else {
+            Access::Neither
+        };
+        if c.access != access {
+            problems.push(format!("{}: access {:?}, server flags {flags:?}", c.name, c.access));
+        }
+        // WAIT blocks the caller but is not flagged `blocking` (that flag
+        // is for commands that block on keys).
+        if c.block.is_some() != flags.contains("blocking") && c.name != "WAIT" {
+            problems.push(format!("{}: block {:?}, server flags {flags:?}", c.name, c.block));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} mismatches:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(checked > 300, "only {checked} rows checked");
+    let wait = COMMANDS.iter().find(|c| c.name == "WAIT").unwrap();
+    assert!(wait.block.is_some(), "WAIT blocks for its timeout");
+}
+
+/// `CommandSpec::keys` finds exactly the keys `COMMAND GETKEYS` finds, for
+/// invocations of every form of `key_spec` and for every table example.
+#[test]
+fn key_extraction_matches_command_getkeys() {
+    use mredis::CommandKeys;
+    let server = RedisServer::new();
+    let mut con = server.conn();
+    let row = |name: &str| COMMANDS.iter().find(|c| c.name == name).unwrap();
+    let getkeys = |con: &mut redis::Connection, args: &[&[u8]]| {
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        server_keys(con, &cmd)
+    };
+    let invocations: &[(&str, &str)] = &[
+        ("GET", "GET k"),
+        ("MSET", "MSET a 1 b 2 c 3"),
+        ("MGET", "MGET a b c"),
+        ("BLPOP", "BLPOP a b c 0"),
+        ("BZPOPMIN", "BZPOPMIN a b 1.5"),
+        ("RPOPLPUSH", "RPOPLPUSH a b"),
+        ("LMOVE", "LMOVE a b LEFT RIGHT"),
+        ("GEOSEARCHSTORE", "GEOSEARCHSTORE d s FROMMEMBER m BYRADIUS 1 km"),
+        ("EVAL", "EVAL return 2 a b x y"),
+        ("EVAL", "EVAL return 0 x"),
+        ("EVALSHA_RO", "EVALSHA_RO abc 1 a"),
+        ("FCALL", "FCALL f 2 a b x"),
+        ("ZUNION", "ZUNION 2 a b WITHSCORES"),
+        ("ZINTERCARD", "ZINTERCARD 2 a b LIMIT 1"),
+        ("SINTERCARD", "SINTERCARD 3 a b c"),
+        ("LMPOP", "LMPOP 2 a b LEFT COUNT 2"),
+        ("ZMPOP", "ZMPOP 1 a MIN"),
+        ("BLMPOP", "BLMPOP 0 2 a b LEFT"),
+        ("BZMPOP", "BZMPOP 1 1 a MAX"),
+        ("ZUNIONSTORE", "ZUNIONSTORE d 2 a b WEIGHTS 1 2"),
+        ("ZINTERSTORE", "ZINTERSTORE d 1 a"),
+        ("ZDIFFSTORE", "ZDIFFSTORE d 2 a b"),
+        ("OBJECT ENCODING", "OBJECT ENCODING k"),
+        ("MEMORY USAGE", "MEMORY USAGE k SAMPLES 5"),
+        ("XINFO STREAM", "XINFO STREAM s FULL"),
+        ("XGROUP CREATE", "XGROUP CREATE s g $ MKSTREAM"),
+        // (GETKEYS needs at least one argument after the name.)
+        ("PING", "PING hello"),
+        ("ECHO", "ECHO hi"),
+        ("CLIENT LIST", "CLIENT LIST"),
+    ];
+    let mut problems = Vec::new();
+    for (name, line) in invocations {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        let ours = match row(name).keys(&args) {
+            CommandKeys::Known(keys) => keys.iter().map(|k| k.to_vec()).collect::<Vec<_>>(),
+            other => {
+                problems.push(format!("{line}: {other:?}"));
+                continue;
+            }
+        };
+        match getkeys(&mut con, &args) {
+            Ok(theirs) if theirs == ours => {}
+            Ok(theirs) => problems.push(format!("{line}: table {ours:?}, server {theirs:?}")),
+            Err(e) => problems.push(format!("{line}: GETKEYS failed: {e}")),
+        }
+    }
+    // The commands whose keys the table cannot tell.
+    for (name, line, server_says) in [
+        ("SORT", "SORT k STORE d", vec!["k", "d"]),
+        ("XREAD", "XREAD COUNT 1 STREAMS s t 0 0", vec!["s", "t"]),
+        // (The empty argument between the spaces is the key, empty with KEYS.)
+        ("MIGRATE", "MIGRATE h 1  0 5 KEYS a b", vec!["a", "b"]),
+    ] {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        assert_eq!(row(name).keys(&args), CommandKeys::AskServer, "{line}");
+        let theirs = getkeys(&mut con, &args).unwrap();
+        let want: Vec<Vec<u8>> = server_says.iter().map(|k| k.as_bytes().to_vec()).collect();
+        assert_eq!(theirs, want, "{line}");
+    }
+    // PUBLISH is routed by its channel, which the server does not call a key.
+    assert_eq!(
+        row("PUBLISH").keys(&[b"PUBLISH", b"ch", b"m"]),
+        CommandKeys::Known(vec![&b"ch"[..]])
+    );
+
+    // Every example invocation of the table's methods, read by its row's
+    // key_spec.
+    let known = command_info(&server);
+    let mut checked = 0;
+    for ex in &mredis::examples::examples() {
+        if !known.contains_key(ex.command) || matches!(ex.command, "PUBLISH" | "SPUBLISH") {
+            continue;
+        }
+        let (_, cmd) = (ex.build)();
+        let owned: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"0".to_vec(),
+            })
+            .collect();
+        let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        let ours = match row(ex.command).keys(&args) {
+            CommandKeys::Known(keys) => keys.iter().map(|k| k.to_vec()).collect::<Vec<_>>(),
+            CommandKeys::AskServer => continue,
+            CommandKeys::BadCount => {
+                problems.push(format!("{} ({}): bad key count", ex.method, ex.command));
+                continue;
+            }
+        };
+        match server_keys(&mut con, &cmd) {
+            Ok(theirs) if theirs == ours => checked += 1,
+            Ok(theirs) => problems.push(format!(
+                "{} ({}): table {ours:?}, server {theirs:?}",
+                ex.method, ex.command
+            )),
+            Err(e) => problems.push(format!("{} ({}): GETKEYS failed: {e}", ex.method, ex.command)),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} mismatches:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(checked > 150, "only {checked} examples checked");
+}
