@@ -118,27 +118,12 @@ impl MRedis {
     /// for code written against redis-rs async connections; see
     /// [`handle`](crate::handle) for the routing rules. Cheap to clone.
     pub async fn get_connection(&self) -> RedisResult<Connection> {
-        let book = match self.book.get() {
-            Some(book) => book.clone(),
-            None => {
-                let mut tried = Vec::new();
-                for server in 0..self.core.all() {
-                    // A command of its own, in its own span (no orphan
-                    // server span in traces).
-                    let cmd = redis::cmd("COMMAND");
-                    let reply = Span::command(&cmd, "metadata")
-                        .run_async(self.value_on(server, &cmd))
-                        .await;
-                    let done = reply.is_ok();
-                    tried.push(reply);
-                    if done {
-                        break;
-                    }
-                }
-                crate::handle::book_from(&self.book, tried)?
-            }
-        };
-        Ok(Connection::new(self.clone(), book))
+        // Connects now, as redis-rs's `get_multiplexed_async_connection`
+        // does, and learns the servers' COMMAND metadata for commands the
+        // table does not know.
+        let con = Connection::new(self.clone());
+        con.describe().await?;
+        Ok(con)
     }
 
     /// A subscriber over every server: channels on their owner server,
@@ -167,6 +152,12 @@ impl MRedis {
 
     pub(crate) fn core(&self) -> &Arc<Core> {
         &self.core
+    }
+
+    /// The servers' COMMAND metadata, for routed handles (fetched once, on
+    /// the first command the table does not know).
+    pub(crate) fn command_book(&self) -> &std::sync::OnceLock<Arc<crate::handle::CommandBook>> {
+        &self.book
     }
 
     pub(crate) fn connection(&self, index: usize) -> RedisResult<ConnectionManager> {

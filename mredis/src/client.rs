@@ -383,31 +383,22 @@ impl MRedis {
     /// A routed connection handle implementing `redis::ConnectionLike`, for
     /// code written against redis-rs connections (`cmd().query`,
     /// `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
-    /// `TypedCommands`). Commands are routed when sent, from the command
-    /// table and the servers' `COMMAND` metadata (fetched on the first
-    /// call, from the first server that answers); see the
+    /// `TypedCommands`). Commands are routed when sent, by the command
+    /// table (`commands.toml`: class, key positions, split and merge), as
+    /// the generated methods route them; only a command the table does not
+    /// know (a module's) needs the servers' `COMMAND` metadata, fetched by
+    /// the client's first handle from the first server that answers (so a
+    /// wrong password or a fleet that is down fails here, as with
+    /// redis-rs). See the
     /// [`handle`](crate::handle) module for the rules. Omitted commands are
     /// errors here rather than compile errors.
     pub fn get_connection(&self) -> RedisResult<crate::handle::Connection> {
-        let book = match self.book.get() {
-            Some(book) => book.clone(),
-            None => {
-                let mut tried = Vec::new();
-                for server in 0..self.core.all() {
-                    // A command of its own, in its own span (no orphan
-                    // server span in traces).
-                    let cmd = redis::cmd("COMMAND");
-                    let reply = Span::command(&cmd, "metadata").run(|| self.value_on(server, &cmd));
-                    let done = reply.is_ok();
-                    tried.push(reply);
-                    if done {
-                        break;
-                    }
-                }
-                crate::handle::book_from(&self.book, tried)?
-            }
-        };
-        Ok(crate::handle::Connection::new(self.clone(), book))
+        // Connects now, as redis-rs's `get_connection` does (a wrong
+        // password or a fleet that is down fails here), and learns the
+        // servers' COMMAND metadata for commands the table does not know.
+        let con = crate::handle::Connection::new(self.clone());
+        con.describe()?;
+        Ok(con)
     }
 
     /// A subscriber over every server: channels on their owner server,
@@ -459,6 +450,12 @@ impl MRedis {
 
     pub(crate) fn core(&self) -> &Arc<Core> {
         &self.core
+    }
+
+    /// The servers' COMMAND metadata, for routed handles (fetched once, on
+    /// the first command the table does not know).
+    pub(crate) fn command_book(&self) -> &std::sync::OnceLock<Arc<crate::handle::CommandBook>> {
+        &self.book
     }
 
     fn pool(&self, index: usize) -> RedisResult<&Pool> {

@@ -6,10 +6,13 @@
 //!
 //! This is the runtime-checked door: each command is routed when it is
 //! sent, by the same command table as [`MRedis`](crate::MRedis)'s methods
-//! (`mredis::COMMANDS`, generated from `commands.toml`), so a command goes
-//! to the same servers through a handle as through its method. The
-//! servers' own `COMMAND` metadata (fetched once, or Redis 7.0's built in)
-//! only says where the keys of a command are:
+//! (`mredis::COMMANDS`, generated from `commands.toml`: each row's class,
+//! key positions, split and merge), so a command goes to the same servers
+//! through a handle as through its method. The servers' own `COMMAND`
+//! metadata is fetched (once per client) only for a command the table does
+//! not know, and a server is asked for the keys (`COMMAND GETKEYS`) only
+//! where the table says their place depends on the arguments (SORT ...
+//! STORE, XREAD, MIGRATE, GEORADIUS ... STORE):
 //!
 //! - a command on keys goes to the keys' server; keys on different servers
 //!   are a `CROSSSLOT` error, nothing sent;
@@ -176,403 +179,6 @@ impl CommandBook {
     }
 }
 
-/// Redis 7.0's `COMMAND` metadata (name, first key, last key, step,
-/// movable keys, sent to every server, response policy, has subcommands),
-/// for when the servers do not let this client run `COMMAND` (an ACL user
-/// without `+command`). A test compares it with the live server's.
-type BuiltIn = (&'static str, i64, i64, i64, bool, bool, &'static str, bool);
-
-const BUILT_IN: &[BuiltIn] = &[
-    ("acl", 0, 0, 0, false, false, "none", true),
-    ("acl|cat", 0, 0, 0, false, false, "none", false),
-    ("acl|deluser", 0, 0, 0, false, false, "none", false),
-    ("acl|dryrun", 0, 0, 0, false, false, "none", false),
-    ("acl|genpass", 0, 0, 0, false, false, "none", false),
-    ("acl|getuser", 0, 0, 0, false, false, "none", false),
-    ("acl|help", 0, 0, 0, false, false, "none", false),
-    ("acl|list", 0, 0, 0, false, false, "none", false),
-    ("acl|load", 0, 0, 0, false, false, "none", false),
-    ("acl|log", 0, 0, 0, false, false, "none", false),
-    ("acl|save", 0, 0, 0, false, false, "none", false),
-    ("acl|setuser", 0, 0, 0, false, false, "none", false),
-    ("acl|users", 0, 0, 0, false, false, "none", false),
-    ("acl|whoami", 0, 0, 0, false, false, "none", false),
-    ("append", 1, 1, 1, false, false, "none", false),
-    ("asking", 0, 0, 0, false, false, "none", false),
-    ("auth", 0, 0, 0, false, false, "none", false),
-    ("bgrewriteaof", 0, 0, 0, false, false, "none", false),
-    ("bgsave", 0, 0, 0, false, false, "none", false),
-    ("bitcount", 1, 1, 1, false, false, "none", false),
-    ("bitfield", 1, 1, 1, false, false, "none", false),
-    ("bitfield_ro", 1, 1, 1, false, false, "none", false),
-    ("bitop", 2, -1, 1, false, false, "none", false),
-    ("bitpos", 1, 1, 1, false, false, "none", false),
-    ("blmove", 1, 2, 1, false, false, "none", false),
-    ("blmpop", 0, 0, 0, true, false, "none", false),
-    ("blpop", 1, -2, 1, false, false, "none", false),
-    ("brpop", 1, -2, 1, false, false, "none", false),
-    ("brpoplpush", 1, 2, 1, false, false, "none", false),
-    ("bzmpop", 0, 0, 0, true, false, "none", false),
-    ("bzpopmax", 1, -2, 1, false, false, "none", false),
-    ("bzpopmin", 1, -2, 1, false, false, "none", false),
-    ("client", 0, 0, 0, false, false, "none", true),
-    ("client|caching", 0, 0, 0, false, false, "none", false),
-    ("client|getname", 0, 0, 0, false, false, "none", false),
-    ("client|getredir", 0, 0, 0, false, false, "none", false),
-    ("client|help", 0, 0, 0, false, false, "none", false),
-    ("client|id", 0, 0, 0, false, false, "none", false),
-    ("client|info", 0, 0, 0, false, false, "none", false),
-    ("client|kill", 0, 0, 0, false, false, "none", false),
-    ("client|list", 0, 0, 0, false, false, "none", false),
-    ("client|no-evict", 0, 0, 0, false, false, "none", false),
-    ("client|pause", 0, 0, 0, false, false, "none", false),
-    ("client|reply", 0, 0, 0, false, false, "none", false),
-    ("client|setname", 0, 0, 0, false, false, "none", false),
-    ("client|tracking", 0, 0, 0, false, false, "none", false),
-    ("client|trackinginfo", 0, 0, 0, false, false, "none", false),
-    ("client|unblock", 0, 0, 0, false, false, "none", false),
-    ("client|unpause", 0, 0, 0, false, false, "none", false),
-    ("cluster", 0, 0, 0, false, false, "none", true),
-    ("cluster|addslots", 0, 0, 0, false, false, "none", false),
-    ("cluster|addslotsrange", 0, 0, 0, false, false, "none", false),
-    ("cluster|bumpepoch", 0, 0, 0, false, false, "none", false),
-    ("cluster|count-failure-reports", 0, 0, 0, false, false, "none", false),
-    ("cluster|countkeysinslot", 0, 0, 0, false, false, "none", false),
-    ("cluster|delslots", 0, 0, 0, false, false, "none", false),
-    ("cluster|delslotsrange", 0, 0, 0, false, false, "none", false),
-    ("cluster|failover", 0, 0, 0, false, false, "none", false),
-    ("cluster|flushslots", 0, 0, 0, false, false, "none", false),
-    ("cluster|forget", 0, 0, 0, false, false, "none", false),
-    ("cluster|getkeysinslot", 0, 0, 0, false, false, "none", false),
-    ("cluster|help", 0, 0, 0, false, false, "none", false),
-    ("cluster|info", 0, 0, 0, false, false, "none", false),
-    ("cluster|keyslot", 0, 0, 0, false, false, "none", false),
-    ("cluster|links", 0, 0, 0, false, false, "none", false),
-    ("cluster|meet", 0, 0, 0, false, false, "none", false),
-    ("cluster|myid", 0, 0, 0, false, false, "none", false),
-    ("cluster|nodes", 0, 0, 0, false, false, "none", false),
-    ("cluster|replicas", 0, 0, 0, false, false, "none", false),
-    ("cluster|replicate", 0, 0, 0, false, false, "none", false),
-    ("cluster|reset", 0, 0, 0, false, false, "none", false),
-    ("cluster|saveconfig", 0, 0, 0, false, false, "none", false),
-    ("cluster|set-config-epoch", 0, 0, 0, false, false, "none", false),
-    ("cluster|setslot", 0, 0, 0, false, false, "none", false),
-    ("cluster|shards", 0, 0, 0, false, false, "none", false),
-    ("cluster|slaves", 0, 0, 0, false, false, "none", false),
-    ("cluster|slots", 0, 0, 0, false, false, "none", false),
-    ("command", 0, 0, 0, false, false, "none", true),
-    ("command|count", 0, 0, 0, false, false, "none", false),
-    ("command|docs", 0, 0, 0, false, false, "none", false),
-    ("command|getkeys", 0, 0, 0, false, false, "none", false),
-    ("command|getkeysandflags", 0, 0, 0, false, false, "none", false),
-    ("command|help", 0, 0, 0, false, false, "none", false),
-    ("command|info", 0, 0, 0, false, false, "none", false),
-    ("command|list", 0, 0, 0, false, false, "none", false),
-    ("config", 0, 0, 0, false, false, "none", true),
-    ("config|get", 0, 0, 0, false, false, "none", false),
-    ("config|help", 0, 0, 0, false, false, "none", false),
-    ("config|resetstat", 0, 0, 0, false, false, "none", false),
-    ("config|rewrite", 0, 0, 0, false, false, "none", false),
-    ("config|set", 0, 0, 0, false, true, "all_succeeded", false),
-    ("copy", 1, 2, 1, false, false, "none", false),
-    ("dbsize", 0, 0, 0, false, true, "agg_sum", false),
-    ("debug", 0, 0, 0, false, false, "none", false),
-    ("decr", 1, 1, 1, false, false, "none", false),
-    ("decrby", 1, 1, 1, false, false, "none", false),
-    ("del", 1, -1, 1, false, false, "agg_sum", false),
-    ("discard", 0, 0, 0, false, false, "none", false),
-    ("dump", 1, 1, 1, false, false, "none", false),
-    ("echo", 0, 0, 0, false, false, "none", false),
-    ("eval", 0, 0, 0, true, false, "none", false),
-    ("eval_ro", 0, 0, 0, true, false, "none", false),
-    ("evalsha", 0, 0, 0, true, false, "none", false),
-    ("evalsha_ro", 0, 0, 0, true, false, "none", false),
-    ("exec", 0, 0, 0, false, false, "none", false),
-    ("exists", 1, -1, 1, false, false, "agg_sum", false),
-    ("expire", 1, 1, 1, false, false, "none", false),
-    ("expireat", 1, 1, 1, false, false, "none", false),
-    ("expiretime", 1, 1, 1, false, false, "none", false),
-    ("failover", 0, 0, 0, false, false, "none", false),
-    ("fcall", 0, 0, 0, true, false, "none", false),
-    ("fcall_ro", 0, 0, 0, true, false, "none", false),
-    ("flushall", 0, 0, 0, false, true, "all_succeeded", false),
-    ("flushdb", 0, 0, 0, false, true, "all_succeeded", false),
-    ("function", 0, 0, 0, false, false, "none", true),
-    ("function|delete", 0, 0, 0, false, true, "all_succeeded", false),
-    ("function|dump", 0, 0, 0, false, false, "none", false),
-    ("function|flush", 0, 0, 0, false, true, "all_succeeded", false),
-    ("function|help", 0, 0, 0, false, false, "none", false),
-    ("function|kill", 0, 0, 0, false, true, "one_succeeded", false),
-    ("function|list", 0, 0, 0, false, false, "none", false),
-    ("function|load", 0, 0, 0, false, true, "all_succeeded", false),
-    ("function|restore", 0, 0, 0, false, true, "all_succeeded", false),
-    ("function|stats", 0, 0, 0, false, true, "special", false),
-    ("geoadd", 1, 1, 1, false, false, "none", false),
-    ("geodist", 1, 1, 1, false, false, "none", false),
-    ("geohash", 1, 1, 1, false, false, "none", false),
-    ("geopos", 1, 1, 1, false, false, "none", false),
-    ("georadius", 1, 1, 1, true, false, "none", false),
-    ("georadius_ro", 1, 1, 1, false, false, "none", false),
-    ("georadiusbymember", 1, 1, 1, true, false, "none", false),
-    ("georadiusbymember_ro", 1, 1, 1, false, false, "none", false),
-    ("geosearch", 1, 1, 1, false, false, "none", false),
-    ("geosearchstore", 1, 2, 1, false, false, "none", false),
-    ("get", 1, 1, 1, false, false, "none", false),
-    ("getbit", 1, 1, 1, false, false, "none", false),
-    ("getdel", 1, 1, 1, false, false, "none", false),
-    ("getex", 1, 1, 1, false, false, "none", false),
-    ("getrange", 1, 1, 1, false, false, "none", false),
-    ("getset", 1, 1, 1, false, false, "none", false),
-    ("hdel", 1, 1, 1, false, false, "none", false),
-    ("hello", 0, 0, 0, false, false, "none", false),
-    ("hexists", 1, 1, 1, false, false, "none", false),
-    ("hget", 1, 1, 1, false, false, "none", false),
-    ("hgetall", 1, 1, 1, false, false, "none", false),
-    ("hincrby", 1, 1, 1, false, false, "none", false),
-    ("hincrbyfloat", 1, 1, 1, false, false, "none", false),
-    ("hkeys", 1, 1, 1, false, false, "none", false),
-    ("hlen", 1, 1, 1, false, false, "none", false),
-    ("hmget", 1, 1, 1, false, false, "none", false),
-    ("hmset", 1, 1, 1, false, false, "none", false),
-    ("hrandfield", 1, 1, 1, false, false, "none", false),
-    ("hscan", 1, 1, 1, false, false, "none", false),
-    ("hset", 1, 1, 1, false, false, "none", false),
-    ("hsetnx", 1, 1, 1, false, false, "none", false),
-    ("hstrlen", 1, 1, 1, false, false, "none", false),
-    ("hvals", 1, 1, 1, false, false, "none", false),
-    ("incr", 1, 1, 1, false, false, "none", false),
-    ("incrby", 1, 1, 1, false, false, "none", false),
-    ("incrbyfloat", 1, 1, 1, false, false, "none", false),
-    ("info", 0, 0, 0, false, true, "special", false),
-    ("keys", 0, 0, 0, false, true, "none", false),
-    ("lastsave", 0, 0, 0, false, false, "none", false),
-    ("latency", 0, 0, 0, false, false, "none", true),
-    ("latency|doctor", 0, 0, 0, false, true, "special", false),
-    ("latency|graph", 0, 0, 0, false, true, "special", false),
-    ("latency|help", 0, 0, 0, false, false, "none", false),
-    ("latency|histogram", 0, 0, 0, false, true, "special", false),
-    ("latency|history", 0, 0, 0, false, true, "special", false),
-    ("latency|latest", 0, 0, 0, false, true, "special", false),
-    ("latency|reset", 0, 0, 0, false, true, "all_succeeded", false),
-    ("lcs", 1, 2, 1, false, false, "none", false),
-    ("lindex", 1, 1, 1, false, false, "none", false),
-    ("linsert", 1, 1, 1, false, false, "none", false),
-    ("llen", 1, 1, 1, false, false, "none", false),
-    ("lmove", 1, 2, 1, false, false, "none", false),
-    ("lmpop", 0, 0, 0, true, false, "none", false),
-    ("lolwut", 0, 0, 0, false, false, "none", false),
-    ("lpop", 1, 1, 1, false, false, "none", false),
-    ("lpos", 1, 1, 1, false, false, "none", false),
-    ("lpush", 1, 1, 1, false, false, "none", false),
-    ("lpushx", 1, 1, 1, false, false, "none", false),
-    ("lrange", 1, 1, 1, false, false, "none", false),
-    ("lrem", 1, 1, 1, false, false, "none", false),
-    ("lset", 1, 1, 1, false, false, "none", false),
-    ("ltrim", 1, 1, 1, false, false, "none", false),
-    ("memory", 0, 0, 0, false, false, "none", true),
-    ("memory|doctor", 0, 0, 0, false, true, "special", false),
-    ("memory|help", 0, 0, 0, false, false, "none", false),
-    ("memory|malloc-stats", 0, 0, 0, false, true, "special", false),
-    ("memory|purge", 0, 0, 0, false, true, "all_succeeded", false),
-    ("memory|stats", 0, 0, 0, false, true, "special", false),
-    ("memory|usage", 2, 2, 1, false, false, "none", false),
-    ("mget", 1, -1, 1, false, false, "none", false),
-    ("migrate", 3, 3, 1, true, false, "none", false),
-    ("module", 0, 0, 0, false, false, "none", true),
-    ("module|help", 0, 0, 0, false, false, "none", false),
-    ("module|list", 0, 0, 0, false, false, "none", false),
-    ("module|load", 0, 0, 0, false, false, "none", false),
-    ("module|loadex", 0, 0, 0, false, false, "none", false),
-    ("module|unload", 0, 0, 0, false, false, "none", false),
-    ("monitor", 0, 0, 0, false, false, "none", false),
-    ("move", 1, 1, 1, false, false, "none", false),
-    ("mset", 1, -1, 2, false, false, "all_succeeded", false),
-    ("msetnx", 1, -1, 2, false, false, "agg_min", false),
-    ("multi", 0, 0, 0, false, false, "none", false),
-    ("object", 0, 0, 0, false, false, "none", true),
-    ("object|encoding", 2, 2, 1, false, false, "none", false),
-    ("object|freq", 2, 2, 1, false, false, "none", false),
-    ("object|help", 0, 0, 0, false, false, "none", false),
-    ("object|idletime", 2, 2, 1, false, false, "none", false),
-    ("object|refcount", 2, 2, 1, false, false, "none", false),
-    ("persist", 1, 1, 1, false, false, "none", false),
-    ("pexpire", 1, 1, 1, false, false, "none", false),
-    ("pexpireat", 1, 1, 1, false, false, "none", false),
-    ("pexpiretime", 1, 1, 1, false, false, "none", false),
-    ("pfadd", 1, 1, 1, false, false, "none", false),
-    ("pfcount", 1, -1, 1, false, false, "none", false),
-    ("pfdebug", 2, 2, 1, false, false, "none", false),
-    ("pfmerge", 1, -1, 1, false, false, "none", false),
-    ("pfselftest", 0, 0, 0, false, false, "none", false),
-    ("ping", 0, 0, 0, false, true, "all_succeeded", false),
-    ("psetex", 1, 1, 1, false, false, "none", false),
-    ("psubscribe", 0, 0, 0, false, false, "none", false),
-    ("psync", 0, 0, 0, false, false, "none", false),
-    ("pttl", 1, 1, 1, false, false, "none", false),
-    ("publish", 0, 0, 0, false, false, "none", false),
-    ("pubsub", 0, 0, 0, false, false, "none", true),
-    ("pubsub|channels", 0, 0, 0, false, false, "none", false),
-    ("pubsub|help", 0, 0, 0, false, false, "none", false),
-    ("pubsub|numpat", 0, 0, 0, false, false, "none", false),
-    ("pubsub|numsub", 0, 0, 0, false, false, "none", false),
-    ("pubsub|shardchannels", 0, 0, 0, false, false, "none", false),
-    ("pubsub|shardnumsub", 0, 0, 0, false, false, "none", false),
-    ("punsubscribe", 0, 0, 0, false, false, "none", false),
-    ("quit", 0, 0, 0, false, false, "none", false),
-    ("randomkey", 0, 0, 0, false, true, "none", false),
-    ("readonly", 0, 0, 0, false, false, "none", false),
-    ("readwrite", 0, 0, 0, false, false, "none", false),
-    ("rename", 1, 2, 1, false, false, "none", false),
-    ("renamenx", 1, 2, 1, false, false, "none", false),
-    ("replconf", 0, 0, 0, false, false, "none", false),
-    ("replicaof", 0, 0, 0, false, false, "none", false),
-    ("reset", 0, 0, 0, false, false, "none", false),
-    ("restore", 1, 1, 1, false, false, "none", false),
-    ("restore-asking", 1, 1, 1, false, false, "none", false),
-    ("role", 0, 0, 0, false, false, "none", false),
-    ("rpop", 1, 1, 1, false, false, "none", false),
-    ("rpoplpush", 1, 2, 1, false, false, "none", false),
-    ("rpush", 1, 1, 1, false, false, "none", false),
-    ("rpushx", 1, 1, 1, false, false, "none", false),
-    ("sadd", 1, 1, 1, false, false, "none", false),
-    ("save", 0, 0, 0, false, false, "none", false),
-    ("scan", 0, 0, 0, false, false, "none", false),
-    ("scard", 1, 1, 1, false, false, "none", false),
-    ("script", 0, 0, 0, false, false, "none", true),
-    ("script|debug", 0, 0, 0, false, false, "none", false),
-    ("script|exists", 0, 0, 0, false, true, "agg_logical_and", false),
-    ("script|flush", 0, 0, 0, false, true, "all_succeeded", false),
-    ("script|help", 0, 0, 0, false, false, "none", false),
-    ("script|kill", 0, 0, 0, false, true, "one_succeeded", false),
-    ("script|load", 0, 0, 0, false, true, "all_succeeded", false),
-    ("sdiff", 1, -1, 1, false, false, "none", false),
-    ("sdiffstore", 1, -1, 1, false, false, "none", false),
-    ("select", 0, 0, 0, false, false, "none", false),
-    ("set", 1, 1, 1, false, false, "none", false),
-    ("setbit", 1, 1, 1, false, false, "none", false),
-    ("setex", 1, 1, 1, false, false, "none", false),
-    ("setnx", 1, 1, 1, false, false, "none", false),
-    ("setrange", 1, 1, 1, false, false, "none", false),
-    ("shutdown", 0, 0, 0, false, false, "none", false),
-    ("sinter", 1, -1, 1, false, false, "none", false),
-    ("sintercard", 0, 0, 0, true, false, "none", false),
-    ("sinterstore", 1, -1, 1, false, false, "none", false),
-    ("sismember", 1, 1, 1, false, false, "none", false),
-    ("slaveof", 0, 0, 0, false, false, "none", false),
-    ("slowlog", 0, 0, 0, false, false, "none", true),
-    ("slowlog|get", 0, 0, 0, false, true, "none", false),
-    ("slowlog|help", 0, 0, 0, false, false, "none", false),
-    ("slowlog|len", 0, 0, 0, false, true, "agg_sum", false),
-    ("slowlog|reset", 0, 0, 0, false, true, "all_succeeded", false),
-    ("smembers", 1, 1, 1, false, false, "none", false),
-    ("smismember", 1, 1, 1, false, false, "none", false),
-    ("smove", 1, 2, 1, false, false, "none", false),
-    ("sort", 1, 1, 1, true, false, "none", false),
-    ("sort_ro", 1, 1, 1, true, false, "none", false),
-    ("spop", 1, 1, 1, false, false, "none", false),
-    ("spublish", 1, 1, 1, false, false, "none", false),
-    ("srandmember", 1, 1, 1, false, false, "none", false),
-    ("srem", 1, 1, 1, false, false, "none", false),
-    ("sscan", 1, 1, 1, false, false, "none", false),
-    ("ssubscribe", 1, -1, 1, false, false, "none", false),
-    ("strlen", 1, 1, 1, false, false, "none", false),
-    ("subscribe", 0, 0, 0, false, false, "none", false),
-    ("substr", 1, 1, 1, false, false, "none", false),
-    ("sunion", 1, -1, 1, false, false, "none", false),
-    ("sunionstore", 1, -1, 1, false, false, "none", false),
-    ("sunsubscribe", 1, -1, 1, false, false, "none", false),
-    ("swapdb", 0, 0, 0, false, false, "none", false),
-    ("sync", 0, 0, 0, false, false, "none", false),
-    ("time", 0, 0, 0, false, false, "none", false),
-    ("touch", 1, -1, 1, false, false, "agg_sum", false),
-    ("ttl", 1, 1, 1, false, false, "none", false),
-    ("type", 1, 1, 1, false, false, "none", false),
-    ("unlink", 1, -1, 1, false, false, "agg_sum", false),
-    ("unsubscribe", 0, 0, 0, false, false, "none", false),
-    ("unwatch", 0, 0, 0, false, false, "none", false),
-    ("wait", 0, 0, 0, false, true, "agg_min", false),
-    ("watch", 1, -1, 1, false, false, "none", false),
-    ("xack", 1, 1, 1, false, false, "none", false),
-    ("xadd", 1, 1, 1, false, false, "none", false),
-    ("xautoclaim", 1, 1, 1, false, false, "none", false),
-    ("xclaim", 1, 1, 1, false, false, "none", false),
-    ("xdel", 1, 1, 1, false, false, "none", false),
-    ("xgroup", 0, 0, 0, false, false, "none", true),
-    ("xgroup|create", 2, 2, 1, false, false, "none", false),
-    ("xgroup|createconsumer", 2, 2, 1, false, false, "none", false),
-    ("xgroup|delconsumer", 2, 2, 1, false, false, "none", false),
-    ("xgroup|destroy", 2, 2, 1, false, false, "none", false),
-    ("xgroup|help", 0, 0, 0, false, false, "none", false),
-    ("xgroup|setid", 2, 2, 1, false, false, "none", false),
-    ("xinfo", 0, 0, 0, false, false, "none", true),
-    ("xinfo|consumers", 2, 2, 1, false, false, "none", false),
-    ("xinfo|groups", 2, 2, 1, false, false, "none", false),
-    ("xinfo|help", 0, 0, 0, false, false, "none", false),
-    ("xinfo|stream", 2, 2, 1, false, false, "none", false),
-    ("xlen", 1, 1, 1, false, false, "none", false),
-    ("xpending", 1, 1, 1, false, false, "none", false),
-    ("xrange", 1, 1, 1, false, false, "none", false),
-    ("xread", 0, 0, 0, true, false, "none", false),
-    ("xreadgroup", 0, 0, 0, true, false, "none", false),
-    ("xrevrange", 1, 1, 1, false, false, "none", false),
-    ("xsetid", 1, 1, 1, false, false, "none", false),
-    ("xtrim", 1, 1, 1, false, false, "none", false),
-    ("zadd", 1, 1, 1, false, false, "none", false),
-    ("zcard", 1, 1, 1, false, false, "none", false),
-    ("zcount", 1, 1, 1, false, false, "none", false),
-    ("zdiff", 0, 0, 0, true, false, "none", false),
-    ("zdiffstore", 1, 1, 1, true, false, "none", false),
-    ("zincrby", 1, 1, 1, false, false, "none", false),
-    ("zinter", 0, 0, 0, true, false, "none", false),
-    ("zintercard", 0, 0, 0, true, false, "none", false),
-    ("zinterstore", 1, 1, 1, true, false, "none", false),
-    ("zlexcount", 1, 1, 1, false, false, "none", false),
-    ("zmpop", 0, 0, 0, true, false, "none", false),
-    ("zmscore", 1, 1, 1, false, false, "none", false),
-    ("zpopmax", 1, 1, 1, false, false, "none", false),
-    ("zpopmin", 1, 1, 1, false, false, "none", false),
-    ("zrandmember", 1, 1, 1, false, false, "none", false),
-    ("zrange", 1, 1, 1, false, false, "none", false),
-    ("zrangebylex", 1, 1, 1, false, false, "none", false),
-    ("zrangebyscore", 1, 1, 1, false, false, "none", false),
-    ("zrangestore", 1, 2, 1, false, false, "none", false),
-    ("zrank", 1, 1, 1, false, false, "none", false),
-    ("zrem", 1, 1, 1, false, false, "none", false),
-    ("zremrangebylex", 1, 1, 1, false, false, "none", false),
-    ("zremrangebyrank", 1, 1, 1, false, false, "none", false),
-    ("zremrangebyscore", 1, 1, 1, false, false, "none", false),
-    ("zrevrange", 1, 1, 1, false, false, "none", false),
-    ("zrevrangebylex", 1, 1, 1, false, false, "none", false),
-    ("zrevrangebyscore", 1, 1, 1, false, false, "none", false),
-    ("zrevrank", 1, 1, 1, false, false, "none", false),
-    ("zscan", 1, 1, 1, false, false, "none", false),
-    ("zscore", 1, 1, 1, false, false, "none", false),
-    ("zunion", 0, 0, 0, true, false, "none", false),
-    ("zunionstore", 1, 1, 1, true, false, "none", false),
-];
-
-impl CommandBook {
-    /// The built-in copy of Redis 7.0's metadata.
-    pub(crate) fn built_in() -> CommandBook {
-        let mut book = CommandBook::default();
-        for &(name, first, last, step, movable, all_servers, response, has_subcommands) in BUILT_IN {
-            book.infos.insert(
-                name.to_string(),
-                Info {
-                    first,
-                    last,
-                    step,
-                    movable,
-                    all_servers,
-                    response: response_of(response),
-                    has_subcommands,
-                },
-            );
-        }
-        book
-    }
-}
-
 fn response_of(policy: &str) -> Response {
     match policy {
         "none" => Response::None,
@@ -585,50 +191,6 @@ fn response_of(policy: &str) -> Response {
         "agg_max" => Response::AggMax,
         _ => Response::Special,
     }
-}
-
-/// Differences between the built-in metadata and a live server's `COMMAND`
-/// reply, for commands both know (for mredis's own tests).
-#[cfg(feature = "table-examples")]
-#[doc(hidden)]
-pub fn built_in_differences(reply: &Value) -> Vec<String> {
-    let live = CommandBook::parse(reply);
-    let built = CommandBook::built_in();
-    let mut out = Vec::new();
-    for (name, b) in &built.infos {
-        match live.infos.get(name) {
-            None => out.push(format!("{name}: not on the server")),
-            Some(l) => {
-                let same = (
-                    l.first,
-                    l.last,
-                    l.step,
-                    l.movable,
-                    l.all_servers,
-                    l.response,
-                    l.has_subcommands,
-                ) == (
-                    b.first,
-                    b.last,
-                    b.step,
-                    b.movable,
-                    b.all_servers,
-                    b.response,
-                    b.has_subcommands,
-                );
-                if !same {
-                    out.push(format!("{name}: built-in {b:?}, server {l:?}"));
-                }
-            }
-        }
-    }
-    for name in live.infos.keys() {
-        if !built.infos.contains_key(name) {
-            out.push(format!("{name}: not built in"));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// What to do with one command sent through a handle.
@@ -646,19 +208,19 @@ pub(crate) enum Dispatch {
     Unwatch,
     /// Ask a server for the keys (`COMMAND GETKEYS`), then plan again.
     GetKeys,
+    /// Not in the command table: fetch the servers' `COMMAND` metadata,
+    /// then plan again.
+    Describe,
 }
 
-/// The command table's entry for a command (and its subcommand).
-fn table_entry(name: &str, sub: Option<&str>) -> Option<&'static crate::CommandSpec> {
-    static BY_NAME: std::sync::LazyLock<HashMap<&'static str, &'static crate::CommandSpec>> =
-        std::sync::LazyLock::new(|| crate::COMMANDS.iter().map(|c| (c.name, c)).collect());
-    if let Some(sub) = sub {
-        let full = format!("{name} {}", sub.to_ascii_uppercase());
-        if let Some(c) = BY_NAME.get(full.as_str()) {
-            return Some(c);
-        }
-    }
-    BY_NAME.get(name).copied()
+/// A command the table does not know, for a user who may not read the
+/// servers' COMMAND metadata.
+fn no_command_permission(cmd: &Cmd) -> RedisError {
+    cannot(
+        &crate::routing::command_name(cmd),
+        "not in mredis's command table, and this user may not run COMMAND to learn where its keys are \
+         (grant +command, or use MRedis::query_routed / query_all)",
+    )
 }
 
 fn cannot(command: &str, why: &str) -> RedisError {
@@ -669,24 +231,10 @@ fn cannot(command: &str, why: &str) -> RedisError {
     ))
 }
 
-/// The keys of a command, from the server's metadata.
-fn keys_of(info: &Info, name: &str, args: &[&[u8]], known: Option<Vec<Vec<u8>>>) -> Option<Vec<Vec<u8>>> {
-    if matches!(name, "PUBLISH" | "SPUBLISH") {
-        // Routed by channel, as go-redis does.
-        return Some(args.get(1).map(|c| vec![c.to_vec()]).unwrap_or_default());
-    }
+/// The keys of a command the table does not know, from the servers'
+/// metadata; None when the server must be asked (movable keys).
+fn keys_of(info: &Info, args: &[&[u8]], known: Option<Vec<Vec<u8>>>) -> Option<Vec<Vec<u8>>> {
     if info.movable {
-        if matches!(
-            name,
-            "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO"
-        ) {
-            let n: usize = args
-                .get(2)
-                .and_then(|n| std::str::from_utf8(n).ok())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            return Some(args.iter().skip(3).take(n).map(|k| k.to_vec()).collect());
-        }
         return known;
     }
     if info.first <= 0 || info.step <= 0 {
@@ -716,7 +264,7 @@ fn answered_by_any_server(cmd: &Cmd) -> bool {
 /// Decides what to do with one command.
 pub(crate) fn plan(
     core: &Core,
-    book: &CommandBook,
+    book: Option<&CommandBook>,
     cmd: &Cmd,
     known_keys: Option<Vec<Vec<u8>>>,
 ) -> RedisResult<Dispatch> {
@@ -758,66 +306,103 @@ pub(crate) fn plan(
         "SELECT" => return Err(cannot("SELECT", "put the database in each server's URL")),
         _ => {}
     }
+    let sub = args.get(1).map(|s| String::from_utf8_lossy(s).into_owned());
+    if let Some(entry) = crate::spec::lookup(&name, sub.as_deref()) {
+        return plan_by_table(core, entry, cmd, &name, &args, known_keys);
+    }
+    // Not in the table (a module's command): the servers' COMMAND metadata.
+    let Some(book) = book else {
+        return Ok(Dispatch::Describe);
+    };
     let lower = name.to_ascii_lowercase();
     let top = book.infos.get(&lower);
-    let sub = args.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
     let info = match (top, &sub) {
-        (Some(t), Some(s)) if t.has_subcommands => book.infos.get(&format!("{lower}|{s}")).or(top),
+        (Some(t), Some(s)) if t.has_subcommands => {
+            book.infos.get(&format!("{lower}|{}", s.to_ascii_lowercase())).or(top)
+        }
         (t, _) => t,
     };
-    let entry = table_entry(&name, sub.as_deref().filter(|_| info.is_some()));
-    // HSCAN, SSCAN and ZSCAN are omitted from MRedis's methods only because
-    // MRedis has iterators in their place; their cursor belongs to one key,
-    // on that key's server, so here they are key commands like any other
-    // (redis-rs's `hscan`/`sscan`/`zscan` iterators send them).
-    let cursor_of_one_key = matches!(name.as_str(), "HSCAN" | "SSCAN" | "ZSCAN");
-    if let Some(e) = entry
-        && e.class == RouteClass::Omitted
-        && !cursor_of_one_key
-    {
-        return Err(cannot(e.name, e.reason.unwrap_or("not supported across servers")));
-    }
     let Some(info) = info else {
-        return Err(cannot(&name, "unknown to the servers' COMMAND table"));
+        return Err(cannot(
+            &name,
+            "not in mredis's command table nor in the servers' COMMAND table",
+        ));
     };
-    let class = entry.map(|e| e.class);
-    match class {
-        Some(RouteClass::Multi) => {
-            // Split and merged as the generated method does (the table's
-            // `stride` and `merge`), whatever the server's tips say.
-            let split = entry
-                .and_then(|e| e.methods.iter().find_map(|m| Some((m.stride?, m.merge?))))
-                .unwrap_or((1, Merge::Ordered));
-            return Ok(Dispatch::Run(core.route_split(cmd, split.0, split.1)));
-        }
-        Some(RouteClass::All) => {
-            // Every server, as the generated method; the table says how the
-            // replies combine into the one reply redis-rs code expects.
-            let reply = entry.and_then(|e| e.reply).unwrap_or(crate::Reply::PerServer);
-            return Ok(Dispatch::All(reply.into()));
-        }
-        _ => {}
-    }
-    let Some(keys) = keys_of(info, &name, &args, known_keys) else {
+    let Some(keys) = keys_of(info, &args, known_keys) else {
         return Ok(Dispatch::GetKeys);
     };
     if keys.is_empty() {
         if info.all_servers {
             return Ok(Dispatch::All(info.response));
         }
-        if class.is_none() && info.first == 0 && !info.movable {
-            return Err(cannot(
-                &name,
-                "not in mredis's command table and without a key: it is not known which server, or whether \
-                 every server, should run it; use MRedis::query_all (one reply per server) or MRedis::query_routed (a key's server)",
-            ));
-        }
         return Err(cannot(
             &name,
-            "no key to route by (a keyless script or function needs MRedis::query_routed or query_all)",
+            "not in mredis's command table and without a key: it is not known which server, or whether \
+             every server, should run it; use MRedis::query_all (one reply per server) or MRedis::query_routed (a key's server)",
         ));
     }
     Ok(Dispatch::Run(core.route_colocated(&name, &keys)?))
+}
+
+/// Decides what to do with a command of the table, by its row alone: the
+/// same class, keys, split and merge as its generated method.
+fn plan_by_table(
+    core: &Core,
+    entry: &crate::CommandSpec,
+    cmd: &Cmd,
+    name: &str,
+    args: &[&[u8]],
+    known_keys: Option<Vec<Vec<u8>>>,
+) -> RedisResult<Dispatch> {
+    // HSCAN, SSCAN and ZSCAN are omitted from MRedis's methods only because
+    // MRedis has iterators in their place; their cursor belongs to one key,
+    // on that key's server, so here they are key commands like any other
+    // (redis-rs's `hscan`/`sscan`/`zscan` iterators send them).
+    let cursor_of_one_key = matches!(name, "HSCAN" | "SSCAN" | "ZSCAN");
+    match entry.class {
+        RouteClass::Omitted if !cursor_of_one_key => {
+            return Err(cannot(
+                entry.name,
+                entry.reason.unwrap_or("not supported across servers"),
+            ));
+        }
+        RouteClass::Multi => {
+            // Split and merged as the generated method does (the table's
+            // `stride` and `merge`).
+            let (stride, merge) = entry
+                .methods
+                .iter()
+                .find_map(|m| Some((m.stride?, m.merge?)))
+                .unwrap_or((1, Merge::Ordered));
+            return Ok(Dispatch::Run(core.route_split(cmd, stride, merge)));
+        }
+        RouteClass::All => {
+            // Every server, as the generated method; the table says how the
+            // replies combine into the one reply redis-rs code expects.
+            return Ok(Dispatch::All(entry.reply.unwrap_or(crate::Reply::PerServer).into()));
+        }
+        _ => {}
+    }
+    let keys: Vec<Vec<u8>> = match known_keys {
+        Some(keys) => keys,
+        None => match entry.keys(args) {
+            crate::CommandKeys::Known(keys) => keys.iter().map(|k| k.to_vec()).collect(),
+            crate::CommandKeys::AskServer => return Ok(Dispatch::GetKeys),
+            crate::CommandKeys::BadCount => {
+                return Err(cannot(
+                    name,
+                    "its number of keys is not a number, or names more keys than it has arguments",
+                ));
+            }
+        },
+    };
+    if keys.is_empty() {
+        return Err(cannot(
+            name,
+            "no key to route by (a keyless script or function needs MRedis::query_routed or query_all)",
+        ));
+    }
+    Ok(Dispatch::Run(core.route_colocated(name, &keys)?))
 }
 
 /// Merges every server's reply to a server-wide command into one.
@@ -1083,19 +668,18 @@ fn empty_command() -> RedisError {
 }
 
 /// The command book from the replies to `COMMAND` (the last one tried
-/// first): the servers' own, kept for later handles; for a user who may not
-/// run COMMAND, Redis 7.0's built-in copy (not kept, so a later handle asks
-/// again); otherwise the error.
+/// first), kept for the client's later handles; None for a user who may
+/// not run COMMAND; or the error.
 pub(crate) fn book_from(
     cache: &std::sync::OnceLock<Arc<CommandBook>>,
     mut tried: Vec<RedisResult<Value>>,
-) -> RedisResult<Arc<CommandBook>> {
+) -> RedisResult<Option<Arc<CommandBook>>> {
     match tried.pop() {
         Some(Ok(v)) => {
             let book = Arc::new(CommandBook::parse(&v));
-            Ok(cache.get_or_init(|| book).clone())
+            Ok(Some(cache.get_or_init(|| book).clone()))
         }
-        Some(Err(e)) if e.code() == Some("NOPERM") => Ok(Arc::new(CommandBook::built_in())),
+        Some(Err(e)) if e.code() == Some("NOPERM") => Ok(None),
         Some(Err(e)) => Err(e),
         None => Err(client_error("no server".to_string())),
     }
@@ -1211,7 +795,6 @@ pub(crate) fn is_atomic(cmds: &[Cmd]) -> bool {
 /// ```
 pub struct Connection {
     mr: crate::MRedis,
-    book: Arc<CommandBook>,
     watched: Option<(usize, redis::Connection)>,
 }
 
@@ -1225,23 +808,48 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(mr: crate::MRedis, book: Arc<CommandBook>) -> Connection {
-        Connection {
-            mr,
-            book,
-            watched: None,
-        }
+    pub(crate) fn new(mr: crate::MRedis) -> Connection {
+        Connection { mr, watched: None }
     }
 
+    /// Plans a command: by the table; for a command the table does not
+    /// know, by the servers' COMMAND metadata (fetched once per client);
+    /// movable keys the table cannot read are asked of a server.
     fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
         let core = self.mr.core();
-        match plan(core, &self.book, cmd, None)? {
-            Dispatch::GetKeys => {
-                let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd))?)?;
-                plan(core, &self.book, cmd, Some(keys))
-            }
-            p => Ok(p),
+        let mut book = self.mr.command_book().get().cloned();
+        let mut dispatch = plan(core, book.as_deref(), cmd, None)?;
+        if let Dispatch::Describe = dispatch {
+            let fetched = self.describe()?.ok_or_else(|| no_command_permission(cmd))?;
+            dispatch = plan(core, Some(&fetched), cmd, None)?;
+            book = Some(fetched);
         }
+        if let Dispatch::GetKeys = dispatch {
+            let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd))?)?;
+            dispatch = plan(core, book.as_deref(), cmd, Some(keys))?;
+        }
+        Ok(dispatch)
+    }
+
+    /// The servers' COMMAND metadata, from the first server that answers
+    /// (None: this user may not run COMMAND).
+    pub(crate) fn describe(&self) -> RedisResult<Option<Arc<CommandBook>>> {
+        if let Some(book) = self.mr.command_book().get() {
+            return Ok(Some(book.clone()));
+        }
+        let mut tried = Vec::new();
+        for server in 0..self.mr.core().all() {
+            // A command of its own, in its own span (no orphan server span
+            // in traces).
+            let cmd = redis::cmd("COMMAND");
+            let reply = crate::telemetry::Span::command(&cmd, "metadata").run(|| self.mr.value_on(server, &cmd));
+            let done = reply.is_ok();
+            tried.push(reply);
+            if done {
+                break;
+            }
+        }
+        book_from(self.mr.command_book(), tried)
     }
 
     /// Runs one command; server error replies are errors.
@@ -1377,7 +985,7 @@ impl Connection {
                 }
                 None => Ok(Value::Okay),
             },
-            Dispatch::GetKeys => Err(cannot(
+            Dispatch::GetKeys | Dispatch::Describe => Err(cannot(
                 &crate::routing::command_name(cmd),
                 "its keys could not be found",
             )),
@@ -1485,7 +1093,6 @@ impl ConnectionLike for Connection {
 #[derive(Clone)]
 pub struct AsyncConnection {
     mr: crate::aio::MRedis,
-    book: Arc<CommandBook>,
 }
 
 impl std::fmt::Debug for AsyncConnection {
@@ -1497,19 +1104,46 @@ impl std::fmt::Debug for AsyncConnection {
 }
 
 impl AsyncConnection {
-    pub(crate) fn new(mr: crate::aio::MRedis, book: Arc<CommandBook>) -> AsyncConnection {
-        AsyncConnection { mr, book }
+    pub(crate) fn new(mr: crate::aio::MRedis) -> AsyncConnection {
+        AsyncConnection { mr }
     }
 
+    /// Plans a command, as the sync handle does.
     async fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
         let core = self.mr.core();
-        match plan(core, &self.book, cmd, None)? {
-            Dispatch::GetKeys => {
-                let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd)).await?)?;
-                plan(core, &self.book, cmd, Some(keys))
-            }
-            p => Ok(p),
+        let mut book = self.mr.command_book().get().cloned();
+        let mut dispatch = plan(core, book.as_deref(), cmd, None)?;
+        if let Dispatch::Describe = dispatch {
+            let fetched = self.describe().await?.ok_or_else(|| no_command_permission(cmd))?;
+            dispatch = plan(core, Some(&fetched), cmd, None)?;
+            book = Some(fetched);
         }
+        if let Dispatch::GetKeys = dispatch {
+            let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd)).await?)?;
+            dispatch = plan(core, book.as_deref(), cmd, Some(keys))?;
+        }
+        Ok(dispatch)
+    }
+
+    /// The servers' COMMAND metadata, from the first server that answers
+    /// (None: this user may not run COMMAND).
+    pub(crate) async fn describe(&self) -> RedisResult<Option<Arc<CommandBook>>> {
+        if let Some(book) = self.mr.command_book().get() {
+            return Ok(Some(book.clone()));
+        }
+        let mut tried = Vec::new();
+        for server in 0..self.mr.core().all() {
+            let cmd = redis::cmd("COMMAND");
+            let reply = crate::telemetry::Span::command(&cmd, "metadata")
+                .run_async(self.mr.value_on(server, &cmd))
+                .await;
+            let done = reply.is_ok();
+            tried.push(reply);
+            if done {
+                break;
+            }
+        }
+        book_from(self.mr.command_book(), tried)
     }
 
     async fn exec(&self, cmd: &Cmd) -> RedisResult<Value> {
@@ -1542,7 +1176,7 @@ impl AsyncConnection {
                 "needs a connection of its own; use the sync handle (MRedis::get_connection) or MRedis::transaction",
             )),
             Dispatch::Unwatch => Ok(Value::Okay),
-            Dispatch::GetKeys => Err(cannot(
+            Dispatch::GetKeys | Dispatch::Describe => Err(cannot(
                 &crate::routing::command_name(cmd),
                 "its keys could not be found",
             )),

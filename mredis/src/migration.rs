@@ -98,11 +98,10 @@ fn unwrappable(cmd: &Cmd) -> bool {
     if cmd.args_iter().len() > MAX_WRAPPED_ARGS {
         return true;
     }
+    // The EVAL and FCALL families: the table's scripting rows that run on
+    // keys (SCRIPT and FUNCTION subcommands go to every server).
     let name = crate::routing::command_name(cmd).to_ascii_uppercase();
-    matches!(
-        name.as_str(),
-        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO"
-    )
+    crate::spec::lookup(&name, None).is_some_and(|e| e.group == "scripting" && e.class != crate::RouteClass::All)
 }
 
 /// The guard around `cmds`, by SHA (or with its code, after NOSCRIPT).

@@ -341,6 +341,21 @@ pub struct Example {
 
 mredis_macros::command_table!();
 
+/// The table's row for a command (upper-case name) and, for container
+/// commands (`CLIENT LIST`), its subcommand (any case).
+pub(crate) fn lookup(name: &str, sub: Option<&str>) -> Option<&'static CommandSpec> {
+    use std::collections::HashMap;
+    static BY_NAME: std::sync::LazyLock<HashMap<&'static str, &'static CommandSpec>> =
+        std::sync::LazyLock::new(|| COMMANDS.iter().map(|c| (c.name, c)).collect());
+    if let Some(sub) = sub {
+        let full = format!("{name} {}", sub.to_ascii_uppercase());
+        if let Some(c) = BY_NAME.get(full.as_str()) {
+            return Some(c);
+        }
+    }
+    BY_NAME.get(name).copied()
+}
+
 /// Example invocations of routed methods, for the routing test (feature
 /// `table-examples`; not part of the API).
 #[cfg(feature = "table-examples")]

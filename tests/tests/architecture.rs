@@ -39,21 +39,25 @@ fn layer_of(module: &str) -> Option<usize> {
 /// the module they come from.
 fn root_names(lib: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for line in lib.lines() {
-        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+    // One statement at a time (rustfmt may spread one over several lines;
+    // an attribute or `mod x {}` before it has no `;` of its own).
+    let code: Vec<&str> = code_lines(lib).map(|(_, c)| c.trim()).collect();
+    let code = code.join(" ");
+    for statement in code.split(';') {
+        let Some(at) = statement.find("pub use ") else {
             continue;
         };
-        let rest = rest.trim_end_matches(';');
+        let rest = &statement[at + "pub use ".len()..];
         let Some((module, names)) = rest.split_once("::") else {
             continue;
         };
-        let names = names.trim_start_matches('{').trim_end_matches('}');
+        let names = names.trim().trim_start_matches('{').trim_end_matches('}');
         for name in names.split(',') {
             let name = name.trim();
             let shown = name.rsplit(" as ").next().unwrap_or(name).trim();
             let shown = shown.rsplit("::").next().unwrap_or(shown);
             if !shown.is_empty() {
-                out.insert(shown.to_string(), module.to_string());
+                out.insert(shown.to_string(), module.trim().to_string());
             }
         }
     }

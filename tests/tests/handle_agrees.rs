@@ -266,3 +266,64 @@ fn every_all_row_states_its_reply() {
         );
     }
 }
+
+/// The handle routes by the table alone: a user who may not run COMMAND
+/// (ACL `-command`) still gets every table command routed as the methods
+/// route it, keys read from the table's `key_spec` (MSET split, EVAL's
+/// numkeys, OBJECT ENCODING's key after the subcommand, PUBLISH by
+/// channel); a command the table does not know is an error that says why.
+#[test]
+fn the_table_routes_without_the_servers_command_metadata() {
+    let s = servers(3);
+    for x in &s {
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "nocmd", "on", ">pw", "~*", "&*", "+@all", "-command"])
+            .query(&mut x.conn())
+            .unwrap();
+    }
+    let urls: Vec<String> = s
+        .iter()
+        .map(|x| format!("redis://nocmd:pw@127.0.0.1:{}/0", x.port()))
+        .collect();
+    let mr = MRedis::new(urls).unwrap();
+    let mut con = mr.get_connection().unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    let mut mset = redis::cmd("MSET");
+    for k in &keys {
+        mset.arg(k).arg(k);
+    }
+    let _: () = mset.query(&mut con).unwrap();
+    for k in &keys {
+        let owner = &s[mr.server_index_for(k.as_bytes())];
+        let stored: Option<String> = redis::cmd("GET").arg(k).query(&mut owner.conn()).unwrap();
+        assert_eq!(
+            stored.as_deref(),
+            Some(k.as_str()),
+            "{k} not on its owner {}",
+            owner.name()
+        );
+    }
+    let spread = s.iter().filter(|x| x.dbsize() > 0).count();
+    assert!(spread >= 2, "30 keys on one server only");
+    // EVAL: the key after numkeys decides the server.
+    let k = &keys[7];
+    let v: String = redis::cmd("EVAL")
+        .arg("return redis.call('GET', KEYS[1])")
+        .arg(1)
+        .arg(k)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(&v, k);
+    let enc: String = redis::cmd("OBJECT").arg("ENCODING").arg(k).query(&mut con).unwrap();
+    assert_eq!(enc, "embstr");
+    let n: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, 30);
+    let subscribers: i64 = redis::cmd("PUBLISH").arg("ch").arg("m").query(&mut con).unwrap();
+    assert_eq!(subscribers, 0);
+    let e = redis::cmd("NOSUCH.CMD").arg("x").query::<Value>(&mut con).unwrap_err();
+    let text = mredis::error_text(&e);
+    assert!(
+        text.contains("NOSUCH.CMD") && text.contains("may not run COMMAND"),
+        "{text}"
+    );
+}

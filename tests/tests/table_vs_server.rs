@@ -220,20 +220,6 @@ fn routing_keys_match_the_servers_own_key_extraction() {
     println!("{} routed methods checked against COMMAND GETKEYS", checked.len());
 }
 
-/// The routed handles' built-in copy of the command metadata (used when a
-/// user may not run COMMAND) is the live server's.
-#[test]
-fn the_built_in_command_metadata_matches_the_server() {
-    if mredis_tests::testing_valkey() {
-        eprintln!("skipped: the built-in copy is Redis 7.0's");
-        return;
-    }
-    let s = mredis_tests::RedisServer::new();
-    let reply: redis::Value = redis::cmd("COMMAND").query(&mut s.conn()).unwrap();
-    let diffs = mredis::handle::built_in_differences(&reply);
-    assert!(diffs.is_empty(), "{diffs:#?}");
-}
-
 /// (flags, first, last, step) of every command and subcommand of the
 /// server's `COMMAND` reply, by upper-case name (`OBJECT ENCODING`).
 fn command_info(server: &RedisServer) -> std::collections::BTreeMap<String, (BTreeSet<String>, i64, i64, i64)> {
