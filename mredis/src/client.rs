@@ -660,9 +660,4 @@ fn pack_all(cmds: &[Cmd]) -> Vec<u8> {
     }
 }
 
-/// The one reply of a one-command job.
-pub(crate) fn first_reply(reply: RedisResult<Vec<Value>>) -> RedisResult<Value> {
-    reply.and_then(|mut v| v.pop().ok_or_else(|| client_error("no reply".to_string())))
-}
-
 mredis_macros::sync_methods!();

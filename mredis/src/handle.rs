@@ -42,12 +42,14 @@
 //! [`MRedis`](crate::MRedis) keeps its compile-time guarantees: omitted
 //! commands do not exist there.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis::{Cmd, ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
+use crate::exec::{FanOut, Machine, Request, Routed, Step};
 use crate::routing::{Core, Merge, Route};
 use crate::spec::RouteClass;
 
@@ -588,6 +590,274 @@ fn place_batch<P>(
     failure.into_result()
 }
 
+/// A step with nothing borrowed (the sub-machine a pipeline keeps can
+/// then be stored while its requests are out).
+fn owned<T>(step: Step<'_, T>) -> Step<'static, T> {
+    match step {
+        Step::Done(result) => Step::Done(result),
+        Step::Send(requests) => Step::Send(
+            requests
+                .into_iter()
+                .map(|r| Request {
+                    server: r.server,
+                    cmds: Cow::Owned(r.cmds.into_owned()),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// One planned command of a handle as a machine (WATCH and UNWATCH, which
+/// need the sync handle's own connection, are the handles' own).
+pub(crate) enum Planned<'a> {
+    /// Routed like the generated method.
+    Routed(Routed<'a>),
+    /// Every server, the replies merged into one.
+    All {
+        fan: FanOut<'a>,
+        response: Response,
+        core: &'a Core,
+        cmd: &'a Cmd,
+    },
+    /// One page of the fleet-wide SCAN.
+    Scan {
+        core: &'a Core,
+        step: usize,
+        steps: usize,
+        server: usize,
+        phase: crate::scan::Phase,
+        scan: Option<Cmd>,
+    },
+    /// Decided without asking a server.
+    Now(Option<RedisResult<Value>>),
+}
+
+impl<'a> Planned<'a> {
+    pub(crate) fn new(core: &'a Core, plan: &'a Dispatch, cmd: &'a Cmd) -> Self {
+        match plan {
+            Dispatch::Run(route) => Planned::Routed(Routed::new(core, route, cmd)),
+            Dispatch::All(response) => Planned::All {
+                fan: FanOut::new(core, cmd),
+                response: *response,
+                core,
+                cmd,
+            },
+            Dispatch::Scan(step, cursor) => {
+                let walk = crate::scan::fleet_walk(core);
+                match walk.get(*step) {
+                    Some(&(server, phase)) => Planned::Scan {
+                        core,
+                        step: *step,
+                        steps: walk.len(),
+                        server,
+                        phase,
+                        scan: Some(scan_cmd(cmd, *cursor)),
+                    },
+                    None => Planned::Now(Some(Err(cannot("SCAN", "this cursor was not made by this fleet")))),
+                }
+            }
+            Dispatch::Watch(_) => Planned::Now(Some(Err(cannot(
+                "WATCH",
+                "needs a connection of its own; use the sync handle (MRedis::get_connection) or MRedis::transaction",
+            )))),
+            // Nothing watched on this handle (the sync handle runs its own).
+            Dispatch::Unwatch => Planned::Now(Some(Ok(Value::Okay))),
+            Dispatch::GetKeys | Dispatch::Describe => Planned::Now(Some(Err(cannot(
+                &crate::routing::command_name(cmd),
+                "its keys could not be found",
+            )))),
+        }
+    }
+}
+
+impl Machine for Planned<'_> {
+    type Output = Value;
+
+    fn start(&mut self) -> Step<'_, Value> {
+        match self {
+            Planned::Routed(m) => m.start(),
+            Planned::All { fan, .. } => match fan.start() {
+                Step::Done(Err(e)) => Step::Done(Err(e)),
+                Step::Done(Ok(_)) => Step::Done(Err(client_error("no server".to_string()))),
+                Step::Send(requests) => Step::Send(requests),
+            },
+            Planned::Scan { server, scan, .. } => Step::Send(vec![Request {
+                server: *server,
+                cmds: Cow::Owned(scan.take().into_iter().collect()),
+            }]),
+            Planned::Now(result) => Step::Done(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(client_error("no reply".to_string()))),
+            ),
+        }
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
+        match self {
+            Planned::Routed(m) => m.next(replies),
+            Planned::All {
+                fan,
+                response,
+                core,
+                cmd,
+            } => {
+                let replies = match fan.next(replies) {
+                    Step::Done(r) => r,
+                    Step::Send(_) => Err(client_error("unexpected request".to_string())),
+                };
+                let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
+                Step::Done(
+                    replies
+                        .and_then(|replies| merge_all(&crate::routing::command_name(cmd), *response, &names, replies)),
+                )
+            }
+            Planned::Scan {
+                core,
+                step,
+                steps,
+                server,
+                phase,
+                ..
+            } => {
+                let (core, server, phase) = (*core, *server, *phase);
+                Step::Done(crate::exec::one(replies.into_iter().next()).and_then(|reply| {
+                    scan_page(*step, *steps, reply, |key| {
+                        crate::scan::on_walk(core, server, phase, key, None)
+                    })
+                }))
+            }
+            Planned::Now(result) => Step::Done(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(client_error("no reply".to_string()))),
+            ),
+        }
+    }
+}
+
+/// A handle's pipeline (not a transaction), every command planned: in call
+/// order, runs of commands that each go to one server (nothing moving) are
+/// sent together, one pipeline per server, all servers at once; any other
+/// command runs on its own between them, its server error reply in its
+/// place. A server that fails a batch fails the pipeline, naming it.
+pub(crate) struct Batch<'a> {
+    core: &'a Core,
+    cmds: &'a [Cmd],
+    plans: &'a [Dispatch],
+    values: Vec<Value>,
+    next: usize,
+    state: BatchState<'a>,
+}
+
+enum BatchState<'a> {
+    Idle,
+    /// A batch is out: each server's places in the pipeline.
+    Sent(Vec<(usize, (), Vec<usize>)>),
+    /// A command of its own is out.
+    One(Box<Planned<'a>>),
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn new(core: &'a Core, cmds: &'a [Cmd], plans: &'a [Dispatch]) -> Self {
+        Batch {
+            core,
+            cmds,
+            plans,
+            values: Vec::with_capacity(cmds.len()),
+            next: 0,
+            state: BatchState::Idle,
+        }
+    }
+
+    fn advance(&mut self) -> Step<'static, Vec<Value>> {
+        loop {
+            if self.next >= self.cmds.len() {
+                self.state = BatchState::Idle;
+                return Step::Done(Ok(std::mem::take(&mut self.values)));
+            }
+            let mut per: Vec<(usize, (), Vec<usize>)> = Vec::new();
+            let mut j = self.next;
+            while let Some(Dispatch::Run(Route::One { server, moves })) = self.plans.get(j)
+                && moves.is_empty()
+            {
+                match per.iter_mut().find(|p| p.0 == *server) {
+                    Some(p) => p.2.push(j),
+                    None => per.push((*server, (), vec![j])),
+                }
+                j += 1;
+            }
+            if !per.is_empty() {
+                let requests = per
+                    .iter()
+                    .map(|(server, _, ats)| Request {
+                        server: *server,
+                        cmds: Cow::Owned(ats.iter().map(|&at| self.cmds[at].clone()).collect()),
+                    })
+                    .collect();
+                self.next = j;
+                self.state = BatchState::Sent(per);
+                return Step::Send(requests);
+            }
+            let at = self.next;
+            let mut one = Box::new(Planned::new(self.core, &self.plans[at], &self.cmds[at]));
+            match owned(one.start()) {
+                Step::Send(requests) => {
+                    self.state = BatchState::One(one);
+                    return Step::Send(requests);
+                }
+                Step::Done(result) => {
+                    if let Err(e) = self.place_one(result) {
+                        return Step::Done(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reply of a command run on its own; a server's error reply is
+    /// kept in its place, any other failure ends the pipeline.
+    fn place_one(&mut self, result: RedisResult<Value>) -> RedisResult<()> {
+        let v = match result {
+            Ok(v) => v,
+            Err(e) => error_value(&e).ok_or(e)?,
+        };
+        self.values.push(v);
+        self.next += 1;
+        Ok(())
+    }
+}
+
+impl Machine for Batch<'_> {
+    type Output = Vec<Value>;
+
+    fn start(&mut self) -> Step<'_, Vec<Value>> {
+        self.advance()
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Vec<Value>> {
+        match std::mem::replace(&mut self.state, BatchState::Idle) {
+            BatchState::Idle => Step::Done(Err(client_error("unexpected replies".to_string()))),
+            BatchState::Sent(per) => {
+                if let Err(e) = place_batch(self.core, &per, replies, &mut self.values) {
+                    return Step::Done(Err(e));
+                }
+                self.advance()
+            }
+            BatchState::One(mut one) => match owned(one.next(replies)) {
+                Step::Send(requests) => {
+                    self.state = BatchState::One(one);
+                    Step::Send(requests)
+                }
+                Step::Done(result) => match self.place_one(result) {
+                    Ok(()) => self.advance(),
+                    Err(e) => Step::Done(Err(e)),
+                },
+            },
+        }
+    }
+}
+
 /// The servers' arrays one after the other, when every reply is an array
 /// (the replies are taken; `ok` is left as it was otherwise).
 fn concat_arrays(ok: &mut Vec<(&str, Value)>) -> Option<Value> {
@@ -859,107 +1129,55 @@ impl Connection {
     }
 
     /// A pipeline of several commands, parsed (see `req_packed_commands`).
+    /// Every command is planned before anything is sent.
     fn pipeline(&mut self, cmd: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         if is_atomic(cmds) {
             return self.atomic(cmd, cmds, offset, count);
         }
-        // In call order; runs of commands on one server each are sent
-        // together, one pipeline per server.
+        let mut plans = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            plans.push(self.plan(c)?);
+        }
+        let core = self.mr.core().clone();
         let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
-        let mut i = 0;
-        // The plan of the command that ended the last batch (each command
-        // is planned once; a plan may have cost a COMMAND GETKEYS).
-        let mut pending: Option<Dispatch> = None;
-        while i < cmds.len() {
-            let mut batch: Vec<(usize, usize)> = Vec::new();
-            while i < cmds.len() {
-                let plan = match pending.take() {
-                    Some(p) => p,
-                    None => self.plan(&cmds[i])?,
-                };
-                match plan {
-                    Dispatch::Run(Route::One { server, moves }) if moves.is_empty() => {
-                        batch.push((i, server));
-                        i += 1;
-                    }
-                    other => {
-                        pending = Some(other);
-                        break;
-                    }
-                }
+        let mut from = 0;
+        while from < cmds.len() {
+            // WATCH and UNWATCH run on this handle's own connection, in
+            // their place; the commands between them are one batch.
+            let to = (from..cmds.len())
+                .find(|&j| matches!(plans[j], Dispatch::Watch(_) | Dispatch::Unwatch))
+                .unwrap_or(cmds.len());
+            if to > from {
+                values.extend(self.mr.drive(Batch::new(&core, &cmds[from..to], &plans[from..to]))?);
             }
-            if batch.is_empty() {
-                let plan = match pending.take() {
-                    Some(p) => p,
-                    None => self.plan(&cmds[i])?,
-                };
-                let v = match self.exec_plan(&cmds[i], plan) {
+            if to < cmds.len() {
+                let v = match self.watch(&cmds[to], &plans[to]) {
                     Ok(v) => v,
                     Err(e) => error_value(&e).ok_or(e)?,
                 };
                 values.push(v);
-                i += 1;
-                continue;
             }
-            let core = self.mr.core();
-            let mut per: Vec<(usize, Vec<u8>, Vec<usize>)> = Vec::new();
-            for (at, server) in batch {
-                let packed = cmds[at].get_packed_command();
-                match per.iter_mut().find(|p| p.0 == server) {
-                    Some(p) => {
-                        p.1.extend(packed);
-                        p.2.push(at);
-                    }
-                    None => per.push((server, packed, vec![at])),
-                }
-            }
-            let jobs: Vec<crate::client::Job<'_>> = per
-                .iter()
-                .map(|(server, packed, ats)| crate::client::Job {
-                    server: *server,
-                    packed,
-                    replies: ats.len(),
-                })
-                .collect();
-            let replies = self.mr.send_many(&jobs);
-            place_batch(core, &per, replies, &mut values)?;
+            from = to + 1;
         }
         Ok(values.into_iter().skip(offset).take(count).collect())
     }
 
     /// Runs one command already planned.
     fn exec_plan(&mut self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
-        let core = self.mr.core().clone();
         match plan {
             Dispatch::Run(route) => self.mr.run::<Value>(route, cmd),
-            Dispatch::All(response) => {
-                let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
-                let packed = cmd.get_packed_command();
-                let jobs: Vec<crate::client::Job<'_>> = (0..core.all())
-                    .map(|server| crate::client::Job {
-                        server,
-                        packed: &packed,
-                        replies: 1,
-                    })
-                    .collect();
-                let replies = self
-                    .mr
-                    .send_many(&jobs)
-                    .into_iter()
-                    .map(crate::client::first_reply)
-                    .collect();
-                merge_all(&crate::routing::command_name(cmd), response, &names, replies)
+            Dispatch::Watch(_) | Dispatch::Unwatch => self.watch(cmd, &plan),
+            plan => {
+                let core = self.mr.core().clone();
+                self.mr.drive(Planned::new(&core, &plan, cmd))
             }
-            Dispatch::Scan(step, cursor) => {
-                let walk = crate::scan::fleet_walk(&core);
-                let Some(&(server, phase)) = walk.get(step) else {
-                    return Err(cannot("SCAN", "this cursor was not made by this fleet"));
-                };
-                let reply = self.mr.value_on(server, &scan_cmd(cmd, cursor))?;
-                scan_page(step, walk.len(), reply, |key| {
-                    crate::scan::on_walk(&core, server, phase, key, None)
-                })
-            }
+        }
+    }
+
+    /// WATCH (on the keys' server, on a connection this handle keeps until
+    /// EXEC, UNWATCH or DISCARD) and UNWATCH.
+    fn watch(&mut self, cmd: &Cmd, plan: &Dispatch) -> RedisResult<Value> {
+        match *plan {
             Dispatch::Watch(server) => {
                 if let Some((watching, con)) = self.watched.as_mut() {
                     if *watching != server {
@@ -975,7 +1193,7 @@ impl Connection {
                 self.watched = Some((server, con));
                 Ok(reply)
             }
-            Dispatch::Unwatch => match self.watched.take() {
+            _ => match self.watched.take() {
                 Some((server, mut con)) => {
                     let reply = con.req_command(cmd).and_then(Value::extract_error);
                     if reply.is_ok() {
@@ -985,10 +1203,6 @@ impl Connection {
                 }
                 None => Ok(Value::Okay),
             },
-            Dispatch::GetKeys | Dispatch::Describe => Err(cannot(
-                &crate::routing::command_name(cmd),
-                "its keys could not be found",
-            )),
         }
     }
 
@@ -1153,33 +1367,12 @@ impl AsyncConnection {
 
     /// Runs one command already planned.
     async fn exec_plan(&self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
-        let core = self.mr.core().clone();
         match plan {
             Dispatch::Run(route) => self.mr.run::<Value>(route, cmd).await,
-            Dispatch::All(response) => {
-                let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
-                let replies = futures::future::join_all((0..core.all()).map(|i| self.mr.value_on(i, cmd))).await;
-                merge_all(&crate::routing::command_name(cmd), response, &names, replies)
+            plan => {
+                let core = self.mr.core().clone();
+                self.mr.drive(Planned::new(&core, &plan, cmd)).await
             }
-            Dispatch::Scan(step, cursor) => {
-                let walk = crate::scan::fleet_walk(&core);
-                let Some(&(server, phase)) = walk.get(step) else {
-                    return Err(cannot("SCAN", "this cursor was not made by this fleet"));
-                };
-                let reply = self.mr.value_on(server, &scan_cmd(cmd, cursor)).await?;
-                scan_page(step, walk.len(), reply, |key| {
-                    crate::scan::on_walk(&core, server, phase, key, None)
-                })
-            }
-            Dispatch::Watch(_) => Err(cannot(
-                "WATCH",
-                "needs a connection of its own; use the sync handle (MRedis::get_connection) or MRedis::transaction",
-            )),
-            Dispatch::Unwatch => Ok(Value::Okay),
-            Dispatch::GetKeys | Dispatch::Describe => Err(cannot(
-                &crate::routing::command_name(cmd),
-                "its keys could not be found",
-            )),
         }
     }
 
@@ -1216,58 +1409,14 @@ impl AsyncConnection {
                 .await
                 .map_err(|e| crate::error::name_server(core.server(server), e));
         }
-        // One command at a time would cost a round trip each: commands on
-        // one server's keys go in that server's pipeline, all servers at
-        // once; other commands run in call order between them.
-        let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
-        let mut i = 0;
-        // The plan of the command that ended the last batch (planned once).
-        let mut pending: Option<Dispatch> = None;
-        while i < cmds.len() {
-            let mut per: Vec<(usize, redis::Pipeline, Vec<usize>)> = Vec::new();
-            while i < cmds.len() {
-                let plan = match pending.take() {
-                    Some(p) => p,
-                    None => self.plan(cmds[i]).await?,
-                };
-                match plan {
-                    Dispatch::Run(Route::One { server, moves }) if moves.is_empty() => {
-                        match per.iter_mut().find(|p| p.0 == server) {
-                            Some(p) => {
-                                p.1.add_command(cmds[i].clone());
-                                p.2.push(i);
-                            }
-                            None => {
-                                let mut p = redis::pipe();
-                                p.add_command(cmds[i].clone());
-                                per.push((server, p, vec![i]));
-                            }
-                        }
-                        i += 1;
-                    }
-                    other => {
-                        pending = Some(other);
-                        break;
-                    }
-                }
-            }
-            if per.is_empty() {
-                let plan = match pending.take() {
-                    Some(p) => p,
-                    None => self.plan(cmds[i]).await?,
-                };
-                let v = match self.exec_plan(cmds[i], plan).await {
-                    Ok(v) => v,
-                    Err(e) => error_value(&e).ok_or(e)?,
-                };
-                values.push(v);
-                i += 1;
-                continue;
-            }
-            let replies =
-                futures::future::join_all(per.iter().map(|(server, p, _)| self.mr.pipeline_on(*server, p))).await;
-            place_batch(&core, &per, replies, &mut values)?;
+        // Every command planned before anything is sent; then one batch
+        // machine, as the sync handle.
+        let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
+        let mut plans = Vec::with_capacity(owned.len());
+        for c in &owned {
+            plans.push(self.plan(c).await?);
         }
+        let values = self.mr.drive(Batch::new(&core, &owned, &plans)).await?;
         Ok(values.into_iter().skip(offset).take(count).collect())
     }
 }
