@@ -1101,6 +1101,23 @@ impl Connection {
         Ok(dispatch)
     }
 
+    /// Where this handle sends a command, without sending it (GETKEYS and
+    /// COMMAND aside): the kind (`one`, `split`, `all`, `scan`, `watch`,
+    /// `unwatch`) and the servers' indices. For mredis's own tests.
+    #[cfg(feature = "table-examples")]
+    #[doc(hidden)]
+    pub fn route_of(&self, cmd: &Cmd) -> RedisResult<(&'static str, Vec<usize>)> {
+        Ok(match self.plan(cmd)? {
+            Dispatch::Run(Route::One { server, .. }) => ("one", vec![server]),
+            Dispatch::Run(Route::Split(plan)) => ("split", plan.groups.iter().map(|g| g.0).collect()),
+            Dispatch::All(_) => ("all", (0..self.mr.core().all()).collect()),
+            Dispatch::Scan(step, _) => ("scan", vec![step]),
+            Dispatch::Watch(server) => ("watch", vec![server]),
+            Dispatch::Unwatch => ("unwatch", Vec::new()),
+            Dispatch::GetKeys | Dispatch::Describe => ("unplanned", Vec::new()),
+        })
+    }
+
     /// The servers' COMMAND metadata, from the first server that answers
     /// (None: this user may not run COMMAND).
     pub(crate) fn describe(&self) -> RedisResult<Option<Arc<CommandBook>>> {

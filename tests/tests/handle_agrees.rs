@@ -327,3 +327,78 @@ fn the_table_routes_without_the_servers_command_metadata() {
         "{text}"
     );
 }
+
+/// Every table row, through the handle and through its generated method:
+/// the same servers. For each example of a routed method (the keys the
+/// method routes by and the command it sends), the handle routes the same
+/// command to the servers that own those keys (split over them for
+/// `multi` rows, a cross-server error for `colocated` keys that do not
+/// share a server), reading the keys from the table's `key_spec` or, where
+/// it says so, from a real server's `COMMAND GETKEYS`; every `all` row goes
+/// to every server; every `omitted` row is an error naming the command.
+#[test]
+fn the_handle_and_the_methods_route_every_row_alike() {
+    use mredis::{COMMANDS, RouteClass};
+    let s = servers(4);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    let con = mr.get_connection().unwrap();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for ex in &mredis::examples::examples() {
+        let row = COMMANDS.iter().find(|c| c.name == ex.command).unwrap();
+        if row.since.is_some() {
+            continue; // newer than the server these tests run (GETKEYS)
+        }
+        let (keys, cmd) = (ex.build)();
+        let mut owners: Vec<usize> = keys.iter().map(|k| mr.server_index_for(k)).collect();
+        owners.sort();
+        owners.dedup();
+        let got = con.route_of(&cmd);
+        let ok = match (&got, row.class) {
+            (Ok((_, servers)), RouteClass::Multi) => {
+                let mut servers = servers.clone();
+                servers.sort();
+                servers == owners
+            }
+            (Ok(("one", servers)), _) => owners.len() <= 1 && (owners.is_empty() || servers == &owners),
+            (Err(e), RouteClass::Colocated | RouteClass::Key) => {
+                owners.len() > 1 && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
+            }
+            _ => false,
+        };
+        if !ok {
+            problems.push(format!(
+                "{} ({}): keys on {owners:?}, handle {got:?}",
+                ex.method, ex.command
+            ));
+        }
+        checked += 1;
+    }
+    for row in COMMANDS {
+        let words: Vec<&str> = row.name.split(' ').collect();
+        let cmd = cmd(&words);
+        match row.class {
+            RouteClass::All => match con.route_of(&cmd) {
+                Ok(("all", servers)) if servers.len() == 4 => {}
+                other => problems.push(format!("{} (all): handle {other:?}", row.name)),
+            },
+            // HSCAN/SSCAN/ZSCAN (a key's cursor, for redis-rs's iterators)
+            // and UNWATCH/DISCARD (redis::transaction) work on the handle.
+            RouteClass::Omitted if !matches!(row.name, "HSCAN" | "SSCAN" | "ZSCAN" | "UNWATCH" | "DISCARD") => {
+                match con.route_of(&cmd) {
+                    Err(e) if mredis::error_text(&e).contains(row.name.split(' ').next().unwrap()) => {}
+                    other => problems.push(format!("{} (omitted): handle {other:?}", row.name)),
+                }
+            }
+            _ => continue,
+        }
+        checked += 1;
+    }
+    assert!(
+        problems.is_empty(),
+        "{} disagreements:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(checked > 300, "only {checked} rows and examples checked");
+}
