@@ -1,0 +1,276 @@
+//! A handle's commands and pipelines as sans-I/O machines, driven by the
+//! sync and async clients' drivers alike.
+
+use std::borrow::Cow;
+
+use redis::{Cmd, RedisResult, Value};
+
+use super::*;
+
+/// A step with nothing borrowed (the sub-machine a pipeline keeps can
+/// then be stored while its requests are out).
+pub(super) fn owned<T>(step: Step<'_, T>) -> Step<'static, T> {
+    match step {
+        Step::Done(result) => Step::Done(result),
+        Step::Send(requests) => Step::Send(
+            requests
+                .into_iter()
+                .map(|r| Request {
+                    server: r.server,
+                    cmds: Cow::Owned(r.cmds.into_owned()),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// One planned command of a handle as a machine (WATCH and UNWATCH, which
+/// need the sync handle's own connection, are the handles' own).
+pub(crate) enum Planned<'a> {
+    /// Routed like the generated method.
+    Routed(Routed<'a>),
+    /// Every server, the replies merged into one.
+    All {
+        fan: FanOut<'a>,
+        response: Response,
+        core: &'a Core,
+        cmd: &'a Cmd,
+    },
+    /// One page of the fleet-wide SCAN.
+    Scan {
+        core: &'a Core,
+        step: usize,
+        steps: usize,
+        server: usize,
+        phase: crate::scan::Phase,
+        scan: Option<Cmd>,
+    },
+    /// Decided without asking a server.
+    Now(Option<RedisResult<Value>>),
+}
+
+impl<'a> Planned<'a> {
+    pub(crate) fn new(core: &'a Core, plan: &'a Dispatch, cmd: &'a Cmd) -> Self {
+        match plan {
+            Dispatch::Run(route) => Planned::Routed(Routed::new(core, route, cmd)),
+            Dispatch::All(response) => Planned::All {
+                fan: FanOut::new(core, cmd),
+                response: *response,
+                core,
+                cmd,
+            },
+            Dispatch::Scan(step, cursor) => {
+                let walk = crate::scan::fleet_walk(core);
+                match walk.get(*step) {
+                    Some(&(server, phase)) => Planned::Scan {
+                        core,
+                        step: *step,
+                        steps: walk.len(),
+                        server,
+                        phase,
+                        scan: Some(scan_cmd(cmd, *cursor)),
+                    },
+                    None => Planned::Now(Some(Err(cannot("SCAN", "this cursor was not made by this fleet")))),
+                }
+            }
+            Dispatch::Watch(_) => Planned::Now(Some(Err(cannot(
+                "WATCH",
+                "needs a connection of its own; use the sync handle (MRedis::get_connection) or MRedis::transaction",
+            )))),
+            // Nothing watched on this handle (the sync handle runs its own).
+            Dispatch::Unwatch => Planned::Now(Some(Ok(Value::Okay))),
+            Dispatch::GetKeys | Dispatch::Describe => Planned::Now(Some(Err(cannot(
+                &crate::routing::command_name(cmd),
+                "its keys could not be found",
+            )))),
+        }
+    }
+}
+
+impl Machine for Planned<'_> {
+    type Output = Value;
+
+    fn start(&mut self) -> Step<'_, Value> {
+        match self {
+            Planned::Routed(m) => m.start(),
+            Planned::All { fan, .. } => match fan.start() {
+                Step::Done(Err(e)) => Step::Done(Err(e)),
+                Step::Done(Ok(_)) => Step::Done(Err(client_error("no server".to_string()))),
+                Step::Send(requests) => Step::Send(requests),
+            },
+            Planned::Scan { server, scan, .. } => Step::Send(vec![Request {
+                server: *server,
+                cmds: Cow::Owned(scan.take().into_iter().collect()),
+            }]),
+            Planned::Now(result) => Step::Done(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(client_error("no reply".to_string()))),
+            ),
+        }
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
+        match self {
+            Planned::Routed(m) => m.next(replies),
+            Planned::All {
+                fan,
+                response,
+                core,
+                cmd,
+            } => {
+                let replies = match fan.next(replies) {
+                    Step::Done(r) => r,
+                    Step::Send(_) => Err(client_error("unexpected request".to_string())),
+                };
+                let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
+                Step::Done(
+                    replies
+                        .and_then(|replies| merge_all(&crate::routing::command_name(cmd), *response, &names, replies)),
+                )
+            }
+            Planned::Scan {
+                core,
+                step,
+                steps,
+                server,
+                phase,
+                ..
+            } => {
+                let (core, server, phase) = (*core, *server, *phase);
+                Step::Done(crate::exec::one(replies.into_iter().next()).and_then(|reply| {
+                    scan_page(*step, *steps, reply, |key| {
+                        crate::scan::on_walk(core, server, phase, key, None)
+                    })
+                }))
+            }
+            Planned::Now(result) => Step::Done(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(client_error("no reply".to_string()))),
+            ),
+        }
+    }
+}
+
+/// A handle's pipeline (not a transaction), every command planned: in call
+/// order, runs of commands that each go to one server (nothing moving) are
+/// sent together, one pipeline per server, all servers at once; any other
+/// command runs on its own between them, its server error reply in its
+/// place. A server that fails a batch fails the pipeline, naming it.
+pub(crate) struct Batch<'a> {
+    pub(super) core: &'a Core,
+    pub(super) cmds: &'a [Cmd],
+    pub(super) plans: &'a [Dispatch],
+    pub(super) values: Vec<Value>,
+    pub(super) next: usize,
+    pub(super) state: BatchState<'a>,
+}
+
+pub(super) enum BatchState<'a> {
+    Idle,
+    /// A batch is out: each server's places in the pipeline.
+    Sent(Vec<(usize, (), Vec<usize>)>),
+    /// A command of its own is out.
+    One(Box<Planned<'a>>),
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn new(core: &'a Core, cmds: &'a [Cmd], plans: &'a [Dispatch]) -> Self {
+        Batch {
+            core,
+            cmds,
+            plans,
+            values: Vec::with_capacity(cmds.len()),
+            next: 0,
+            state: BatchState::Idle,
+        }
+    }
+
+    fn advance(&mut self) -> Step<'static, Vec<Value>> {
+        loop {
+            if self.next >= self.cmds.len() {
+                self.state = BatchState::Idle;
+                return Step::Done(Ok(std::mem::take(&mut self.values)));
+            }
+            let mut per: Vec<(usize, (), Vec<usize>)> = Vec::new();
+            let mut j = self.next;
+            while let Some(Dispatch::Run(Route::One { server, moves })) = self.plans.get(j)
+                && moves.is_empty()
+            {
+                match per.iter_mut().find(|p| p.0 == *server) {
+                    Some(p) => p.2.push(j),
+                    None => per.push((*server, (), vec![j])),
+                }
+                j += 1;
+            }
+            if !per.is_empty() {
+                let requests = per
+                    .iter()
+                    .map(|(server, _, ats)| Request {
+                        server: *server,
+                        cmds: Cow::Owned(ats.iter().map(|&at| self.cmds[at].clone()).collect()),
+                    })
+                    .collect();
+                self.next = j;
+                self.state = BatchState::Sent(per);
+                return Step::Send(requests);
+            }
+            let at = self.next;
+            let mut one = Box::new(Planned::new(self.core, &self.plans[at], &self.cmds[at]));
+            match owned(one.start()) {
+                Step::Send(requests) => {
+                    self.state = BatchState::One(one);
+                    return Step::Send(requests);
+                }
+                Step::Done(result) => {
+                    if let Err(e) = self.place_one(result) {
+                        return Step::Done(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reply of a command run on its own; a server's error reply is
+    /// kept in its place, any other failure ends the pipeline.
+    fn place_one(&mut self, result: RedisResult<Value>) -> RedisResult<()> {
+        let v = match result {
+            Ok(v) => v,
+            Err(e) => error_value(&e).ok_or(e)?,
+        };
+        self.values.push(v);
+        self.next += 1;
+        Ok(())
+    }
+}
+
+impl Machine for Batch<'_> {
+    type Output = Vec<Value>;
+
+    fn start(&mut self) -> Step<'_, Vec<Value>> {
+        self.advance()
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Vec<Value>> {
+        match std::mem::replace(&mut self.state, BatchState::Idle) {
+            BatchState::Idle => Step::Done(Err(client_error("unexpected replies".to_string()))),
+            BatchState::Sent(per) => {
+                if let Err(e) = place_batch(self.core, &per, replies, &mut self.values) {
+                    return Step::Done(Err(e));
+                }
+                self.advance()
+            }
+            BatchState::One(mut one) => match owned(one.next(replies)) {
+                Step::Send(requests) => {
+                    self.state = BatchState::One(one);
+                    Step::Send(requests)
+                }
+                Step::Done(result) => match self.place_one(result) {
+                    Ok(()) => self.advance(),
+                    Err(e) => Step::Done(Err(e)),
+                },
+            },
+        }
+    }
+}

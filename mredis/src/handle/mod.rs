@@ -1,0 +1,533 @@
+//! Routed connection handles: [`Connection`] implements
+//! `redis::ConnectionLike` and [`aio::Connection`](crate::aio::Connection)
+//! `redis::aio::ConnectionLike`, so code written for redis-rs (`cmd().query`,
+//! `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
+//! `TypedCommands`, ...) runs on the whole fleet unchanged.
+//!
+//! This is the runtime-checked door: each command is routed when it is
+//! sent, by the same command table as [`MRedis`](crate::MRedis)'s methods
+//! (`mredis::COMMANDS`, generated from `commands.toml`: each row's class,
+//! key positions, split and merge), so a command goes to the same servers
+//! through a handle as through its method. The servers' own `COMMAND`
+//! metadata is fetched (once per client) only for a command the table does
+//! not know, and a server is asked for the keys (`COMMAND GETKEYS`) only
+//! where the table says their place depends on the arguments (SORT ...
+//! STORE, XREAD, MIGRATE, GEORADIUS ... STORE):
+//!
+//! - a command on keys goes to the keys' server; keys on different servers
+//!   are a `CROSSSLOT` error, nothing sent;
+//! - MGET, MSET, DEL, EXISTS, ... (the table's `multi` rows) are split by
+//!   server and merged as their method merges them (the row's `merge`);
+//! - server-wide commands (the table's `all` rows) go to every server, and
+//!   the replies combine into one as the row's `reply` says
+//!   ([`Reply`](crate::Reply)): DBSIZE summed, KEYS and CLIENT LIST
+//!   concatenated, FLUSHDB / SAVE / CONFIG SET answer once every server
+//!   succeeded, RANDOMKEY the first key found, SCRIPT EXISTS and-ed, PUBSUB
+//!   NUMSUB summed by channel, INFO / CONFIG GET / LASTSAVE a map of server
+//!   name to that server's reply;
+//! - commands the table does not know (module commands) follow the
+//!   servers' `COMMAND` metadata: routed by their keys, or, when keyless
+//!   with a request policy, sent to every server and merged by its
+//!   response policy; a keyless one without a policy is an error naming
+//!   it (use `MRedis::query_all`);
+//! - `SCAN` walks every server: its cursor carries the server;
+//! - `HSCAN`, `SSCAN`, `ZSCAN` go to their key's server (the cursor is
+//!   that key's), so redis-rs's `hscan`/`sscan`/`zscan` iterators work;
+//! - pipelines keep call order; MULTI/EXEC (an atomic pipeline) and WATCH
+//!   need all their keys on one server (PING and ECHO in a transaction run
+//!   on that server);
+//! - a command that cannot be routed (no key and no policy, or omitted from
+//!   mredis with a reason) is an error naming it.
+//!
+//! [`MRedis`](crate::MRedis) keeps its compile-time guarantees: omitted
+//! commands do not exist there.
+
+use std::sync::Arc;
+
+use redis::{Cmd, ConnectionLike, RedisResult, Value};
+
+use crate::error::client_error;
+use crate::exec::{FanOut, Machine, Request, Routed, Step};
+use crate::routing::{Core, Merge, Route};
+use crate::spec::RouteClass;
+
+mod book;
+mod machines;
+mod plan;
+mod reply;
+
+pub(crate) use book::*;
+pub(crate) use machines::*;
+pub(crate) use plan::*;
+pub(crate) use reply::*;
+
+/// A routed connection handle over the sync client; see the module docs.
+/// Made by [`MRedis::get_connection`](crate::MRedis::get_connection).
+///
+/// ```no_run
+/// # fn main() -> redis::RedisResult<()> {
+/// use redis::Commands;
+/// let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"])?;
+/// let mut con = mr.get_connection()?;
+/// redis::cmd("SET").arg("k").arg(1).exec(&mut con)?;
+/// let v: i64 = con.get("k")?;
+/// let (a, b): (i64, i64) = redis::pipe().incr("a", 1).incr("b", 1).query(&mut con)?;
+/// # Ok(()) }
+/// ```
+pub struct Connection {
+    mr: crate::MRedis,
+    watched: Option<(usize, redis::Connection)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mredis::Connection")
+            .field("client", &self.mr)
+            .field("watching", &self.watched.as_ref().map(|(s, _)| self.mr.core().name(*s)))
+            .finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(mr: crate::MRedis) -> Connection {
+        Connection { mr, watched: None }
+    }
+
+    /// Plans a command: by the table; for a command the table does not
+    /// know, by the servers' COMMAND metadata (fetched once per client);
+    /// movable keys the table cannot read are asked of a server.
+    fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
+        let core = self.mr.core();
+        let mut book = self.mr.command_book().get().cloned();
+        let mut dispatch = plan(core, book.as_deref(), cmd, None)?;
+        if let Dispatch::Describe = dispatch {
+            let fetched = self.describe()?.ok_or_else(|| no_command_permission(cmd))?;
+            dispatch = plan(core, Some(&fetched), cmd, None)?;
+            book = Some(fetched);
+        }
+        if let Dispatch::GetKeys = dispatch {
+            let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd))?)?;
+            dispatch = plan(core, book.as_deref(), cmd, Some(keys))?;
+        }
+        Ok(dispatch)
+    }
+
+    /// Where this handle sends a command, without sending it (GETKEYS and
+    /// COMMAND aside): the kind (`one`, `split`, `all`, `scan`, `watch`,
+    /// `unwatch`) and the servers' indices. For mredis's own tests.
+    #[cfg(feature = "table-examples")]
+    #[doc(hidden)]
+    pub fn route_of(&self, cmd: &Cmd) -> RedisResult<(&'static str, Vec<usize>)> {
+        Ok(match self.plan(cmd)? {
+            Dispatch::Run(Route::One { server, .. }) => ("one", vec![server]),
+            Dispatch::Run(Route::Split(plan)) => ("split", plan.groups.iter().map(|g| g.0).collect()),
+            Dispatch::All(_) => ("all", (0..self.mr.core().all()).collect()),
+            Dispatch::Scan(step, _) => ("scan", vec![step]),
+            Dispatch::Watch(server) => ("watch", vec![server]),
+            Dispatch::Unwatch => ("unwatch", Vec::new()),
+            Dispatch::GetKeys | Dispatch::Describe => ("unplanned", Vec::new()),
+        })
+    }
+
+    /// The servers' COMMAND metadata, from the first server that answers
+    /// (None: this user may not run COMMAND).
+    pub(crate) fn describe(&self) -> RedisResult<Option<Arc<CommandBook>>> {
+        if let Some(book) = self.mr.command_book().get() {
+            return Ok(Some(book.clone()));
+        }
+        let mut tried = Vec::new();
+        for server in 0..self.mr.core().all() {
+            // A command of its own, in its own span (no orphan server span
+            // in traces).
+            let cmd = redis::cmd("COMMAND");
+            let reply = crate::telemetry::Span::command(&cmd, "metadata").run(|| self.mr.value_on(server, &cmd));
+            let done = reply.is_ok();
+            tried.push(reply);
+            if done {
+                break;
+            }
+        }
+        book_from(self.mr.command_book(), tried)
+    }
+
+    /// Runs one command; server error replies are errors.
+    fn exec(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let plan = self.plan(cmd)?;
+        self.exec_plan(cmd, plan)
+    }
+
+    /// A pipeline of several commands, parsed (see `req_packed_commands`).
+    /// Every command is planned before anything is sent.
+    fn pipeline(&mut self, cmd: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        if is_atomic(cmds) {
+            return self.atomic(cmd, cmds, offset, count);
+        }
+        let mut plans = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            plans.push(self.plan(c)?);
+        }
+        let core = self.mr.core().clone();
+        let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
+        let mut from = 0;
+        while from < cmds.len() {
+            // WATCH and UNWATCH run on this handle's own connection, in
+            // their place; the commands between them are one batch.
+            let to = (from..cmds.len())
+                .find(|&j| matches!(plans[j], Dispatch::Watch(_) | Dispatch::Unwatch))
+                .unwrap_or(cmds.len());
+            if to > from {
+                values.extend(self.mr.drive(Batch::new(&core, &cmds[from..to], &plans[from..to]))?);
+            }
+            if to < cmds.len() {
+                let v = match self.watch(&cmds[to], &plans[to]) {
+                    Ok(v) => v,
+                    Err(e) => error_value(&e).ok_or(e)?,
+                };
+                values.push(v);
+            }
+            from = to + 1;
+        }
+        Ok(values.into_iter().skip(offset).take(count).collect())
+    }
+
+    /// Runs one command already planned.
+    fn exec_plan(&mut self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
+        match plan {
+            Dispatch::Run(route) => self.mr.run::<Value>(route, cmd),
+            Dispatch::Watch(_) | Dispatch::Unwatch => self.watch(cmd, &plan),
+            plan => {
+                let core = self.mr.core().clone();
+                self.mr.drive(Planned::new(&core, &plan, cmd))
+            }
+        }
+    }
+
+    /// WATCH (on the keys' server, on a connection this handle keeps until
+    /// EXEC, UNWATCH or DISCARD) and UNWATCH.
+    fn watch(&mut self, cmd: &Cmd, plan: &Dispatch) -> RedisResult<Value> {
+        match *plan {
+            Dispatch::Watch(server) => {
+                if let Some((watching, con)) = self.watched.as_mut() {
+                    if *watching != server {
+                        return Err(cannot(
+                            "WATCH",
+                            "keys on another server than the keys already watched; watched keys must share a server",
+                        ));
+                    }
+                    return con.req_command(cmd).and_then(Value::extract_error);
+                }
+                let mut con = self.mr.checkout(server)?;
+                let reply = con.req_command(cmd).and_then(Value::extract_error)?;
+                self.watched = Some((server, con));
+                Ok(reply)
+            }
+            _ => match self.watched.take() {
+                Some((server, mut con)) => {
+                    let reply = con.req_command(cmd).and_then(Value::extract_error);
+                    if reply.is_ok() {
+                        self.mr.checkin(server, con);
+                    }
+                    reply
+                }
+                None => Ok(Value::Okay),
+            },
+        }
+    }
+
+    /// MULTI ... EXEC: the keys of every command must share a server.
+    fn atomic(&mut self, bytes: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let inner = &cmds[1..cmds.len() - 1];
+        let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+        let mut keyless = false;
+        for c in inner {
+            if answered_by_any_server(c) {
+                keyless = true;
+                continue;
+            }
+            let plan = self.plan(c)?;
+            join_transaction(self.mr.core(), &mut target, c, plan)?;
+        }
+        if target.is_none() && keyless {
+            target = Some((0, Vec::new()));
+        }
+        let Some((server, moves)) = target else {
+            return Ok(vec![Value::Array(vec![])]);
+        };
+        if !moves.is_empty() {
+            if self.watched.is_some() {
+                return Err(crate::migration::try_again(
+                    self.mr.core(),
+                    &moves[0].key,
+                    moves[0].from,
+                    server,
+                ));
+            }
+            let core = self.mr.core().clone();
+            let value = self
+                .mr
+                .drive(crate::migration::One::new(&core, inner, true, server, &moves))?;
+            return Ok(vec![value]);
+        }
+        if let Some((watching, _)) = &self.watched
+            && *watching == server
+            && let Some((_, mut con)) = self.watched.take()
+        {
+            // EXEC ends the WATCH.
+            let reply = con.req_packed_commands(bytes, offset, count);
+            if reply.is_ok() {
+                self.mr.checkin(server, con);
+            }
+            return reply;
+        }
+        // redis-rs's own read of a transaction, so its aborted-transaction
+        // error (with each queued command's error and index) is the same.
+        self.mr
+            .with_connection(server, |con| con.req_packed_commands(bytes, offset, count))
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        if cmd.is_empty() {
+            return Err(empty_command());
+        }
+        let mut cmds = parse_packed(cmd)?;
+        if cmds.len() != 1 {
+            return Err(client_error(format!("expected one command, got {}", cmds.len())));
+        }
+        let cmd = cmds.pop().unwrap_or_default();
+        self.exec(&cmd)
+    }
+
+    fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        if cmd.is_empty() {
+            return Err(empty_command());
+        }
+        let cmds = parse_packed(cmd)?;
+        // As the client's pipelines: nothing sent if any argument is too
+        // large, one span for the whole pipeline.
+        for c in &cmds {
+            self.mr.core().check_size(c)?;
+        }
+        crate::telemetry::Span::pipeline(cmds.len()).run(|| self.pipeline(cmd, &cmds, offset, count))
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.exec(&redis::cmd("PING")).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+/// A routed connection handle over the async client, implementing
+/// `redis::aio::ConnectionLike` (so `AsyncCommands`, `AsyncTypedCommands`,
+/// `cmd().query_async`, `pipe().query_async`, `Script::invoke_async` work).
+/// Cheap to clone; clones share the client's connections. Made by
+/// [`aio::MRedis::get_connection`](crate::aio::MRedis::get_connection).
+/// WATCH needs a connection of its own, which a multiplexed connection is
+/// not: use the sync handle or [`MRedis::transaction`](crate::MRedis::transaction).
+#[derive(Clone)]
+pub struct AsyncConnection {
+    mr: crate::aio::MRedis,
+}
+
+impl std::fmt::Debug for AsyncConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mredis::aio::Connection")
+            .field("client", &self.mr)
+            .finish()
+    }
+}
+
+impl AsyncConnection {
+    pub(crate) fn new(mr: crate::aio::MRedis) -> AsyncConnection {
+        AsyncConnection { mr }
+    }
+
+    /// Plans a command, as the sync handle does.
+    async fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
+        let core = self.mr.core();
+        let mut book = self.mr.command_book().get().cloned();
+        let mut dispatch = plan(core, book.as_deref(), cmd, None)?;
+        if let Dispatch::Describe = dispatch {
+            let fetched = self.describe().await?.ok_or_else(|| no_command_permission(cmd))?;
+            dispatch = plan(core, Some(&fetched), cmd, None)?;
+            book = Some(fetched);
+        }
+        if let Dispatch::GetKeys = dispatch {
+            let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd)).await?)?;
+            dispatch = plan(core, book.as_deref(), cmd, Some(keys))?;
+        }
+        Ok(dispatch)
+    }
+
+    /// The servers' COMMAND metadata, from the first server that answers
+    /// (None: this user may not run COMMAND).
+    pub(crate) async fn describe(&self) -> RedisResult<Option<Arc<CommandBook>>> {
+        if let Some(book) = self.mr.command_book().get() {
+            return Ok(Some(book.clone()));
+        }
+        let mut tried = Vec::new();
+        for server in 0..self.mr.core().all() {
+            let cmd = redis::cmd("COMMAND");
+            let reply = crate::telemetry::Span::command(&cmd, "metadata")
+                .run_async(self.mr.value_on(server, &cmd))
+                .await;
+            let done = reply.is_ok();
+            tried.push(reply);
+            if done {
+                break;
+            }
+        }
+        book_from(self.mr.command_book(), tried)
+    }
+
+    async fn exec(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let plan = self.plan(cmd).await?;
+        self.exec_plan(cmd, plan).await
+    }
+
+    /// Runs one command already planned.
+    async fn exec_plan(&self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
+        match plan {
+            Dispatch::Run(route) => self.mr.run::<Value>(route, cmd).await,
+            plan => {
+                let core = self.mr.core().clone();
+                self.mr.drive(Planned::new(&core, &plan, cmd)).await
+            }
+        }
+    }
+
+    async fn pipeline(&self, pipe: &redis::Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
+        let core = self.mr.core().clone();
+        if pipe.is_transaction() {
+            let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
+            let mut keyless = false;
+            for c in &cmds {
+                if answered_by_any_server(c) {
+                    keyless = true;
+                    continue;
+                }
+                let plan = self.plan(c).await?;
+                join_transaction(&core, &mut target, c, plan)?;
+            }
+            if target.is_none() && keyless {
+                target = Some((0, Vec::new()));
+            }
+            let Some((server, moves)) = target else {
+                return Ok(vec![Value::Array(vec![])]);
+            };
+            if !moves.is_empty() {
+                let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
+                let value = self
+                    .mr
+                    .drive(crate::migration::One::new(&core, &owned, true, server, &moves))
+                    .await?;
+                return Ok(vec![value]);
+            }
+            let mut con = self.mr.connection(server)?;
+            return redis::aio::ConnectionLike::req_packed_commands(&mut con, pipe, offset, count)
+                .await
+                .map_err(|e| crate::error::name_server(core.server(server), e));
+        }
+        // Every command planned before anything is sent; then one batch
+        // machine, as the sync handle.
+        let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
+        let mut plans = Vec::with_capacity(owned.len());
+        for c in &owned {
+            plans.push(self.plan(c).await?);
+        }
+        let values = self.mr.drive(Batch::new(&core, &owned, &plans)).await?;
+        Ok(values.into_iter().skip(offset).take(count).collect())
+    }
+}
+
+impl redis::aio::ConnectionLike for AsyncConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(async move {
+            if cmd.args_iter().len() == 0 {
+                return Err(empty_command());
+            }
+            if cmd.in_scan_mode() {
+                // A `cursor_arg` cursor (redis-rs's `iter_async`, `scan`)
+                // is kept outside the arguments, which show it as
+                // `Arg::Cursor`; packing writes its value in.
+                let plain = parse_packed(&cmd.get_packed_command())?
+                    .pop()
+                    .ok_or_else(|| client_error("an empty command".to_string()))?;
+                return self.exec(&plain).await;
+            }
+            self.exec(cmd).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            if cmd.cmd_iter().next().is_none() {
+                return Err(empty_command());
+            }
+            // As the client's pipelines: nothing sent if any argument is
+            // too large, one span for the whole pipeline.
+            for c in cmd.cmd_iter() {
+                self.mr.core().check_size(c)?;
+            }
+            crate::telemetry::Span::pipeline(cmd.len())
+                .run_async(self.pipeline(cmd, offset, count))
+                .await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_commands_parse_back() {
+        let mut p = redis::pipe();
+        p.cmd("SET").arg("k").arg(&b"a\r\nb"[..]).cmd("GET").arg("k");
+        let cmds = parse_packed(&p.get_packed_pipeline()).unwrap();
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(
+            cmds[0].get_packed_command(),
+            redis::cmd("SET").arg("k").arg(&b"a\r\nb"[..]).get_packed_command()
+        );
+        assert!(parse_packed(b"*1\r\n$5\r\nab").is_err());
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_server() {
+        let page = |cursor: &str| {
+            Value::Array(vec![
+                Value::BulkString(cursor.as_bytes().to_vec()),
+                Value::Array(vec![]),
+            ])
+        };
+        let next = |v: Value| match v {
+            Value::Array(p) => text(&p[0]).unwrap(),
+            _ => panic!(),
+        };
+        assert_eq!(
+            next(scan_page(1, 3, page("17"), |_| true).unwrap()),
+            (17 * 3 + 1).to_string()
+        );
+        assert_eq!(next(scan_page(1, 3, page("0"), |_| true).unwrap()), "2");
+        assert_eq!(next(scan_page(2, 3, page("0"), |_| true).unwrap()), "0");
+    }
+}
