@@ -210,6 +210,29 @@ impl Server {
         self
     }
 
+    /// `MIGRATE` of `keys` from the server it is sent to, to this server
+    /// (its database, and its credentials when it has a password).
+    pub(crate) fn migrate_cmd(&self, timeout_ms: u64, replace: bool, keys: &[Vec<u8>]) -> redis::Cmd {
+        let mut cmd = redis::cmd("MIGRATE");
+        cmd.arg(self.host()).arg(self.port()).arg("").arg(self.db()).arg(timeout_ms);
+        if replace {
+            cmd.arg("REPLACE");
+        }
+        let info = self.connection_info();
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            match settings.username() {
+                Some(user) => cmd.arg("AUTH2").arg(user).arg(password),
+                None => cmd.arg("AUTH").arg(password),
+            };
+        }
+        cmd.arg("KEYS");
+        for k in keys {
+            cmd.arg(k);
+        }
+        cmd
+    }
+
     pub(crate) fn connection_info(&self) -> ConnectionInfo {
         self.info.clone()
     }

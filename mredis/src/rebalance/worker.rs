@@ -36,32 +36,6 @@ pub(super) fn classify(v: &Value) -> Reply {
     }
 }
 
-/// `MIGRATE host port "" db timeout [REPLACE] [AUTH ...] KEYS keys...`.
-/// The password goes only into the command, never into a message.
-pub(super) fn migrate_cmd(dest: &Server, timeout_ms: u64, replace: bool, keys: &[Vec<u8>]) -> redis::Cmd {
-    let mut cmd = redis::cmd("MIGRATE");
-    cmd.arg(dest.host())
-        .arg(dest.port())
-        .arg("")
-        .arg(dest.db())
-        .arg(timeout_ms);
-    if replace {
-        cmd.arg("REPLACE");
-    }
-    let info = dest.connection_info();
-    let settings = info.redis_settings();
-    if let Some(password) = settings.password() {
-        match settings.username() {
-            Some(user) => cmd.arg("AUTH2").arg(user).arg(password),
-            None => cmd.arg("AUTH").arg(password),
-        };
-    }
-    cmd.arg("KEYS");
-    for k in keys {
-        cmd.arg(k);
-    }
-    cmd
-}
 
 /// Runs `pipe` on `con`, server errors as values; a connection failure
 /// becomes an error naming `server`.
@@ -89,7 +63,7 @@ pub(super) fn move_one(
     let mut pipe = redis::pipe();
     match same_server_db {
         None => {
-            pipe.add_command(migrate_cmd(dest, s.timeout_ms, replace, &[key.to_vec()]));
+            pipe.add_command(dest.migrate_cmd(s.timeout_ms, replace, &[key.to_vec()]));
             let v: Vec<Value> = pipe.ignore_errors().query(con)?;
             Ok(v.first().map(classify).unwrap_or(Reply::Err("no reply".into())))
         }
@@ -464,7 +438,7 @@ impl Worker<'_> {
                 pipe.cmd("MULTI")
                     .cmd("EXISTS")
                     .arg(chunk)
-                    .add_command(migrate_cmd(self.dest(ti), s.timeout_ms, false, chunk))
+                    .add_command(self.dest(ti).migrate_cmd(s.timeout_ms, false, chunk))
                     .cmd("EXEC");
                 batches.push((ti, chunk.to_vec()));
             }
@@ -589,7 +563,7 @@ impl Worker<'_> {
         self.shared.journal.end(&self.name, &gone)?;
         let mut pipe = redis::pipe();
         for k in &left {
-            pipe.add_command(migrate_cmd(self.dest(ti), s.timeout_ms, false, std::slice::from_ref(k)));
+            pipe.add_command(self.dest(ti).migrate_cmd(s.timeout_ms, false, std::slice::from_ref(k)));
         }
         self.shared.journal.begin(&self.name, &left)?;
         let v: Vec<Value> = match pipe.ignore_errors().query(&mut self.con) {
