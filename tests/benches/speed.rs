@@ -20,8 +20,22 @@
 //! - migration-aware client (4 servers migrating from 3): against the plain
 //!   4-server mredis client, GET of keys that stay, of moving keys still on
 //!   their old server (one guarded round trip) and of moved keys (two).
+//!
+//! Wire-only lower bound (three more rows, "vs wire-only"): the same sync
+//! MGET, MSET and `pipeline_all()` of 1000 keys over 4 servers against no
+//! client at all: the per-server requests packed before timing, written to
+//! each server's plain `std::net::TcpStream` (every server written before
+//! any is read), and the replies only framed, not decoded ([`Scanner`]: a
+//! type byte, a length line, `$n` payloads skipped, `*n` arrays counted; no
+//! allocation per element). Before timing, the byte counts are checked
+//! against the replies a decoding redis-rs connection receives for the same
+//! requests. No real client can beat this; the rows say how close mredis is.
+//! Three info rows measure decoding alone against the same bound: the same
+//! packed requests on raw redis-rs connections, replies decoded and typed.
 
 use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -97,6 +111,186 @@ fn send_all_read_all(cons: &mut [redis::Connection], requests: &[(usize, Vec<u8>
         .collect()
 }
 
+/// Finds where RESP replies end in a byte stream without decoding them:
+/// one item at a time (a type byte and a line; a `$n` payload skipped; an
+/// `*n` array opens `n` more items), resumable at any item boundary, so a
+/// partly received item is rescanned but nothing before it. RESP2 plus the
+/// RESP3 aggregate and blob types; no allocation.
+struct Scanner {
+    /// Items still owed by each open array, innermost last.
+    open: [i64; 8],
+    depth: usize,
+}
+
+/// The integer of a RESP length line (without its `\r\n`).
+fn resp_int(line: &[u8]) -> i64 {
+    let (neg, digits) = match line.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, line),
+    };
+    let n = digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    if neg { -n } else { n }
+}
+
+impl Scanner {
+    fn new() -> Scanner {
+        Scanner { open: [0; 8], depth: 0 }
+    }
+
+    /// Consumes the complete items of `buf[pos..]`; returns the position
+    /// after the last one and how many top-level replies were completed.
+    fn scan(&mut self, buf: &[u8], mut pos: usize) -> (usize, usize) {
+        let mut replies = 0;
+        while pos < buf.len() {
+            let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i) else {
+                break;
+            };
+            let kind = buf[pos];
+            let header = nl + 1;
+            let end = match kind {
+                b'$' | b'=' | b'!' => {
+                    let n = resp_int(&buf[pos + 1..nl - 1]);
+                    if n < 0 {
+                        header
+                    } else {
+                        let end = header + n as usize + 2;
+                        if end > buf.len() {
+                            break;
+                        }
+                        end
+                    }
+                }
+                b'*' | b'~' | b'>' | b'%' => {
+                    let n = resp_int(&buf[pos + 1..nl - 1]);
+                    let items = if kind == b'%' { 2 * n } else { n };
+                    if items > 0 {
+                        assert!(self.depth < self.open.len(), "RESP nesting too deep for the bench");
+                        self.open[self.depth] = items;
+                        self.depth += 1;
+                        pos = header;
+                        continue;
+                    }
+                    header
+                }
+                _ => header,
+            };
+            pos = end;
+            // One item complete: close the arrays it completes.
+            loop {
+                if self.depth == 0 {
+                    replies += 1;
+                    break;
+                }
+                self.open[self.depth - 1] -= 1;
+                if self.open[self.depth - 1] > 0 {
+                    break;
+                }
+                self.depth -= 1;
+            }
+        }
+        (pos, replies)
+    }
+}
+
+/// Reads `want` replies from `stream` into `buf` (reused; grown only if a
+/// reply does not fit), framing them with a [`Scanner`]; returns the number
+/// of bytes they took.
+fn read_framed(stream: &mut TcpStream, buf: &mut Vec<u8>, mut want: usize) -> usize {
+    let mut scanner = Scanner::new();
+    let (mut len, mut pos, mut before) = (0, 0, 0);
+    while want > 0 {
+        if len == buf.len() {
+            if pos > 0 {
+                buf.copy_within(pos..len, 0);
+                before += pos;
+                len -= pos;
+                pos = 0;
+            } else {
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+        let n = stream.read(&mut buf[len..]).unwrap();
+        assert!(n > 0, "server closed the connection");
+        len += n;
+        let (p, done) = scanner.scan(&buf[..len], pos);
+        assert!(done <= want, "more replies than requested");
+        pos = p;
+        want -= done;
+    }
+    assert_eq!(pos, len, "bytes after the last reply");
+    before + pos
+}
+
+/// The wire-only lower bound: requests packed in advance, written to every
+/// server's plain socket before any is read, replies framed, not decoded.
+struct Wire {
+    streams: Vec<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Wire {
+    fn connect(servers: &[&RedisServer]) -> Wire {
+        Wire {
+            streams: servers.iter().map(|s| TcpStream::connect(s.addr()).unwrap()).collect(),
+            buf: vec![0; 1 << 16],
+        }
+    }
+
+    /// Sends each (server, packed bytes, replies) request; returns the reply
+    /// bytes read from each.
+    fn exchange(&mut self, requests: &[(usize, Vec<u8>, usize)]) -> Vec<usize> {
+        for (s, bytes, _) in requests {
+            self.streams[*s].write_all(bytes).unwrap();
+        }
+        requests
+            .iter()
+            .map(|(s, _, n)| read_framed(&mut self.streams[*s], &mut self.buf, *n))
+            .collect()
+    }
+
+    /// `exchange` without collecting: the timed form.
+    fn run(&mut self, requests: &[(usize, Vec<u8>, usize)]) -> usize {
+        for (s, bytes, _) in requests {
+            self.streams[*s].write_all(bytes).unwrap();
+        }
+        let mut total = 0;
+        for (s, _, n) in requests {
+            total += read_framed(&mut self.streams[*s], &mut self.buf, *n);
+        }
+        total
+    }
+}
+
+/// The size of `v` in RESP2, as the server sent it.
+fn resp_len(v: &Value) -> usize {
+    let head = |n: usize| 1 + n.to_string().len() + 2;
+    match v {
+        Value::Nil => 5,
+        Value::Okay => 5,
+        Value::Int(i) => 1 + i.to_string().len() + 2,
+        Value::SimpleString(s) => 1 + s.len() + 2,
+        Value::BulkString(b) => head(b.len()) + b.len() + 2,
+        Value::Array(items) => head(items.len()) + items.iter().map(resp_len).sum::<usize>(),
+        other => panic!("unexpected reply in the bench: {other:?}"),
+    }
+}
+
+/// Checks, outside the timing, that the wire-only bound reads exactly the
+/// bytes of the replies a decoding client receives for the same requests.
+fn check_wire(name: &str, wire: &mut Wire, raw: &mut [redis::Connection], requests: &[(usize, Vec<u8>, usize)]) {
+    let framed = wire.exchange(requests);
+    let decoded = send_all_read_all(raw, requests);
+    for ((f, d), (s, _, n)) in framed.iter().zip(&decoded).zip(requests) {
+        assert_eq!(d.len(), *n, "{name}: replies from server {s}");
+        let bytes: usize = d.iter().map(resp_len).sum();
+        assert_eq!(*f, bytes, "{name}: reply bytes from server {s}");
+    }
+    eprintln!(
+        "{name}: wire-only bound reads {} reply bytes, as decoded by redis-rs",
+        framed.iter().sum::<usize>()
+    );
+}
+
 /// One row: (name, target ratio, per-pass ratios).
 struct Row {
     name: &'static str,
@@ -123,6 +317,26 @@ fn record(rows: &mut Vec<Row>, name: &'static str, target: f64, ours: Duration, 
             ratios: vec![ratio],
             detail,
         }),
+    }
+}
+
+/// A row against the wire-only lower bound: `ours` is `who`'s time.
+fn record_wire(
+    rows: &mut Vec<Row>,
+    name: &'static str,
+    target: f64,
+    who: &str,
+    ours: Duration,
+    theirs: Duration,
+    per: usize,
+) {
+    record(rows, name, target, ours, theirs, per);
+    if let Some(r) = rows.iter_mut().find(|r| r.name == name) {
+        r.detail = format!(
+            "{who} {:>8.2} us, wire-only {:>8.2} us per call",
+            ours.as_secs_f64() * 1e6 / per as f64,
+            theirs.as_secs_f64() * 1e6 / per as f64
+        );
     }
 }
 
@@ -209,6 +423,37 @@ fn main() {
         None
     };
     let mr2 = MRedis::new(pair_servers.iter().map(|b| b.url())).unwrap();
+
+    // The wire-only lower bound: per-server requests packed now, once.
+    let mut wire = Wire::connect(&four);
+    let mut per_mget: Vec<redis::Cmd> = (0..4).map(|_| redis::cmd("MGET")).collect();
+    let mut per_mset: Vec<redis::Cmd> = (0..4).map(|_| redis::cmd("MSET")).collect();
+    let mut per_pipe: Vec<(redis::Pipeline, usize)> = (0..4).map(|_| (redis::pipe(), 0)).collect();
+    for (k, v) in &items {
+        let s = index(k.as_bytes(), 4);
+        per_mget[s].arg(k);
+        per_mset[s].arg(k).arg(*v);
+        per_pipe[s].0.get(k);
+        per_pipe[s].1 += 1;
+    }
+    let wire_mget: Vec<(usize, Vec<u8>, usize)> = per_mget
+        .iter()
+        .enumerate()
+        .map(|(s, c)| (s, c.get_packed_command(), 1))
+        .collect();
+    let wire_mset: Vec<(usize, Vec<u8>, usize)> = per_mset
+        .iter()
+        .enumerate()
+        .map(|(s, c)| (s, c.get_packed_command(), 1))
+        .collect();
+    let wire_pipe: Vec<(usize, Vec<u8>, usize)> = per_pipe
+        .iter()
+        .enumerate()
+        .map(|(s, (p, n))| (s, p.get_packed_pipeline(), *n))
+        .collect();
+    check_wire("MGET", &mut wire, &mut raw4, &wire_mget);
+    check_wire("MSET", &mut wire, &mut raw4, &wire_mset);
+    check_wire("pipeline of GETs", &mut wire, &mut raw4, &wire_pipe);
 
     let mut rows: Vec<Row> = Vec::new();
     for pass in 0..passes {
@@ -602,13 +847,163 @@ fn main() {
                 ours,
                 1,
             );
-            if let Some(r) = rows.last_mut() {
+            if let Some(r) = rows.iter_mut().find(|r| r.name.starts_with("pipeline of 5000")) {
                 r.detail = format!(
                     "mredis {:.2} ms, one redis-rs pipeline through nutcracker {:.2} ms",
                     ours.as_secs_f64() * 1e3,
                     theirs.as_secs_f64() * 1e3
                 );
             }
+        }
+        // The same three sync calls against the wire-only lower bound.
+        {
+            let reps = 50;
+            let (ours, theirs) = pair(
+                || {
+                    for _ in 0..reps {
+                        let v: Vec<Option<i64>> = mr4.mget(&keys).unwrap();
+                        black_box(v);
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        black_box(wire.run(&wire_mget));
+                    }
+                },
+            );
+            record_wire(
+                &mut rows,
+                "sync MGET 1000 keys over 4 servers vs wire-only",
+                1.30,
+                "mredis",
+                ours,
+                theirs,
+                reps,
+            );
+            let (ours, theirs) = pair(
+                || {
+                    for _ in 0..reps {
+                        mr4.mset::<_, _, ()>(&items).unwrap();
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        black_box(wire.run(&wire_mset));
+                    }
+                },
+            );
+            record_wire(
+                &mut rows,
+                "sync MSET 1000 pairs over 4 servers vs wire-only",
+                1.30,
+                "mredis",
+                ours,
+                theirs,
+                reps,
+            );
+            let (ours, theirs) = pair(
+                || {
+                    for _ in 0..reps {
+                        let mut p = mr4.pipeline_all();
+                        for k in &keys {
+                            p.get(k);
+                        }
+                        black_box(p.query::<Vec<Option<i64>>>(&mr4).unwrap());
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        black_box(wire.run(&wire_pipe));
+                    }
+                },
+            );
+            record_wire(
+                &mut rows,
+                "sync pipeline_all() 1000 GETs, 4 servers vs wire-only",
+                1.30,
+                "mredis",
+                ours,
+                theirs,
+                reps,
+            );
+            // How much of that is decoding alone: the same packed requests
+            // on raw redis-rs connections, replies decoded and typed
+            // (nothing built, hashed or placed), against the same bound.
+            let (ours, theirs) = pair(
+                || {
+                    for _ in 0..reps {
+                        for mut reply in send_all_read_all(&mut raw4, &wire_mget) {
+                            let v: Vec<Option<i64>> = redis::from_redis_value(reply.pop().unwrap()).unwrap();
+                            black_box(v);
+                        }
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        black_box(wire.run(&wire_mget));
+                    }
+                },
+            );
+            record_wire(
+                &mut rows,
+                "redis-rs decoding only: MGET 1000 keys vs wire-only",
+                0.0,
+                "redis-rs",
+                ours,
+                theirs,
+                reps,
+            );
+            let (ours, theirs) = pair(
+                || {
+                    for _ in 0..reps {
+                        for replies in send_all_read_all(&mut raw4, &wire_mset) {
+                            for v in replies {
+                                let () = redis::from_redis_value(v).unwrap();
+                            }
+                        }
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        black_box(wire.run(&wire_mset));
+                    }
+                },
+            );
+            record_wire(
+                &mut rows,
+                "redis-rs decoding only: MSET 1000 pairs vs wire-only",
+                0.0,
+                "redis-rs",
+                ours,
+                theirs,
+                reps,
+            );
+            let (ours, theirs) = pair(
+                || {
+                    for _ in 0..reps {
+                        for replies in send_all_read_all(&mut raw4, &wire_pipe) {
+                            for v in replies {
+                                let v: Option<i64> = redis::from_redis_value(v).unwrap();
+                                black_box(v);
+                            }
+                        }
+                    }
+                },
+                || {
+                    for _ in 0..reps {
+                        black_box(wire.run(&wire_pipe));
+                    }
+                },
+            );
+            record_wire(
+                &mut rows,
+                "redis-rs decoding only: pipeline 1000 GETs vs wire-only",
+                0.0,
+                "redis-rs",
+                ours,
+                theirs,
+                reps,
+            );
         }
     }
 
