@@ -11,17 +11,46 @@
 //! moves on its own, and a down server's keys keep failing (naming it).
 //!
 //! **Ejection** (twemproxy's `auto_eject_hosts`, go-redis Ring's shard
-//! removal) is a separate opt-in for cache fleets: while a server is down,
-//! its keys are placed as if it were not in the list, so they go to the
-//! other servers; when it is back, they go to it again. Data consequences:
-//! keys written to other servers while it was out stay there (stale copies
-//! once it is back, until they expire or are deleted), and what it held is
-//! served again, possibly stale, when it returns. Only placements where
-//! removing a server moves only that server's keys allow it (ketama,
-//! rendezvous); for `standard` and `modula`, removing one server would move
-//! almost every key, so [`Builder::build`](crate::Builder::build) refuses it.
+//! removal) is a separate opt-in: while a server is down, its keys are
+//! placed as if it were not in the list, so they go to the other servers
+//! (its data is out of reach meanwhile: a read of one of its keys finds
+//! what was written there since, or nothing). What happens when it is back
+//! is [`HealthCheck::rejoin`]:
+//!
+//! - [`Rejoin::MoveBack`] (the default): the keys written on the other
+//!   servers during the ejection are the newer copies, so they are moved
+//!   back to it (`MIGRATE ... REPLACE`, atomic per key) before it serves
+//!   them again. Meanwhile each of its keys is served where it is, as
+//!   during a resharding ([`Builder::migrating_from`](crate::Builder::migrating_from)):
+//!   on the server it went to while a copy is there (checked and run in
+//!   one script), on its own server otherwise; nothing creates it on the
+//!   other server any more. The move ends after a pass that found nothing
+//!   to move and started one response timeout after the server came back
+//!   (commands routed before that have finished). Result: a write
+//!   acknowledged during the ejection is what the key reads afterwards,
+//!   and no copy is left behind to come back at the next outage. Limits,
+//!   stated plainly: writes that depend on the old value (INCR, APPEND,
+//!   HSET of one field, ...) made during the ejection started from what
+//!   the other server had (usually nothing), and that result replaces the
+//!   older one; a DEL or EXPIRE made during the ejection of a key that was
+//!   not written there is not carried back (the server returns with the
+//!   key); several client processes each decide on their own, so one
+//!   that has not yet seen the server return can still write the key to
+//!   the other server for up to its own check interval, and such a write
+//!   is carried back only while the move is running.
+//! - [`Rejoin::Keep`]: twemproxy's behaviour, for caches: the server serves
+//!   its keys again at once with what it held; writes made elsewhere
+//!   during the ejection are no longer read (lost to the client) and stay
+//!   there as stale copies that come back at the next outage.
+//! - Without ejection a down server's keys fail fast (naming it): nothing
+//!   stale, nothing lost, but those keys are unavailable meanwhile.
+//!
+//! Only placements where removing a server moves only that server's keys
+//! allow ejection (ketama, rendezvous); for `standard` and `modula`,
+//! removing one server would move almost every key, so
+//! [`Builder::build`](crate::Builder::build) refuses it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -49,6 +78,9 @@ pub struct HealthCheck {
     pub slow_after: Duration,
     /// Place a down server's keys on the others (ketama and rendezvous only).
     pub eject: bool,
+    /// With `eject`: what happens to the keys written on the other servers
+    /// while a server was out, once it is back (default: moved back).
+    pub rejoin: Rejoin,
     /// The check (default: `PING`).
     pub check: Option<CheckFn>,
     /// Called with every event, from the checking thread.
@@ -63,6 +95,7 @@ impl Default for HealthCheck {
             up_after: 1,
             slow_after: Duration::from_millis(100),
             eject: false,
+            rejoin: Rejoin::MoveBack,
             check: None,
             on_event: None,
         }
@@ -77,9 +110,23 @@ impl std::fmt::Debug for HealthCheck {
             .field("up_after", &self.up_after)
             .field("slow_after", &self.slow_after)
             .field("eject", &self.eject)
+            .field("rejoin", &self.rejoin)
             .field("custom_check", &self.check.is_some())
             .finish()
     }
+}
+
+/// What an ejected server's return does with the keys written on the other
+/// servers while it was out (see the module docs for the guarantees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rejoin {
+    /// They are moved back to it (they are the newer copies) before it
+    /// serves them again; meanwhile each is served where it is.
+    #[default]
+    MoveBack,
+    /// It serves its keys again at once with what it held (twemproxy's
+    /// behaviour): writes made elsewhere meanwhile are no longer read.
+    Keep,
 }
 
 /// A change of a server's health.
@@ -125,6 +172,9 @@ pub struct ServerHealth {
     pub failures: u64,
     /// Idle connections the sync client keeps for it (`None` for the async client).
     pub idle_connections: Option<usize>,
+    /// Back from an ejection, and the keys written on the other servers
+    /// meanwhile are being moved back to it ([`Rejoin::MoveBack`]).
+    pub rejoining: bool,
 }
 
 /// The state shared by the checking thread and the client.
@@ -135,7 +185,30 @@ pub(crate) struct Health {
     pub(crate) any_ejected: AtomicBool,
     /// The placement over the up servers, with its index -> server index map.
     pub(crate) ejected: RwLock<Option<(Placement, Vec<usize>)>>,
+    /// A server came back and the keys written elsewhere meanwhile are
+    /// being moved back: routing reads `rejoin`.
+    rejoining: AtomicBool,
+    rejoin: RwLock<Option<Arc<RejoinState>>>,
+    /// Bumped at every routing change; a mover stops when it moves on.
+    epoch: AtomicU64,
     stop: AtomicBool,
+}
+
+/// The routing in force before a server came back, and the servers up now.
+#[derive(Debug)]
+struct RejoinState {
+    /// None: every server was up (the full placement).
+    before: Option<(Placement, Vec<usize>)>,
+    up: Vec<bool>,
+}
+
+impl RejoinState {
+    fn before(&self, key: &[u8], full: &Placement) -> usize {
+        match &self.before {
+            Some((p, map)) => map[p.index(key)],
+            None => full.index(key),
+        }
+    }
 }
 
 impl Health {
@@ -151,11 +224,15 @@ impl Health {
                         checks: 0,
                         failures: 0,
                         idle_connections: None,
+                        rejoining: false,
                     })
                     .collect(),
             ),
             any_ejected: AtomicBool::new(false),
             ejected: RwLock::new(None),
+            rejoining: AtomicBool::new(false),
+            rejoin: RwLock::new(None),
+            epoch: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
     }
@@ -170,8 +247,37 @@ impl Health {
         guard.as_ref().map(|(p, map)| map[p.index(key)])
     }
 
+    /// While keys are being moved back to a server that returned: the
+    /// server a key was routed to before (where a newer copy may be), when
+    /// it differs from `now` and is up.
+    #[inline]
+    pub(crate) fn rejoin_from(&self, key: &[u8], now: usize, full: &Placement) -> Option<usize> {
+        if !self.rejoining.load(Ordering::Acquire) {
+            return None;
+        }
+        let guard = self.rejoin.read().unwrap_or_else(|e| e.into_inner());
+        let state = guard.as_ref()?;
+        let before = state.before(key, full);
+        (before != now && state.up.get(before).copied().unwrap_or(false)).then_some(before)
+    }
+
+    /// The routing in force now, as (placement, index -> server) when some
+    /// server is ejected.
+    fn routing(&self) -> Option<(Placement, Vec<usize>)> {
+        self.ejected.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<ServerHealth> {
-        self.states.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut all = self.states.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if self.rejoining.load(Ordering::Acquire)
+            && let Some(state) = self.rejoin.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && let Some((_, up_before)) = &state.before
+        {
+            for (i, s) in all.iter_mut().enumerate() {
+                s.rejoining = s.up && !up_before.contains(&i);
+            }
+        }
+        all
     }
 
     pub(crate) fn shut_down(&self) {
@@ -192,12 +298,15 @@ pub(crate) fn check_ejection(mode: Mode) -> RedisResult<()> {
 }
 
 /// Starts the checking thread.
+/// `grace`: how long a command routed before a change may still be in
+/// flight (the client's response timeout).
 pub(crate) fn start(
     health: Arc<Health>,
     servers: Vec<Server>,
     mode: Mode,
     hash_tags: Option<bool>,
     options: HealthCheck,
+    grace: Duration,
 ) -> RedisResult<()> {
     let mut clients = Vec::new();
     for s in &servers {
@@ -205,11 +314,12 @@ pub(crate) fn start(
     }
     std::thread::Builder::new()
         .name("mredis-health".to_string())
-        .spawn(move || run(health, servers, clients, mode, hash_tags, options))
+        .spawn(move || run(health, servers, clients, mode, hash_tags, options, grace))
         .map_err(|e| crate::error::client_error(format!("cannot start the health checking thread: {e}")))?;
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     health: Arc<Health>,
     servers: Vec<Server>,
@@ -217,6 +327,7 @@ fn run(
     mode: Mode,
     hash_tags: Option<bool>,
     options: HealthCheck,
+    grace: Duration,
 ) {
     let n = servers.len();
     let mut cons: Vec<Option<redis::Connection>> = (0..n).map(|_| None).collect();
@@ -273,7 +384,13 @@ fn run(
             // Routing changes before anyone hears of it: a `Down` or `Up`
             // callback that looks at placement sees the new one.
             if changed && options.eject {
+                let came_back = events.iter().any(|e| matches!(e, HealthEvent::Up { .. }));
+                let before = health.routing();
                 apply_ejection(&health, &servers, mode, hash_tags);
+                let epoch = health.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                if options.rejoin == Rejoin::MoveBack && (came_back || health.rejoining.load(Ordering::Acquire)) {
+                    start_rejoin(&health, &servers, &clients, mode, hash_tags, before, epoch, grace);
+                }
             }
             if let Some(cb) = &options.on_event {
                 for e in &events {
@@ -307,6 +424,137 @@ fn apply_ejection(health: &Health, servers: &[Server], mode: Mode, hash_tags: Op
     let any = placement.is_some();
     *health.ejected.write().unwrap_or_else(|e| e.into_inner()) = placement;
     health.any_ejected.store(any, Ordering::Release);
+}
+
+/// Starts (or restarts, after another change) moving back the keys that
+/// the routing before sent elsewhere: routing guards them on the server
+/// they went to until a mover thread has moved them all.
+#[allow(clippy::too_many_arguments)]
+fn start_rejoin(
+    health: &Arc<Health>,
+    servers: &[Server],
+    clients: &[redis::Client],
+    mode: Mode,
+    hash_tags: Option<bool>,
+    before: Option<(Placement, Vec<usize>)>,
+    epoch: u64,
+    grace: Duration,
+) {
+    let up: Vec<bool> = health.snapshot().iter().map(|s| s.up).collect();
+    let Ok(full) = Placement::new(mode, servers, hash_tags) else {
+        return;
+    };
+    let state = {
+        let mut slot = health.rejoin.write().unwrap_or_else(|e| e.into_inner());
+        // A change during a move keeps the first routing: the keys to move
+        // back are where it sent them.
+        let before = match slot.take() {
+            Some(old) => match Arc::try_unwrap(old) {
+                Ok(old) => old.before,
+                Err(shared) => shared.before.clone(),
+            },
+            None => before,
+        };
+        let state = Arc::new(RejoinState { before, up });
+        *slot = Some(state.clone());
+        state
+    };
+    health.rejoining.store(true, Ordering::Release);
+    let health = health.clone();
+    let servers = servers.to_vec();
+    let clients = clients.to_vec();
+    let _ = std::thread::Builder::new()
+        .name("mredis-rejoin".to_string())
+        .spawn(move || move_back(&health, &servers, &clients, &full, &state, epoch, grace));
+}
+
+/// Moves back every key whose routing before differs from now's, pass after
+/// pass, until a pass that started after `grace` moved nothing; then
+/// routing goes direct again (unless routing changed meanwhile).
+fn move_back(
+    health: &Health,
+    servers: &[Server],
+    clients: &[redis::Client],
+    full: &Placement,
+    state: &RejoinState,
+    epoch: u64,
+    grace: Duration,
+) {
+    let started = Instant::now();
+    let current = |h: &Health| h.epoch.load(Ordering::Acquire) == epoch && !h.stop.load(Ordering::Relaxed);
+    while current(health) {
+        let pass = Instant::now();
+        let now = health.routing();
+        let owner = |key: &[u8]| match &now {
+            Some((p, map)) => map[p.index(key)],
+            None => full.index(key),
+        };
+        let mut moved = 0usize;
+        let mut failed = false;
+        for (from, client) in clients.iter().enumerate() {
+            if !state.up.get(from).copied().unwrap_or(false) || !current(health) {
+                continue;
+            }
+            match move_from(client, from, servers, full, state, &owner, grace) {
+                Ok(n) => moved += n,
+                Err(_) => failed = true,
+            }
+        }
+        if moved == 0 && !failed && pass.duration_since(started) >= grace {
+            break;
+        }
+        if moved == 0 {
+            std::thread::sleep(Duration::from_millis(20).min(grace));
+        }
+    }
+    if current(health) {
+        health.rejoining.store(false, Ordering::Release);
+        *health.rejoin.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// One pass over one server: MIGRATEs (REPLACE: the copy here is the newer
+/// one) each key that the routing before put here and now's puts elsewhere.
+fn move_from(
+    client: &redis::Client,
+    from: usize,
+    servers: &[Server],
+    full: &Placement,
+    state: &RejoinState,
+    owner: &dyn Fn(&[u8]) -> usize,
+    grace: Duration,
+) -> RedisResult<usize> {
+    let timeout = grace.max(Duration::from_secs(1));
+    let mut con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    let mut cursor: u64 = 0;
+    let mut moved = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query(&mut con)?;
+        let mut by_dest: Vec<Vec<Vec<u8>>> = vec![Vec::new(); servers.len()];
+        for key in keys {
+            let to = owner(&key);
+            if to != from && state.before(&key, full) == from {
+                by_dest[to].push(key);
+            }
+        }
+        for (to, keys) in by_dest.iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            let cmd = servers[to].migrate_cmd(timeout.as_millis() as u64, true, keys);
+            let reply: redis::Value = cmd.query(&mut con)?;
+            if !matches!(reply, redis::Value::Okay | redis::Value::SimpleString(_)) {
+                return Err(crate::error::client_error(format!("MIGRATE answered {reply:?}")));
+            }
+            moved += keys.len();
+        }
+        if next == 0 {
+            return Ok(moved);
+        }
+        cursor = next;
+    }
 }
 
 fn check_one(

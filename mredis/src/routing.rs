@@ -154,6 +154,7 @@ impl Core {
                     options.mode,
                     options.hash_tags,
                     h.clone(),
+                    options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
                 )?;
                 Some(health)
             }
@@ -233,10 +234,18 @@ impl Core {
             Some(s) => s,
             None => self.placement.index(key),
         };
-        let from = self.migration.as_ref().and_then(|m| {
-            let old = m.map.get(m.placement.index(key)).copied().unwrap_or(server);
-            (old != server).then_some(old)
-        });
+        let from = match &self.migration {
+            Some(m) => {
+                let old = m.map.get(m.placement.index(key)).copied().unwrap_or(server);
+                (old != server).then_some(old)
+            }
+            // A server back from an ejection: a newer copy may still be
+            // where the key went meanwhile.
+            None => self
+                .health
+                .as_ref()
+                .and_then(|h| h.rejoin_from(key, server, &self.placement)),
+        };
         (server, from)
     }
 

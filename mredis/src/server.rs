@@ -214,7 +214,11 @@ impl Server {
     /// (its database, and its credentials when it has a password).
     pub(crate) fn migrate_cmd(&self, timeout_ms: u64, replace: bool, keys: &[Vec<u8>]) -> redis::Cmd {
         let mut cmd = redis::cmd("MIGRATE");
-        cmd.arg(self.host()).arg(self.port()).arg("").arg(self.db()).arg(timeout_ms);
+        cmd.arg(self.host())
+            .arg(self.port())
+            .arg("")
+            .arg(self.db())
+            .arg(timeout_ms);
         if replace {
             cmd.arg("REPLACE");
         }

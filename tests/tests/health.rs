@@ -188,7 +188,9 @@ fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
         .map(|(_, x)| x.keys().len())
         .sum();
     assert_eq!(stored, on_dead.len());
-    // It comes back: its keys go to it again (empty after the restart).
+    // It comes back (empty after the restart): its keys go to it again, and
+    // the writes made while it was out are moved back to it (the default,
+    // `Rejoin::MoveBack`).
     s[victim].restart();
     wait_for(
         &events,
@@ -197,7 +199,10 @@ fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
     );
     for k in &on_dead {
         assert_eq!(mr.server_for(k.as_str()).unwrap(), name);
-        assert_eq!(mr.get::<_, Option<String>>(k.as_str()).unwrap(), None);
+        assert_eq!(
+            mr.get::<_, Option<String>>(k.as_str()).unwrap().as_deref(),
+            Some("while ejected")
+        );
     }
 }
 
@@ -241,4 +246,198 @@ fn ejection_is_refused_for_modulo_placements_and_migrations() {
     assert!(err.to_string().contains("migrating_from"), "{err}");
     // Without the option there is no health state at all.
     assert!(MRedis::new(list(&s)).unwrap().health().is_empty());
+}
+
+/// What the ejection scenario left: keys that read an older value than
+/// their last acknowledged write, keys held by a server that does not own
+/// them (copies left behind), and the writes acknowledged while the
+/// server was out.
+struct Outcome {
+    stale: usize,
+    stray_copies: usize,
+    acked_while_out: u64,
+    keys_of_victim: usize,
+}
+
+/// 4 servers, ketama, health checking with ejection; a writer thread per
+/// server's keys SETs rising values and records the last acknowledged one
+/// per key. One server is SIGSTOPped until it is ejected and its keys have
+/// been written elsewhere (two full rounds), then SIGCONTed; the writers go
+/// on until it is back and served (and, with `MoveBack`, the move back is
+/// done) and `rounds_after` more rounds; with `rounds_after` 0 they stop
+/// before it is resumed. Then every key is read through the client and
+/// looked up on every server directly.
+fn ejection_scenario(rejoin: mredis::health::Rejoin, rounds_after: u64) -> Outcome {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let s = servers(4);
+    let mr = MRedis::builder()
+        .servers(list(&s))
+        .mode(ketama())
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Some(Duration::from_millis(500)))
+        .health_check(HealthCheck {
+            interval: Duration::from_millis(100),
+            down_after: 2,
+            eject: true,
+            rejoin,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    while !mr.health().iter().all(|h| h.up && h.checks >= 2) {
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", mr.health());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let keys: Vec<String> = (0..400).map(|i| format!("acct:{i}")).collect();
+    let mut by_owner: Vec<Vec<String>> = vec![Vec::new(); 4];
+    for k in &keys {
+        by_owner[mr.server_index_for(k.as_bytes())].push(k.clone());
+    }
+    // The server with the most keys (the names decide, not the ports).
+    let victim = (0..4).max_by_key(|&i| by_owner[i].len()).unwrap();
+    assert!(
+        by_owner[victim].len() >= 100,
+        "{:?}",
+        by_owner.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = Arc::new(AtomicBool::new(false));
+    let acked_while_out = Arc::new(AtomicU64::new(0));
+    // Full rounds each writer completed.
+    let rounds: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::default()).collect();
+    let mut writers = Vec::new();
+    for (w, mine) in by_owner.iter().cloned().enumerate() {
+        let (mr, stop, out, acked_out, rounds) = (
+            mr.clone(),
+            stop.clone(),
+            out.clone(),
+            acked_while_out.clone(),
+            rounds[w].clone(),
+        );
+        writers.push(std::thread::spawn(move || {
+            // key -> (last acknowledged, last attempted)
+            let mut last: std::collections::HashMap<String, (u64, u64)> = Default::default();
+            let mut r = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                r += 1;
+                for k in &mine {
+                    last.entry(k.clone()).or_default().1 = r;
+                    if mr.set::<_, _, ()>(k.as_str(), r).is_ok() {
+                        last.get_mut(k).unwrap().0 = r;
+                        if out.load(Ordering::Relaxed) {
+                            acked_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            last
+        }));
+    }
+    let wait_rounds = |w: usize, more: u64| {
+        let target = rounds[w].load(Ordering::Relaxed) + more;
+        let started = Instant::now();
+        while rounds[w].load(Ordering::Relaxed) < target {
+            assert!(started.elapsed() < Duration::from_secs(60), "writer {w} stuck");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_rounds(victim, 2);
+    let pid = s[victim].pid().unwrap();
+    signal("STOP", pid);
+    let started = Instant::now();
+    while mr.health()[victim].up {
+        assert!(started.elapsed() < Duration::from_secs(30), "never marked down");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    out.store(true, Ordering::Relaxed);
+    // Its keys are written elsewhere, acknowledged, two full rounds.
+    wait_rounds(victim, 2);
+    out.store(false, Ordering::Relaxed);
+    let mut last = std::collections::HashMap::new();
+    if rounds_after == 0 {
+        // Nothing written once it is back: what its keys read then is what
+        // the rejoin made of them.
+        stop.store(true, Ordering::Relaxed);
+        for w in writers.drain(..) {
+            last.extend(w.join().unwrap());
+        }
+    }
+    signal("CONT", pid);
+    let started = Instant::now();
+    while !mr.health()[victim].up || mr.health()[victim].rejoining {
+        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", mr.health());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Or the writers went on through the rejoin, and now `rounds_after`
+    // more rounds on the rejoined server, then stop.
+    if rounds_after > 0 {
+        wait_rounds(victim, rounds_after);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        last.extend(w.join().unwrap());
+    }
+    let mut stale = 0;
+    for (k, (acked, attempted)) in &last {
+        let v: Option<u64> = mr.get(k.as_str()).unwrap();
+        // A write that timed out may still have run: at most the last tried.
+        if !v.is_some_and(|v| v >= *acked && v <= *attempted) {
+            stale += 1;
+        }
+    }
+    let mut stray_copies = 0;
+    for (i, server) in s.iter().enumerate() {
+        for k in server.keys() {
+            if mr.server_index_for(k.as_bytes()) != i {
+                stray_copies += 1;
+            }
+        }
+    }
+    Outcome {
+        stale,
+        stray_copies,
+        acked_while_out: acked_while_out.load(Ordering::Relaxed),
+        keys_of_victim: by_owner[victim].len(),
+    }
+}
+
+/// Ejection's default, `Rejoin::MoveBack`: the writes acknowledged while a
+/// server was out are what its keys read once it is back (0 stale, 0 lost),
+/// and no copy is left on the other servers for a later outage to bring
+/// back.
+#[test]
+fn ejection_by_default_loses_no_acknowledged_write() {
+    let o = ejection_scenario(mredis::health::Rejoin::MoveBack, 1);
+    println!(
+        "MoveBack: {} writes of {} keys acknowledged while out; {} stale, {} copies left",
+        o.acked_while_out, o.keys_of_victim, o.stale, o.stray_copies
+    );
+    assert!(
+        o.acked_while_out >= 2 * o.keys_of_victim as u64,
+        "{}",
+        o.acked_while_out
+    );
+    assert_eq!(o.stale, 0, "keys reading an older value than acknowledged");
+    assert_eq!(o.stray_copies, 0, "copies left on servers that do not own them");
+}
+
+/// `Rejoin::Keep` (twemproxy's behaviour) measured: the server's keys read
+/// what it held before (every write acknowledged meanwhile is lost to the
+/// client) and those writes stay elsewhere as copies.
+#[test]
+fn ejection_that_keeps_loses_the_writes_made_meanwhile() {
+    let o = ejection_scenario(mredis::health::Rejoin::Keep, 0);
+    println!(
+        "Keep: {} writes of {} keys acknowledged while out; {} stale, {} copies left",
+        o.acked_while_out, o.keys_of_victim, o.stale, o.stray_copies
+    );
+    assert!(o.acked_while_out >= 2 * o.keys_of_victim as u64);
+    // Every key of the server that was out reads its value from before.
+    assert_eq!(o.stale, o.keys_of_victim, "keys reading what the server held before");
+    assert_eq!(
+        o.stray_copies, o.keys_of_victim,
+        "each written-while-out key left a copy"
+    );
 }

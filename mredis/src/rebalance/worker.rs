@@ -36,7 +36,6 @@ pub(super) fn classify(v: &Value) -> Reply {
     }
 }
 
-
 /// Runs `pipe` on `con`, server errors as values; a connection failure
 /// becomes an error naming `server`.
 pub(super) fn pquery(
