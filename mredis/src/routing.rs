@@ -6,14 +6,19 @@
 //! A key is hashed where it lies: [`Core::route_key`] feeds the caller's
 //! argument straight to the placement through a [`redis::RedisWrite`] that
 //! hashes instead of copying. A multi-key command is split by reading the
-//! caller's packed command in place ([`Plan`]), and each server's command is
-//! packed once.
+//! caller's arguments in place ([`Plan`]) into one command per server.
+//! The routed handle decides by the same functions, from the table's row
+//! (its class and `key_spec`), so a command reaches the same servers
+//! through a handle as through its method.
 //!
-//! While a migration is configured ([`Builder::migrating_from`]), a key
+//! While a migration is configured ([`Builder::migrating_from`]), or a
+//! server is back from an ejection and the keys written elsewhere meanwhile
+//! are being moved back to it ([`crate::health::Rejoin::MoveBack`]), a key
 //! whose owner changes carries a [`Move`] (old and new server): the
 //! migration state machines run the command on the old server while the
 //! key is still there and on the new one once it is gone; the client never
-//! MIGRATEs a key itself (the rebalance does).
+//! MIGRATEs a key itself on a command's path (the rebalance, or the
+//! health checker's mover, does).
 //!
 //! [`Builder::migrating_from`]: crate::Builder::migrating_from
 
