@@ -533,6 +533,8 @@ enum Op {
     Unsubscribe,
     PSubscribe,
     PUnsubscribe,
+    /// The placement watcher caught up: a deferred `Resubscribed` may go.
+    Recheck,
 }
 
 impl Op {
@@ -542,6 +544,7 @@ impl Op {
             Op::Unsubscribe => "UNSUBSCRIBE",
             Op::PSubscribe => "PSUBSCRIBE",
             Op::PUnsubscribe => "PUNSUBSCRIBE",
+            Op::Recheck => "RECHECK",
         }
     }
 
@@ -805,6 +808,12 @@ impl Subscriber {
 
     pub(crate) fn start_with(core: Arc<Core>, options: SubscriberOptions) -> RedisResult<Subscriber> {
         let buffer = Arc::new(Buffer::new(&options));
+        let following = core.health.clone().map(|health| {
+            Arc::new(Following {
+                seen: Mutex::new(health.placed_on()),
+                health,
+            })
+        });
         let mut controls = Vec::new();
         let mut names = Vec::new();
         let mut tasks = Vec::new();
@@ -829,6 +838,7 @@ impl Subscriber {
                 restored: false,
                 waiting: Vec::new(),
                 backoff: Duration::from_millis(50),
+                following: following.clone(),
             };
             tasks.push(tokio::spawn(serve(task, rx)));
         }
@@ -839,8 +849,8 @@ impl Subscriber {
             channels: Mutex::new(BTreeMap::new()),
             confirm_timeout: options.confirm_timeout,
         });
-        if let Some(health) = core.health.clone() {
-            tasks.push(tokio::spawn(follow(shared.clone(), health)));
+        if let Some(following) = following {
+            tasks.push(tokio::spawn(follow(shared.clone(), following)));
         }
         Ok(Subscriber {
             handle: Subscriptions { shared },
@@ -1013,6 +1023,8 @@ struct Task {
     /// Callers whose subscriptions wait for the connection.
     waiting: Vec<Reply>,
     backoff: Duration,
+    /// Health checking's placement, when there is health checking.
+    following: Option<Arc<Following>>,
 }
 
 impl Task {
@@ -1045,6 +1057,9 @@ impl Task {
         if self.link.is_some()
             && self.restored
             && self.outstanding == 0
+            // Not while the placement changed and the watcher has not moved
+            // the channels yet: the gap is not closed.
+            && self.following.as_ref().is_none_or(|f| f.current())
             && let Some(at) = self.lost_at.take()
         {
             self.buffer.push_event(Event::Resubscribed {
@@ -1093,12 +1108,17 @@ impl Task {
             reply,
             adopt,
         } = c;
+        if op == Op::Recheck {
+            self.check_resubscribed();
+            return;
+        }
         for n in &names {
             match op {
                 Op::Subscribe => self.channels.insert(n.clone()),
                 Op::Unsubscribe => self.channels.remove(n),
                 Op::PSubscribe => self.patterns.insert(n.clone()),
                 Op::PUnsubscribe => self.patterns.remove(n),
+                Op::Recheck => false,
             };
         }
         if let Some(reason) = adopt.clone() {
@@ -1130,7 +1150,7 @@ impl Task {
                     Op::Subscribe => sink.subscribe(names).await,
                     Op::Unsubscribe => sink.unsubscribe(names).await,
                     Op::PSubscribe => sink.psubscribe(names).await,
-                    Op::PUnsubscribe => sink.punsubscribe(names).await,
+                    Op::PUnsubscribe | Op::Recheck => sink.punsubscribe(names).await,
                 };
                 (generation, done, r)
             }
@@ -1255,17 +1275,40 @@ async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
 /// Follows health checking's placement: when it changes, each channel
 /// whose owner changed is unsubscribed where it was and subscribed where
 /// `PUBLISH` now sends it (the new server reports the gap).
-async fn follow(shared: Arc<Shared>, health: Arc<crate::health::Health>) {
-    let mut seen = health.placed_on();
+async fn follow(shared: Arc<Shared>, following: Arc<Following>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = health.placed_on();
-        if now != seen {
-            seen = now;
+        let now = following.health.placed_on();
+        if now != *lock(&following.seen) {
             reassign(&shared);
+            *lock(&following.seen) = now;
+            for server in 0..shared.controls.len() {
+                let _ = shared.send(
+                    server,
+                    Control {
+                        op: Op::Recheck,
+                        names: Vec::new(),
+                        reply: None,
+                        adopt: None,
+                    },
+                );
+            }
         }
+    }
+}
+
+/// Health checking's placement as the watcher last applied it.
+struct Following {
+    health: Arc<crate::health::Health>,
+    seen: Mutex<Option<Vec<usize>>>,
+}
+
+impl Following {
+    /// The subscriptions were moved for the placement in force.
+    fn current(&self) -> bool {
+        self.health.placed_on() == *lock(&self.seen)
     }
 }
 
