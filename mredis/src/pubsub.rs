@@ -58,8 +58,9 @@
 //! happens to the server. The call then waits at most
 //! [`SubscriberOptions::confirm_timeout`] (default 5 s) for the server's
 //! confirmation; without it, it returns an error saying that the channel is
-//! recorded and will be subscribed when the server answers (an
-//! [`Event::Resubscribed`] of that server follows once it does). The
+//! recorded and will be subscribed when the server answers (if the
+//! connection was lost, the [`Event::Resubscribed`] of that server says
+//! when). The
 //! connections of the other servers keep reading meanwhile: their messages
 //! wait in the buffer. To subscribe while another task keeps consuming the
 //! stream, take a [`Subscriptions`] handle ([`Subscriber::subscriptions`]):
@@ -619,7 +620,7 @@ impl Shared {
             .filter_map(|&s| self.names.get(s).map(String::as_str))
             .collect();
         let done = if op.adds() {
-            "it is recorded and will be subscribed when the server answers (an Event::Resubscribed of that server follows)"
+            "it is recorded and will be subscribed when the server answers"
         } else {
             "it is forgotten here; the server drops it when it answers"
         };
@@ -665,7 +666,8 @@ impl Subscriptions {
     /// [`SubscriberOptions::confirm_timeout`] for the server's
     /// confirmation. Without it (the server is down, stopped or slow), the
     /// error says so: the subscription is made as soon as the server
-    /// answers (an [`Event::Resubscribed`] of that server follows).
+    /// answers (if its connection was lost, the [`Event::Resubscribed`] of
+    /// that server says when).
     pub async fn subscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
         let channel = one_arg("channel", channel)?;
         let (tx, rx) = oneshot::channel();

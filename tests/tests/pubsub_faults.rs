@@ -206,11 +206,9 @@ fn subscribe_to_a_stopped_server_returns_within_its_timeout_and_the_stream_flows
         });
         let n: usize = mr.publish(&on_live, "while waiting").await.unwrap();
         assert_eq!(n, 1);
-        let m = loop {
-            match tokio::time::timeout(DEADLINE, sub.next_event()).await.unwrap().unwrap() {
-                Event::Message(m) => break m,
-                other => panic!("unexpected {other:?}"),
-            }
+        let m = match tokio::time::timeout(DEADLINE, sub.next_event()).await.unwrap().unwrap() {
+            Event::Message(m) => m,
+            other => panic!("unexpected {other:?}"),
         };
         let arrived = started.elapsed();
         assert_eq!(m.payload_str(), "while waiting");
@@ -245,11 +243,9 @@ fn subscribe_to_a_stopped_server_returns_within_its_timeout_and_the_stream_flows
                 assert!(started.elapsed() < DEADLINE, "{c} never subscribed");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let m = loop {
-                match tokio::time::timeout(DEADLINE, sub.next_event()).await.unwrap().unwrap() {
-                    Event::Message(m) => break m,
-                    other => panic!("unexpected {other:?}"),
-                }
+            let m = match tokio::time::timeout(DEADLINE, sub.next_event()).await.unwrap().unwrap() {
+                Event::Message(m) => m,
+                other => panic!("unexpected {other:?}"),
             };
             assert_eq!(m.payload_str(), format!("hello {c}"));
             assert_eq!(m.server(), s[0].name());
