@@ -819,13 +819,12 @@ impl Subscriber {
         let mut controls = Vec::new();
         let mut names = Vec::new();
         let mut tasks = Vec::new();
-        for (index, server) in core.current_servers().iter().enumerate() {
+        for server in core.current_servers() {
             let client = server.client().map_err(|e| crate::error::name_server(server, e))?;
             let (tx, rx) = mpsc::unbounded_channel();
             controls.push(tx);
             names.push(server.name().to_string());
             let task = Task {
-                index,
                 server: server.clone(),
                 name: Arc::from(server.name()),
                 client,
@@ -1005,7 +1004,6 @@ type Pending = FuturesUnordered<BoxFuture<'static, (u64, Done, RedisResult<()>)>
 
 /// One server's connection task's state.
 struct Task {
-    index: usize,
     server: crate::server::Server,
     name: Arc<str>,
     client: redis::Client,
@@ -1227,7 +1225,6 @@ impl Task {
 /// Never waits on the server: commands are answered by futures of their
 /// own, so a stopped server stalls nothing but itself.
 async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
-    let _ = t.index;
     let mut pending: Pending = FuturesUnordered::new();
     let mut connecting: Option<BoxFuture<'static, RedisResult<Link>>> =
         Some(connect(t.server.clone(), t.client.clone(), t.connect_timeout).boxed());
