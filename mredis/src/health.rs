@@ -267,6 +267,17 @@ impl Health {
         self.ejected.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The servers keys are placed on while some are ejected (`None`: all
+    /// of them, the configured placement). Read-only; a subscriber polls it
+    /// to follow placement changes.
+    pub(crate) fn placed_on(&self) -> Option<Vec<usize>> {
+        if !self.any_ejected.load(Ordering::Acquire) {
+            return None;
+        }
+        let guard = self.ejected.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|(_, up)| up.clone())
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<ServerHealth> {
         let mut all = self.states.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if self.rejoining.load(Ordering::Acquire)

@@ -12,7 +12,71 @@
 //! ([`Event::Lost`]), the task reconnects by itself, subscribes again to
 //! everything it had, and says so too ([`Event::Resubscribed`], with how
 //! long it was away). Messages published on that server in between are
-//! lost, as with any Redis subscriber: the two events mark the gap.
+//! lost, as with any Redis subscriber: the two events mark the gap. A server
+//! that cannot be reached when the subscriber starts is reported the same
+//! way (a `Lost`, then a `Resubscribed` once it answers).
+//!
+//! # A bounded buffer: the oldest messages are dropped, and counted
+//!
+//! Messages wait in one buffer until you take them, bounded by
+//! [`SubscriberOptions::max_messages`] (default 10 000) and
+//! [`SubscriberOptions::max_bytes`] (default 64 MiB, counting channel,
+//! pattern and payload bytes). When a new message would go over either
+//! bound, the **oldest buffered message is dropped** and the stream says so
+//! at that place with [`Event::Dropped`] (its server and how many of its
+//! messages were dropped there; consecutive drops of one server are counted
+//! in one event). Every message is therefore accounted for: received, or
+//! counted in a `Dropped`. [`Subscriber::dropped`] gives the total and
+//! [`Subscriber::backlog`] what is waiting now. `Lost`, `Resubscribed` and
+//! `Dropped` themselves are never dropped and do not count against the
+//! bounds.
+//!
+//! Why not the other policy, stop reading and let the server's own
+//! `client-output-buffer-limit pubsub` disconnect the subscriber? Because
+//! then the server drops the *whole* connection once its limit is reached
+//! (by default 32 MB, or 8 MB for 60 s): every subscription of that server
+//! is gone until the resubscription, nothing says how many messages were
+//! lost, and the memory is spent on the server, shared by every client,
+//! instead of in the slow process. Dropping the oldest keeps the
+//! subscriptions, keeps the other servers' messages flowing, costs the
+//! server nothing, and counts exactly what was lost.
+//!
+//! Nothing else buffers without bound: each connection is read only when
+//! the previous read has been taken out of redis-rs (at most one socket
+//! read, 8 KiB for small messages, is ever waiting inside redis-rs), so when
+//! the process cannot keep up, data waits in the kernel and then in the
+//! server's output buffer, where the server's `client-output-buffer-limit
+//! pubsub` applies (a `Lost` and a `Resubscribed` then mark the gap). The
+//! same holds for TCP and Unix socket servers; a TLS connection is read by
+//! redis-rs as fast as it arrives (the messages are still moved into the
+//! bounded buffer at once).
+//!
+//! # Subscribing never stops the stream
+//!
+//! [`Subscriber::subscribe`] records the channel first: from then on it is
+//! part of the subscriber, subscribed on every (re)connection, whatever
+//! happens to the server. The call then waits at most
+//! [`SubscriberOptions::confirm_timeout`] (default 5 s) for the server's
+//! confirmation; without it, it returns an error saying that the channel is
+//! recorded and will be subscribed when the server answers (if the
+//! connection was lost, the [`Event::Resubscribed`] of that server says
+//! when). The
+//! connections of the other servers keep reading meanwhile: their messages
+//! wait in the buffer. To subscribe while another task keeps consuming the
+//! stream, take a [`Subscriptions`] handle ([`Subscriber::subscriptions`]):
+//! its methods take `&self` and it can be cloned and sent to other tasks.
+//!
+//! # Subscriptions follow ownership under ejection
+//!
+//! With health checking and ejection ([`health`](crate::health)), a down
+//! server's channels are published on another server. The subscriber
+//! watches the placement and moves each channel to where `PUBLISH` for it
+//! goes, when a server is ejected and again when it is back. The server a
+//! channel moves to reports the gap: an [`Event::Lost`] (the reason says
+//! which channels move from where) when the move starts, an
+//! [`Event::Resubscribed`] once it has confirmed them. Every message
+//! published after that `Resubscribed` arrives; the ones published while
+//! the placement changed, before it, may be missed.
 //!
 //! Keyspace notifications of the whole fleet arrive through a pattern,
 //! once the servers have them on (`notify-keyspace-events`):
@@ -31,22 +95,53 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! With options (a smaller buffer, a shorter confirmation wait):
+//!
+//! ```no_run
+//! # fn demo() -> redis::RedisResult<()> {
+//! use std::time::Duration;
+//! use mredis::pubsub::SubscriberOptions;
+//! let mr = mredis::MRedis::new(["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"])?;
+//! let mut sub = mr.subscriber_with(SubscriberOptions {
+//!     max_messages: 1_000,
+//!     confirm_timeout: Duration::from_secs(1),
+//!     ..Default::default()
+//! })?;
+//! if let Err(e) = sub.subscribe("orders") {
+//!     // Not confirmed in time: still recorded, subscribed once the server answers.
+//!     eprintln!("{e}");
+//! }
+//! for event in sub {
+//!     match event {
+//!         mredis::Event::Message(m) => println!("{}", m.payload_str()),
+//!         mredis::Event::Dropped { server, count } => eprintln!("{count} messages of {server} dropped"),
+//!         other => eprintln!("{other:?}"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use redis::{RedisResult, ToRedisArgs};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use redis::{ConnectionAddr, RedisResult, ToRedisArgs};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::client_error;
-use crate::routing::{Core, Route};
+use crate::routing::Core;
 
 /// A message from one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    server: String,
+    server: Arc<str>,
     channel: Vec<u8>,
     pattern: Option<Vec<u8>>,
     payload: Vec<u8>,
@@ -82,6 +177,12 @@ impl Message {
     pub fn payload_str(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.payload)
     }
+
+    /// What it counts against [`SubscriberOptions::max_bytes`]: channel,
+    /// pattern and payload bytes.
+    pub fn size(&self) -> usize {
+        self.channel.len() + self.payload.len() + self.pattern.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// What a [`Subscriber`] yields.
@@ -89,45 +190,587 @@ impl Message {
 pub enum Event {
     /// A message.
     Message(Message),
-    /// The connection to `server` was lost; messages published there are
-    /// missed until [`Event::Resubscribed`].
+    /// Messages of some subscriptions on `server` may be missed from now
+    /// until the next [`Event::Resubscribed`] of `server`: all of them when
+    /// its connection was lost (or could not be made), or the channels that
+    /// move to it from another server when health checking changes the
+    /// placement (the reason says which).
     Lost {
         /// The server.
         server: String,
         /// What happened.
         reason: String,
     },
-    /// The connection to `server` is back and every subscription is in
-    /// place again, `after` the loss.
+    /// Every subscription that belongs on `server` is in place there
+    /// (again), `after` the [`Event::Lost`] that opened the gap.
     Resubscribed {
         /// The server.
         server: String,
-        /// How long the subscriptions were away.
+        /// How long the gap lasted.
         after: Duration,
+    },
+    /// The buffer was full: `count` messages of `server`, received at this
+    /// place in the stream, were dropped to make room (the oldest go
+    /// first; see the module docs).
+    Dropped {
+        /// The server they came from.
+        server: String,
+        /// How many.
+        count: u64,
     },
 }
 
-enum Control {
-    Subscribe(Vec<u8>, oneshot::Sender<RedisResult<()>>),
-    Unsubscribe(Vec<u8>, oneshot::Sender<RedisResult<()>>),
-    PSubscribe(Vec<u8>, oneshot::Sender<RedisResult<()>>),
-    PUnsubscribe(Vec<u8>, oneshot::Sender<RedisResult<()>>),
+/// Options of a subscriber ([`MRedis::subscriber_with`](crate::MRedis::subscriber_with),
+/// [`aio::MRedis::subscriber_with`](crate::aio::MRedis::subscriber_with)).
+/// Build with `..Default::default()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriberOptions {
+    /// At most this many messages wait in the buffer; beyond, the oldest
+    /// is dropped and counted ([`Event::Dropped`]). Default 10 000.
+    pub max_messages: usize,
+    /// At most this many bytes (channel, pattern and payload) wait in the
+    /// buffer; beyond, the oldest message is dropped and counted. A message
+    /// larger than this is dropped (and counted) at once. Default 64 MiB.
+    pub max_bytes: usize,
+    /// How long `subscribe`, `unsubscribe`, `psubscribe` and `punsubscribe`
+    /// wait for the servers' confirmation before returning an error (the
+    /// change is recorded either way). Default 5 s.
+    pub confirm_timeout: Duration,
+    /// How long one connection attempt (TCP connect and handshake) may take
+    /// before it is given up and retried. Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SubscriberOptions {
+    fn default() -> Self {
+        SubscriberOptions {
+            max_messages: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            confirm_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What waits in a subscriber's buffer ([`Subscriber::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Messages waiting.
+    pub messages: usize,
+    /// Their bytes (channel, pattern and payload).
+    pub bytes: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The bounded buffer shared by the connection tasks and the consumer.
+struct Buffer {
+    queue: Mutex<Queue>,
+}
+
+struct Queue {
+    events: VecDeque<Event>,
+    messages: usize,
+    bytes: usize,
+    dropped: u64,
+    max_messages: usize,
+    max_bytes: usize,
+    waker: Option<Waker>,
+}
+
+impl Buffer {
+    fn new(options: &SubscriberOptions) -> Buffer {
+        Buffer {
+            queue: Mutex::new(Queue {
+                events: VecDeque::new(),
+                messages: 0,
+                bytes: 0,
+                dropped: 0,
+                max_messages: options.max_messages,
+                max_bytes: options.max_bytes,
+                waker: None,
+            }),
+        }
+    }
+
+    /// A `Lost` or `Resubscribed` (never dropped).
+    fn push_event(&self, event: Event) {
+        let waker = {
+            let mut q = lock(&self.queue);
+            q.events.push_back(event);
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn push_message(&self, message: Message) {
+        let size = message.size();
+        let waker = {
+            let mut q = lock(&self.queue);
+            if size > q.max_bytes || q.max_messages == 0 {
+                let at = q.events.len();
+                q.note_drop(&message.server, at);
+            } else {
+                q.events.push_back(Event::Message(message));
+                q.messages += 1;
+                q.bytes += size;
+                while q.messages > q.max_messages || q.bytes > q.max_bytes {
+                    q.drop_oldest();
+                }
+            }
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn pop(&self, waker: Option<&Waker>) -> Option<Event> {
+        let mut q = lock(&self.queue);
+        match q.events.pop_front() {
+            Some(e) => {
+                if let Event::Message(m) = &e {
+                    q.messages -= 1;
+                    q.bytes -= m.size();
+                }
+                // A drained burst gives its memory back.
+                if q.events.is_empty() && q.events.capacity() > 1024 {
+                    q.events.shrink_to(64);
+                }
+                Some(e)
+            }
+            None => {
+                if let Some(w) = waker
+                    && !q.waker.as_ref().is_some_and(|old| old.will_wake(w))
+                {
+                    q.waker = Some(w.clone());
+                }
+                None
+            }
+        }
+    }
+
+    fn backlog(&self) -> Backlog {
+        let q = lock(&self.queue);
+        Backlog {
+            messages: q.messages,
+            bytes: q.bytes,
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        lock(&self.queue).dropped
+    }
+}
+
+impl Queue {
+    /// Where the first message is (everything before it is a notice).
+    fn first_message(&self) -> usize {
+        self.events
+            .iter()
+            .position(|e| matches!(e, Event::Message(_)))
+            .unwrap_or(self.events.len())
+    }
+
+    fn drop_oldest(&mut self) {
+        let at = self.first_message();
+        let Some(Event::Message(m)) = self.events.remove(at) else {
+            return;
+        };
+        self.messages -= 1;
+        self.bytes -= m.size();
+        self.note_drop(&m.server, at);
+    }
+
+    /// Counts a message of `server` dropped at position `at`: in the
+    /// `Dropped` of that server just before, if the last event of that
+    /// server before `at` is one, or in a new one at `at`.
+    fn note_drop(&mut self, server: &str, at: usize) {
+        self.dropped += 1;
+        for e in self.events.range_mut(..at).rev() {
+            match e {
+                Event::Dropped { server: s, count } if s == server => {
+                    *count += 1;
+                    return;
+                }
+                Event::Dropped { server: s, .. }
+                | Event::Lost { server: s, .. }
+                | Event::Resubscribed { server: s, .. }
+                    if s == server =>
+                {
+                    break;
+                }
+                Event::Message(m) if &*m.server == server => break,
+                _ => {}
+            }
+        }
+        self.events.insert(
+            at,
+            Event::Dropped {
+                server: server.to_string(),
+                count: 1,
+            },
+        );
+    }
+}
+
+/// Lets redis-rs read a connection only after everything it read before
+/// has been taken out of it: the connection task opens the gate when
+/// redis-rs's message queue is empty, one socket read closes it.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Off during the handshake (nobody takes messages yet).
+    armed: bool,
+    open: bool,
+    reader: Option<Waker>,
+    drainer: Option<Waker>,
+}
+
+impl Gate {
+    fn arm(&self) {
+        let mut st = lock(&self.state);
+        st.armed = true;
+        st.open = true;
+    }
+
+    /// The connection task found redis-rs's queue empty.
+    fn drained(&self, waker: &Waker) {
+        let reader = {
+            let mut st = lock(&self.state);
+            if !st.drainer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                st.drainer = Some(waker.clone());
+            }
+            st.open = true;
+            st.reader.take()
+        };
+        if let Some(w) = reader {
+            w.wake();
+        }
+    }
+
+    fn may_read(&self, waker: &Waker) -> bool {
+        let mut st = lock(&self.state);
+        if !st.armed || st.open {
+            return true;
+        }
+        st.reader = Some(waker.clone());
+        false
+    }
+
+    fn read_done(&self) {
+        let drainer = {
+            let mut st = lock(&self.state);
+            if !st.armed {
+                return;
+            }
+            st.open = false;
+            st.drainer.take()
+        };
+        if let Some(w) = drainer {
+            w.wake();
+        }
+    }
+}
+
+/// A socket read through a [`Gate`].
+struct Gated<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.gate.may_read(cx.waker()) {
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.gate.read_done();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Subscribe,
+    Unsubscribe,
+    PSubscribe,
+    PUnsubscribe,
+    /// The placement watcher caught up: a deferred `Resubscribed` may go.
+    Recheck,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Subscribe => "SUBSCRIBE",
+            Op::Unsubscribe => "UNSUBSCRIBE",
+            Op::PSubscribe => "PSUBSCRIBE",
+            Op::PUnsubscribe => "PUNSUBSCRIBE",
+            Op::Recheck => "RECHECK",
+        }
+    }
+
+    fn adds(self) -> bool {
+        matches!(self, Op::Subscribe | Op::PSubscribe)
+    }
+}
+
+type Reply = oneshot::Sender<RedisResult<()>>;
+
+/// A change asked of one server's connection task.
+struct Control {
+    op: Op,
+    names: Vec<Vec<u8>>,
+    reply: Option<Reply>,
+    /// Channels moving here from another server (the reason for the `Lost`).
+    adopt: Option<String>,
+}
+
+/// What the handle and the ownership watcher share.
+struct Shared {
+    core: Arc<Core>,
+    controls: Vec<mpsc::UnboundedSender<Control>>,
+    names: Vec<String>,
+    /// Each subscribed channel and the server it is subscribed on.
+    channels: Mutex<BTreeMap<Vec<u8>, usize>>,
+    confirm_timeout: Duration,
+}
+
+fn ended() -> redis::RedisError {
+    client_error("the subscriber was dropped (its connection tasks ended)".to_string())
+}
+
+impl Shared {
+    fn send(&self, server: usize, control: Control) -> RedisResult<()> {
+        self.controls
+            .get(server)
+            .ok_or_else(|| client_error(format!("no server {server}")))?
+            .send(control)
+            .map_err(|_| ended())
+    }
+
+    fn owner(&self, channel: &[u8]) -> usize {
+        self.core.owner(channel).0.min(self.controls.len().saturating_sub(1))
+    }
+
+    /// Waits for the confirmations of `waits` (server, answer) under one
+    /// deadline. A refusal by a server is returned as is; no answer in time
+    /// gives an error saying what is recorded.
+    async fn confirm(
+        &self,
+        op: Op,
+        name: &[u8],
+        waits: Vec<(usize, oneshot::Receiver<RedisResult<()>>)>,
+    ) -> RedisResult<()> {
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        let mut left: BTreeSet<usize> = waits.iter().map(|(s, _)| *s).collect();
+        let mut pending: FuturesUnordered<_> = waits.into_iter().map(|(s, rx)| rx.map(move |r| (s, r))).collect();
+        loop {
+            match tokio::time::timeout_at(deadline, pending.next()).await {
+                Ok(None) => return Ok(()),
+                Ok(Some((s, Ok(Ok(()))))) => {
+                    left.remove(&s);
+                }
+                Ok(Some((_, Ok(Err(e))))) => return Err(e),
+                Ok(Some((_, Err(_)))) => return Err(ended()),
+                Err(_) => break,
+            }
+        }
+        let on: Vec<&str> = left
+            .iter()
+            .filter_map(|&s| self.names.get(s).map(String::as_str))
+            .collect();
+        let done = if op.adds() {
+            "it is recorded and will be subscribed when the server answers"
+        } else {
+            "it is forgotten here; the server drops it when it answers"
+        };
+        Err(client_error(format!(
+            "{} {}: not confirmed by {} within {:?}; {done}",
+            op.name(),
+            crate::error::show_key(name),
+            on.join(", "),
+            self.confirm_timeout
+        )))
+    }
+}
+
+/// A handle to change a subscriber's subscriptions from any task while
+/// another one consumes its events ([`Subscriber::subscriptions`]). Cheap
+/// to clone. Its calls fail once the subscriber is dropped.
+#[derive(Clone)]
+pub struct Subscriptions {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriptions")
+            .field("servers", &self.shared.names)
+            .field("channels", &lock(&self.shared.channels).len())
+            .finish()
+    }
+}
+
+fn one_arg<T: ToRedisArgs>(what: &str, value: T) -> RedisResult<Vec<u8>> {
+    let mut args = value.to_redis_args();
+    if args.len() != 1 {
+        return Err(client_error(format!("{what} must be one argument, got {}", args.len())));
+    }
+    Ok(args.pop().unwrap_or_default())
+}
+
+impl Subscriptions {
+    /// SUBSCRIBEs `channel` on the server that owns it (where `publish`
+    /// sends). The channel is recorded first and stays subscribed across
+    /// reconnections; the call waits at most
+    /// [`SubscriberOptions::confirm_timeout`] for the server's
+    /// confirmation. Without it (the server is down, stopped or slow), the
+    /// error says so: the subscription is made as soon as the server
+    /// answers (if its connection was lost, the [`Event::Resubscribed`] of
+    /// that server says when).
+    pub async fn subscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
+        let channel = one_arg("channel", channel)?;
+        let (tx, rx) = oneshot::channel();
+        let server = {
+            let mut map = lock(&self.shared.channels);
+            let server = self.shared.owner(&channel);
+            if let Some(old) = map.insert(channel.clone(), server)
+                && old != server
+            {
+                self.shared.send(
+                    old,
+                    Control {
+                        op: Op::Unsubscribe,
+                        names: vec![channel.clone()],
+                        reply: None,
+                        adopt: None,
+                    },
+                )?;
+            }
+            self.shared.send(
+                server,
+                Control {
+                    op: Op::Subscribe,
+                    names: vec![channel.clone()],
+                    reply: Some(tx),
+                    adopt: None,
+                },
+            )?;
+            server
+        };
+        self.shared.confirm(Op::Subscribe, &channel, vec![(server, rx)]).await
+    }
+
+    /// UNSUBSCRIBEs `channel` (forgotten at once; waits for the
+    /// confirmation as `subscribe` does, until which messages of the
+    /// channel may still arrive).
+    pub async fn unsubscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
+        let channel = one_arg("channel", channel)?;
+        let (tx, rx) = oneshot::channel();
+        let server = {
+            let mut map = lock(&self.shared.channels);
+            let server = map.remove(&channel).unwrap_or_else(|| self.shared.owner(&channel));
+            self.shared.send(
+                server,
+                Control {
+                    op: Op::Unsubscribe,
+                    names: vec![channel.clone()],
+                    reply: Some(tx),
+                    adopt: None,
+                },
+            )?;
+            server
+        };
+        self.shared.confirm(Op::Unsubscribe, &channel, vec![(server, rx)]).await
+    }
+
+    /// PSUBSCRIBEs `pattern` on every server (recorded on each, then waits
+    /// for all confirmations under one `confirm_timeout`).
+    pub async fn psubscribe<P: ToRedisArgs>(&self, pattern: P) -> RedisResult<()> {
+        let pattern = one_arg("pattern", pattern)?;
+        self.everywhere(Op::PSubscribe, pattern).await
+    }
+
+    /// PUNSUBSCRIBEs `pattern` on every server.
+    pub async fn punsubscribe<P: ToRedisArgs>(&self, pattern: P) -> RedisResult<()> {
+        let pattern = one_arg("pattern", pattern)?;
+        self.everywhere(Op::PUnsubscribe, pattern).await
+    }
+
+    async fn everywhere(&self, op: Op, pattern: Vec<u8>) -> RedisResult<()> {
+        let mut waits = Vec::new();
+        for server in 0..self.shared.controls.len() {
+            let (tx, rx) = oneshot::channel();
+            self.shared.send(
+                server,
+                Control {
+                    op,
+                    names: vec![pattern.clone()],
+                    reply: Some(tx),
+                    adopt: None,
+                },
+            )?;
+            waits.push((server, rx));
+        }
+        self.shared.confirm(op, &pattern, waits).await
+    }
 }
 
 /// A subscriber over every server of a client (async; for the sync client
 /// see [`MRedis::subscriber`](crate::MRedis::subscriber)). A
 /// `futures::Stream` of [`Event`]s. Dropping it closes its connections.
 pub struct Subscriber {
-    core: Arc<Core>,
-    controls: Vec<mpsc::UnboundedSender<Control>>,
-    events: mpsc::UnboundedReceiver<Event>,
+    handle: Subscriptions,
+    buffer: Arc<Buffer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscriber")
-            .field("servers", &self.controls.len())
+            .field("servers", &self.handle.shared.controls.len())
+            .field("buffered", &self.buffer.backlog())
+            .field("dropped", &self.buffer.dropped())
             .finish()
     }
 }
@@ -140,252 +783,577 @@ impl Drop for Subscriber {
     }
 }
 
-fn one_arg<T: ToRedisArgs>(what: &str, value: T) -> RedisResult<Vec<u8>> {
-    let mut args = value.to_redis_args();
-    if args.len() != 1 {
-        return Err(client_error(format!("{what} must be one argument, got {}", args.len())));
+impl crate::MRedis {
+    /// A subscriber with [`SubscriberOptions`] (buffer bounds, confirmation
+    /// and connection timeouts); [`MRedis::subscriber`](crate::MRedis::subscriber)
+    /// uses the defaults. See [`pubsub`](crate::pubsub).
+    pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<crate::Subscriber> {
+        SyncSubscriber::start_with(self.core().clone(), options)
     }
-    Ok(args.pop().unwrap_or_default())
+}
+
+impl crate::aio::MRedis {
+    /// A subscriber with [`SubscriberOptions`] (buffer bounds, confirmation
+    /// and connection timeouts), on the current tokio runtime;
+    /// [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber) uses the
+    /// defaults. See [`pubsub`](crate::pubsub).
+    pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<Subscriber> {
+        Subscriber::start_with(self.core().clone(), options)
+    }
 }
 
 impl Subscriber {
     /// Starts one connection task per server (on the current tokio runtime).
     pub(crate) fn start(core: Arc<Core>) -> RedisResult<Subscriber> {
-        let (events_tx, events) = mpsc::unbounded_channel();
+        Subscriber::start_with(core, SubscriberOptions::default())
+    }
+
+    pub(crate) fn start_with(core: Arc<Core>, options: SubscriberOptions) -> RedisResult<Subscriber> {
+        let buffer = Arc::new(Buffer::new(&options));
+        let following = core.health.clone().map(|health| {
+            Arc::new(Following {
+                seen: Mutex::new(health.placed_on()),
+                health,
+            })
+        });
         let mut controls = Vec::new();
+        let mut names = Vec::new();
         let mut tasks = Vec::new();
         for server in core.current_servers() {
             let client = server.client().map_err(|e| crate::error::name_server(server, e))?;
             let (tx, rx) = mpsc::unbounded_channel();
             controls.push(tx);
-            tasks.push(tokio::spawn(serve(server.clone(), client, rx, events_tx.clone())));
+            names.push(server.name().to_string());
+            let task = Task {
+                server: server.clone(),
+                name: Arc::from(server.name()),
+                client,
+                buffer: buffer.clone(),
+                connect_timeout: options.connect_timeout,
+                channels: BTreeSet::new(),
+                patterns: BTreeSet::new(),
+                link: None,
+                generation: 0,
+                lost_at: None,
+                outstanding: 0,
+                restored: false,
+                waiting: Vec::new(),
+                backoff: Duration::from_millis(50),
+                following: following.clone(),
+            };
+            tasks.push(tokio::spawn(serve(task, rx)));
+        }
+        let shared = Arc::new(Shared {
+            core: core.clone(),
+            controls,
+            names,
+            channels: Mutex::new(BTreeMap::new()),
+            confirm_timeout: options.confirm_timeout,
+        });
+        if let Some(following) = following {
+            tasks.push(tokio::spawn(follow(shared.clone(), following)));
         }
         Ok(Subscriber {
-            core,
-            controls,
-            events,
+            handle: Subscriptions { shared },
+            buffer,
             tasks,
         })
     }
 
-    async fn ask(
-        &self,
-        server: usize,
-        make: impl FnOnce(oneshot::Sender<RedisResult<()>>) -> Control,
-    ) -> RedisResult<()> {
-        let (tx, rx) = oneshot::channel();
-        let control = self
-            .controls
-            .get(server)
-            .ok_or_else(|| client_error(format!("no server {server}")))?;
-        control
-            .send(make(tx))
-            .map_err(|_| client_error("the subscriber's connection task ended".to_string()))?;
-        rx.await
-            .map_err(|_| client_error("the subscriber's connection task ended".to_string()))?
+    /// A handle to subscribe and unsubscribe from other tasks while this
+    /// one is consumed (its methods take `&self`).
+    pub fn subscriptions(&self) -> Subscriptions {
+        self.handle.clone()
     }
 
-    fn owner(&self, channel: &[u8]) -> RedisResult<usize> {
-        match self.core.route_key("SUBSCRIBE", &channel)? {
-            Route::One { server, .. } => Ok(server),
-            Route::Split(_) => Err(client_error("a channel has one server".to_string())),
-        }
+    /// See [`Subscriptions::subscribe`]: recorded at once, confirmed within
+    /// [`SubscriberOptions::confirm_timeout`] or an error saying it is
+    /// recorded. The other servers' messages keep arriving in the buffer
+    /// meanwhile.
+    pub async fn subscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
+        self.handle.subscribe(channel).await
     }
 
-    /// SUBSCRIBEs `channel` on the server that owns it (where `publish`
-    /// sends). Returns once the server confirmed it, or, while that
-    /// server is unreachable, once it is recorded (it is subscribed as soon
-    /// as the server is back).
-    pub async fn subscribe<C: ToRedisArgs>(&mut self, channel: C) -> RedisResult<()> {
-        let channel = one_arg("channel", channel)?;
-        let server = self.owner(&channel)?;
-        self.ask(server, |tx| Control::Subscribe(channel, tx)).await
+    /// See [`Subscriptions::unsubscribe`].
+    pub async fn unsubscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
+        self.handle.unsubscribe(channel).await
     }
 
-    /// UNSUBSCRIBEs `channel`.
-    pub async fn unsubscribe<C: ToRedisArgs>(&mut self, channel: C) -> RedisResult<()> {
-        let channel = one_arg("channel", channel)?;
-        let server = self.owner(&channel)?;
-        self.ask(server, |tx| Control::Unsubscribe(channel, tx)).await
-    }
-
-    /// PSUBSCRIBEs `pattern` on every server.
-    pub async fn psubscribe<P: ToRedisArgs>(&mut self, pattern: P) -> RedisResult<()> {
-        let pattern = one_arg("pattern", pattern)?;
-        for server in 0..self.controls.len() {
-            let p = pattern.clone();
-            self.ask(server, |tx| Control::PSubscribe(p, tx)).await?;
-        }
-        Ok(())
+    /// PSUBSCRIBEs `pattern` on every server (see [`Subscriptions::psubscribe`]).
+    pub async fn psubscribe<P: ToRedisArgs>(&self, pattern: P) -> RedisResult<()> {
+        self.handle.psubscribe(pattern).await
     }
 
     /// PUNSUBSCRIBEs `pattern` on every server.
-    pub async fn punsubscribe<P: ToRedisArgs>(&mut self, pattern: P) -> RedisResult<()> {
-        let pattern = one_arg("pattern", pattern)?;
-        for server in 0..self.controls.len() {
-            let p = pattern.clone();
-            self.ask(server, |tx| Control::PUnsubscribe(p, tx)).await?;
-        }
-        Ok(())
+    pub async fn punsubscribe<P: ToRedisArgs>(&self, pattern: P) -> RedisResult<()> {
+        self.handle.punsubscribe(pattern).await
     }
 
     /// The next event, waiting for it.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        self.next().await
     }
 
     /// The next event if one has arrived.
     pub fn try_next_event(&mut self) -> Option<Event> {
-        self.events.try_recv().ok()
+        self.buffer.pop(None)
+    }
+
+    /// What waits in the buffer now (bounded by
+    /// [`SubscriberOptions::max_messages`] and `max_bytes`).
+    pub fn backlog(&self) -> Backlog {
+        self.buffer.backlog()
+    }
+
+    /// How many messages were dropped because the buffer was full, since
+    /// the start (each also reported by an [`Event::Dropped`]).
+    pub fn dropped(&self) -> u64 {
+        self.buffer.dropped()
     }
 }
 
 impl futures::Stream for Subscriber {
     type Item = Event;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Event>> {
-        self.events.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        match self.buffer.pop(Some(cx.waker())) {
+            Some(e) => Poll::Ready(Some(e)),
+            None => Poll::Pending,
+        }
     }
 }
 
-/// One server's connection: keeps the subscriptions, forwards messages,
-/// reconnects and subscribes again after a loss.
-async fn serve(
-    server: crate::server::Server,
-    client: redis::Client,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let name = server.name().to_string();
-    let mut channels: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut patterns: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut lost_at: Option<Instant> = None;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(_) => {
-                // Down: record what is asked meanwhile, try again soon.
-                let wait = tokio::time::sleep(backoff);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        _ = &mut wait => break,
-                        c = control.recv() => match c {
-                            None => return,
-                            Some(c) => record(c, &mut channels, &mut patterns),
+/// One server's connection.
+struct Link {
+    sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+    gate: Option<Arc<Gate>>,
+}
+
+/// Connects and hands the socket to redis-rs through a gate (TCP and Unix
+/// sockets; a TLS connection is made by redis-rs itself, ungated).
+async fn connect(server: crate::server::Server, client: redis::Client, timeout: Duration) -> RedisResult<Link> {
+    let attempt = async {
+        let info = server.connection_info();
+        let gate = Arc::new(Gate::default());
+        let pubsub = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => {
+                // tokio's `net` is on through redis-rs's `tokio-comp`.
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                let _ = tcp.set_nodelay(true);
+                Some(
+                    redis::aio::PubSub::new(
+                        info.redis_settings(),
+                        Gated {
+                            inner: tcp,
+                            gate: gate.clone(),
                         },
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
+                    )
+                    .await?,
+                )
             }
+            #[cfg(unix)]
+            ConnectionAddr::Unix(path) => {
+                let unix = tokio::net::UnixStream::connect(path).await?;
+                Some(
+                    redis::aio::PubSub::new(
+                        info.redis_settings(),
+                        Gated {
+                            inner: unix,
+                            gate: gate.clone(),
+                        },
+                    )
+                    .await?,
+                )
+            }
+            _ => None,
         };
-        backoff = Duration::from_millis(50);
-        let (mut sink, mut stream) = pubsub.split();
-        let mut restored = Ok(());
-        for c in &channels {
-            if let Err(e) = sink.subscribe(&c[..]).await {
-                restored = Err(e);
+        let (pubsub, gate) = match pubsub {
+            Some(p) => {
+                gate.arm();
+                (p, Some(gate))
+            }
+            None => (client.get_async_pubsub().await?, None),
+        };
+        let (sink, stream) = pubsub.split();
+        Ok::<Link, redis::RedisError>(Link { sink, stream, gate })
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r.map_err(|e| crate::error::name_server(&server, e)),
+        Err(_) => Err(crate::error::name_server(
+            &server,
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection and handshake within {timeout:?}"),
+            )),
+        )),
+    }
+}
+
+/// What a finished command was.
+enum Done {
+    /// The resubscription of everything after a (re)connection.
+    Restore,
+    /// Channels moving here from another server.
+    Adopt,
+    /// A caller's change.
+    Command(Option<Reply>, Op, Vec<Vec<u8>>),
+}
+
+type Pending = FuturesUnordered<BoxFuture<'static, (u64, Done, RedisResult<()>)>>;
+
+/// One server's connection task's state.
+struct Task {
+    server: crate::server::Server,
+    name: Arc<str>,
+    client: redis::Client,
+    buffer: Arc<Buffer>,
+    connect_timeout: Duration,
+    channels: BTreeSet<Vec<u8>>,
+    patterns: BTreeSet<Vec<u8>>,
+    link: Option<Link>,
+    /// Counts connections, so a late answer from an old one changes nothing.
+    generation: u64,
+    /// Since when some subscriptions are not in place (a `Lost` was sent).
+    lost_at: Option<Instant>,
+    /// Restore and adopt commands of this connection not yet confirmed.
+    outstanding: usize,
+    /// The resubscription of this connection is confirmed.
+    restored: bool,
+    /// Callers whose subscriptions wait for the connection.
+    waiting: Vec<Reply>,
+    backoff: Duration,
+    /// Health checking's placement, when there is health checking.
+    following: Option<Arc<Following>>,
+}
+
+impl Task {
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<redis::Msg>> {
+        let Some(link) = self.link.as_mut() else {
+            return Poll::Pending;
+        };
+        match link.stream.poll_next_unpin(cx) {
+            Poll::Ready(m) => Poll::Ready(m),
+            Poll::Pending => {
+                if let Some(g) = &link.gate {
+                    g.drained(cx.waker());
+                }
+                Poll::Pending
             }
         }
-        for p in &patterns {
-            if let Err(e) = sink.psubscribe(&p[..]).await {
-                restored = Err(e);
-            }
+    }
+
+    fn lost(&mut self, reason: String) {
+        if self.lost_at.is_none() {
+            self.lost_at = Some(Instant::now());
+            self.buffer.push_event(Event::Lost {
+                server: self.name.to_string(),
+                reason,
+            });
         }
-        if restored.is_err() {
-            continue;
-        }
-        if let Some(at) = lost_at.take() {
-            let _ = events.send(Event::Resubscribed {
-                server: name.clone(),
+    }
+
+    fn check_resubscribed(&mut self) {
+        if self.link.is_some()
+            && self.restored
+            && self.outstanding == 0
+            // Not while the placement changed and the watcher has not moved
+            // the channels yet: the gap is not closed.
+            && self.following.as_ref().is_none_or(|f| f.current())
+            && let Some(at) = self.lost_at.take()
+        {
+            self.buffer.push_event(Event::Resubscribed {
+                server: self.name.to_string(),
                 after: at.elapsed(),
             });
         }
-        loop {
-            tokio::select! {
-                c = control.recv() => {
-                    let Some(c) = c else { return };
-                    let (reply, result) = match c {
-                        Control::Subscribe(ch, tx) => {
-                            let r = sink.subscribe(&ch[..]).await;
-                            if r.is_ok() { channels.insert(ch); }
-                            (tx, r)
-                        }
-                        Control::Unsubscribe(ch, tx) => {
-                            let r = sink.unsubscribe(&ch[..]).await;
-                            channels.remove(&ch);
-                            (tx, r)
-                        }
-                        Control::PSubscribe(p, tx) => {
-                            let r = sink.psubscribe(&p[..]).await;
-                            if r.is_ok() { patterns.insert(p); }
-                            (tx, r)
-                        }
-                        Control::PUnsubscribe(p, tx) => {
-                            let r = sink.punsubscribe(&p[..]).await;
-                            patterns.remove(&p);
-                            (tx, r)
-                        }
-                    };
-                    let _ = reply.send(result.map_err(|e| crate::error::name_server(&server, e)));
+    }
+
+    fn connected(&mut self, link: Link, pending: &mut Pending) {
+        self.generation += 1;
+        self.backoff = Duration::from_millis(50);
+        self.restored = false;
+        self.outstanding = 1;
+        let mut sink = link.sink.clone();
+        self.link = Some(link);
+        let channels: Vec<Vec<u8>> = self.channels.iter().cloned().collect();
+        let patterns: Vec<Vec<u8>> = self.patterns.iter().cloned().collect();
+        let generation = self.generation;
+        pending.push(
+            async move {
+                let mut r = Ok(());
+                if !channels.is_empty() {
+                    r = sink.subscribe(channels).await;
                 }
-                m = stream.next() => match m {
-                    Some(m) => {
-                        let message = Message {
-                            server: name.clone(),
-                            channel: m.get_channel().unwrap_or_default(),
-                            pattern: if m.from_pattern() { m.get_pattern().ok() } else { None },
-                            payload: m.get_payload_bytes().to_vec(),
-                        };
-                        if events.send(Event::Message(message)).is_err() {
-                            return;
+                if r.is_ok() && !patterns.is_empty() {
+                    r = sink.psubscribe(patterns).await;
+                }
+                (generation, Done::Restore, r)
+            }
+            .boxed(),
+        );
+    }
+
+    fn disconnected(&mut self, reason: String) {
+        self.link = None;
+        self.restored = false;
+        self.outstanding = 0;
+        self.lost(reason);
+    }
+
+    fn control(&mut self, c: Control, pending: &mut Pending) {
+        let Control {
+            op,
+            names,
+            reply,
+            adopt,
+        } = c;
+        if op == Op::Recheck {
+            self.check_resubscribed();
+            return;
+        }
+        for n in &names {
+            match op {
+                Op::Subscribe => self.channels.insert(n.clone()),
+                Op::Unsubscribe => self.channels.remove(n),
+                Op::PSubscribe => self.patterns.insert(n.clone()),
+                Op::PUnsubscribe => self.patterns.remove(n),
+                Op::Recheck => false,
+            };
+        }
+        if let Some(reason) = adopt.clone() {
+            self.lost(reason);
+        }
+        let Some(link) = &self.link else {
+            match reply {
+                // Made on (re)connection.
+                Some(r) if op.adds() => self.waiting.push(r),
+                // Nothing is subscribed without a connection.
+                Some(r) => {
+                    let _ = r.send(Ok(()));
+                }
+                None => {}
+            }
+            return;
+        };
+        let done = if adopt.is_some() {
+            self.outstanding += 1;
+            Done::Adopt
+        } else {
+            Done::Command(reply, op, names.clone())
+        };
+        let mut sink = link.sink.clone();
+        let generation = self.generation;
+        pending.push(
+            async move {
+                let r = match op {
+                    Op::Subscribe => sink.subscribe(names).await,
+                    Op::Unsubscribe => sink.unsubscribe(names).await,
+                    Op::PSubscribe => sink.psubscribe(names).await,
+                    Op::PUnsubscribe | Op::Recheck => sink.punsubscribe(names).await,
+                };
+                (generation, done, r)
+            }
+            .boxed(),
+        );
+    }
+
+    /// A command finished; `Some(reason)` if the connection must be dropped.
+    fn finished(&mut self, generation: u64, done: Done, r: RedisResult<()>) -> Option<String> {
+        let current = generation == self.generation && self.link.is_some();
+        match r {
+            Ok(()) => {
+                match done {
+                    Done::Restore if current => {
+                        self.restored = true;
+                        for w in self.waiting.drain(..) {
+                            let _ = w.send(Ok(()));
                         }
+                        self.outstanding = self.outstanding.saturating_sub(1);
                     }
-                    None => {
-                        lost_at = Some(Instant::now());
-                        let _ = events.send(Event::Lost {
-                            server: name.clone(),
-                            reason: "the connection closed (server restarted or unreachable)".to_string(),
-                        });
-                        break;
+                    Done::Adopt if current => self.outstanding = self.outstanding.saturating_sub(1),
+                    Done::Command(Some(reply), ..) => {
+                        let _ = reply.send(Ok(()));
                     }
-                },
+                    _ => {}
+                }
+                if current {
+                    self.check_resubscribed();
+                }
+                None
+            }
+            // The server refused (an ACL, say): not a connection problem.
+            Err(e) if e.code().is_some() => {
+                let e = crate::error::name_server(&self.server, e);
+                match done {
+                    Done::Command(reply, op, names) => {
+                        if op.adds() {
+                            for n in &names {
+                                match op {
+                                    Op::Subscribe => self.channels.remove(n),
+                                    _ => self.patterns.remove(n),
+                                };
+                            }
+                        }
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(e));
+                        }
+                        None
+                    }
+                    _ if current => Some(format!("the resubscription was refused: {e}")),
+                    _ => None,
+                }
+            }
+            // The connection broke: what was asked stays recorded and is
+            // made on the next connection.
+            Err(e) => {
+                match done {
+                    Done::Command(Some(reply), op, _) if op.adds() => self.waiting.push(reply),
+                    Done::Command(Some(reply), ..) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    _ => {}
+                }
+                current.then(|| format!("the connection failed: {}", crate::error::name_server(&self.server, e)))
             }
         }
     }
 }
 
-/// A subscription asked for while the server is down: kept, applied on
-/// reconnection.
-fn record(c: Control, channels: &mut BTreeSet<Vec<u8>>, patterns: &mut BTreeSet<Vec<u8>>) {
-    match c {
-        Control::Subscribe(ch, tx) => {
-            channels.insert(ch);
-            let _ = tx.send(Ok(()));
+/// One server's connection task: keeps the subscriptions, forwards
+/// messages into the buffer, reconnects and subscribes again after a loss.
+/// Never waits on the server: commands are answered by futures of their
+/// own, so a stopped server stalls nothing but itself.
+async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
+    let mut pending: Pending = FuturesUnordered::new();
+    let mut connecting: Option<BoxFuture<'static, RedisResult<Link>>> =
+        Some(connect(t.server.clone(), t.client.clone(), t.connect_timeout).boxed());
+    let mut retry: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let mut reconnect = None;
+        tokio::select! {
+            c = control.recv() => {
+                let Some(c) = c else { return };
+                t.control(c, &mut pending);
+            }
+            r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting = None;
+                match r {
+                    Ok(link) => t.connected(link, &mut pending),
+                    Err(e) => reconnect = Some(format!("cannot connect: {e}")),
+                }
+            }
+            _ = async { retry.as_mut().expect("guarded").await }, if retry.is_some() => {
+                retry = None;
+                connecting = Some(connect(t.server.clone(), t.client.clone(), t.connect_timeout).boxed());
+            }
+            m = std::future::poll_fn(|cx| t.poll_message(cx)), if t.link.is_some() => match m {
+                Some(m) => {
+                    let message = Message {
+                        server: t.name.clone(),
+                        channel: m.get_channel().unwrap_or_default(),
+                        pattern: if m.from_pattern() { m.get_pattern().ok() } else { None },
+                        payload: m.get_payload_bytes().to_vec(),
+                    };
+                    t.buffer.push_message(message);
+                }
+                None => reconnect = Some("the connection closed (server restarted or unreachable)".to_string()),
+            },
+            Some((generation, done, r)) = pending.next(), if !pending.is_empty() => {
+                reconnect = t.finished(generation, done, r);
+            }
         }
-        Control::Unsubscribe(ch, tx) => {
-            channels.remove(&ch);
-            let _ = tx.send(Ok(()));
+        if let Some(reason) = reconnect {
+            t.disconnected(reason);
+            retry = Some(Box::pin(tokio::time::sleep(t.backoff)));
+            t.backoff = (t.backoff * 2).min(Duration::from_secs(1));
         }
-        Control::PSubscribe(p, tx) => {
-            patterns.insert(p);
-            let _ = tx.send(Ok(()));
+    }
+}
+
+/// Follows health checking's placement: when it changes, each channel
+/// whose owner changed is unsubscribed where it was and subscribed where
+/// `PUBLISH` now sends it (the new server reports the gap).
+async fn follow(shared: Arc<Shared>, following: Arc<Following>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = following.health.placed_on();
+        if now != *lock(&following.seen) {
+            reassign(&shared);
+            *lock(&following.seen) = now;
+            for server in 0..shared.controls.len() {
+                let _ = shared.send(
+                    server,
+                    Control {
+                        op: Op::Recheck,
+                        names: Vec::new(),
+                        reply: None,
+                        adopt: None,
+                    },
+                );
+            }
         }
-        Control::PUnsubscribe(p, tx) => {
-            patterns.remove(&p);
-            let _ = tx.send(Ok(()));
+    }
+}
+
+/// Health checking's placement as the watcher last applied it.
+struct Following {
+    health: Arc<crate::health::Health>,
+    seen: Mutex<Option<Vec<usize>>>,
+}
+
+impl Following {
+    /// The subscriptions were moved for the placement in force.
+    fn current(&self) -> bool {
+        self.health.placed_on() == *lock(&self.seen)
+    }
+}
+
+fn reassign(shared: &Shared) {
+    let mut map = lock(&shared.channels);
+    let mut moves: BTreeMap<(usize, usize), Vec<Vec<u8>>> = BTreeMap::new();
+    for (channel, on) in map.iter_mut() {
+        let owner = shared.owner(channel);
+        if owner != *on {
+            moves.entry((*on, owner)).or_default().push(channel.clone());
+            *on = owner;
         }
+    }
+    for ((from, to), names) in moves {
+        let reason = format!(
+            "{} channel(s) move here from {} (health checking changed the placement); their messages published \
+             meanwhile are missed",
+            names.len(),
+            shared.names.get(from).map(String::as_str).unwrap_or("?")
+        );
+        let _ = shared.send(
+            from,
+            Control {
+                op: Op::Unsubscribe,
+                names: names.clone(),
+                reply: None,
+                adopt: None,
+            },
+        );
+        let _ = shared.send(
+            to,
+            Control {
+                op: Op::Subscribe,
+                names,
+                reply: None,
+                adopt: Some(reason),
+            },
+        );
     }
 }
 
 /// The sync subscriber: the same, carried by a small runtime of its own;
 /// an iterator of [`Event`]s. Made by
-/// [`MRedis::subscriber`](crate::MRedis::subscriber).
+/// [`MRedis::subscriber`](crate::MRedis::subscriber) or
+/// [`MRedis::subscriber_with`](crate::MRedis::subscriber_with). Its
+/// connections keep reading (into the bounded buffer) while a call waits.
 pub struct SyncSubscriber {
     runtime: tokio::runtime::Runtime,
     inner: Subscriber,
@@ -399,6 +1367,10 @@ impl std::fmt::Debug for SyncSubscriber {
 
 impl SyncSubscriber {
     pub(crate) fn start(core: Arc<Core>) -> RedisResult<SyncSubscriber> {
+        SyncSubscriber::start_with(core, SubscriberOptions::default())
+    }
+
+    pub(crate) fn start_with(core: Arc<Core>, options: SubscriberOptions) -> RedisResult<SyncSubscriber> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mredis-subscriber")
@@ -407,12 +1379,14 @@ impl SyncSubscriber {
             .map_err(|e| client_error(format!("cannot start the subscriber's runtime: {e}")))?;
         let inner = {
             let _guard = runtime.enter();
-            Subscriber::start(core)?
+            Subscriber::start_with(core, options)?
         };
         Ok(SyncSubscriber { runtime, inner })
     }
 
-    /// SUBSCRIBEs `channel` on the server that owns it.
+    /// SUBSCRIBEs `channel` on the server that owns it: recorded at once,
+    /// confirmed within [`SubscriberOptions::confirm_timeout`] or an error
+    /// saying it is recorded (see [`Subscriptions::subscribe`]).
     pub fn subscribe<C: ToRedisArgs>(&mut self, channel: C) -> RedisResult<()> {
         self.runtime.block_on(self.inner.subscribe(channel))
     }
@@ -441,6 +1415,21 @@ impl SyncSubscriber {
                 None => inner.next_event().await,
             }
         })
+    }
+
+    /// The next event if one has arrived.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.inner.try_next_event()
+    }
+
+    /// What waits in the buffer now.
+    pub fn backlog(&self) -> Backlog {
+        self.inner.backlog()
+    }
+
+    /// How many messages were dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped()
     }
 }
 

@@ -122,7 +122,7 @@ fn a_restarted_server_is_resubscribed_and_later_messages_arrive() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut sub = rt.block_on(async {
         let mr = mredis::aio::MRedis::connect(urls(&s)).await.unwrap();
-        let mut sub = mr.subscriber().unwrap();
+        let sub = mr.subscriber().unwrap();
         for c in &channels {
             sub.subscribe(c).await.unwrap();
         }
