@@ -156,7 +156,10 @@ impl KeyPipeline {
         self.core.name(self.server)
     }
 
-    /// Runs the commands as one MULTI/EXEC transaction on the server.
+    /// Runs the commands as one MULTI/EXEC transaction on the server. A
+    /// transaction the server aborts (a command refused while queued) fails
+    /// with EXEC's own `EXECABORT` reply, on both clients; a command that
+    /// fails while it runs, with that command's error.
     pub fn atomic(&mut self) -> &mut Self {
         self.atomic = true;
         self
