@@ -499,32 +499,6 @@ impl MRedis {
             .run(|| self.with_connection(index, |con| con.req_command(cmd).and_then(Value::extract_error)))
     }
 
-    /// Sends a pipeline to one server; the replies, raw (an atomic
-    /// pipeline's: the EXEC reply alone).
-    pub(crate) fn pipeline_on(&self, index: usize, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
-        // Through `send_many`: one deadline for the whole pipeline, and the
-        // first reply that does not come ends it (redis-rs's own pipeline
-        // read would wait the timeout once per command).
-        let packed = pipe.get_packed_pipeline();
-        let atomic = pipe.is_transaction();
-        let replies = if atomic { pipe.len() + 2 } else { pipe.len() };
-        let job = Job {
-            server: index,
-            packed: &packed,
-            replies,
-        };
-        let mut values = self
-            .send_many(std::slice::from_ref(&job))
-            .pop()
-            .unwrap_or_else(|| Err(client_error("no reply".to_string())))?;
-        if atomic {
-            // MULTI's OK and the QUEUED replies come first; EXEC's is last.
-            let exec = values.pop().unwrap_or(Value::Nil);
-            return Ok(vec![exec]);
-        }
-        Ok(values)
-    }
-
     /// Runs a routed command on one server, or split over several; keys
     /// being moved by a migration go through the migration machines.
     pub(crate) fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {

@@ -42,21 +42,6 @@ pub(crate) trait Machine {
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output>;
 }
 
-/// Drives a machine the caller keeps (to read what it learnt after).
-pub(crate) struct ByRef<'m, M>(pub(crate) &'m mut M);
-
-impl<M: Machine> Machine for ByRef<'_, M> {
-    type Output = M::Output;
-
-    fn start(&mut self) -> Step<'_, M::Output> {
-        self.0.start()
-    }
-
-    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, M::Output> {
-        self.0.next(replies)
-    }
-}
-
 /// The one reply of a one-command request.
 pub(crate) fn one(reply: Option<RedisResult<Vec<Value>>>) -> RedisResult<Value> {
     let mut v = reply.unwrap_or_else(|| Err(client_error("no reply".to_string())))?;

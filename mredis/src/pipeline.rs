@@ -4,12 +4,14 @@
 //! [`FleetPipeline`] routes each command on its own and sends one pipeline
 //! per server, replies in call order.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ToRedisArgs, Value};
+use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::{Failure, client_error, show_key};
-use crate::migration::{One, Pipe};
+use crate::exec::{Machine, Request, Step};
+use crate::migration::{One, Pipe, PipeCommand};
 use crate::routing::{Core, Move, Route};
 use crate::telemetry::Span;
 
@@ -65,6 +67,22 @@ fn unpack(atomic: bool, mut values: Vec<Value>) -> RedisResult<Option<Vec<Value>
     Ok(Some(values))
 }
 
+/// A step of an inner machine with its result mapped by `f`.
+fn then<'s, T, U>(step: Step<'s, T>, f: impl FnOnce(RedisResult<T>) -> RedisResult<U>) -> Step<'s, U> {
+    match step {
+        Step::Send(requests) => Step::Send(requests),
+        Step::Done(result) => Step::Done(f(result)),
+    }
+}
+
+/// The reply of a request (one per pipeline run: the first).
+fn first(replies: Vec<RedisResult<Vec<Value>>>) -> RedisResult<Vec<Value>> {
+    replies
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(client_error("no reply".to_string())))
+}
+
 /// The replies of the commands not marked `ignore()`, in call order.
 fn kept(values: Vec<Value>, ignored: &[bool]) -> Vec<Value> {
     values
@@ -93,7 +111,10 @@ fn kept(values: Vec<Value>, ignored: &[bool]) -> Vec<Value> {
 pub struct KeyPipeline {
     core: Arc<Core>,
     server: usize,
-    pipe: Pipeline,
+    /// The commands between a MULTI and an EXEC, which are sent only when
+    /// atomic: the request borrows the commands either way (no copy).
+    framed: Vec<Cmd>,
+    atomic: bool,
     ignored: Vec<bool>,
     /// Every moving key of the pipeline, and per command its moving keys.
     moves: Vec<Move>,
@@ -106,7 +127,7 @@ impl std::fmt::Debug for KeyPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyPipeline")
             .field("server", &self.core.name(self.server))
-            .field("commands", &self.pipe.len())
+            .field("commands", &self.len())
             .field("problem", &self.problem)
             .finish()
     }
@@ -120,7 +141,8 @@ impl KeyPipeline {
         Ok(KeyPipeline {
             core,
             server,
-            pipe: Pipeline::new(),
+            framed: vec![redis::cmd("MULTI"), redis::cmd("EXEC")],
+            atomic: false,
             ignored: Vec::new(),
             moves: Vec::new(),
             moving: Vec::new(),
@@ -134,9 +156,12 @@ impl KeyPipeline {
         self.core.name(self.server)
     }
 
-    /// Runs the commands as one MULTI/EXEC transaction on the server.
+    /// Runs the commands as one MULTI/EXEC transaction on the server. A
+    /// transaction the server aborts (a command refused while queued) fails
+    /// with EXEC's own `EXECABORT` reply, on both clients; a command that
+    /// fails while it runs, with that command's error.
     pub fn atomic(&mut self) -> &mut Self {
-        self.pipe.atomic();
+        self.atomic = true;
         self
     }
 
@@ -157,12 +182,22 @@ impl KeyPipeline {
 
     /// Number of commands added.
     pub fn len(&self) -> usize {
-        self.pipe.len()
+        self.framed.len() - 2
     }
 
     /// True when no command was added.
     pub fn is_empty(&self) -> bool {
-        self.pipe.is_empty()
+        self.len() == 0
+    }
+
+    /// The commands added, in order.
+    fn commands(&self) -> &[Cmd] {
+        &self.framed[1..self.framed.len() - 1]
+    }
+
+    /// What is sent: the commands, inside MULTI/EXEC when atomic.
+    fn sent(&self) -> &[Cmd] {
+        if self.atomic { &self.framed } else { self.commands() }
     }
 
     pub(crate) fn add_command(&mut self, cmd: Cmd) -> &mut Self {
@@ -177,7 +212,8 @@ impl KeyPipeline {
             }
         }
         self.moves.extend(pending);
-        self.pipe.add_command(cmd);
+        // Before the EXEC at the end (moves only that one).
+        self.framed.insert(self.framed.len() - 1, cmd);
         self.ignored.push(false);
         self
     }
@@ -241,83 +277,125 @@ impl KeyPipeline {
             return Err(problem.clone());
         }
         same_client(core, &self.core)?;
-        self.pipe.cmd_iter().try_for_each(|c| self.core.check_size(c))
+        self.commands().iter().try_for_each(|c| self.core.check_size(c))
     }
 
-    fn finish<T: FromRedisValue>(&self, values: Vec<Value>) -> RedisResult<T> {
-        let Some(values) = unpack(self.pipe.is_transaction(), values)? else {
-            return Ok(T::from_redis_value(Value::Nil)?);
+    fn finish(&self, values: Vec<Value>) -> RedisResult<Value> {
+        let Some(values) = unpack(self.atomic, values)? else {
+            return Ok(Value::Nil);
         };
-        Ok(T::from_redis_value(Value::Array(kept(values, &self.ignored)))?)
+        Ok(Value::Array(kept(values, &self.ignored)))
+    }
+
+    /// The commands with their server and moving keys, for a plain
+    /// pipeline some of whose keys are moving (empty otherwise: nothing
+    /// copied).
+    fn moving_list(&self) -> Vec<PipeCommand> {
+        if self.moves.is_empty() || self.atomic {
+            return Vec::new();
+        }
+        self.commands()
+            .iter()
+            .zip(&self.moving)
+            .map(|(c, m)| (c.clone(), self.server, m.clone()))
+            .collect()
+    }
+
+    /// The pipeline as a machine run by `core`'s client; `list` is its
+    /// [`moving_list`](Self::moving_list).
+    fn run<'a>(&'a self, core: &Arc<Core>, list: &'a [PipeCommand]) -> KeyRun<'a> {
+        let state = match self.ready(core) {
+            Err(e) => KeyState::Ready(Some(Err(e))),
+            Ok(()) if self.is_empty() => KeyState::Ready(Some(Ok(Value::Array(vec![])))),
+            Ok(()) if self.moves.is_empty() => KeyState::Direct,
+            Ok(()) if self.atomic => {
+                KeyState::Atomic(One::new(&self.core, self.commands(), true, self.server, &self.moves))
+            }
+            Ok(()) => KeyState::Moving(Pipe::new(&self.core, list)),
+        };
+        KeyRun { pipeline: self, state }
     }
 
     /// Sends the pipeline on the sync client and converts the replies, like
     /// redis-rs's `Pipeline::query`.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        let value = Span::pipeline(self.pipe.len()).run(|| self.query_value(mr))?;
+        let list = self.moving_list();
+        let value = Span::pipeline(self.len()).run(|| mr.drive(self.run(mr.core(), &list)))?;
         Ok(T::from_redis_value(value)?)
-    }
-
-    fn query_value(&self, mr: &crate::MRedis) -> RedisResult<Value> {
-        type T = Value;
-        self.ready(mr.core())?;
-        if self.pipe.is_empty() {
-            return Ok(T::from_redis_value(Value::Array(vec![]))?);
-        }
-        if self.moves.is_empty() {
-            let values = mr.pipeline_on(self.server, &self.pipe)?;
-            return self.finish(values);
-        }
-        let cmds: Vec<Cmd> = self.pipe.cmd_iter().cloned().collect();
-        if self.pipe.is_transaction() {
-            let value = mr.drive(One::new(&self.core, &cmds, true, self.server, &self.moves))?;
-            return self.finish(vec![value]);
-        }
-        let list = self.moving_list(cmds);
-        let slots = mr.drive(Pipe::new(&self.core, &list))?;
-        self.finish(slots.into_iter().collect::<RedisResult<Vec<Value>>>()?)
-    }
-
-    fn moving_list(&self, cmds: Vec<Cmd>) -> Vec<(Cmd, usize, Moving)> {
-        cmds.into_iter()
-            .zip(&self.moving)
-            .map(|(c, m)| (c, self.server, m.clone()))
-            .collect()
     }
 
     /// Sends the pipeline on the async client and converts the replies.
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        let value = Span::pipeline(self.pipe.len())
-            .run_async(self.query_value_async(mr))
+        let list = self.moving_list();
+        let value = Span::pipeline(self.len())
+            .run_async(mr.drive(self.run(mr.core(), &list)))
             .await?;
         Ok(T::from_redis_value(value)?)
-    }
-
-    async fn query_value_async(&self, mr: &crate::aio::MRedis) -> RedisResult<Value> {
-        type T = Value;
-        self.ready(mr.core())?;
-        if self.pipe.is_empty() {
-            return Ok(T::from_redis_value(Value::Array(vec![]))?);
-        }
-        if self.moves.is_empty() {
-            let values = mr.pipeline_on(self.server, &self.pipe).await?;
-            return self.finish(values);
-        }
-        let cmds: Vec<Cmd> = self.pipe.cmd_iter().cloned().collect();
-        if self.pipe.is_transaction() {
-            let value = mr
-                .drive(One::new(&self.core, &cmds, true, self.server, &self.moves))
-                .await?;
-            return self.finish(vec![value]);
-        }
-        let list = self.moving_list(cmds);
-        let slots = mr.drive(Pipe::new(&self.core, &list)).await?;
-        self.finish(slots.into_iter().collect::<RedisResult<Vec<Value>>>()?)
     }
 
     /// Sends the pipeline and discards the replies.
     pub fn exec(&self, mr: &crate::MRedis) -> RedisResult<()> {
         self.query::<Value>(mr).map(|_| ())
+    }
+}
+
+/// A key pipeline's run: one request to its server (MULTI, the commands,
+/// EXEC when atomic; the EXEC reply is the result), or the migration
+/// machines while some of its keys are moving.
+struct KeyRun<'a> {
+    pipeline: &'a KeyPipeline,
+    state: KeyState<'a>,
+}
+
+enum KeyState<'a> {
+    /// Decided before sending anything (refused, or empty).
+    Ready(Option<RedisResult<Value>>),
+    /// Nothing moving: the pipeline's own commands, borrowed.
+    Direct,
+    /// Atomic, keys moving: guarded on the old server or MULTI/EXEC on the new.
+    Atomic(One<'a>),
+    /// Plain, keys moving: each command where its keys are.
+    Moving(Pipe<'a>),
+}
+
+impl Machine for KeyRun<'_> {
+    type Output = Value;
+
+    fn start(&mut self) -> Step<'_, Value> {
+        let p = self.pipeline;
+        match &mut self.state {
+            KeyState::Ready(result) => Step::Done(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(client_error("no reply".to_string()))),
+            ),
+            KeyState::Direct => Step::Send(vec![Request {
+                server: p.server,
+                cmds: Cow::Borrowed(p.sent()),
+            }]),
+            KeyState::Atomic(m) => then(m.start(), |exec| p.finish(vec![exec?])),
+            KeyState::Moving(m) => then(m.start(), |slots| {
+                p.finish(slots?.into_iter().collect::<RedisResult<_>>()?)
+            }),
+        }
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
+        let p = self.pipeline;
+        match &mut self.state {
+            KeyState::Ready(_) => Step::Done(Err(client_error("no reply".to_string()))),
+            KeyState::Direct => Step::Done(first(replies).and_then(|mut values| {
+                if p.atomic {
+                    // MULTI's OK and the QUEUED replies come first; EXEC's is last.
+                    values = vec![values.pop().unwrap_or(Value::Nil)];
+                }
+                p.finish(values)
+            })),
+            KeyState::Atomic(m) => then(m.next(replies), |exec| p.finish(vec![exec?])),
+            KeyState::Moving(m) => then(m.next(replies), |slots| {
+                p.finish(slots?.into_iter().collect::<RedisResult<_>>()?)
+            }),
+        }
     }
 }
 
@@ -341,8 +419,8 @@ mredis_macros::pipeline_methods!();
 #[derive(Clone)]
 pub struct FleetPipeline {
     core: Arc<Core>,
-    /// Per server (by index): its pipeline and the call-order position of each command.
-    shares: Vec<Option<(Pipeline, Vec<usize>)>>,
+    /// Per server (by index): its commands and the call-order position of each.
+    shares: Vec<Option<(Vec<Cmd>, Vec<usize>)>>,
     ignored: Vec<bool>,
     /// Per command (call order): its server and moving keys.
     placed: Vec<(usize, Moving)>,
@@ -437,8 +515,8 @@ impl FleetPipeline {
         let Some(server) = server else { return self };
         let position = self.ignored.len();
         if let Some(slot) = self.shares.get_mut(server) {
-            let (pipe, positions) = slot.get_or_insert_with(|| (Pipeline::new(), Vec::new()));
-            pipe.add_command(cmd);
+            let (cmds, positions) = slot.get_or_insert_with(|| (Vec::new(), Vec::new()));
+            cmds.push(cmd);
             positions.push(position);
             self.ignored.push(false);
             self.placed.push((server, self.pending.take()));
@@ -446,11 +524,15 @@ impl FleetPipeline {
         self
     }
 
-    /// Every command in call order with its server and moving keys.
-    fn moving_list(&self) -> Vec<(Cmd, usize, Moving)> {
+    /// Every command in call order with its server and moving keys, when
+    /// some keys are moving (empty otherwise: nothing copied).
+    fn moving_list(&self) -> Vec<PipeCommand> {
+        if !self.any_moving {
+            return Vec::new();
+        }
         let mut cmds: Vec<Option<Cmd>> = vec![None; self.placed.len()];
-        for (pipe, positions) in self.shares.iter().flatten() {
-            for (c, &p) in pipe.cmd_iter().zip(positions) {
+        for (share, positions) in self.shares.iter().flatten() {
+            for (c, &p) in share.iter().zip(positions) {
                 cmds[p] = Some(c.clone());
             }
         }
@@ -461,44 +543,41 @@ impl FleetPipeline {
     }
 
     /// Call-order replies of the migration path, as the plain path gives them.
-    fn assemble_slots<T: FromRedisValue>(&self, slots: Vec<RedisResult<Value>>) -> RedisResult<T> {
+    fn assemble_slots(&self, slots: Vec<RedisResult<Value>>) -> RedisResult<Value> {
         let values = slots.into_iter().collect::<RedisResult<Vec<Value>>>()?;
         let values = unpack(false, values)?.unwrap_or_default();
-        Ok(T::from_redis_value(Value::Array(kept(values, &self.ignored)))?)
+        Ok(Value::Array(kept(values, &self.ignored)))
     }
 
-    /// (server, pipeline) of every server with commands.
-    fn jobs(&self, core: &Arc<Core>) -> RedisResult<Vec<(usize, &Pipeline)>> {
+    /// Every server with commands, in server order.
+    fn jobs(&self, core: &Arc<Core>) -> RedisResult<Vec<usize>> {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
         same_client(core, &self.core)?;
-        for (pipe, _) in self.shares.iter().flatten() {
-            pipe.cmd_iter().try_for_each(|c| self.core.check_size(c))?;
+        for (cmds, _) in self.shares.iter().flatten() {
+            cmds.iter().try_for_each(|c| self.core.check_size(c))?;
         }
         Ok(self
             .shares
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|(p, _)| (i, p)))
+            .filter_map(|(i, s)| s.as_ref().map(|_| i))
             .collect())
     }
 
-    fn assemble<T: FromRedisValue>(
-        &self,
-        jobs: &[(usize, &Pipeline)],
-        replies: Vec<RedisResult<Vec<Value>>>,
-    ) -> RedisResult<T> {
+    fn assemble(&self, jobs: &[usize], replies: Vec<RedisResult<Vec<Value>>>) -> RedisResult<Value> {
         let mut slots: Vec<Option<Value>> = vec![None; self.ignored.len()];
         let mut failure = Failure::new("pipeline");
-        for ((server, pipe), reply) in jobs.iter().zip(replies) {
+        for (server, reply) in jobs.iter().zip(replies) {
+            let Some(Some((cmds, positions))) = self.shares.get(*server) else {
+                continue;
+            };
             match reply {
                 Ok(values) => {
-                    failure.succeeded(self.core.name(*server), pipe.len());
-                    if let Some(Some((_, positions))) = self.shares.get(*server) {
-                        for (&p, v) in positions.iter().zip(values) {
-                            slots[p] = Some(v);
-                        }
+                    failure.succeeded(self.core.name(*server), cmds.len());
+                    for (&p, v) in positions.iter().zip(values) {
+                        slots[p] = Some(v);
                     }
                 }
                 Err(e) => failure.failed(self.core.name(*server), e),
@@ -508,51 +587,86 @@ impl FleetPipeline {
         // The first error reply in call order is the error, as with redis-rs.
         let values = slots.into_iter().map(|v| v.unwrap_or(Value::Nil)).collect::<Vec<_>>();
         let values = unpack(false, values)?.unwrap_or_default();
-        Ok(T::from_redis_value(Value::Array(kept(values, &self.ignored)))?)
+        Ok(Value::Array(kept(values, &self.ignored)))
+    }
+
+    /// The pipeline as a machine run by `core`'s client; `list` is its
+    /// [`moving_list`](Self::moving_list).
+    fn run<'a>(&'a self, core: &Arc<Core>, list: &'a [PipeCommand]) -> FleetRun<'a> {
+        let state = match self.jobs(core) {
+            Err(e) => FleetState::Refused(Some(e)),
+            Ok(_) if self.any_moving => FleetState::Moving(Pipe::new(&self.core, list)),
+            Ok(jobs) => FleetState::Direct(jobs),
+        };
+        FleetRun { pipeline: self, state }
     }
 
     /// Sends the commands on the sync client (every server's pipeline
     /// written before any reply is read) and returns the replies in call
     /// order.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        let value = Span::pipeline(self.len()).run(|| self.query_value(mr))?;
+        let list = self.moving_list();
+        let value = Span::pipeline(self.len()).run(|| mr.drive(self.run(mr.core(), &list)))?;
         Ok(T::from_redis_value(value)?)
-    }
-
-    fn query_value(&self, mr: &crate::MRedis) -> RedisResult<Value> {
-        let jobs = self.jobs(mr.core())?;
-        if self.any_moving {
-            let list = self.moving_list();
-            return self.assemble_slots(mr.drive(Pipe::new(&self.core, &list))?);
-        }
-        let packed: Vec<Vec<u8>> = jobs.iter().map(|(_, p)| p.get_packed_pipeline()).collect();
-        let requests: Vec<crate::client::Job<'_>> = jobs
-            .iter()
-            .zip(&packed)
-            .map(|((server, pipe), bytes)| crate::client::Job {
-                server: *server,
-                packed: bytes,
-                replies: pipe.len(),
-            })
-            .collect();
-        let replies = mr.send_many(&requests);
-        self.assemble(&jobs, replies)
     }
 
     /// Sends the commands on the async client, all servers concurrently.
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        let value = Span::pipeline(self.len()).run_async(self.query_value_async(mr)).await?;
+        let list = self.moving_list();
+        let value = Span::pipeline(self.len())
+            .run_async(mr.drive(self.run(mr.core(), &list)))
+            .await?;
         Ok(T::from_redis_value(value)?)
     }
+}
 
-    async fn query_value_async(&self, mr: &crate::aio::MRedis) -> RedisResult<Value> {
-        let jobs = self.jobs(mr.core())?;
-        if self.any_moving {
-            let list = self.moving_list();
-            return self.assemble_slots(mr.drive(Pipe::new(&self.core, &list)).await?);
+/// A fleet pipeline's run: one request per server with commands (each
+/// borrowing that server's commands), or the migration machine while some
+/// keys are moving.
+struct FleetRun<'a> {
+    pipeline: &'a FleetPipeline,
+    state: FleetState<'a>,
+}
+
+enum FleetState<'a> {
+    /// Refused before sending anything.
+    Refused(Option<RedisError>),
+    /// Nothing moving: the servers with commands.
+    Direct(Vec<usize>),
+    /// Keys moving: each command where its keys are.
+    Moving(Pipe<'a>),
+}
+
+impl Machine for FleetRun<'_> {
+    type Output = Value;
+
+    fn start(&mut self) -> Step<'_, Value> {
+        let p = self.pipeline;
+        match &mut self.state {
+            FleetState::Refused(e) => Step::Done(Err(e.take().unwrap_or_else(|| client_error("no reply".to_string())))),
+            FleetState::Direct(jobs) if jobs.is_empty() => Step::Done(p.assemble(&[], Vec::new())),
+            FleetState::Direct(jobs) => Step::Send(
+                jobs.iter()
+                    .filter_map(|&server| {
+                        let (cmds, _) = p.shares.get(server)?.as_ref()?;
+                        Some(Request {
+                            server,
+                            cmds: Cow::Borrowed(&cmds[..]),
+                        })
+                    })
+                    .collect(),
+            ),
+            FleetState::Moving(m) => then(m.start(), |slots| p.assemble_slots(slots?)),
         }
-        let replies = futures::future::join_all(jobs.iter().map(|(server, pipe)| mr.pipeline_on(*server, pipe))).await;
-        self.assemble(&jobs, replies)
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
+        let p = self.pipeline;
+        match &mut self.state {
+            FleetState::Refused(_) => Step::Done(Err(client_error("no reply".to_string()))),
+            FleetState::Direct(jobs) => Step::Done(p.assemble(jobs, replies)),
+            FleetState::Moving(m) => then(m.next(replies), |slots| p.assemble_slots(slots?)),
+        }
     }
 }
 

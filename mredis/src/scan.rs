@@ -4,16 +4,14 @@
 //! gets iterators, the async one streams; both yield `RedisResult<T>` like
 //! redis-rs's `Iter`/`AsyncIter`.
 
-use std::collections::VecDeque;
-use std::marker::PhantomData;
+use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
 
 use futures::stream::BoxStream;
-use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs, Value};
-
-use std::collections::HashSet;
+use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::client_error;
-use crate::exec::ByRef;
+use crate::exec::{Machine, Request, Step, one};
 use crate::migration::One;
 use crate::routing::{Core, Move, Route};
 
@@ -175,6 +173,129 @@ struct ScanState<T> {
     seen: HashSet<Vec<u8>>,
     /// A page of a moving key came from its old server.
     paged_on_old: bool,
+    /// The error that ends the iteration, not yet yielded.
+    error: Option<RedisError>,
+    /// An error ended it: a cursor cannot be resumed reliably.
+    failed: bool,
+}
+
+/// What an iteration does next.
+enum Next<T> {
+    Yield(RedisResult<T>),
+    End,
+    Fetch(Fetch),
+}
+
+/// A page to fetch: its server, its command, and the moving keys that
+/// guard it (HSCAN & co. on a key being moved).
+struct Fetch {
+    server: usize,
+    cmd: Cmd,
+    moves: Vec<Move>,
+}
+
+impl Fetch {
+    /// The machine that fetches the page into `state`.
+    fn run<'a, T>(&'a self, core: &'a Core, state: &'a mut ScanState<T>) -> PageRun<'a, T> {
+        let step = if self.moves.is_empty() {
+            PageStep::Direct(&self.cmd)
+        } else {
+            PageStep::Moving(One::new(
+                core,
+                std::slice::from_ref(&self.cmd),
+                false,
+                self.server,
+                &self.moves,
+            ))
+        };
+        PageRun {
+            core,
+            state,
+            server: self.server,
+            step,
+        }
+    }
+}
+
+/// Fetches one page of a scan and takes it into the iteration's state.
+struct PageRun<'a, T> {
+    core: &'a Core,
+    state: &'a mut ScanState<T>,
+    server: usize,
+    step: PageStep<'a>,
+}
+
+enum PageStep<'a> {
+    /// The page command on its server.
+    Direct(&'a Cmd),
+    /// Guarded by the migration machine while the key is moving.
+    Moving(One<'a>),
+}
+
+/// A step whose requests own their commands (so the machine that made
+/// them may be read after).
+fn owned<T>(step: Step<'_, T>) -> Step<'static, T> {
+    match step {
+        Step::Send(requests) => Step::Send(
+            requests
+                .into_iter()
+                .map(|r| Request {
+                    server: r.server,
+                    cmds: Cow::Owned(r.cmds.into_owned()),
+                })
+                .collect(),
+        ),
+        Step::Done(result) => Step::Done(result),
+    }
+}
+
+impl<T: FromRedisValue> PageRun<'_, T> {
+    /// After a step of the migration machine: once done, the page is
+    /// taken unless the key left its old server meanwhile (then the next
+    /// fetch starts its walk again on the new server).
+    fn guarded(&mut self, step: Step<'static, Value>, served_on: usize) -> Step<'static, ()> {
+        match step {
+            Step::Send(requests) => Step::Send(requests),
+            Step::Done(page) => Step::Done(match page.and_then(Value::extract_error) {
+                Ok(v) if self.state.served(served_on != self.server) => self.state.take_page(self.core, v),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }),
+        }
+    }
+}
+
+impl<T: FromRedisValue> Machine for PageRun<'_, T> {
+    type Output = ();
+
+    fn start(&mut self) -> Step<'_, ()> {
+        match &mut self.step {
+            PageStep::Direct(cmd) => Step::Send(vec![Request {
+                server: self.server,
+                cmds: Cow::Borrowed(std::slice::from_ref(*cmd)),
+            }]),
+            PageStep::Moving(m) => {
+                let step = owned(m.start());
+                let served_on = m.served_on;
+                self.guarded(step, served_on)
+            }
+        }
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, ()> {
+        match &mut self.step {
+            PageStep::Direct(_) => Step::Done(
+                one(replies.into_iter().next())
+                    .and_then(Value::extract_error)
+                    .and_then(|v| self.state.take_page(self.core, v)),
+            ),
+            PageStep::Moving(m) => {
+                let step = owned(m.next(replies));
+                let served_on = m.served_on;
+                self.guarded(step, served_on)
+            }
+        }
+    }
 }
 
 impl<T: FromRedisValue> ScanState<T> {
@@ -188,15 +309,36 @@ impl<T: FromRedisValue> ScanState<T> {
             done,
             seen: HashSet::new(),
             paged_on_old: false,
+            error: None,
+            failed: false,
         }
     }
 
-    /// The next page to fetch, or `None` when every server is finished.
-    fn next_request(&self) -> Option<(usize, Cmd)> {
-        if self.done {
-            return None;
+    /// The next item, the end, or the next page to fetch (run its machine,
+    /// then give the result to [`fetched`](Self::fetched)).
+    fn advance(&mut self) -> Next<T> {
+        if let Some(item) = self.buffer.pop_front() {
+            return Next::Yield(Ok(item));
         }
-        Some((self.spec.servers[self.position].0, self.spec.page(self.cursor)))
+        if let Some(e) = self.error.take() {
+            return Next::Yield(Err(e));
+        }
+        if self.failed || self.done {
+            return Next::End;
+        }
+        Next::Fetch(Fetch {
+            server: self.spec.servers[self.position].0,
+            cmd: self.spec.page(self.cursor),
+            moves: self.spec.moves.clone(),
+        })
+    }
+
+    /// After a fetch: an error is yielded next, and ends the iteration.
+    fn fetched(&mut self, result: RedisResult<()>) {
+        if let Err(e) = result {
+            self.error = Some(e);
+            self.failed = true;
+        }
     }
 
     /// After a page of a moving key: false when it must be fetched again
@@ -241,8 +383,6 @@ impl<T: FromRedisValue> ScanState<T> {
 pub struct ScanIter<'a, T> {
     mr: &'a crate::MRedis,
     state: ScanState<T>,
-    failed: bool,
-    _t: PhantomData<T>,
 }
 
 impl<T> std::fmt::Debug for ScanIter<'_, T> {
@@ -258,35 +398,13 @@ impl<T: FromRedisValue> Iterator for ScanIter<'_, T> {
 
     fn next(&mut self) -> Option<RedisResult<T>> {
         loop {
-            if let Some(item) = self.state.buffer.pop_front() {
-                return Some(Ok(item));
-            }
-            if self.failed {
-                return None;
-            }
-            let (server, cmd) = self.state.next_request()?;
-            let page = if self.state.spec.moves.is_empty() {
-                self.mr.value_on(server, &cmd)
-            } else {
-                let moves = self.state.spec.moves.clone();
-                let mut machine = One::new(self.mr.core(), std::slice::from_ref(&cmd), false, server, &moves);
-                let fetched = {
-                    let m = &mut machine;
-                    self.mr.drive(ByRef(m))
-                };
-                let on_old = machine.served_on != server;
-                match fetched.and_then(Value::extract_error) {
-                    Ok(v) if self.state.served(on_old) => Ok(v),
-                    Ok(_) => continue,
-                    Err(e) => Err(e),
+            match self.state.advance() {
+                Next::Yield(item) => return Some(item),
+                Next::End => return None,
+                Next::Fetch(page) => {
+                    let fetched = self.mr.drive(page.run(self.mr.core(), &mut self.state));
+                    self.state.fetched(fetched);
                 }
-            };
-            let core = self.mr.core().clone();
-            let page = page.and_then(|v| self.state.take_page(&core, v));
-            if let Err(e) = page {
-                // Stop after reporting: a cursor cannot be resumed reliably.
-                self.failed = true;
-                return Some(Err(e));
             }
         }
     }
@@ -368,8 +486,6 @@ impl crate::MRedis {
         ScanIter {
             mr: self,
             state: ScanState::new(spec),
-            failed: false,
-            _t: PhantomData,
         }
     }
 
@@ -407,34 +523,15 @@ impl crate::MRedis {
 impl crate::aio::MRedis {
     fn scan_with<RV: FromRedisValue + Send + 'static>(&self, spec: ScanSpec) -> BoxStream<'_, RedisResult<RV>> {
         let state = ScanState::<RV>::new(spec);
-        let stream = futures::stream::unfold((state, false), move |(mut state, failed)| async move {
+        let stream = futures::stream::unfold(state, move |mut state| async move {
             loop {
-                if let Some(item) = state.buffer.pop_front() {
-                    return Some((Ok(item), (state, failed)));
-                }
-                if failed {
-                    return None;
-                }
-                let (server, cmd) = state.next_request()?;
-                let fetched = if state.spec.moves.is_empty() {
-                    self.value_on(server, &cmd).await
-                } else {
-                    let moves = state.spec.moves.clone();
-                    let mut machine = One::new(self.core(), std::slice::from_ref(&cmd), false, server, &moves);
-                    let fetched = self.drive(ByRef(&mut machine)).await;
-                    let on_old = machine.served_on != server;
-                    match fetched.and_then(Value::extract_error) {
-                        Ok(v) if state.served(on_old) => Ok(v),
-                        Ok(_) => continue,
-                        Err(e) => Err(e),
+                match state.advance() {
+                    Next::Yield(item) => return Some((item, state)),
+                    Next::End => return None,
+                    Next::Fetch(page) => {
+                        let fetched = self.drive(page.run(self.core(), &mut state)).await;
+                        state.fetched(fetched);
                     }
-                };
-                let page = match fetched {
-                    Ok(v) => state.take_page(self.core(), v),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = page {
-                    return Some((Err(e), (state, true)));
                 }
             }
         });

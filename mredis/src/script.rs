@@ -2,10 +2,13 @@
 //! keys (all keys must share a server), loading itself there when the server
 //! answers NOSCRIPT, like redis-rs's `Script`.
 
-use redis::{FromRedisValue, RedisResult, ToRedisArgs, Value};
+use std::borrow::Cow;
+
+use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::client_error;
-use crate::routing::{Move, Route, name_server, push_keys};
+use crate::exec::{Machine, Request, Step, one};
+use crate::routing::{Core, Move, Route, name_server, push_keys};
 
 /// A Lua script, invoked with EVALSHA on the server that owns its keys.
 ///
@@ -19,17 +22,22 @@ use crate::routing::{Move, Route, name_server, push_keys};
 #[derive(Debug, Clone)]
 pub struct Script {
     inner: redis::Script,
+    code: String,
     /// The same code behind a guard that runs it only where all its keys
     /// are, for keys being moved by a migration.
     guarded: redis::Script,
+    guarded_code: String,
 }
 
 impl Script {
     /// Wraps Lua source code.
     pub fn new(code: &str) -> Script {
+        let guarded_code = crate::migration::guarded_script(code);
         Script {
             inner: redis::Script::new(code),
-            guarded: redis::Script::new(&crate::migration::guarded_script(code)),
+            code: code.to_string(),
+            guarded: redis::Script::new(&guarded_code),
+            guarded_code,
         }
     }
 
@@ -56,7 +64,6 @@ impl Script {
     pub fn prepare_invoke(&self) -> ScriptInvocation<'_> {
         ScriptInvocation {
             script: self,
-            inner: self.inner.prepare_invoke(),
             keys: Vec::new(),
             args: Vec::new(),
         }
@@ -66,7 +73,6 @@ impl Script {
 /// A script with its keys and arguments, ready to run.
 pub struct ScriptInvocation<'a> {
     script: &'a Script,
-    inner: redis::ScriptInvocation<'a>,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
 }
@@ -83,58 +89,16 @@ impl ScriptInvocation<'_> {
     /// Adds a key (it decides the server).
     pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
         push_keys(&mut self.keys, &key);
-        self.inner.key(key);
         self
     }
 
     /// Adds an argument.
     pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
         self.args.extend(arg.to_redis_args());
-        self.inner.arg(arg);
         self
     }
 
-    /// The guarded script's invocation on the old server of moving keys.
-    fn guarded(&self) -> redis::ScriptInvocation<'_> {
-        let mut inv = self.script.guarded.prepare_invoke();
-        for k in &self.keys {
-            inv.key(&k[..]);
-        }
-        for a in &self.args {
-            inv.arg(&a[..]);
-        }
-        inv
-    }
-
-    /// Where the guarded run said to go next.
-    fn after_guard<T: FromRedisValue>(
-        core: &crate::routing::Core,
-        moves: &[Move],
-        server: usize,
-        reply: RedisResult<Value>,
-    ) -> Option<RedisResult<T>> {
-        match reply {
-            Err(e) if e.code() == Some(crate::migration::ABSENT) => None,
-            Err(e) if e.code() == Some(crate::migration::PARTIAL) => Some(Err(crate::migration::try_again(
-                core,
-                &moves[0].key,
-                moves[0].from,
-                server,
-            ))),
-            Err(e) => Some(Err(e)),
-            Ok(v) => Some(T::from_redis_value(v).map_err(Into::into)),
-        }
-    }
-
-    fn single_from(core: &crate::routing::Core, moves: &[Move], server: usize) -> RedisResult<usize> {
-        let from = moves[0].from;
-        if moves.iter().any(|m| m.from != from) {
-            return Err(crate::migration::try_again(core, &moves[0].key, from, server));
-        }
-        Ok(from)
-    }
-
-    fn route(&self, core: &crate::routing::Core) -> RedisResult<(usize, Vec<Move>)> {
+    fn route(&self, core: &Core) -> RedisResult<(usize, Vec<Move>)> {
         if self.keys.is_empty() {
             return Err(client_error(
                 "a script without keys has no owning server; pass the keys it touches with key(), \
@@ -148,26 +112,8 @@ impl ScriptInvocation<'_> {
         }
     }
 
-    /// Runs the script on the server named `server` (`host:port:db`, as
-    /// [`MRedis::servers`](crate::MRedis::servers) names them), for scripts
-    /// without keys. Its keys, if any, must belong to that server.
-    pub fn invoke_on<T: FromRedisValue>(&self, mr: &crate::MRedis, server: &str) -> RedisResult<T> {
-        let index = Self::named(mr.core(), &self.keys, server)?;
-        mr.with_connection(index, |con| self.inner.invoke(con))
-    }
-
-    /// [`invoke_on`](Self::invoke_on) for the async client.
-    pub async fn invoke_on_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis, server: &str) -> RedisResult<T> {
-        let index = Self::named(mr.core(), &self.keys, server)?;
-        let mut con = mr.connection(index)?;
-        self.inner
-            .invoke_async(&mut con)
-            .await
-            .map_err(|e| name_server(mr.core().server(index), e))
-    }
-
     /// The index of the server named `server`; keys given must be its own.
-    fn named(core: &crate::routing::Core, keys: &[Vec<u8>], server: &str) -> RedisResult<usize> {
+    fn named(core: &Core, keys: &[Vec<u8>], server: &str) -> RedisResult<usize> {
         let index = (0..core.current)
             .find(|&i| core.name(i) == server)
             .ok_or_else(|| client_error(format!("no server named `{server}` in this client")))?;
@@ -186,38 +132,193 @@ impl ScriptInvocation<'_> {
         Ok(index)
     }
 
+    /// The invocation as a machine: on the server that owns its keys, or
+    /// on the server named `on`.
+    fn run<'s>(&'s self, core: &'s Core, on: Option<&str>) -> ScriptRun<'s> {
+        let target = match on {
+            Some(name) => Self::named(core, &self.keys, name).map(|index| (index, Vec::new())),
+            None => self.route(core),
+        };
+        let state = match target {
+            Err(e) => Run::Refused(Some(e)),
+            Ok((server, moves)) if moves.is_empty() => Run::Main {
+                server,
+                stage: Stage::Eval,
+            },
+            Ok((server, moves)) => {
+                let from = moves[0].from;
+                if moves.iter().any(|m| m.from != from) {
+                    Run::Refused(Some(crate::migration::try_again(core, &moves[0].key, from, server)))
+                } else {
+                    Run::Guard {
+                        from,
+                        server,
+                        moves,
+                        stage: Stage::Eval,
+                    }
+                }
+            }
+        };
+        ScriptRun {
+            inv: self,
+            core,
+            state,
+            sent: Cmd::new(),
+        }
+    }
+
+    /// The script's value as `T`; a value of the wrong type from the
+    /// server that ran it unguarded names that server.
+    fn convert<T: FromRedisValue>(core: &Core, ran: RedisResult<(Value, Option<usize>)>) -> RedisResult<T> {
+        let (value, ran_on) = ran?;
+        T::from_redis_value(value).map_err(|e| match ran_on {
+            Some(server) => name_server(core.server(server), e.into()),
+            None => e.into(),
+        })
+    }
+
+    /// Runs the script on the server named `server` (`host:port:db`, as
+    /// [`MRedis::servers`](crate::MRedis::servers) names them), for scripts
+    /// without keys. Its keys, if any, must belong to that server.
+    pub fn invoke_on<T: FromRedisValue>(&self, mr: &crate::MRedis, server: &str) -> RedisResult<T> {
+        Self::convert(mr.core(), mr.drive(self.run(mr.core(), Some(server))))
+    }
+
+    /// [`invoke_on`](Self::invoke_on) for the async client.
+    pub async fn invoke_on_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis, server: &str) -> RedisResult<T> {
+        Self::convert(mr.core(), mr.drive(self.run(mr.core(), Some(server))).await)
+    }
+
     /// Runs the script on the server that owns its keys (sync client).
     pub fn invoke<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        let (server, moves) = self.route(mr.core())?;
-        if !moves.is_empty() {
-            let from = Self::single_from(mr.core(), &moves, server)?;
-            let reply = mr.with_connection(from, |con| self.guarded().invoke::<Value>(con));
-            if let Some(done) = Self::after_guard(mr.core(), &moves, server, reply) {
-                return done;
-            }
-        }
-        mr.with_connection(server, |con| self.inner.invoke(con))
+        Self::convert(mr.core(), mr.drive(self.run(mr.core(), None)))
     }
 
     /// Runs the script on the server that owns its keys (async client).
     pub async fn invoke_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        let (server, moves) = self.route(mr.core())?;
-        if !moves.is_empty() {
-            let from = Self::single_from(mr.core(), &moves, server)?;
-            let mut con = mr.connection(from)?;
-            let reply = self
-                .guarded()
-                .invoke_async::<Value>(&mut con)
-                .await
-                .map_err(|e| name_server(mr.core().server(from), e));
-            if let Some(done) = Self::after_guard(mr.core(), &moves, server, reply) {
-                return done;
+        Self::convert(mr.core(), mr.drive(self.run(mr.core(), None)).await)
+    }
+}
+
+/// Where an EVALSHA stands: sent; NOSCRIPT, so SCRIPT LOAD sent; sent
+/// again after the load (as redis-rs's `invoke`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Eval,
+    Load,
+    Again,
+}
+
+enum Run {
+    /// Refused before sending anything.
+    Refused(Option<RedisError>),
+    /// Keys moving: the guarded script on their old server, which runs it
+    /// if they are all still there.
+    Guard {
+        from: usize,
+        server: usize,
+        moves: Vec<Move>,
+        stage: Stage,
+    },
+    /// The script on its server.
+    Main { server: usize, stage: Stage },
+}
+
+/// A script invocation as a sans-I/O machine. Its output is the script's
+/// value and, when it ran unguarded, its server.
+struct ScriptRun<'s> {
+    inv: &'s ScriptInvocation<'s>,
+    core: &'s Core,
+    state: Run,
+    /// The command of the request in flight.
+    sent: Cmd,
+}
+
+impl ScriptRun<'_> {
+    /// Sends the command of the current state.
+    fn send(&mut self) -> Step<'_, (Value, Option<usize>)> {
+        let script = self.inv.script;
+        let (server, stage, hash, code) = match &self.state {
+            Run::Refused(e) => {
+                let e = e.clone().unwrap_or_else(|| client_error("no reply".to_string()));
+                return Step::Done(Err(e));
             }
+            Run::Guard { from, stage, .. } => (*from, *stage, script.guarded.get_hash(), &script.guarded_code),
+            Run::Main { server, stage } => (*server, *stage, script.inner.get_hash(), &script.code),
+        };
+        self.sent = if stage == Stage::Load {
+            let mut c = redis::cmd("SCRIPT");
+            c.arg("LOAD").arg(code.as_bytes());
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(hash.as_bytes())
+                .arg(self.inv.keys.len())
+                .arg(&self.inv.keys[..])
+                .arg(&self.inv.args[..]);
+            c
+        };
+        Step::Send(vec![Request {
+            server,
+            cmds: Cow::Borrowed(std::slice::from_ref(&self.sent)),
+        }])
+    }
+
+    fn set_stage(&mut self, next: Stage) {
+        if let Run::Guard { stage, .. } | Run::Main { stage, .. } = &mut self.state {
+            *stage = next;
         }
-        let mut con = mr.connection(server)?;
-        self.inner
-            .invoke_async(&mut con)
-            .await
-            .map_err(|e| name_server(mr.core().server(server), e))
+    }
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+impl Machine for ScriptRun<'_> {
+    type Output = (Value, Option<usize>);
+
+    fn start(&mut self) -> Step<'_, Self::Output> {
+        self.send()
+    }
+
+    fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output> {
+        // Error replies anywhere in the value are errors, as `Cmd::query` has them.
+        let reply = one(replies.into_iter().next()).and_then(Value::extract_error);
+        let stage = match &self.state {
+            Run::Refused(_) => return self.send(),
+            Run::Guard { stage, .. } | Run::Main { stage, .. } => *stage,
+        };
+        match (stage, &reply) {
+            (Stage::Eval, Err(e)) if is_noscript(e) => {
+                self.set_stage(Stage::Load);
+                return self.send();
+            }
+            (Stage::Load, Ok(_)) => {
+                self.set_stage(Stage::Again);
+                return self.send();
+            }
+            _ => {}
+        }
+        match (&self.state, reply) {
+            (Run::Guard { server, .. }, Err(e)) if e.code() == Some(crate::migration::ABSENT) => {
+                // None of the keys is on the old server: the new one runs it.
+                self.state = Run::Main {
+                    server: *server,
+                    stage: Stage::Eval,
+                };
+                self.send()
+            }
+            (Run::Guard { server, moves, .. }, Err(e)) if e.code() == Some(crate::migration::PARTIAL) => {
+                Step::Done(Err(crate::migration::try_again(
+                    self.core,
+                    &moves[0].key,
+                    moves[0].from,
+                    *server,
+                )))
+            }
+            (Run::Main { server, .. }, Ok(v)) => Step::Done(Ok((v, Some(*server)))),
+            (_, reply) => Step::Done(reply.map(|v| (v, None))),
+        }
     }
 }

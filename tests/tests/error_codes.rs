@@ -233,3 +233,50 @@ fn an_argument_over_the_bulk_limit_is_refused_before_sending() {
     assert_eq!(mr.strlen::<_, usize>("k").unwrap(), 1024);
     assert!(!mr.exists::<_, bool>("j").unwrap());
 }
+
+#[test]
+fn atomic_key_pipelines_fail_alike_sync_and_async() {
+    let s = servers(2);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    let a = key_on(&mr, 0, "t");
+    mr.set::<_, _, ()>(&a, "string").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let am = rt.block_on(mredis::aio::MRedis::connect(urls(&s))).unwrap();
+
+    // A command the server refuses while queueing: EXEC aborts, nothing runs.
+    let queued = |mut p: mredis::KeyPipeline| {
+        p.atomic()
+            .set(&a, "changed")
+            .add_routed(&a, redis::cmd("SET").arg(&a).clone());
+        p
+    };
+    let sync = queued(mr.pipeline(&a).unwrap()).query::<((), ())>(&mr).unwrap_err();
+    let asynced = rt
+        .block_on(queued(am.pipeline(&a).unwrap()).query_async::<((), ())>(&am))
+        .unwrap_err();
+    for e in [&sync, &asynced] {
+        assert_eq!(e.code(), Some("EXECABORT"), "{e}");
+    }
+    assert_eq!(sync.to_string(), asynced.to_string(), "{sync:?} {asynced:?}");
+    assert_eq!(mr.get::<_, String>(&a).unwrap(), "string");
+
+    // A command failing when run: its error; the others ran.
+    let running = |mut p: mredis::KeyPipeline| {
+        p.atomic().append(&a, "+").lpush(&a, 1).append(&a, "!");
+        p
+    };
+    let sync = running(mr.pipeline(&a).unwrap())
+        .query::<(i64, i64, i64)>(&mr)
+        .unwrap_err();
+    let asynced = rt
+        .block_on(running(am.pipeline(&a).unwrap()).query_async::<(i64, i64, i64)>(&am))
+        .unwrap_err();
+    for e in [&sync, &asynced] {
+        assert_eq!(e.code(), Some("WRONGTYPE"), "{e}");
+    }
+    assert_eq!(mr.get::<_, String>(&a).unwrap(), "string+!+!");
+
+    // The connections are still in step: the next replies are their own.
+    assert_eq!(mr.get::<_, String>(&a).unwrap(), "string+!+!");
+    assert_eq!(rt.block_on(am.get::<_, String>(&a)).unwrap(), "string+!+!");
+}

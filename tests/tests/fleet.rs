@@ -251,3 +251,61 @@ fn keyless_scripts_run_where_the_caller_says_or_are_refused() {
     });
     assert_eq!(n, 1);
 }
+
+#[test]
+fn scripts_fail_alike_sync_and_async() {
+    let s = servers(2);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let am = rt.block_on(mredis::aio::MRedis::connect(urls(&s))).unwrap();
+    let owner = mr.server_for("sk").unwrap().to_string();
+
+    // Not loaded anywhere: each client loads it on NOSCRIPT and runs it.
+    let echo = Script::new("return ARGV[1]");
+    let v: String = echo.key("sk").arg("a").invoke(&mr).unwrap();
+    assert_eq!(v, "a");
+    mr.script_flush::<()>().unwrap();
+    let v: String = rt.block_on(echo.key("sk").arg("b").invoke_async(&am)).unwrap();
+    assert_eq!(v, "b");
+
+    // SCRIPT LOAD refuses code that does not compile: its error.
+    let broken = Script::new("return (");
+    let sync = broken.key("sk").invoke::<()>(&mr).unwrap_err();
+    let asynced = rt.block_on(broken.key("sk").invoke_async::<()>(&am)).unwrap_err();
+    assert!(sync.to_string().contains("compiling"), "{sync}");
+    assert_eq!(sync.to_string(), asynced.to_string());
+
+    // An error raised by the script is the server's reply, unchanged.
+    let raising = Script::new("return redis.error_reply('MYCODE went wrong')");
+    let sync = raising.key("sk").invoke::<()>(&mr).unwrap_err();
+    let asynced = rt.block_on(raising.key("sk").invoke_async::<()>(&am)).unwrap_err();
+    assert_eq!(sync.code(), Some("MYCODE"), "{sync}");
+    assert_eq!(sync.to_string(), asynced.to_string());
+
+    // A value of the wrong type names the server that ran it.
+    let sync = echo.key("sk").arg("x").invoke::<i64>(&mr).unwrap_err();
+    let asynced = rt
+        .block_on(echo.key("sk").arg("x").invoke_async::<i64>(&am))
+        .unwrap_err();
+    assert!(sync.to_string().contains(&owner), "{sync}");
+    assert_eq!(sync.to_string(), asynced.to_string());
+    let on = echo.arg("x").invoke_on::<i64>(&mr, &owner).unwrap_err();
+    assert_eq!(on.to_string(), sync.to_string());
+}
+
+#[test]
+fn a_failed_scan_yields_its_error_once_then_ends() {
+    let s = servers(2);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    mr.set::<_, _, ()>("plain", "string").unwrap();
+    let got: Vec<redis::RedisResult<String>> = mr.hscan("plain").unwrap().collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].as_ref().unwrap_err().code(), Some("WRONGTYPE"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got: Vec<redis::RedisResult<String>> = rt.block_on(async {
+        let am = mredis::aio::MRedis::connect(urls(&s)).await.unwrap();
+        am.hscan("plain").await.unwrap().collect().await
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].as_ref().unwrap_err().code(), Some("WRONGTYPE"));
+}
