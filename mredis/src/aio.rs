@@ -181,19 +181,6 @@ impl MRedis {
             .map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
     }
 
-    /// Sends a pipeline's commands to one server; the replies, raw.
-    pub(crate) async fn pipeline_on(&self, index: usize, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
-        let mut con = self.connection(index)?;
-        let (offset, count) = if pipe.is_transaction() {
-            (pipe.len() + 1, 1)
-        } else {
-            (0, pipe.len())
-        };
-        con.req_packed_commands(pipe, offset, count)
-            .await
-            .map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
-    }
-
     /// Runs a routed command on one server, or split over several
     /// (concurrently); keys being moved by a migration go through the
     /// migration machines, as in the sync client.
