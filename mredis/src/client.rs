@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{FanOut, Machine, Routed, Step, fan_out_result};
+use crate::exec::{FanOut, Machine, Routed, Step, closed, fan_out_result, read_only};
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
@@ -810,23 +810,6 @@ fn read_replies(con: &mut Connection, count: usize, values: &mut Vec<Value>) -> 
     None
 }
 
-/// The connection was closed or reset by the other end (not a timeout:
-/// after a timeout the server may still be running the command).
-fn closed(e: &RedisError) -> bool {
-    use std::io::ErrorKind as K;
-    if e.is_timeout() {
-        return false;
-    }
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| {
-            matches!(
-                io.kind(),
-                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::NotConnected
-            )
-        })
-}
-
 /// Whether a request that failed on a pooled connection found closed by
 /// the server (end of file or reset, on a connection that sat idle in the
 /// pool) is sent again, once, on a new connection. The pool cannot see a
@@ -849,21 +832,6 @@ fn closed(e: &RedisError) -> bool {
 /// is never retried.
 fn retry_allowed(written: bool, repeatable: bool) -> bool {
     !written || repeatable
-}
-
-/// The command is read-only by the table (safe to run twice).
-fn read_only(cmd: &Cmd) -> bool {
-    let mut args = cmd.args_iter();
-    let Some(redis::Arg::Simple(name)) = args.next() else {
-        return false;
-    };
-    let Ok(name) = std::str::from_utf8(name) else { return false };
-    let sub = match args.next() {
-        Some(redis::Arg::Simple(s)) => std::str::from_utf8(s).ok(),
-        _ => None,
-    };
-    crate::spec::lookup(&name.to_ascii_uppercase(), sub)
-        .is_some_and(|spec| spec.access == crate::spec::Access::Read && spec.block.is_none())
 }
 
 /// Commands packed one after another, as one pipeline.

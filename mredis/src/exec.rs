@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use redis::{Arg, Cmd, RedisResult, Value};
+use redis::{Arg, Cmd, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
 use crate::migration::{One, Split};
@@ -51,6 +51,40 @@ pub(crate) fn block_of(cmd: &Cmd) -> Option<Duration> {
     let spec = crate::spec::lookup(&name, None)?;
     spec.block?;
     spec.block_time(&args_of(cmd))
+}
+
+/// The connection was closed or reset by the other end (end of file,
+/// reset, broken pipe; not a timeout: after a timeout the server may still
+/// be running the command).
+pub(crate) fn closed(e: &RedisError) -> bool {
+    use std::io::ErrorKind as K;
+    if e.is_timeout() || e.is_connection_refusal() {
+        return false;
+    }
+    let io_kind = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    e.is_connection_dropped()
+        || matches!(
+            io_kind,
+            Some(K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::NotConnected)
+        )
+}
+
+/// The command is read-only by the table (`access = "read"`) and does not
+/// block: running it twice changes nothing.
+pub(crate) fn read_only(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter();
+    let Some(Arg::Simple(name)) = args.next() else {
+        return false;
+    };
+    let Ok(name) = std::str::from_utf8(name) else { return false };
+    let sub = match args.next() {
+        Some(Arg::Simple(s)) => std::str::from_utf8(s).ok(),
+        _ => None,
+    };
+    crate::spec::lookup(&name.to_ascii_uppercase(), sub)
+        .is_some_and(|spec| spec.access == crate::spec::Access::Read && spec.block.is_none())
 }
 
 /// What a machine wants next.
