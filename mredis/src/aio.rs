@@ -240,7 +240,9 @@ impl MRedis {
         loop {
             let replies = match step {
                 Step::Done(result) => return result,
-                Step::Send(requests) => join_all(requests.iter().map(|r| self.request_on(r.server, &r.cmds, r.block))).await,
+                Step::Send(requests) => {
+                    join_all(requests.iter().map(|r| self.request_on(r.server, &r.cmds, r.block))).await
+                }
             };
             step = machine.next(replies);
         }
@@ -250,7 +252,10 @@ impl MRedis {
     async fn request_on(&self, index: usize, cmds: &[Cmd], block: Option<Duration>) -> RedisResult<Vec<Value>> {
         let span = Span::server(&self.core, index);
         if let (Some(block), [cmd]) = (block, cmds) {
-            return span.run_async(self.blocking_on(index, cmd, block)).await.map(|v| vec![v]);
+            return span
+                .run_async(self.blocking_on(index, cmd, block))
+                .await
+                .map(|v| vec![v]);
         }
         let mut con = self.connection(index)?;
         let mut replies = self.send_on(&mut con, &span, cmds).await;
@@ -368,7 +373,10 @@ impl BlockingPool {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
-        let mut con = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let mut con = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let id = match tokio::time::timeout(
             self.connect_timeout,
             con.req_packed_command(redis::cmd("CLIENT").arg("ID")),
@@ -435,7 +443,9 @@ async fn rescue(
     let started = tokio::time::Instant::now();
     let reply = loop {
         let Some(id) = dedicated.id else { break None };
-        let Ok(mut shared) = mr.connection(index) else { break None };
+        let Ok(mut shared) = mr.connection(index) else {
+            break None;
+        };
         let unblock = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).clone();
         if !matches!(
             tokio::time::timeout(grace, shared.req_packed_command(&unblock)).await,
@@ -506,9 +516,7 @@ async fn give_back(mr: &MRedis, index: usize, cmd: &Cmd, value: Value) {
                 .get(2)
                 .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
                 .unwrap_or(0);
-            let left = args
-                .get(3 + numkeys)
-                .is_some_and(|d| d.eq_ignore_ascii_case(b"LEFT"));
+            let left = args.get(3 + numkeys).is_some_and(|d| d.eq_ignore_ascii_case(b"LEFT"));
             if let Some(k) = bytes(key) {
                 let mut c = redis::cmd(if left { "LPUSH" } else { "RPUSH" });
                 c.arg(k);

@@ -735,7 +735,14 @@ impl MRedis {
                 }
             }
             match failed {
-                Some(e) => *result = Err(crate::error::name_server_after(self.core.server(job.server), e, None, wait)),
+                Some(e) => {
+                    *result = Err(crate::error::name_server_after(
+                        self.core.server(job.server),
+                        e,
+                        None,
+                        wait,
+                    ))
+                }
                 None => {
                     if !shortened || con.set_read_timeout(pool.response_timeout).is_ok() {
                         pool.put(con);

@@ -78,7 +78,9 @@ pub(crate) fn read_only(cmd: &Cmd) -> bool {
     let Some(Arg::Simple(name)) = args.next() else {
         return false;
     };
-    let Ok(name) = std::str::from_utf8(name) else { return false };
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
     let sub = match args.next() {
         Some(Arg::Simple(s)) => std::str::from_utf8(s).ok(),
         _ => None,

@@ -33,12 +33,23 @@ fn client_list(server: &RedisServer) -> String {
 
 /// How many clients other than the one asking are connected.
 fn other_clients(server: &RedisServer) -> usize {
-    client_list(server).lines().filter(|l| !l.contains("cmd=client|list")).count()
+    client_list(server)
+        .lines()
+        .filter(|l| !l.contains("cmd=client|list"))
+        .count()
 }
 
-/// How many clients are blocked in BLPOP.
+/// How many clients are blocked in BLPOP now (flag `b`; an idle
+/// connection whose last command was BLPOP shows `cmd=blpop` too).
 fn blocked_in_blpop(server: &RedisServer) -> usize {
-    client_list(server).lines().filter(|l| l.contains("cmd=blpop")).count()
+    client_list(server)
+        .lines()
+        .filter(|l| {
+            l.contains(" cmd=blpop ")
+                && l.split(' ')
+                    .any(|f| f.strip_prefix("flags=").is_some_and(|flags| flags.contains('b')))
+        })
+        .count()
 }
 
 fn sync_client(server: &RedisServer, response_timeout: Duration) -> MRedis {
@@ -100,7 +111,11 @@ fn sync_gets_succeed_after_the_server_closed_idle_pooled_connections() {
             failures.push(format!("GET {i}: {e}"));
         }
     }
-    assert!(failures.is_empty(), "{} of 40 GETs failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of 40 GETs failed: {failures:?}",
+        failures.len()
+    );
 }
 
 #[test]
@@ -118,7 +133,11 @@ fn sync_calls_started_after_a_restart_succeed() {
             Err(e) => failures.push(format!("GET {i}: {e}")),
         }
     }
-    assert!(failures.is_empty(), "{} of 40 GETs failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of 40 GETs failed: {failures:?}",
+        failures.len()
+    );
     // A write on a dead pooled connection is not sent twice: at most the
     // first fails (the pool is emptied then), the rest succeed.
     fill_pool(&mr);
@@ -220,10 +239,7 @@ async fn async_gets_to_a_server_are_answered_while_a_blpop_blocks_there() {
     assert_eq!(blocked_in_blpop(&server), 1);
     assert!(!pop.is_finished());
     redis::cmd("RPUSH").arg("L").arg("x").exec(&mut server.conn()).unwrap();
-    assert_eq!(
-        pop.await.unwrap().unwrap(),
-        Some(("L".to_string(), "x".to_string()))
-    );
+    assert_eq!(pop.await.unwrap().unwrap(), Some(("L".to_string(), "x".to_string())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,8 +257,8 @@ async fn dropped_async_blpops_lose_no_element() {
             let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w + 1);
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let deadline = Duration::from_micros(200 + (seed >> 33) % 5_000);
-                let block = if seed % 3 == 0 { 0.0 } else { 2.0 };
+                let deadline = Duration::from_micros(50 + (seed >> 33) % 3_000);
+                let block = if seed.is_multiple_of(3) { 0.0 } else { 2.0 };
                 match tokio::time::timeout(deadline, mr.blpop::<_, Option<(String, String)>>("L", block)).await {
                     Ok(Ok(Some((_, v)))) => got.push(v),
                     Ok(Ok(None)) => {}
@@ -259,9 +275,13 @@ async fn dropped_async_blpops_lose_no_element() {
         move || {
             let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
             for i in 0..ELEMENTS {
-                redis::cmd("RPUSH").arg("L").arg(format!("e{i}")).exec(&mut con).unwrap();
-                if i % 50 == 0 {
-                    std::thread::sleep(Duration::from_millis(2));
+                redis::cmd("RPUSH")
+                    .arg("L")
+                    .arg(format!("e{i}"))
+                    .exec(&mut con)
+                    .unwrap();
+                if i % 5 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         }
@@ -287,7 +307,14 @@ async fn dropped_async_blpops_lose_no_element() {
     assert!(dropped > 50, "only {dropped} calls were dropped: the test did not test");
     // A dropped call's rescue may still be giving an element back: poll
     // until received + left add up (or fail with the counts).
-    let left = || -> Vec<String> { redis::cmd("LRANGE").arg("L").arg(0).arg(-1).query(&mut admin.conn()).unwrap() };
+    let left = || -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg("L")
+            .arg(0)
+            .arg(-1)
+            .query(&mut admin.conn())
+            .unwrap()
+    };
     let mut in_list = Vec::new();
     let settle = Instant::now() + Duration::from_secs(10);
     tokio::task::block_in_place(|| {
@@ -300,6 +327,12 @@ async fn dropped_async_blpops_lose_no_element() {
             std::thread::sleep(Duration::from_millis(20));
         }
     });
+    eprintln!(
+        "received {}, in the list {}, dropped calls {dropped}, blocked {}",
+        received.len(),
+        in_list.len(),
+        blocked_in_blpop(&server)
+    );
     let all: HashSet<&String> = received.iter().chain(&in_list).collect();
     assert_eq!(
         all.len(),
@@ -350,8 +383,5 @@ async fn async_blpop_with_block_zero_has_no_client_deadline() {
     });
     assert!(!pop.is_finished());
     redis::cmd("RPUSH").arg("L").arg("x").exec(&mut server.conn()).unwrap();
-    assert_eq!(
-        pop.await.unwrap().unwrap(),
-        Some(("L".to_string(), "x".to_string()))
-    );
+    assert_eq!(pop.await.unwrap().unwrap(), Some(("L".to_string(), "x".to_string())));
 }
