@@ -5,6 +5,39 @@
 //! read every reply, on the calling thread, under one deadline for the
 //! whole call. The routed methods are generated from `commands.toml`; this
 //! file holds the I/O they end in.
+//!
+//! # Idle connections the server closed
+//!
+//! A pooled connection may have been closed by the server while it sat in
+//! the pool (a restart, the server's idle `timeout`, `CLIENT KILL`).
+//! redis-rs's `Connection` gives no access to its socket (no peek without
+//! a round trip) and `is_open` turns false only after a failed read, so
+//! such a connection is found by using it. When a request fails on a
+//! connection taken from the pool with end of file, a reset or a broken
+//! pipe (never a timeout), every idle connection of that server is dropped,
+//! and the request is sent again, once, on a new connection, if that
+//! cannot run it twice:
+//!
+//! - the write failed: nothing reached a live server (a pipeline written
+//!   in part only if it is one command: an incomplete command never runs);
+//! - the write succeeded but no reply came: the server may have read and
+//!   run it before it went away, so it is sent again only if every command
+//!   is read-only by the command table (`access = "read"`) and none blocks.
+//!
+//! So after a restart or an idle timeout, reads see no error; a write that
+//! meets a dead connection fails once (the pool is emptied then), and the
+//! calls after it get new connections. A reply begun and cut, a timeout,
+//! or a failure on a connection opened for the call is never retried.
+//!
+//! # Blocking commands
+//!
+//! A blocking command (BLPOP, XREAD BLOCK, ...; the table's `block` field)
+//! runs on a pooled connection whose read timeout, for that call, is the
+//! block time plus the response timeout (none for a block time of 0). A
+//! call that times out drops its connection: closed, the server unblocks
+//! that client and pops nothing more for it; an element is lost only if
+//! the server popped it and its reply was still in flight when the
+//! deadline passed (a server a whole response timeout late).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
