@@ -5,6 +5,39 @@
 //! read every reply, on the calling thread, under one deadline for the
 //! whole call. The routed methods are generated from `commands.toml`; this
 //! file holds the I/O they end in.
+//!
+//! # Idle connections the server closed
+//!
+//! A pooled connection may have been closed by the server while it sat in
+//! the pool (a restart, the server's idle `timeout`, `CLIENT KILL`).
+//! redis-rs's `Connection` gives no access to its socket (no peek without
+//! a round trip) and `is_open` turns false only after a failed read, so
+//! such a connection is found by using it. When a request fails on a
+//! connection taken from the pool with end of file, a reset or a broken
+//! pipe (never a timeout), every idle connection of that server is dropped,
+//! and the request is sent again, once, on a new connection, if that
+//! cannot run it twice:
+//!
+//! - the write failed: nothing reached a live server (a pipeline written
+//!   in part only if it is one command: an incomplete command never runs);
+//! - the write succeeded but no reply came: the server may have read and
+//!   run it before it went away, so it is sent again only if every command
+//!   is read-only by the command table (`access = "read"`) and none blocks.
+//!
+//! So after a restart or an idle timeout, reads see no error; a write that
+//! meets a dead connection fails once (the pool is emptied then), and the
+//! calls after it get new connections. A reply begun and cut, a timeout,
+//! or a failure on a connection opened for the call is never retried.
+//!
+//! # Blocking commands
+//!
+//! A blocking command (BLPOP, XREAD BLOCK, ...; the table's `block` field)
+//! runs on a pooled connection whose read timeout, for that call, is the
+//! block time plus the response timeout (none for a block time of 0). A
+//! call that times out drops its connection: closed, the server unblocks
+//! that client and pops nothing more for it; an element is lost only if
+//! the server popped it and its reply was still in flight when the
+//! deadline passed (a server a whole response timeout late).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +45,7 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{FanOut, Machine, Routed, Step, fan_out_result};
+use crate::exec::{FanOut, Machine, Routed, Step, closed, fan_out_result, read_only};
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
@@ -157,9 +190,20 @@ impl Pool {
     /// The same, spending at most `budget` on opening one (the rest of a
     /// call's deadline).
     fn get_within(&self, budget: Duration) -> RedisResult<Connection> {
+        self.take(budget).map(|(con, _)| con)
+    }
+
+    /// An idle connection (`true`: it was in the pool, and may have been
+    /// closed by the server while it sat there) or a new one (`false`).
+    fn take(&self, budget: Duration) -> RedisResult<(Connection, bool)> {
         if let Some(con) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(con);
+            return Ok((con, true));
         }
+        self.fresh(budget).map(|con| (con, false))
+    }
+
+    /// A connection opened now, whatever is idle.
+    fn fresh(&self, budget: Duration) -> RedisResult<Connection> {
         let timeout = self.connect_timeout.min(budget).max(Duration::from_millis(1));
         let started = Instant::now();
         let con = self
@@ -168,6 +212,13 @@ impl Pool {
         con.set_read_timeout(self.response_timeout)?;
         con.set_write_timeout(self.response_timeout)?;
         Ok(con)
+    }
+
+    /// Drops every idle connection: one of them was found closed by the
+    /// server (a restart, `timeout`, CLIENT KILL), and the others, as old,
+    /// most likely are too.
+    fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// A new connection: TCP (and TLS) and the setup commands all within
@@ -472,7 +523,9 @@ impl MRedis {
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let pool = self.pool(index)?;
-        let mut con = pool.get().map_err(|e| name_server(self.core.server(index), e))?;
+        let (mut con, reused) = pool
+            .take(pool.connect_timeout)
+            .map_err(|e| name_server(self.core.server(index), e))?;
         match f(&mut con) {
             Ok(v) => {
                 pool.put(con);
@@ -481,6 +534,10 @@ impl MRedis {
             Err(e) => {
                 if e.code().is_some() {
                     pool.put(con);
+                } else if reused && closed(&e) {
+                    // Not sent again (what `f` sent is unknown), but the
+                    // other idle connections, as old, go too.
+                    pool.clear();
                 }
                 Err(self.named(index, e))
             }
@@ -517,7 +574,8 @@ impl MRedis {
     /// The sync driver: carries a machine's requests (each a pipeline to
     /// one server, all written before any reply is read, with one
     /// deadline) until it is done. One command to one server goes on a
-    /// pooled connection as is.
+    /// pooled connection as is. A blocking command's deadline is its block
+    /// time plus the response timeout (none if it blocks until answered).
     pub(crate) fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
         let mut step = machine.start();
         loop {
@@ -528,7 +586,7 @@ impl MRedis {
                         let cmd = &one.cmds[0];
                         vec![
                             Span::server(&self.core, one.server)
-                                .run(|| self.with_connection(one.server, |con| con.req_command(cmd)))
+                                .run(|| self.exchange(one.server, cmd, one.block))
                                 .map(|v| vec![v]),
                         ]
                     }
@@ -543,7 +601,14 @@ impl MRedis {
                                 replies: r.cmds.len(),
                             })
                             .collect();
-                        self.send_many(&jobs)
+                        let how: Vec<JobKind<'_>> = requests
+                            .iter()
+                            .map(|r| JobKind {
+                                cmds: Some(&r.cmds),
+                                block: r.block,
+                            })
+                            .collect();
+                        self.send_many_in(&jobs, &how)
                     }
                 },
             };
@@ -551,23 +616,77 @@ impl MRedis {
         }
     }
 
+    /// One command on a connection of server `index`: its reply, error
+    /// replies kept as values. See [`retry_allowed`] for when a connection
+    /// found closed is replaced and the command sent again.
+    fn exchange(&self, index: usize, cmd: &Cmd, block: Option<Duration>) -> RedisResult<Value> {
+        let pool = self.pool(index)?;
+        let packed = cmd.get_packed_command();
+        let wait = reply_wait(pool.response_timeout, block);
+        let (mut con, reused) = pool
+            .take(pool.connect_timeout)
+            .map_err(|e| name_server(self.core.server(index), e))?;
+        let mut outcome = round_trip(&mut con, &packed, block.is_some().then_some(wait));
+        if let Err((written, e)) = &outcome
+            && reused
+            && closed(e)
+        {
+            pool.clear();
+            if retry_allowed(*written, block.is_none() && read_only(cmd)) {
+                con = pool
+                    .fresh(pool.connect_timeout)
+                    .map_err(|e| name_server(self.core.server(index), e))?;
+                outcome = round_trip(&mut con, &packed, block.is_some().then_some(wait));
+            }
+        }
+        match outcome {
+            Ok(v) => {
+                if block.is_none() || con.set_read_timeout(pool.response_timeout).is_ok() {
+                    pool.put(con);
+                }
+                Ok(v)
+            }
+            // The connection is dropped: a reply may still be on its way.
+            Err((_, e)) => Err(crate::error::name_server_after(self.core.server(index), e, None, wait)),
+        }
+    }
+
     /// Writes every job's request, then reads every reply, on this thread,
     /// with one deadline (the response timeout) for the whole call. A
     /// server that fails costs only its own part; its connection is dropped.
     pub(crate) fn send_many(&self, jobs: &[Job<'_>]) -> Vec<RedisResult<Vec<Value>>> {
+        self.send_many_in(jobs, &[])
+    }
+
+    /// [`send_many`](Self::send_many), knowing of each job (if `how` says)
+    /// whether it may be sent twice and whether it blocks.
+    fn send_many_in(&self, jobs: &[Job<'_>], how: &[JobKind<'_>]) -> Vec<RedisResult<Vec<Value>>> {
         let start = Instant::now();
+        let kind = |i: usize| how.get(i).copied().unwrap_or_default();
         let spans: Vec<Span> = jobs.iter().map(|j| Span::server(&self.core, j.server)).collect();
-        let mut cons: Vec<Option<Connection>> = Vec::with_capacity(jobs.len());
+        let mut cons: Vec<Option<(Connection, bool)>> = Vec::with_capacity(jobs.len());
         let mut out: Vec<RedisResult<Vec<Value>>> = Vec::with_capacity(jobs.len());
-        for (job, span) in jobs.iter().zip(&spans) {
+        for (i, (job, span)) in jobs.iter().zip(&spans).enumerate() {
             let sent = span.in_scope(|| self.pool(job.server)).and_then(|pool| {
                 // A connection opened now gets what is left of the deadline.
                 let budget = pool
                     .response_timeout
                     .map_or(pool.connect_timeout, |t| t.saturating_sub(start.elapsed()));
-                let mut con = pool.get_within(budget)?;
-                con.send_packed_command(job.packed)?;
-                Ok(con)
+                let (mut con, reused) = pool.take(budget)?;
+                match con.send_packed_command(job.packed) {
+                    Ok(()) => Ok((con, reused)),
+                    Err(e) if reused && closed(&e) => {
+                        pool.clear();
+                        // Nothing of a one-command request can have run.
+                        if !retry_allowed(false, kind(i).repeatable() || job.replies == 1) {
+                            return Err(e);
+                        }
+                        let mut con = pool.fresh(budget)?;
+                        con.send_packed_command(job.packed)?;
+                        Ok((con, false))
+                    }
+                    Err(e) => Err(e),
+                }
             });
             match sent {
                 Ok(con) => {
@@ -580,32 +699,57 @@ impl MRedis {
                 }
             }
         }
-        for ((job, slot), result) in jobs.iter().zip(cons.iter_mut()).zip(out.iter_mut()) {
-            let Some(mut con) = slot.take() else { continue };
+        for (i, ((job, slot), result)) in jobs.iter().zip(cons.iter_mut()).zip(out.iter_mut()).enumerate() {
+            let Some((mut con, reused)) = slot.take() else { continue };
             let Ok(pool) = self.pool(job.server) else { continue };
+            let block = kind(i).block;
+            let wait = reply_wait(pool.response_timeout, block);
             // Shorten the socket's wait to what is left of the deadline,
-            // once a tenth of it has gone (cheaper than a syscall per read).
+            // once a tenth of it has gone (cheaper than a syscall per read);
+            // a blocking job's wait is always set (and put back after).
             let mut shortened = false;
-            if let Some(timeout) = pool.response_timeout {
+            if let Some(timeout) = wait {
                 let elapsed = start.elapsed();
-                if elapsed > timeout / 10 {
+                if block.is_some() || elapsed > timeout / 10 {
                     let left = timeout.saturating_sub(elapsed).max(Duration::from_millis(1));
                     shortened = con.set_read_timeout(Some(left)).is_ok();
                 }
+            } else if block.is_some() {
+                shortened = con.set_read_timeout(None).is_ok();
             }
             let Ok(values) = result else { continue };
-            let mut failed = None;
-            for _ in 0..job.replies {
-                match con.recv_response() {
-                    Ok(v) => values.push(v),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+            let mut failed = read_replies(&mut con, job.replies, values);
+            if let Some(e) = &failed
+                && reused
+                && values.is_empty()
+                && closed(e)
+            {
+                pool.clear();
+                if retry_allowed(true, kind(i).repeatable()) {
+                    let left = wait.map_or(pool.connect_timeout, |t| t.saturating_sub(start.elapsed()));
+                    failed = match pool.fresh(left).and_then(|mut c| {
+                        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+                        c.send_packed_command(job.packed)?;
+                        Ok(c)
+                    }) {
+                        Ok(c) => {
+                            con = c;
+                            shortened = true;
+                            read_replies(&mut con, job.replies, values)
+                        }
+                        Err(e) => Some(e),
+                    };
                 }
             }
             match failed {
-                Some(e) => *result = Err(self.named(job.server, e)),
+                Some(e) => {
+                    *result = Err(crate::error::name_server_after(
+                        self.core.server(job.server),
+                        e,
+                        None,
+                        wait,
+                    ))
+                }
                 None => {
                     if !shortened || con.set_read_timeout(pool.response_timeout).is_ok() {
                         pool.put(con);
@@ -618,6 +762,90 @@ impl MRedis {
         }
         out
     }
+}
+
+/// What the driver knows of a job beyond its bytes.
+#[derive(Clone, Copy, Default)]
+struct JobKind<'a> {
+    /// Its commands, if known (to tell whether running it twice changes
+    /// nothing; looked up only after a failure).
+    cmds: Option<&'a [Cmd]>,
+    /// It blocks on the server this long (`ZERO`: until answered).
+    block: Option<Duration>,
+}
+
+impl JobKind<'_> {
+    /// Every command is read-only by the table and none blocks.
+    fn repeatable(&self) -> bool {
+        self.block.is_none() && self.cmds.is_some_and(|c| c.iter().all(read_only))
+    }
+}
+
+/// How long a reply is waited for: the response timeout, plus the block
+/// time for a blocking command; `None` (no client deadline) for a command
+/// that blocks until answered or without a response timeout.
+fn reply_wait(response_timeout: Option<Duration>, block: Option<Duration>) -> Option<Duration> {
+    match block {
+        Some(b) if b.is_zero() => None,
+        Some(b) => response_timeout.map(|t| t.saturating_add(b)),
+        None => response_timeout,
+    }
+}
+
+/// Sends one packed command and reads its reply (pushes skipped, as
+/// redis-rs does), the read timeout set to `wait` first if given. The
+/// error says whether the command was written.
+fn round_trip(
+    con: &mut Connection,
+    packed: &[u8],
+    wait: Option<Option<Duration>>,
+) -> Result<Value, (bool, RedisError)> {
+    if let Some(wait) = wait {
+        con.set_read_timeout(wait).map_err(|e| (false, e))?;
+    }
+    con.send_packed_command(packed).map_err(|e| (false, e))?;
+    loop {
+        match con.recv_response() {
+            Ok(Value::Push { .. }) => continue,
+            Ok(v) => return Ok(v),
+            Err(e) => return Err((true, e)),
+        }
+    }
+}
+
+/// Reads `count` replies into `values`; the first failure, if any.
+fn read_replies(con: &mut Connection, count: usize, values: &mut Vec<Value>) -> Option<RedisError> {
+    while values.len() < count {
+        match con.recv_response() {
+            Ok(v) => values.push(v),
+            Err(e) => return Some(e),
+        }
+    }
+    None
+}
+
+/// Whether a request that failed on a pooled connection found closed by
+/// the server (end of file or reset, on a connection that sat idle in the
+/// pool) is sent again, once, on a new connection. The pool cannot see a
+/// closed socket before use (redis-rs's `Connection` gives no access to
+/// its socket, and `is_open` only turns false after a failed read), so the
+/// closed connection is found by using it. The rule:
+///
+/// - the write failed (`written` false): the server had closed the
+///   connection before the request was written, so none of it reached a
+///   live server; sent again whatever it is (for a pipeline written in
+///   part, only if it has one command: an incomplete command never runs);
+/// - the write succeeded and the end of file came before any byte of a
+///   reply: the server may have read and run the command before it went
+///   away (a kill mid-call, an output-buffer limit), so it is sent again
+///   only if running it twice changes nothing: every command read-only by
+///   the table (`access = "read"`: GET, MGET, HGETALL, ...) and none
+///   blocking. A write (SET, INCR, LPOP) then fails with the error, once.
+///
+/// A reply begun and cut, a timeout, or a connection opened for this call
+/// is never retried.
+fn retry_allowed(written: bool, repeatable: bool) -> bool {
+    !written || repeatable
 }
 
 /// Commands packed one after another, as one pipeline.

@@ -55,13 +55,18 @@ impl Builder {
         self
     }
 
-    /// How long to wait for a reply (default 5 s; `None` waits forever).
+    /// How long to wait for a reply (default 5 s; `None` waits forever). A
+    /// blocking command (BLPOP, XREAD BLOCK, ...) waits its block time plus
+    /// this; one that blocks until answered (block time 0) has no client
+    /// deadline.
     pub fn response_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.options.response_timeout = timeout;
         self
     }
 
-    /// Connections kept per server by the sync client (default 16).
+    /// Connections kept per server by the sync client (default 16); for the
+    /// async client, the dedicated connections of blocking commands kept
+    /// idle per server.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.options.pool_size = size.max(1);
         self

@@ -9,13 +9,14 @@
 //! ([`crate::migration`]) are all driven the same way.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
-use redis::{Cmd, RedisResult, Value};
+use redis::{Arg, Cmd, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
 use crate::migration::{One, Split};
 use crate::per_server::{FanOutError, PerServer};
-use crate::routing::{Core, Plan, Route, command_name};
+use crate::routing::{Core, Plan, Route, args_of, command_name};
 
 /// Requests to servers: each a list of commands sent as one pipeline; its
 /// reply is the list of replies (error replies kept as values). Commands
@@ -24,6 +25,68 @@ use crate::routing::{Core, Plan, Route, command_name};
 pub(crate) struct Request<'a> {
     pub(crate) server: usize,
     pub(crate) cmds: Cow<'a, [Cmd]>,
+    /// A one-command request that blocks on the server (BLPOP, XREAD
+    /// BLOCK, WAIT, ...) and for how long (`ZERO`: until answered), from
+    /// the command table ([`block_of`]). The drivers give it a connection
+    /// of its own and a deadline of the block time plus the response
+    /// timeout (none for `ZERO`).
+    pub(crate) block: Option<Duration>,
+}
+
+/// How long `cmd` blocks on the server, by the command table's `block`
+/// field: `None` for a command that does not block (most), `Some(ZERO)`
+/// for one that blocks until answered.
+pub(crate) fn block_of(cmd: &Cmd) -> Option<Duration> {
+    let mut args = cmd.args_iter();
+    let Some(Arg::Simple(name)) = args.next() else {
+        return None;
+    };
+    // Every blocking command starts with B (BLPOP, BZPOPMIN, ...), X
+    // (XREAD, XREADGROUP) or W (WAIT, WAITAOF): the table is read only
+    // for those, so GET and SET cost one byte compare.
+    if !matches!(name.first(), Some(b'B' | b'b' | b'X' | b'x' | b'W' | b'w')) {
+        return None;
+    }
+    let name = std::str::from_utf8(name).ok()?.to_ascii_uppercase();
+    let spec = crate::spec::lookup(&name, None)?;
+    spec.block?;
+    spec.block_time(&args_of(cmd))
+}
+
+/// The connection was closed or reset by the other end (end of file,
+/// reset, broken pipe; not a timeout: after a timeout the server may still
+/// be running the command).
+pub(crate) fn closed(e: &RedisError) -> bool {
+    use std::io::ErrorKind as K;
+    if e.is_timeout() || e.is_connection_refusal() {
+        return false;
+    }
+    let io_kind = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    e.is_connection_dropped()
+        || matches!(
+            io_kind,
+            Some(K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::NotConnected)
+        )
+}
+
+/// The command is read-only by the table (`access = "read"`) and does not
+/// block: running it twice changes nothing.
+pub(crate) fn read_only(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter();
+    let Some(Arg::Simple(name)) = args.next() else {
+        return false;
+    };
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let sub = match args.next() {
+        Some(Arg::Simple(s)) => std::str::from_utf8(s).ok(),
+        _ => None,
+    };
+    crate::spec::lookup(&name.to_ascii_uppercase(), sub)
+        .is_some_and(|spec| spec.access == crate::spec::Access::Read && spec.block.is_none())
 }
 
 /// What a machine wants next.
@@ -108,6 +171,7 @@ impl Machine for Routed<'_> {
             RoutedState::Direct(server) => Step::Send(vec![Request {
                 server: *server,
                 cmds: Cow::Borrowed(std::slice::from_ref(self.cmd)),
+                block: block_of(self.cmd),
             }]),
             RoutedState::Split(plan) => Step::Send(
                 plan.commands(self.cmd)
@@ -115,6 +179,7 @@ impl Machine for Routed<'_> {
                     .map(|(server, c)| Request {
                         server,
                         cmds: vec![c].into(),
+                        block: None,
                     })
                     .collect(),
             ),
@@ -160,11 +225,13 @@ impl Machine for FanOut<'_> {
         if let Err(e) = self.core.check_size(self.cmd) {
             return Step::Done(Err(e));
         }
+        let block = block_of(self.cmd);
         Step::Send(
             (0..self.core.all())
                 .map(|server| Request {
                     server,
                     cmds: Cow::Borrowed(std::slice::from_ref(self.cmd)),
+                    block,
                 })
                 .collect(),
         )

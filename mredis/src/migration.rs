@@ -229,6 +229,7 @@ impl<'a> One<'a> {
         vec![Request {
             server: self.from().unwrap_or(self.server),
             cmds: vec![guard(&keys, &cmds, self.atomic, with_code)].into(),
+            block: None,
         }]
     }
 
@@ -244,11 +245,13 @@ impl<'a> One<'a> {
             return Step::Send(vec![Request {
                 server: self.server,
                 cmds: self.cmds.into(),
+                block: None,
             }]);
         };
         Step::Send(vec![Request {
             server: self.server,
             cmds: cmds.into(),
+            block: None,
         }])
     }
 }
@@ -275,6 +278,7 @@ impl<'a> Machine for One<'a> {
                         requests.push(Request {
                             server: m.from,
                             cmds: vec![c].into(),
+                            block: None,
                         });
                     }
                 }
@@ -421,6 +425,7 @@ impl<'a> Split<'a> {
                 out.push(Request {
                     server,
                     cmds: vec![self.group_cmd(&items)].into(),
+                    block: None,
                 });
                 self.inflight.push(Part::Group(items));
             }
@@ -447,6 +452,7 @@ impl<'a> Machine for Split<'a> {
                 requests.push(Request {
                     server: from,
                     cmds: vec![self.each_cmd(&items, false)].into(),
+                    block: None,
                 });
                 self.inflight.push(Part::Each {
                     items,
@@ -485,6 +491,7 @@ impl<'a> Machine for Split<'a> {
                         retry.push(Request {
                             server: from,
                             cmds: vec![self.each_cmd(&items, true)].into(),
+                            block: None,
                         });
                         self.inflight.push(Part::Each { items, with_code: true });
                         continue;
@@ -611,6 +618,7 @@ impl<'a> Pipe<'a> {
                     requests.push(Request {
                         server: target,
                         cmds: vec![c].into(),
+                        block: None,
                     });
                     self.inflight.push((vec![p], kind));
                 }
