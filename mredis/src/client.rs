@@ -654,12 +654,8 @@ impl MRedis {
     /// Writes every job's request, then reads every reply, on this thread,
     /// with one deadline (the response timeout) for the whole call. A
     /// server that fails costs only its own part; its connection is dropped.
-    pub(crate) fn send_many(&self, jobs: &[Job<'_>]) -> Vec<RedisResult<Vec<Value>>> {
-        self.send_many_in(jobs, &[])
-    }
-
-    /// [`send_many`](Self::send_many), knowing of each job (if `how` says)
-    /// whether it may be sent twice and whether it blocks.
+    /// `how` says of each job whether it may be sent twice and whether it
+    /// blocks.
     fn send_many_in(&self, jobs: &[Job<'_>], how: &[JobKind<'_>]) -> Vec<RedisResult<Vec<Value>>> {
         let start = Instant::now();
         let kind = |i: usize| how.get(i).copied().unwrap_or_default();

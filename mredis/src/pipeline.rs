@@ -371,6 +371,7 @@ impl Machine for KeyRun<'_> {
             ),
             KeyState::Direct => Step::Send(vec![Request {
                 server: p.server,
+                block: None,
                 cmds: Cow::Borrowed(p.sent()),
             }]),
             KeyState::Atomic(m) => then(m.start(), |exec| p.finish(vec![exec?])),
@@ -651,6 +652,7 @@ impl Machine for FleetRun<'_> {
                         let (cmds, _) = p.shares.get(server)?.as_ref()?;
                         Some(Request {
                             server,
+                            block: None,
                             cmds: Cow::Borrowed(&cmds[..]),
                         })
                     })

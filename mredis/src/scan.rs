@@ -241,6 +241,7 @@ fn owned<T>(step: Step<'_, T>) -> Step<'static, T> {
                 .into_iter()
                 .map(|r| Request {
                     server: r.server,
+                    block: r.block,
                     cmds: Cow::Owned(r.cmds.into_owned()),
                 })
                 .collect(),
@@ -272,6 +273,7 @@ impl<T: FromRedisValue> Machine for PageRun<'_, T> {
         match &mut self.step {
             PageStep::Direct(cmd) => Step::Send(vec![Request {
                 server: self.server,
+                block: None,
                 cmds: Cow::Borrowed(std::slice::from_ref(*cmd)),
             }]),
             PageStep::Moving(m) => {

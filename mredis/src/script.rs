@@ -260,6 +260,7 @@ impl ScriptRun<'_> {
         };
         Step::Send(vec![Request {
             server,
+            block: None,
             cmds: Cow::Borrowed(std::slice::from_ref(&self.sent)),
         }])
     }

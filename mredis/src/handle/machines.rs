@@ -17,6 +17,7 @@ pub(super) fn owned<T>(step: Step<'_, T>) -> Step<'static, T> {
                 .into_iter()
                 .map(|r| Request {
                     server: r.server,
+                    block: r.block,
                     cmds: Cow::Owned(r.cmds.into_owned()),
                 })
                 .collect(),
@@ -100,6 +101,7 @@ impl Machine for Planned<'_> {
             },
             Planned::Scan { server, scan, .. } => Step::Send(vec![Request {
                 server: *server,
+                block: None,
                 cmds: Cow::Owned(scan.take().into_iter().collect()),
             }]),
             Planned::Now(result) => Step::Done(
@@ -209,6 +211,7 @@ impl<'a> Batch<'a> {
                     .iter()
                     .map(|(server, _, ats)| Request {
                         server: *server,
+                        block: None,
                         cmds: Cow::Owned(ats.iter().map(|&at| self.cmds[at].clone()).collect()),
                     })
                     .collect();
