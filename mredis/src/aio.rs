@@ -69,8 +69,8 @@ pub use crate::handle::AsyncConnection as Connection;
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-pub use crate::pubsub::Subscriber;
-use crate::routing::{Core, Route, name_server};
+pub use crate::pubsub::AsyncSubscriber as Subscriber;
+use crate::routing::{Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -89,7 +89,7 @@ use crate::telemetry::Span;
 /// ```
 #[derive(Clone)]
 pub struct MRedis {
-    core: Arc<Core>,
+    core: Arc<Topology>,
     connections: Arc<Vec<ConnectionManager>>,
     /// Per server, the dedicated connections of blocking commands.
     blocking: Arc<Vec<BlockingPool>>,
@@ -124,7 +124,7 @@ impl MRedis {
     }
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
-        let core = Core::new(servers, &options)?;
+        let core = Topology::new(servers, &options)?;
         let mut connections = Vec::with_capacity(core.servers.len());
         let mut blocking = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
@@ -213,7 +213,7 @@ impl MRedis {
         self.fan_out(cmd).await
     }
 
-    pub(crate) fn core(&self) -> &Arc<Core> {
+    pub(crate) fn core(&self) -> &Arc<Topology> {
         &self.core
     }
 

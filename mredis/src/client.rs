@@ -49,7 +49,7 @@ use crate::exec::{FanOut, Machine, Routed, Step, closed, fan_out_result, read_on
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::routing::{Core, Move, Route, name_server};
+use crate::routing::{Move, Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -273,7 +273,7 @@ pub(crate) struct Job<'a> {
 /// ```
 #[derive(Clone)]
 pub struct MRedis {
-    core: Arc<Core>,
+    core: Arc<Topology>,
     pools: Arc<Vec<Pool>>,
     /// The servers' COMMAND metadata, for routed handles (fetched once).
     book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
@@ -306,7 +306,7 @@ impl MRedis {
     }
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
-        let core = Core::new(servers, &options)?;
+        let core = Topology::new(servers, &options)?;
         let mut pools = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
             let client = server.client().map_err(|e| name_server(server, e))?;
@@ -458,7 +458,7 @@ impl MRedis {
     /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
     /// its own.
     pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
-        crate::pubsub::SyncSubscriber::start(self.core.clone())
+        crate::pubsub::Subscriber::start(self.core.clone())
     }
 
     /// Each server's health as the opt-in health checking sees it
@@ -499,7 +499,7 @@ impl MRedis {
         self.fan_out(cmd)
     }
 
-    pub(crate) fn core(&self) -> &Arc<Core> {
+    pub(crate) fn core(&self) -> &Arc<Topology> {
         &self.core
     }
 

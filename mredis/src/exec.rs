@@ -16,7 +16,7 @@ use redis::{Arg, Cmd, RedisError, RedisResult, Value};
 use crate::error::client_error;
 use crate::migration::{One, Split};
 use crate::per_server::{FanOutError, PerServer};
-use crate::routing::{Core, Plan, Route, args_of, command_name};
+use crate::routing::{Plan, Route, Topology, args_of, command_name};
 
 /// Requests to servers: each a list of commands sent as one pipeline; its
 /// reply is the list of replies (error replies kept as values). Commands
@@ -116,7 +116,7 @@ pub(crate) fn one(reply: Option<RedisResult<Vec<Value>>>) -> RedisResult<Value> 
 /// moving served through the migration machines. Its output is the reply
 /// one server would have given, errors extracted.
 pub(crate) struct Routed<'a> {
-    core: &'a Core,
+    core: &'a Topology,
     cmd: &'a Cmd,
     state: RoutedState<'a>,
 }
@@ -132,7 +132,7 @@ enum RoutedState<'a> {
 }
 
 impl<'a> Routed<'a> {
-    pub(crate) fn new(core: &'a Core, route: &'a Route, cmd: &'a Cmd) -> Self {
+    pub(crate) fn new(core: &'a Topology, route: &'a Route, cmd: &'a Cmd) -> Self {
         let state = match route {
             Route::One { server, moves } if moves.is_empty() => RoutedState::Direct(*server),
             Route::One { server, moves } => {
@@ -208,12 +208,12 @@ impl Machine for Routed<'_> {
 /// error reply or an I/O failure as that server's error), for
 /// [`fan_out_result`].
 pub(crate) struct FanOut<'a> {
-    core: &'a Core,
+    core: &'a Topology,
     cmd: &'a Cmd,
 }
 
 impl<'a> FanOut<'a> {
-    pub(crate) fn new(core: &'a Core, cmd: &'a Cmd) -> Self {
+    pub(crate) fn new(core: &'a Topology, cmd: &'a Cmd) -> Self {
         FanOut { core, cmd }
     }
 }
@@ -246,7 +246,7 @@ impl Machine for FanOut<'_> {
 /// naming every server that failed (a failure before anything was sent,
 /// such as an argument over `max_arg_size`, is the fleet's own).
 pub(crate) fn fan_out_result<RV: redis::FromRedisValue>(
-    core: &Core,
+    core: &Topology,
     cmd: &Cmd,
     replies: RedisResult<Vec<RedisResult<Value>>>,
 ) -> Result<PerServer<RV>, FanOutError<RV>> {

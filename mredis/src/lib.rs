@@ -139,7 +139,7 @@ pub use handle::Connection;
 pub use per_server::{FanOutError, PerServer};
 pub use pipeline::{FleetPipeline, KeyPipeline};
 pub use placement::Mode;
-pub use pubsub::{Event, Message, SyncSubscriber as Subscriber};
+pub use pubsub::{Event, Message, Subscriber};
 pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
 pub use server::{IntoServer, Server, redact_url};

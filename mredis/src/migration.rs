@@ -30,7 +30,7 @@ use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::error::show_key;
 use crate::exec::{Machine, Request, Step};
-use crate::routing::{Core, Merge, Move, args_of};
+use crate::routing::{Merge, Move, Topology, args_of};
 
 /// Error code of the guard when the keys are not on the old server.
 pub(crate) const ABSENT: &str = "MREDISABSENT";
@@ -163,7 +163,7 @@ fn code_of(v: &Value) -> Option<&str> {
     }
 }
 
-pub(crate) fn try_again(core: &Core, key: &[u8], from: usize, to: usize) -> RedisError {
+pub(crate) fn try_again(core: &Topology, key: &[u8], from: usize, to: usize) -> RedisError {
     RedisError::from((
         ErrorKind::Server(redis::ServerErrorKind::TryAgain),
         "mredis",
@@ -186,7 +186,7 @@ fn one(reply: RedisResult<Vec<Value>>) -> RedisResult<Value> {
 /// A command on one server (key or co-located keys) some of whose keys
 /// are moving.
 pub(crate) struct One<'a> {
-    core: &'a Core,
+    core: &'a Topology,
     /// The commands: one, or an atomic pipeline's (MULTI/EXEC on the new
     /// server, one guard script on the old one).
     cmds: &'a [Cmd],
@@ -206,7 +206,7 @@ enum OneState {
 }
 
 impl<'a> One<'a> {
-    pub(crate) fn new(core: &'a Core, cmds: &'a [Cmd], atomic: bool, server: usize, moves: &'a [Move]) -> Self {
+    pub(crate) fn new(core: &'a Topology, cmds: &'a [Cmd], atomic: bool, server: usize, moves: &'a [Move]) -> Self {
         One {
             core,
             cmds,
@@ -346,7 +346,7 @@ impl<'a> Machine for One<'a> {
 /// while they are there, the rest on their new one; replies merged as one
 /// server would answer.
 pub(crate) struct Split<'a> {
-    core: &'a Core,
+    core: &'a Topology,
     args: Vec<&'a [u8]>,
     stride: usize,
     merge: Merge,
@@ -368,7 +368,7 @@ enum Part {
 }
 
 impl<'a> Split<'a> {
-    pub(crate) fn new(core: &'a Core, cmd: &'a Cmd, stride: usize, merge: Merge) -> Self {
+    pub(crate) fn new(core: &'a Topology, cmd: &'a Cmd, stride: usize, merge: Merge) -> Self {
         let args = args_of(cmd);
         let stride = stride.max(1);
         let count = (args.len() - 1) / stride;
@@ -556,7 +556,7 @@ pub(crate) type PipeCommand = (Cmd, usize, Option<(usize, Vec<Vec<u8>>)>);
 /// moving keys: those go guarded to their old server first; the ones whose
 /// keys are gone run on their new server after. Replies in call order.
 pub(crate) struct Pipe<'a> {
-    core: &'a Core,
+    core: &'a Topology,
     /// Each command with its server and, when moving, (old server, keys).
     cmds: &'a [PipeCommand],
     slots: Vec<Option<RedisResult<Value>>>,
@@ -577,7 +577,7 @@ enum Sent {
 }
 
 impl<'a> Pipe<'a> {
-    pub(crate) fn new(core: &'a Core, cmds: &'a [PipeCommand]) -> Self {
+    pub(crate) fn new(core: &'a Topology, cmds: &'a [PipeCommand]) -> Self {
         Pipe {
             core,
             cmds,

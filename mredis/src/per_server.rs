@@ -8,7 +8,7 @@ use std::ops::Index;
 use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::Failure;
-use crate::routing::Core;
+use crate::routing::Topology;
 
 /// One result per server, in configuration order, keyed by server name
 /// (`host:port:db`).
@@ -209,10 +209,10 @@ impl<T> From<FanOutError<T>> for RedisError {
     }
 }
 
-/// Turns per-server replies (one per server, in `Core::servers` order) into
+/// Turns per-server replies (one per server, in `Topology::servers` order) into
 /// a `PerServer`, or a `FanOutError` that keeps the successful ones.
 pub(crate) fn collect<RV: FromRedisValue>(
-    core: &Core,
+    core: &Topology,
     command: &str,
     replies: Vec<RedisResult<Value>>,
 ) -> Result<PerServer<RV>, FanOutError<RV>> {

@@ -12,7 +12,7 @@ use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 use crate::error::{Failure, client_error, show_key};
 use crate::exec::{Machine, Request, Step};
 use crate::migration::{One, Pipe, PipeCommand};
-use crate::routing::{Core, Move, Route};
+use crate::routing::{Move, Route, Topology};
 use crate::telemetry::Span;
 
 /// A command's old server and its keys there, while a migration moves them.
@@ -20,7 +20,7 @@ type Moving = Option<(usize, Vec<Vec<u8>>)>;
 
 /// The moving keys of one command as (old server, keys); several old
 /// servers for one command cannot be guarded together.
-fn moving_of(core: &Core, command: &str, moves: &[Move]) -> Result<Moving, RedisError> {
+fn moving_of(core: &Topology, command: &str, moves: &[Move]) -> Result<Moving, RedisError> {
     let Some(first) = moves.first() else { return Ok(None) };
     if moves.iter().any(|m| m.from != first.from) {
         return Err(crate::migration::try_again(core, &first.key, first.from, first.to)).map_err(|e| {
@@ -35,7 +35,7 @@ fn moving_of(core: &Core, command: &str, moves: &[Move]) -> Result<Moving, Redis
 }
 
 /// Pipelines run only on the client (and so the server list) they were built for.
-fn same_client(running: &Arc<Core>, built: &Arc<Core>) -> RedisResult<()> {
+fn same_client(running: &Arc<Topology>, built: &Arc<Topology>) -> RedisResult<()> {
     if Arc::ptr_eq(running, built) {
         Ok(())
     } else {
@@ -109,7 +109,7 @@ fn kept(values: Vec<Value>, ignored: &[bool]) -> Vec<Value> {
 /// ```
 #[derive(Clone)]
 pub struct KeyPipeline {
-    core: Arc<Core>,
+    core: Arc<Topology>,
     server: usize,
     /// The commands between a MULTI and an EXEC, which are sent only when
     /// atomic: the request borrows the commands either way (no copy).
@@ -134,7 +134,7 @@ impl std::fmt::Debug for KeyPipeline {
 }
 
 impl KeyPipeline {
-    pub(crate) fn new(core: Arc<Core>, route: Route) -> RedisResult<KeyPipeline> {
+    pub(crate) fn new(core: Arc<Topology>, route: Route) -> RedisResult<KeyPipeline> {
         let Route::One { server, moves } = route else {
             return Err(client_error("a pipeline is bound to one key".to_string()));
         };
@@ -272,7 +272,7 @@ impl KeyPipeline {
         ))
     }
 
-    fn ready(&self, core: &Arc<Core>) -> RedisResult<()> {
+    fn ready(&self, core: &Arc<Topology>) -> RedisResult<()> {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
@@ -303,7 +303,7 @@ impl KeyPipeline {
 
     /// The pipeline as a machine run by `core`'s client; `list` is its
     /// [`moving_list`](Self::moving_list).
-    fn run<'a>(&'a self, core: &Arc<Core>, list: &'a [PipeCommand]) -> KeyRun<'a> {
+    fn run<'a>(&'a self, core: &Arc<Topology>, list: &'a [PipeCommand]) -> KeyRun<'a> {
         let state = match self.ready(core) {
             Err(e) => KeyState::Ready(Some(Err(e))),
             Ok(()) if self.is_empty() => KeyState::Ready(Some(Ok(Value::Array(vec![])))),
@@ -419,7 +419,7 @@ mredis_macros::pipeline_methods!();
 /// ```
 #[derive(Clone)]
 pub struct FleetPipeline {
-    core: Arc<Core>,
+    core: Arc<Topology>,
     /// Per server (by index): its commands and the call-order position of each.
     shares: Vec<Option<(Vec<Cmd>, Vec<usize>)>>,
     ignored: Vec<bool>,
@@ -440,7 +440,7 @@ impl std::fmt::Debug for FleetPipeline {
 }
 
 impl FleetPipeline {
-    pub(crate) fn new(core: Arc<Core>) -> FleetPipeline {
+    pub(crate) fn new(core: Arc<Topology>) -> FleetPipeline {
         let shares = vec![None; core.all()];
         FleetPipeline {
             core,
@@ -551,7 +551,7 @@ impl FleetPipeline {
     }
 
     /// Every server with commands, in server order.
-    fn jobs(&self, core: &Arc<Core>) -> RedisResult<Vec<usize>> {
+    fn jobs(&self, core: &Arc<Topology>) -> RedisResult<Vec<usize>> {
         if let Some(problem) = &self.problem {
             return Err(problem.clone());
         }
@@ -593,7 +593,7 @@ impl FleetPipeline {
 
     /// The pipeline as a machine run by `core`'s client; `list` is its
     /// [`moving_list`](Self::moving_list).
-    fn run<'a>(&'a self, core: &Arc<Core>, list: &'a [PipeCommand]) -> FleetRun<'a> {
+    fn run<'a>(&'a self, core: &Arc<Topology>, list: &'a [PipeCommand]) -> FleetRun<'a> {
         let state = match self.jobs(core) {
             Err(e) => FleetState::Refused(Some(e)),
             Ok(_) if self.any_moving => FleetState::Moving(Pipe::new(&self.core, list)),

@@ -1,7 +1,13 @@
 //! Pub/Sub across the fleet: one subscriber for every server.
 //!
+//! Two subscribers, named like the clients: [`AsyncSubscriber`] (a
+//! `Stream`; also `mredis::aio::Subscriber`, from
+//! [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber)) and the sync
+//! [`Subscriber`] (an `Iterator`; also `mredis::Subscriber`, from
+//! [`MRedis::subscriber`](crate::MRedis::subscriber)).
+//!
 //! `PUBLISH` (and `SPUBLISH`) are routed by channel, like a key, so a
-//! message goes to the channel's owner. A [`Subscriber`] therefore
+//! message goes to the channel's owner. An [`AsyncSubscriber`] therefore
 //! SUBSCRIBEs each channel on the server that owns it, PSUBSCRIBEs each
 //! pattern on every server (a pattern can match channels of any server, and
 //! keyspace notifications are per server), and merges everything into one
@@ -26,8 +32,8 @@
 //! at that place with [`Event::Dropped`] (its server and how many of its
 //! messages were dropped there; consecutive drops of one server are counted
 //! in one event). Every message is therefore accounted for: received, or
-//! counted in a `Dropped`. [`Subscriber::dropped`] gives the total and
-//! [`Subscriber::backlog`] what is waiting now. `Lost`, `Resubscribed` and
+//! counted in a `Dropped`. [`AsyncSubscriber::dropped`] gives the total and
+//! [`AsyncSubscriber::backlog`] what is waiting now. `Lost`, `Resubscribed` and
 //! `Dropped` themselves are never dropped and do not count against the
 //! bounds.
 //!
@@ -53,7 +59,7 @@
 //!
 //! # Subscribing never stops the stream
 //!
-//! [`Subscriber::subscribe`] records the channel first: from then on it is
+//! [`AsyncSubscriber::subscribe`] records the channel first: from then on it is
 //! part of the subscriber, subscribed on every (re)connection, whatever
 //! happens to the server. The call then waits at most
 //! [`SubscriberOptions::confirm_timeout`] (default 5 s) for the server's
@@ -63,7 +69,7 @@
 //! when). The
 //! connections of the other servers keep reading meanwhile: their messages
 //! wait in the buffer. To subscribe while another task keeps consuming the
-//! stream, take a [`Subscriptions`] handle ([`Subscriber::subscriptions`]):
+//! stream, take a [`Subscriptions`] handle ([`AsyncSubscriber::subscriptions`]):
 //! its methods take `&self` and it can be cloned and sent to other tasks.
 //!
 //! # Subscriptions follow ownership under ejection
@@ -136,7 +142,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::client_error;
-use crate::routing::Core;
+use crate::routing::Topology;
 
 /// A message from one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +191,7 @@ impl Message {
     }
 }
 
-/// What a [`Subscriber`] yields.
+/// What an [`AsyncSubscriber`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A message.
@@ -252,7 +258,7 @@ impl Default for SubscriberOptions {
     }
 }
 
-/// What waits in a subscriber's buffer ([`Subscriber::backlog`]).
+/// What waits in a subscriber's buffer ([`AsyncSubscriber::backlog`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Backlog {
     /// Messages waiting.
@@ -567,7 +573,7 @@ struct Control {
 
 /// What the handle and the ownership watcher share.
 struct Shared {
-    core: Arc<Core>,
+    core: Arc<Topology>,
     controls: Vec<mpsc::UnboundedSender<Control>>,
     names: Vec<String>,
     /// Each subscribed channel and the server it is subscribed on.
@@ -635,7 +641,7 @@ impl Shared {
 }
 
 /// A handle to change a subscriber's subscriptions from any task while
-/// another one consumes its events ([`Subscriber::subscriptions`]). Cheap
+/// another one consumes its events ([`AsyncSubscriber::subscriptions`]). Cheap
 /// to clone. Its calls fail once the subscriber is dropped.
 #[derive(Clone)]
 pub struct Subscriptions {
@@ -759,15 +765,15 @@ impl Subscriptions {
 /// A subscriber over every server of a client (async; for the sync client
 /// see [`MRedis::subscriber`](crate::MRedis::subscriber)). A
 /// `futures::Stream` of [`Event`]s. Dropping it closes its connections.
-pub struct Subscriber {
+pub struct AsyncSubscriber {
     handle: Subscriptions,
     buffer: Arc<Buffer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Subscriber {
+impl std::fmt::Debug for AsyncSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber")
+        f.debug_struct("AsyncSubscriber")
             .field("servers", &self.handle.shared.controls.len())
             .field("buffered", &self.buffer.backlog())
             .field("dropped", &self.buffer.dropped())
@@ -775,7 +781,7 @@ impl std::fmt::Debug for Subscriber {
     }
 }
 
-impl Drop for Subscriber {
+impl Drop for AsyncSubscriber {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
@@ -788,7 +794,7 @@ impl crate::MRedis {
     /// and connection timeouts); [`MRedis::subscriber`](crate::MRedis::subscriber)
     /// uses the defaults. See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<crate::Subscriber> {
-        SyncSubscriber::start_with(self.core().clone(), options)
+        Subscriber::start_with(self.core().clone(), options)
     }
 }
 
@@ -797,18 +803,18 @@ impl crate::aio::MRedis {
     /// and connection timeouts), on the current tokio runtime;
     /// [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber) uses the
     /// defaults. See [`pubsub`](crate::pubsub).
-    pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<Subscriber> {
-        Subscriber::start_with(self.core().clone(), options)
+    pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
+        AsyncSubscriber::start_with(self.core().clone(), options)
     }
 }
 
-impl Subscriber {
+impl AsyncSubscriber {
     /// Starts one connection task per server (on the current tokio runtime).
-    pub(crate) fn start(core: Arc<Core>) -> RedisResult<Subscriber> {
-        Subscriber::start_with(core, SubscriberOptions::default())
+    pub(crate) fn start(core: Arc<Topology>) -> RedisResult<AsyncSubscriber> {
+        AsyncSubscriber::start_with(core, SubscriberOptions::default())
     }
 
-    pub(crate) fn start_with(core: Arc<Core>, options: SubscriberOptions) -> RedisResult<Subscriber> {
+    pub(crate) fn start_with(core: Arc<Topology>, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
         let buffer = Arc::new(Buffer::new(&options));
         let following = core.health.clone().map(|health| {
             Arc::new(Following {
@@ -853,7 +859,7 @@ impl Subscriber {
         if let Some(following) = following {
             tasks.push(tokio::spawn(follow(shared.clone(), following)));
         }
-        Ok(Subscriber {
+        Ok(AsyncSubscriber {
             handle: Subscriptions { shared },
             buffer,
             tasks,
@@ -912,7 +918,7 @@ impl Subscriber {
     }
 }
 
-impl futures::Stream for Subscriber {
+impl futures::Stream for AsyncSubscriber {
     type Item = Event;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
@@ -1354,23 +1360,23 @@ fn reassign(shared: &Shared) {
 /// [`MRedis::subscriber`](crate::MRedis::subscriber) or
 /// [`MRedis::subscriber_with`](crate::MRedis::subscriber_with). Its
 /// connections keep reading (into the bounded buffer) while a call waits.
-pub struct SyncSubscriber {
+pub struct Subscriber {
     runtime: tokio::runtime::Runtime,
-    inner: Subscriber,
+    inner: AsyncSubscriber,
 }
 
-impl std::fmt::Debug for SyncSubscriber {
+impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncSubscriber").field("inner", &self.inner).finish()
+        f.debug_struct("Subscriber").field("inner", &self.inner).finish()
     }
 }
 
-impl SyncSubscriber {
-    pub(crate) fn start(core: Arc<Core>) -> RedisResult<SyncSubscriber> {
-        SyncSubscriber::start_with(core, SubscriberOptions::default())
+impl Subscriber {
+    pub(crate) fn start(core: Arc<Topology>) -> RedisResult<Subscriber> {
+        Subscriber::start_with(core, SubscriberOptions::default())
     }
 
-    pub(crate) fn start_with(core: Arc<Core>, options: SubscriberOptions) -> RedisResult<SyncSubscriber> {
+    pub(crate) fn start_with(core: Arc<Topology>, options: SubscriberOptions) -> RedisResult<Subscriber> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mredis-subscriber")
@@ -1379,9 +1385,9 @@ impl SyncSubscriber {
             .map_err(|e| client_error(format!("cannot start the subscriber's runtime: {e}")))?;
         let inner = {
             let _guard = runtime.enter();
-            Subscriber::start_with(core, options)?
+            AsyncSubscriber::start_with(core, options)?
         };
-        Ok(SyncSubscriber { runtime, inner })
+        Ok(Subscriber { runtime, inner })
     }
 
     /// SUBSCRIBEs `channel` on the server that owns it: recorded at once,
@@ -1433,7 +1439,7 @@ impl SyncSubscriber {
     }
 }
 
-impl Iterator for SyncSubscriber {
+impl Iterator for Subscriber {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {

@@ -3,7 +3,7 @@
 //! The sync client, the async client, both pipelines, scripts and the
 //! table test all route through here; only the I/O differs between them.
 //!
-//! A key is hashed where it lies: [`Core::route_key`] feeds the caller's
+//! A key is hashed where it lies: [`Topology::route_key`] feeds the caller's
 //! argument straight to the placement through a [`redis::RedisWrite`] that
 //! hashes instead of copying. A multi-key command is split by reading the
 //! caller's arguments in place ([`Plan`]) into one command per server.
@@ -39,17 +39,19 @@ pub(crate) use crate::spec::Merge;
 #[derive(Debug)]
 pub(crate) struct Migration {
     placement: Placement,
-    /// Old placement index -> index in `Core::servers`.
+    /// Old placement index -> index in `Topology::servers`.
     map: Vec<usize>,
 }
 
-/// What both clients share: the servers and the placement.
+/// The fleet's topology, shared by every client, handle and pipeline of one
+/// configuration: the servers, the placement, a migration in progress and
+/// the health checker's routing around ejected servers.
 ///
 /// `servers` holds the current configuration's servers first (placement
 /// index = position), then, while migrating, the old configuration's
 /// servers that the new one lacks.
 #[derive(Debug)]
-pub(crate) struct Core {
+pub(crate) struct Topology {
     pub(crate) servers: Vec<Server>,
     pub(crate) placement: Placement,
     /// How many of `servers` the current configuration has.
@@ -61,7 +63,7 @@ pub(crate) struct Core {
     pub(crate) health: Option<Arc<crate::health::Health>>,
 }
 
-impl Drop for Core {
+impl Drop for Topology {
     fn drop(&mut self) {
         if let Some(h) = &self.health {
             h.shut_down();
@@ -91,7 +93,7 @@ pub(crate) enum Route {
 
 /// Hashes the one argument a key parameter writes, without copying it.
 struct KeyRoute<'c> {
-    core: &'c Core,
+    core: &'c Topology,
     args: usize,
     server: usize,
     from: Option<usize>,
@@ -137,8 +139,8 @@ impl RedisWrite for KeyRoute<'_> {
     }
 }
 
-impl Core {
-    pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Core>> {
+impl Topology {
+    pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Topology>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
         let health = match &options.health {
@@ -182,7 +184,7 @@ impl Core {
                 Some(Migration { placement, map })
             }
         };
-        Ok(Arc::new(Core {
+        Ok(Arc::new(Topology {
             servers,
             placement,
             current,
@@ -371,13 +373,13 @@ impl Core {
 }
 
 /// The keys a key argument routes by (for tests of the table: the same
-/// extraction [`Core::route_key`] uses).
+/// extraction [`Topology::route_key`] uses).
 #[cfg_attr(not(feature = "table-examples"), allow(dead_code))]
 pub fn key_args<K: ToRedisArgs>(key: &K) -> Vec<Vec<u8>> {
     key.to_redis_args()
 }
 
-/// The keys of a multi-key command as [`Core::route_split`] reads them.
+/// The keys of a multi-key command as [`Topology::route_split`] reads them.
 #[cfg_attr(not(feature = "table-examples"), allow(dead_code))]
 pub fn split_keys(cmd: &Cmd, stride: usize) -> Vec<Vec<u8>> {
     cmd.args_iter()
@@ -422,7 +424,7 @@ impl Plan {
     }
 
     /// Merges per-group replies (in `groups` order) into one reply.
-    pub(crate) fn merge(&self, core: &Core, command: &str, replies: Vec<RedisResult<Value>>) -> RedisResult<Value> {
+    pub(crate) fn merge(&self, core: &Topology, command: &str, replies: Vec<RedisResult<Value>>) -> RedisResult<Value> {
         let mut failure = Failure::new(command);
         let mut parts = Vec::with_capacity(replies.len());
         for ((server, items), reply) in self.groups.iter().zip(replies) {
@@ -552,7 +554,7 @@ mod tests {
     #[test]
     fn split_commands_hold_each_servers_keys() {
         let servers: Vec<Server> = (0..4).map(|i| Server::from_parts("h", 7000 + i, 0).unwrap()).collect();
-        let core = Core::new(servers, &Options::default()).unwrap();
+        let core = Topology::new(servers, &Options::default()).unwrap();
         let mut cmd = redis::cmd("MSET");
         for i in 0..40 {
             cmd.arg(format!("k{i}")).arg(i);
@@ -575,7 +577,7 @@ mod tests {
     #[test]
     fn a_key_routes_without_copy_like_its_bytes() {
         let servers: Vec<Server> = (0..5).map(|i| Server::from_parts("h", 7000 + i, 0).unwrap()).collect();
-        let core = Core::new(servers, &Options::default()).unwrap();
+        let core = Topology::new(servers, &Options::default()).unwrap();
         for key in ["a", "b", "user:1", ""] {
             let Route::One { server, moves } = core.route_key("GET", &key).unwrap() else {
                 panic!()

@@ -13,7 +13,7 @@ use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 use crate::error::client_error;
 use crate::exec::{Machine, Request, Step, one};
 use crate::migration::One;
-use crate::routing::{Core, Move, Route};
+use crate::routing::{Move, Route, Topology};
 
 /// Page size asked of the server.
 const COUNT: usize = 100;
@@ -36,7 +36,7 @@ pub(crate) enum Phase {
 /// a migration, every server of both configurations (keys that stay, and
 /// moving keys still on their old server), then the new configuration's
 /// servers again (moving keys already on their new server).
-pub(crate) fn fleet_walk(core: &Core) -> Vec<(usize, Phase)> {
+pub(crate) fn fleet_walk(core: &Topology) -> Vec<(usize, Phase)> {
     if core.migration.is_some() {
         (0..core.all())
             .map(|s| (s, Phase::Old))
@@ -53,7 +53,7 @@ pub(crate) fn fleet_walk(core: &Core) -> Vec<(usize, Phase)> {
 /// without (a cursor that carries no state), a key that moves while the
 /// walk runs may come twice, as SCAN allows.
 pub(crate) fn on_walk(
-    core: &Core,
+    core: &Topology,
     server: usize,
     phase: Phase,
     key: &[u8],
@@ -91,7 +91,7 @@ pub(crate) struct ScanSpec {
 }
 
 impl ScanSpec {
-    pub(crate) fn keys(core: &Core, pattern: Option<Vec<u8>>) -> ScanSpec {
+    pub(crate) fn keys(core: &Topology, pattern: Option<Vec<u8>>) -> ScanSpec {
         ScanSpec {
             command: "SCAN",
             key: None,
@@ -196,7 +196,7 @@ struct Fetch {
 
 impl Fetch {
     /// The machine that fetches the page into `state`.
-    fn run<'a, T>(&'a self, core: &'a Core, state: &'a mut ScanState<T>) -> PageRun<'a, T> {
+    fn run<'a, T>(&'a self, core: &'a Topology, state: &'a mut ScanState<T>) -> PageRun<'a, T> {
         let step = if self.moves.is_empty() {
             PageStep::Direct(&self.cmd)
         } else {
@@ -219,7 +219,7 @@ impl Fetch {
 
 /// Fetches one page of a scan and takes it into the iteration's state.
 struct PageRun<'a, T> {
-    core: &'a Core,
+    core: &'a Topology,
     state: &'a mut ScanState<T>,
     server: usize,
     step: PageStep<'a>,
@@ -359,7 +359,7 @@ impl<T: FromRedisValue> ScanState<T> {
         true
     }
 
-    fn take_page(&mut self, core: &Core, value: Value) -> RedisResult<()> {
+    fn take_page(&mut self, core: &Topology, value: Value) -> RedisResult<()> {
         let (cursor, mut items) = split_page(value)?;
         let (server, phase) = self.spec.servers[self.position];
         if phase != Phase::All {

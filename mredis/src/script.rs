@@ -8,7 +8,7 @@ use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::client_error;
 use crate::exec::{Machine, Request, Step, one};
-use crate::routing::{Core, Move, Route, name_server, push_keys};
+use crate::routing::{Move, Route, Topology, name_server, push_keys};
 
 /// A Lua script, invoked with EVALSHA on the server that owns its keys.
 ///
@@ -98,7 +98,7 @@ impl ScriptInvocation<'_> {
         self
     }
 
-    fn route(&self, core: &Core) -> RedisResult<(usize, Vec<Move>)> {
+    fn route(&self, core: &Topology) -> RedisResult<(usize, Vec<Move>)> {
         if self.keys.is_empty() {
             return Err(client_error(
                 "a script without keys has no owning server; pass the keys it touches with key(), \
@@ -113,7 +113,7 @@ impl ScriptInvocation<'_> {
     }
 
     /// The index of the server named `server`; keys given must be its own.
-    fn named(core: &Core, keys: &[Vec<u8>], server: &str) -> RedisResult<usize> {
+    fn named(core: &Topology, keys: &[Vec<u8>], server: &str) -> RedisResult<usize> {
         let index = (0..core.current)
             .find(|&i| core.name(i) == server)
             .ok_or_else(|| client_error(format!("no server named `{server}` in this client")))?;
@@ -134,7 +134,7 @@ impl ScriptInvocation<'_> {
 
     /// The invocation as a machine: on the server that owns its keys, or
     /// on the server named `on`.
-    fn run<'s>(&'s self, core: &'s Core, on: Option<&str>) -> ScriptRun<'s> {
+    fn run<'s>(&'s self, core: &'s Topology, on: Option<&str>) -> ScriptRun<'s> {
         let target = match on {
             Some(name) => Self::named(core, &self.keys, name).map(|index| (index, Vec::new())),
             None => self.route(core),
@@ -169,7 +169,7 @@ impl ScriptInvocation<'_> {
 
     /// The script's value as `T`; a value of the wrong type from the
     /// server that ran it unguarded names that server.
-    fn convert<T: FromRedisValue>(core: &Core, ran: RedisResult<(Value, Option<usize>)>) -> RedisResult<T> {
+    fn convert<T: FromRedisValue>(core: &Topology, ran: RedisResult<(Value, Option<usize>)>) -> RedisResult<T> {
         let (value, ran_on) = ran?;
         T::from_redis_value(value).map_err(|e| match ran_on {
             Some(server) => name_server(core.server(server), e.into()),
@@ -228,7 +228,7 @@ enum Run {
 /// value and, when it ran unguarded, its server.
 struct ScriptRun<'s> {
     inv: &'s ScriptInvocation<'s>,
-    core: &'s Core,
+    core: &'s Topology,
     state: Run,
     /// The command of the request in flight.
     sent: Cmd,

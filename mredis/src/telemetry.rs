@@ -10,7 +10,7 @@
 
 use redis::{Cmd, RedisResult};
 
-use crate::routing::Core;
+use crate::routing::Topology;
 
 /// A span, or nothing without the `tracing` feature.
 #[cfg(feature = "tracing")]
@@ -79,7 +79,7 @@ impl Span {
     /// The part of a command sent to server `index` (a child of the
     /// current span).
     #[inline]
-    pub(crate) fn server(core: &Core, index: usize) -> Span {
+    pub(crate) fn server(core: &Topology, index: usize) -> Span {
         #[cfg(feature = "tracing")]
         {
             let (host, port, db) = core

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The command table as data.
     ("table", &["spec"]),
     ("options and health checking", &["options", "health"]),
-    // Core (servers + placement), Route.
+    // Topology (servers + placement), Route.
     ("route", &["routing"]),
     // Sans-I/O step machines, per-server results, tracing spans.
     ("exec machines", &["exec", "migration", "per_server", "telemetry"]),

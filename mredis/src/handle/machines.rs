@@ -34,12 +34,12 @@ pub(crate) enum Planned<'a> {
     All {
         fan: FanOut<'a>,
         response: Response,
-        core: &'a Core,
+        core: &'a Topology,
         cmd: &'a Cmd,
     },
     /// One page of the fleet-wide SCAN.
     Scan {
-        core: &'a Core,
+        core: &'a Topology,
         step: usize,
         steps: usize,
         server: usize,
@@ -51,7 +51,7 @@ pub(crate) enum Planned<'a> {
 }
 
 impl<'a> Planned<'a> {
-    pub(crate) fn new(core: &'a Core, plan: &'a Dispatch, cmd: &'a Cmd) -> Self {
+    pub(crate) fn new(core: &'a Topology, plan: &'a Dispatch, cmd: &'a Cmd) -> Self {
         match plan {
             Dispatch::Run(route) => Planned::Routed(Routed::new(core, route, cmd)),
             Dispatch::All(response) => Planned::All {
@@ -161,7 +161,7 @@ impl Machine for Planned<'_> {
 /// command runs on its own between them, its server error reply in its
 /// place. A server that fails a batch fails the pipeline, naming it.
 pub(crate) struct Batch<'a> {
-    pub(super) core: &'a Core,
+    pub(super) core: &'a Topology,
     pub(super) cmds: &'a [Cmd],
     pub(super) plans: &'a [Dispatch],
     pub(super) values: Vec<Value>,
@@ -178,7 +178,7 @@ pub(super) enum BatchState<'a> {
 }
 
 impl<'a> Batch<'a> {
-    pub(crate) fn new(core: &'a Core, cmds: &'a [Cmd], plans: &'a [Dispatch]) -> Self {
+    pub(crate) fn new(core: &'a Topology, cmds: &'a [Cmd], plans: &'a [Dispatch]) -> Self {
         Batch {
             core,
             cmds,

@@ -48,7 +48,7 @@ use redis::{Cmd, ConnectionLike, RedisResult, Value};
 
 use crate::error::client_error;
 use crate::exec::{FanOut, Machine, Request, Routed, Step};
-use crate::routing::{Core, Merge, Route};
+use crate::routing::{Merge, Route, Topology};
 use crate::spec::RouteClass;
 
 mod book;

@@ -77,7 +77,7 @@ pub(super) fn answered_by_any_server(cmd: &Cmd) -> bool {
 
 /// Decides what to do with one command.
 pub(crate) fn plan(
-    core: &Core,
+    core: &Topology,
     book: Option<&CommandBook>,
     cmd: &Cmd,
     known_keys: Option<Vec<Vec<u8>>>,
@@ -161,7 +161,7 @@ pub(crate) fn plan(
 /// Decides what to do with a command of the table, by its row alone: the
 /// same class, keys, split and merge as its generated method.
 pub(super) fn plan_by_table(
-    core: &Core,
+    core: &Topology,
     entry: &crate::CommandSpec,
     cmd: &Cmd,
     name: &str,
@@ -246,7 +246,7 @@ pub(crate) fn book_from(
 /// Adds one command of a transaction to the transaction's server: every
 /// command must be on keys of that one server.
 pub(super) fn join_transaction(
-    core: &Core,
+    core: &Topology,
     target: &mut Option<(usize, Vec<crate::routing::Move>)>,
     cmd: &Cmd,
     plan: Dispatch,

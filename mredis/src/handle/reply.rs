@@ -204,7 +204,7 @@ pub(crate) fn merge_all(
 /// `per` holds each server's share: the server, its commands (packed, or
 /// as a pipeline), and their places in the pipeline.
 pub(super) fn place_batch<P>(
-    core: &Core,
+    core: &Topology,
     per: &[(usize, P, Vec<usize>)],
     replies: Vec<RedisResult<Vec<Value>>>,
     values: &mut Vec<Value>,
