@@ -95,6 +95,26 @@ pub(crate) enum Step<'a, T> {
     Done(RedisResult<T>),
 }
 
+impl<T> Step<'_, T> {
+    /// The same step with nothing borrowed, so a machine that keeps a
+    /// sub-machine can store it while the sub-machine's requests are out.
+    pub(crate) fn into_owned(self) -> Step<'static, T> {
+        match self {
+            Step::Done(result) => Step::Done(result),
+            Step::Send(requests) => Step::Send(
+                requests
+                    .into_iter()
+                    .map(|r| Request {
+                        server: r.server,
+                        block: r.block,
+                        cmds: Cow::Owned(r.cmds.into_owned()),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// A conversation with the servers, carried by a client's driver.
 pub(crate) trait Machine {
     type Output;

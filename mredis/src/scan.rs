@@ -232,24 +232,6 @@ enum PageStep<'a> {
     Moving(One<'a>),
 }
 
-/// A step whose requests own their commands (so the machine that made
-/// them may be read after).
-fn owned<T>(step: Step<'_, T>) -> Step<'static, T> {
-    match step {
-        Step::Send(requests) => Step::Send(
-            requests
-                .into_iter()
-                .map(|r| Request {
-                    server: r.server,
-                    block: r.block,
-                    cmds: Cow::Owned(r.cmds.into_owned()),
-                })
-                .collect(),
-        ),
-        Step::Done(result) => Step::Done(result),
-    }
-}
-
 impl<T: FromRedisValue> PageRun<'_, T> {
     /// After a step of the migration machine: once done, the page is
     /// taken unless the key left its old server meanwhile (then the next
@@ -277,7 +259,7 @@ impl<T: FromRedisValue> Machine for PageRun<'_, T> {
                 cmds: Cow::Borrowed(std::slice::from_ref(*cmd)),
             }]),
             PageStep::Moving(m) => {
-                let step = owned(m.start());
+                let step = m.start().into_owned();
                 let served_on = m.served_on;
                 self.guarded(step, served_on)
             }
@@ -292,7 +274,7 @@ impl<T: FromRedisValue> Machine for PageRun<'_, T> {
                     .and_then(|v| self.state.take_page(self.core, v)),
             ),
             PageStep::Moving(m) => {
-                let step = owned(m.next(replies));
+                let step = m.next(replies).into_owned();
                 let served_on = m.served_on;
                 self.guarded(step, served_on)
             }

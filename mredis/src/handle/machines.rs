@@ -7,24 +7,6 @@ use redis::{Cmd, RedisResult, Value};
 
 use super::*;
 
-/// A step with nothing borrowed (the sub-machine a pipeline keeps can
-/// then be stored while its requests are out).
-pub(super) fn owned<T>(step: Step<'_, T>) -> Step<'static, T> {
-    match step {
-        Step::Done(result) => Step::Done(result),
-        Step::Send(requests) => Step::Send(
-            requests
-                .into_iter()
-                .map(|r| Request {
-                    server: r.server,
-                    block: r.block,
-                    cmds: Cow::Owned(r.cmds.into_owned()),
-                })
-                .collect(),
-        ),
-    }
-}
-
 /// One planned command of a handle as a machine (WATCH and UNWATCH, which
 /// need the sync handle's own connection, are the handles' own).
 pub(crate) enum Planned<'a> {
@@ -221,7 +203,7 @@ impl<'a> Batch<'a> {
             }
             let at = self.next;
             let mut one = Box::new(Planned::new(self.core, &self.plans[at], &self.cmds[at]));
-            match owned(one.start()) {
+            match one.start().into_owned() {
                 Step::Send(requests) => {
                     self.state = BatchState::One(one);
                     return Step::Send(requests);
@@ -264,7 +246,7 @@ impl Machine for Batch<'_> {
                 }
                 self.advance()
             }
-            BatchState::One(mut one) => match owned(one.next(replies)) {
+            BatchState::One(mut one) => match one.next(replies).into_owned() {
                 Step::Send(requests) => {
                     self.state = BatchState::One(one);
                     Step::Send(requests)
