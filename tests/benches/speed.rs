@@ -784,6 +784,97 @@ fn main() {
                     reps,
                 );
             }
+            // Async MSET of 1000 pairs over 4 servers.
+            {
+                let reps = 50;
+                let pairs: Vec<(String, i64)> = keys.iter().enumerate().map(|(i, k)| (k.clone(), i as i64)).collect();
+                let (ours, theirs) = pair_async(
+                    || async {
+                        for _ in 0..reps {
+                            let _: () = amr4.mset(&pairs).await.unwrap();
+                        }
+                    },
+                    || {
+                        let cons = araw4.clone();
+                        let pairs = &pairs;
+                        async move {
+                            for _ in 0..reps {
+                                let mut per: Vec<redis::Cmd> = (0..4).map(|_| redis::cmd("MSET")).collect();
+                                for (k, v) in pairs {
+                                    per[index(k.as_bytes(), 4)].arg(k).arg(*v);
+                                }
+                                let done: Vec<()> = join_all(per.into_iter().enumerate().map(|(s, cmd)| {
+                                    let mut c = cons[s].clone();
+                                    async move { cmd.query_async::<()>(&mut c).await.unwrap() }
+                                }))
+                                .await;
+                                black_box(done);
+                            }
+                        }
+                    },
+                )
+                .await;
+                record(
+                    &mut rows,
+                    "async MSET 1000 pairs over 4 servers",
+                    1.15,
+                    ours,
+                    theirs,
+                    reps,
+                );
+            }
+            // Async cross-server pipeline of 1000 GETs over 4 servers.
+            {
+                let reps = 50;
+                let (ours, theirs) = pair_async(
+                    || async {
+                        for _ in 0..reps {
+                            let mut p = amr4.pipeline_all();
+                            for k in &keys {
+                                p.get(k);
+                            }
+                            black_box(p.query_async::<Vec<Option<i64>>>(&amr4).await.unwrap());
+                        }
+                    },
+                    || {
+                        let cons = araw4.clone();
+                        let keys = &keys;
+                        async move {
+                            for _ in 0..reps {
+                                let mut pipes: Vec<(redis::Pipeline, Vec<usize>)> =
+                                    (0..4).map(|_| (redis::pipe(), Vec::new())).collect();
+                                for (i, k) in keys.iter().enumerate() {
+                                    let p = &mut pipes[index(k.as_bytes(), 4)];
+                                    p.0.get(k);
+                                    p.1.push(i);
+                                }
+                                let replies: Vec<Vec<Option<i64>>> =
+                                    join_all(pipes.iter().enumerate().map(|(s, (p, _))| {
+                                        let mut c = cons[s].clone();
+                                        async move { p.query_async::<Vec<Option<i64>>>(&mut c).await.unwrap() }
+                                    }))
+                                    .await;
+                                let mut out: Vec<Option<i64>> = vec![None; keys.len()];
+                                for ((_, idx), values) in pipes.iter().zip(replies) {
+                                    for (&i, v) in idx.iter().zip(values) {
+                                        out[i] = v;
+                                    }
+                                }
+                                black_box(out);
+                            }
+                        }
+                    },
+                )
+                .await;
+                record(
+                    &mut rows,
+                    "async pipeline_all() 1000 GETs over 4 servers",
+                    1.15,
+                    ours,
+                    theirs,
+                    reps,
+                );
+            }
             // Single-key GET, async.
             {
                 let reps = 2000;
