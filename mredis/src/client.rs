@@ -24,9 +24,14 @@
 //!   run it before it went away, so it is sent again only if every command
 //!   is read-only by the command table (`access = "read"`) and none blocks.
 //!
-//! So after a restart or an idle timeout, reads see no error; a write that
-//! meets a dead connection fails once (the pool is emptied then), and the
-//! calls after it get new connections. A reply begun and cut, a timeout,
+//! Before that, a connection that sat in the pool for a second or more is
+//! checked with a PING when it is taken (a client that reuses its
+//! connections sooner never pays the round trip), and replaced, with the
+//! rest of the pool, when the check fails. So after a restart or an idle
+//! timeout, reads see no error, and neither do writes made once the pool
+//! had been idle a second; a write that meets a dead connection used within
+//! the last second fails once (the pool is emptied then), and the calls
+//! after it get new connections. A reply begun and cut, a timeout,
 //! or a failure on a connection opened for the call is never retried.
 //!
 //! # Blocking commands
@@ -61,11 +66,17 @@ pub(crate) struct Pool {
     /// under the connect deadline (none for RESP3).
     bare: Option<redis::Client>,
     setup: Setup,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle connections, with when each was given back.
+    idle: Mutex<Vec<(Connection, Instant)>>,
     max_idle: usize,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
 }
+
+/// How long a pooled connection may sit idle before it is checked (PING)
+/// on its next use: after a server restart, calls made once the pool has
+/// been idle this long find no dead connection.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// What a new connection sends before its first command: AUTH, SELECT and
 /// CLIENT SETINFO (as library `mredis` unless the URL names one), as
@@ -196,8 +207,23 @@ impl Pool {
     /// An idle connection (`true`: it was in the pool, and may have been
     /// closed by the server while it sat there) or a new one (`false`).
     fn take(&self, budget: Duration) -> RedisResult<(Connection, bool)> {
-        if let Some(con) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok((con, true));
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some((mut con, since)) = idle {
+            // One that sat idle a while may have been closed by a restart:
+            // a PING first (a busy client, reusing its connections within
+            // `CHECK_AFTER`, never pays for it).
+            if since.elapsed() < CHECK_AFTER {
+                return Ok((con, true));
+            }
+            // Within what is left of the call's budget, not a whole
+            // response timeout (a stopped server costs one deadline).
+            let alive = con.set_read_timeout(Some(budget.max(Duration::from_millis(1)))).is_ok()
+                && con.check_connection()
+                && con.set_read_timeout(self.response_timeout).is_ok();
+            if alive {
+                return Ok((con, true));
+            }
+            self.clear();
         }
         self.fresh(budget).map(|con| (con, false))
     }
@@ -244,7 +270,7 @@ impl Pool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
-            idle.push(con);
+            idle.push((con, Instant::now()));
         }
     }
 }

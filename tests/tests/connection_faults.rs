@@ -146,6 +146,21 @@ fn sync_calls_started_after_a_restart_succeed() {
         .filter(|i| mr.set::<_, _, ()>(format!("w{i}"), i).is_err())
         .count();
     assert!(errors <= 1, "{errors} of 20 SETs failed after a restart");
+    // Once the pool has been idle a second, its connections are checked
+    // before use: writes after a restart see no error at all.
+    fill_pool(&mr);
+    let idle_since = std::time::Instant::now();
+    server.restart();
+    let idle = Duration::from_millis(1100).saturating_sub(idle_since.elapsed());
+    std::thread::sleep(idle); // the pool's age, not a synchronisation
+    let errors: Vec<String> = (0..20)
+        .filter_map(|i| mr.set::<_, _, ()>(format!("x{i}"), i).err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} of 20 SETs failed after a restart: {errors:?}",
+        errors.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
