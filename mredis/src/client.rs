@@ -577,6 +577,39 @@ impl MRedis {
         crate::error::name_server_after(self.core.server(index), e, None, after)
     }
 
+    /// One packed command, as the caller packed it, on server `index`;
+    /// server error replies are errors. A `read_only` command that met a
+    /// pooled connection the server had closed is sent once more on a new
+    /// one (as the driver does; a write is not: it may have run).
+    pub(crate) fn packed_on(&self, index: usize, bytes: &[u8], read_only: bool) -> RedisResult<Value> {
+        Span::server(&self.core, index).run(|| {
+            let send = |con: &mut Connection| con.req_packed_command(bytes).and_then(Value::extract_error);
+            let pool = self.pool(index)?;
+            let (mut con, reused) = pool
+                .take(pool.connect_timeout)
+                .map_err(|e| name_server(self.core.server(index), e))?;
+            match send(&mut con) {
+                Ok(v) => {
+                    pool.put(con);
+                    Ok(v)
+                }
+                Err(e) if e.code().is_some() => {
+                    pool.put(con);
+                    Err(e)
+                }
+                Err(e) if reused && closed(&e) => {
+                    pool.clear();
+                    if read_only {
+                        self.with_connection(index, send)
+                    } else {
+                        Err(self.named(index, e))
+                    }
+                }
+                Err(e) => Err(self.named(index, e)),
+            }
+        })
+    }
+
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
         Span::server(&self.core, index)
             .run(|| self.with_connection(index, |con| con.req_command(cmd).and_then(Value::extract_error)))

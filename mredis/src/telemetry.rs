@@ -33,7 +33,20 @@ impl Span {
     pub(crate) fn command(cmd: &Cmd, route: &'static str) -> Span {
         #[cfg(feature = "tracing")]
         {
-            let op = operation(cmd);
+            Span::named(&operation(cmd), route)
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = (cmd, route);
+            Span
+        }
+    }
+
+    /// The span of one command by its (upper-case) name.
+    #[inline]
+    pub(crate) fn named(op: &str, route: &'static str) -> Span {
+        #[cfg(feature = "tracing")]
+        {
             Span(tracing::info_span!(
                 "redis",
                 otel.name = %op,
@@ -47,7 +60,7 @@ impl Span {
         }
         #[cfg(not(feature = "tracing"))]
         {
-            let _ = (cmd, route);
+            let _ = (op, route);
             Span
         }
     }

@@ -286,10 +286,55 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// A command on one server's keys (a `key` or `colocated` row, keys
+    /// read from its `key_spec`, nothing moving, not blocking): the caller's
+    /// packed bytes go to that server as they are, with no copy of the
+    /// arguments (a big value is not copied twice). Anything else (None)
+    /// takes the general path, which also gives every error.
+    fn as_sent(&self, bytes: &[u8]) -> Option<RedisResult<Value>> {
+        let args = parse_args(bytes)?;
+        let name = std::str::from_utf8(args.first()?).ok()?.to_ascii_uppercase();
+        if matches!(
+            name.as_str(),
+            "WATCH" | "UNWATCH" | "DISCARD" | "MULTI" | "EXEC" | "SELECT" | "SCAN"
+        ) {
+            return None;
+        }
+        let sub = args.get(1).and_then(|s| std::str::from_utf8(s).ok());
+        let entry = crate::spec::lookup(&name, sub)?;
+        if !matches!(entry.class, RouteClass::Key | RouteClass::Colocated) || entry.block.is_some() {
+            return None;
+        }
+        let core = self.mr.core();
+        if args.iter().any(|a| a.len() > core.max_arg_size) {
+            return None;
+        }
+        let crate::CommandKeys::Known(keys) = entry.keys(&args) else {
+            return None;
+        };
+        if keys.is_empty() {
+            return None;
+        }
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+        let Ok(Route::One { server, moves }) = core.route_colocated(&name, &keys) else {
+            return None;
+        };
+        if !moves.is_empty() {
+            return None;
+        }
+        let read_only = entry.access == crate::Access::Read;
+        Some(crate::telemetry::Span::named(&name, "key").run(|| self.mr.packed_on(server, bytes, read_only)))
+    }
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
         if cmd.is_empty() {
             return Err(empty_command());
+        }
+        if let Some(reply) = self.as_sent(cmd) {
+            return reply;
         }
         let mut cmds = parse_packed(cmd)?;
         if cmds.len() != 1 {

@@ -312,6 +312,34 @@ pub(crate) fn parse_packed(mut bytes: &[u8]) -> RedisResult<Vec<Cmd>> {
     Ok(out)
 }
 
+/// The arguments of exactly one packed command, borrowed (None when the
+/// bytes are not one well-formed command).
+pub(crate) fn parse_args(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    fn line(bytes: &mut &[u8], prefix: u8) -> Option<usize> {
+        if bytes.first() != Some(&prefix) {
+            return None;
+        }
+        let end = bytes.iter().position(|&b| b == b'\r')?;
+        if bytes.get(end + 1) != Some(&b'\n') {
+            return None;
+        }
+        let n = std::str::from_utf8(&bytes[1..end]).ok()?.parse().ok()?;
+        *bytes = &bytes[end + 2..];
+        Some(n)
+    }
+    let argc = line(&mut bytes, b'*')?;
+    let mut out = Vec::with_capacity(argc.min(1024));
+    for _ in 0..argc {
+        let len = line(&mut bytes, b'$')?;
+        if bytes.len() < len.checked_add(2)? {
+            return None;
+        }
+        out.push(&bytes[..len]);
+        bytes = &bytes[len + 2..];
+    }
+    (bytes.is_empty() && !out.is_empty()).then_some(out)
+}
+
 /// `COMMAND GETKEYS` for `cmd`.
 pub(crate) fn getkeys_cmd(cmd: &Cmd) -> Cmd {
     let mut c = redis::cmd("COMMAND");
