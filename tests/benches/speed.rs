@@ -875,6 +875,72 @@ fn main() {
                     reps,
                 );
             }
+            // GET p99 to a server while an async BLPOP blocks there, against
+            // the same GETs with nothing blocked (a blocking command has a
+            // connection of its own, so the shared one is not held up).
+            {
+                let k0 = keys.iter().find(|k| index(k.as_bytes(), 4) == 0).unwrap().clone();
+                let list = (0..)
+                    .map(|i| format!("bq{i}"))
+                    .find(|k| index(k.as_bytes(), 4) == 0)
+                    .unwrap();
+                let p99 = |mut v: Vec<Duration>| {
+                    v.sort();
+                    v[v.len() * 99 / 100]
+                };
+                let sample = || async {
+                    let mut t = Vec::with_capacity(1000);
+                    for _ in 0..1000 {
+                        let started = Instant::now();
+                        let v: Option<i64> = amr4.get(&k0).await.unwrap();
+                        black_box(v);
+                        t.push(started.elapsed());
+                    }
+                    t
+                };
+                let idle = p99(sample().await);
+                let blocker = {
+                    let amr = amr4.clone();
+                    let list = list.clone();
+                    tokio::spawn(async move {
+                        let _: Option<(String, String)> = amr.blpop(&list, 30.0).await.unwrap();
+                    })
+                };
+                let mut admin = araw4[0].clone();
+                loop {
+                    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut admin).await.unwrap();
+                    if clients
+                        .lines()
+                        .any(|l| l.contains("cmd=blpop") && l.contains("flags=b"))
+                    {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let busy = p99(sample().await);
+                let _: () = redis::cmd("RPUSH")
+                    .arg(&list)
+                    .arg("x")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                blocker.await.unwrap();
+                record(
+                    &mut rows,
+                    "async GET p99 to a server during a BLPOP there / idle",
+                    2.0,
+                    busy,
+                    idle,
+                    1,
+                );
+                if let Some(r) = rows.iter_mut().find(|r| r.name.starts_with("async GET p99")) {
+                    r.detail = format!(
+                        "p99 {:>8.2} us during the BLPOP, {:>8.2} us without",
+                        busy.as_secs_f64() * 1e6,
+                        idle.as_secs_f64() * 1e6
+                    );
+                }
+            }
             // Single-key GET, async.
             {
                 let reps = 2000;

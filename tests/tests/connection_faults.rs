@@ -259,7 +259,7 @@ async fn async_gets_to_a_server_are_answered_while_a_blpop_blocks_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_async_blpops_lose_no_element() {
-    const ELEMENTS: usize = 2000;
+    const ELEMENTS: usize = 10_000;
     let server = RedisServer::new();
     let mr = async_client(&server, Duration::from_secs(1)).await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
