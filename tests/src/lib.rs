@@ -652,6 +652,16 @@ impl Drop for Nutcracker {
     }
 }
 
+/// Polls `cond` until it holds; fails the test (naming `what`) after
+/// `within`.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The URLs of `servers`, in order.
 pub fn urls(servers: &[RedisServer]) -> Vec<String> {
     servers.iter().map(RedisServer::url).collect()

@@ -15,16 +15,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use mredis::MRedis;
-use mredis_tests::RedisServer;
-
-/// Polls `f` until it is true; panics saying `what` after `within`.
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use mredis_tests::{RedisServer, wait_until};
 
 /// The server's CLIENT LIST, on a connection of its own.
 fn client_list(server: &RedisServer) -> String {

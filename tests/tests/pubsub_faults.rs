@@ -14,17 +14,21 @@ use mredis::health::HealthCheck;
 use mredis::placement::KeyHash;
 use mredis::pubsub::SubscriberOptions;
 use mredis::{Event, MRedis, Mode, Server};
-use mredis_tests::{RedisServer, servers, urls};
+use mredis_tests::{RedisServer, servers, urls, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Polls `cond` until it holds, at most 30 s.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < DEADLINE, "not within {DEADLINE:?}: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// The servers named `s0`, `s1`, ... for placement (ketama puts every key
+/// in the same place on every run, whatever the ports).
+fn list(s: &[RedisServer]) -> Vec<Server> {
+    s.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            Server::from_parts("127.0.0.1", x.port(), 0)
+                .unwrap()
+                .with_alias(format!("s{i}"))
+        })
+        .collect()
 }
 
 /// A channel owned by server `i` of `mr`, the `nth` one found with `prefix`.
@@ -138,7 +142,7 @@ fn a_consumer_that_does_not_poll_keeps_its_buffer_bound_and_every_drop_is_counte
         assert!(b.messages <= cap && b.bytes <= bound_bytes, "{b:?}");
     }
     // Every message read: waiting in the buffer or counted as dropped.
-    wait_until("all 300 000 messages read", || {
+    wait_until("all 300 000 messages read", DEADLINE, || {
         let b = sub.backlog();
         highest = (highest.0.max(b.messages), highest.1.max(b.bytes));
         b.messages as u64 + sub.dropped() == total as u64
@@ -310,19 +314,6 @@ fn a_subscribe_made_while_its_server_is_killed_is_honoured_after_the_restart() {
     assert_eq!((lost, back), (4, 4), "{others:?}");
 }
 
-/// The servers named `s0`, `s1`, ... for placement (ketama puts every key
-/// in the same place on every run, whatever the ports).
-fn list(s: &[RedisServer]) -> Vec<Server> {
-    s.iter()
-        .enumerate()
-        .map(|(i, x)| {
-            Server::from_parts("127.0.0.1", x.port(), 0)
-                .unwrap()
-                .with_alias(format!("s{i}"))
-        })
-        .collect()
-}
-
 /// PUBLISH through `mr`, its receivers. A pooled connection from before a
 /// restart fails once: such a PUBLISH is sent again.
 fn publish(mr: &MRedis, channel: &str, payload: &str) -> usize {
@@ -398,7 +389,7 @@ fn subscriptions_follow_ejection_out_and_back_with_every_gap_marked() {
         })
         .build()
         .unwrap();
-    wait_until("every server checked", || {
+    wait_until("every server checked", DEADLINE, || {
         mr.health().iter().all(|h| h.up && h.checks >= 2)
     });
     let victim = 0;
@@ -419,7 +410,7 @@ fn subscriptions_follow_ejection_out_and_back_with_every_gap_marked() {
     // Out: the victim is killed and ejected; its channels are published on
     // a fallback server, where the subscriber follows them.
     s[victim].stop();
-    wait_until("the victim marked down", || !mr.health()[victim].up);
+    wait_until("the victim marked down", DEADLINE, || !mr.health()[victim].up);
     let fallback = mr.server_index_for(before.as_bytes());
     assert_ne!(fallback, victim);
     let (reason, after) = wait_for_gap_closed(&mut sub, &s[fallback].name(), &mut events);
@@ -439,7 +430,7 @@ fn subscriptions_follow_ejection_out_and_back_with_every_gap_marked() {
     // subscriptions. A Lost of the victim was reported (its connection
     // died), and its Resubscribed comes only once both channels are there.
     s[victim].restart();
-    wait_until("the victim marked up", || mr.health()[victim].up);
+    wait_until("the victim marked up", DEADLINE, || mr.health()[victim].up);
     assert_eq!(mr.server_index_for(before.as_bytes()), victim);
     assert_eq!(mr.server_index_for(during.as_bytes()), victim);
     let name = s[victim].name();
