@@ -12,7 +12,11 @@
 //! read-only by the command table (GET, MGET, HGETALL, ...) that fails so
 //! is sent once more, on the new connection, so a restart costs reads no
 //! error. A write is not sent again (it may have reached the server before
-//! the close): the first write after a restart can fail, once per client.
+//! the close); instead, a write to a server whose connection was idle a
+//! second or more is preceded by a PING, which finds a closed connection
+//! and has it replaced first. So a restart costs a write an error only when
+//! the client was using that server within the last second (a write then
+//! in flight, or just after): at most once per client.
 //!
 //! # Blocking commands
 //!
@@ -96,6 +100,12 @@ pub struct MRedis {
     response_timeout: Option<std::time::Duration>,
     /// The servers' COMMAND metadata, for routed handles (fetched once).
     book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
+    /// Per server, when its shared connection was last used (milliseconds
+    /// since `born`): a write after a second of silence is preceded by a
+    /// PING, so a connection the server closed meanwhile (a restart) is
+    /// replaced before the write, not found by it.
+    last_used: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    born: std::time::Instant,
 }
 
 impl std::fmt::Debug for MRedis {
@@ -125,6 +135,7 @@ impl MRedis {
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let core = Topology::new(servers, &options)?;
+        let core_len = core.servers.len();
         let mut connections = Vec::with_capacity(core.servers.len());
         let mut blocking = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
@@ -149,6 +160,8 @@ impl MRedis {
             blocking: Arc::new(blocking),
             response_timeout: options.response_timeout,
             book: Arc::default(),
+            last_used: Arc::new((0..core_len).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
+            born: std::time::Instant::now(),
         })
     }
 
@@ -297,6 +310,11 @@ impl MRedis {
                 .map(|v| vec![v]);
         }
         let mut con = self.connection(index)?;
+        if self.idle_a_second(index) && !cmds.iter().all(read_only) {
+            // Its failure makes redis-rs's manager reconnect; the write then
+            // goes on the new connection.
+            let _ = con.req_packed_command(&redis::cmd("PING")).await;
+        }
         let mut replies = self.send_on(&mut con, &span, cmds).await;
         // The shared connection found closed (the server restarted or
         // closed it while idle; redis-rs's manager reconnects on such an
@@ -311,6 +329,17 @@ impl MRedis {
             replies = self.send_on(&mut con, &span, cmds).await;
         }
         replies.map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
+    }
+
+    /// Whether server `index`'s shared connection was idle a second or more
+    /// (and marks it used now).
+    fn idle_a_second(&self, index: usize) -> bool {
+        let Some(slot) = self.last_used.get(index) else {
+            return false;
+        };
+        let now = self.born.elapsed().as_millis() as u64;
+        let last = slot.swap(now, std::sync::atomic::Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
     }
 
     /// One request on the shared connection.

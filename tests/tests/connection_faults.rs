@@ -181,6 +181,22 @@ async fn async_gets_succeed_after_idle_timeout_and_restart() {
         }
     }
     assert!(failures.is_empty(), "{} GETs failed: {failures:?}", failures.len());
+    // Writes too, once the connection had been idle a second: a PING
+    // first finds the closed connection and the write goes on a new one.
+    let idle_since = Instant::now();
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(idle_since.elapsed())).await; // idle age, not a synchronisation
+    let mut errors = Vec::new();
+    for i in 0..20 {
+        if let Err(e) = mr.set::<_, _, ()>(format!("w{i}"), i).await {
+            errors.push(format!("SET {i}: {e}"));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} SETs failed after a restart: {errors:?}",
+        errors.len()
+    );
 }
 
 #[test]
