@@ -577,36 +577,13 @@ impl MRedis {
         crate::error::name_server_after(self.core.server(index), e, None, after)
     }
 
-    /// One packed command, as the caller packed it, on server `index`;
-    /// server error replies are errors. A `read_only` command that met a
-    /// pooled connection the server had closed is sent once more on a new
-    /// one (as the driver does; a write is not: it may have run).
+    /// One packed command, as the caller packed it, on server `index`
+    /// (not blocking); server error replies are errors. `read_only`: it may
+    /// be sent again on a new connection if the pooled one was closed.
     pub(crate) fn packed_on(&self, index: usize, bytes: &[u8], read_only: bool) -> RedisResult<Value> {
         Span::server(&self.core, index).run(|| {
-            let send = |con: &mut Connection| con.req_packed_command(bytes).and_then(Value::extract_error);
-            let pool = self.pool(index)?;
-            let (mut con, reused) = pool
-                .take(pool.connect_timeout)
-                .map_err(|e| name_server(self.core.server(index), e))?;
-            match send(&mut con) {
-                Ok(v) => {
-                    pool.put(con);
-                    Ok(v)
-                }
-                Err(e) if e.code().is_some() => {
-                    pool.put(con);
-                    Err(e)
-                }
-                Err(e) if reused && closed(&e) => {
-                    pool.clear();
-                    if read_only {
-                        self.with_connection(index, send)
-                    } else {
-                        Err(self.named(index, e))
-                    }
-                }
-                Err(e) => Err(self.named(index, e)),
-            }
+            self.exchange_packed(index, bytes, None, read_only)
+                .and_then(Value::extract_error)
         })
     }
 
@@ -679,23 +656,40 @@ impl MRedis {
     /// replies kept as values. See [`retry_allowed`] for when a connection
     /// found closed is replaced and the command sent again.
     fn exchange(&self, index: usize, cmd: &Cmd, block: Option<Duration>) -> RedisResult<Value> {
+        self.exchange_packed(
+            index,
+            &cmd.get_packed_command(),
+            block,
+            block.is_none() && read_only(cmd),
+        )
+    }
+
+    /// [`exchange`](Self::exchange) of a command already packed;
+    /// `repeatable`: running it twice changes nothing (read-only, not
+    /// blocking).
+    fn exchange_packed(
+        &self,
+        index: usize,
+        packed: &[u8],
+        block: Option<Duration>,
+        repeatable: bool,
+    ) -> RedisResult<Value> {
         let pool = self.pool(index)?;
-        let packed = cmd.get_packed_command();
         let wait = reply_wait(pool.response_timeout, block);
         let (mut con, reused) = pool
             .take(pool.connect_timeout)
             .map_err(|e| name_server(self.core.server(index), e))?;
-        let mut outcome = round_trip(&mut con, &packed, block.is_some().then_some(wait));
+        let mut outcome = round_trip(&mut con, packed, block.is_some().then_some(wait));
         if let Err((written, e)) = &outcome
             && reused
             && closed(e)
         {
             pool.clear();
-            if retry_allowed(*written, block.is_none() && read_only(cmd)) {
+            if retry_allowed(*written, repeatable) {
                 con = pool
                     .fresh(pool.connect_timeout)
                     .map_err(|e| name_server(self.core.server(index), e))?;
-                outcome = round_trip(&mut con, &packed, block.is_some().then_some(wait));
+                outcome = round_trip(&mut con, packed, block.is_some().then_some(wait));
             }
         }
         match outcome {

@@ -459,13 +459,7 @@ fn start_rejoin(
         let mut slot = health.rejoin.write().unwrap_or_else(|e| e.into_inner());
         // A change during a move keeps the first routing: the keys to move
         // back are where it sent them.
-        let before = match slot.take() {
-            Some(old) => match Arc::try_unwrap(old) {
-                Ok(old) => old.before,
-                Err(shared) => shared.before.clone(),
-            },
-            None => before,
-        };
+        let before = slot.as_ref().map_or(before, |old| old.before.clone());
         let state = Arc::new(RejoinState { before, up });
         *slot = Some(state.clone());
         state
@@ -515,7 +509,14 @@ fn move_back(
             break;
         }
         if moved == 0 {
-            std::thread::sleep(Duration::from_millis(20).min(grace));
+            // Nothing to do until the grace is over (then one last pass), or,
+            // after a failed pass, a retry in a moment.
+            let rest = (started + grace).saturating_duration_since(Instant::now());
+            std::thread::sleep(if rest.is_zero() {
+                Duration::from_millis(100)
+            } else {
+                rest
+            });
         }
     }
     if current(health) {

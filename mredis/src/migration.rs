@@ -29,7 +29,7 @@ use std::sync::LazyLock;
 use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::error::show_key;
-use crate::exec::{Machine, Request, Step};
+use crate::exec::{Machine, Request, Step, one};
 use crate::routing::{Merge, Move, Topology, args_of};
 
 /// Error code of the guard when the keys are not on the old server.
@@ -177,12 +177,6 @@ pub(crate) fn try_again(core: &Topology, key: &[u8], from: usize, to: usize) -> 
     ))
 }
 
-fn one(reply: RedisResult<Vec<Value>>) -> RedisResult<Value> {
-    let mut v = reply?;
-    v.pop()
-        .ok_or_else(|| crate::error::client_error("no reply".to_string()))
-}
-
 /// A command on one server (key or co-located keys) some of whose keys
 /// are moving.
 pub(crate) struct One<'a> {
@@ -292,13 +286,13 @@ impl<'a> Machine for One<'a> {
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
         match self.state {
             OneState::Final => {
-                let reply = replies.into_iter().next().map(one);
+                let reply = replies.into_iter().next().map(|r| one(Some(r)));
                 Step::Done(reply.unwrap_or_else(|| Err(crate::error::client_error("no reply".to_string()))))
             }
             OneState::Checking => {
                 let mut here = 0i64;
                 for reply in replies {
-                    match one(reply).and_then(Value::extract_error) {
+                    match one(Some(reply)).and_then(Value::extract_error) {
                         Ok(Value::Int(n)) => here += n,
                         Ok(other) => {
                             return Step::Done(Err(crate::error::client_error(format!(
@@ -316,7 +310,7 @@ impl<'a> Machine for One<'a> {
                 }
             }
             OneState::Guarding { with_code } => {
-                let reply = match replies.into_iter().next().map(one) {
+                let reply = match replies.into_iter().next().map(|r| one(Some(r))) {
                     Some(Ok(v)) => v,
                     Some(Err(e)) => return Step::Done(Err(e)),
                     None => return Step::Done(Err(crate::error::client_error("no reply".to_string()))),
@@ -469,7 +463,7 @@ impl<'a> Machine for Split<'a> {
         let mut absent: Vec<usize> = Vec::new();
         let mut retry: Vec<Request<'a>> = Vec::new();
         for (part, reply) in inflight.into_iter().zip(replies) {
-            let reply = one(reply);
+            let reply = one(Some(reply));
             match part {
                 Part::Group(items) => match reply.and_then(Value::extract_error) {
                     Ok(v) => self.parts.push((items, v)),
