@@ -50,10 +50,11 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{FanOut, Machine, Routed, Step, closed, fan_out_result, read_only};
-use crate::options::Options;
+use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
+use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
+use crate::replicas::ShardPlan;
 use crate::routing::{Move, Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -61,16 +62,27 @@ use crate::telemetry::Span;
 /// Idle connections of one server.
 pub(crate) struct Pool {
     server: Server,
-    client: redis::Client,
-    /// Opens connections without redis-rs's setup, which `setup` then runs
-    /// under the connect deadline (none for RESP3).
-    bare: Option<redis::Client>,
+    /// The redis-rs clients for the server's current address (made on
+    /// first use; made anew when a Sentinel shard's primary changes), and
+    /// the address epoch they are for.
+    clients: Mutex<Option<Clients>>,
+    /// The address epoch of the idle connections.
+    epoch: std::sync::atomic::AtomicU64,
     setup: Setup,
     /// Idle connections, with when each was given back.
     idle: Mutex<Vec<(Connection, Instant)>>,
     max_idle: usize,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
+}
+
+/// A server's redis-rs clients.
+#[derive(Clone)]
+struct Clients {
+    client: redis::Client,
+    /// Opens connections without redis-rs's setup, which `setup` then runs
+    /// under the connect deadline (none for RESP3).
+    bare: Option<redis::Client>,
 }
 
 /// How long a pooled connection may sit idle before it is checked (PING)
@@ -180,11 +192,19 @@ impl Setup {
 }
 
 impl Pool {
-    fn new(server: &Server, client: redis::Client, options: &Options) -> RedisResult<Pool> {
+    fn new(server: &Server, options: &Options) -> RedisResult<Pool> {
+        let clients = match server.shard() {
+            // A Sentinel shard's primary may not be known yet.
+            Some(_) => None,
+            None => Some(Clients {
+                client: server.client()?,
+                bare: server.bare_client()?,
+            }),
+        };
         Ok(Pool {
             server: server.clone(),
-            client,
-            bare: server.bare_client()?,
+            clients: Mutex::new(clients),
+            epoch: std::sync::atomic::AtomicU64::new(server.epoch()),
             setup: Setup::of(server.connection_info().redis_settings()),
             idle: Mutex::new(Vec::new()),
             max_idle: options.pool_size as usize,
@@ -207,6 +227,7 @@ impl Pool {
     /// An idle connection (`true`: it was in the pool, and may have been
     /// closed by the server while it sat there) or a new one (`false`).
     fn take(&self, budget: Duration) -> RedisResult<(Connection, bool)> {
+        self.follow_epoch();
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some((mut con, since)) = idle {
             // One that sat idle a while may have been closed by a restart:
@@ -247,11 +268,39 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// The shard's address changed (a failover): idle connections, to the
+    /// old address, are dropped, and clients for the new one made on the
+    /// next open. One atomic load when nothing changed.
+    #[inline]
+    fn follow_epoch(&self) {
+        let now = self.server.epoch();
+        if now != self.epoch.load(std::sync::atomic::Ordering::Acquire) {
+            self.clear();
+            *self.clients.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.epoch.store(now, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The clients for the current address.
+    fn clients(&self) -> RedisResult<Clients> {
+        let mut slot = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let made = Clients {
+            client: self.server.client()?,
+            bare: self.server.bare_client()?,
+        };
+        *slot = Some(made.clone());
+        Ok(made)
+    }
+
     /// A new connection: TCP (and TLS) and the setup commands all within
     /// `timeout`.
     fn open(&self, timeout: Duration) -> RedisResult<Connection> {
-        let Some(bare) = &self.bare else {
-            return self.client.get_connection_with_timeout(timeout);
+        let clients = self.clients()?;
+        let Some(bare) = &clients.bare else {
+            return clients.client.get_connection_with_timeout(timeout);
         };
         let deadline = Instant::now() + timeout;
         let mut con = bare.get_connection_with_timeout(timeout)?;
@@ -263,14 +312,39 @@ impl Pool {
         Ok(con)
     }
 
-    /// Keeps a connection whose last exchange ended cleanly.
-    fn put(&self, con: Connection) {
-        if !con.is_open() {
+    /// Keeps a connection whose last exchange ended cleanly, unless the
+    /// shard's address changed since the call began (`epoch`).
+    fn put(&self, con: Connection, epoch: u64) {
+        if !con.is_open() || epoch != self.server.epoch() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push((con, Instant::now()));
+        }
+    }
+}
+
+/// The pools of a shard's replicas, made for the shard's address epoch
+/// (`built` = epoch + 1; 0: not yet), taken in turn.
+#[derive(Default)]
+struct ReplicaSet {
+    pools: std::sync::RwLock<(u64, Arc<Vec<Arc<Pool>>>)>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// A primary's pool or a replica's.
+pub(crate) enum PoolRef<'a> {
+    Primary(&'a Pool),
+    Replica(Arc<Pool>),
+}
+
+impl std::ops::Deref for PoolRef<'_> {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        match self {
+            PoolRef::Primary(p) => p,
+            PoolRef::Replica(p) => p,
         }
     }
 }
@@ -301,6 +375,11 @@ pub(crate) struct Job<'a> {
 pub struct MRedis {
     core: Arc<Topology>,
     pools: Arc<Vec<Pool>>,
+    /// Per server, its shard's replicas' pools (empty for a plain server).
+    replicas: Arc<Vec<ReplicaSet>>,
+    options: Arc<Options>,
+    /// Where read-only commands go ([`MRedis::reading_from`]).
+    read_from: ReadFrom,
     /// The servers' COMMAND metadata, for routed handles (fetched once).
     book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
 }
@@ -333,14 +412,18 @@ impl MRedis {
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let core = Topology::new(servers, &options)?;
+        let options_read_from = options.read_from;
         let mut pools = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
-            let client = server.client().map_err(|e| name_server(server, e))?;
-            pools.push(Pool::new(server, client, &options).map_err(|e| name_server(server, e))?);
+            pools.push(Pool::new(server, &options).map_err(|e| name_server(server, e))?);
         }
+        let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok(MRedis {
             core,
             pools: Arc::new(pools),
+            replicas: Arc::new(replicas),
+            options: Arc::new(options),
+            read_from: options_read_from,
             book: Arc::default(),
         })
     }
@@ -509,7 +592,7 @@ impl MRedis {
 
     pub(crate) fn checkin(&self, index: usize, con: Connection) {
         if let Ok(pool) = self.pool(index) {
-            pool.put(con);
+            pool.put(con, self.core.server(index).epoch());
         }
     }
 
@@ -535,6 +618,71 @@ impl MRedis {
         &self.book
     }
 
+    /// Server `index`'s pool, or (`replica`) one of its shard's replicas'
+    /// pools, in turn; without a replica up, the primary's under
+    /// [`ReadFrom::PreferReplica`] and an error under
+    /// [`ReadFrom::ReplicaOnly`].
+    fn pool_for(&self, index: usize, replica: bool) -> RedisResult<PoolRef<'_>> {
+        if !replica {
+            return self.pool(index).map(PoolRef::Primary);
+        }
+        let server = self.core.server(index);
+        let set = self
+            .replicas
+            .get(index)
+            .ok_or_else(|| client_error(format!("no server {index}")))?;
+        let epoch = server.epoch();
+        let pools = {
+            let built = set.pools.read().unwrap_or_else(|p| p.into_inner());
+            (built.0 == epoch + 1).then(|| built.1.clone())
+        };
+        let pools = match pools {
+            Some(p) => p,
+            None => {
+                let mut built = set.pools.write().unwrap_or_else(|p| p.into_inner());
+                let old = built.1.clone();
+                let mut fresh = Vec::new();
+                for addr in server.shard().map(|s| s.replicas()).unwrap_or_default() {
+                    let node = server.replica_node(&addr);
+                    match old.iter().find(|p| p.server.name() == node.name()) {
+                        Some(p) => fresh.push(p.clone()),
+                        None => fresh.push(Arc::new(Pool::new(&node, &self.options)?)),
+                    }
+                }
+                *built = (epoch + 1, Arc::new(fresh));
+                built.1.clone()
+            }
+        };
+        if pools.is_empty() {
+            return match self.read_from {
+                ReadFrom::ReplicaOnly => Err(crate::error::client_error(format!(
+                    "shard `{}` has no replica up (read policy: replica only)",
+                    server.name()
+                ))),
+                _ => self.pool(index).map(PoolRef::Primary),
+            };
+        }
+        let j = set.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pools.len();
+        Ok(PoolRef::Replica(pools[j].clone()))
+    }
+
+    /// This client with another read policy, for the calls made through
+    /// it (cheap: it shares everything else with `self`). Read-only
+    /// commands only; see [`ReadFrom`].
+    ///
+    /// ```no_run
+    /// # fn demo(mr: &mredis::MRedis) -> redis::RedisResult<()> {
+    /// use mredis::ReadFrom;
+    /// let v: Option<String> = mr.reading_from(ReadFrom::PreferReplica).get("profile:42")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reading_from(&self, policy: ReadFrom) -> MRedis {
+        MRedis {
+            read_from: policy,
+            ..self.clone()
+        }
+    }
+
     fn pool(&self, index: usize) -> RedisResult<&Pool> {
         self.pools
             .get(index)
@@ -549,17 +697,18 @@ impl MRedis {
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let pool = self.pool(index)?;
+        let epoch = self.core.server(index).epoch();
         let (mut con, reused) = pool
             .take(pool.connect_timeout)
             .map_err(|e| name_server(self.core.server(index), e))?;
         match f(&mut con) {
             Ok(v) => {
-                pool.put(con);
+                pool.put(con, epoch);
                 Ok(v)
             }
             Err(e) => {
                 if e.code().is_some() {
-                    pool.put(con);
+                    pool.put(con, epoch);
                 } else if reused && closed(&e) {
                     // Not sent again (what `f` sent is unknown), but the
                     // other idle connections, as old, go too.
@@ -582,7 +731,7 @@ impl MRedis {
     /// be sent again on a new connection if the pooled one was closed.
     pub(crate) fn packed_on(&self, index: usize, bytes: &[u8], read_only: bool) -> RedisResult<Value> {
         Span::server(&self.core, index).run(|| {
-            self.exchange_packed(index, bytes, None, read_only)
+            self.exchange_packed(index, bytes, None, read_only, false)
                 .and_then(Value::extract_error)
         })
     }
@@ -617,50 +766,93 @@ impl MRedis {
         loop {
             let replies = match step {
                 Step::Done(result) => return result,
-                Step::Send(requests) => match &requests[..] {
-                    [one] if one.cmds.len() == 1 => {
-                        let cmd = &one.cmds[0];
-                        vec![
-                            Span::server(&self.core, one.server)
-                                .run(|| self.exchange(one.server, cmd, one.block))
-                                .map(|v| vec![v]),
-                        ]
-                    }
-                    _ => {
-                        let packed: Vec<Vec<u8>> = requests.iter().map(|r| pack_all(&r.cmds)).collect();
-                        let jobs: Vec<Job<'_>> = requests
-                            .iter()
-                            .zip(&packed)
-                            .map(|(r, p)| Job {
-                                server: r.server,
-                                packed: p,
-                                replies: r.cmds.len(),
-                            })
-                            .collect();
-                        let how: Vec<JobKind<'_>> = requests
-                            .iter()
-                            .map(|r| JobKind {
-                                cmds: Some(&r.cmds),
-                                block: r.block,
-                            })
-                            .collect();
-                        self.send_many_in(&jobs, &how)
-                    }
-                },
+                Step::Send(requests) if self.core.shards => self.send_to_shards(&requests),
+                Step::Send(requests) => self.send(&requests, &[]),
             };
             step = machine.next(replies);
         }
     }
 
+    /// Carries requests: one command to one server on a pooled
+    /// connection as is, anything else written to every server before any
+    /// reply is read. `to_replica[i]`: request `i` goes to one of its
+    /// shard's replicas (none if empty).
+    fn send(&self, requests: &[Request<'_>], to_replica: &[bool]) -> Vec<RedisResult<Vec<Value>>> {
+        let replica = |i: usize| to_replica.get(i).copied().unwrap_or(false);
+        match requests {
+            [one] if one.cmds.len() == 1 => {
+                let cmd = &one.cmds[0];
+                vec![
+                    Span::server(&self.core, one.server)
+                        .run(|| self.exchange(one.server, cmd, one.block, replica(0)))
+                        .map(|v| vec![v]),
+                ]
+            }
+            _ => {
+                let packed: Vec<Vec<u8>> = requests.iter().map(|r| pack_all(&r.cmds)).collect();
+                let jobs: Vec<Job<'_>> = requests
+                    .iter()
+                    .zip(&packed)
+                    .map(|(r, p)| Job {
+                        server: r.server,
+                        packed: p,
+                        replies: r.cmds.len(),
+                    })
+                    .collect();
+                let how: Vec<JobKind<'_>> = requests
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| JobKind {
+                        cmds: Some(&r.cmds),
+                        block: r.block,
+                        replica: replica(i),
+                    })
+                    .collect();
+                self.send_many_in(&jobs, &how)
+            }
+        }
+    }
+
+    /// [`send`](Self::send) on a fleet with shards that have replicas or
+    /// Sentinel: reads go where the read policy says, writes get their
+    /// `WAIT` ([`Builder::replica_acks`](crate::Builder::replica_acks)),
+    /// and a request that failed as it does during a failover waits for
+    /// Sentinel's new primary and is sent again once, when that cannot
+    /// run it twice (see [`crate::replicas`]).
+    fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
+        let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
+        let mut replies = self.send(&plan.requests, &plan.to_replica);
+        for i in 0..plan.requests.len() {
+            let again = plan.after(i, &mut replies[i]);
+            if let Some((to_replica, wait)) = again {
+                let server = self.core.server(plan.requests[i].server);
+                let changed = match wait {
+                    Some((since, within)) => server.shard().is_some_and(|s| s.wait_change(since, within)),
+                    None => true,
+                };
+                let one = std::slice::from_ref(&plan.requests[i]);
+                let retry = if changed {
+                    self.send(one, &[to_replica]).pop()
+                } else {
+                    None
+                };
+                plan.settle(i, &mut replies[i], retry);
+            }
+            plan.finish(i, &mut replies[i]);
+        }
+        replies
+    }
+
     /// One command on a connection of server `index`: its reply, error
     /// replies kept as values. See [`retry_allowed`] for when a connection
     /// found closed is replaced and the command sent again.
-    fn exchange(&self, index: usize, cmd: &Cmd, block: Option<Duration>) -> RedisResult<Value> {
+    fn exchange(&self, index: usize, cmd: &Cmd, block: Option<Duration>, replica: bool) -> RedisResult<Value> {
         self.exchange_packed(
             index,
             &cmd.get_packed_command(),
             block,
             block.is_none() && read_only(cmd),
+            replica,
         )
     }
 
@@ -673,12 +865,14 @@ impl MRedis {
         packed: &[u8],
         block: Option<Duration>,
         repeatable: bool,
+        replica: bool,
     ) -> RedisResult<Value> {
-        let pool = self.pool(index)?;
+        let epoch = self.core.server(index).epoch();
+        let pool = self.pool_for(index, replica)?;
         let wait = reply_wait(pool.response_timeout, block);
         let (mut con, reused) = pool
             .take(pool.connect_timeout)
-            .map_err(|e| name_server(self.core.server(index), e))?;
+            .map_err(|e| name_server(&pool.server, e))?;
         let mut outcome = round_trip(&mut con, packed, block.is_some().then_some(wait));
         if let Err((written, e)) = &outcome
             && reused
@@ -688,19 +882,19 @@ impl MRedis {
             if retry_allowed(*written, repeatable) {
                 con = pool
                     .fresh(pool.connect_timeout)
-                    .map_err(|e| name_server(self.core.server(index), e))?;
+                    .map_err(|e| name_server(&pool.server, e))?;
                 outcome = round_trip(&mut con, packed, block.is_some().then_some(wait));
             }
         }
         match outcome {
             Ok(v) => {
                 if block.is_none() || con.set_read_timeout(pool.response_timeout).is_ok() {
-                    pool.put(con);
+                    pool.put(con, epoch);
                 }
                 Ok(v)
             }
             // The connection is dropped: a reply may still be on its way.
-            Err((_, e)) => Err(crate::error::name_server_after(self.core.server(index), e, None, wait)),
+            Err((_, e)) => Err(crate::error::name_server_after(&pool.server, e, None, wait)),
         }
     }
 
@@ -715,28 +909,36 @@ impl MRedis {
         let spans: Vec<Span> = jobs.iter().map(|j| Span::server(&self.core, j.server)).collect();
         let mut cons: Vec<Option<(Connection, bool)>> = Vec::with_capacity(jobs.len());
         let mut out: Vec<RedisResult<Vec<Value>>> = Vec::with_capacity(jobs.len());
+        let epochs: Vec<u64> = jobs.iter().map(|j| self.core.server(j.server).epoch()).collect();
+        let pools: Vec<RedisResult<PoolRef<'_>>> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| self.pool_for(j.server, kind(i).replica))
+            .collect();
         for (i, (job, span)) in jobs.iter().zip(&spans).enumerate() {
-            let sent = span.in_scope(|| self.pool(job.server)).and_then(|pool| {
-                // A connection opened now gets what is left of the deadline.
-                let budget = pool
-                    .response_timeout
-                    .map_or(pool.connect_timeout, |t| t.saturating_sub(start.elapsed()));
-                let (mut con, reused) = pool.take(budget)?;
-                match con.send_packed_command(job.packed) {
-                    Ok(()) => Ok((con, reused)),
-                    Err(e) if reused && closed(&e) => {
-                        pool.clear();
-                        // Nothing of a one-command request can have run.
-                        if !retry_allowed(false, kind(i).repeatable() || job.replies == 1) {
-                            return Err(e);
+            let sent = span
+                .in_scope(|| pools[i].as_ref().map_err(Clone::clone))
+                .and_then(|pool| {
+                    // A connection opened now gets what is left of the deadline.
+                    let budget = pool
+                        .response_timeout
+                        .map_or(pool.connect_timeout, |t| t.saturating_sub(start.elapsed()));
+                    let (mut con, reused) = pool.take(budget)?;
+                    match con.send_packed_command(job.packed) {
+                        Ok(()) => Ok((con, reused)),
+                        Err(e) if reused && closed(&e) => {
+                            pool.clear();
+                            // Nothing of a one-command request can have run.
+                            if !retry_allowed(false, kind(i).repeatable() || job.replies == 1) {
+                                return Err(e);
+                            }
+                            let mut con = pool.fresh(budget)?;
+                            con.send_packed_command(job.packed)?;
+                            Ok((con, false))
                         }
-                        let mut con = pool.fresh(budget)?;
-                        con.send_packed_command(job.packed)?;
-                        Ok((con, false))
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                }
-            });
+                });
             match sent {
                 Ok(con) => {
                     cons.push(Some(con));
@@ -744,13 +946,16 @@ impl MRedis {
                 }
                 Err(e) => {
                     cons.push(None);
-                    out.push(Err(self.named(job.server, e)));
+                    out.push(Err(match &pools[i] {
+                        Ok(pool) => crate::error::name_server_after(&pool.server, e, None, pool.response_timeout),
+                        Err(_) => e,
+                    }));
                 }
             }
         }
         for (i, ((job, slot), result)) in jobs.iter().zip(cons.iter_mut()).zip(out.iter_mut()).enumerate() {
             let Some((mut con, reused)) = slot.take() else { continue };
-            let Ok(pool) = self.pool(job.server) else { continue };
+            let Ok(pool) = &pools[i] else { continue };
             let block = kind(i).block;
             let wait = reply_wait(pool.response_timeout, block);
             // Shorten the socket's wait to what is left of the deadline,
@@ -791,17 +996,10 @@ impl MRedis {
                 }
             }
             match failed {
-                Some(e) => {
-                    *result = Err(crate::error::name_server_after(
-                        self.core.server(job.server),
-                        e,
-                        None,
-                        wait,
-                    ))
-                }
+                Some(e) => *result = Err(crate::error::name_server_after(&pool.server, e, None, wait)),
                 None => {
                     if !shortened || con.set_read_timeout(pool.response_timeout).is_ok() {
-                        pool.put(con);
+                        pool.put(con, epochs[i]);
                     }
                 }
             }
@@ -821,6 +1019,8 @@ struct JobKind<'a> {
     cmds: Option<&'a [Cmd]>,
     /// It blocks on the server this long (`ZERO`: until answered).
     block: Option<Duration>,
+    /// It goes to one of the shard's replicas.
+    replica: bool,
 }
 
 impl JobKind<'_> {

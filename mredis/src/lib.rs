@@ -124,10 +124,13 @@ mod pipeline;
 pub mod placement;
 pub mod pubsub;
 pub mod rebalance;
+mod replicas;
 mod routing;
 mod scan;
 mod script;
+mod sentinel;
 mod server;
+mod shard;
 mod spec;
 mod telemetry;
 
@@ -136,6 +139,7 @@ pub use config::Builder;
 pub use error::error_text;
 pub use fleet_config::{builder_from_toml, builder_from_twemproxy_yaml, server_from_twemproxy_line};
 pub use handle::Connection;
+pub use options::{Acks, ReadFrom};
 pub use per_server::{FanOutError, PerServer};
 pub use pipeline::{FleetPipeline, KeyPipeline};
 pub use placement::Mode;
@@ -143,6 +147,7 @@ pub use pubsub::{Event, Message, Subscriber};
 pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
 pub use server::{IntoServer, Server, redact_url};
+pub use shard::Failover;
 #[cfg(feature = "table-examples")]
 pub use spec::examples;
 pub use spec::{

@@ -61,6 +61,11 @@ pub(crate) struct Topology {
     pub(crate) max_arg_size: usize,
     /// Opt-in health checking (and ejection).
     pub(crate) health: Option<Arc<crate::health::Health>>,
+    /// Some server is a shard with replicas or Sentinel: requests go
+    /// through the drivers' shard path (read policy, WAIT, failover).
+    pub(crate) shards: bool,
+    /// Follows the Sentinel shards' failovers (none without such shards).
+    _watcher: Option<crate::sentinel::Watcher>,
 }
 
 impl Drop for Topology {
@@ -184,7 +189,17 @@ impl Topology {
                 Some(Migration { placement, map })
             }
         };
+        let watcher = crate::sentinel::start(
+            &servers,
+            crate::sentinel::Timeouts {
+                connect: options.connect_timeout,
+                response: options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
+            },
+        )?;
+        let shards = options.acks.is_some() || servers.iter().any(|s| s.shard().is_some());
         Ok(Arc::new(Topology {
+            shards,
+            _watcher: watcher,
             servers,
             placement,
             current,

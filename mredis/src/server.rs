@@ -7,6 +7,8 @@ use std::fmt;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
 
+use crate::shard::{Failover, Shard, Source, show_addr};
+
 /// One Redis server of the fleet.
 ///
 /// Its name is `host:port:db`, as in the original MRedis (`127.0.0.1:6379:0`);
@@ -23,6 +25,8 @@ pub struct Server {
     info: ConnectionInfo,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls_root_cert: Option<std::sync::Arc<Vec<u8>>>,
+    /// A primary with replicas, or a Sentinel-managed shard.
+    shard: Option<std::sync::Arc<Shard>>,
 }
 
 impl fmt::Debug for Server {
@@ -34,6 +38,7 @@ impl fmt::Debug for Server {
             .field("alias", &self.alias)
             .field("username", &self.info.redis_settings().username())
             .field("password", &self.info.redis_settings().password().map(|_| "<redacted>"))
+            .field("shard", &self.shard.as_ref().map(|s| s.describe()))
             .finish()
     }
 }
@@ -140,7 +145,210 @@ impl Server {
             alias: None,
             info,
             tls_root_cert: None,
+            shard: None,
         })
+    }
+
+    /// A shard managed by Sentinel: `master` is the name the sentinels
+    /// monitor it by (`sentinel monitor <master> ...`), `sentinels` their
+    /// URLs (`redis://[[user]:password@]host:port`, the sentinels' own
+    /// credentials; `rediss://` for TLS). The shard is placed by its master
+    /// name (its [`name`](Self::name) and [`alias`](Self::alias)), never by
+    /// its current address, so a failover moves no key.
+    ///
+    /// The data servers' credentials and database are set on the result:
+    /// [`with_password`](Self::with_password),
+    /// [`with_username`](Self::with_username), [`with_db`](Self::with_db).
+    /// The primary is asked of the sentinels when the client is built (and
+    /// again on every failover; see the crate docs, "Replicas and
+    /// Sentinel"); nothing is asked here.
+    pub fn sentinel<I>(master: &str, sentinels: I) -> RedisResult<Server>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        if master.is_empty() || master.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(config_error(format!(
+                "Sentinel master name `{}`: give the name the sentinels monitor, without spaces",
+                show_piece(master)
+            )));
+        }
+        let mut infos = Vec::new();
+        for (i, url) in sentinels.into_iter().enumerate() {
+            let url = url.as_ref();
+            let sentinel = Server::from_url(url).map_err(|e| {
+                config_error(format!(
+                    "shard `{master}`, sentinel {}: {}",
+                    i + 1,
+                    e.detail().unwrap_or("invalid")
+                ))
+            })?;
+            if sentinel.db != 0 {
+                return Err(config_error(format!(
+                    "shard `{master}`, sentinel {}: a sentinel has no database; give the data database with \
+                     Server::with_db",
+                    i + 1
+                )));
+            }
+            infos.push(sentinel.info);
+        }
+        if infos.is_empty() {
+            return Err(config_error(format!(
+                "shard `{master}`: no sentinel given; list at least one sentinel URL"
+            )));
+        }
+        let placeholder = ConnectionAddr::Tcp(master.to_string(), 0).into_connection_info()?;
+        Ok(Server {
+            name: master.to_string(),
+            host: master.to_string(),
+            port: 0,
+            db: 0,
+            tls: false,
+            weight: 1,
+            alias: Some(master.to_string()),
+            info: placeholder,
+            tls_root_cert: None,
+            shard: Some(std::sync::Arc::new(Shard::new(
+                Source::Sentinel {
+                    master: master.to_string(),
+                    sentinels: infos,
+                },
+                None,
+                Vec::new(),
+            ))),
+        })
+    }
+
+    /// This server as a shard's primary with fixed replicas (URLs; only
+    /// their addresses are used: the credentials and database are the
+    /// primary's). Read-only commands may then be sent to the replicas
+    /// ([`Builder::read_from`](crate::Builder::read_from)); everything else
+    /// goes to this server. A static primary is not failed over: use
+    /// [`Server::sentinel`] for that.
+    pub fn with_replicas<I>(mut self, replicas: I) -> RedisResult<Server>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        if self.shard.as_ref().is_some_and(|s| s.master().is_some()) {
+            return Err(config_error(format!(
+                "shard `{}`: a Sentinel shard's replicas are the ones Sentinel reports",
+                self.name
+            )));
+        }
+        let mut addrs = Vec::new();
+        for (i, url) in replicas.into_iter().enumerate() {
+            let replica = Server::from_url(url.as_ref()).map_err(|e| {
+                config_error(format!(
+                    "server {}, replica {}: {}",
+                    self.name,
+                    i + 1,
+                    e.detail().unwrap_or("invalid")
+                ))
+            })?;
+            if replica.name == self.name || addrs.contains(replica.info.addr()) {
+                return Err(config_error(format!(
+                    "server {}: replica {} is listed twice (or is the primary)",
+                    self.name, replica.name
+                )));
+            }
+            addrs.push(replica.info.addr().clone());
+        }
+        self.shard = Some(std::sync::Arc::new(Shard::new(
+            Source::Static,
+            Some(self.info.addr().clone()),
+            addrs,
+        )));
+        Ok(self)
+    }
+
+    /// Sets the user name sent with `AUTH` on every new connection.
+    pub fn with_username(mut self, username: impl AsRef<str>) -> Self {
+        let settings = self.info.redis_settings().clone().set_username(username);
+        self.info = self.info.set_redis_settings(settings);
+        self
+    }
+
+    /// Sets the database (`SELECT`) of every new connection; for a Sentinel
+    /// shard, the data servers' database.
+    pub fn with_db(mut self, db: i64) -> RedisResult<Self> {
+        if db < 0 {
+            return Err(config_error(format!(
+                "server `{}`: database {db} is negative",
+                self.name
+            )));
+        }
+        let settings = self.info.redis_settings().clone().set_db(db);
+        self.info = self.info.set_redis_settings(settings);
+        self.db = db;
+        if self.shard.as_ref().is_none_or(|s| s.master().is_none()) {
+            self.name = format!("{}:{}:{db}", self.host, self.port);
+        }
+        Ok(self)
+    }
+
+    /// The shard's current primary (`host:port`): the server's own address,
+    /// or, for a Sentinel shard, the one the sentinels last named (`None`
+    /// before any did).
+    pub fn primary_address(&self) -> Option<String> {
+        match &self.shard {
+            Some(shard) => shard.primary().as_ref().map(show_addr),
+            None => Some(show_addr(self.info.addr())),
+        }
+    }
+
+    /// The shard's replicas (`host:port`): as configured, or as Sentinel
+    /// last reported them; empty for a plain server.
+    pub fn replica_addresses(&self) -> Vec<String> {
+        self.shard
+            .as_ref()
+            .map(|s| s.replicas().iter().map(show_addr).collect())
+            .unwrap_or_default()
+    }
+
+    /// The shard's last failover the client followed, if any.
+    pub fn last_failover(&self) -> Option<Failover> {
+        self.shard.as_ref().and_then(|s| s.state().last_failover)
+    }
+
+    pub(crate) fn shard(&self) -> Option<&std::sync::Arc<Shard>> {
+        self.shard.as_ref()
+    }
+
+    /// The epoch of the shard's addresses (0 for a plain server): a
+    /// change means connections must be opened anew.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.shard.as_ref().map_or(0, |s| s.epoch())
+    }
+
+    /// A plain server for one of this shard's replicas (its address, the
+    /// shard's credentials and database), named `<shard> replica host:port`.
+    pub(crate) fn replica_node(&self, addr: &ConnectionAddr) -> Server {
+        let mut node = self.clone();
+        node.shard = None;
+        node.info = self.info.clone().set_addr(addr.clone());
+        node.name = format!("{} replica {}", self.name, show_addr(addr));
+        node
+    }
+
+    /// The connection info of the current primary.
+    fn current_info(&self) -> RedisResult<ConnectionInfo> {
+        let Some(shard) = &self.shard else {
+            return Ok(self.info.clone());
+        };
+        match shard.primary() {
+            Some(addr) => Ok(self.info.clone().set_addr(addr)),
+            None => Err(RedisError::from((
+                ErrorKind::Io,
+                "no primary known",
+                format!(
+                    "shard `{}`: no sentinel has named its primary yet{}",
+                    self.name,
+                    shard.state().problem.map(|p| format!(" ({p})")).unwrap_or_default()
+                ),
+            ))),
+        }
     }
 
     /// The server's name, `host:port:db`.
@@ -214,11 +422,11 @@ impl Server {
     /// (its database, and its credentials when it has a password).
     pub(crate) fn migrate_cmd(&self, timeout_ms: u64, replace: bool, keys: &[Vec<u8>]) -> redis::Cmd {
         let mut cmd = redis::cmd("MIGRATE");
-        cmd.arg(self.host())
-            .arg(self.port())
-            .arg("")
-            .arg(self.db())
-            .arg(timeout_ms);
+        let (host, port) = match self.shard.as_ref().and_then(|s| s.primary()) {
+            Some(ConnectionAddr::Tcp(h, p)) | Some(ConnectionAddr::TcpTls { host: h, port: p, .. }) => (h, p),
+            _ => (self.host.clone(), self.port),
+        };
+        cmd.arg(host).arg(port).arg("").arg(self.db()).arg(timeout_ms);
         if replace {
             cmd.arg("REPLACE");
         }
@@ -243,7 +451,7 @@ impl Server {
 
     /// A redis-rs client for this server, with its TLS roots if any.
     pub(crate) fn client(&self) -> RedisResult<redis::Client> {
-        self.client_of(self.info.clone())
+        self.client_of(self.current_info()?)
     }
 
     /// A client for this server whose connections skip redis-rs's setup
@@ -255,8 +463,7 @@ impl Server {
             return Ok(None);
         }
         let bare = self
-            .info
-            .clone()
+            .current_info()?
             .set_redis_settings(redis::RedisConnectionInfo::default().set_skip_set_lib_name());
         self.client_of(bare).map(Some)
     }

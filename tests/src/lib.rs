@@ -475,6 +475,61 @@ impl RedisServer {
     pub fn pid(&self) -> Option<u32> {
         self.child().as_ref().map(|c| c.id())
     }
+
+    /// Freezes the process (SIGSTOP) and waits until the kernel reports it
+    /// stopped: it keeps its port and connections but answers nothing, as
+    /// a hung server would. [`RedisServer::sigcont`] resumes it; a stopped
+    /// server is still killed by [`RedisServer::stop`] and on drop.
+    ///
+    /// Panics if it is not running. (For a crash, [`RedisServer::stop`]
+    /// already sends SIGKILL.)
+    pub fn sigstop(&self) {
+        self.signal("STOP", true);
+    }
+
+    /// Resumes a process frozen by [`RedisServer::sigstop`] (SIGCONT) and
+    /// waits until the kernel reports it running again.
+    ///
+    /// Panics if it is not running.
+    pub fn sigcont(&self) {
+        self.signal("CONT", false);
+    }
+
+    /// Sends `SIG<name>` with `kill`, then waits until `/proc` shows the
+    /// process stopped (or no longer stopped), where `/proc` can tell.
+    fn signal(&self, name: &str, stopped: bool) {
+        let Some(pid) = self.pid() else {
+            panic!("SIG{name}: redis-server on {} is not running", self.addr());
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill -{name} {pid}: {e}"));
+        assert!(
+            status.success(),
+            "kill -{name} {pid} (redis-server on {}): {status}",
+            self.addr()
+        );
+        wait_until(
+            &format!(
+                "redis-server on {} (pid {pid}) to be {}",
+                self.addr(),
+                if stopped { "stopped" } else { "resumed" }
+            ),
+            START_TIMEOUT,
+            || process_stopped(pid).is_none_or(|s| s == stopped),
+        );
+    }
+}
+
+/// Whether process `pid` is stopped (state `T`, by a signal); `None` where
+/// `/proc` cannot tell.
+fn process_stopped(pid: u32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) STATE ...`: comm may hold spaces and parentheses.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some(state == "T")
 }
 
 impl Default for RedisServer {
@@ -672,4 +727,474 @@ pub fn urls(servers: &[RedisServer]) -> Vec<String> {
 /// tests check mredis's placement against an independent value.
 pub fn original_index(key: &[u8], n: usize) -> usize {
     ((crc32fast::hash(key) >> 16) & 0x7fff) as usize % n
+}
+
+/// Polls `cond` until it holds or `within` has passed; whether it held.
+/// Like [`wait_until`], for callers that panic with more context.
+fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while !cond() {
+        if started.elapsed() >= within {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+    true
+}
+
+/// How long the harness waits for one reply from a server or sentinel.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`SentinelFleet::start`] waits for replication and for the
+/// sentinels to know each other (hello messages go out every 2 s).
+const FLEET_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many sentinels a [`SentinelFleet`] has.
+const SENTINELS: usize = 3;
+
+/// A connection to `127.0.0.1:port`, db 0, authenticated with `password`
+/// if any, whose connect and every reply time out after [`REPLY_TIMEOUT`]
+/// (a frozen server must not hang the harness).
+fn connect(port: u16, password: Option<&str>) -> redis::RedisResult<redis::Connection> {
+    use redis::IntoConnectionInfo;
+    let mut info = format!("redis://127.0.0.1:{port}").into_connection_info()?;
+    if let Some(password) = password {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    let conn = redis::Client::open(info)?.get_connection_with_timeout(REPLY_TIMEOUT)?;
+    conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// Starts `n` things in parallel, in that order. If one start panics, the
+/// others are dropped and the first panic goes on.
+fn start_all<T: Send>(n: usize, start: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let start = &start;
+    let started: Vec<std::thread::Result<T>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n).map(|i| scope.spawn(move || start(i))).collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut ok = Vec::with_capacity(n);
+    let mut failure = None;
+    for result in started {
+        match result {
+            Ok(item) => ok.push(item),
+            Err(panic) => failure = failure.or(Some(panic)),
+        }
+    }
+    if let Some(panic) = failure {
+        drop(ok);
+        std::panic::resume_unwind(panic);
+    }
+    ok
+}
+
+/// A Redis Sentinel: `<server binary> <conf> --sentinel` (the binary of
+/// [`server_binary`], so Valkey's with `MREDIS_TEST_SERVER`) on a free
+/// loopback port, with its own temporary directory holding its config file
+/// (which Sentinel rewrites) and its log. Killed, and its directory
+/// removed, on drop.
+pub struct Sentinel {
+    port: u16,
+    dir: TempDir,
+    child: Child,
+}
+
+impl std::fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentinel")
+            .field("port", &self.port)
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sentinel {
+    /// Starts a sentinel whose config is `port P`, `bind 127.0.0.1`,
+    /// `dir <own dir>`, then `monitors` verbatim (`sentinel monitor ...`
+    /// lines). Waits until it answers `PING`; retries on another port if
+    /// the port got taken; panics with its log and config otherwise.
+    fn start(monitors: &str) -> Sentinel {
+        let Some(binary) = redis_server_binary() else {
+            panic!("redis-server not found on PATH: install it (apt-get install redis-server)");
+        };
+        let dir = TempDir::new("sentinel");
+        let conf = dir.path().join("sentinel.conf");
+        let log = dir.path().join("sentinel.log");
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n{monitors}",
+                config_string(&dir.path().to_string_lossy())
+            );
+            std::fs::write(&conf, &text).unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
+            let (stdout, stderr) = output_to(&log);
+            let mut child = Command::new(binary)
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {} --sentinel: {e}", binary.display()));
+            match wait_ready("sentinel", &mut child, port, &[&log]) {
+                Ok(()) => return Sentinel { port, dir, child },
+                Err(StartError::PortTaken(message)) => last = message,
+                Err(StartError::Fatal(message)) => {
+                    panic!("could not start sentinel: {message}--- config ---\n{text}")
+                }
+            }
+        }
+        panic!("could not start sentinel: {PORT_ATTEMPTS} ports were taken; last: {last}");
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// What the sentinel printed (its log, with its `+sdown`, `+odown`,
+    /// `+switch-master` ... events).
+    pub fn log(&self) -> String {
+        read_log(&self.dir.path().join("sentinel.log"))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A connection to the sentinel (for `SENTINEL ...` commands), whose
+    /// replies time out after 2 s.
+    pub fn conn(&self) -> redis::Connection {
+        connect(self.port, None)
+            .unwrap_or_else(|e| panic!("cannot connect to sentinel on 127.0.0.1:{}: {e}", self.port))
+    }
+
+    /// `SENTINEL get-master-addr-by-name <name>`: the port of the master it
+    /// knows by that name; `None` if it does not answer or know it.
+    fn master_port(&self, name: &str) -> Option<u16> {
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(name)
+            .query(&mut connect(self.port, None).ok()?)
+            .ok()?;
+        addr.map(|(_, port)| port)
+    }
+
+    /// Whether it knows master `name` as up, with `replica_port` as a
+    /// healthy replica (its INFO seen, link to the master ok) and the
+    /// other `others` sentinels: all a failover of `name` needs.
+    fn ready_for_failover(&self, name: &str, replica_port: u16, others: usize) -> bool {
+        let Ok(mut conn) = connect(self.port, None) else {
+            return false;
+        };
+        let Ok(master) = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(name)
+            .query::<Vec<String>>(&mut conn)
+        else {
+            return false;
+        };
+        let field = |fields: &[String], key: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0] == key)
+                .and_then(|kv| kv.get(1).cloned())
+                .unwrap_or_default()
+        };
+        let replicas_known = field(&master, "num-slaves").parse::<usize>().is_ok_and(|n| n >= 1);
+        let sentinels_known = field(&master, "num-other-sentinels").parse::<usize>() == Ok(others);
+        if field(&master, "flags") != "master" || !replicas_known || !sentinels_known {
+            return false;
+        }
+        let Ok(replicas) = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(name)
+            .query::<Vec<Vec<String>>>(&mut conn)
+        else {
+            return false;
+        };
+        replicas.iter().any(|r| {
+            field(r, "port") == replica_port.to_string()
+                && field(r, "flags") == "slave"
+                && field(r, "master-link-status") == "ok"
+        })
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// `s` as a double-quoted Redis config string.
+fn config_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// One shard of a [`SentinelFleet`]: a primary and its replica, started
+/// with `--replicaof 127.0.0.1 <primary port>`. After a failover the roles
+/// are swapped on the servers, not in these field names: ask the fleet
+/// ([`SentinelFleet::master_port`]) who is master now.
+#[derive(Debug)]
+pub struct SentinelShard {
+    /// The name the sentinels monitor it by: `shard-0`, `shard-1`, ...
+    pub name: String,
+    /// The server that was master at the start.
+    pub primary: RedisServer,
+    /// The server that was its replica at the start.
+    pub replica: RedisServer,
+}
+
+/// N shards, each a primary and one replica (`--replicaof`), watched by 3
+/// sentinels, all real processes on loopback, killed on drop.
+///
+/// Each sentinel monitors every shard with quorum 2,
+/// `down-after-milliseconds 1000`, `failover-timeout 5000` and
+/// `parallel-syncs 1`, so a primary that is killed or frozen is replaced
+/// by its replica within a few seconds.
+///
+/// ```no_run
+/// let mut fleet = mredis_tests::SentinelFleet::start(2);
+/// let old = fleet.master_port(1);
+/// fleet.shards[1].primary.stop();
+/// let new = fleet.wait_for_new_master(1, old, std::time::Duration::from_secs(15));
+/// assert_eq!(new, fleet.shards[1].replica.port());
+/// ```
+#[derive(Debug)]
+pub struct SentinelFleet {
+    /// The shards, in order: `shards[i].name` is `shard-i`.
+    pub shards: Vec<SentinelShard>,
+    /// The 3 sentinels.
+    pub sentinels: Vec<Sentinel>,
+    /// The data servers' `--requirepass`, if any.
+    password: Option<String>,
+}
+
+impl SentinelFleet {
+    /// Starts `shards` shards and 3 sentinels with the default settings;
+    /// see [`SentinelFleet::start_with`].
+    pub fn start(shards: usize) -> SentinelFleet {
+        SentinelFleet::start_with(shards, &[])
+    }
+
+    /// Starts `shards` primaries and one replica of each, with
+    /// `--repl-diskless-sync-delay 0` (a full sync starts at once) and then
+    /// `extra` on every data server (as [`RedisServer::with_args`]), then 3
+    /// sentinels monitoring them all.
+    ///
+    /// With `--requirepass X` in `extra`, the data servers also get
+    /// `--masterauth X` (unless `extra` has one), so replicas sync, and
+    /// the old primary can follow the new one after a failover, and the
+    /// sentinels get `sentinel auth-pass shard-i X`.
+    ///
+    /// Returns once every replica reports `master_link_status:up` and every
+    /// sentinel knows, for every shard, the master as up, its replica as
+    /// healthy and the 2 other sentinels; panics (with the sentinels' logs)
+    /// if that does not happen within 30 s.
+    pub fn start_with(shards: usize, extra: &[&str]) -> SentinelFleet {
+        let password = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_string());
+        // A primary waits 5 s (by default) for more replicas before a
+        // diskless full sync; here there is only ever one.
+        let mut data: Vec<&str> = vec!["--repl-diskless-sync-delay", "0"];
+        data.extend(extra);
+        if let Some(password) = &password
+            && !extra.contains(&"--masterauth")
+        {
+            data.extend(["--masterauth", password]);
+        }
+        let primaries = start_all(shards, |_| RedisServer::with_args(&data));
+        let ports: Vec<String> = primaries.iter().map(|p| p.port().to_string()).collect();
+        let replicas = start_all(shards, |i| {
+            let mut args = data.clone();
+            args.extend(["--replicaof", "127.0.0.1", &ports[i]]);
+            RedisServer::with_args(&args)
+        });
+        let mut fleet = SentinelFleet {
+            shards: primaries
+                .into_iter()
+                .zip(replicas)
+                .enumerate()
+                .map(|(i, (primary, replica))| SentinelShard {
+                    name: format!("shard-{i}"),
+                    primary,
+                    replica,
+                })
+                .collect(),
+            sentinels: Vec::new(),
+            password,
+        };
+        for shard in &fleet.shards {
+            let port = shard.replica.port();
+            let linked = poll_until(FLEET_TIMEOUT, || {
+                fleet
+                    .replication_info(port)
+                    .is_some_and(|info| info.contains("master_link_status:up"))
+            });
+            assert!(
+                linked,
+                "replica 127.0.0.1:{port} of {} did not sync within {FLEET_TIMEOUT:?}; its log:\n{}",
+                shard.name,
+                shard.replica.log()
+            );
+        }
+        // Only now: a sentinel learns a master's replicas from its INFO,
+        // which it asks for again only every 10 s.
+        let monitors = fleet.sentinel_config();
+        fleet.sentinels = start_all(SENTINELS, |_| Sentinel::start(&monitors));
+        for sentinel in &fleet.sentinels {
+            for shard in &fleet.shards {
+                let ready = poll_until(FLEET_TIMEOUT, || {
+                    sentinel.ready_for_failover(&shard.name, shard.replica.port(), SENTINELS - 1)
+                });
+                assert!(
+                    ready,
+                    "sentinel 127.0.0.1:{} did not see {} (its replica, the other sentinels) within {FLEET_TIMEOUT:?}\n{}",
+                    sentinel.port(),
+                    shard.name,
+                    fleet.sentinel_logs()
+                );
+            }
+        }
+        fleet
+    }
+
+    /// The `sentinel ...` lines of every shard, for each sentinel's config.
+    fn sentinel_config(&self) -> String {
+        let mut text = String::new();
+        for shard in &self.shards {
+            let name = &shard.name;
+            text.push_str(&format!(
+                "sentinel monitor {name} 127.0.0.1 {} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                shard.primary.port()
+            ));
+            if let Some(password) = &self.password {
+                text.push_str(&format!("sentinel auth-pass {name} {}\n", config_string(password)));
+            }
+        }
+        text
+    }
+
+    /// The sentinels' URLs, `redis://127.0.0.1:PORT`, in order.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(Sentinel::url).collect()
+    }
+
+    /// The data servers' password (`--requirepass`), if any.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The shard's master port according to the sentinels right now
+    /// (`SENTINEL get-master-addr-by-name shard-i`): the answer of a
+    /// majority of them if there is one, else the first answer.
+    ///
+    /// Panics (with their logs) if no sentinel answers.
+    pub fn master_port(&self, shard: usize) -> u16 {
+        let answers = self.master_answers(shard);
+        let answered: Vec<u16> = answers.iter().flatten().copied().collect();
+        let majority = answered
+            .iter()
+            .copied()
+            .find(|&p| answered.iter().filter(|&&q| q == p).count() * 2 > self.sentinels.len());
+        majority.or(answered.first().copied()).unwrap_or_else(|| {
+            panic!(
+                "no sentinel knows the master of {}\n{}",
+                self.shards[shard].name,
+                self.sentinel_logs()
+            )
+        })
+    }
+
+    /// Each sentinel's answer for the shard's master port, in order.
+    fn master_answers(&self, shard: usize) -> Vec<Option<u16>> {
+        let name = &self.shards[shard].name;
+        self.sentinels.iter().map(|s| s.master_port(name)).collect()
+    }
+
+    /// Waits until the sentinels have failed the shard over away from
+    /// `old_port`: a majority of them answer, every one that answers names
+    /// the same new master, and the server there reports `role:master`.
+    /// Returns the new master's port.
+    ///
+    /// Panics, with what each sentinel says and their logs, if that does
+    /// not happen within `within`.
+    pub fn wait_for_new_master(&self, shard: usize, old_port: u16, within: Duration) -> u16 {
+        let started = Instant::now();
+        loop {
+            let answers = self.master_answers(shard);
+            let answered: Vec<u16> = answers.iter().flatten().copied().collect();
+            if let Some(&new) = answered.first()
+                && new != old_port
+                && answered.len() * 2 > self.sentinels.len()
+                && answered.iter().all(|&p| p == new)
+                && self.replication_info(new).is_some_and(|i| i.contains("role:master"))
+            {
+                return new;
+            }
+            if started.elapsed() >= within {
+                panic!(
+                    "no failover of {} away from 127.0.0.1:{old_port} within {within:?}; the sentinels say {answers:?}\n{}",
+                    self.shards[shard].name,
+                    self.sentinel_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The data server (a primary or a replica) on `port`.
+    ///
+    /// Panics if no server of the fleet has that port.
+    pub fn server_on_port(&self, port: u16) -> &RedisServer {
+        self.shards
+            .iter()
+            .flat_map(|s| [&s.primary, &s.replica])
+            .find(|s| s.port() == port)
+            .unwrap_or_else(|| panic!("no server of the fleet is on port {port}"))
+    }
+
+    /// A connection to the data server on `port`, authenticated with the
+    /// fleet's password if any, whose replies time out after 2 s.
+    pub fn conn(&self, port: u16) -> redis::Connection {
+        connect(port, self.password())
+            .unwrap_or_else(|e| panic!("cannot connect to redis-server on 127.0.0.1:{port}: {e}"))
+    }
+
+    /// `INFO replication` of the data server on `port` (`role:...`,
+    /// `master_port:...`, `master_link_status:...`); `None` if it does not
+    /// answer within 2 s.
+    pub fn replication_info(&self, port: u16) -> Option<String> {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut connect(port, self.password()).ok()?)
+            .ok()
+    }
+
+    /// Every sentinel's log, each under its port.
+    pub fn sentinel_logs(&self) -> String {
+        let mut text = String::new();
+        for s in &self.sentinels {
+            text.push_str(&format!(
+                "--- sentinel 127.0.0.1:{} ---\n{}\n",
+                s.port(),
+                s.log().trim_end()
+            ));
+        }
+        text
+    }
 }

@@ -11,17 +11,20 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first, and their modules.
 const LAYERS: &[(&str, &[&str])] = &[
     // URLs, names, redaction.
-    ("server", &["server"]),
+    ("server", &["server", "shard"]),
     // Error texts and kinds; every layer above makes errors.
     ("errors", &["error"]),
     ("placement", &["placement"]),
     // The command table as data.
     ("table", &["spec"]),
-    ("options and health checking", &["options", "health"]),
+    ("options and health checking", &["options", "health", "sentinel"]),
     // Topology (servers + placement), Route.
     ("route", &["routing"]),
     // Sans-I/O step machines, per-server results, tracing spans.
-    ("exec machines", &["exec", "migration", "per_server", "telemetry"]),
+    (
+        "exec machines",
+        &["exec", "migration", "per_server", "replicas", "telemetry"],
+    ),
     (
         "clients",
         &["client", "aio", "pipeline", "handle", "scan", "script", "pubsub"],

@@ -293,6 +293,10 @@ impl Connection {
     /// arguments (a big value is not copied twice). Anything else (None)
     /// takes the general path, which also gives every error.
     fn as_sent(&self, bytes: &[u8]) -> Option<RedisResult<Value>> {
+        if self.mr.core().shards {
+            // Read policies, WAIT and failovers are the driver's.
+            return None;
+        }
         let args = parse_args(bytes)?;
         let name = std::str::from_utf8(args.first()?).ok()?.to_ascii_uppercase();
         if matches!(

@@ -1,0 +1,237 @@
+//! Following Sentinel: one background thread per client configuration with
+//! Sentinel shards asks the sentinels for each shard's primary and
+//! replicas, listens for `+switch-master` on one sentinel at a time, and
+//! asks again at once when a request suspects a failover (a refused
+//! connection, `-READONLY`, `-LOADING`, a timeout), and every
+//! [`REFRESH`] in any case. What it learns goes into the shards' shared
+//! state ([`crate::shard`]); the clients' pools compare epochs and open
+//! connections to the new primary.
+//!
+//! Every exchange with a sentinel or a data server here has a deadline
+//! (the client's connect and response timeouts): a SIGSTOPped sentinel
+//! costs one timeout, then the next sentinel is asked. (redis-rs's own
+//! `sentinel` module opens its sentinel connections without timeouts,
+//! which is why this is written here.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionAddr, ConnectionInfo, RedisResult, Value};
+
+use crate::server::Server;
+use crate::shard::{Shard, show_addr};
+
+/// How often every shard is asked again even without news.
+pub(crate) const REFRESH: Duration = Duration::from_secs(2);
+
+/// How often the watcher looks for suspicions between messages.
+const TICK: Duration = Duration::from_millis(25);
+
+/// The watcher of one client configuration; stops when dropped.
+#[derive(Debug)]
+pub(crate) struct Watcher {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Timeouts of the watcher's exchanges.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) response: Duration,
+}
+
+/// Starts the watcher for the Sentinel shards among `servers` (none: no
+/// thread) after asking each once, so a client built while the sentinels
+/// answer knows its primaries before its first command.
+pub(crate) fn start(servers: &[Server], timeouts: Timeouts) -> RedisResult<Option<Watcher>> {
+    let shards: Vec<Server> = servers
+        .iter()
+        .filter(|s| s.shard().is_some_and(|sh| sh.master().is_some()))
+        .cloned()
+        .collect();
+    if shards.is_empty() {
+        return Ok(None);
+    }
+    for s in &shards {
+        refresh(s, timeouts);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("mredis-sentinel".to_string())
+        .spawn(move || run(&shards, timeouts, &flag))
+        .map_err(|e| crate::error::client_error(format!("cannot start the Sentinel watching thread: {e}")))?;
+    Ok(Some(Watcher { stop }))
+}
+
+fn run(shards: &[Server], timeouts: Timeouts, stop: &AtomicBool) {
+    // The sentinels of all shards, each once (by address).
+    let mut sentinels: Vec<ConnectionInfo> = Vec::new();
+    for s in shards {
+        if let Some(crate::shard::Source::Sentinel { sentinels: list, .. }) = s.shard().map(|sh| &sh.source) {
+            for info in list {
+                if !sentinels.iter().any(|x| x.addr() == info.addr()) {
+                    sentinels.push(info.clone());
+                }
+            }
+        }
+    }
+    let mut next = 0;
+    let mut last_refresh = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Listen on one sentinel until it fails; then the next.
+        let info = sentinels[next % sentinels.len()].clone();
+        next += 1;
+        let listened = listen(&info, shards, timeouts, stop, &mut last_refresh);
+        if listened.is_err() {
+            // Still follow suspicions and refreshes while no sentinel can
+            // be listened to.
+            let until = Instant::now() + TICK * 4;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                housekeeping(shards, timeouts, &mut last_refresh);
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+/// Subscribes to `+switch-master` on one sentinel and follows it.
+fn listen(
+    info: &ConnectionInfo,
+    shards: &[Server],
+    timeouts: Timeouts,
+    stop: &AtomicBool,
+    last_refresh: &mut Instant,
+) -> RedisResult<()> {
+    let client = redis::Client::open(info.clone())?;
+    let mut con = client.get_connection_with_timeout(timeouts.connect)?;
+    con.set_write_timeout(Some(timeouts.response))?;
+    con.set_read_timeout(Some(TICK))?;
+    let mut pubsub = con.as_pubsub();
+    pubsub.subscribe("+switch-master")?;
+    while !stop.load(Ordering::Relaxed) {
+        match pubsub.get_message() {
+            Ok(msg) => {
+                let text: String = msg.get_payload().unwrap_or_default();
+                // "<master> <old-ip> <old-port> <new-ip> <new-port>"
+                let master = text.split(' ').next().unwrap_or_default();
+                for s in shards
+                    .iter()
+                    .filter(|s| s.shard().and_then(|sh| sh.master()) == Some(master))
+                {
+                    refresh(s, timeouts);
+                }
+            }
+            Err(e) if e.is_timeout() => {}
+            Err(e) => return Err(e),
+        }
+        housekeeping(shards, timeouts, last_refresh);
+    }
+    Ok(())
+}
+
+/// Asks for the shards a request suspected, and for all every [`REFRESH`].
+fn housekeeping(shards: &[Server], timeouts: Timeouts, last_refresh: &mut Instant) {
+    let all = last_refresh.elapsed() >= REFRESH;
+    if all {
+        *last_refresh = Instant::now();
+    }
+    for s in shards {
+        let suspected = s.shard().is_some_and(|sh| sh.take_suspicion());
+        if all || suspected {
+            refresh(s, timeouts);
+        }
+    }
+}
+
+/// Asks the sentinels for one shard's primary and replicas and records
+/// the answer (or why there is none).
+pub(crate) fn refresh(server: &Server, timeouts: Timeouts) {
+    let Some(shard) = server.shard() else { return };
+    match ask(server, shard, timeouts) {
+        Ok((primary, replicas)) => {
+            shard.update(primary, replicas);
+        }
+        Err(why) => shard.problem(why),
+    }
+}
+
+/// The first valid answer of the sentinels, in their order: a primary
+/// that a sentinel names, that it does not flag down, and that says it is
+/// a master (`ROLE`); and the replicas it reports up and linked.
+fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(ConnectionAddr, Vec<ConnectionAddr>), String> {
+    let crate::shard::Source::Sentinel { master, sentinels } = &shard.source else {
+        return Err("not a Sentinel shard".to_string());
+    };
+    let mut problems = Vec::new();
+    for info in sentinels {
+        let who = show_addr(info.addr());
+        let answer = (|| -> RedisResult<Result<(ConnectionAddr, Vec<ConnectionAddr>), String>> {
+            let mut con = connect(info, timeouts)?;
+            let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master)
+                .query(&mut con)?;
+            let Some((host, port)) = named else {
+                return Ok(Err(format!("sentinel {who} does not know master `{master}`")));
+            };
+            let replicas: Vec<std::collections::HashMap<String, String>> =
+                redis::cmd("SENTINEL").arg("REPLICAS").arg(master).query(&mut con)?;
+            let primary = ConnectionAddr::Tcp(host, port);
+            // The named primary must say it is one (it may be a demoted
+            // old primary the sentinel has not caught up with).
+            let node = server.replica_node(&primary);
+            let mut data = connect(&data_info(&node), timeouts)?;
+            let role: Value = redis::cmd("ROLE").query(&mut data)?;
+            let is_master = matches!(&role, Value::Array(items)
+                if matches!(items.first(), Some(Value::BulkString(b)) if b.as_slice() == b"master"));
+            if !is_master {
+                return Ok(Err(format!(
+                    "sentinel {who} names {} as `{master}`'s primary, but it is not a master",
+                    show_addr(&primary)
+                )));
+            }
+            let replicas = replicas
+                .iter()
+                .filter(|r| {
+                    let flags = r.get("flags").map(String::as_str).unwrap_or("");
+                    !flags.contains("s_down")
+                        && !flags.contains("o_down")
+                        && !flags.contains("disconnected")
+                        && r.get("master-link-status").map(String::as_str) == Some("ok")
+                })
+                .filter_map(|r| {
+                    let port = r.get("port")?.parse().ok()?;
+                    Some(ConnectionAddr::Tcp(r.get("ip")?.clone(), port))
+                })
+                .collect();
+            Ok(Ok((primary, replicas)))
+        })();
+        match answer {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(why)) => problems.push(why),
+            Err(e) => problems.push(format!("sentinel {who}: {}", crate::error::error_text(&e))),
+        }
+    }
+    Err(problems.join("; "))
+}
+
+/// The connection info of a data node (its credentials are the shard's).
+fn data_info(node: &Server) -> ConnectionInfo {
+    node.connection_info()
+}
+
+/// A connection with deadlines on connect, reads and writes.
+fn connect(info: &ConnectionInfo, timeouts: Timeouts) -> RedisResult<redis::Connection> {
+    let con = redis::Client::open(info.clone())?.get_connection_with_timeout(timeouts.connect)?;
+    con.set_read_timeout(Some(timeouts.response))?;
+    con.set_write_timeout(Some(timeouts.response))?;
+    Ok(con)
+}
