@@ -68,7 +68,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, Mul
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{FanOut, Machine, Routed, Step, closed, fan_out_result, read_only};
+use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
+use crate::replicas::ShardPlan;
 pub use crate::handle::AsyncConnection as Connection;
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
@@ -94,7 +95,12 @@ use crate::telemetry::Span;
 #[derive(Clone)]
 pub struct MRedis {
     core: Arc<Topology>,
-    connections: Arc<Vec<ConnectionManager>>,
+    connections: Arc<Vec<Shared>>,
+    /// Per server, its shard's replicas' shared connections.
+    replicas: Arc<Vec<AsyncReplicas>>,
+    options: Arc<Options>,
+    /// Where read-only commands go ([`MRedis::reading_from`]).
+    read_from: crate::options::ReadFrom,
     /// Per server, the dedicated connections of blocking commands.
     blocking: Arc<Vec<BlockingPool>>,
     response_timeout: Option<std::time::Duration>,
@@ -139,30 +145,47 @@ impl MRedis {
         let mut connections = Vec::with_capacity(core.servers.len());
         let mut blocking = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
-            let client = server.client().map_err(|e| name_server(server, e))?;
             blocking.push(BlockingPool {
-                client: client.clone(),
+                server: server.clone(),
+                client: Default::default(),
                 idle: Default::default(),
                 max_idle: options.pool_size as usize,
                 connect_timeout: options.connect_timeout,
             });
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(options.connect_timeout))
-                .set_response_timeout(options.response_timeout)
-                .set_number_of_retries(options.retries);
-            let manager =
-                ConnectionManager::new_lazy_with_config(client, config).map_err(|e| name_server(server, e))?;
-            connections.push(manager);
+            // A Sentinel shard's primary may not be known yet: its manager
+            // is made on first use (and again after each failover).
+            let fixed = match server.shard() {
+                Some(_) => None,
+                None => Some(manager(server, &options).map_err(|e| name_server(server, e))?),
+            };
+            connections.push(Shared {
+                fixed,
+                current: Default::default(),
+            });
         }
+        let replicas = core.servers.iter().map(|_| AsyncReplicas::default()).collect();
         Ok(MRedis {
             core,
             connections: Arc::new(connections),
+            replicas: Arc::new(replicas),
+            read_from: options.read_from,
             blocking: Arc::new(blocking),
             response_timeout: options.response_timeout,
             book: Arc::default(),
             last_used: Arc::new((0..core_len).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
             born: std::time::Instant::now(),
+            options: Arc::new(options),
         })
+    }
+
+    /// This client with another read policy, for the calls made through
+    /// it (cheap: it shares everything else with `self`). Read-only
+    /// commands only; see [`ReadFrom`](crate::ReadFrom).
+    pub fn reading_from(&self, policy: crate::ReadFrom) -> MRedis {
+        MRedis {
+            read_from: policy,
+            ..self.clone()
+        }
     }
 
     /// The servers of the current configuration, in configuration order.
@@ -237,10 +260,79 @@ impl MRedis {
     }
 
     pub(crate) fn connection(&self, index: usize) -> RedisResult<ConnectionManager> {
-        self.connections
+        let shared = self
+            .connections
             .get(index)
-            .cloned()
-            .ok_or_else(|| client_error(format!("no server {index}")))
+            .ok_or_else(|| client_error(format!("no server {index}")))?;
+        if let Some(m) = &shared.fixed {
+            return Ok(m.clone());
+        }
+        // A shard's: the manager for its current primary (made anew when
+        // the address epoch changed).
+        let server = self.core.server(index);
+        let epoch = server.epoch();
+        {
+            let current = shared.current.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((e, m)) = current.as_ref()
+                && *e == epoch
+            {
+                return Ok(m.clone());
+            }
+        }
+        let made = manager(server, &self.options).map_err(|e| name_server(server, e))?;
+        *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some((epoch, made.clone()));
+        Ok(made)
+    }
+
+    /// Server `index`'s shared connection, or (`replica`) one of its
+    /// shard's replicas', in turn (the rules of the sync client's
+    /// `pool_for`); with the server it goes to.
+    fn connection_for(&self, index: usize, replica: bool) -> RedisResult<(ConnectionManager, Option<Server>)> {
+        if !replica {
+            return self.connection(index).map(|c| (c, None));
+        }
+        let server = self.core.server(index);
+        let set = self
+            .replicas
+            .get(index)
+            .ok_or_else(|| client_error(format!("no server {index}")))?;
+        let epoch = server.epoch();
+        let built = {
+            let b = set.managers.read().unwrap_or_else(|p| p.into_inner());
+            (b.0 == epoch + 1).then(|| b.1.clone())
+        };
+        let managers = match built {
+            Some(m) => m,
+            None => {
+                let mut b = set.managers.write().unwrap_or_else(|p| p.into_inner());
+                let old = b.1.clone();
+                let mut fresh = Vec::new();
+                for addr in server.shard().map(|s| s.replicas()).unwrap_or_default() {
+                    let node = server.replica_node(&addr);
+                    match old.iter().find(|(n, _)| n.name() == node.name()) {
+                        Some(x) => fresh.push(x.clone()),
+                        None => {
+                            let m = manager(&node, &self.options).map_err(|e| name_server(&node, e))?;
+                            fresh.push((node, m));
+                        }
+                    }
+                }
+                *b = (epoch + 1, Arc::new(fresh));
+                b.1.clone()
+            }
+        };
+        if managers.is_empty() {
+            return match self.read_from {
+                crate::ReadFrom::ReplicaOnly => Err(client_error(format!(
+                    "shard `{}` has no replica up (read policy: replica only)",
+                    server.name()
+                ))),
+                _ => self.connection(index).map(|c| (c, None)),
+            };
+        }
+        let j = set.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % managers.len();
+        let (node, m) = &managers[j];
+        Ok((m.clone(), Some(node.clone())))
     }
 
     pub(crate) async fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
@@ -292,16 +384,57 @@ impl MRedis {
         loop {
             let replies = match step {
                 Step::Done(result) => return result,
+                Step::Send(requests) if self.core.shards => self.send_to_shards(&requests).await,
                 Step::Send(requests) => {
-                    join_all(requests.iter().map(|r| self.request_on(r.server, &r.cmds, r.block))).await
+                    join_all(requests.iter().map(|r| self.request_on(r.server, &r.cmds, r.block, false))).await
                 }
             };
             step = machine.next(replies);
         }
     }
 
-    /// One request's replies, error replies kept as values.
-    async fn request_on(&self, index: usize, cmds: &[Cmd], block: Option<Duration>) -> RedisResult<Vec<Value>> {
+    /// The sync client's `send_to_shards`, awaited: the same
+    /// [`ShardPlan`] decides, this only sends and waits.
+    async fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
+        let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
+        let mut replies = join_all(
+            plan.requests
+                .iter()
+                .zip(&plan.to_replica)
+                .map(|(r, &to_replica)| self.request_on(r.server, &r.cmds, r.block, to_replica)),
+        )
+        .await;
+        for i in 0..plan.requests.len() {
+            let again = plan.after(i, &mut replies[i]);
+            if let Some((to_replica, wait)) = again {
+                let r = &plan.requests[i];
+                let server = self.core.server(r.server);
+                let changed = match (wait, server.shard()) {
+                    (Some((since, within)), Some(shard)) => shard.wait_change_async(since, within).await,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                let retry = if changed {
+                    Some(self.request_on(r.server, &r.cmds, r.block, to_replica).await)
+                } else {
+                    None
+                };
+                plan.settle(i, &mut replies[i], retry);
+            }
+            plan.finish(i, &mut replies[i]);
+        }
+        replies
+    }
+
+    /// One request's replies, error replies kept as values; `to_replica`:
+    /// on one of the shard's replicas.
+    async fn request_on(
+        &self,
+        index: usize,
+        cmds: &[Cmd],
+        block: Option<Duration>,
+        to_replica: bool,
+    ) -> RedisResult<Vec<Value>> {
         let span = Span::server(&self.core, index);
         if let (Some(block), [cmd]) = (block, cmds) {
             return span
@@ -309,7 +442,7 @@ impl MRedis {
                 .await
                 .map(|v| vec![v]);
         }
-        let mut con = self.connection(index)?;
+        let (mut con, node) = self.connection_for(index, to_replica)?;
         if self.idle_a_second(index) && !cmds.iter().all(read_only) {
             // Its failure makes redis-rs's manager reconnect; the write then
             // goes on the new connection.
@@ -328,7 +461,8 @@ impl MRedis {
         {
             replies = self.send_on(&mut con, &span, cmds).await;
         }
-        replies.map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
+        let named = node.as_ref().unwrap_or_else(|| self.core.server(index));
+        replies.map_err(|e| crate::error::name_server_after(named, e, None, self.response_timeout))
     }
 
     /// Whether server `index`'s shared connection was idle a second or more
@@ -412,13 +546,41 @@ impl MRedis {
         reply.map_err(|e| crate::error::name_server_after(server, e, None, wait))
     }
 }
+/// A server's shared multiplexed connection: made once for a plain
+/// server; for a shard, made for its current primary, with the address
+/// epoch it is for.
+struct Shared {
+    fixed: Option<ConnectionManager>,
+    current: std::sync::RwLock<Option<(u64, ConnectionManager)>>,
+}
+
+/// A shard's replicas' shared connections, made for the address epoch
+/// (`built` = epoch + 1), taken in turn.
+#[derive(Default)]
+struct AsyncReplicas {
+    managers: std::sync::RwLock<(u64, Arc<Vec<(Server, ConnectionManager)>>)>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// A lazily connecting, self-reconnecting manager for `server`'s current
+/// address.
+fn manager(server: &Server, options: &Options) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(options.response_timeout)
+        .set_number_of_retries(options.retries);
+    ConnectionManager::new_lazy_with_config(server.client()?, config)
+}
+
 /// A server's dedicated connections for blocking commands (BLPOP, XREAD
 /// BLOCK, ...): plain multiplexed connections, each used by one call at a
 /// time, so a blocked command never holds up the server's shared
 /// connection. Kept idle after a call that got its reply; a connection
 /// with a reply outstanding is never put back.
 struct BlockingPool {
-    client: redis::Client,
+    server: Server,
+    /// The client for the server's current address and its epoch.
+    client: std::sync::Mutex<Option<(u64, redis::Client)>>,
     idle: std::sync::Mutex<Vec<Dedicated>>,
     max_idle: usize,
     connect_timeout: Duration,
@@ -432,7 +594,24 @@ struct Dedicated {
 }
 
 impl BlockingPool {
+    /// The client for the current address; idle connections to an old
+    /// one (before a failover) are dropped.
+    fn client(&self) -> RedisResult<redis::Client> {
+        let epoch = self.server.epoch();
+        let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((e, c)) if *e == epoch => Ok(c.clone()),
+            _ => {
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                let c = self.server.client()?;
+                *slot = Some((epoch, c.clone()));
+                Ok(c)
+            }
+        }
+    }
+
     async fn take(&self) -> RedisResult<Dedicated> {
+        let client = self.client()?;
         if let Some(d) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(d);
         }
@@ -441,10 +620,7 @@ impl BlockingPool {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
-        let mut con = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut con = client.get_multiplexed_async_connection_with_config(&config).await?;
         let id = match tokio::time::timeout(
             self.connect_timeout,
             con.req_packed_command(redis::cmd("CLIENT").arg("ID")),

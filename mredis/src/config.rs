@@ -108,6 +108,41 @@ impl Builder {
         self
     }
 
+    /// Where read-only commands go on shards with replicas (default
+    /// [`ReadFrom::Primary`](crate::ReadFrom::Primary)); per call, see
+    /// [`MRedis::reading_from`](crate::MRedis::reading_from). Only commands
+    /// the command table marks read-only go to a replica, and a replica
+    /// may lag: read a key you just wrote from the primary.
+    pub fn read_from(mut self, policy: crate::ReadFrom) -> Self {
+        self.options.read_from = policy;
+        self
+    }
+
+    /// Writes acknowledged by replicas (off by default): every request
+    /// with a write (a command, a pipeline, each server's part of a split
+    /// command) is followed on the same connection by `WAIT replicas
+    /// timeout`, and counts as done only when that many replicas have it.
+    /// If fewer acknowledge it within `timeout`, the call fails with an
+    /// error saying the write happened on the primary but may be lost on
+    /// a failover. With it, a write the client reported done survives a
+    /// failover to a replica that acknowledged it (Sentinel promotes the
+    /// most up-to-date replica); plain replication promises nothing.
+    pub fn replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.options.acks = Some(crate::Acks { replicas, timeout });
+        self
+    }
+
+    /// How long a request that a Sentinel shard's primary refused, or
+    /// could not receive (a refused connection, `-READONLY`, `-LOADING`),
+    /// waits for Sentinel to name a new primary before it is sent again
+    /// there (default 5 s). Set it above your sentinels'
+    /// `down-after-milliseconds` plus the failover time to see no error
+    /// during a failover.
+    pub fn failover_wait(mut self, wait: Duration) -> Self {
+        self.options.failover_wait = wait;
+        self
+    }
+
     /// Reconnect attempts of the async client per failed connection (default 1).
     pub fn reconnect_retries(mut self, retries: usize) -> Self {
         self.options.retries = retries;

@@ -17,11 +17,29 @@ use crate::server::{Server, config_error};
 enum Entry {
     Url(String),
     Full {
-        url: String,
+        /// The server (a plain shard, or a static primary with `replicas`).
+        #[serde(default)]
+        url: Option<String>,
         #[serde(default)]
         weight: Option<u32>,
         #[serde(default)]
         name: Option<String>,
+        /// A static primary's replicas (URLs; their addresses only).
+        #[serde(default)]
+        replicas: Vec<String>,
+        /// A Sentinel shard's master name ...
+        #[serde(default)]
+        sentinel_master: Option<String>,
+        /// ... and its sentinels' URLs (their own credentials).
+        #[serde(default)]
+        sentinels: Vec<String>,
+        /// A Sentinel shard's data servers' credentials and database.
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        db: Option<i64>,
     },
 }
 
@@ -36,6 +54,9 @@ struct FileConfig {
     hash_tag: Option<String>,
     #[serde(default)]
     hash_tags: Option<bool>,
+    /// `primary` (default), `prefer-replica` or `replica-only`.
+    #[serde(default)]
+    read_from: Option<String>,
     servers: Vec<Entry>,
     /// The configuration the fleet is moving away from (same fields).
     #[serde(default)]
@@ -53,7 +74,7 @@ fn toml_error(text: &str, e: &toml::de::Error) -> redis::RedisError {
         // The known names hold no secret; the unknown one might (a pasted
         // password as a key): it is named only when it is a misspelling of
         // a known one.
-        const FIELDS: &str = "the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from]";
+        const FIELDS: &str = "the fields are mode, hash, hash_tag, hash_tags, read_from, servers and [migrating_from]";
         message = match unknown_field(e.message()).and_then(|f| near_field(f).map(|near| (f, near))) {
             Some((field, near)) => format!("unknown field `{field}`, did you mean `{near}`? ({FIELDS})"),
             None => format!("unknown field, not shown as it is not near any field's name ({FIELDS})"),
@@ -76,7 +97,7 @@ fn unknown_field(message: &str) -> Option<&str> {
 /// The known field `name` is a misspelling of (at most two edits away),
 /// if any.
 fn near_field(name: &str) -> Option<&'static str> {
-    const KNOWN: [&str; 6] = ["mode", "hash", "hash_tag", "hash_tags", "servers", "migrating_from"];
+    const KNOWN: [&str; 7] = ["mode", "hash", "hash_tag", "hash_tags", "read_from", "servers", "migrating_from"];
     let lower = name.to_ascii_lowercase();
     KNOWN
         .iter()
@@ -168,6 +189,20 @@ fn mode_of(mode: Option<&str>, hash: Option<&str>, tag: Option<&str>) -> RedisRe
 /// ]
 /// ```
 ///
+/// Shards with replicas: a static primary lists its `replicas`; a
+/// Sentinel shard gives its master name, its sentinels (their own
+/// credentials in their URLs) and the data servers' credentials; reads go
+/// where `read_from` says (`primary`, `prefer-replica`, `replica-only`):
+///
+/// ```toml
+/// read_from = "prefer-replica"
+/// servers = [
+///   { url = "redis://10.0.0.1:6379/0", replicas = ["redis://10.0.0.11:6379"] },
+///   { sentinel_master = "shard-b", sentinels = ["redis://10.0.0.21:26379", "redis://10.0.0.22:26379"],
+///     password = "data-secret", db = 0 },
+/// ]
+/// ```
+///
 /// A migration-aware configuration (see [`Builder::migrating_from`]) adds
 /// the configuration it is moving away from as a `[migrating_from]` table
 /// with the same fields:
@@ -202,6 +237,7 @@ impl FileConfig {
             hash: self.hash.clone(),
             hash_tag: self.hash_tag.clone(),
             hash_tags: self.hash_tags,
+            read_from: self.read_from.clone(),
             servers: self.servers.clone(),
             migrating_from: None,
         }
@@ -224,8 +260,65 @@ fn builder_from_file(file: FileConfig, table: &str) -> RedisResult<Builder> {
         };
         let server = match entry {
             Entry::Url(url) => parse(&url)?,
-            Entry::Full { url, weight, name } => {
-                let mut s = parse(&url)?;
+            Entry::Full {
+                url,
+                weight,
+                name,
+                replicas,
+                sentinel_master,
+                sentinels,
+                username,
+                password,
+                db,
+            } => {
+                let at = |e: redis::RedisError| {
+                    config_error(format!(
+                        "fleet configuration, {table}servers entry {}: {}",
+                        i + 1,
+                        e.detail().unwrap_or("invalid")
+                    ))
+                };
+                let mut s = match (url, sentinel_master) {
+                    (Some(url), None) => {
+                        if username.is_some() || password.is_some() || db.is_some() {
+                            return Err(at(config_error(
+                                "username, password and db belong to Sentinel shards; put them in the url".to_string(),
+                            )));
+                        }
+                        let s = parse(&url)?;
+                        if replicas.is_empty() { s } else { s.with_replicas(&replicas).map_err(at)? }
+                    }
+                    (None, Some(master)) => {
+                        if !replicas.is_empty() {
+                            return Err(at(config_error(
+                                "a Sentinel shard's replicas are the ones Sentinel reports; remove `replicas`"
+                                    .to_string(),
+                            )));
+                        }
+                        let mut s = Server::sentinel(&master, &sentinels).map_err(at)?;
+                        if let Some(u) = username {
+                            s = s.with_username(u);
+                        }
+                        if let Some(p) = password {
+                            s = s.with_password(p);
+                        }
+                        if let Some(d) = db {
+                            s = s.with_db(d).map_err(at)?;
+                        }
+                        s
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(at(config_error(
+                            "give either url (a server) or sentinel_master and sentinels (a Sentinel shard), not both"
+                                .to_string(),
+                        )));
+                    }
+                    (None, None) => {
+                        return Err(at(config_error(
+                            "missing url (or sentinel_master and sentinels for a Sentinel shard)".to_string(),
+                        )));
+                    }
+                };
                 if let Some(w) = weight {
                     s = s.with_weight(w);
                 }
@@ -238,6 +331,17 @@ fn builder_from_file(file: FileConfig, table: &str) -> RedisResult<Builder> {
         servers.push(server);
     }
     let mut builder = Builder::new().servers(servers).mode(mode);
+    match file.read_from.as_deref() {
+        None | Some("primary") => {}
+        Some("prefer-replica") => builder = builder.read_from(crate::ReadFrom::PreferReplica),
+        Some("replica-only") => builder = builder.read_from(crate::ReadFrom::ReplicaOnly),
+        Some(other) => {
+            return Err(config_error(format!(
+                "fleet configuration: unknown {table}read_from `{}` (primary, prefer-replica or replica-only)",
+                other.chars().take(40).collect::<String>()
+            )));
+        }
+    }
     if let Some(tags) = file.hash_tags {
         builder = builder.hash_tags(tags);
     }
