@@ -69,12 +69,12 @@ use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::error::client_error;
 use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
-use crate::replicas::ShardPlan;
 pub use crate::handle::AsyncConnection as Connection;
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::AsyncSubscriber as Subscriber;
+use crate::replicas::ShardPlan;
 use crate::routing::{Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -386,7 +386,12 @@ impl MRedis {
                 Step::Done(result) => return result,
                 Step::Send(requests) if self.core.shards => self.send_to_shards(&requests).await,
                 Step::Send(requests) => {
-                    join_all(requests.iter().map(|r| self.request_on(r.server, &r.cmds, r.block, false))).await
+                    join_all(
+                        requests
+                            .iter()
+                            .map(|r| self.request_on(r.server, &r.cmds, r.block, false)),
+                    )
+                    .await
                 }
             };
             step = machine.next(replies);

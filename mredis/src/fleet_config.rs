@@ -97,7 +97,15 @@ fn unknown_field(message: &str) -> Option<&str> {
 /// The known field `name` is a misspelling of (at most two edits away),
 /// if any.
 fn near_field(name: &str) -> Option<&'static str> {
-    const KNOWN: [&str; 7] = ["mode", "hash", "hash_tag", "hash_tags", "read_from", "servers", "migrating_from"];
+    const KNOWN: [&str; 7] = [
+        "mode",
+        "hash",
+        "hash_tag",
+        "hash_tags",
+        "read_from",
+        "servers",
+        "migrating_from",
+    ];
     let lower = name.to_ascii_lowercase();
     KNOWN
         .iter()
@@ -286,7 +294,11 @@ fn builder_from_file(file: FileConfig, table: &str) -> RedisResult<Builder> {
                             )));
                         }
                         let s = parse(&url)?;
-                        if replicas.is_empty() { s } else { s.with_replicas(&replicas).map_err(at)? }
+                        if replicas.is_empty() {
+                            s
+                        } else {
+                            s.with_replicas(&replicas).map_err(at)?
+                        }
                     }
                     (None, Some(master)) => {
                         if !replicas.is_empty() {

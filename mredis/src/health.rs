@@ -321,7 +321,16 @@ pub(crate) fn start(
 ) -> RedisResult<()> {
     let mut clients = Vec::new();
     for s in &servers {
-        clients.push(s.client().map_err(|e| crate::error::name_server(s, e))?);
+        // A Sentinel shard whose primary is not known yet is checked at
+        // its placeholder (and fails) until the watcher names one.
+        let client = match (s.client(), s.shard()) {
+            (Ok(c), _) => c,
+            (Err(_), Some(_)) => {
+                redis::Client::open(s.connection_info()).map_err(|e| crate::error::name_server(s, e))?
+            }
+            (Err(e), None) => return Err(crate::error::name_server(s, e)),
+        };
+        clients.push(client);
     }
     std::thread::Builder::new()
         .name("mredis-health".to_string())
@@ -341,6 +350,8 @@ fn run(
     grace: Duration,
 ) {
     let n = servers.len();
+    let mut clients = clients;
+    let mut epochs: Vec<u64> = servers.iter().map(Server::epoch).collect();
     let mut cons: Vec<Option<redis::Connection>> = (0..n).map(|_| None).collect();
     let mut bad = vec![0u32; n];
     let mut good = vec![0u32; n];
@@ -349,6 +360,14 @@ fn run(
         let round = Instant::now();
         for i in 0..n {
             let mut changed = false;
+            // A shard that failed over is checked at its new primary.
+            if servers[i].epoch() != epochs[i]
+                && let Ok(client) = servers[i].client()
+            {
+                epochs[i] = servers[i].epoch();
+                clients[i] = client;
+                cons[i] = None;
+            }
             let started = Instant::now();
             let result = check_one(&clients[i], &mut cons[i], timeout, options.check.as_ref());
             let took = started.elapsed();

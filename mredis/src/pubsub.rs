@@ -826,14 +826,13 @@ impl AsyncSubscriber {
         let mut names = Vec::new();
         let mut tasks = Vec::new();
         for server in core.current_servers() {
-            let client = server.client().map_err(|e| crate::error::name_server(server, e))?;
             let (tx, rx) = mpsc::unbounded_channel();
             controls.push(tx);
             names.push(server.name().to_string());
             let task = Task {
                 server: server.clone(),
                 name: Arc::from(server.name()),
-                client,
+                epoch: server.epoch(),
                 buffer: buffer.clone(),
                 connect_timeout: options.connect_timeout,
                 channels: BTreeSet::new(),
@@ -938,9 +937,11 @@ struct Link {
 
 /// Connects and hands the socket to redis-rs through a gate (TCP and Unix
 /// sockets; a TLS connection is made by redis-rs itself, ungated).
-async fn connect(server: crate::server::Server, client: redis::Client, timeout: Duration) -> RedisResult<Link> {
+async fn connect(server: crate::server::Server, timeout: Duration) -> RedisResult<Link> {
     let attempt = async {
-        let info = server.connection_info();
+        // The current address: a Sentinel shard's primary of now.
+        let info = server.current_info()?;
+        let client = server.client()?;
         let gate = Arc::new(Gate::default());
         let pubsub = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
@@ -1012,7 +1013,9 @@ type Pending = FuturesUnordered<BoxFuture<'static, (u64, Done, RedisResult<()>)>
 struct Task {
     server: crate::server::Server,
     name: Arc<str>,
-    client: redis::Client,
+    /// The shard's address epoch the connection is for (a failover
+    /// changes it: the subscriptions move to the new primary).
+    epoch: u64,
     buffer: Arc<Buffer>,
     connect_timeout: Duration,
     channels: BTreeSet<Vec<u8>>,
@@ -1233,11 +1236,26 @@ impl Task {
 async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
     let mut pending: Pending = FuturesUnordered::new();
     let mut connecting: Option<BoxFuture<'static, RedisResult<Link>>> =
-        Some(connect(t.server.clone(), t.client.clone(), t.connect_timeout).boxed());
+        Some(connect(t.server.clone(), t.connect_timeout).boxed());
     let mut retry: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let shard = t.server.shard().is_some();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut reconnect = None;
         tokio::select! {
+            // A shard's failover: the subscriptions move to the new primary
+            // (the gap is reported as for any reconnection).
+            _ = tick.tick(), if shard => {
+                let now = t.server.epoch();
+                if now != t.epoch {
+                    t.epoch = now;
+                    if t.link.is_some() || connecting.is_some() {
+                        connecting = None;
+                        reconnect = Some("the shard failed over to a new primary".to_string());
+                    }
+                }
+            }
             c = control.recv() => {
                 let Some(c) = c else { return };
                 t.control(c, &mut pending);
@@ -1251,7 +1269,7 @@ async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
             }
             _ = async { retry.as_mut().expect("guarded").await }, if retry.is_some() => {
                 retry = None;
-                connecting = Some(connect(t.server.clone(), t.client.clone(), t.connect_timeout).boxed());
+                connecting = Some(connect(t.server.clone(), t.connect_timeout).boxed());
             }
             m = std::future::poll_fn(|cx| t.poll_message(cx)), if t.link.is_some() => match m {
                 Some(m) => {

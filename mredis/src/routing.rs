@@ -65,7 +65,7 @@ pub(crate) struct Topology {
     /// through the drivers' shard path (read policy, WAIT, failover).
     pub(crate) shards: bool,
     /// Follows the Sentinel shards' failovers (none without such shards).
-    _watcher: Option<crate::sentinel::Watcher>,
+    _watchers: [Option<crate::sentinel::Watcher>; 2],
 }
 
 impl Drop for Topology {
@@ -148,6 +148,11 @@ impl Topology {
     pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Topology>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
+        let timeouts = crate::sentinel::Timeouts {
+            connect: options.connect_timeout,
+            response: options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
+        };
+        let watcher = crate::sentinel::start(&servers, timeouts)?;
         let health = match &options.health {
             None => None,
             Some(h) => {
@@ -189,17 +194,12 @@ impl Topology {
                 Some(Migration { placement, map })
             }
         };
-        let watcher = crate::sentinel::start(
-            &servers,
-            crate::sentinel::Timeouts {
-                connect: options.connect_timeout,
-                response: options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
-            },
-        )?;
+        // The old configuration's Sentinel shards the new one lacks.
+        let old_watcher = crate::sentinel::start(&servers[current..], timeouts)?;
         let shards = options.acks.is_some() || servers.iter().any(|s| s.shard().is_some());
         Ok(Arc::new(Topology {
             shards,
-            _watcher: watcher,
+            _watchers: [watcher, old_watcher],
             servers,
             placement,
             current,

@@ -333,17 +333,17 @@ impl Server {
     }
 
     /// The connection info of the current primary.
-    fn current_info(&self) -> RedisResult<ConnectionInfo> {
+    pub(crate) fn current_info(&self) -> RedisResult<ConnectionInfo> {
         let Some(shard) = &self.shard else {
             return Ok(self.info.clone());
         };
         match shard.primary() {
             Some(addr) => Ok(self.info.clone().set_addr(addr)),
-            None => Err(RedisError::from((
-                ErrorKind::Io,
-                "no primary known",
+            // A refusal (nothing was sent): a request waits for a primary.
+            None => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
                 format!(
-                    "shard `{}`: no sentinel has named its primary yet{}",
+                    "mredis: shard `{}`: no sentinel has named its primary yet{}; nothing was sent",
                     self.name,
                     shard.state().problem.map(|p| format!(" ({p})")).unwrap_or_default()
                 ),

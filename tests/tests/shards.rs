@@ -38,7 +38,11 @@ fn builder(fleet: &SentinelFleet, acks: bool) -> mredis::Builder {
         .response_timeout(Some(Duration::from_millis(800)))
         .connect_timeout(Duration::from_millis(500))
         .failover_wait(FAILOVER);
-    if acks { b.replica_acks(1, Duration::from_millis(500)) } else { b }
+    if acks {
+        b.replica_acks(1, Duration::from_millis(500))
+    } else {
+        b
+    }
 }
 
 /// What the writers saw, per key: acknowledged INCRs, the last
@@ -146,7 +150,10 @@ fn lost(fleet: &SentinelFleet, mr: &MRedis, seen: &Seen) -> (usize, usize) {
             None => false,
         };
         if !ok {
-            eprintln!("lost: {key} acknowledged {acked} ({}), found {value:?}", if is_set { "SET" } else { "INCRs" });
+            eprintln!(
+                "lost: {key} acknowledged {acked} ({}), found {value:?}",
+                if is_set { "SET" } else { "INCRs" }
+            );
             lost += 1;
         }
     }
@@ -157,7 +164,10 @@ fn lost(fleet: &SentinelFleet, mr: &MRedis, seen: &Seen) -> (usize, usize) {
 fn wait_for_writes(seen: &Arc<Mutex<Seen>>, fleet: &SentinelFleet) {
     wait_until("writes on every shard", Duration::from_secs(10), || {
         let s = seen.lock().unwrap();
-        fleet.shards.iter().all(|sh| s.successes.get(&sh.name).is_some_and(|v| v.len() > 20))
+        fleet
+            .shards
+            .iter()
+            .all(|sh| s.successes.get(&sh.name).is_some_and(|v| v.len() > 20))
     });
 }
 
@@ -187,12 +197,14 @@ fn failover_with_writers(acks: bool, stop_instead: bool) -> (usize, usize, Durat
     let name = fleet.shards[1].name.clone();
     let old_port = fleet.master_port(1);
     let errors_before: HashMap<String, u64> = seen.lock().unwrap().errors.clone();
-    let killed = Instant::now();
     if stop_instead {
         fleet.shards[1].primary.sigstop();
     } else {
         fleet.shards[1].primary.stop();
     }
+    // After the signal landed (stop() waits for the exit, sigstop() for
+    // the stopped state): no write started from now can reach it.
+    let killed = Instant::now();
     let new_port = fleet.wait_for_new_master(1, old_port, FAILOVER);
     assert_ne!(new_port, old_port);
     if stop_instead {
@@ -297,7 +309,10 @@ fn static_shards() -> Vec<(RedisServer, RedisServer)> {
             let primary = RedisServer::new();
             let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
             wait_until("the replica linked", Duration::from_secs(10), || {
-                let info: String = redis::cmd("INFO").arg("replication").query(&mut replica.conn()).unwrap();
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut replica.conn())
+                    .unwrap();
                 info.contains("master_link_status:up")
             });
             (primary, replica)
@@ -394,7 +409,10 @@ fn prefer_replica_falls_back_to_the_primary_and_replica_only_does_not() {
     for k in &keys {
         let v: String = mr.get(k).unwrap();
         assert_eq!(v, "v");
-        assert!(only.get::<_, String>(k).is_err(), "replica-only read with the replica down");
+        assert!(
+            only.get::<_, String>(k).is_err(),
+            "replica-only read with the replica down"
+        );
     }
     let on_primaries: u64 = shards.iter().map(|(p, _)| calls(&mut p.conn(), "get")).sum();
     assert_eq!(on_primaries, 20, "prefer-replica reads fell back to the primaries");
@@ -459,4 +477,55 @@ fn sentinel_replicas_serve_reads_and_a_sentinel_shard_shows_no_password() {
     let e = wrong.get::<_, Option<String>>("k").unwrap_err().to_string();
     assert!(!e.contains("wrong-canary"), "{e}");
     assert!(e.contains(&fleet.shards[0].name), "{e}");
+}
+
+#[test]
+fn a_subscriber_keeps_receiving_after_its_shard_fails_over() {
+    if skip() {
+        return;
+    }
+    let mut fleet = SentinelFleet::start(2);
+    let mr = builder(&fleet, false).build().unwrap();
+    // A channel owned by shard 1.
+    let channel = (0..)
+        .map(|i| format!("news:{i}"))
+        .find(|c| mr.server_for(c).unwrap() == fleet.shards[1].name)
+        .unwrap();
+    let mut sub = mr.subscriber().unwrap();
+    sub.subscribe(&channel).unwrap();
+    let received = |sub: &mut mredis::Subscriber, mr: &MRedis, payload: &str| {
+        let _: redis::RedisResult<i64> = mr.publish(&channel, payload);
+        let until = Instant::now() + Duration::from_millis(300);
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match sub.next_event(Some(left)) {
+                Some(mredis::Event::Message(m)) if m.payload_str() == payload => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+        false
+    };
+    wait_until("a message before the failover", Duration::from_secs(10), || {
+        received(&mut sub, &mr, "before")
+    });
+    let old = fleet.master_port(1);
+    fleet.shards[1].primary.stop();
+    let new = fleet.wait_for_new_master(1, old, FAILOVER);
+    let mut n = 0;
+    wait_until(
+        "a message published on the new primary",
+        Duration::from_secs(20),
+        || {
+            n += 1;
+            received(&mut sub, &mr, &format!("after-{n}"))
+        },
+    );
+    // It came from the new primary: the subscriber's connection is there.
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut fleet.conn(new))
+        .unwrap();
+    assert!(clients.contains("sub=1"), "{clients}");
 }
