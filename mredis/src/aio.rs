@@ -409,8 +409,8 @@ impl MRedis {
                 .map(|(r, &to_replica)| self.request_on(r.server, &r.cmds, r.block, to_replica)),
         )
         .await;
-        for i in 0..plan.requests.len() {
-            let again = plan.after(i, &mut replies[i]);
+        for (i, reply) in replies.iter_mut().enumerate() {
+            let again = plan.after(i, reply);
             if let Some((to_replica, wait)) = again {
                 let r = &plan.requests[i];
                 let server = self.core.server(r.server);
@@ -424,9 +424,9 @@ impl MRedis {
                 } else {
                     None
                 };
-                plan.settle(i, &mut replies[i], retry);
+                plan.settle(i, reply, retry);
             }
-            plan.finish(i, &mut replies[i]);
+            plan.finish(i, reply);
         }
         replies
     }
@@ -561,9 +561,12 @@ struct Shared {
 
 /// A shard's replicas' shared connections, made for the address epoch
 /// (`built` = epoch + 1), taken in turn.
+/// Each replica (as a server) and its shared connection.
+type ReplicaManagers = Arc<Vec<(Server, ConnectionManager)>>;
+
 #[derive(Default)]
 struct AsyncReplicas {
-    managers: std::sync::RwLock<(u64, Arc<Vec<(Server, ConnectionManager)>>)>,
+    managers: std::sync::RwLock<(u64, ReplicaManagers)>,
     next: std::sync::atomic::AtomicUsize,
 }
 

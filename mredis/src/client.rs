@@ -822,8 +822,8 @@ impl MRedis {
     fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
         let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
         let mut replies = self.send(&plan.requests, &plan.to_replica);
-        for i in 0..plan.requests.len() {
-            let again = plan.after(i, &mut replies[i]);
+        for (i, reply) in replies.iter_mut().enumerate() {
+            let again = plan.after(i, reply);
             if let Some((to_replica, wait)) = again {
                 let server = self.core.server(plan.requests[i].server);
                 let changed = match wait {
@@ -836,9 +836,9 @@ impl MRedis {
                 } else {
                     None
                 };
-                plan.settle(i, &mut replies[i], retry);
+                plan.settle(i, reply, retry);
             }
-            plan.finish(i, &mut replies[i]);
+            plan.finish(i, reply);
         }
         replies
     }
