@@ -578,4 +578,57 @@ mod tests {
         let yaml = "p:\n  redis_db: x\n  servers:\n   - 127.0.0.1:7001:1\n";
         assert!(builder_from_twemproxy_yaml(yaml, "p").is_err());
     }
+
+    #[test]
+    fn shard_entries_sentinel_and_static_replicas() {
+        let text = format!(
+            "read_from = \"prefer-replica\"\nservers = [\n  {{ url = \"redis://127.0.0.1:7001/0\", replicas = [\"redis://127.0.0.1:7011\"] }},\n  {{ sentinel_master = \"shard-b\", sentinels = [\"redis://:{CANARY}@127.0.0.1:26379\"], password = \"{CANARY}\", db = 2 }},\n]\n"
+        );
+        let b = builder_from_toml(&text).unwrap();
+        assert!(!format!("{b:?}").contains(CANARY), "{b:?}");
+        let (servers, options) = b.into_parts().unwrap();
+        assert_eq!(options.read_from, crate::ReadFrom::PreferReplica);
+        assert_eq!(servers[0].replica_addresses(), vec!["127.0.0.1:7011".to_string()]);
+        assert_eq!(servers[1].name(), "shard-b");
+        assert_eq!(servers[1].alias(), Some("shard-b"));
+        assert_eq!(servers[1].db(), 2);
+        assert_eq!(servers[1].connection_info().redis_settings().password(), Some(CANARY));
+        assert_eq!(servers[1].primary_address(), None);
+        for s in &servers {
+            assert!(!format!("{s} {s:?}").contains(CANARY));
+        }
+        // Mistakes, each named, none showing the password.
+        for (bad, says) in [
+            (
+                format!("servers = [{{ sentinel_master = \"m\", sentinels = [\"redis://:{CANARY}@h:1/3\"] }}]"),
+                "a sentinel has no database",
+            ),
+            (
+                format!("servers = [{{ sentinel_master = \"m\", sentinels = [] }}]"),
+                "no sentinel given",
+            ),
+            (
+                format!("servers = [{{ url = \"redis://:{CANARY}@h:1\", sentinel_master = \"m\" }}]"),
+                "not both",
+            ),
+            (format!("servers = [{{ weight = 2 }}]"), "missing url"),
+            (
+                format!("servers = [{{ url = \"redis://h:1\", replicas = [\"redis://h:1\"] }}]"),
+                "listed twice",
+            ),
+            (
+                format!("read_from = \"{CANARY}\"\nservers = [\"redis://h:1\"]"),
+                "unknown read_from",
+            ),
+        ] {
+            let e = builder_from_toml(&bad)
+                .and_then(|b| b.into_parts().map(|_| ()))
+                .unwrap_err();
+            let shown = shows(&e);
+            assert!(shown.contains(says), "{bad}: {shown}");
+            if !says.contains("read_from") {
+                assert!(!shown.contains(CANARY), "{shown}");
+            }
+        }
+    }
 }

@@ -45,6 +45,27 @@
 //! modula) and go-redis Ring (rendezvous) placements are [`Mode`]s; the
 //! [`placement`] module has the exact rules.
 //!
+//! ## Replicas and Sentinel
+//!
+//! A shard can be a primary with fixed replicas
+//! ([`Server::with_replicas`]) or a Sentinel master name
+//! ([`Server::sentinel`]); it is placed by its name, so a failover moves
+//! no key. A background thread follows each Sentinel shard (asked at
+//! build, every 2 s, on `+switch-master` and when a request fails as a
+//! failover fails; every exchange with a deadline), and every path (sync,
+//! async, handles, pipelines, blocking commands, subscribers, health
+//! checks) moves to the new primary. A request the primary refused
+//! (`-READONLY`, `-LOADING`, `-MASTERDOWN`) or that could not be sent
+//! waits up to [`Builder::failover_wait`] for a new primary and is sent
+//! there once, as is a read that got no reply; a write that was sent and
+//! got no reply may have run, so it is not sent again and its error says
+//! so. Read policies: [`ReadFrom`] ([`Builder::read_from`],
+//! [`MRedis::reading_from`]); only commands the table marks read-only go
+//! to a replica, and a replica may lag. Writes acknowledged by replicas:
+//! [`Builder::replica_acks`] (`WAIT` after each request with a write; too
+//! few acknowledgements is an error saying the write may be lost on a
+//! failover).
+//!
 //! ## Errors and timeouts
 //!
 //! - Server replies (`WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) come back

@@ -40,21 +40,21 @@ fn a_misspelt_fleet_field_is_named() {
     assert_eq!(
         error_text(&e),
         "mredis: invalid configuration: fleet configuration, line 1: unknown field `server`, did you mean \
-         `servers`? (the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from])"
+         `servers`? (the fields are mode, hash, hash_tag, hash_tags, read_from, servers and [migrating_from])"
     );
     let e =
         mredis::builder_from_toml("servers = [\"redis://a:1/0\"]\nhash_tag = \"{}\"\nmdoe = \"ketama\"\n").unwrap_err();
     assert_eq!(
         error_text(&e),
         "mredis: invalid configuration: fleet configuration, line 3: unknown field `mdoe`, did you mean \
-         `mode`? (the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from])"
+         `mode`? (the fields are mode, hash, hash_tag, hash_tags, read_from, servers and [migrating_from])"
     );
     // A key that is no field's misspelling may be a pasted secret: not shown.
     let e = mredis::builder_from_toml("servers = [\"redis://a:1/0\"]\nSecret-pw = 1\n").unwrap_err();
     assert_eq!(
         error_text(&e),
         "mredis: invalid configuration: fleet configuration, line 2: unknown field, not shown as it is not \
-         near any field's name (the fields are mode, hash, hash_tag, hash_tags, servers and [migrating_from])"
+         near any field's name (the fields are mode, hash, hash_tag, hash_tags, read_from, servers and [migrating_from])"
     );
     assert!(!format!("{e:?}").contains("Secret-pw"));
 }

@@ -220,7 +220,83 @@ fn stats(mr: &MRedis) -> Result<(), String> {
             );
         }
     }
+    shards(mr);
     Ok(())
+}
+
+/// The shards with replicas or Sentinel: each one's primary now, its
+/// replicas with how far each is behind (the primary's replication offset
+/// minus the replica's, in bytes, and its last ack in seconds), and the
+/// last failover the client followed.
+fn shards(mr: &MRedis) {
+    let servers = mr.servers();
+    if servers
+        .iter()
+        .all(|s| s.replica_addresses().is_empty() && s.last_failover().is_none())
+    {
+        return;
+    }
+    let infos: PerServer<String> = match mr.query_all::<String>(redis::cmd("INFO").arg("replication")) {
+        Ok(all) => all,
+        Err(e) => e.succeeded().clone(),
+    };
+    println!();
+    println!(
+        "{:<24} {:<22} replicas (offset lag in bytes, last ack)",
+        "shard", "primary"
+    );
+    for server in servers {
+        let info = infos.get(server.name()).cloned().unwrap_or_default();
+        let field = |line: &str, name: &str| {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_string))
+        };
+        let master_offset: Option<i64> = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.trim().parse().ok());
+        let replicas: Vec<String> = info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains(":ip="))
+            .map(|l| {
+                // slave0:ip=127.0.0.1,port=7001,state=online,offset=123,lag=0
+                let l = l.split_once(':').map_or(l, |x| x.1);
+                let (ip, port) = (field(l, "ip"), field(l, "port"));
+                let offset: Option<i64> = field(l, "offset").and_then(|v| v.parse().ok());
+                let lag = match (master_offset, offset) {
+                    (Some(m), Some(o)) => format!("{}", m - o),
+                    _ => "?".to_string(),
+                };
+                format!(
+                    "{}:{} ({lag} B, {} s, {})",
+                    ip.unwrap_or_default(),
+                    port.unwrap_or_default(),
+                    field(l, "lag").unwrap_or_else(|| "?".to_string()),
+                    field(l, "state").unwrap_or_else(|| "?".to_string())
+                )
+            })
+            .collect();
+        let failover = server
+            .last_failover()
+            .map(|f| {
+                format!(
+                    "; last failover {} -> {}",
+                    f.from.unwrap_or_else(|| "?".to_string()),
+                    f.to
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<22} {}{failover}",
+            server.name(),
+            server.primary_address().unwrap_or_else(|| "unknown".to_string()),
+            if replicas.is_empty() {
+                "none".to_string()
+            } else {
+                replicas.join(", ")
+            }
+        );
+    }
 }
 
 /// Progress output: a bar on a terminal, a plain line every 2 s otherwise.

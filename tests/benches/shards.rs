@@ -1,0 +1,166 @@
+//! Shards with replicas and Sentinel, side by side in one run, against
+//! servers this program starts itself (2 shards, each a primary and one
+//! replica, 3 sentinels):
+//!
+//!     cargo bench -p mredis-tests --bench shards
+//!
+//! Rows (medians of alternating rounds, `MREDIS_BENCH_PASSES` passes,
+//! default 3; each prints the range of its ratio):
+//! - single-key GET, sync and async: a client over the two Sentinel shards
+//!   against a client over the same two primaries given as plain servers
+//!   (target <= 1.05: following Sentinel costs nothing when nothing fails);
+//! - GET throughput of 64 async tasks: `PreferReplica` against `Primary`
+//!   (the replicas take the reads; info, no target).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use mredis::{MRedis, ReadFrom, Server};
+use mredis_tests::SentinelFleet;
+use redis::{AsyncCommands, Commands};
+
+const ROUNDS: usize = 9;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn row(name: &str, target: Option<f64>, ratios: &[f64]) {
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    let verdict = match target {
+        Some(t) if hi <= t => format!("<= {t:.2} met"),
+        Some(t) if lo <= t => format!("<= {t:.2} met in some passes"),
+        Some(t) => format!("<= {t:.2} MISSED"),
+        None => "info".to_string(),
+    };
+    println!("{name:<62} {lo:.3} - {hi:.3}   {verdict}");
+}
+
+fn main() {
+    let passes: usize = std::env::var("MREDIS_BENCH_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let fleet = SentinelFleet::start(2);
+    let sentinel: Vec<Server> = fleet
+        .shards
+        .iter()
+        .map(|s| Server::sentinel(&s.name, fleet.sentinel_urls()).unwrap())
+        .collect();
+    // The same primaries as plain servers, named like the shards, so both
+    // clients place every key alike.
+    let plain: Vec<Server> = fleet
+        .shards
+        .iter()
+        .map(|s| Server::from_url(&s.primary.url()).unwrap().with_alias(s.name.clone()))
+        .collect();
+    let ms = MRedis::builder().servers(sentinel.clone()).build().unwrap();
+    let mp = MRedis::builder().servers(plain.clone()).build().unwrap();
+    let keys: Vec<String> = (0..200).map(|i| format!("bench:shard:{i}")).collect();
+    for k in &keys {
+        mp.set::<_, _, ()>(k, "value").unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ams, amp, primary, replica) = rt.block_on(async {
+        let b = |s: Vec<Server>| MRedis::builder().servers(s);
+        (
+            b(sentinel.clone()).build_async().await.unwrap(),
+            b(plain.clone()).build_async().await.unwrap(),
+            b(sentinel.clone())
+                .read_from(ReadFrom::Primary)
+                .build_async()
+                .await
+                .unwrap(),
+            b(sentinel.clone())
+                .read_from(ReadFrom::PreferReplica)
+                .build_async()
+                .await
+                .unwrap(),
+        )
+    });
+    for s in &fleet.shards {
+        let _: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(2000)
+            .query(&mut s.primary.conn())
+            .unwrap();
+    }
+    println!("shards: {passes} passes x {ROUNDS} alternating rounds, medians");
+    let (mut sync_r, mut async_r, mut tput) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..passes {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            for k in &keys {
+                black_box(ms.get::<_, String>(k).unwrap());
+            }
+            a.push(t.elapsed());
+            let t = Instant::now();
+            for k in &keys {
+                black_box(mp.get::<_, String>(k).unwrap());
+            }
+            b.push(t.elapsed());
+        }
+        sync_r.push(median(a).as_secs_f64() / median(b).as_secs_f64());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        rt.block_on(async {
+            for _ in 0..ROUNDS {
+                let t = Instant::now();
+                for k in &keys {
+                    black_box(ams.get::<_, String>(k).await.unwrap());
+                }
+                a.push(t.elapsed());
+                let t = Instant::now();
+                for k in &keys {
+                    black_box(amp.get::<_, String>(k).await.unwrap());
+                }
+                b.push(t.elapsed());
+            }
+        });
+        async_r.push(median(a).as_secs_f64() / median(b).as_secs_f64());
+        // 64 tasks, 100 GETs each: gets per second under each policy.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            for (mr, out) in [(&replica, &mut a), (&primary, &mut b)] {
+                let t = Instant::now();
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|i| {
+                            let (mr, keys) = (mr.clone(), keys.clone());
+                            tokio::spawn(async move {
+                                for j in 0..100 {
+                                    let k = &keys[(i * 7 + j) % keys.len()];
+                                    black_box(mr.get::<_, String>(k).await.unwrap());
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                });
+                out.push(t.elapsed());
+            }
+        }
+        // Throughput ratio: prefer-replica GETs/s over primary GETs/s.
+        tput.push(median(b).as_secs_f64() / median(a).as_secs_f64());
+    }
+    row(
+        "sync single-key GET: Sentinel shards / plain servers",
+        Some(1.05),
+        &sync_r,
+    );
+    row(
+        "async single-key GET: Sentinel shards / plain servers",
+        Some(1.05),
+        &async_r,
+    );
+    row("64 async tasks GET throughput: prefer-replica / primary", None, &tput);
+}
