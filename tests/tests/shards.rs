@@ -529,3 +529,44 @@ fn a_subscriber_keeps_receiving_after_its_shard_fails_over() {
         .unwrap();
     assert!(clients.contains("sub=1"), "{clients}");
 }
+
+#[test]
+fn a_rebalance_moves_keys_between_sentinel_shards_primaries() {
+    if skip() {
+        return;
+    }
+    let fleet = SentinelFleet::start(3);
+    let all = sentinel_servers(&fleet);
+    let from = MRedis::builder().servers(all[..2].to_vec()).build().unwrap();
+    let to = MRedis::builder().servers(all.clone()).build().unwrap();
+    let keys: Vec<String> = (0..600).map(|i| format!("move:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        from.set::<_, _, ()>(k, i).unwrap();
+    }
+    let report = mredis::rebalance::rebalance(
+        &from,
+        &to,
+        mredis::rebalance::RebalanceOptions {
+            allow_volatile: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.moved > 100, "{} moved", report.moved);
+    // Each key on exactly one primary, its new owner's, and on its
+    // replica there (the move went to primaries, replicated from there).
+    for (i, k) in keys.iter().enumerate() {
+        let owner = to.server_for(k).unwrap().to_string();
+        for (j, sh) in fleet.shards.iter().enumerate() {
+            let mut con = fleet.conn(fleet.master_port(j));
+            let v: Option<i64> = con.get(k).unwrap();
+            if sh.name == owner {
+                assert_eq!(v, Some(i as i64), "{k} on its owner {owner}");
+            } else {
+                assert_eq!(v, None, "{k} also on {}", sh.name);
+            }
+        }
+        let v: i64 = to.get(k).unwrap();
+        assert_eq!(v, i as i64);
+    }
+}
