@@ -52,7 +52,8 @@ struct Seen {
     incrs: HashMap<String, i64>,
     sets: HashMap<String, i64>,
     errors: HashMap<String, u64>,
-    successes: HashMap<String, Vec<Instant>>,
+    /// (started, finished) of each acknowledged write.
+    successes: HashMap<String, Vec<(Instant, Instant)>>,
 }
 
 impl Seen {
@@ -65,7 +66,10 @@ impl Seen {
                 } else {
                     *self.incrs.entry(key.to_string()).or_default() += 1;
                 }
-                self.successes.entry(shard.to_string()).or_default().push(started);
+                self.successes
+                    .entry(shard.to_string())
+                    .or_default()
+                    .push((started, Instant::now()));
             }
             None => *self.errors.entry(shard.to_string()).or_default() += 1,
         }
@@ -171,10 +175,16 @@ fn wait_for_writes(seen: &Arc<Mutex<Seen>>, fleet: &SentinelFleet) {
     });
 }
 
-/// The first acknowledged write on `shard` started after `since`.
+/// When the first acknowledged write on `shard` that started after
+/// `since` finished (a write started then may wait for the failover).
 fn first_success_after(seen: &Arc<Mutex<Seen>>, shard: &str, since: Instant) -> Option<Instant> {
     let s = seen.lock().unwrap();
-    s.successes.get(shard)?.iter().copied().find(|t| *t > since)
+    s.successes
+        .get(shard)?
+        .iter()
+        .filter(|(started, _)| *started > since)
+        .map(|(_, done)| *done)
+        .min()
 }
 
 /// A failover of shard 1 while writers run; `stop_instead`: SIGSTOP the
