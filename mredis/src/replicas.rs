@@ -214,8 +214,14 @@ impl<'r> ShardPlan<'r> {
         match verdict(server, &request.cmds, reply) {
             Verdict::Fine => None,
             Verdict::Again => {
-                if let Some(shard) = server.shard() {
-                    shard.suspect();
+                let shard = server.shard()?;
+                shard.suspect();
+                // The sentinels answered and named no primary (a master
+                // name they do not know, a primary that refuses ROLE): a
+                // configuration problem, said at once, not waited out.
+                let state = shard.state();
+                if state.primary.is_none() && state.problem.is_some() {
+                    return None;
                 }
                 Some((false, Some((self.epochs[i], self.failover_wait))))
             }

@@ -59,7 +59,7 @@ fn main() {
         .collect();
     let ms = MRedis::builder().servers(sentinel.clone()).build().unwrap();
     let mp = MRedis::builder().servers(plain.clone()).build().unwrap();
-    let keys: Vec<String> = (0..200).map(|i| format!("bench:shard:{i}")).collect();
+    let keys: Vec<String> = (0..1000).map(|i| format!("bench:shard:{i}")).collect();
     for k in &keys {
         mp.set::<_, _, ()>(k, "value").unwrap();
     }
@@ -135,7 +135,7 @@ fn main() {
                         .map(|i| {
                             let (mr, keys) = (mr.clone(), keys.clone());
                             tokio::spawn(async move {
-                                for j in 0..100 {
+                                for j in 0..200 {
                                     let k = &keys[(i * 7 + j) % keys.len()];
                                     black_box(mr.get::<_, String>(k).await.unwrap());
                                 }

@@ -580,3 +580,64 @@ fn a_rebalance_moves_keys_between_sentinel_shards_primaries() {
         assert_eq!(v, i as i64);
     }
 }
+
+#[test]
+fn a_stopped_sentinel_and_an_unknown_master_name_are_handled() {
+    if skip() {
+        return;
+    }
+    let mut fleet = SentinelFleet::start(1);
+    // The first sentinel listed is frozen: the client asks the next.
+    let frozen = fleet.sentinels[0].pid();
+    let _ = std::process::Command::new("kill")
+        .args(["-STOP", &frozen.to_string()])
+        .status();
+    let mr = builder(&fleet, false).build().unwrap();
+    mr.set::<_, _, ()>("frozen:k", 1).unwrap();
+    assert_eq!(
+        mr.servers()[0].primary_address(),
+        Some(format!("127.0.0.1:{}", fleet.shards[0].primary.port()))
+    );
+    // ... and still follows a failover.
+    let old = fleet.shards[0].primary.port();
+    fleet.shards[0].primary.stop();
+    // The frozen sentinel cannot vote; the other two are a quorum (2).
+    let mut new = 0;
+    wait_until("a failover without the frozen sentinel", FAILOVER, || {
+        let ports: Vec<u16> = fleet.sentinels[1..]
+            .iter()
+            .filter_map(|s| {
+                let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&fleet.shards[0].name)
+                    .query(&mut s.conn())
+                    .ok()?;
+                named.map(|(_, p)| p)
+            })
+            .collect();
+        new = ports.first().copied().unwrap_or(old);
+        ports.len() == 2 && ports.iter().all(|p| *p != old)
+    });
+    let v: i64 = mr.incr("frozen:k", 1).unwrap();
+    assert!(v >= 1);
+    assert_eq!(mr.servers()[0].primary_address(), Some(format!("127.0.0.1:{new}")));
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &frozen.to_string()])
+        .status();
+
+    // A master name no sentinel monitors: an error at once naming it.
+    let wrong = MRedis::builder()
+        .servers([Server::sentinel("no-such-master", fleet.sentinel_urls()).unwrap()])
+        .failover_wait(FAILOVER)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let e = wrong.get::<_, Option<String>>("k").unwrap_err().to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert!(e.contains("no-such-master"), "{e}");
+    assert!(e.contains("does not know master"), "{e}");
+}
