@@ -604,16 +604,16 @@ mod tests {
                 "a sentinel has no database",
             ),
             (
-                format!("servers = [{{ sentinel_master = \"m\", sentinels = [] }}]"),
+                "servers = [{ sentinel_master = \"m\", sentinels = [] }]".to_string(),
                 "no sentinel given",
             ),
             (
                 format!("servers = [{{ url = \"redis://:{CANARY}@h:1\", sentinel_master = \"m\" }}]"),
                 "not both",
             ),
-            (format!("servers = [{{ weight = 2 }}]"), "missing url"),
+            ("servers = [{ weight = 2 }]".to_string(), "missing url"),
             (
-                format!("servers = [{{ url = \"redis://h:1\", replicas = [\"redis://h:1\"] }}]"),
+                "servers = [{ url = \"redis://h:1\", replicas = [\"redis://h:1\"] }]".to_string(),
                 "listed twice",
             ),
             (

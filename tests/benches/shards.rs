@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use mredis::{MRedis, ReadFrom, Server};
 use mredis_tests::SentinelFleet;
-use redis::{AsyncCommands, Commands};
 
 const ROUNDS: usize = 9;
 
