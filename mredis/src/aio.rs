@@ -296,7 +296,7 @@ impl MRedis {
             .replicas
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        let epoch = server.epoch();
+        let epoch = server.replicas_epoch();
         let built = {
             let b = set.managers.read().unwrap_or_else(|p| p.into_inner());
             (b.0 == epoch + 1).then(|| b.1.clone())

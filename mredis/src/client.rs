@@ -631,7 +631,7 @@ impl MRedis {
             .replicas
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        let epoch = server.epoch();
+        let epoch = server.replicas_epoch();
         let pools = {
             let built = set.pools.read().unwrap_or_else(|p| p.into_inner());
             (built.0 == epoch + 1).then(|| built.1.clone())

@@ -161,7 +161,9 @@ impl Server {
     /// [`with_username`](Self::with_username), [`with_db`](Self::with_db).
     /// The primary is asked of the sentinels when the client is built (and
     /// again on every failover; see the crate docs, "Replicas and
-    /// Sentinel"); nothing is asked here.
+    /// Sentinel"); nothing is asked here. Its [`host`](Self::host) is the
+    /// master name and its [`port`](Self::port) 0; the address it is
+    /// reached at now is [`primary_address`](Self::primary_address).
     pub fn sentinel<I>(master: &str, sentinels: I) -> RedisResult<Server>
     where
         I: IntoIterator,
@@ -320,6 +322,15 @@ impl Server {
     #[inline]
     pub(crate) fn epoch(&self) -> u64 {
         self.shard.as_ref().map_or(0, |s| s.epoch())
+    }
+
+    /// The epoch of the shard's replicas (with the primary's): a change
+    /// means the replicas' pools are made anew.
+    #[inline]
+    pub(crate) fn replicas_epoch(&self) -> u64 {
+        self.shard
+            .as_ref()
+            .map_or(0, |s| s.replicas_epoch().wrapping_mul(1 << 32).wrapping_add(s.epoch()))
     }
 
     /// A plain server for one of this shard's replicas (its address, the

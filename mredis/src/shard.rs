@@ -59,8 +59,12 @@ pub(crate) struct State {
 pub(crate) struct Shard {
     pub(crate) source: Source,
     state: RwLock<State>,
-    /// Bumped on every change of primary or replicas.
+    /// Bumped on every change of primary (connections to the primary are
+    /// made anew).
     epoch: AtomicU64,
+    /// Bumped on every change of the replicas (their pools are made anew;
+    /// the primary's connections stay).
+    replicas_epoch: AtomicU64,
     /// Set by a request that failed as a failover fails: ask Sentinel now.
     suspect: AtomicBool,
     /// Sync waiters for a change.
@@ -94,6 +98,7 @@ impl Shard {
                 ..State::default()
             }),
             epoch: AtomicU64::new(0),
+            replicas_epoch: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
             changed: Condvar::new(),
             lock: Mutex::new(()),
@@ -114,6 +119,10 @@ impl Shard {
         self.epoch.load(Ordering::Acquire)
     }
 
+    pub(crate) fn replicas_epoch(&self) -> u64 {
+        self.replicas_epoch.load(Ordering::Acquire)
+    }
+
     pub(crate) fn state(&self) -> State {
         self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -126,8 +135,9 @@ impl Shard {
         self.state.read().unwrap_or_else(|e| e.into_inner()).replicas.clone()
     }
 
-    /// Records what Sentinel said; a change bumps the epoch and wakes the
-    /// waiters. Returns whether the primary changed.
+    /// Records what Sentinel said: a new primary bumps the epoch and wakes
+    /// the waiters; new replicas bump the replicas' epoch. Returns whether
+    /// the primary changed.
     pub(crate) fn update(&self, primary: ConnectionAddr, replicas: Vec<ConnectionAddr>) -> bool {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.problem = None;
@@ -145,9 +155,15 @@ impl Shard {
             }
             state.primary = Some(primary);
         }
+        let replicas_changed = state.replicas != replicas;
         state.replicas = replicas;
         drop(state);
-        self.bump();
+        if replicas_changed {
+            self.replicas_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        if moved {
+            self.bump();
+        }
         moved
     }
 

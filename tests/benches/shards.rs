@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mredis::{MRedis, ReadFrom, Server};
 use mredis_tests::SentinelFleet;
 
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 15;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -95,39 +95,41 @@ fn main() {
     let (mut sync_r, mut async_r, mut tput) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..passes {
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let t = Instant::now();
-            for k in &keys {
-                black_box(ms.get::<_, String>(k).unwrap());
+        for round in 0..ROUNDS {
+            // Which goes first alternates, so drift hits both alike.
+            for side in [round % 2, 1 - round % 2] {
+                let (mr, out) = if side == 0 { (&ms, &mut a) } else { (&mp, &mut b) };
+                let t = Instant::now();
+                for k in &keys {
+                    black_box(mr.get::<_, String>(k).unwrap());
+                }
+                out.push(t.elapsed());
             }
-            a.push(t.elapsed());
-            let t = Instant::now();
-            for k in &keys {
-                black_box(mp.get::<_, String>(k).unwrap());
-            }
-            b.push(t.elapsed());
         }
         sync_r.push(median(a).as_secs_f64() / median(b).as_secs_f64());
         let (mut a, mut b) = (Vec::new(), Vec::new());
         rt.block_on(async {
-            for _ in 0..ROUNDS {
-                let t = Instant::now();
-                for k in &keys {
-                    black_box(ams.get::<_, String>(k).await.unwrap());
+            for round in 0..ROUNDS {
+                for side in [round % 2, 1 - round % 2] {
+                    let (mr, out) = if side == 0 { (&ams, &mut a) } else { (&amp, &mut b) };
+                    let t = Instant::now();
+                    for k in &keys {
+                        black_box(mr.get::<_, String>(k).await.unwrap());
+                    }
+                    out.push(t.elapsed());
                 }
-                a.push(t.elapsed());
-                let t = Instant::now();
-                for k in &keys {
-                    black_box(amp.get::<_, String>(k).await.unwrap());
-                }
-                b.push(t.elapsed());
             }
         });
         async_r.push(median(a).as_secs_f64() / median(b).as_secs_f64());
         // 64 tasks, 100 GETs each: gets per second under each policy.
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            for (mr, out) in [(&replica, &mut a), (&primary, &mut b)] {
+        for round in 0..ROUNDS {
+            let order = if round % 2 == 0 {
+                [(&replica, &mut a), (&primary, &mut b)]
+            } else {
+                [(&primary, &mut b), (&replica, &mut a)]
+            };
+            for (mr, out) in order {
                 let t = Instant::now();
                 rt.block_on(async {
                     let tasks: Vec<_> = (0..64)
