@@ -74,7 +74,7 @@ use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::AsyncSubscriber as Subscriber;
-use crate::replicas::ShardPlan;
+use crate::replicas::{ReplicaSet, ShardPlan};
 use crate::routing::{Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -97,7 +97,7 @@ pub struct MRedis {
     core: Arc<Topology>,
     connections: Arc<Vec<Shared>>,
     /// Per server, its shard's replicas' shared connections.
-    replicas: Arc<Vec<AsyncReplicas>>,
+    replicas: Arc<Vec<ReplicaSet<ConnectionManager>>>,
     options: Arc<Options>,
     /// Where read-only commands go ([`MRedis::reading_from`]).
     read_from: crate::options::ReadFrom,
@@ -163,7 +163,7 @@ impl MRedis {
                 current: Default::default(),
             });
         }
-        let replicas = core.servers.iter().map(|_| AsyncReplicas::default()).collect();
+        let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok(MRedis {
             core,
             connections: Arc::new(connections),
@@ -296,43 +296,10 @@ impl MRedis {
             .replicas
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        let epoch = server.replicas_epoch();
-        let built = {
-            let b = set.managers.read().unwrap_or_else(|p| p.into_inner());
-            (b.0 == epoch + 1).then(|| b.1.clone())
-        };
-        let managers = match built {
-            Some(m) => m,
-            None => {
-                let mut b = set.managers.write().unwrap_or_else(|p| p.into_inner());
-                let old = b.1.clone();
-                let mut fresh = Vec::new();
-                for addr in server.shard().map(|s| s.replicas()).unwrap_or_default() {
-                    let node = server.replica_node(&addr);
-                    match old.iter().find(|(n, _)| n.name() == node.name()) {
-                        Some(x) => fresh.push(x.clone()),
-                        None => {
-                            let m = manager(&node, &self.options).map_err(|e| name_server(&node, e))?;
-                            fresh.push((node, m));
-                        }
-                    }
-                }
-                *b = (epoch + 1, Arc::new(fresh));
-                b.1.clone()
-            }
-        };
-        if managers.is_empty() {
-            return match self.read_from {
-                crate::ReadFrom::ReplicaOnly => Err(client_error(format!(
-                    "shard `{}` has no replica up (read policy: replica only)",
-                    server.name()
-                ))),
-                _ => self.connection(index).map(|c| (c, None)),
-            };
+        match set.pick(server, self.read_from, |node| manager(node, &self.options))? {
+            Some((node, m)) => Ok((m, Some(node))),
+            None => self.connection(index).map(|c| (c, None)),
         }
-        let j = set.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % managers.len();
-        let (node, m) = &managers[j];
-        Ok((m.clone(), Some(node.clone())))
     }
 
     pub(crate) async fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
@@ -557,17 +524,6 @@ impl MRedis {
 struct Shared {
     fixed: Option<ConnectionManager>,
     current: std::sync::RwLock<Option<(u64, ConnectionManager)>>,
-}
-
-/// A shard's replicas' shared connections, made for the address epoch
-/// (`built` = epoch + 1), taken in turn.
-/// Each replica (as a server) and its shared connection.
-type ReplicaManagers = Arc<Vec<(Server, ConnectionManager)>>;
-
-#[derive(Default)]
-struct AsyncReplicas {
-    managers: std::sync::RwLock<(u64, ReplicaManagers)>,
-    next: std::sync::atomic::AtomicUsize,
 }
 
 /// A lazily connecting, self-reconnecting manager for `server`'s current

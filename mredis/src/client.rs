@@ -54,7 +54,7 @@ use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result
 use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::replicas::ShardPlan;
+use crate::replicas::{ReplicaSet, ShardPlan};
 use crate::routing::{Move, Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -325,14 +325,6 @@ impl Pool {
     }
 }
 
-/// The pools of a shard's replicas, made for the shard's address epoch
-/// (`built` = epoch + 1; 0: not yet), taken in turn.
-#[derive(Default)]
-struct ReplicaSet {
-    pools: std::sync::RwLock<(u64, Arc<Vec<Arc<Pool>>>)>,
-    next: std::sync::atomic::AtomicUsize,
-}
-
 /// A primary's pool or a replica's.
 pub(crate) enum PoolRef<'a> {
     Primary(&'a Pool),
@@ -376,7 +368,7 @@ pub struct MRedis {
     core: Arc<Topology>,
     pools: Arc<Vec<Pool>>,
     /// Per server, its shard's replicas' pools (empty for a plain server).
-    replicas: Arc<Vec<ReplicaSet>>,
+    replicas: Arc<Vec<ReplicaSet<Arc<Pool>>>>,
     options: Arc<Options>,
     /// Where read-only commands go ([`MRedis::reading_from`]).
     read_from: ReadFrom,
@@ -631,39 +623,12 @@ impl MRedis {
             .replicas
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        let epoch = server.replicas_epoch();
-        let pools = {
-            let built = set.pools.read().unwrap_or_else(|p| p.into_inner());
-            (built.0 == epoch + 1).then(|| built.1.clone())
-        };
-        let pools = match pools {
-            Some(p) => p,
-            None => {
-                let mut built = set.pools.write().unwrap_or_else(|p| p.into_inner());
-                let old = built.1.clone();
-                let mut fresh = Vec::new();
-                for addr in server.shard().map(|s| s.replicas()).unwrap_or_default() {
-                    let node = server.replica_node(&addr);
-                    match old.iter().find(|p| p.server.name() == node.name()) {
-                        Some(p) => fresh.push(p.clone()),
-                        None => fresh.push(Arc::new(Pool::new(&node, &self.options)?)),
-                    }
-                }
-                *built = (epoch + 1, Arc::new(fresh));
-                built.1.clone()
-            }
-        };
-        if pools.is_empty() {
-            return match self.read_from {
-                ReadFrom::ReplicaOnly => Err(crate::error::client_error(format!(
-                    "shard `{}` has no replica up (read policy: replica only)",
-                    server.name()
-                ))),
-                _ => self.pool(index).map(PoolRef::Primary),
-            };
+        match set.pick(server, self.read_from, |node| {
+            Pool::new(node, &self.options).map(Arc::new)
+        })? {
+            Some((_, pool)) => Ok(PoolRef::Replica(pool)),
+            None => self.pool(index).map(PoolRef::Primary),
         }
-        let j = set.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pools.len();
-        Ok(PoolRef::Replica(pools[j].clone()))
     }
 
     /// This client with another read policy, for the calls made through

@@ -5,6 +5,7 @@
 //! replicas have it.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Cmd, RedisError, RedisResult, Value};
@@ -259,5 +260,74 @@ impl<'r> ShardPlan<'r> {
             let r = std::mem::replace(reply, Ok(Vec::new()));
             *reply = check_wait(server, acks, r);
         }
+    }
+}
+
+/// What a client keeps per replica of one shard (a sync pool, an async
+/// shared connection), made for the shard's replicas' epoch and taken in
+/// turn: the same for both clients.
+pub(crate) struct ReplicaSet<T> {
+    /// The epoch it was made for, plus one (0: not yet), and each replica
+    /// as a server with its connection(s).
+    built: std::sync::RwLock<(u64, Arc<Vec<(Server, T)>>)>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl<T> Default for ReplicaSet<T> {
+    fn default() -> Self {
+        ReplicaSet {
+            built: std::sync::RwLock::new((0, Arc::new(Vec::new()))),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<T: Clone> ReplicaSet<T> {
+    /// The next replica of `server`'s shard and its `T`, made with `make`
+    /// for replicas new since the last call (kept for those that stay);
+    /// `Ok(None)` when the shard has no replica up and `policy` falls back
+    /// to the primary; an error under [`ReadFrom::ReplicaOnly`].
+    pub(crate) fn pick(
+        &self,
+        server: &Server,
+        policy: ReadFrom,
+        make: impl Fn(&Server) -> RedisResult<T>,
+    ) -> RedisResult<Option<(Server, T)>> {
+        let epoch = server.replicas_epoch();
+        let current = {
+            let b = self.built.read().unwrap_or_else(|p| p.into_inner());
+            (b.0 == epoch + 1).then(|| b.1.clone())
+        };
+        let all = match current {
+            Some(all) => all,
+            None => {
+                let mut b = self.built.write().unwrap_or_else(|p| p.into_inner());
+                let old = b.1.clone();
+                let mut fresh = Vec::new();
+                for addr in server.shard().map(|s| s.replicas()).unwrap_or_default() {
+                    let node = server.replica_node(&addr);
+                    match old.iter().find(|(n, _)| n.name() == node.name()) {
+                        Some(kept) => fresh.push(kept.clone()),
+                        None => {
+                            let t = make(&node).map_err(|e| crate::error::name_server(&node, e))?;
+                            fresh.push((node, t));
+                        }
+                    }
+                }
+                *b = (epoch + 1, Arc::new(fresh));
+                b.1.clone()
+            }
+        };
+        if all.is_empty() {
+            return match policy {
+                ReadFrom::ReplicaOnly => Err(crate::error::client_error(format!(
+                    "shard `{}` has no replica up (read policy: replica only)",
+                    server.name()
+                ))),
+                _ => Ok(None),
+            };
+        }
+        let j = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % all.len();
+        Ok(Some(all[j].clone()))
     }
 }
