@@ -263,13 +263,16 @@ impl<'r> ShardPlan<'r> {
     }
 }
 
+/// Each replica, as a server, with what a client keeps for it.
+type Nodes<T> = Arc<Vec<(Server, T)>>;
+
 /// What a client keeps per replica of one shard (a sync pool, an async
 /// shared connection), made for the shard's replicas' epoch and taken in
 /// turn: the same for both clients.
 pub(crate) struct ReplicaSet<T> {
     /// The epoch it was made for, plus one (0: not yet), and each replica
     /// as a server with its connection(s).
-    built: std::sync::RwLock<(u64, Arc<Vec<(Server, T)>>)>,
+    built: std::sync::RwLock<(u64, Nodes<T>)>,
     next: std::sync::atomic::AtomicUsize,
 }
 
