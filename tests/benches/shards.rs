@@ -85,11 +85,7 @@ fn main() {
         )
     });
     for s in &fleet.shards {
-        let _: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(2000)
-            .query(&mut s.primary.conn())
-            .unwrap();
+        mredis_tests::wait_replicated(&mut s.primary.conn(), &mut s.replica.conn());
     }
     println!("shards: {passes} passes x {ROUNDS} alternating rounds, medians");
     let (mut sync_r, mut async_r, mut tput) = (Vec::new(), Vec::new(), Vec::new());

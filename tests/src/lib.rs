@@ -1198,3 +1198,22 @@ impl SentinelFleet {
         text
     }
 }
+
+/// Waits until the replica on `replica` has everything the primary on
+/// `primary` had when this was called (its `slave_repl_offset` reached
+/// the primary's `master_repl_offset`). `WAIT` on a new connection would
+/// not do: it waits only for that connection's own writes.
+pub fn wait_replicated(primary: &mut redis::Connection, replica: &mut redis::Connection) {
+    fn offset(con: &mut redis::Connection, field: &str) -> Option<i64> {
+        let info: String = redis::cmd("INFO").arg("replication").query(con).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().parse().ok())
+    }
+    let target = offset(primary, "master_repl_offset:").expect("the primary's replication offset");
+    wait_until(
+        "the replica caught up with its primary",
+        Duration::from_secs(10),
+        || offset(replica, "slave_repl_offset:").is_some_and(|o| o >= target),
+    );
+}
