@@ -351,6 +351,10 @@ impl MRedis {
         loop {
             let replies = match step {
                 Step::Done(result) => return result,
+                Step::Wait(d) => {
+                    tokio::time::sleep(d).await;
+                    Vec::new()
+                }
                 Step::Send(requests) if self.core.shards => self.send_to_shards(&requests).await,
                 Step::Send(requests) => {
                     join_all(

@@ -731,6 +731,10 @@ impl MRedis {
         loop {
             let replies = match step {
                 Step::Done(result) => return result,
+                Step::Wait(d) => {
+                    std::thread::sleep(d);
+                    Vec::new()
+                }
                 Step::Send(requests) if self.core.shards => self.send_to_shards(&requests),
                 Step::Send(requests) => self.send(&requests, &[]),
             };

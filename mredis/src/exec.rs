@@ -92,6 +92,9 @@ pub(crate) fn read_only(cmd: &Cmd) -> bool {
 /// What a machine wants next.
 pub(crate) enum Step<'a, T> {
     Send(Vec<Request<'a>>),
+    /// Nothing to send for this long, then `next` with no replies (a key
+    /// a rebalance is moving this moment).
+    Wait(Duration),
     Done(RedisResult<T>),
 }
 
@@ -101,6 +104,7 @@ impl<T> Step<'_, T> {
     pub(crate) fn into_owned(self) -> Step<'static, T> {
         match self {
             Step::Done(result) => Step::Done(result),
+            Step::Wait(d) => Step::Wait(d),
             Step::Send(requests) => Step::Send(
                 requests
                     .into_iter()

@@ -25,6 +25,7 @@
 //! [`Builder::migrating_from`]: crate::Builder::migrating_from
 
 use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 
@@ -36,6 +37,63 @@ use crate::routing::{Merge, Move, Topology, args_of};
 pub(crate) const ABSENT: &str = "MREDISABSENT";
 /// Error code of the guard when only some of the keys are.
 pub(crate) const PARTIAL: &str = "MREDISPARTIAL";
+/// Error code of the guard when a rebalance is moving one of the keys at
+/// this moment (shards with replicas: see [`MARKS`]).
+pub(crate) const MOVING: &str = "MREDISMOVING";
+/// Keys whose name starts with this are mredis's own bookkeeping on the
+/// servers (never routed, never moved by a rebalance).
+pub(crate) const RESERVED: &[u8] = b"__mredis:";
+/// On a shard with replicas, the hash of the keys a rebalance is moving
+/// (key -> move id). The rebalance marks a key here, waits for the
+/// source's replicas to have the mark, copies the key to its destination
+/// (and waits for the destination's replicas), then deletes it and the
+/// mark. Commands on a marked key wait (they neither run on the old copy
+/// nor on the new one), so a failover of either side at any moment leaves
+/// the key in exactly one place that clients use.
+pub(crate) const MARKS: &str = "__mredis:moving";
+/// On a destination: key -> move id of the copies that arrived (what a
+/// rebalance resuming after a failover of the source reads).
+pub(crate) const ARRIVED: &str = "__mredis:arrived";
+/// How long a call waits for keys a rebalance is moving before it fails.
+pub(crate) const MOVING_WAIT: Duration = Duration::from_secs(10);
+
+/// How long to wait before asking again about a key a rebalance is moving:
+/// 2 ms, doubling up to 50 ms, for at most [`MOVING_WAIT`] in all.
+#[derive(Debug, Default)]
+pub(crate) struct Patience {
+    since: Option<Instant>,
+    attempt: u32,
+}
+
+impl Patience {
+    /// The next wait, or `None` once [`MOVING_WAIT`] has passed.
+    pub(crate) fn next_wait(&mut self) -> Option<Duration> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= MOVING_WAIT {
+            return None;
+        }
+        let ms = (2u64 << self.attempt.min(5)).min(50);
+        self.attempt += 1;
+        Some(Duration::from_millis(ms))
+    }
+}
+
+/// The error of a call on a key a rebalance kept marked as moving for
+/// longer than [`MOVING_WAIT`].
+pub(crate) fn still_moving(core: &Topology, key: &[u8], from: usize, to: usize) -> RedisError {
+    RedisError::from((
+        ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+        "mredis",
+        format!(
+            "`{}` has been marked as moving from {} to {} by a rebalance for {} s (a rebalance that stopped \
+             in the middle: run it again to finish the move); nothing was run",
+            show_key(key),
+            core.name(from),
+            core.name(to),
+            MOVING_WAIT.as_secs()
+        ),
+    ))
+}
 
 /// Runs commands on this server only if every key in KEYS exists here.
 /// ARGV: number of commands (`*N`: reply with an array even for one), then
@@ -46,6 +104,11 @@ const GUARD_CODE: &str = r#"
 local here = 0
 for i = 1, #KEYS do here = here + redis.call('EXISTS', KEYS[i]) end
 if here == 0 then return redis.error_reply('MREDISABSENT the keys are not on this server') end
+if redis.call('EXISTS', '__mredis:moving') == 1 then
+  for i = 1, #KEYS do
+    if redis.call('HEXISTS', '__mredis:moving', KEYS[i]) == 1 then return redis.error_reply('MREDISMOVING a rebalance is moving this key') end
+  end
+end
 if here < #KEYS then return redis.error_reply('MREDISPARTIAL only some keys are on this server') end
 local arr = string.sub(ARGV[1], 1, 1) == '*'
 local n = tonumber(arr and string.sub(ARGV[1], 2) or ARGV[1])
@@ -71,6 +134,11 @@ local name = ARGV[1]
 local per = tonumber(ARGV[2]) - 1
 local flags = {}
 local out = {''}
+if redis.call('EXISTS', '__mredis:moving') == 1 then
+  for i = 1, #KEYS do
+    if redis.call('HEXISTS', '__mredis:moving', KEYS[i]) == 1 then return redis.error_reply('MREDISMOVING a rebalance is moving this key') end
+  end
+end
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local args = {name, KEYS[i]}
@@ -188,6 +256,7 @@ pub(crate) struct One<'a> {
     server: usize,
     moves: &'a [Move],
     state: OneState,
+    patience: Patience,
     /// The server that ran the command.
     pub(crate) served_on: usize,
 }
@@ -195,7 +264,13 @@ pub(crate) struct One<'a> {
 #[derive(Clone, Copy)]
 enum OneState {
     Checking,
-    Guarding { with_code: bool },
+    Guarding {
+        with_code: bool,
+    },
+    /// A rebalance is moving a key: the guard goes again after a wait.
+    Waiting {
+        with_code: bool,
+    },
     Final,
 }
 
@@ -208,6 +283,7 @@ impl<'a> One<'a> {
             server,
             moves,
             state: OneState::Final,
+            patience: Patience::default(),
             served_on: server,
         }
     }
@@ -285,6 +361,10 @@ impl<'a> Machine for One<'a> {
 
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
         match self.state {
+            OneState::Waiting { with_code } => {
+                self.state = OneState::Guarding { with_code };
+                Step::Send(self.guard_request(with_code))
+            }
             OneState::Final => {
                 let reply = replies.into_iter().next().map(|r| one(Some(r)));
                 Step::Done(reply.unwrap_or_else(|| Err(crate::error::client_error("no reply".to_string()))))
@@ -325,6 +405,16 @@ impl<'a> Machine for One<'a> {
                         let m = &self.moves[0];
                         Step::Done(Err(try_again(self.core, &m.key, m.from, m.to)))
                     }
+                    Some(MOVING) => match self.patience.next_wait() {
+                        Some(wait) => {
+                            self.state = OneState::Waiting { with_code };
+                            Step::Wait(wait)
+                        }
+                        None => {
+                            let m = &self.moves[0];
+                            Step::Done(Err(still_moving(self.core, &m.key, m.from, m.to)))
+                        }
+                    },
                     _ => {
                         self.served_on = self.from().unwrap_or(self.server);
                         Step::Done(Ok(reply))
@@ -353,6 +443,12 @@ pub(crate) struct Split<'a> {
     /// What the requests in flight are: a group on its new server, or the
     /// moving keys of one old server.
     inflight: Vec<Part>,
+    /// Keys of one old server a rebalance is moving at this moment: asked
+    /// again after a wait.
+    waiting: Vec<Vec<usize>>,
+    /// The wait for `waiting` is over.
+    waited: bool,
+    patience: Patience,
     command: String,
 }
 
@@ -382,6 +478,9 @@ impl<'a> Split<'a> {
             from_of,
             parts: Vec::new(),
             inflight: Vec::new(),
+            waiting: Vec::new(),
+            waited: false,
+            patience: Patience::default(),
             command: crate::routing::command_name(cmd),
         }
     }
@@ -490,6 +589,10 @@ impl<'a> Machine for Split<'a> {
                         self.inflight.push(Part::Each { items, with_code: true });
                         continue;
                     }
+                    if code_of(&v) == Some(MOVING) {
+                        self.waiting.push(items);
+                        continue;
+                    }
                     let Value::Array(mut out) = v else {
                         failure.failed(
                             self.core.name(from),
@@ -532,6 +635,34 @@ impl<'a> Machine for Split<'a> {
         if !retry.is_empty() {
             return Step::Send(retry);
         }
+        if !self.waiting.is_empty() {
+            if !self.waited {
+                self.waited = true;
+                return match self.patience.next_wait() {
+                    Some(wait) => Step::Wait(wait),
+                    None => {
+                        let i = self.waiting[0][0];
+                        let key = self.args[1 + i * self.stride];
+                        let from = self.from_of[i].unwrap_or(0);
+                        Step::Done(Err(still_moving(self.core, key, from, self.owner_of[i])))
+                    }
+                };
+            }
+            self.waited = false;
+            for items in std::mem::take(&mut self.waiting) {
+                let from = self.from_of[items[0]].unwrap_or(0);
+                retry.push(Request {
+                    server: from,
+                    cmds: vec![self.each_cmd(&items, false)].into(),
+                    block: None,
+                });
+                self.inflight.push(Part::Each {
+                    items,
+                    with_code: false,
+                });
+            }
+            return Step::Send(retry);
+        }
         let parts = std::mem::take(&mut self.parts);
         Step::Done(crate::routing::merge_parts(
             &self.command,
@@ -557,6 +688,11 @@ pub(crate) struct Pipe<'a> {
     /// Positions of the commands of each request in flight, and how they
     /// were sent.
     inflight: Vec<(Vec<usize>, Sent)>,
+    /// Positions of guarded commands a rebalance is moving a key of at
+    /// this moment: sent again after a wait.
+    waiting: Vec<usize>,
+    waited: bool,
+    patience: Patience,
 }
 
 /// How a pipeline command went out.
@@ -577,6 +713,9 @@ impl<'a> Pipe<'a> {
             cmds,
             slots: (0..cmds.len()).map(|_| None).collect(),
             inflight: Vec::new(),
+            waiting: Vec::new(),
+            waited: false,
+            patience: Patience::default(),
         }
     }
 
@@ -656,6 +795,7 @@ impl<'a> Machine for Pipe<'a> {
                         };
                         match (kind, code_of(&v)) {
                             (Sent::Guard { with_code: false }, Some("NOSCRIPT")) => noscript.push(p),
+                            (Sent::Guard { .. }, Some(MOVING)) => self.waiting.push(p),
                             (Sent::Guard { .. }, Some(ABSENT)) => absent.push(p),
                             (Sent::Guard { .. }, Some(PARTIAL)) | (Sent::Exists, None)
                                 if partial || kind != Sent::Exists =>
@@ -676,6 +816,25 @@ impl<'a> Machine for Pipe<'a> {
         requests.extend(self.requests(&absent, false, false));
         if !requests.is_empty() {
             return Step::Send(requests);
+        }
+        if !self.waiting.is_empty() {
+            if !self.waited {
+                self.waited = true;
+                if let Some(wait) = self.patience.next_wait() {
+                    return Step::Wait(wait);
+                }
+                for p in std::mem::take(&mut self.waiting) {
+                    let (_, server, moving) = &self.cmds[p];
+                    let (from, keys) = moving.as_ref().map(|(f, k)| (*f, &k[..])).unwrap_or((0, &[]));
+                    let key = keys.first().map(|k| &k[..]).unwrap_or(b"");
+                    self.slots[p] = Some(Err(still_moving(self.core, key, from, *server)));
+                }
+            } else {
+                self.waited = false;
+                let mut waiting = std::mem::take(&mut self.waiting);
+                waiting.sort_unstable();
+                return Step::Send(self.requests(&waiting, true, false));
+            }
         }
         let slots = std::mem::take(&mut self.slots);
         Step::Done(Ok(slots
@@ -699,6 +858,9 @@ pub(crate) fn guarded_script(code: &str) -> String {
         "{shebang}local __mredis_here = 0\n\
          for i = 1, #KEYS do __mredis_here = __mredis_here + redis.call('EXISTS', KEYS[i]) end\n\
          if __mredis_here == 0 then return redis.error_reply('{ABSENT} the keys are not on this server') end\n\
+         if redis.call('EXISTS', '{MARKS}') == 1 then for i = 1, #KEYS do \
+         if redis.call('HEXISTS', '{MARKS}', KEYS[i]) == 1 then \
+         return redis.error_reply('{MOVING} a rebalance is moving this key') end end end\n\
          if __mredis_here < #KEYS then return redis.error_reply('{PARTIAL} only some keys are on this server') end\n\
          return (function()\n{body}\nend)()\n"
     )

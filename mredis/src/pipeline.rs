@@ -71,6 +71,7 @@ fn unpack(atomic: bool, mut values: Vec<Value>) -> RedisResult<Option<Vec<Value>
 fn then<'s, T, U>(step: Step<'s, T>, f: impl FnOnce(RedisResult<T>) -> RedisResult<U>) -> Step<'s, U> {
     match step {
         Step::Send(requests) => Step::Send(requests),
+        Step::Wait(d) => Step::Wait(d),
         Step::Done(result) => Step::Done(f(result)),
     }
 }

@@ -239,6 +239,7 @@ impl<T: FromRedisValue> PageRun<'_, T> {
     fn guarded(&mut self, step: Step<'static, Value>, served_on: usize) -> Step<'static, ()> {
         match step {
             Step::Send(requests) => Step::Send(requests),
+            Step::Wait(d) => Step::Wait(d),
             Step::Done(page) => Step::Done(match page.and_then(Value::extract_error) {
                 Ok(v) if self.state.served(served_on != self.server) => self.state.take_page(self.core, v),
                 Ok(_) => Ok(()),

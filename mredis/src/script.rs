@@ -164,6 +164,8 @@ impl ScriptInvocation<'_> {
             core,
             state,
             sent: Cmd::new(),
+            waiting: false,
+            patience: Default::default(),
         }
     }
 
@@ -232,6 +234,9 @@ struct ScriptRun<'s> {
     state: Run,
     /// The command of the request in flight.
     sent: Cmd,
+    /// Waiting to send the guard again (a rebalance is moving a key).
+    waiting: bool,
+    patience: crate::migration::Patience,
 }
 
 impl ScriptRun<'_> {
@@ -284,6 +289,9 @@ impl Machine for ScriptRun<'_> {
     }
 
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output> {
+        if std::mem::take(&mut self.waiting) {
+            return self.send();
+        }
         // Error replies anywhere in the value are errors, as `Cmd::query` has them.
         let reply = one(replies.into_iter().next()).and_then(Value::extract_error);
         let stage = match &self.state {
@@ -309,6 +317,20 @@ impl Machine for ScriptRun<'_> {
                     stage: Stage::Eval,
                 };
                 self.send()
+            }
+            (Run::Guard { server, moves, .. }, Err(e)) if e.code() == Some(crate::migration::MOVING) => {
+                match self.patience.next_wait() {
+                    Some(wait) => {
+                        self.waiting = true;
+                        Step::Wait(wait)
+                    }
+                    None => Step::Done(Err(crate::migration::still_moving(
+                        self.core,
+                        &moves[0].key,
+                        moves[0].from,
+                        *server,
+                    ))),
+                }
             }
             (Run::Guard { server, moves, .. }, Err(e)) if e.code() == Some(crate::migration::PARTIAL) => {
                 Step::Done(Err(crate::migration::try_again(

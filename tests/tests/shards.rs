@@ -639,3 +639,150 @@ fn a_stopped_sentinel_and_an_unknown_master_name_are_handled() {
     assert!(e.contains("no-such-master"), "{e}");
     assert!(e.contains("does not know master"), "{e}");
 }
+
+/// A failover of shard `victim` (a source, or the destination) while a
+/// rebalance moves 2 -> 3 Sentinel shards and migration-aware writers
+/// (sync threads and async tasks, replica-acknowledged) write: the
+/// rebalance follows it and finishes, and afterwards every key is on
+/// exactly one primary, its new owner's, with every acknowledged write.
+fn failover_during_rebalance(victim: usize) {
+    let mut fleet = SentinelFleet::start(3);
+    let all = sentinel_servers(&fleet);
+    let old = MRedis::builder().servers(all[..2].to_vec());
+    let from = old.clone().build().unwrap();
+    let to = MRedis::builder().servers(all.clone()).build().unwrap();
+    // Enough keys that the move is still running when the kill lands
+    // (asserted below, not assumed).
+    let moving: Vec<String> = (0..12_000).map(|i| format!("move:{i}")).collect();
+    for chunk in moving.chunks(500) {
+        let pairs: Vec<(&str, usize)> = chunk.iter().map(|k| (k.as_str(), k[5..].parse().unwrap())).collect();
+        from.mset::<_, _, ()>(&pairs).unwrap();
+    }
+    let aware = |b: mredis::Builder| b.migrating_from(old.clone());
+    let mr = aware(builder(&fleet, true)).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let amr = rt.block_on(aware(builder(&fleet, true)).build_async()).unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (threads, tasks) = start_writers(&mr, &amr, &rt, &seen, &stop);
+    wait_for_writes(&seen, &fleet);
+
+    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (from, to, moved, done) = (from.clone(), to.clone(), moved.clone(), done.clone());
+        std::thread::spawn(move || {
+            let r = mredis::rebalance::rebalance(
+                &from,
+                &to,
+                mredis::rebalance::RebalanceOptions {
+                    allow_volatile: true,
+                    batch_size: Some(5),
+                    migrate_timeout_ms: Some(2000),
+                    progress: Some(Box::new(move |p| moved.store(p.moved, Ordering::Relaxed))),
+                    ..Default::default()
+                },
+            );
+            done.store(true, Ordering::Relaxed);
+            r
+        })
+    };
+    wait_until("the rebalance moving keys", Duration::from_secs(60), || {
+        moved.load(Ordering::Relaxed) > 200 || done.load(Ordering::Relaxed)
+    });
+    let old_port = fleet.master_port(victim);
+    fleet.shards[victim].primary.stop();
+    assert!(
+        !done.load(Ordering::Relaxed),
+        "the rebalance finished before the kill: the test needs more keys"
+    );
+    let new_port = fleet.wait_for_new_master(victim, old_port, FAILOVER);
+    assert_ne!(new_port, old_port);
+    // The new primary's replica: the old one, back (acknowledged writes
+    // and the rebalance's steps wait for it).
+    fleet.shards[victim].primary.restart();
+    let mut report = run
+        .join()
+        .unwrap()
+        .expect("the rebalance follows the failover and finishes");
+    let listed: Vec<_> = report.misplaced_keys.drain(..).take(5).collect();
+    assert!(report.is_complete(), "{report:?}; first misplaced: {listed:?}");
+    assert!(report.retries >= 1, "the kill did not interrupt the move: {report:?}");
+    // More writes after the move, then stop.
+    let count_then: usize = seen.lock().unwrap().successes.values().map(Vec::len).sum();
+    wait_until("writes after the move", Duration::from_secs(30), || {
+        seen.lock().unwrap().successes.values().map(Vec::len).sum::<usize>() > count_then + 100
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+
+    // Every key on exactly one primary: its owner's under the new
+    // configuration; moved values intact; no mark left.
+    let mut cons: Vec<redis::Connection> = (0..3).map(|i| fleet.conn(fleet.master_port(i))).collect();
+    let s = seen.lock().unwrap();
+    let written: Vec<&String> = s.incrs.keys().chain(s.sets.keys()).collect();
+    let mut on_two = 0;
+    for key in moving.iter().chain(written.iter().copied()) {
+        let owner = to.server_index_for(key.as_bytes());
+        let mut pipe = redis::pipe();
+        pipe.exists(key);
+        let here: Vec<bool> = cons
+            .iter_mut()
+            .map(|c| pipe.query::<Vec<bool>>(c).unwrap()[0])
+            .collect();
+        if here.iter().filter(|&&h| h).count() != 1 || !here[owner] {
+            eprintln!("{key}: on primaries {here:?}, owner {owner}");
+            on_two += 1;
+        }
+    }
+    assert_eq!(on_two, 0, "keys not on exactly their owner's primary");
+    let plain = MRedis::builder().servers(all).build().unwrap();
+    for chunk in moving.chunks(500) {
+        let values: Vec<Option<usize>> = plain.mget(chunk).unwrap();
+        for (k, v) in chunk.iter().zip(values) {
+            assert_eq!(v, Some(k[5..].parse().unwrap()), "{k}");
+        }
+    }
+    let (lost, checked) = lost(&fleet, &plain, &s);
+    assert!(checked > 100);
+    assert_eq!(lost, 0, "acknowledged writes lost");
+    for c in cons.iter_mut() {
+        let marks: i64 = redis::cmd("HLEN").arg("__mredis:moving").query(c).unwrap();
+        assert_eq!(marks, 0, "marks left");
+    }
+    eprintln!(
+        "failover of shard {victim} during a rebalance: {} keys moved, {} restarts, {} of {checked} acknowledged \
+         keys lost, {} write errors",
+        report.moved,
+        report.retries,
+        lost,
+        s.errors.values().sum::<u64>()
+    );
+}
+
+#[test]
+fn a_rebalance_follows_a_failover_of_its_source() {
+    if skip() {
+        return;
+    }
+    failover_during_rebalance(0);
+}
+
+#[test]
+fn a_rebalance_follows_a_failover_of_its_destination() {
+    if skip() {
+        return;
+    }
+    failover_during_rebalance(2);
+}

@@ -80,6 +80,7 @@ impl Machine for Planned<'_> {
                 Step::Done(Err(e)) => Step::Done(Err(e)),
                 Step::Done(Ok(_)) => Step::Done(Err(client_error("no server".to_string()))),
                 Step::Send(requests) => Step::Send(requests),
+                Step::Wait(d) => Step::Wait(d),
             },
             Planned::Scan { server, scan, .. } => Step::Send(vec![Request {
                 server: *server,
@@ -105,7 +106,7 @@ impl Machine for Planned<'_> {
             } => {
                 let replies = match fan.next(replies) {
                     Step::Done(r) => r,
-                    Step::Send(_) => Err(client_error("unexpected request".to_string())),
+                    Step::Send(_) | Step::Wait(_) => Err(client_error("unexpected request".to_string())),
                 };
                 let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
                 Step::Done(
@@ -208,6 +209,10 @@ impl<'a> Batch<'a> {
                     self.state = BatchState::One(one);
                     return Step::Send(requests);
                 }
+                Step::Wait(d) => {
+                    self.state = BatchState::One(one);
+                    return Step::Wait(d);
+                }
                 Step::Done(result) => {
                     if let Err(e) = self.place_one(result) {
                         return Step::Done(Err(e));
@@ -250,6 +255,10 @@ impl Machine for Batch<'_> {
                 Step::Send(requests) => {
                     self.state = BatchState::One(one);
                     Step::Send(requests)
+                }
+                Step::Wait(d) => {
+                    self.state = BatchState::One(one);
+                    Step::Wait(d)
                 }
                 Step::Done(result) => match self.place_one(result) {
                     Ok(()) => self.advance(),

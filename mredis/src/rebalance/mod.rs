@@ -83,10 +83,12 @@ use crate::MRedis;
 use crate::routing::show_key;
 use crate::server::Server;
 
+mod durable;
 mod journal;
 mod servers;
 mod worker;
 
+use durable::*;
 use journal::*;
 use servers::*;
 use worker::*;

@@ -166,6 +166,47 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
         dest_cons: HashMap::new(),
         out: WorkerOut::default(),
     };
+    if !durable(plan) || mode == Mode::Count {
+        walk(&mut w, mode)?;
+        return Ok(w.out);
+    }
+    // Shards with replicas: a failure (typically a failover of the source
+    // or of a destination) is followed: once the servers answer again on
+    // their current primaries, the walk starts again, first completing the
+    // moves left marked.
+    let mut restarts = 0;
+    loop {
+        let result = if mode == Mode::Move {
+            w.resume_marked().and_then(|()| walk(&mut w, mode))
+        } else {
+            walk(&mut w, mode)
+        };
+        match result {
+            Ok(()) => return Ok(w.out),
+            Err(e) if restarts < 5 && !shared.abort.load(Ordering::Relaxed) => {
+                shared.journal.lost(&w.name);
+                if !servers_answer_again(plan, src) {
+                    return Err(e);
+                }
+                restarts += 1;
+                restarted(shared);
+                w.con = connect(&node.server, s.io_timeout)?;
+                w.dest_cons.clear();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Walks the source with `SCAN`, moving (or counting, or checking) the
+/// keys whose owner changed.
+fn walk(w: &mut Worker, mode: Mode) -> RedisResult<()> {
+    let plan = w.plan;
+    let shared = w.shared;
+    let src = w.src;
+    let s = &plan.settings;
+    let node = &plan.nodes[src];
+    let durable = durable(plan);
     let scan = |cursor: u64| {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor).arg("COUNT").arg(s.scan_count);
@@ -184,6 +225,9 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
         let counted = returned.min(node.keys) - before;
         let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
         for key in keys {
+            if key.starts_with(crate::migration::RESERVED) {
+                continue;
+            }
             let ti = plan.to.server_index_for(&key);
             let dest = plan.to_node[ti];
             if dest != src && !(mode == Mode::Move && plan.forbidden[dest]) {
@@ -222,6 +266,14 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
                         groups.retain(|_, ks| !ks.is_empty());
                     }
                 }
+                if durable {
+                    w.move_groups_durable(groups)?;
+                    if stop {
+                        break;
+                    }
+                    page = query(&scan(next), &mut w.con, &w.name, s.io_timeout)?;
+                    continue;
+                }
                 let mut dests: Vec<usize> = groups
                     .keys()
                     .map(|&ti| plan.to_node[ti])
@@ -250,7 +302,7 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
         }
         page = query(&scan(next), &mut w.con, &w.name, s.io_timeout)?;
     }
-    Ok(w.out)
+    Ok(())
 }
 
 /// Takes up to `wanted` from `budget`; returns how much was taken.

@@ -1,0 +1,431 @@
+//! Moving keys between shards with replicas, so that a failover of the
+//! source or of the destination at any moment of a move loses no key and
+//! leaves none where clients would use two copies.
+//!
+//! `MIGRATE` deletes the key on the source as soon as the destination's
+//! primary has it: a failover of the destination before its replica has
+//! the key loses it, and a failover of the source before its replica has
+//! the delete brings an old copy back while clients write the new one.
+//! So on such fleets each batch of keys is moved in steps, each
+//! acknowledged by the shard's replicas (`WAIT`) before the next:
+//!
+//! 1. on the source: mark the keys as moving (a hash, [`MARKS`]); commands
+//!    of migration-aware clients on a marked key wait (neither copy is
+//!    used), then `DUMP` them;
+//! 2. on the destination: `RESTORE` them and note their arrival
+//!    ([`ARRIVED`]), in one script;
+//! 3. on the source: delete each key whose mark is still this move's, and
+//!    the mark;
+//! 4. on the destination: forget the arrivals.
+//!
+//! A failover at any step leaves the key either unmarked on the source
+//! (clients use it there), or marked on the source (clients wait; the
+//! rebalance, resuming, finds the mark and completes the move, skipping
+//! the copy when the destination noted its arrival), or only on the
+//! destination.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::LazyLock;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis::{RedisResult, Value};
+
+use super::*;
+use crate::migration::{ARRIVED, MARKS};
+
+/// Marks each existing key (KEYS) as moving with id ARGV[1], unless it is
+/// marked already; replies with each key's mark (nil: no such key).
+const MARK_CODE: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  local cur = redis.call('HGET', '__mredis:moving', KEYS[i])
+  if cur then
+    out[i] = cur
+  elseif redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', '__mredis:moving', KEYS[i], ARGV[1])
+    out[i] = ARGV[1]
+  else
+    out[i] = false
+  end
+end
+return out
+"#;
+
+/// Restores each key (KEYS) from ARGV (per key: move id, "1" to replace,
+/// TTL in ms, DUMP payload) and notes its arrival; replies per key with 1
+/// or the error.
+const RESTORE_CODE: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  local b = (i - 1) * 4
+  local args = {KEYS[i], ARGV[b + 3], ARGV[b + 4]}
+  if ARGV[b + 2] == '1' then args[4] = 'REPLACE' end
+  local r = redis.pcall('RESTORE', unpack(args))
+  if type(r) == 'table' and r.err then
+    out[i] = r.err
+  else
+    redis.call('HSET', '__mredis:arrived', KEYS[i], ARGV[b + 1])
+    out[i] = 1
+  end
+end
+return out
+"#;
+
+/// For each key (KEYS) whose mark is still ARGV[1 + i]: deletes the key
+/// (unless ARGV[1] is "keep") and the mark; replies per key with the count
+/// deleted, or -1 when the mark was not this move's.
+const FINISH_CODE: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('HGET', '__mredis:moving', KEYS[i]) == ARGV[1 + i] then
+    if ARGV[1] == 'keep' then out[i] = 0 else out[i] = redis.call('DEL', KEYS[i]) end
+    redis.call('HDEL', '__mredis:moving', KEYS[i])
+  else
+    out[i] = -1
+  end
+end
+return out
+"#;
+
+static MARK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(MARK_CODE));
+static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESTORE_CODE));
+static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_CODE));
+
+/// Whether keys of this plan move in acknowledged steps: some server is a
+/// shard with replicas or a Sentinel master.
+pub(super) fn durable(plan: &MovePlan) -> bool {
+    plan.nodes.iter().any(|n| n.server.shard().is_some())
+}
+
+/// A new move id: random enough that two runs never share one.
+fn move_id() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// `script` by its SHA, with its code loaded first (a `SCRIPT LOAD` in
+/// the same pipeline costs nothing extra and never fails on NOSCRIPT).
+fn invoke(pipe: &mut redis::Pipeline, script: &redis::Script, code: &str) -> Cmd {
+    pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(script.get_hash());
+    c
+}
+
+use redis::Cmd;
+
+impl Worker<'_> {
+    /// The replicas that must acknowledge each step on `server`: every
+    /// replica its shard lists now (for Sentinel: those up and linked).
+    fn replicas_to_wait_for(server: &Server) -> usize {
+        server.replica_addresses().len()
+    }
+
+    /// Checks a `WAIT` reply: fewer acknowledgements than replicas is an
+    /// error naming the shard (the step is done again after a rerun or a
+    /// failover; nothing is lost).
+    fn check_acks(&self, server: &Server, wanted: usize, reply: Option<&Value>) -> RedisResult<()> {
+        let got = match reply {
+            Some(Value::Int(n)) => *n as usize,
+            Some(Value::ServerError(e)) => {
+                return Err(error(format!("{}: WAIT: {}", server.name(), server_error_text(e))));
+            }
+            _ => 0,
+        };
+        if got < wanted {
+            return Err(error(format!(
+                "moving keys from {}: only {got} of {wanted} replicas of {} acknowledged within {} ms (a replica \
+                 down or far behind?); the keys of this batch stay where clients find them; {RERUN}",
+                self.name,
+                server.name(),
+                self.plan.settings.timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    fn wait_cmd(&self, wanted: usize) -> Cmd {
+        let mut c = redis::cmd("WAIT");
+        c.arg(wanted).arg(self.plan.settings.timeout_ms);
+        c
+    }
+
+    /// Before scanning: completes the moves a stopped run (or a failover)
+    /// left marked on this source.
+    pub(super) fn resume_marked(&mut self) -> RedisResult<()> {
+        let io = self.plan.settings.io_timeout;
+        let marked: Vec<Vec<u8>> = query(redis::cmd("HKEYS").arg(MARKS), &mut self.con, &self.name, io)?;
+        if marked.is_empty() {
+            return Ok(());
+        }
+        let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut stay = Vec::new();
+        for key in marked {
+            let ti = self.plan.to.server_index_for(&key);
+            if self.plan.to_node[ti] == self.src {
+                stay.push(key);
+            } else {
+                groups.entry(ti).or_default().push(key);
+            }
+        }
+        if !stay.is_empty() {
+            // Marked for a move this configuration does not make: unmark.
+            query::<i64>(redis::cmd("HDEL").arg(MARKS).arg(&stay), &mut self.con, &self.name, io)?;
+        }
+        self.move_groups_durable(groups)
+    }
+
+    /// Moves `groups` (keys by destination index in `to`) in batches.
+    pub(super) fn move_groups_durable(&mut self, groups: BTreeMap<usize, Vec<Vec<u8>>>) -> RedisResult<()> {
+        let batch = self.plan.settings.batch;
+        for (ti, keys) in groups {
+            for chunk in keys.chunks(batch) {
+                self.move_batch_durable(ti, chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch, in the four acknowledged steps of the module docs.
+    fn move_batch_durable(&mut self, ti: usize, keys: &[Vec<u8>]) -> RedisResult<()> {
+        let s = &self.plan.settings;
+        let io = s.io_timeout;
+        let src_server = self.plan.nodes[self.src].server.clone();
+        let dest = self.dest(ti).clone();
+        let dest_name = dest.name().to_string();
+        let id = move_id();
+        self.shared.journal.begin(&self.name, keys)?;
+
+        // 1. Mark, wait for the source's replicas, dump.
+        let src_acks = Self::replicas_to_wait_for(&src_server);
+        let mut pipe = redis::pipe();
+        let mut mark = invoke(&mut pipe, &MARK, MARK_CODE);
+        mark.arg(keys.len()).arg(keys).arg(&id);
+        pipe.add_command(mark);
+        pipe.add_command(self.wait_cmd(src_acks));
+        pipe.cmd("MULTI").ignore();
+        for k in keys {
+            pipe.cmd("PTTL").arg(k).ignore().cmd("DUMP").arg(k).ignore();
+        }
+        pipe.cmd("EXEC");
+        let v = pquery(&mut pipe, &mut self.con, &self.name, io)?;
+        let marks: Vec<Option<String>> = match v.first() {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|m| match m {
+                    Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    _ => None,
+                })
+                .collect(),
+            Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
+            other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
+        };
+        self.check_acks(&src_server, src_acks, v.get(1))?;
+        let dumped: Vec<Value> = match v.get(2) {
+            Some(Value::Array(items)) => items.clone(),
+            Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
+            other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
+        };
+        // (key, mark, ttl, payload) of each key there; marked keys gone
+        // meanwhile (expired) only lose their mark.
+        let mut todo: Vec<(Vec<u8>, String, i64, Vec<u8>)> = Vec::new();
+        let mut gone: Vec<(Vec<u8>, String)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(m) = marks.get(i).cloned().flatten() else {
+                continue;
+            };
+            let ttl = match dumped.get(2 * i) {
+                Some(Value::Int(t)) if *t > 0 => *t,
+                _ => 0,
+            };
+            match dumped.get(2 * i + 1) {
+                Some(Value::BulkString(p)) => todo.push((key.clone(), m, ttl, p.clone())),
+                _ => gone.push((key.clone(), m)),
+            }
+        }
+
+        // 2. Copy to the destination unless a resumed move's copy arrived.
+        let dest_acks = Self::replicas_to_wait_for(&dest);
+        let resumed: Vec<usize> = (0..todo.len()).filter(|&i| todo[i].1 != id).collect();
+        let mut arrived = vec![false; todo.len()];
+        if !resumed.is_empty() {
+            let mut c = redis::cmd("HMGET");
+            c.arg(ARRIVED);
+            for &i in &resumed {
+                c.arg(&todo[i].0);
+            }
+            let there: Vec<Option<String>> = query(&c, self.dest_con(ti)?, &dest_name, io)?;
+            for (&i, t) in resumed.iter().zip(there) {
+                arrived[i] = t.as_deref() == Some(todo[i].1.as_str());
+            }
+        }
+        let copy: Vec<usize> = (0..todo.len()).filter(|&i| !arrived[i]).collect();
+        let busy = self.restore(ti, &todo, &copy, false, dest_acks)?;
+        let mut conflicts = Vec::new();
+        if !busy.is_empty() {
+            // Already on the destination: the same bytes, or the tool's own
+            // leftover (a copy made under a mark a failover lost, since
+            // written on the source), is replaced; anything else is a
+            // conflict, unmarked and kept on both.
+            let mut pipe = redis::pipe();
+            for &i in &busy {
+                pipe.cmd("DUMP").arg(&todo[i].0);
+            }
+            let there = pquery(&mut pipe, self.dest_con(ti)?, &dest_name, io)?;
+            let mut replace = Vec::new();
+            for (&i, t) in busy.iter().zip(&there) {
+                let same = matches!(t, Value::BulkString(b) if *b == todo[i].3);
+                if same || self.shared.journal.uncertain(&self.name, &todo[i].0) {
+                    self.out.leftovers += u64::from(!same);
+                    replace.push(i);
+                } else {
+                    conflicts.push(i);
+                }
+            }
+            let still = self.restore(ti, &todo, &replace, true, dest_acks)?;
+            conflicts.extend(still);
+        }
+
+        // 3. Delete on the source what arrived; unmark conflicts.
+        let mut pipe = redis::pipe();
+        let done: Vec<usize> = (0..todo.len()).filter(|i| !conflicts.contains(i)).collect();
+        let mut finish = invoke(&mut pipe, &FINISH, FINISH_CODE);
+        finish.arg(done.len() + gone.len());
+        let mut finish_keys: Vec<&[u8]> = done.iter().map(|&i| &todo[i].0[..]).collect();
+        finish_keys.extend(gone.iter().map(|(k, _)| &k[..]));
+        finish.arg(&finish_keys).arg("del");
+        for &i in &done {
+            finish.arg(&todo[i].1);
+        }
+        for (_, m) in &gone {
+            finish.arg(m);
+        }
+        pipe.add_command(finish);
+        if !conflicts.is_empty() {
+            let mut keep = invoke(&mut pipe, &FINISH, FINISH_CODE);
+            keep.arg(conflicts.len());
+            for &i in &conflicts {
+                keep.arg(&todo[i].0);
+            }
+            keep.arg("keep");
+            for &i in &conflicts {
+                keep.arg(&todo[i].1);
+            }
+            pipe.add_command(keep);
+        }
+        pipe.add_command(self.wait_cmd(src_acks));
+        let v = pquery(&mut pipe, &mut self.con, &self.name, io)?;
+        let deleted = match v.first() {
+            Some(Value::Array(items)) => items.iter().filter(|d| matches!(d, Value::Int(1))).count() as u64,
+            Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
+            other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
+        };
+        self.check_acks(&src_server, src_acks, v.last())?;
+        self.record(ti, deleted);
+
+        // 4. Forget the arrivals (a leftover entry is harmless: its id is
+        // never used again).
+        if !todo.is_empty() {
+            let mut c = redis::cmd("HDEL");
+            c.arg(ARRIVED);
+            for (k, ..) in &todo {
+                c.arg(k);
+            }
+            query::<i64>(&c, self.dest_con(ti)?, &dest_name, io)?;
+        }
+        for &i in &conflicts {
+            let key = todo[i].0.clone();
+            self.conflict(ti, key);
+        }
+        self.shared.journal.end(&self.name, keys)?;
+        Ok(())
+    }
+
+    /// Restores `which` of `todo` on destination `ti` (replacing or not)
+    /// and waits for its replicas; returns those already there (BUSYKEY).
+    fn restore(
+        &mut self,
+        ti: usize,
+        todo: &[(Vec<u8>, String, i64, Vec<u8>)],
+        which: &[usize],
+        replace: bool,
+        acks: usize,
+    ) -> RedisResult<Vec<usize>> {
+        if which.is_empty() {
+            return Ok(Vec::new());
+        }
+        let io = self.plan.settings.io_timeout;
+        let dest = self.dest(ti).clone();
+        let mut pipe = redis::pipe();
+        let mut c = invoke(&mut pipe, &RESTORE, RESTORE_CODE);
+        c.arg(which.len());
+        for &i in which {
+            c.arg(&todo[i].0);
+        }
+        for &i in which {
+            let (_, m, ttl, payload) = &todo[i];
+            c.arg(m).arg(if replace { "1" } else { "0" }).arg(*ttl).arg(payload);
+        }
+        pipe.add_command(c);
+        pipe.add_command(self.wait_cmd(acks));
+        let v = pquery(&mut pipe, self.dest_con(ti)?, dest.name(), io)?;
+        let replies = match v.first() {
+            Some(Value::Array(items)) => items.clone(),
+            Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", dest.name(), server_error_text(e)))),
+            other => return Err(error(format!("{}: unexpected reply {other:?}", dest.name()))),
+        };
+        let mut busy = Vec::new();
+        for (&i, r) in which.iter().zip(&replies) {
+            match r {
+                Value::Int(1) => {}
+                Value::BulkString(e) if e.starts_with(b"BUSYKEY") => busy.push(i),
+                Value::BulkString(e) => {
+                    return Err(error(format!(
+                        "moving keys from {} to {}: RESTORE: {}; {RERUN}",
+                        self.name,
+                        dest.name(),
+                        String::from_utf8_lossy(e)
+                    )));
+                }
+                other => return Err(error(format!("{}: unexpected reply {other:?}", dest.name()))),
+            }
+        }
+        self.check_acks(&dest, acks, v.last())?;
+        Ok(busy)
+    }
+}
+
+/// How long a worker waits for its servers to answer again after a
+/// failure on a fleet with Sentinel shards (a failover takes Sentinel's
+/// `down-after-milliseconds` plus an election).
+pub(super) const FOLLOW_FAILOVER: Duration = Duration::from_secs(60);
+
+/// After a failure: waits until the source and every destination answer
+/// `PING` on their current primaries. False if they did not within
+/// [`FOLLOW_FAILOVER`].
+pub(super) fn servers_answer_again(plan: &MovePlan, src: usize) -> bool {
+    let deadline = Instant::now() + FOLLOW_FAILOVER;
+    loop {
+        let answer = answers_ping(&plan.nodes[src].server) && plan.to.servers().iter().all(answers_ping);
+        if answer {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Counts a restart after a failover.
+pub(super) fn restarted(shared: &Shared) {
+    shared.retries.fetch_add(1, Ordering::Relaxed);
+}
