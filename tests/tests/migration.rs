@@ -896,3 +896,105 @@ fn a_handle_scan_finds_keys_that_move_while_it_walks() {
     );
     assert_eq!(found.len(), keys.len(), "every key, none invented");
 }
+
+/// `cmdstat_<name>` calls on the server on `con`.
+fn calls_of(con: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A key a rebalance has marked as moving (on fleets with replicas it
+/// marks each key on its source, copies it, then deletes it and the mark):
+/// calls of migration-aware clients on it wait, asking again, and run
+/// once the mark is gone; sync and async; single keys, split commands,
+/// pipelines and scripts.
+#[test]
+fn calls_on_a_key_marked_as_moving_wait_for_the_mark_to_go() {
+    let s = persistent_servers(3);
+    let old_refs: Vec<&RedisServer> = s[..2].iter().collect();
+    let new_refs: Vec<&RedisServer> = s.iter().collect();
+    let old = builder(&old_refs, Mode::Standard).build().unwrap();
+    let plain_new = builder(&new_refs, Mode::Standard).build().unwrap();
+    let aware = || builder(&new_refs, Mode::Standard).migrating_from(builder(&old_refs, Mode::Standard));
+    let mr = aware().build().unwrap();
+    let key = (0..1000)
+        .map(|i| format!("marked:{i}"))
+        .find(|k| owner_port(&old, k) != owner_port(&plain_new, k))
+        .unwrap();
+    let source = server_on(&s, owner_port(&old, &key));
+    old.set::<_, _, ()>(&key, "v").unwrap();
+    let mut src = source.conn();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let amr = rt.block_on(aware().build_async()).unwrap();
+
+    type Call = Box<dyn FnOnce() -> String + Send>;
+    let calls: Vec<(&str, Call)> = vec![
+        ("get", {
+            let (mr, k) = (mr.clone(), key.clone());
+            Box::new(move || mr.get::<_, String>(&k).unwrap())
+        }),
+        ("mget", {
+            let (mr, k) = (mr.clone(), key.clone());
+            Box::new(move || mr.mget::<_, Vec<String>>(&[&k, &k]).unwrap().concat())
+        }),
+        ("fleet pipeline", {
+            let (mr, k) = (mr.clone(), key.clone());
+            Box::new(move || {
+                let (v, w): (String, String) = mr.pipeline_all().get(&k).get(&k).query(&mr).unwrap();
+                v + &w
+            })
+        }),
+        ("key pipeline", {
+            let (mr, k) = (mr.clone(), key.clone());
+            Box::new(move || {
+                let (v,): (String,) = mr.pipeline(&k).unwrap().get(&k).query(&mr).unwrap();
+                v
+            })
+        }),
+        ("script", {
+            let (mr, k) = (mr.clone(), key.clone());
+            Box::new(move || {
+                mredis::Script::new("return redis.call('GET', KEYS[1])")
+                    .key(&k)
+                    .invoke::<String>(&mr)
+                    .unwrap()
+            })
+        }),
+        ("async get", {
+            let (amr, k) = (amr.clone(), key.clone());
+            let handle = rt.handle().clone();
+            Box::new(move || handle.block_on(amr.get::<_, String>(&k)).unwrap())
+        }),
+    ];
+    for (what, call) in calls {
+        let _: i64 = redis::cmd("HSET")
+            .arg("__mredis:moving")
+            .arg(&key)
+            .arg("test-move")
+            .query(&mut src)
+            .unwrap();
+        let asked = calls_of(&mut src, "evalsha") + calls_of(&mut src, "eval");
+        let call = std::thread::spawn(call);
+        // It asks again while the mark is there (at least 3 times), and
+        // nothing it runs changes the key meanwhile.
+        mredis_tests::wait_until(&format!("{what}: asking again"), Duration::from_secs(5), || {
+            calls_of(&mut src, "evalsha") + calls_of(&mut src, "eval") >= asked + 3
+        });
+        assert!(!call.is_finished(), "{what} finished while the key was marked");
+        let _: i64 = redis::cmd("HDEL")
+            .arg("__mredis:moving")
+            .arg(&key)
+            .query(&mut src)
+            .unwrap();
+        let v = call.join().unwrap();
+        assert!(v == "v" || v == "vv", "{what}: {v}");
+    }
+}
