@@ -64,7 +64,11 @@
 //! to a replica, and a replica may lag. Writes acknowledged by replicas:
 //! [`Builder::replica_acks`] (`WAIT` after each request with a write; too
 //! few acknowledgements is an error saying the write may be lost on a
-//! failover).
+//! failover). [`rebalance`] moves keys between such
+//! shards in steps their replicas acknowledge, marking each key as moving
+//! on its source meanwhile (migration-aware calls on a marked key wait,
+//! at most 10 s), and follows a failover of either side by itself; see
+//! its module docs, "Shards with replicas".
 //!
 //! ## Errors and timeouts
 //!

@@ -64,6 +64,42 @@
 //! the job, whatever moment the previous run was stopped at, including
 //! `kill -9`.
 //!
+//! # Shards with replicas
+//!
+//! When a server of either configuration is a shard with replicas or a
+//! Sentinel master ([`Server::with_replicas`], [`Server::sentinel`]),
+//! keys do not move with `MIGRATE`, which deletes the source's copy as
+//! soon as the destination's primary has it: a failover of the
+//! destination before its replica had the key would lose it, and one of
+//! the source before its replica had the delete would bring an old copy
+//! back while clients write the new one. Each batch moves instead in steps
+//! that the shard's replicas acknowledge (`WAIT` for every replica the
+//! shard lists) before the next:
+//!
+//! 1. on the source, the keys are marked as moving (the hash
+//!    `__mredis:moving`: key -> move id) and dumped (`DUMP`, `PTTL`);
+//!    migration-aware clients' calls on a marked key wait and ask again
+//!    (every few ms, at most 10 s, then a `TRYAGAIN` error that says a
+//!    rebalance stopped in the middle);
+//! 2. on the destination, one script restores them and notes their
+//!    arrival (`__mredis:arrived`: key -> move id);
+//! 3. on the source, each key whose mark is still this move's is deleted
+//!    with its mark;
+//! 4. on the destination, the arrivals are forgotten.
+//!
+//! A failover at any step leaves each key unmarked on the source (clients
+//! use it there; the copy a destination may hold is replaced on the next
+//! attempt), marked on the source (clients wait), or only on the
+//! destination. A worker whose source or destination fails waits (up to
+//! 60 s) until both answer on their current primaries, completes the moves
+//! left marked (skipping the copy when the destination noted its arrival
+//! with the same move id), and scans again. A key already on the
+//! destination is a leftover when its bytes are the same or the journal
+//! says an earlier attempt may have left it (replaced), else a conflict
+//! (unmarked, kept on both, listed). A replica that does not acknowledge
+//! within the timeout stops the run with an error naming the shard; nothing
+//! is lost and a rerun continues. Keys named `__mredis:*` are never moved.
+//!
 //! # Concurrency
 //!
 //! One thread per distinct server scans it and moves its keys. A server
