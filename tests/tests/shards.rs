@@ -786,3 +786,92 @@ fn a_rebalance_follows_a_failover_of_its_destination() {
     }
     failover_during_rebalance(2);
 }
+
+/// A rebalance stopped in the middle of a batch (killed, or its source
+/// failed over) leaves keys marked as moving on the source; the next run
+/// finishes them: a key marked and not yet copied is copied, a key whose
+/// copy arrived (noted on the destination under the same move id) is not
+/// copied again; both end only on their new shard, marks and notes gone,
+/// on the primaries and their replicas.
+#[test]
+fn a_rerun_finishes_the_moves_a_stopped_rebalance_left_marked() {
+    if skip() {
+        return;
+    }
+    let shards = static_shards();
+    let servers: Vec<Server> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, (p, r))| {
+            Server::from_url(&p.url())
+                .unwrap()
+                .with_replicas([r.url()])
+                .unwrap()
+                .with_alias(format!("s{i}"))
+        })
+        .collect();
+    let from = MRedis::builder().servers(servers[..1].to_vec()).build().unwrap();
+    let to = MRedis::builder().servers(servers).build().unwrap();
+    let keys: Vec<String> = (0..200).map(|i| format!("k:{i}")).collect();
+    for k in &keys {
+        from.set::<_, _, ()>(k, k).unwrap();
+    }
+    let moving: Vec<&String> = keys.iter().filter(|k| to.server_index_for(k.as_bytes()) == 1).collect();
+    assert!(moving.len() > 50, "{} keys move", moving.len());
+    let (k1, k2) = (moving[0], moving[1]);
+    let (mut src, mut dest) = (shards[0].0.conn(), shards[1].0.conn());
+    // k1: marked, not copied yet. k2: marked, copied, its arrival noted.
+    let _: () = redis::cmd("HSET")
+        .arg("__mredis:moving")
+        .arg(k1)
+        .arg("run-1")
+        .arg(k2)
+        .arg("run-2")
+        .query(&mut src)
+        .unwrap();
+    let dump: Vec<u8> = redis::cmd("DUMP").arg(k2).query(&mut src).unwrap();
+    let _: () = redis::cmd("RESTORE").arg(k2).arg(0).arg(dump).query(&mut dest).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("__mredis:arrived")
+        .arg(k2)
+        .arg("run-2")
+        .query(&mut dest)
+        .unwrap();
+    reset_stats(&mut dest);
+    let report = mredis::rebalance::rebalance(
+        &from,
+        &to,
+        mredis::rebalance::RebalanceOptions {
+            allow_volatile: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.is_complete(), "{:?}", report.moves);
+    assert_eq!(report.moved as usize, moving.len());
+    assert_eq!(report.conflicts.len(), 0);
+    // Every moving key restored once, except k2, whose copy had arrived.
+    assert_eq!(calls(&mut dest, "restore") as usize, moving.len() - 1);
+    for (p, r) in &shards {
+        let (mut pc, mut rc) = (p.conn(), r.conn());
+        wait_replicated(&mut pc, &mut rc);
+        for c in [&mut pc, &mut rc] {
+            let marks: i64 = redis::cmd("HLEN").arg("__mredis:moving").query(c).unwrap();
+            let notes: i64 = redis::cmd("HLEN").arg("__mredis:arrived").query(c).unwrap();
+            assert_eq!((marks, notes), (0, 0));
+        }
+    }
+    for k in &keys {
+        let owner = to.server_index_for(k.as_bytes());
+        for (i, (p, r)) in shards.iter().enumerate() {
+            for srv in [p, r] {
+                let v: Option<String> = srv.conn().get(k).unwrap();
+                if i == owner {
+                    assert_eq!(v.as_deref(), Some(k.as_str()), "{k} on its owner s{i}");
+                } else {
+                    assert_eq!(v, None, "{k} also on s{i}");
+                }
+            }
+        }
+    }
+}
