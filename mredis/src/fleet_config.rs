@@ -40,6 +40,10 @@ enum Entry {
         password: Option<String>,
         #[serde(default)]
         db: Option<i64>,
+        /// TLS to the data servers (a Sentinel shard's; a `url` entry can
+        /// say `rediss://` instead).
+        #[serde(default)]
+        tls: Option<bool>,
     },
 }
 
@@ -199,7 +203,8 @@ fn mode_of(mode: Option<&str>, hash: Option<&str>, tag: Option<&str>) -> RedisRe
 ///
 /// Shards with replicas: a static primary lists its `replicas`; a
 /// Sentinel shard gives its master name, its sentinels (their own
-/// credentials in their URLs) and the data servers' credentials; reads go
+/// credentials in their URLs) and the data servers' credentials (and
+/// `tls = true` to reach them with TLS, with the `tls` feature); reads go
 /// where `read_from` says (`primary`, `prefer-replica`, `replica-only`):
 ///
 /// ```toml
@@ -278,6 +283,7 @@ fn builder_from_file(file: FileConfig, table: &str) -> RedisResult<Builder> {
                 username,
                 password,
                 db,
+                tls,
             } => {
                 let at = |e: redis::RedisError| {
                     config_error(format!(
@@ -331,6 +337,16 @@ fn builder_from_file(file: FileConfig, table: &str) -> RedisResult<Builder> {
                         )));
                     }
                 };
+                if tls == Some(true) {
+                    #[cfg(feature = "tls")]
+                    {
+                        s = s.with_tls().map_err(at)?;
+                    }
+                    #[cfg(not(feature = "tls"))]
+                    return Err(at(config_error(
+                        "tls = true needs mredis built with its `tls` feature".to_string(),
+                    )));
+                }
                 if let Some(w) = weight {
                     s = s.with_weight(w);
                 }
@@ -577,6 +593,16 @@ mod tests {
         assert_eq!(servers[0].connection_info().redis_settings().password(), Some("12345"));
         let yaml = "p:\n  redis_db: x\n  servers:\n   - 127.0.0.1:7001:1\n";
         assert!(builder_from_twemproxy_yaml(yaml, "p").is_err());
+    }
+
+    #[test]
+    fn a_sentinel_entry_with_tls() {
+        let text = "servers = [{ sentinel_master = \"m\", sentinels = [\"redis://127.0.0.1:26379\"], tls = true }]";
+        let b = builder_from_toml(text);
+        #[cfg(feature = "tls")]
+        assert!(b.unwrap().into_parts().unwrap().0[0].tls());
+        #[cfg(not(feature = "tls"))]
+        assert!(b.unwrap_err().to_string().contains("`tls` feature"));
     }
 
     #[test]

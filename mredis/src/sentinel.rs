@@ -184,11 +184,11 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
             };
             let replicas: Vec<std::collections::HashMap<String, String>> =
                 redis::cmd("SENTINEL").arg("REPLICAS").arg(master).query(&mut con)?;
-            let primary = ConnectionAddr::Tcp(host, port);
+            let primary = server.node_addr(host, port);
             // The named primary must say it is one (it may be a demoted
             // old primary the sentinel has not caught up with).
             let node = server.replica_node(&primary);
-            let mut data = connect(&data_info(&node), timeouts)?;
+            let mut data = with_deadlines(node.client()?, timeouts)?;
             let role: Value = redis::cmd("ROLE").query(&mut data)?;
             let is_master = matches!(&role, Value::Array(items)
                 if matches!(items.first(), Some(Value::BulkString(b)) if b.as_slice() == b"master"));
@@ -209,7 +209,7 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
                 })
                 .filter_map(|r| {
                     let port = r.get("port")?.parse().ok()?;
-                    Some(ConnectionAddr::Tcp(r.get("ip")?.clone(), port))
+                    Some(server.node_addr(r.get("ip")?.clone(), port))
                 })
                 .collect();
             Ok(Ok((primary, replicas)))
@@ -223,14 +223,14 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
     Err(problems.join("; "))
 }
 
-/// The connection info of a data node (its credentials are the shard's).
-fn data_info(node: &Server) -> ConnectionInfo {
-    node.connection_info()
-}
-
 /// A connection with deadlines on connect, reads and writes.
 fn connect(info: &ConnectionInfo, timeouts: Timeouts) -> RedisResult<redis::Connection> {
-    let con = redis::Client::open(info.clone())?.get_connection_with_timeout(timeouts.connect)?;
+    with_deadlines(redis::Client::open(info.clone())?, timeouts)
+}
+
+/// A connection of `client` with deadlines on connect, reads and writes.
+fn with_deadlines(client: redis::Client, timeouts: Timeouts) -> RedisResult<redis::Connection> {
+    let con = client.get_connection_with_timeout(timeouts.connect)?;
     con.set_read_timeout(Some(timeouts.response))?;
     con.set_write_timeout(Some(timeouts.response))?;
     Ok(con)

@@ -420,6 +420,59 @@ impl Server {
         self
     }
 
+    /// Connects to this server with TLS. For a Sentinel shard
+    /// ([`Server::sentinel`]) this is how its data servers (the primary and
+    /// replicas the sentinels name) are reached with TLS; the sentinels
+    /// themselves follow their own URLs (`rediss://` for TLS). A plain
+    /// server usually takes TLS from its URL (`rediss://`); this does the
+    /// same. Certificates are verified against the system's roots, or the
+    /// root given with [`Server::with_tls_root_cert`]. A Unix socket has no
+    /// TLS: an error.
+    ///
+    /// ```no_run
+    /// # fn main() -> redis::RedisResult<()> {
+    /// let shard = mredis::Server::sentinel("shard-a", ["redis://10.0.0.21:26379"])?
+    ///     .with_tls()?
+    ///     .with_tls_root_cert(std::fs::read("ca.crt")?);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn with_tls(mut self) -> RedisResult<Self> {
+        let addr = match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) => ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: false,
+                tls_params: None,
+            },
+            ConnectionAddr::TcpTls { .. } => return Ok(self),
+            _ => {
+                return Err(config_error(format!(
+                    "{}: a Unix socket has no TLS; give a host and port",
+                    self.name
+                )));
+            }
+        };
+        self.info = self.info.clone().set_addr(addr);
+        self.tls = true;
+        Ok(self)
+    }
+
+    /// A data node of this shard at `host:port`, reached as this server is
+    /// (TLS or not).
+    pub(crate) fn node_addr(&self, host: String, port: u16) -> ConnectionAddr {
+        match self.info.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        }
+    }
+
     /// Trusts this PEM root certificate (instead of the system's) for a
     /// `rediss://` server, e.g. a private CA.
     #[cfg(feature = "tls")]

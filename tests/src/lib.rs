@@ -814,7 +814,7 @@ impl Sentinel {
     /// `dir <own dir>`, then `monitors` verbatim (`sentinel monitor ...`
     /// lines). Waits until it answers `PING`; retries on another port if
     /// the port got taken; panics with its log and config otherwise.
-    fn start(monitors: &str) -> Sentinel {
+    pub fn start(monitors: &str) -> Sentinel {
         let Some(binary) = redis_server_binary() else {
             panic!("redis-server not found on PATH: install it (apt-get install redis-server)");
         };

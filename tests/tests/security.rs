@@ -251,6 +251,103 @@ fn tls_servers_work_with_rediss_urls() {
     drop(servers(0));
 }
 
+/// A Sentinel shard whose data servers speak only TLS to their clients
+/// and to each other (`tls-replication yes`, the sentinel too): mredis asks
+/// the sentinel (plain) for the primary and replicas and reaches them with
+/// TLS, certificates verified against the test CA; reads on the replica,
+/// and writes after a failover, over TLS.
+#[test]
+fn sentinel_shards_reach_their_data_servers_with_tls() {
+    if mredis_tests::testing_valkey() {
+        eprintln!("skipped: this valkey-server has no TLS support");
+        return;
+    }
+    let scratch = mredis_tests::TempDir::new("tls-sentinel");
+    let dir = scratch.path();
+    make_certs(dir);
+    let path = |f: &str| dir.join(f).display().to_string();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let tls_args = |port: u16| -> Vec<String> {
+        [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (tp, tr) = (free(), free());
+    let args = tls_args(tp);
+    let mut primary = RedisServer::with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut args = tls_args(tr);
+    args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), tp.to_string()]);
+    let _replica = RedisServer::with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let sentinel = mredis_tests::Sentinel::start(&format!(
+        "tls-replication yes\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n\
+         sentinel monitor shard-t 127.0.0.1 {tp} 1\nsentinel down-after-milliseconds shard-t 1000\n\
+         sentinel failover-timeout shard-t 5000\n",
+        path("server.crt"),
+        path("server.key"),
+        path("ca.crt")
+    ));
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    let shard = || {
+        Server::sentinel("shard-t", [sentinel.url()])
+            .unwrap()
+            .with_tls()
+            .unwrap()
+            .with_tls_root_cert(ca.clone())
+    };
+    let mr = MRedis::builder()
+        .servers([shard()])
+        .failover_wait(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    assert_eq!(mr.servers()[0].primary_address(), Some(format!("127.0.0.1:{tp}")));
+    mr.set::<_, _, ()>("tls:k", "v").unwrap();
+    // The replica, as the sentinel reports it (its TLS port), serves reads.
+    mredis_tests::wait_until("the sentinel reporting the replica", Duration::from_secs(20), || {
+        mr.servers()[0].replica_addresses() == vec![format!("127.0.0.1:{tr}")]
+    });
+    let replica_only = mr.reading_from(mredis::ReadFrom::ReplicaOnly);
+    mredis_tests::wait_until("the write on the replica", Duration::from_secs(10), || {
+        replica_only.get::<_, Option<String>>("tls:k").unwrap().as_deref() == Some("v")
+    });
+    // A failover: the replica, over TLS, becomes the primary.
+    primary.stop();
+    mredis_tests::wait_until("a write after the failover", Duration::from_secs(30), || {
+        mr.set::<_, _, ()>("tls:after", 1).is_ok()
+    });
+    assert_eq!(mr.servers()[0].primary_address(), Some(format!("127.0.0.1:{tr}")));
+    assert_eq!(mr.get::<_, String>("tls:k").unwrap(), "v");
+    // Without TLS the data servers' TLS ports do not answer like Redis.
+    let plain = MRedis::builder()
+        .servers([Server::sentinel("shard-t", [sentinel.url()]).unwrap()])
+        .response_timeout(Some(Duration::from_millis(500)))
+        .failover_wait(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert!(plain.get::<_, Option<String>>("tls:k").is_err());
+}
+
 // ---------------------------------------------------------------------------
 // The canary: one recognisable password, looked for in every text a user or
 // a log could see, on every path a password can take.
