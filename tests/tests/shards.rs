@@ -645,7 +645,7 @@ fn a_stopped_sentinel_and_an_unknown_master_name_are_handled() {
 /// (sync threads and async tasks, replica-acknowledged) write: the
 /// rebalance follows it and finishes, and afterwards every key is on
 /// exactly one primary, its new owner's, with every acknowledged write.
-fn failover_during_rebalance(victim: usize) {
+fn failover_during_rebalance(victim: usize, stop_instead: bool) {
     let mut fleet = SentinelFleet::start(3);
     let all = sentinel_servers(&fleet);
     let old = MRedis::builder().servers(all[..2].to_vec());
@@ -695,7 +695,11 @@ fn failover_during_rebalance(victim: usize) {
         moved.load(Ordering::Relaxed) > 200 || done.load(Ordering::Relaxed)
     });
     let old_port = fleet.master_port(victim);
-    fleet.shards[victim].primary.stop();
+    if stop_instead {
+        fleet.shards[victim].primary.sigstop();
+    } else {
+        fleet.shards[victim].primary.stop();
+    }
     assert!(
         !done.load(Ordering::Relaxed),
         "the rebalance finished before the kill: the test needs more keys"
@@ -703,8 +707,13 @@ fn failover_during_rebalance(victim: usize) {
     let new_port = fleet.wait_for_new_master(victim, old_port, FAILOVER);
     assert_ne!(new_port, old_port);
     // The new primary's replica: the old one, back (acknowledged writes
-    // and the rebalance's steps wait for it).
-    fleet.shards[victim].primary.restart();
+    // and the rebalance's steps wait for it). A stopped one comes back
+    // with its data, marks included, and is made a replica by Sentinel.
+    if stop_instead {
+        fleet.shards[victim].primary.sigcont();
+    } else {
+        fleet.shards[victim].primary.restart();
+    }
     let mut report = run
         .join()
         .unwrap()
@@ -762,8 +771,9 @@ fn failover_during_rebalance(victim: usize) {
         assert_eq!(marks, 0, "marks left");
     }
     eprintln!(
-        "failover of shard {victim} during a rebalance: {} keys moved, {} restarts, {} of {checked} acknowledged \
+        "failover of shard {victim} ({}) during a rebalance: {} keys moved, {} restarts, {} of {checked} acknowledged \
          keys lost, {} write errors",
+        if stop_instead { "SIGSTOP" } else { "SIGKILL" },
         report.moved,
         report.retries,
         lost,
@@ -776,7 +786,15 @@ fn a_rebalance_follows_a_failover_of_its_source() {
     if skip() {
         return;
     }
-    failover_during_rebalance(0);
+    failover_during_rebalance(0, false);
+}
+
+#[test]
+fn a_rebalance_follows_a_failover_of_its_sigstopped_source() {
+    if skip() {
+        return;
+    }
+    failover_during_rebalance(1, true);
 }
 
 #[test]
@@ -784,7 +802,7 @@ fn a_rebalance_follows_a_failover_of_its_destination() {
     if skip() {
         return;
     }
-    failover_during_rebalance(2);
+    failover_during_rebalance(2, false);
 }
 
 /// A rebalance stopped in the middle of a batch (killed, or its source
