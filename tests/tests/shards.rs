@@ -772,12 +772,12 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
     }
     eprintln!(
         "failover of shard {victim} ({}) during a rebalance: {} keys moved, {} restarts, {} of {checked} acknowledged \
-         keys lost, {} write errors",
+         keys lost, write errors per new owner {:?}",
         if stop_instead { "SIGSTOP" } else { "SIGKILL" },
         report.moved,
         report.retries,
         lost,
-        s.errors.values().sum::<u64>()
+        s.errors
     );
 }
 
