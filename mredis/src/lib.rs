@@ -138,6 +138,7 @@ mod exec;
 mod fleet_config;
 pub mod handle;
 pub mod health;
+mod latency;
 mod migration;
 mod options;
 mod per_server;
@@ -168,7 +169,7 @@ pub use pubsub::{Event, Message, Subscriber};
 pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
 pub use server::{IntoServer, Server, redact_url};
-pub use shard::Failover;
+pub use shard::{Failover, Latency};
 #[cfg(feature = "table-examples")]
 pub use spec::examples;
 pub use spec::{
