@@ -296,7 +296,9 @@ impl MRedis {
             .replicas
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        match set.pick(server, self.read_from, target.addr(), |node| manager(node, &self.options))? {
+        match set.pick(server, self.read_from, target.addr(), |node| {
+            manager(node, &self.options)
+        })? {
             Some((node, m)) => Ok((m, Some(node))),
             None => self.connection(index).map(|c| (c, None)),
         }

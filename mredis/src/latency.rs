@@ -101,7 +101,10 @@ fn probe(
     let mut con = match con {
         Some(con) => con,
         None => {
-            let con = server.replica_node(addr).client()?.get_connection_with_timeout(DEADLINE)?;
+            let con = server
+                .replica_node(addr)
+                .client()?
+                .get_connection_with_timeout(DEADLINE)?;
             con.set_read_timeout(Some(DEADLINE))?;
             con.set_write_timeout(Some(DEADLINE))?;
             con

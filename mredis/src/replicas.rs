@@ -283,9 +283,7 @@ impl<'r> ShardPlan<'r> {
             // A replica that does not answer: the primary, once; and the
             // lowest-latency choice avoids it until it answers a PING.
             let failed = matches!(reply, Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_refusal());
-            if failed
-                && let (Some(addr), Some(shard)) = (self.targets[i].addr(), server.shard())
-            {
+            if failed && let (Some(addr), Some(shard)) = (self.targets[i].addr(), server.shard()) {
                 shard.record(addr, None);
             }
             let fall_back = matches!(self.policy, ReadFrom::PreferReplica | ReadFrom::LowestLatency);

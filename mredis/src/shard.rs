@@ -349,7 +349,11 @@ impl Shard {
 /// The latency list of `primary` and `replicas`, keeping the estimates
 /// of the nodes `old` already had.
 fn nodes_of(primary: Option<&ConnectionAddr>, replicas: &[ConnectionAddr], old: &[NodeLatency]) -> Latencies {
-    let kept = |addr: &ConnectionAddr| old.iter().find(|n| &n.addr == addr).map_or(UNKNOWN, NodeLatency::micros);
+    let kept = |addr: &ConnectionAddr| {
+        old.iter()
+            .find(|n| &n.addr == addr)
+            .map_or(UNKNOWN, NodeLatency::micros)
+    };
     let mut nodes = Vec::with_capacity(replicas.len() + 1);
     if let Some(p) = primary {
         nodes.push(NodeLatency::new(p.clone(), true, kept(p)));
