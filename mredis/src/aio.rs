@@ -178,6 +178,14 @@ impl MRedis {
         })
     }
 
+    /// Starts the latency prober of
+    /// [`ReadFrom::LowestLatency`](crate::ReadFrom::LowestLatency) if it is
+    /// not running yet (see the sync client's
+    /// [`probe_latencies`](crate::MRedis::probe_latencies)).
+    pub fn probe_latencies(&self) {
+        self.core.probe_latencies();
+    }
+
     /// This client with another read policy, for the calls made through
     /// it (cheap: it shares everything else with `self`). Read-only
     /// commands only; see [`ReadFrom`](crate::ReadFrom).

@@ -631,6 +631,16 @@ impl MRedis {
         }
     }
 
+    /// Starts measuring how fast each node of each shard answers (the
+    /// prober of [`ReadFrom::LowestLatency`]), if it is not running yet,
+    /// for [`Server::latencies`] without a read under that policy (`mredis
+    /// stats` does this). Nothing to measure without shards with replicas
+    /// or Sentinel; the first estimates come within a round (500 ms, plus
+    /// up to 1 s per node that does not answer).
+    pub fn probe_latencies(&self) {
+        self.core.probe_latencies();
+    }
+
     /// This client with another read policy, for the calls made through
     /// it (cheap: it shares everything else with `self`). Read-only
     /// commands only; see [`ReadFrom`].
