@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use mredis::{MRedis, ReadFrom, Server};
 use mredis_tests::{RedisServer, SentinelFleet, redis_server_available, wait_replicated, wait_until};
-use redis::Commands;
 
 /// How long the prober gets to measure (or give up on) a node: a few of
 /// its rounds (500 ms apart, 1 s deadline each), on a loaded machine.
