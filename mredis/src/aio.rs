@@ -74,7 +74,7 @@ use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::AsyncSubscriber as Subscriber;
-use crate::replicas::{ReplicaSet, ShardPlan};
+use crate::replicas::{ReplicaSet, ShardPlan, Target};
 use crate::routing::{Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -176,6 +176,14 @@ impl MRedis {
             born: std::time::Instant::now(),
             options: Arc::new(options),
         })
+    }
+
+    /// Starts the latency prober of
+    /// [`ReadFrom::LowestLatency`](crate::ReadFrom::LowestLatency) if it is
+    /// not running yet (see the sync client's
+    /// [`probe_latencies`](crate::MRedis::probe_latencies)).
+    pub fn probe_latencies(&self) {
+        self.core.probe_latencies();
     }
 
     /// This client with another read policy, for the calls made through
@@ -284,11 +292,11 @@ impl MRedis {
         Ok(made)
     }
 
-    /// Server `index`'s shared connection, or (`replica`) one of its
-    /// shard's replicas', in turn (the rules of the sync client's
-    /// `pool_for`); with the server it goes to.
-    fn connection_for(&self, index: usize, replica: bool) -> RedisResult<(ConnectionManager, Option<Server>)> {
-        if !replica {
+    /// Server `index`'s shared connection, or (a replica `target`) one of
+    /// its shard's replicas' (the rules of the sync client's `pool_for`);
+    /// with the server it goes to.
+    fn connection_for(&self, index: usize, target: &Target) -> RedisResult<(ConnectionManager, Option<Server>)> {
+        if !target.replica() {
             return self.connection(index).map(|c| (c, None));
         }
         let server = self.core.server(index);
@@ -296,7 +304,9 @@ impl MRedis {
             .replicas
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        match set.pick(server, self.read_from, |node| manager(node, &self.options))? {
+        match set.pick(server, self.read_from, target.addr(), |node| {
+            manager(node, &self.options)
+        })? {
             Some((node, m)) => Ok((m, Some(node))),
             None => self.connection(index).map(|c| (c, None)),
         }
@@ -360,7 +370,7 @@ impl MRedis {
                     join_all(
                         requests
                             .iter()
-                            .map(|r| self.request_on(r.server, &r.cmds, r.block, false)),
+                            .map(|r| self.request_on(r.server, &r.cmds, r.block, &Target::Primary)),
                     )
                     .await
                 }
@@ -376,13 +386,13 @@ impl MRedis {
         let mut replies = join_all(
             plan.requests
                 .iter()
-                .zip(&plan.to_replica)
-                .map(|(r, &to_replica)| self.request_on(r.server, &r.cmds, r.block, to_replica)),
+                .zip(&plan.targets)
+                .map(|(r, target)| self.request_on(r.server, &r.cmds, r.block, target)),
         )
         .await;
         for (i, reply) in replies.iter_mut().enumerate() {
             let again = plan.after(i, reply);
-            if let Some((to_replica, wait)) = again {
+            if let Some((target, wait)) = again {
                 let r = &plan.requests[i];
                 let server = self.core.server(r.server);
                 let changed = match (wait, server.shard()) {
@@ -391,7 +401,7 @@ impl MRedis {
                     (None, _) => true,
                 };
                 let retry = if changed {
-                    Some(self.request_on(r.server, &r.cmds, r.block, to_replica).await)
+                    Some(self.request_on(r.server, &r.cmds, r.block, &target).await)
                 } else {
                     None
                 };
@@ -402,14 +412,13 @@ impl MRedis {
         replies
     }
 
-    /// One request's replies, error replies kept as values; `to_replica`:
-    /// on one of the shard's replicas.
+    /// One request's replies, error replies kept as values, on `target`.
     async fn request_on(
         &self,
         index: usize,
         cmds: &[Cmd],
         block: Option<Duration>,
-        to_replica: bool,
+        target: &Target,
     ) -> RedisResult<Vec<Value>> {
         let span = Span::server(&self.core, index);
         if let (Some(block), [cmd]) = (block, cmds) {
@@ -418,7 +427,7 @@ impl MRedis {
                 .await
                 .map(|v| vec![v]);
         }
-        let (mut con, node) = self.connection_for(index, to_replica)?;
+        let (mut con, node) = self.connection_for(index, target)?;
         if self.idle_a_second(index) && !cmds.iter().all(read_only) {
             // Its failure makes redis-rs's manager reconnect; the write then
             // goes on the new connection.

@@ -54,7 +54,7 @@ use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result
 use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
-use crate::replicas::{ReplicaSet, ShardPlan};
+use crate::replicas::{ReplicaSet, ShardPlan, Target};
 use crate::routing::{Move, Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -610,12 +610,12 @@ impl MRedis {
         &self.book
     }
 
-    /// Server `index`'s pool, or (`replica`) one of its shard's replicas'
-    /// pools, in turn; without a replica up, the primary's under
-    /// [`ReadFrom::PreferReplica`] and an error under
-    /// [`ReadFrom::ReplicaOnly`].
-    fn pool_for(&self, index: usize, replica: bool) -> RedisResult<PoolRef<'_>> {
-        if !replica {
+    /// Server `index`'s pool, or (a replica `target`) one of its shard's
+    /// replicas' pools: the one named, or the next in turn; without a
+    /// replica up, the primary's under [`ReadFrom::PreferReplica`] and
+    /// [`ReadFrom::LowestLatency`], an error under [`ReadFrom::ReplicaOnly`].
+    fn pool_for(&self, index: usize, target: &Target) -> RedisResult<PoolRef<'_>> {
+        if !target.replica() {
             return self.pool(index).map(PoolRef::Primary);
         }
         let server = self.core.server(index);
@@ -623,12 +623,22 @@ impl MRedis {
             .replicas
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        match set.pick(server, self.read_from, |node| {
+        match set.pick(server, self.read_from, target.addr(), |node| {
             Pool::new(node, &self.options).map(Arc::new)
         })? {
             Some((_, pool)) => Ok(PoolRef::Replica(pool)),
             None => self.pool(index).map(PoolRef::Primary),
         }
+    }
+
+    /// Starts measuring how fast each node of each shard answers (the
+    /// prober of [`ReadFrom::LowestLatency`]), if it is not running yet,
+    /// for [`Server::latencies`] without a read under that policy (`mredis
+    /// stats` does this). Nothing to measure without shards with replicas
+    /// or Sentinel; the first estimates come within a round (500 ms, plus
+    /// up to 1 s per node that does not answer).
+    pub fn probe_latencies(&self) {
+        self.core.probe_latencies();
     }
 
     /// This client with another read policy, for the calls made through
@@ -696,7 +706,7 @@ impl MRedis {
     /// be sent again on a new connection if the pooled one was closed.
     pub(crate) fn packed_on(&self, index: usize, bytes: &[u8], read_only: bool) -> RedisResult<Value> {
         Span::server(&self.core, index).run(|| {
-            self.exchange_packed(index, bytes, None, read_only, false)
+            self.exchange_packed(index, bytes, None, read_only, &Target::Primary)
                 .and_then(Value::extract_error)
         })
     }
@@ -744,10 +754,10 @@ impl MRedis {
 
     /// Carries requests: one command to one server on a pooled
     /// connection as is, anything else written to every server before any
-    /// reply is read. `to_replica[i]`: request `i` goes to one of its
-    /// shard's replicas (none if empty).
-    fn send(&self, requests: &[Request<'_>], to_replica: &[bool]) -> Vec<RedisResult<Vec<Value>>> {
-        let replica = |i: usize| to_replica.get(i).copied().unwrap_or(false);
+    /// reply is read. `targets[i]`: where request `i` goes (its primary
+    /// if empty).
+    fn send(&self, requests: &[Request<'_>], targets: &[Target]) -> Vec<RedisResult<Vec<Value>>> {
+        let replica = |i: usize| targets.get(i).unwrap_or(&Target::Primary);
         match requests {
             [one] if one.cmds.len() == 1 => {
                 let cmd = &one.cmds[0];
@@ -774,7 +784,7 @@ impl MRedis {
                     .map(|(i, r)| JobKind {
                         cmds: Some(&r.cmds),
                         block: r.block,
-                        replica: replica(i),
+                        target: replica(i),
                     })
                     .collect();
                 self.send_many_in(&jobs, &how)
@@ -790,10 +800,10 @@ impl MRedis {
     /// run it twice (see [`crate::replicas`]).
     fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
         let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
-        let mut replies = self.send(&plan.requests, &plan.to_replica);
+        let mut replies = self.send(&plan.requests, &plan.targets);
         for (i, reply) in replies.iter_mut().enumerate() {
             let again = plan.after(i, reply);
-            if let Some((to_replica, wait)) = again {
+            if let Some((target, wait)) = again {
                 let server = self.core.server(plan.requests[i].server);
                 let changed = match wait {
                     Some((since, within)) => server.shard().is_some_and(|s| s.wait_change(since, within)),
@@ -801,7 +811,7 @@ impl MRedis {
                 };
                 let one = std::slice::from_ref(&plan.requests[i]);
                 let retry = if changed {
-                    self.send(one, &[to_replica]).pop()
+                    self.send(one, std::slice::from_ref(&target)).pop()
                 } else {
                     None
                 };
@@ -815,13 +825,13 @@ impl MRedis {
     /// One command on a connection of server `index`: its reply, error
     /// replies kept as values. See [`retry_allowed`] for when a connection
     /// found closed is replaced and the command sent again.
-    fn exchange(&self, index: usize, cmd: &Cmd, block: Option<Duration>, replica: bool) -> RedisResult<Value> {
+    fn exchange(&self, index: usize, cmd: &Cmd, block: Option<Duration>, target: &Target) -> RedisResult<Value> {
         self.exchange_packed(
             index,
             &cmd.get_packed_command(),
             block,
             block.is_none() && read_only(cmd),
-            replica,
+            target,
         )
     }
 
@@ -834,10 +844,10 @@ impl MRedis {
         packed: &[u8],
         block: Option<Duration>,
         repeatable: bool,
-        replica: bool,
+        target: &Target,
     ) -> RedisResult<Value> {
         let epoch = self.core.server(index).epoch();
-        let pool = self.pool_for(index, replica)?;
+        let pool = self.pool_for(index, target)?;
         let wait = reply_wait(pool.response_timeout, block);
         let (mut con, reused) = pool
             .take(pool.connect_timeout)
@@ -882,7 +892,7 @@ impl MRedis {
         let pools: Vec<RedisResult<PoolRef<'_>>> = jobs
             .iter()
             .enumerate()
-            .map(|(i, j)| self.pool_for(j.server, kind(i).replica))
+            .map(|(i, j)| self.pool_for(j.server, kind(i).target))
             .collect();
         for (i, (job, span)) in jobs.iter().zip(&spans).enumerate() {
             let sent = span
@@ -981,15 +991,25 @@ impl MRedis {
 }
 
 /// What the driver knows of a job beyond its bytes.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct JobKind<'a> {
     /// Its commands, if known (to tell whether running it twice changes
     /// nothing; looked up only after a failure).
     cmds: Option<&'a [Cmd]>,
     /// It blocks on the server this long (`ZERO`: until answered).
     block: Option<Duration>,
-    /// It goes to one of the shard's replicas.
-    replica: bool,
+    /// Where it goes.
+    target: &'a Target,
+}
+
+impl Default for JobKind<'_> {
+    fn default() -> Self {
+        JobKind {
+            cmds: None,
+            block: None,
+            target: &Target::Primary,
+        }
+    }
 }
 
 impl JobKind<'_> {

@@ -58,7 +58,8 @@ struct FileConfig {
     hash_tag: Option<String>,
     #[serde(default)]
     hash_tags: Option<bool>,
-    /// `primary` (default), `prefer-replica` or `replica-only`.
+    /// `primary` (default), `prefer-replica`, `replica-only` or
+    /// `lowest-latency`.
     #[serde(default)]
     read_from: Option<String>,
     servers: Vec<Entry>,
@@ -205,7 +206,8 @@ fn mode_of(mode: Option<&str>, hash: Option<&str>, tag: Option<&str>) -> RedisRe
 /// Sentinel shard gives its master name, its sentinels (their own
 /// credentials in their URLs) and the data servers' credentials (and
 /// `tls = true` to reach them with TLS, with the `tls` feature); reads go
-/// where `read_from` says (`primary`, `prefer-replica`, `replica-only`):
+/// where `read_from` says (`primary`, `prefer-replica`, `replica-only`,
+/// `lowest-latency`; see [`ReadFrom`](crate::ReadFrom)):
 ///
 /// ```toml
 /// read_from = "prefer-replica"
@@ -363,9 +365,11 @@ fn builder_from_file(file: FileConfig, table: &str) -> RedisResult<Builder> {
         None | Some("primary") => {}
         Some("prefer-replica") => builder = builder.read_from(crate::ReadFrom::PreferReplica),
         Some("replica-only") => builder = builder.read_from(crate::ReadFrom::ReplicaOnly),
+        Some("lowest-latency") => builder = builder.read_from(crate::ReadFrom::LowestLatency),
         Some(other) => {
             return Err(config_error(format!(
-                "fleet configuration: unknown {table}read_from `{}` (primary, prefer-replica or replica-only)",
+                "fleet configuration: unknown {table}read_from `{}` (primary, prefer-replica, replica-only or \
+                 lowest-latency)",
                 other.chars().take(40).collect::<String>()
             )));
         }
@@ -656,5 +660,37 @@ mod tests {
                 assert!(!shown.contains(CANARY), "{shown}");
             }
         }
+    }
+
+    #[test]
+    fn read_from_lowest_latency() {
+        let text = "read_from = \"lowest-latency\"\nservers = [\n  { url = \"redis://127.0.0.1:7001/0\", replicas = [\"redis://127.0.0.1:7011\", \"redis://127.0.0.1:7012\"] },\n]\n";
+        let (servers, options) = builder_from_toml(text).unwrap().into_parts().unwrap();
+        assert_eq!(options.read_from, crate::ReadFrom::LowestLatency);
+        assert_eq!(
+            servers[0].replica_addresses(),
+            vec!["127.0.0.1:7011".to_string(), "127.0.0.1:7012".to_string()]
+        );
+        // Every node listed, primary first, none measured yet.
+        let nodes: Vec<(String, bool, Option<std::time::Duration>)> = servers[0]
+            .latencies()
+            .into_iter()
+            .map(|n| (n.node, n.primary, n.estimate))
+            .collect();
+        assert_eq!(
+            nodes,
+            vec![
+                ("127.0.0.1:7001".to_string(), true, None),
+                ("127.0.0.1:7011".to_string(), false, None),
+                ("127.0.0.1:7012".to_string(), false, None),
+            ]
+        );
+        // The error for an unknown value lists every policy.
+        let e = builder_from_toml("read_from = \"fastest\"\nservers = [\"redis://h:1\"]").unwrap_err();
+        let shown = shows(&e);
+        for policy in ["primary", "prefer-replica", "replica-only", "lowest-latency"] {
+            assert!(shown.contains(policy), "{shown}");
+        }
+        assert!(shown.contains("unknown read_from `fastest`"), "{shown}");
     }
 }

@@ -60,7 +60,10 @@
 //! there once, as is a read that got no reply; a write that was sent and
 //! got no reply may have run, so it is not sent again and its error says
 //! so. Read policies: [`ReadFrom`] ([`Builder::read_from`],
-//! [`MRedis::reading_from`]); only commands the table marks read-only go
+//! [`MRedis::reading_from`]): the primary, a replica in turn, replicas
+//! only, or [`ReadFrom::LowestLatency`], the node of the shard (primary
+//! or replica) that answers fastest, as a background prober measures it
+//! ([`Server::latencies`]); only commands the table marks read-only go
 //! to a replica, and a replica may lag. Writes acknowledged by replicas:
 //! [`Builder::replica_acks`] (`WAIT` after each request with a write; too
 //! few acknowledgements is an error saying the write may be lost on a
@@ -142,6 +145,7 @@ mod exec;
 mod fleet_config;
 pub mod handle;
 pub mod health;
+mod latency;
 mod migration;
 mod options;
 mod per_server;
@@ -172,7 +176,7 @@ pub use pubsub::{Event, Message, Subscriber};
 pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
 pub use server::{IntoServer, Server, redact_url};
-pub use shard::Failover;
+pub use shard::{Failover, Latency};
 #[cfg(feature = "table-examples")]
 pub use spec::examples;
 pub use spec::{

@@ -41,6 +41,39 @@ pub enum ReadFrom {
     PreferReplica,
     /// Reads on a replica only: an error when the shard has none up.
     ReplicaOnly,
+    /// Reads on whichever node of the shard, its primary or one of its
+    /// replicas, answers fastest now; writes on the primary.
+    ///
+    /// - **Measured** by a background prober: one thread per client
+    ///   configuration (shared by its clones and
+    ///   [`reading_from`](crate::MRedis::reading_from) views), started at
+    ///   build when this is the [`Builder::read_from`](crate::Builder::read_from)
+    ///   policy and otherwise with the first read that uses it, and only if
+    ///   some shard has replicas or is managed by Sentinel. Every 500 ms it
+    ///   sends `PING` to every node of every shard, one after the other, on
+    ///   a connection of its own, with a deadline of 1 s for the connect
+    ///   and the reply (a node that does not answer costs the round at most
+    ///   that). Each node keeps a smoothed round trip (a new sample weighs
+    ///   a quarter; the first sets it). A node that fails its `PING` is
+    ///   *not answering* until a `PING` succeeds again. The prober follows
+    ///   failovers and changes of replicas: a node no longer listed is
+    ///   dropped, a new one starts unmeasured. Operators see the estimates
+    ///   with [`Server::latencies`](crate::Server::latencies) and
+    ///   `mredis stats`.
+    /// - **Chosen** per request: among the nodes with an estimate, those
+    ///   within 20 % (or 200 µs, whichever is larger) of the fastest take
+    ///   the reads in turn, so nodes that are about equal (one LAN) still
+    ///   share the load. A request with several commands goes to one node.
+    /// - **Before any estimate** (or when no node answers the prober):
+    ///   as [`ReadFrom::PreferReplica`].
+    /// - **A replica that fails a read** (no connection, no reply in time)
+    ///   is marked not answering at once, and the read is sent again to the
+    ///   primary, as under `PreferReplica`. A read that went to the primary
+    ///   fails or follows a failover as any request to the primary does.
+    ///
+    /// Consistency is that of `PreferReplica`: a read may go to a lagging
+    /// replica.
+    LowestLatency,
 }
 
 /// Writes acknowledged by replicas ([`Builder::replica_acks`](crate::Builder::replica_acks)):

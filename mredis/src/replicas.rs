@@ -1,5 +1,6 @@
 //! What both drivers decide about shards with replicas, without I/O:
-//! whether a request may go to a replica, what a failed request says of
+//! whether a request may go to a replica (and, under
+//! [`ReadFrom::LowestLatency`], to which node), what a failed request says of
 //! its shard's primary (follow a failover and send it again, or report an
 //! unknown outcome), and the `WAIT` that makes a write count only once
 //! replicas have it.
@@ -8,12 +9,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Cmd, RedisError, RedisResult, Value};
+use redis::{Cmd, ConnectionAddr, RedisError, RedisResult, Value};
 
 use crate::exec::{Request, closed, read_only};
 use crate::options::{Acks, Options, ReadFrom};
 use crate::routing::Topology;
 use crate::server::Server;
+use crate::shard::{NodeLatency, UNKNOWN};
 
 /// Whether `request` goes to one of its shard's replicas under `policy`:
 /// every command read-only by the table, none blocking.
@@ -22,6 +24,76 @@ pub(crate) fn to_replica(policy: ReadFrom, server: &Server, request: &Request<'_
         && request.block.is_none()
         && server.shard().is_some()
         && request.cmds.iter().all(read_only)
+}
+
+/// Where one request of the shard path goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The shard's primary (or the plain server).
+    Primary,
+    /// One of the shard's replicas, in turn; with none up, as the policy
+    /// says ([`ReplicaSet::pick`]).
+    Replica,
+    /// The replica at this address, the fastest now
+    /// ([`ReadFrom::LowestLatency`]); one in turn if it is no longer
+    /// listed.
+    ReplicaAt(ConnectionAddr),
+}
+
+impl Target {
+    /// It goes to a replica.
+    pub(crate) fn replica(&self) -> bool {
+        !matches!(self, Target::Primary)
+    }
+
+    /// The replica it names, if one.
+    pub(crate) fn addr(&self) -> Option<&ConnectionAddr> {
+        match self {
+            Target::ReplicaAt(addr) => Some(addr),
+            _ => None,
+        }
+    }
+}
+
+/// How much slower than the fastest node a node may be and still share
+/// the reads: 20 % of the fastest's estimate, at least 200 µs.
+fn tolerance(best: u64) -> u64 {
+    (best / 5).max(200)
+}
+
+/// Of nodes with these estimates (microseconds, [`UNKNOWN`]: none), the
+/// one that takes the next read: those within [`tolerance`] of the
+/// fastest take reads in turn (`turn` counts them). `None` without any
+/// estimate.
+pub(crate) fn fastest(estimates: impl Iterator<Item = u64> + Clone, turn: usize) -> Option<usize> {
+    let best = estimates.clone().filter(|&m| m != UNKNOWN).min()?;
+    let limit = best.saturating_add(tolerance(best));
+    let close = |m: &u64| *m != UNKNOWN && *m <= limit;
+    let n = estimates.clone().filter(close).count();
+    estimates
+        .enumerate()
+        .filter(|(_, m)| close(m))
+        .nth(turn % n.max(1))
+        .map(|(i, _)| i)
+}
+
+/// Where `request` goes under `policy`: the primary unless it may go to
+/// a replica ([`to_replica`]); then, under [`ReadFrom::LowestLatency`],
+/// the fastest node now ([`fastest`]; before any estimate, a replica in
+/// turn as under [`ReadFrom::PreferReplica`]).
+pub(crate) fn target(policy: ReadFrom, server: &Server, request: &Request<'_>) -> Target {
+    if !to_replica(policy, server, request) {
+        return Target::Primary;
+    }
+    let Some(shard) = server.shard().filter(|_| policy == ReadFrom::LowestLatency) else {
+        return Target::Replica;
+    };
+    let nodes = shard.latencies();
+    match fastest(nodes.iter().map(NodeLatency::micros), shard.next_turn()) {
+        None => Target::Replica,
+        Some(j) if nodes[j].primary => Target::Primary,
+        Some(j) => Target::ReplicaAt(nodes[j].addr.clone()),
+    }
 }
 
 /// What a request's outcome says of a Sentinel shard's primary.
@@ -154,16 +226,16 @@ pub(crate) struct ShardPlan<'r> {
     /// The requests, with `WAIT` appended to those with a write.
     pub(crate) requests: Vec<Request<'r>>,
     waited: Vec<bool>,
-    /// Which go to a replica.
-    pub(crate) to_replica: Vec<bool>,
+    /// Where each goes.
+    pub(crate) targets: Vec<Target>,
     /// Each server's address epoch before sending.
     epochs: Vec<u64>,
 }
 
-/// What to do after a request's first reply: send it again, to a replica
-/// or not, after waiting (`Some((epoch, within))`) for the shard's
+/// What to do after a request's first reply: send it again, to that
+/// target, after waiting (`Some((epoch, within))`) for the shard's
 /// primary to change from that epoch, or at once.
-pub(crate) type Again = Option<(bool, Option<(u64, Duration)>)>;
+pub(crate) type Again = Option<(Target, Option<(u64, Duration)>)>;
 
 impl<'r> ShardPlan<'r> {
     pub(crate) fn new(core: &'r Topology, options: &Options, policy: ReadFrom, requests: &'r [Request<'_>]) -> Self {
@@ -185,10 +257,10 @@ impl<'r> ShardPlan<'r> {
                 }
             }
         }
-        let to_replica = out
-            .iter()
-            .map(|r| to_replica(policy, core.server(r.server), r))
-            .collect();
+        if policy == ReadFrom::LowestLatency {
+            core.probe_latencies();
+        }
+        let targets = out.iter().map(|r| target(policy, core.server(r.server), r)).collect();
         let epochs = out.iter().map(|r| core.server(r.server).epoch()).collect();
         ShardPlan {
             core,
@@ -197,7 +269,7 @@ impl<'r> ShardPlan<'r> {
             failover_wait: options.failover_wait,
             requests: out,
             waited,
-            to_replica,
+            targets,
             epochs,
         }
     }
@@ -207,10 +279,15 @@ impl<'r> ShardPlan<'r> {
     pub(crate) fn after(&self, i: usize, reply: &mut RedisResult<Vec<Value>>) -> Again {
         let request = &self.requests[i];
         let server = self.core.server(request.server);
-        if self.to_replica[i] {
-            // A replica that does not answer: the primary, once.
+        if self.targets[i].replica() {
+            // A replica that does not answer: the primary, once; and the
+            // lowest-latency choice avoids it until it answers a PING.
             let failed = matches!(reply, Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_refusal());
-            return (failed && self.policy == ReadFrom::PreferReplica).then_some((false, None));
+            if failed && let (Some(addr), Some(shard)) = (self.targets[i].addr(), server.shard()) {
+                shard.record(addr, None);
+            }
+            let fall_back = matches!(self.policy, ReadFrom::PreferReplica | ReadFrom::LowestLatency);
+            return (failed && fall_back).then_some((Target::Primary, None));
         }
         match verdict(server, &request.cmds, reply) {
             Verdict::Fine => None,
@@ -224,7 +301,7 @@ impl<'r> ShardPlan<'r> {
                 if state.primary.is_none() && state.problem.is_some() {
                     return None;
                 }
-                Some((false, Some((self.epochs[i], self.failover_wait))))
+                Some((Target::Primary, Some((self.epochs[i], self.failover_wait))))
             }
             Verdict::Unknown => {
                 if let Some(shard) = server.shard() {
@@ -263,8 +340,9 @@ impl<'r> ShardPlan<'r> {
     }
 }
 
-/// Each replica, as a server, with what a client keeps for it.
-type Nodes<T> = Arc<Vec<(Server, T)>>;
+/// Each replica, its address and as a server, with what a client keeps
+/// for it.
+type Nodes<T> = Arc<Vec<(ConnectionAddr, Server, T)>>;
 
 /// What a client keeps per replica of one shard (a sync pool, an async
 /// shared connection), made for the shard's replicas' epoch and taken in
@@ -286,14 +364,16 @@ impl<T> Default for ReplicaSet<T> {
 }
 
 impl<T: Clone> ReplicaSet<T> {
-    /// The next replica of `server`'s shard and its `T`, made with `make`
-    /// for replicas new since the last call (kept for those that stay);
-    /// `Ok(None)` when the shard has no replica up and `policy` falls back
-    /// to the primary; an error under [`ReadFrom::ReplicaOnly`].
+    /// The replica of `server`'s shard at `at`, or (`None`, or no longer
+    /// listed) the next one, and its `T`, made with `make` for replicas
+    /// new since the last call (kept for those that stay); `Ok(None)`
+    /// when the shard has no replica up and `policy` falls back to the
+    /// primary; an error under [`ReadFrom::ReplicaOnly`].
     pub(crate) fn pick(
         &self,
         server: &Server,
         policy: ReadFrom,
+        at: Option<&ConnectionAddr>,
         make: impl Fn(&Server) -> RedisResult<T>,
     ) -> RedisResult<Option<(Server, T)>> {
         let epoch = server.replicas_epoch();
@@ -309,11 +389,11 @@ impl<T: Clone> ReplicaSet<T> {
                 let mut fresh = Vec::new();
                 for addr in server.shard().map(|s| s.replicas()).unwrap_or_default() {
                     let node = server.replica_node(&addr);
-                    match old.iter().find(|(n, _)| n.name() == node.name()) {
+                    match old.iter().find(|(_, n, _)| n.name() == node.name()) {
                         Some(kept) => fresh.push(kept.clone()),
                         None => {
                             let t = make(&node).map_err(|e| crate::error::name_server(&node, e))?;
-                            fresh.push((node, t));
+                            fresh.push((addr, node, t));
                         }
                     }
                 }
@@ -330,7 +410,51 @@ impl<T: Clone> ReplicaSet<T> {
                 _ => Ok(None),
             };
         }
-        let j = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % all.len();
-        Ok(Some(all[j].clone()))
+        let chosen = at.and_then(|a| all.iter().find(|(addr, _, _)| addr == a));
+        let (_, node, t) = match chosen {
+            Some(node) => node,
+            None => &all[self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % all.len()],
+        };
+        Ok(Some((node.clone(), t.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{UNKNOWN, fastest};
+
+    fn picks(estimates: &[u64], turns: usize) -> Vec<Option<usize>> {
+        (0..turns).map(|t| fastest(estimates.iter().copied(), t)).collect()
+    }
+
+    #[test]
+    fn without_any_estimate_there_is_no_choice() {
+        assert_eq!(picks(&[], 2), [None, None]);
+        assert_eq!(picks(&[UNKNOWN, UNKNOWN, UNKNOWN], 2), [None, None]);
+    }
+
+    #[test]
+    fn the_fastest_alone_takes_every_read() {
+        // 20 % of 5 000 µs is 1 000 µs: 6 200 is out.
+        assert_eq!(picks(&[5_000, 6_200, UNKNOWN], 3), [Some(0), Some(0), Some(0)]);
+        assert_eq!(picks(&[UNKNOWN, 900, 300], 2), [Some(2), Some(2)]);
+    }
+
+    #[test]
+    fn nodes_about_as_fast_share_the_reads_in_turn() {
+        // Within 200 µs of 100 µs (20 % would be 20 µs): 0 and 1, not 2.
+        assert_eq!(
+            picks(&[100, 290, 301, UNKNOWN], 4),
+            [Some(0), Some(1), Some(0), Some(1)]
+        );
+        // Within 20 % of 10 ms: all three.
+        assert_eq!(picks(&[10_000, 11_900, 12_000], 3), [Some(0), Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn a_node_not_answering_is_never_chosen() {
+        for t in 0..10 {
+            assert_ne!(fastest([UNKNOWN, 50, 60].into_iter(), t), Some(0));
+        }
     }
 }

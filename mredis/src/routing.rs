@@ -66,6 +66,9 @@ pub(crate) struct Topology {
     pub(crate) shards: bool,
     /// Follows the Sentinel shards' failovers (none without such shards).
     _watchers: [Option<crate::sentinel::Watcher>; 2],
+    /// Measures the shards' nodes for `ReadFrom::LowestLatency` (started
+    /// at build under that policy, else on its first use).
+    prober: std::sync::OnceLock<Option<crate::latency::Prober>>,
 }
 
 impl Drop for Topology {
@@ -197,7 +200,12 @@ impl Topology {
         // The old configuration's Sentinel shards the new one lacks.
         let old_watcher = crate::sentinel::start(&servers[current..], timeouts)?;
         let shards = options.acks.is_some() || servers.iter().any(|s| s.shard().is_some());
+        let prober = std::sync::OnceLock::new();
+        if options.read_from == crate::options::ReadFrom::LowestLatency {
+            let _ = prober.set(crate::latency::start(&servers)?);
+        }
         Ok(Arc::new(Topology {
+            prober,
             shards,
             _watchers: [watcher, old_watcher],
             servers,
@@ -207,6 +215,14 @@ impl Topology {
             max_arg_size: options.max_arg_size,
             health,
         }))
+    }
+
+    /// Starts the latency prober if it is not running (a read under
+    /// `ReadFrom::LowestLatency`). A prober that cannot start leaves the
+    /// policy without estimates: it reads as `PreferReplica` does.
+    pub(crate) fn probe_latencies(&self) {
+        self.prober
+            .get_or_init(|| crate::latency::start(&self.servers).ok().flatten());
     }
 
     /// An argument over the servers' `proto-max-bulk-len` would make the

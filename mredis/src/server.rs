@@ -7,7 +7,7 @@ use std::fmt;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
 
-use crate::shard::{Failover, Shard, Source, show_addr};
+use crate::shard::{Failover, Latency, Shard, Source, show_addr};
 
 /// One Redis server of the fleet.
 ///
@@ -305,6 +305,30 @@ impl Server {
         self.shard
             .as_ref()
             .map(|s| s.replicas().iter().map(show_addr).collect())
+            .unwrap_or_default()
+    }
+
+    /// How fast each node of the shard (its primary first, then its
+    /// replicas) answers now, as measured for
+    /// [`ReadFrom::LowestLatency`](crate::ReadFrom::LowestLatency); empty
+    /// for a plain server. `mredis stats` prints these.
+    ///
+    /// ```no_run
+    /// # fn demo(mr: &mredis::MRedis) {
+    /// for server in mr.servers() {
+    ///     for node in server.latencies() {
+    ///         match node.estimate {
+    ///             Some(rtt) => println!("{} {}: {} µs", server.name(), node.node, rtt.as_micros()),
+    ///             None => println!("{} {}: not answering (or not measured yet)", server.name(), node.node),
+    ///         }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn latencies(&self) -> Vec<Latency> {
+        self.shard
+            .as_ref()
+            .map(|s| s.latencies().iter().map(|n| n.shown()).collect())
             .unwrap_or_default()
     }
 

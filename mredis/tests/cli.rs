@@ -470,3 +470,41 @@ fn stats_counts_a_server_listed_under_two_names_once() {
     ];
     assert_eq!(out, want.join("\n") + "\n");
 }
+
+#[test]
+fn stats_prints_each_shard_nodes_latency() {
+    let primary = RedisServer::new();
+    let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    mredis_tests::wait_until("the replica linked", Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.conn())
+            .unwrap();
+        info.contains("master_link_status:up")
+    });
+    let dir = Dir::new("stats-latency");
+    let path = dir.0.join("fleet.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "read_from = \"lowest-latency\"\nservers = [{{ url = \"{}\", replicas = [\"{}\"] }}]\n",
+            primary.url(),
+            replica.url()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = mredis(&dir, &["stats", "--config", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let table = out
+        .split_once("latency (smoothed PING)")
+        .unwrap_or_else(|| panic!("no latency table: {out}"))
+        .1;
+    for (addr, role) in [(primary.addr(), "primary"), (replica.addr(), "replica")] {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(addr.as_str()))
+            .unwrap_or_else(|| panic!("no latency line for {addr}: {out}"));
+        assert_eq!(line.split_whitespace().nth(2), Some(role), "{line}");
+        assert!(line.ends_with(" ms"), "{addr} measured: {line}");
+    }
+}

@@ -10,11 +10,15 @@
 //!   against a client over the same two primaries given as plain servers
 //!   (target <= 1.05: following Sentinel costs nothing when nothing fails);
 //! - GET throughput of 64 async tasks: `PreferReplica` against `Primary`
-//!   (the replicas take the reads; info, no target).
+//!   (the replicas take the reads; info, no target);
+//! - the same with `LowestLatency` against `Primary` (the reads go to the
+//!   nodes the prober measures fastest, measured before the rounds start;
+//!   info, no target).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use mredis::aio::MRedis as AsyncMRedis;
 use mredis::{MRedis, ReadFrom, Server};
 use mredis_tests::SentinelFleet;
 
@@ -67,7 +71,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (ams, amp, primary, replica) = rt.block_on(async {
+    let (ams, amp, primary, replica, fastest) = rt.block_on(async {
         let b = |s: Vec<Server>| MRedis::builder().servers(s);
         (
             b(sentinel.clone()).build_async().await.unwrap(),
@@ -82,13 +86,34 @@ fn main() {
                 .build_async()
                 .await
                 .unwrap(),
+            b(sentinel.clone())
+                .read_from(ReadFrom::LowestLatency)
+                .build_async()
+                .await
+                .unwrap(),
         )
     });
+    // Every node measured before the rounds (else LowestLatency reads as
+    // PreferReplica does).
+    let measured = || {
+        fastest
+            .servers()
+            .iter()
+            .all(|s| s.latencies().len() == 2 && s.latencies().iter().all(|n| n.estimate.is_some()))
+    };
+    let since = Instant::now();
+    while !measured() {
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the shards' nodes were never measured"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for s in &fleet.shards {
         mredis_tests::wait_replicated(&mut s.primary.conn(), &mut s.replica.conn());
     }
     println!("shards: {passes} passes x {ROUNDS} alternating rounds, medians");
-    let (mut sync_r, mut async_r, mut tput) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sync_r, mut async_r, mut tput, mut fast_tput) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..passes {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
@@ -117,37 +142,10 @@ fn main() {
             }
         });
         async_r.push(median(a).as_secs_f64() / median(b).as_secs_f64());
-        // 64 tasks, 100 GETs each: gets per second under each policy.
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
-            let order = if round % 2 == 0 {
-                [(&replica, &mut a), (&primary, &mut b)]
-            } else {
-                [(&primary, &mut b), (&replica, &mut a)]
-            };
-            for (mr, out) in order {
-                let t = Instant::now();
-                rt.block_on(async {
-                    let tasks: Vec<_> = (0..64)
-                        .map(|i| {
-                            let (mr, keys) = (mr.clone(), keys.clone());
-                            tokio::spawn(async move {
-                                for j in 0..200 {
-                                    let k = &keys[(i * 7 + j) % keys.len()];
-                                    black_box(mr.get::<_, String>(k).await.unwrap());
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                });
-                out.push(t.elapsed());
-            }
-        }
-        // Throughput ratio: prefer-replica GETs/s over primary GETs/s.
-        tput.push(median(b).as_secs_f64() / median(a).as_secs_f64());
+        // Throughput ratios: GETs/s under each policy over GETs/s under
+        // Primary, measured side by side.
+        tput.push(throughput_ratio(&rt, &replica, &primary, &keys));
+        fast_tput.push(throughput_ratio(&rt, &fastest, &primary, &keys));
     }
     row(
         "sync single-key GET: Sentinel shards / plain servers",
@@ -160,4 +158,57 @@ fn main() {
         &async_r,
     );
     row("64 async tasks GET throughput: prefer-replica / primary", None, &tput);
+    row(
+        "64 async tasks GET throughput: lowest-latency / primary",
+        None,
+        &fast_tput,
+    );
+    for s in fastest.servers() {
+        let shown: Vec<String> = s
+            .latencies()
+            .iter()
+            .map(|n| {
+                let role = if n.primary { "primary" } else { "replica" };
+                let rtt = n
+                    .estimate
+                    .map_or_else(|| "-".to_string(), |d| format!("{} us", d.as_micros()));
+                format!("{role} {rtt}")
+            })
+            .collect();
+        println!("  {} latencies at the end: {}", s.name(), shown.join(", "));
+    }
+}
+
+/// 64 tasks doing 200 GETs each, on `a` and on `b` in alternating order
+/// each round: `a`'s throughput over `b`'s (medians of the rounds).
+fn throughput_ratio(rt: &tokio::runtime::Runtime, a: &AsyncMRedis, b: &AsyncMRedis, keys: &[String]) -> f64 {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 {
+            [(a, &mut ta), (b, &mut tb)]
+        } else {
+            [(b, &mut tb), (a, &mut ta)]
+        };
+        for (mr, out) in order {
+            let t = Instant::now();
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..64)
+                    .map(|i| {
+                        let (mr, keys) = (mr.clone(), keys.to_vec());
+                        tokio::spawn(async move {
+                            for j in 0..200 {
+                                let k = &keys[(i * 7 + j) % keys.len()];
+                                black_box(mr.get::<_, String>(k).await.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            out.push(t.elapsed());
+        }
+    }
+    median(tb).as_secs_f64() / median(ta).as_secs_f64()
 }

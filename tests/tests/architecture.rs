@@ -17,7 +17,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("placement", &["placement"]),
     // The command table as data.
     ("table", &["spec"]),
-    ("options and health checking", &["options", "health", "sentinel"]),
+    (
+        "options and health checking",
+        &["options", "health", "sentinel", "latency"],
+    ),
     // Topology (servers + placement), Route.
     ("route", &["routing"]),
     // Sans-I/O step machines, per-server results, tracing spans.

@@ -227,7 +227,8 @@ fn stats(mr: &MRedis) -> Result<(), String> {
 /// The shards with replicas or Sentinel: each one's primary now, its
 /// replicas with how far each is behind (the primary's replication offset
 /// minus the replica's, in bytes, and its last ack in seconds), and the
-/// last failover the client followed.
+/// last failover the client followed; then each node's latency as the
+/// `lowest-latency` read policy measures it.
 fn shards(mr: &MRedis) {
     let servers = mr.servers();
     if servers
@@ -236,6 +237,9 @@ fn shards(mr: &MRedis) {
     {
         return;
     }
+    // Measured while the rest is asked for.
+    mr.probe_latencies();
+    let probing = Instant::now();
     let infos: PerServer<String> = match mr.query_all::<String>(redis::cmd("INFO").arg("replication")) {
         Ok(all) => all,
         Err(e) => e.succeeded().clone(),
@@ -296,6 +300,37 @@ fn shards(mr: &MRedis) {
                 replicas.join(", ")
             }
         );
+    }
+    latencies(servers, probing);
+}
+
+/// Each shard node's smoothed PING round trip. Waits for the prober's
+/// first round (each node measured, or given its 1 s deadline), at most
+/// 3 s from `since`.
+fn latencies(servers: &[mredis::Server], since: Instant) {
+    let measured = || {
+        servers
+            .iter()
+            .all(|s| s.latencies().iter().all(|n| n.estimate.is_some()))
+    };
+    while !measured() && since.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!();
+    println!("{:<24} {:<22} {:<8} latency (smoothed PING)", "shard", "node", "role");
+    for server in servers {
+        for node in server.latencies() {
+            println!(
+                "{:<24} {:<22} {:<8} {}",
+                server.name(),
+                node.node,
+                if node.primary { "primary" } else { "replica" },
+                node.estimate.map_or_else(
+                    || "not answering".to_string(),
+                    |d| format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+                )
+            );
+        }
     }
 }
 
