@@ -7,7 +7,12 @@
 //!     MREDIS_BENCH_KEYS=1000000 cargo bench -p mredis-tests --bench rebalance
 //!
 //! `MREDIS_BENCH_KEYS` sets N (default 200 000), `MREDIS_BENCH_RUNS` the
-//! runs per side (default 3, at least 2). The two sides run alternately;
+//! runs per side (default 3, at least 2). With `MREDIS_BENCH_REPLICAS=1`
+//! every server gets a replica and is given as a shard with it
+//! (`with_replicas`), so rebalance moves keys in steps its replicas
+//! acknowledge; the hand-written loop then does the least that is safe on
+//! such servers: DUMP + PTTL on the source, RESTORE + WAIT 1 on the
+//! destination, DEL + WAIT 1 on the source, 100 keys per batch. The two sides run alternately;
 //! ranges (min..max) over the runs are printed. rebalance's time includes
 //! everything a real run does: identifying servers, persistence checks and
 //! the final verification pass.
@@ -26,10 +31,17 @@ fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn config(servers: &[RedisServer]) -> MRedis {
+fn config(servers: &[RedisServer], replicas: &[RedisServer]) -> MRedis {
     let list: Vec<Server> = servers
         .iter()
-        .map(|s| Server::from_parts("127.0.0.1", s.port(), 0).unwrap())
+        .enumerate()
+        .map(|(i, s)| {
+            let server = Server::from_parts("127.0.0.1", s.port(), 0).unwrap();
+            match replicas.get(i) {
+                Some(r) => server.with_replicas([r.url()]).unwrap(),
+                None => server,
+            }
+        })
         .collect();
     MRedis::builder()
         .servers(list)
@@ -46,6 +58,7 @@ fn fill(all: &[RedisServer], from: &MRedis, n: usize) {
     for s in all {
         redis::cmd("FLUSHALL").exec(&mut s.conn()).unwrap();
     }
+    // (Replicas follow their primaries' FLUSHALL.)
     for start in (0..n).step_by(20_000) {
         let mut pipe = from.pipeline_all();
         for i in start..(start + 20_000).min(n) {
@@ -105,6 +118,68 @@ fn baseline(sources: &[RedisServer], to: &MRedis) -> u64 {
     moved
 }
 
+/// The hand-written loop on servers with one replica each: per batch of
+/// 100 keys, DUMP + PTTL on the source, RESTORE + WAIT 1 on the
+/// destination, DEL + WAIT 1 on the source. Returns the keys it moved.
+fn baseline_with_replicas(sources: &[RedisServer], all: &[RedisServer], to: &MRedis) -> u64 {
+    let mut moved = 0;
+    let mut dests: Vec<redis::Connection> = all.iter().map(|s| s.conn()).collect();
+    for s in sources {
+        let mut con = s.conn();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut con)
+                .unwrap();
+            let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+            for k in keys {
+                let owner = to.server_index_for(&k);
+                if to.servers()[owner].port() != s.port() {
+                    groups.entry(owner).or_default().push(k);
+                }
+            }
+            for (owner, keys) in &groups {
+                for chunk in keys.chunks(100) {
+                    let mut pipe = redis::pipe();
+                    for k in chunk {
+                        pipe.cmd("PTTL").arg(k).cmd("DUMP").arg(k);
+                    }
+                    let got: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+                    let mut pipe = redis::pipe();
+                    for (i, k) in chunk.iter().enumerate() {
+                        let ttl = match &got[2 * i] {
+                            redis::Value::Int(t) if *t > 0 => *t,
+                            _ => 0,
+                        };
+                        if let redis::Value::BulkString(payload) = &got[2 * i + 1] {
+                            pipe.cmd("RESTORE").arg(k).arg(ttl).arg(payload).ignore();
+                        }
+                    }
+                    pipe.cmd("WAIT").arg(1).arg(5000);
+                    let _: (i64,) = pipe.query(&mut dests[*owner]).unwrap();
+                    let (deleted, _): (u64, i64) = redis::pipe()
+                        .cmd("DEL")
+                        .arg(chunk)
+                        .cmd("WAIT")
+                        .arg(1)
+                        .arg(5000)
+                        .query(&mut con)
+                        .unwrap();
+                    moved += deleted;
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    moved
+}
+
 fn range(v: &[f64]) -> (f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -116,9 +191,30 @@ fn main() {
     let runs = env_number("MREDIS_BENCH_RUNS", 3).max(2);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("rebalance speed: {n} keys, 3 -> 4 servers (ketama), {runs} runs per side, {cores} cores");
+    let with_replicas = std::env::var("MREDIS_BENCH_REPLICAS").is_ok_and(|v| v == "1");
     let s = servers(4);
-    let from = config(&s[..3]);
-    let to = config(&s);
+    let replicas: Vec<RedisServer> = if with_replicas {
+        s.iter()
+            .map(|p| RedisServer::with_args(&["--replicaof", "127.0.0.1", &p.port().to_string()]))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if with_replicas {
+        println!("each server with one replica: acknowledged steps (rebalance) vs DUMP/RESTORE/WAIT/DEL/WAIT (loop)");
+        for r in &replicas {
+            let mut c = r.conn();
+            for _ in 0..200 {
+                let info: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
+                if info.contains("master_link_status:up") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let from = config(&s[..3], &replicas);
+    let to = config(&s, &replicas);
 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let (mut our_secs, mut their_secs) = (Vec::new(), Vec::new());
@@ -151,7 +247,11 @@ fn main() {
 
         fill(&s, &from, n);
         let t = Instant::now();
-        let sent = baseline(&s[..3], &to);
+        let sent = if with_replicas {
+            baseline_with_replicas(&s[..3], &s, &to)
+        } else {
+            baseline(&s[..3], &to)
+        };
         let theirs_time = t.elapsed();
         assert_eq!(sent, report.moved, "identical data, identical moves");
         assert_eq!(

@@ -653,7 +653,7 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
     let to = MRedis::builder().servers(all.clone()).build().unwrap();
     // Enough keys that the move is still running when the kill lands
     // (asserted below, not assumed).
-    let moving: Vec<String> = (0..12_000).map(|i| format!("move:{i}")).collect();
+    let moving: Vec<String> = (0..30_000).map(|i| format!("move:{i}")).collect();
     for chunk in moving.chunks(500) {
         let pairs: Vec<(&str, usize)> = chunk.iter().map(|k| (k.as_str(), k[5..].parse().unwrap())).collect();
         from.mset::<_, _, ()>(&pairs).unwrap();
@@ -681,7 +681,8 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
                 &to,
                 mredis::rebalance::RebalanceOptions {
                     allow_volatile: true,
-                    batch_size: Some(5),
+                    // Small pages: many rounds of marks and copies.
+                    scan_count: Some(10),
                     migrate_timeout_ms: Some(2000),
                     progress: Some(Box::new(move |p| moved.store(p.moved, Ordering::Relaxed))),
                     ..Default::default()
@@ -704,6 +705,7 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
         !done.load(Ordering::Relaxed),
         "the rebalance finished before the kill: the test needs more keys"
     );
+    let moved_at_kill = moved.load(Ordering::Relaxed);
     let new_port = fleet.wait_for_new_master(victim, old_port, FAILOVER);
     assert_ne!(new_port, old_port);
     // The new primary's replica: the old one, back (acknowledged writes
@@ -741,15 +743,21 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
     let mut cons: Vec<redis::Connection> = (0..3).map(|i| fleet.conn(fleet.master_port(i))).collect();
     let s = seen.lock().unwrap();
     let written: Vec<&String> = s.incrs.keys().chain(s.sets.keys()).collect();
+    let on: Vec<std::collections::HashSet<String>> = cons
+        .iter_mut()
+        .map(|c| {
+            redis::cmd("KEYS")
+                .arg("*")
+                .query::<Vec<String>>(c)
+                .unwrap()
+                .into_iter()
+                .collect()
+        })
+        .collect();
     let mut on_two = 0;
     for key in moving.iter().chain(written.iter().copied()) {
         let owner = to.server_index_for(key.as_bytes());
-        let mut pipe = redis::pipe();
-        pipe.exists(key);
-        let here: Vec<bool> = cons
-            .iter_mut()
-            .map(|c| pipe.query::<Vec<bool>>(c).unwrap()[0])
-            .collect();
+        let here: Vec<bool> = on.iter().map(|keys| keys.contains(key.as_str())).collect();
         if here.iter().filter(|&&h| h).count() != 1 || !here[owner] {
             eprintln!("{key}: on primaries {here:?}, owner {owner}");
             on_two += 1;
@@ -771,7 +779,7 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
         assert_eq!(marks, 0, "marks left");
     }
     eprintln!(
-        "failover of shard {victim} ({}) during a rebalance: {} keys moved, {} restarts, {} of {checked} acknowledged \
+        "failover of shard {victim} ({}) during a rebalance, {moved_at_kill} keys moved at the kill: {} keys moved, {} restarts, {} of {checked} acknowledged \
          keys lost, write errors per new owner {:?}",
         if stop_instead { "SIGSTOP" } else { "SIGKILL" },
         report.moved,

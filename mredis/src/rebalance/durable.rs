@@ -183,94 +183,124 @@ impl Worker<'_> {
         self.move_groups_durable(groups)
     }
 
-    /// Moves `groups` (keys by destination index in `to`) in batches.
+    /// Moves `groups` (keys by destination index in `to`): all of them
+    /// in one round of the four steps (one exchange with the source per
+    /// step, one with each destination), in rounds of at most
+    /// [`ROUND_KEYS`] keys.
     pub(super) fn move_groups_durable(&mut self, groups: BTreeMap<usize, Vec<Vec<u8>>>) -> RedisResult<()> {
-        let batch = self.plan.settings.batch;
+        let mut round: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
+        let mut size = 0;
         for (ti, keys) in groups {
-            for chunk in keys.chunks(batch) {
-                self.move_batch_durable(ti, chunk)?;
+            for chunk in keys.chunks(ROUND_KEYS) {
+                if size + chunk.len() > ROUND_KEYS && !round.is_empty() {
+                    self.move_round(std::mem::take(&mut round))?;
+                    size = 0;
+                }
+                size += chunk.len();
+                round.push((ti, chunk.to_vec()));
             }
+        }
+        if !round.is_empty() {
+            self.move_round(round)?;
         }
         Ok(())
     }
 
-    /// One batch, in the four acknowledged steps of the module docs.
-    fn move_batch_durable(&mut self, ti: usize, keys: &[Vec<u8>]) -> RedisResult<()> {
+    /// One round, in the four acknowledged steps of the module docs.
+    fn move_round(&mut self, round: Vec<(usize, Vec<Vec<u8>>)>) -> RedisResult<()> {
         let s = &self.plan.settings;
         let io = s.io_timeout;
         let src_server = self.plan.nodes[self.src].server.clone();
-        let dest = self.dest(ti).clone();
-        let dest_name = dest.name().to_string();
         let id = move_id();
-        self.shared.journal.begin(&self.name, keys)?;
+        let all: Vec<Vec<u8>> = round.iter().flat_map(|(_, keys)| keys.iter().cloned()).collect();
+        self.shared.journal.begin(&self.name, &all)?;
 
         // 1. Mark, wait for the source's replicas, dump.
         let src_acks = Self::replicas_to_wait_for(&src_server);
         let mut pipe = redis::pipe();
-        let mut mark = invoke(&mut pipe, &MARK, MARK_CODE);
-        mark.arg(keys.len()).arg(keys).arg(&id);
-        pipe.add_command(mark);
+        pipe.cmd("SCRIPT").arg("LOAD").arg(MARK_CODE).ignore();
+        for (_, keys) in &round {
+            pipe.cmd("EVALSHA")
+                .arg(MARK.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(&id);
+        }
         pipe.add_command(self.wait_cmd(src_acks));
         pipe.cmd("MULTI").ignore();
-        for k in keys {
+        for k in &all {
             pipe.cmd("PTTL").arg(k).ignore().cmd("DUMP").arg(k).ignore();
         }
         pipe.cmd("EXEC");
         let v = pquery(&mut pipe, &mut self.con, &self.name, io)?;
-        let marks: Vec<Option<String>> = match v.first() {
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|m| match m {
+        let n = round.len();
+        let mut marks: Vec<Option<String>> = Vec::with_capacity(all.len());
+        for reply in &v[..n.min(v.len())] {
+            match reply {
+                Value::Array(items) => marks.extend(items.iter().map(|m| match m {
                     Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
                     _ => None,
-                })
-                .collect(),
-            Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
-            other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
-        };
-        self.check_acks(&src_server, src_acks, v.get(1))?;
-        let dumped: Vec<Value> = match v.get(2) {
+                })),
+                Value::ServerError(e) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
+                other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
+            }
+        }
+        self.check_acks(&src_server, src_acks, v.get(n))?;
+        let dumped: Vec<Value> = match v.get(n + 1) {
             Some(Value::Array(items)) => items.clone(),
             Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
             other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
         };
-        // (key, mark, ttl, payload) of each key there; marked keys gone
-        // meanwhile (expired) only lose their mark.
-        let mut todo: Vec<(Vec<u8>, String, i64, Vec<u8>)> = Vec::new();
+        // Per group: (key, mark, ttl, payload) of each key there; marked
+        // keys gone meanwhile (expired) only lose their mark.
+        let mut todos: Vec<Vec<Todo>> = Vec::with_capacity(n);
         let mut gone: Vec<(Vec<u8>, String)> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let Some(m) = marks.get(i).cloned().flatten() else {
-                continue;
-            };
-            let ttl = match dumped.get(2 * i) {
-                Some(Value::Int(t)) if *t > 0 => *t,
-                _ => 0,
-            };
-            match dumped.get(2 * i + 1) {
-                Some(Value::BulkString(p)) => todo.push((key.clone(), m, ttl, p.clone())),
-                _ => gone.push((key.clone(), m)),
+        let mut at = 0;
+        for (_, keys) in &round {
+            let mut todo = Vec::new();
+            for key in keys {
+                let i = at;
+                at += 1;
+                let Some(m) = marks.get(i).cloned().flatten() else {
+                    continue;
+                };
+                let ttl = match dumped.get(2 * i) {
+                    Some(Value::Int(t)) if *t > 0 => *t,
+                    _ => 0,
+                };
+                match dumped.get(2 * i + 1) {
+                    Some(Value::BulkString(p)) => todo.push((key.clone(), m, ttl, p.clone())),
+                    _ => gone.push((key.clone(), m)),
+                }
             }
+            todos.push(todo);
         }
 
-        // 2. Copy to the destination unless a resumed move's copy arrived.
-        let dest_acks = Self::replicas_to_wait_for(&dest);
-        let resumed: Vec<usize> = (0..todo.len()).filter(|&i| todo[i].1 != id).collect();
-        let mut arrived = vec![false; todo.len()];
-        if !resumed.is_empty() {
-            let mut c = redis::cmd("HMGET");
-            c.arg(ARRIVED);
-            for &i in &resumed {
-                c.arg(&todo[i].0);
+        // 2. Copy to each destination unless a resumed move's copy arrived.
+        let mut conflicts: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (g, (ti, _)) in round.iter().enumerate() {
+            let ti = *ti;
+            let todo = &todos[g];
+            let dest = self.dest(ti).clone();
+            let dest_acks = Self::replicas_to_wait_for(&dest);
+            let resumed: Vec<usize> = (0..todo.len()).filter(|&i| todo[i].1 != id).collect();
+            let mut arrived = vec![false; todo.len()];
+            if !resumed.is_empty() {
+                let mut c = redis::cmd("HMGET");
+                c.arg(ARRIVED);
+                for &i in &resumed {
+                    c.arg(&todo[i].0);
+                }
+                let there: Vec<Option<String>> = query(&c, self.dest_con(ti)?, dest.name(), io)?;
+                for (&i, t) in resumed.iter().zip(there) {
+                    arrived[i] = t.as_deref() == Some(todo[i].1.as_str());
+                }
             }
-            let there: Vec<Option<String>> = query(&c, self.dest_con(ti)?, &dest_name, io)?;
-            for (&i, t) in resumed.iter().zip(there) {
-                arrived[i] = t.as_deref() == Some(todo[i].1.as_str());
+            let copy: Vec<usize> = (0..todo.len()).filter(|&i| !arrived[i]).collect();
+            let busy = self.restore(ti, todo, &copy, false, dest_acks)?;
+            if busy.is_empty() {
+                continue;
             }
-        }
-        let copy: Vec<usize> = (0..todo.len()).filter(|&i| !arrived[i]).collect();
-        let busy = self.restore(ti, &todo, &copy, false, dest_acks)?;
-        let mut conflicts = Vec::new();
-        if !busy.is_empty() {
             // Already on the destination: the same bytes, or the tool's own
             // leftover (a copy made under a mark a failover lost, since
             // written on the source), is replaced; anything else is a
@@ -279,7 +309,7 @@ impl Worker<'_> {
             for &i in &busy {
                 pipe.cmd("DUMP").arg(&todo[i].0);
             }
-            let there = pquery(&mut pipe, self.dest_con(ti)?, &dest_name, io)?;
+            let there = pquery(&mut pipe, self.dest_con(ti)?, dest.name(), io)?;
             let mut replace = Vec::new();
             for (&i, t) in busy.iter().zip(&there) {
                 let same = matches!(t, Value::BulkString(b) if *b == todo[i].3);
@@ -287,74 +317,107 @@ impl Worker<'_> {
                     self.out.leftovers += u64::from(!same);
                     replace.push(i);
                 } else {
-                    conflicts.push(i);
+                    conflicts[g].push(i);
                 }
             }
-            let still = self.restore(ti, &todo, &replace, true, dest_acks)?;
-            conflicts.extend(still);
+            let still = self.restore(ti, todo, &replace, true, dest_acks)?;
+            conflicts[g].extend(still);
         }
 
         // 3. Delete on the source what arrived; unmark conflicts.
         let mut pipe = redis::pipe();
-        let done: Vec<usize> = (0..todo.len()).filter(|i| !conflicts.contains(i)).collect();
-        let mut finish = invoke(&mut pipe, &FINISH, FINISH_CODE);
-        finish.arg(done.len() + gone.len());
-        let mut finish_keys: Vec<&[u8]> = done.iter().map(|&i| &todo[i].0[..]).collect();
-        finish_keys.extend(gone.iter().map(|(k, _)| &k[..]));
-        finish.arg(&finish_keys).arg("del");
-        for &i in &done {
-            finish.arg(&todo[i].1);
-        }
-        for (_, m) in &gone {
-            finish.arg(m);
-        }
-        pipe.add_command(finish);
-        if !conflicts.is_empty() {
-            let mut keep = invoke(&mut pipe, &FINISH, FINISH_CODE);
-            keep.arg(conflicts.len());
-            for &i in &conflicts {
-                keep.arg(&todo[i].0);
+        pipe.cmd("SCRIPT").arg("LOAD").arg(FINISH_CODE).ignore();
+        let finish = |pipe: &mut redis::Pipeline, keys: &[&[u8]], marks: &[&str], how: &str| {
+            pipe.cmd("EVALSHA")
+                .arg(FINISH.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(how)
+                .arg(marks);
+        };
+        for (g, todo) in todos.iter().enumerate() {
+            let done: Vec<usize> = (0..todo.len()).filter(|i| !conflicts[g].contains(i)).collect();
+            if !done.is_empty() {
+                let keys: Vec<&[u8]> = done.iter().map(|&i| &todo[i].0[..]).collect();
+                let ids: Vec<&str> = done.iter().map(|&i| todo[i].1.as_str()).collect();
+                finish(&mut pipe, &keys, &ids, "del");
             }
-            keep.arg("keep");
-            for &i in &conflicts {
-                keep.arg(&todo[i].1);
+            if !conflicts[g].is_empty() {
+                let keys: Vec<&[u8]> = conflicts[g].iter().map(|&i| &todo[i].0[..]).collect();
+                let ids: Vec<&str> = conflicts[g].iter().map(|&i| todo[i].1.as_str()).collect();
+                finish(&mut pipe, &keys, &ids, "keep");
             }
-            pipe.add_command(keep);
+        }
+        if !gone.is_empty() {
+            let keys: Vec<&[u8]> = gone.iter().map(|(k, _)| &k[..]).collect();
+            let ids: Vec<&str> = gone.iter().map(|(_, m)| m.as_str()).collect();
+            finish(&mut pipe, &keys, &ids, "del");
         }
         pipe.add_command(self.wait_cmd(src_acks));
         let v = pquery(&mut pipe, &mut self.con, &self.name, io)?;
-        let deleted = match v.first() {
-            Some(Value::Array(items)) => items.iter().filter(|d| matches!(d, Value::Int(1))).count() as u64,
-            Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
-            other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
-        };
-        self.check_acks(&src_server, src_acks, v.last())?;
-        self.record(ti, deleted);
-
-        // 4. Forget the arrivals (a leftover entry is harmless: its id is
-        // never used again).
-        if !todo.is_empty() {
-            let mut c = redis::cmd("HDEL");
-            c.arg(ARRIVED);
-            for (k, ..) in &todo {
-                c.arg(k);
+        for reply in &v[..v.len().saturating_sub(1)] {
+            if let Value::ServerError(e) = reply {
+                return Err(error(format!("{}: {}", self.name, server_error_text(e))));
             }
-            query::<i64>(&c, self.dest_con(ti)?, &dest_name, io)?;
         }
-        for &i in &conflicts {
-            let key = todo[i].0.clone();
-            self.conflict(ti, key);
+        self.check_acks(&src_server, src_acks, v.last())?;
+        // Count what each group's delete removed (its reply comes first).
+        let mut replies = v.iter();
+        for (g, todo) in todos.iter().enumerate() {
+            let has_done = todo.len() > conflicts[g].len();
+            if has_done {
+                let deleted = match replies.next() {
+                    Some(Value::Array(items)) => items.iter().filter(|d| matches!(d, Value::Int(1))).count() as u64,
+                    _ => 0,
+                };
+                self.record(round[g].0, deleted);
+            }
+            if !conflicts[g].is_empty() {
+                replies.next();
+            }
         }
-        self.shared.journal.end(&self.name, keys)?;
+
+        // 4. Forget the arrivals, with the next exchange with each
+        // destination (a leftover entry is harmless: its id is never used
+        // again).
+        for (g, todo) in todos.iter().enumerate() {
+            let ti = round[g].0;
+            self.forget
+                .entry(ti)
+                .or_default()
+                .extend(todo.iter().map(|(k, ..)| k.clone()));
+            for &i in &conflicts[g] {
+                let key = todo[i].0.clone();
+                self.conflict(ti, key);
+            }
+        }
+        self.shared.journal.end(&self.name, &all)?;
+        Ok(())
+    }
+
+    /// Forgets the arrivals noted on the destinations (step 4 of the rounds
+    /// whose next exchange with that destination did not come).
+    pub(super) fn forget_arrivals(&mut self) -> RedisResult<()> {
+        let io = self.plan.settings.io_timeout;
+        for (ti, keys) in std::mem::take(&mut self.forget) {
+            if keys.is_empty() {
+                continue;
+            }
+            let name = self.dest(ti).name().to_string();
+            let mut c = redis::cmd("HDEL");
+            c.arg(ARRIVED).arg(&keys);
+            query::<i64>(&c, self.dest_con(ti)?, &name, io)?;
+        }
         Ok(())
     }
 
     /// Restores `which` of `todo` on destination `ti` (replacing or not)
     /// and waits for its replicas; returns those already there (BUSYKEY).
+    /// The arrivals to forget there go first, in the same exchange.
     fn restore(
         &mut self,
         ti: usize,
-        todo: &[(Vec<u8>, String, i64, Vec<u8>)],
+        todo: &[Todo],
         which: &[usize],
         replace: bool,
         acks: usize,
@@ -365,6 +428,9 @@ impl Worker<'_> {
         let io = self.plan.settings.io_timeout;
         let dest = self.dest(ti).clone();
         let mut pipe = redis::pipe();
+        if let Some(keys) = self.forget.remove(&ti).filter(|k| !k.is_empty()) {
+            pipe.cmd("HDEL").arg(ARRIVED).arg(keys).ignore();
+        }
         let mut c = invoke(&mut pipe, &RESTORE, RESTORE_CODE);
         c.arg(which.len());
         for &i in which {
@@ -402,6 +468,12 @@ impl Worker<'_> {
         Ok(busy)
     }
 }
+
+/// A key to move: the key, its mark, its TTL (ms, 0 for none), its `DUMP`.
+type Todo = (Vec<u8>, String, i64, Vec<u8>);
+
+/// At most this many keys are marked at once by one worker.
+const ROUND_KEYS: usize = 1000;
 
 /// How long a worker waits for its servers to answer again after a
 /// failure on a fleet with Sentinel shards (a failover takes Sentinel's

@@ -146,6 +146,8 @@ pub(super) struct Worker<'a> {
     pub(super) con: Connection,
     pub(super) dest_cons: HashMap<usize, Connection>,
     pub(super) out: WorkerOut,
+    /// Keys whose arrival to forget on each destination (durable moves).
+    pub(super) forget: HashMap<usize, Vec<Vec<u8>>>,
 }
 
 pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<WorkerOut> {
@@ -165,6 +167,7 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
         con: connect(&node.server, s.io_timeout)?,
         dest_cons: HashMap::new(),
         out: WorkerOut::default(),
+        forget: HashMap::new(),
     };
     if !durable(plan) || mode == Mode::Count {
         walk(&mut w, mode)?;
@@ -177,7 +180,9 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
     let mut restarts = 0;
     loop {
         let result = if mode == Mode::Move {
-            w.resume_marked().and_then(|()| walk(&mut w, mode))
+            w.resume_marked()
+                .and_then(|()| walk(&mut w, mode))
+                .and_then(|()| w.forget_arrivals())
         } else {
             walk(&mut w, mode)
         };
