@@ -39,17 +39,20 @@ use crate::migration::{ARRIVED, MARKS};
 /// marked already; replies with each key's mark (nil: no such key).
 const MARK_CODE: &str = r#"
 local out = {}
+local new = {}
+local cur = redis.call('HMGET', '__mredis:moving', unpack(KEYS))
 for i = 1, #KEYS do
-  local cur = redis.call('HGET', '__mredis:moving', KEYS[i])
-  if cur then
-    out[i] = cur
+  if cur[i] then
+    out[i] = cur[i]
   elseif redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HSET', '__mredis:moving', KEYS[i], ARGV[1])
+    new[#new + 1] = KEYS[i]
+    new[#new + 1] = ARGV[1]
     out[i] = ARGV[1]
   else
     out[i] = false
   end
 end
+if #new > 0 then redis.call('HSET', '__mredis:moving', unpack(new)) end
 return out
 "#;
 
@@ -58,18 +61,24 @@ return out
 /// or the error.
 const RESTORE_CODE: &str = r#"
 local out = {}
+local arrived = {}
 for i = 1, #KEYS do
   local b = (i - 1) * 4
-  local args = {KEYS[i], ARGV[b + 3], ARGV[b + 4]}
-  if ARGV[b + 2] == '1' then args[4] = 'REPLACE' end
-  local r = redis.pcall('RESTORE', unpack(args))
+  local r
+  if ARGV[b + 2] == '1' then
+    r = redis.pcall('RESTORE', KEYS[i], ARGV[b + 3], ARGV[b + 4], 'REPLACE')
+  else
+    r = redis.pcall('RESTORE', KEYS[i], ARGV[b + 3], ARGV[b + 4])
+  end
   if type(r) == 'table' and r.err then
     out[i] = r.err
   else
-    redis.call('HSET', '__mredis:arrived', KEYS[i], ARGV[b + 1])
+    arrived[#arrived + 1] = KEYS[i]
+    arrived[#arrived + 1] = ARGV[b + 1]
     out[i] = 1
   end
 end
+if #arrived > 0 then redis.call('HSET', '__mredis:arrived', unpack(arrived)) end
 return out
 "#;
 
@@ -78,13 +87,23 @@ return out
 /// deleted, or -1 when the mark was not this move's.
 const FINISH_CODE: &str = r#"
 local out = {}
+local mine = {}
+local cur = redis.call('HMGET', '__mredis:moving', unpack(KEYS))
 for i = 1, #KEYS do
-  if redis.call('HGET', '__mredis:moving', KEYS[i]) == ARGV[1 + i] then
-    if ARGV[1] == 'keep' then out[i] = 0 else out[i] = redis.call('DEL', KEYS[i]) end
-    redis.call('HDEL', '__mredis:moving', KEYS[i])
+  if cur[i] == ARGV[1 + i] then
+    mine[#mine + 1] = KEYS[i]
+    out[i] = 0
   else
     out[i] = -1
   end
+end
+if #mine > 0 then
+  if ARGV[1] ~= 'keep' then
+    for i = 1, #KEYS do
+      if out[i] == 0 then out[i] = redis.call('DEL', KEYS[i]) end
+    end
+  end
+  redis.call('HDEL', '__mredis:moving', unpack(mine))
 end
 return out
 "#;
