@@ -507,6 +507,18 @@ impl<'a> Split<'a> {
         each(self.args[0], self.stride, &keys, &rest, with_code)
     }
 
+    /// The moving keys `items` on their old server `from`, key by key
+    /// (recorded as in flight).
+    fn each_request(&mut self, from: usize, items: Vec<usize>, with_code: bool) -> Request<'a> {
+        let request = Request {
+            server: from,
+            cmds: vec![self.each_cmd(&items, with_code)].into(),
+            block: None,
+        };
+        self.inflight.push(Part::Each { items, with_code });
+        request
+    }
+
     /// Requests for `items` on their new servers.
     fn groups(&mut self, items: impl Iterator<Item = usize>, out: &mut Vec<Request<'a>>) {
         let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.core.all()];
@@ -542,15 +554,7 @@ impl<'a> Machine for Split<'a> {
         }
         for (from, items) in by_from.into_iter().enumerate() {
             if !items.is_empty() {
-                requests.push(Request {
-                    server: from,
-                    cmds: vec![self.each_cmd(&items, false)].into(),
-                    block: None,
-                });
-                self.inflight.push(Part::Each {
-                    items,
-                    with_code: false,
-                });
+                requests.push(self.each_request(from, items, false));
             }
         }
         Step::Send(requests)
@@ -558,7 +562,9 @@ impl<'a> Machine for Split<'a> {
 
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
         let inflight = std::mem::take(&mut self.inflight);
-        let mut failure = crate::error::Failure::new(&self.command);
+        // (The command's name, copied: the requests below borrow `self`.)
+        let command = self.command.clone();
+        let mut failure = crate::error::Failure::new(&command);
         let mut absent: Vec<usize> = Vec::new();
         let mut retry: Vec<Request<'a>> = Vec::new();
         for (part, reply) in inflight.into_iter().zip(replies) {
@@ -581,12 +587,8 @@ impl<'a> Machine for Split<'a> {
                         }
                     };
                     if code_of(&v) == Some("NOSCRIPT") && !with_code {
-                        retry.push(Request {
-                            server: from,
-                            cmds: vec![self.each_cmd(&items, true)].into(),
-                            block: None,
-                        });
-                        self.inflight.push(Part::Each { items, with_code: true });
+                        let request = self.each_request(from, items, true);
+                        retry.push(request);
                         continue;
                     }
                     if code_of(&v) == Some(MOVING) {
@@ -651,15 +653,8 @@ impl<'a> Machine for Split<'a> {
             self.waited = false;
             for items in std::mem::take(&mut self.waiting) {
                 let from = self.from_of[items[0]].unwrap_or(0);
-                retry.push(Request {
-                    server: from,
-                    cmds: vec![self.each_cmd(&items, false)].into(),
-                    block: None,
-                });
-                self.inflight.push(Part::Each {
-                    items,
-                    with_code: false,
-                });
+                let request = self.each_request(from, items, false);
+                retry.push(request);
             }
             return Step::Send(retry);
         }

@@ -68,6 +68,31 @@ fn fill(all: &[RedisServer], from: &MRedis, n: usize) {
     }
 }
 
+/// One `SCAN COUNT 1000` page of the server on `con` (port `port`): the
+/// next cursor and the keys whose owner under `to` is another server, by
+/// owner.
+fn moving_page(
+    con: &mut redis::Connection,
+    cursor: u64,
+    port: u16,
+    to: &MRedis,
+) -> (u64, BTreeMap<usize, Vec<Vec<u8>>>) {
+    let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(1000)
+        .query(con)
+        .unwrap();
+    let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+    for k in keys {
+        let owner = to.server_index_for(&k);
+        if to.servers()[owner].port() != port {
+            groups.entry(owner).or_default().push(k);
+        }
+    }
+    (next, groups)
+}
+
 /// The hand-written loop: each source in turn, SCAN COUNT 1000, moving keys
 /// grouped by destination with pipelined MIGRATE ... KEYS (100 per batch).
 /// Returns the keys it sent.
@@ -77,19 +102,7 @@ fn baseline(sources: &[RedisServer], to: &MRedis) -> u64 {
         let mut con = s.conn();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut con)
-                .unwrap();
-            let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
-            for k in keys {
-                let owner = to.server_index_for(&k);
-                if to.servers()[owner].port() != s.port() {
-                    groups.entry(owner).or_default().push(k);
-                }
-            }
+            let (next, groups) = moving_page(&mut con, cursor, s.port(), to);
             let mut pipe = redis::pipe();
             for (owner, keys) in &groups {
                 let dest = &to.servers()[*owner];
@@ -128,19 +141,7 @@ fn baseline_with_replicas(sources: &[RedisServer], all: &[RedisServer], to: &MRe
         let mut con = s.conn();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut con)
-                .unwrap();
-            let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
-            for k in keys {
-                let owner = to.server_index_for(&k);
-                if to.servers()[owner].port() != s.port() {
-                    groups.entry(owner).or_default().push(k);
-                }
-            }
+            let (next, groups) = moving_page(&mut con, cursor, s.port(), to);
             for (owner, keys) in &groups {
                 for chunk in keys.chunks(100) {
                     let mut pipe = redis::pipe();

@@ -1199,6 +1199,17 @@ impl SentinelFleet {
     }
 }
 
+/// `calls` of `cmdstat_<name>` in `INFO commandstats` of the server on
+/// `con` (0 if the command was never called).
+pub fn command_calls(con: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits until the replica on `replica` has everything the primary on
 /// `primary` had when this was called (its `slave_repl_offset` reached
 /// the primary's `master_repl_offset`). `WAIT` on a new connection would

@@ -897,16 +897,6 @@ fn a_handle_scan_finds_keys_that_move_while_it_walks() {
     assert_eq!(found.len(), keys.len(), "every key, none invented");
 }
 
-/// `cmdstat_<name>` calls on the server on `con`.
-fn calls_of(con: &mut redis::Connection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A key a rebalance has marked as moving (on fleets with replicas it
 /// marks each key on its source, copies it, then deletes it and the mark):
 /// calls of migration-aware clients on it wait, asking again, and run
@@ -981,12 +971,13 @@ fn calls_on_a_key_marked_as_moving_wait_for_the_mark_to_go() {
             .arg("test-move")
             .query(&mut src)
             .unwrap();
-        let asked = calls_of(&mut src, "evalsha") + calls_of(&mut src, "eval");
+        let asked = mredis_tests::command_calls(&mut src, "evalsha") + mredis_tests::command_calls(&mut src, "eval");
         let call = std::thread::spawn(call);
         // It asks again while the mark is there (at least 3 times), and
         // nothing it runs changes the key meanwhile.
         mredis_tests::wait_until(&format!("{what}: asking again"), Duration::from_secs(5), || {
-            calls_of(&mut src, "evalsha") + calls_of(&mut src, "eval") >= asked + 3
+            mredis_tests::command_calls(&mut src, "evalsha") + mredis_tests::command_calls(&mut src, "eval")
+                >= asked + 3
         });
         assert!(!call.is_finished(), "{what} finished while the key was marked");
         let _: i64 = redis::cmd("HDEL")

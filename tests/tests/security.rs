@@ -178,6 +178,33 @@ fn make_certs(dir: &Path) {
     );
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server's arguments for a TLS port with the certificates of
+/// [`make_certs`] in `dir` (clients need no certificate).
+fn tls_args(dir: &Path, port: u16) -> Vec<String> {
+    let path = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--tls-port".to_string(),
+        port.to_string(),
+        "--tls-cert-file".to_string(),
+        path("server.crt"),
+        "--tls-key-file".to_string(),
+        path("server.key"),
+        "--tls-ca-cert-file".to_string(),
+        path("ca.crt"),
+        "--tls-auth-clients".to_string(),
+        "no".to_string(),
+    ]
+}
+
 #[test]
 fn tls_servers_work_with_rediss_urls() {
     if mredis_tests::testing_valkey() {
@@ -189,25 +216,10 @@ fn tls_servers_work_with_rediss_urls() {
     let scratch = mredis_tests::TempDir::new("tls");
     let dir = scratch.path();
     make_certs(dir);
-    let path = |f: &str| dir.join(f).display().to_string();
     let tls_server = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = RedisServer::with_args(&[
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            &path("server.crt"),
-            "--tls-key-file",
-            &path("server.key"),
-            "--tls-ca-cert-file",
-            &path("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-        ]);
+        let port = free_port();
+        let args = tls_args(dir, port);
+        let server = RedisServer::with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
         (server, port)
     };
     let (_a, pa) = tls_server();
@@ -266,35 +278,12 @@ fn sentinel_shards_reach_their_data_servers_with_tls() {
     let dir = scratch.path();
     make_certs(dir);
     let path = |f: &str| dir.join(f).display().to_string();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    let tls_args = |port: u16| {
+        let mut args = tls_args(dir, port);
+        args.extend(["--tls-replication", "yes", "--repl-diskless-sync-delay", "0"].map(String::from));
+        args
     };
-    let tls_args = |port: u16| -> Vec<String> {
-        [
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            &path("server.crt"),
-            "--tls-key-file",
-            &path("server.key"),
-            "--tls-ca-cert-file",
-            &path("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-            "--tls-replication",
-            "yes",
-            "--repl-diskless-sync-delay",
-            "0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let (tp, tr) = (free(), free());
+    let (tp, tr) = (free_port(), free_port());
     let args = tls_args(tp);
     let mut primary = RedisServer::with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut args = tls_args(tr);

@@ -297,16 +297,6 @@ fn writers_follow_a_sigstopped_primary_and_lose_no_acknowledged_write() {
     assert_eq!(lost, 0, "acknowledged (WAIT 1) writes lost across the failover");
 }
 
-/// `cmdstat_<name>`'s calls on the server on `con`.
-fn calls(con: &mut redis::Connection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn reset_stats(con: &mut redis::Connection) {
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(con).unwrap();
 }
@@ -373,24 +363,42 @@ fn reads_go_to_replicas_and_writes_never_do() {
     let mut gets = 0;
     for (p, r) in &shards {
         let (mut pc, mut rc) = (p.conn(), r.conn());
-        assert_eq!(calls(&mut pc, "get"), 0, "a GET reached a primary");
-        assert_eq!(calls(&mut pc, "mget"), 0, "an MGET reached a primary");
-        assert_eq!(calls(&mut pc, "dbsize"), 0, "DBSIZE reached a primary");
+        assert_eq!(
+            mredis_tests::command_calls(&mut pc, "get"),
+            0,
+            "a GET reached a primary"
+        );
+        assert_eq!(
+            mredis_tests::command_calls(&mut pc, "mget"),
+            0,
+            "an MGET reached a primary"
+        );
+        assert_eq!(
+            mredis_tests::command_calls(&mut pc, "dbsize"),
+            0,
+            "DBSIZE reached a primary"
+        );
         // (A replica counts the SETs it replicates: that a write never
         // went to one is shown by the SET succeeding: a replica refuses
         // it with -READONLY.)
-        assert_eq!(calls(&mut rc, "dbsize"), 1);
-        assert!(calls(&mut rc, "mget") >= 1);
-        gets += calls(&mut rc, "get");
+        assert_eq!(mredis_tests::command_calls(&mut rc, "dbsize"), 1);
+        assert!(mredis_tests::command_calls(&mut rc, "mget") >= 1);
+        gets += mredis_tests::command_calls(&mut rc, "get");
     }
     assert_eq!(gets, 40, "every GET on a replica");
-    let primaries: u64 = shards.iter().map(|(p, _)| calls(&mut p.conn(), "set")).sum();
+    let primaries: u64 = shards
+        .iter()
+        .map(|(p, _)| mredis_tests::command_calls(&mut p.conn(), "set"))
+        .sum();
     assert_eq!(primaries, 1, "the SET on a primary");
 
     // Per call: the primary.
     let v: i64 = mr.reading_from(ReadFrom::Primary).get(&keys[0]).unwrap();
     assert_eq!(v, 0);
-    let on_primaries: u64 = shards.iter().map(|(p, _)| calls(&mut p.conn(), "get")).sum();
+    let on_primaries: u64 = shards
+        .iter()
+        .map(|(p, _)| mredis_tests::command_calls(&mut p.conn(), "get"))
+        .sum();
     assert_eq!(on_primaries, 1);
 }
 
@@ -423,7 +431,10 @@ fn prefer_replica_falls_back_to_the_primary_and_replica_only_does_not() {
             "replica-only read with the replica down"
         );
     }
-    let on_primaries: u64 = shards.iter().map(|(p, _)| calls(&mut p.conn(), "get")).sum();
+    let on_primaries: u64 = shards
+        .iter()
+        .map(|(p, _)| mredis_tests::command_calls(&mut p.conn(), "get"))
+        .sum();
     assert_eq!(on_primaries, 20, "prefer-replica reads fell back to the primaries");
 }
 
@@ -474,7 +485,7 @@ fn sentinel_replicas_serve_reads_and_a_sentinel_shard_shows_no_password() {
     reset_stats(&mut fleet.conn(replica_port));
     let v: String = mr.get("sentinel:read").unwrap();
     assert_eq!(v, "x");
-    assert_eq!(calls(&mut fleet.conn(replica_port), "get"), 1);
+    assert_eq!(mredis_tests::command_calls(&mut fleet.conn(replica_port), "get"), 1);
     // A wrong data password is an error naming the shard, without it.
     let wrong = MRedis::builder()
         .servers([Server::sentinel(&fleet.shards[0].name, fleet.sentinel_urls())
@@ -877,7 +888,10 @@ fn a_rerun_finishes_the_moves_a_stopped_rebalance_left_marked() {
     assert_eq!(report.moved as usize, moving.len());
     assert_eq!(report.conflicts.len(), 0);
     // Every moving key restored once, except k2, whose copy had arrived.
-    assert_eq!(calls(&mut dest, "restore") as usize, moving.len() - 1);
+    assert_eq!(
+        mredis_tests::command_calls(&mut dest, "restore") as usize,
+        moving.len() - 1
+    );
     for (p, r) in &shards {
         let (mut pc, mut rc) = (p.conn(), r.conn());
         wait_replicated(&mut pc, &mut rc);
