@@ -472,6 +472,7 @@ impl MRedis {
             unreachable!("co-located keys have one server")
         };
         let mut func = func;
+        let mut patience = crate::migration::Patience::default();
         loop {
             // During a migration the keys are served by their old server
             // while they are all there, by the new one once none is.
@@ -480,8 +481,22 @@ impl MRedis {
             } else {
                 self.where_moving(&moves, server)?
             };
+            let mut marked = false;
             let attempt = self.with_connection(target, |con| {
                 redis::cmd("WATCH").arg(keys).exec(con)?;
+                if target != server {
+                    // On the old server: a rebalance marking a key (or any
+                    // key) as moving changes the marks, which aborts the
+                    // EXEC; a key marked already waits.
+                    redis::cmd("WATCH").arg(crate::migration::MARKS).exec(con)?;
+                    let marks: Vec<Option<String>> =
+                        redis::cmd("HMGET").arg(crate::migration::MARKS).arg(keys).query(con)?;
+                    if marks.iter().any(Option::is_some) {
+                        redis::cmd("UNWATCH").exec(con)?;
+                        marked = true;
+                        return Ok(None);
+                    }
+                }
                 if !moves.is_empty() && self.where_moving(&moves, server)? != target {
                     // Moved between the check and the WATCH: decide again.
                     redis::cmd("UNWATCH").exec(con)?;
@@ -499,6 +514,15 @@ impl MRedis {
             })?;
             if let Some(result) = attempt {
                 return Ok(result);
+            }
+            if marked {
+                match patience.next_wait() {
+                    Some(wait) => std::thread::sleep(wait),
+                    None => {
+                        let m = &moves[0];
+                        return Err(crate::migration::still_moving(&self.core, &m.key, m.from, m.to));
+                    }
+                }
             }
         }
     }

@@ -40,9 +40,11 @@ pub(crate) const PARTIAL: &str = "MREDISPARTIAL";
 /// Error code of the guard when a rebalance is moving one of the keys at
 /// this moment (shards with replicas: see [`MARKS`]).
 pub(crate) const MOVING: &str = "MREDISMOVING";
-/// Keys whose name starts with this are mredis's own bookkeeping on the
-/// servers (never routed, never moved by a rebalance).
-pub(crate) const RESERVED: &[u8] = b"__mredis:";
+/// Whether `key` is one of mredis's own bookkeeping keys ([`MARKS`],
+/// [`ARRIVED`]), which a rebalance never moves.
+pub(crate) fn is_bookkeeping(key: &[u8]) -> bool {
+    key == MARKS.as_bytes() || key == ARRIVED.as_bytes()
+}
 /// On a shard with replicas, the hash of the keys a rebalance is moving
 /// (key -> move id). The rebalance marks a key here, waits for the
 /// source's replicas to have the mark, copies the key to its destination

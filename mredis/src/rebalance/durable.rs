@@ -57,7 +57,8 @@ return out
 "#;
 
 /// Restores each key (KEYS) from ARGV (per key: move id, "1" to replace,
-/// TTL in ms, DUMP payload) and notes its arrival; replies per key with 1
+/// the expiry as a Unix time in ms or 0 for none, DUMP payload; an expiry
+/// already past creates nothing) and notes its arrival; replies per key with 1
 /// or the error.
 const RESTORE_CODE: &str = r#"
 local out = {}
@@ -65,11 +66,10 @@ local arrived = {}
 for i = 1, #KEYS do
   local b = (i - 1) * 4
   local r
-  if ARGV[b + 2] == '1' then
-    r = redis.pcall('RESTORE', KEYS[i], ARGV[b + 3], ARGV[b + 4], 'REPLACE')
-  else
-    r = redis.pcall('RESTORE', KEYS[i], ARGV[b + 3], ARGV[b + 4])
-  end
+  local args = {KEYS[i], ARGV[b + 3], ARGV[b + 4]}
+  if ARGV[b + 2] == '1' then args[#args + 1] = 'REPLACE' end
+  if ARGV[b + 3] ~= '0' then args[#args + 1] = 'ABSTTL' end
+  r = redis.pcall('RESTORE', unpack(args))
   if type(r) == 'table' and r.err then
     out[i] = r.err
   else
@@ -171,6 +171,49 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Fails (for the worker to follow the failover) when the source or
+    /// one of `dests` changed primary since its connection was opened: the
+    /// connection may reach an old primary, stopped and resumed.
+    fn still_primaries(&self, dests: &[usize]) -> RedisResult<()> {
+        let src = &self.plan.nodes[self.src].server;
+        let mut changed = (src.epoch() != self.src_epoch).then(|| src.name().to_string());
+        for ti in dests {
+            if let Some(&e) = self.dest_epochs.get(ti)
+                && self.dest(*ti).epoch() != e
+            {
+                changed.get_or_insert_with(|| self.dest(*ti).name().to_string());
+            }
+        }
+        match changed {
+            Some(name) => Err(error(format!(
+                "{name}: its primary changed (a failover) while keys moved from {}; {RERUN}",
+                self.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Unmarks `marked` (key, mark) on the source, after a step that failed
+    /// before any delete: the keys stay where clients find them. Best
+    /// effort: if the source does not answer, the marks stay for the next
+    /// run (or the resumed worker) to finish.
+    fn unmark(&mut self, marked: &[(Vec<u8>, String)]) {
+        if marked.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCRIPT").arg("LOAD").arg(FINISH_CODE).ignore();
+        let c = pipe.cmd("EVALSHA").arg(FINISH.get_hash()).arg(marked.len());
+        for (k, _) in marked {
+            c.arg(k);
+        }
+        c.arg("keep");
+        for (_, m) in marked {
+            c.arg(m);
+        }
+        let _: RedisResult<Vec<Value>> = pipe.ignore_errors().query(&mut self.con);
+    }
+
     fn wait_cmd(&self, wanted: usize) -> Cmd {
         let mut c = redis::cmd("WAIT");
         c.arg(wanted).arg(self.plan.settings.timeout_ms);
@@ -232,6 +275,8 @@ impl Worker<'_> {
         let src_server = self.plan.nodes[self.src].server.clone();
         let id = move_id();
         let all: Vec<Vec<u8>> = round.iter().flat_map(|(_, keys)| keys.iter().cloned()).collect();
+        let dest_tis: Vec<usize> = round.iter().map(|(ti, _)| *ti).collect();
+        self.still_primaries(&dest_tis)?;
         self.shared.journal.begin(&self.name, &all)?;
 
         // 1. Mark, wait for the source's replicas, dump.
@@ -248,7 +293,10 @@ impl Worker<'_> {
         pipe.add_command(self.wait_cmd(src_acks));
         pipe.cmd("MULTI").ignore();
         for k in &all {
-            pipe.cmd("PTTL").arg(k).ignore().cmd("DUMP").arg(k).ignore();
+            // The expiry as a deadline (not a TTL, which would grow by
+            // the time the move takes, and reads 0 for a key in its last
+            // millisecond).
+            pipe.cmd("PEXPIRETIME").arg(k).ignore().cmd("DUMP").arg(k).ignore();
         }
         pipe.cmd("EXEC");
         let v = pquery(&mut pipe, &mut self.con, &self.name, io)?;
@@ -264,154 +312,169 @@ impl Worker<'_> {
                 other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
             }
         }
-        self.check_acks(&src_server, src_acks, v.get(n))?;
-        let dumped: Vec<Value> = match v.get(n + 1) {
-            Some(Value::Array(items)) => items.clone(),
-            Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
-            other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
-        };
-        // Per group: (key, mark, ttl, payload) of each key there; marked
-        // keys gone meanwhile (expired) only lose their mark.
-        let mut todos: Vec<Vec<Todo>> = Vec::with_capacity(n);
-        let mut gone: Vec<(Vec<u8>, String)> = Vec::new();
-        let mut at = 0;
-        for (_, keys) in &round {
-            let mut todo = Vec::new();
-            for key in keys {
-                let i = at;
-                at += 1;
-                let Some(m) = marks.get(i).cloned().flatten() else {
+        let marked: Vec<(Vec<u8>, String)> = all
+            .iter()
+            .zip(&marks)
+            .filter_map(|(k, m)| m.clone().map(|m| (k.clone(), m)))
+            .collect();
+        let mut unmark_on_error = true;
+        let result = (|| -> RedisResult<()> {
+            self.check_acks(&src_server, src_acks, v.get(n))?;
+            let dumped: Vec<Value> = match v.get(n + 1) {
+                Some(Value::Array(items)) => items.clone(),
+                Some(Value::ServerError(e)) => return Err(error(format!("{}: {}", self.name, server_error_text(e)))),
+                other => return Err(error(format!("{}: unexpected reply {other:?}", self.name))),
+            };
+            // Per group: (key, mark, ttl, payload) of each key there; marked
+            // keys gone meanwhile (expired) only lose their mark.
+            let mut todos: Vec<Vec<Todo>> = Vec::with_capacity(n);
+            let mut gone: Vec<(Vec<u8>, String)> = Vec::new();
+            let mut at = 0;
+            for (_, keys) in &round {
+                let mut todo = Vec::new();
+                for key in keys {
+                    let i = at;
+                    at += 1;
+                    let Some(m) = marks.get(i).cloned().flatten() else {
+                        continue;
+                    };
+                    let ttl = match dumped.get(2 * i) {
+                        Some(Value::Int(t)) if *t > 0 => *t,
+                        _ => 0,
+                    };
+                    match dumped.get(2 * i + 1) {
+                        Some(Value::BulkString(p)) => todo.push((key.clone(), m, ttl, p.clone())),
+                        _ => gone.push((key.clone(), m)),
+                    }
+                }
+                todos.push(todo);
+            }
+
+            // 2. Copy to each destination unless a resumed move's copy arrived.
+            let mut conflicts: Vec<Vec<usize>> = vec![Vec::new(); n];
+            self.still_primaries(&dest_tis)?;
+            for (g, (ti, _)) in round.iter().enumerate() {
+                let ti = *ti;
+                let todo = &todos[g];
+                let dest = self.dest(ti).clone();
+                let dest_acks = Self::replicas_to_wait_for(&dest);
+                let resumed: Vec<usize> = (0..todo.len()).filter(|&i| todo[i].1 != id).collect();
+                let mut arrived = vec![false; todo.len()];
+                if !resumed.is_empty() {
+                    let mut c = redis::cmd("HMGET");
+                    c.arg(ARRIVED);
+                    for &i in &resumed {
+                        c.arg(&todo[i].0);
+                    }
+                    let there: Vec<Option<String>> = query(&c, self.dest_con(ti)?, dest.name(), io)?;
+                    for (&i, t) in resumed.iter().zip(there) {
+                        arrived[i] = t.as_deref() == Some(todo[i].1.as_str());
+                    }
+                }
+                let copy: Vec<usize> = (0..todo.len()).filter(|&i| !arrived[i]).collect();
+                let busy = self.restore(ti, todo, &copy, false, dest_acks)?;
+                if busy.is_empty() {
                     continue;
-                };
-                let ttl = match dumped.get(2 * i) {
-                    Some(Value::Int(t)) if *t > 0 => *t,
-                    _ => 0,
-                };
-                match dumped.get(2 * i + 1) {
-                    Some(Value::BulkString(p)) => todo.push((key.clone(), m, ttl, p.clone())),
-                    _ => gone.push((key.clone(), m)),
                 }
+                // Already on the destination: the same bytes, or the tool's own
+                // leftover (a copy made under a mark a failover lost, since
+                // written on the source), is replaced; anything else is a
+                // conflict, unmarked and kept on both.
+                let mut pipe = redis::pipe();
+                for &i in &busy {
+                    pipe.cmd("DUMP").arg(&todo[i].0);
+                }
+                let there = pquery(&mut pipe, self.dest_con(ti)?, dest.name(), io)?;
+                let mut replace = Vec::new();
+                for (&i, t) in busy.iter().zip(&there) {
+                    let same = matches!(t, Value::BulkString(b) if *b == todo[i].3);
+                    if same || self.shared.journal.uncertain(&self.name, &todo[i].0) {
+                        self.out.leftovers += u64::from(!same);
+                        replace.push(i);
+                    } else {
+                        conflicts[g].push(i);
+                    }
+                }
+                let still = self.restore(ti, todo, &replace, true, dest_acks)?;
+                conflicts[g].extend(still);
             }
-            todos.push(todo);
-        }
 
-        // 2. Copy to each destination unless a resumed move's copy arrived.
-        let mut conflicts: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (g, (ti, _)) in round.iter().enumerate() {
-            let ti = *ti;
-            let todo = &todos[g];
-            let dest = self.dest(ti).clone();
-            let dest_acks = Self::replicas_to_wait_for(&dest);
-            let resumed: Vec<usize> = (0..todo.len()).filter(|&i| todo[i].1 != id).collect();
-            let mut arrived = vec![false; todo.len()];
-            if !resumed.is_empty() {
-                let mut c = redis::cmd("HMGET");
-                c.arg(ARRIVED);
-                for &i in &resumed {
-                    c.arg(&todo[i].0);
-                }
-                let there: Vec<Option<String>> = query(&c, self.dest_con(ti)?, dest.name(), io)?;
-                for (&i, t) in resumed.iter().zip(there) {
-                    arrived[i] = t.as_deref() == Some(todo[i].1.as_str());
-                }
-            }
-            let copy: Vec<usize> = (0..todo.len()).filter(|&i| !arrived[i]).collect();
-            let busy = self.restore(ti, todo, &copy, false, dest_acks)?;
-            if busy.is_empty() {
-                continue;
-            }
-            // Already on the destination: the same bytes, or the tool's own
-            // leftover (a copy made under a mark a failover lost, since
-            // written on the source), is replaced; anything else is a
-            // conflict, unmarked and kept on both.
+            // 3. Delete on the source what arrived; unmark conflicts.
+            self.still_primaries(&dest_tis)?;
+            unmark_on_error = false;
             let mut pipe = redis::pipe();
-            for &i in &busy {
-                pipe.cmd("DUMP").arg(&todo[i].0);
-            }
-            let there = pquery(&mut pipe, self.dest_con(ti)?, dest.name(), io)?;
-            let mut replace = Vec::new();
-            for (&i, t) in busy.iter().zip(&there) {
-                let same = matches!(t, Value::BulkString(b) if *b == todo[i].3);
-                if same || self.shared.journal.uncertain(&self.name, &todo[i].0) {
-                    self.out.leftovers += u64::from(!same);
-                    replace.push(i);
-                } else {
-                    conflicts[g].push(i);
+            pipe.cmd("SCRIPT").arg("LOAD").arg(FINISH_CODE).ignore();
+            let finish = |pipe: &mut redis::Pipeline, keys: &[&[u8]], marks: &[&str], how: &str| {
+                pipe.cmd("EVALSHA")
+                    .arg(FINISH.get_hash())
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(how)
+                    .arg(marks);
+            };
+            for (g, todo) in todos.iter().enumerate() {
+                let done: Vec<usize> = (0..todo.len()).filter(|i| !conflicts[g].contains(i)).collect();
+                if !done.is_empty() {
+                    let keys: Vec<&[u8]> = done.iter().map(|&i| &todo[i].0[..]).collect();
+                    let ids: Vec<&str> = done.iter().map(|&i| todo[i].1.as_str()).collect();
+                    finish(&mut pipe, &keys, &ids, "del");
+                }
+                if !conflicts[g].is_empty() {
+                    let keys: Vec<&[u8]> = conflicts[g].iter().map(|&i| &todo[i].0[..]).collect();
+                    let ids: Vec<&str> = conflicts[g].iter().map(|&i| todo[i].1.as_str()).collect();
+                    finish(&mut pipe, &keys, &ids, "keep");
                 }
             }
-            let still = self.restore(ti, todo, &replace, true, dest_acks)?;
-            conflicts[g].extend(still);
-        }
-
-        // 3. Delete on the source what arrived; unmark conflicts.
-        let mut pipe = redis::pipe();
-        pipe.cmd("SCRIPT").arg("LOAD").arg(FINISH_CODE).ignore();
-        let finish = |pipe: &mut redis::Pipeline, keys: &[&[u8]], marks: &[&str], how: &str| {
-            pipe.cmd("EVALSHA")
-                .arg(FINISH.get_hash())
-                .arg(keys.len())
-                .arg(keys)
-                .arg(how)
-                .arg(marks);
-        };
-        for (g, todo) in todos.iter().enumerate() {
-            let done: Vec<usize> = (0..todo.len()).filter(|i| !conflicts[g].contains(i)).collect();
-            if !done.is_empty() {
-                let keys: Vec<&[u8]> = done.iter().map(|&i| &todo[i].0[..]).collect();
-                let ids: Vec<&str> = done.iter().map(|&i| todo[i].1.as_str()).collect();
+            if !gone.is_empty() {
+                let keys: Vec<&[u8]> = gone.iter().map(|(k, _)| &k[..]).collect();
+                let ids: Vec<&str> = gone.iter().map(|(_, m)| m.as_str()).collect();
                 finish(&mut pipe, &keys, &ids, "del");
             }
-            if !conflicts[g].is_empty() {
-                let keys: Vec<&[u8]> = conflicts[g].iter().map(|&i| &todo[i].0[..]).collect();
-                let ids: Vec<&str> = conflicts[g].iter().map(|&i| todo[i].1.as_str()).collect();
-                finish(&mut pipe, &keys, &ids, "keep");
+            pipe.add_command(self.wait_cmd(src_acks));
+            let v = pquery(&mut pipe, &mut self.con, &self.name, io)?;
+            for reply in &v[..v.len().saturating_sub(1)] {
+                if let Value::ServerError(e) = reply {
+                    return Err(error(format!("{}: {}", self.name, server_error_text(e))));
+                }
             }
-        }
-        if !gone.is_empty() {
-            let keys: Vec<&[u8]> = gone.iter().map(|(k, _)| &k[..]).collect();
-            let ids: Vec<&str> = gone.iter().map(|(_, m)| m.as_str()).collect();
-            finish(&mut pipe, &keys, &ids, "del");
-        }
-        pipe.add_command(self.wait_cmd(src_acks));
-        let v = pquery(&mut pipe, &mut self.con, &self.name, io)?;
-        for reply in &v[..v.len().saturating_sub(1)] {
-            if let Value::ServerError(e) = reply {
-                return Err(error(format!("{}: {}", self.name, server_error_text(e))));
+            self.check_acks(&src_server, src_acks, v.last())?;
+            // Count what each group's delete removed (its reply comes first).
+            let mut replies = v.iter();
+            for (g, todo) in todos.iter().enumerate() {
+                let has_done = todo.len() > conflicts[g].len();
+                if has_done {
+                    let deleted = match replies.next() {
+                        Some(Value::Array(items)) => items.iter().filter(|d| matches!(d, Value::Int(1))).count() as u64,
+                        _ => 0,
+                    };
+                    self.record(round[g].0, deleted);
+                }
+                if !conflicts[g].is_empty() {
+                    replies.next();
+                }
             }
-        }
-        self.check_acks(&src_server, src_acks, v.last())?;
-        // Count what each group's delete removed (its reply comes first).
-        let mut replies = v.iter();
-        for (g, todo) in todos.iter().enumerate() {
-            let has_done = todo.len() > conflicts[g].len();
-            if has_done {
-                let deleted = match replies.next() {
-                    Some(Value::Array(items)) => items.iter().filter(|d| matches!(d, Value::Int(1))).count() as u64,
-                    _ => 0,
-                };
-                self.record(round[g].0, deleted);
-            }
-            if !conflicts[g].is_empty() {
-                replies.next();
-            }
-        }
 
-        // 4. Forget the arrivals, with the next exchange with each
-        // destination (a leftover entry is harmless: its id is never used
-        // again).
-        for (g, todo) in todos.iter().enumerate() {
-            let ti = round[g].0;
-            self.forget
-                .entry(ti)
-                .or_default()
-                .extend(todo.iter().map(|(k, ..)| k.clone()));
-            for &i in &conflicts[g] {
-                let key = todo[i].0.clone();
-                self.conflict(ti, key);
+            // 4. Forget the arrivals, with the next exchange with each
+            // destination (a leftover entry is harmless: its id is never used
+            // again).
+            for (g, todo) in todos.iter().enumerate() {
+                let ti = round[g].0;
+                self.forget
+                    .entry(ti)
+                    .or_default()
+                    .extend(todo.iter().map(|(k, ..)| k.clone()));
+                for &i in &conflicts[g] {
+                    let key = todo[i].0.clone();
+                    self.conflict(ti, key);
+                }
             }
+            self.shared.journal.end(&self.name, &all)?;
+            Ok(())
+        })();
+        if result.is_err() && unmark_on_error {
+            self.unmark(&marked);
         }
-        self.shared.journal.end(&self.name, &all)?;
-        Ok(())
+        result
     }
 
     /// Forgets the arrivals noted on the destinations (step 4 of the rounds
@@ -488,7 +551,8 @@ impl Worker<'_> {
     }
 }
 
-/// A key to move: the key, its mark, its TTL (ms, 0 for none), its `DUMP`.
+/// A key to move: the key, its mark, its expiry (Unix time in ms, 0 for
+/// none), its `DUMP`.
 type Todo = (Vec<u8>, String, i64, Vec<u8>);
 
 /// At most this many keys are marked at once by one worker.

@@ -77,7 +77,7 @@
 //! shard lists) before the next:
 //!
 //! 1. on the source, the keys are marked as moving (the hash
-//!    `__mredis:moving`: key -> move id) and dumped (`DUMP`, `PTTL`);
+//!    `__mredis:moving`: key -> move id) and dumped (`DUMP`, `PEXPIRETIME`);
 //!    migration-aware clients' calls on a marked key wait and ask again
 //!    (every few ms, at most 10 s, then a `TRYAGAIN` error that says a
 //!    rebalance stopped in the middle);
@@ -96,9 +96,15 @@
 //! with the same move id), and scans again. A key already on the
 //! destination is a leftover when its bytes are the same or the journal
 //! says an earlier attempt may have left it (replaced), else a conflict
-//! (unmarked, kept on both, listed). A replica that does not acknowledge
-//! within the timeout stops the run with an error naming the shard; nothing
-//! is lost and a rerun continues. Keys named `__mredis:*` are never moved.
+//! (unmarked, kept on both, listed). A step whose `WAIT` falls short (a
+//! replica down or far behind) unmarks its keys, which stay where clients
+//! find them; after a few attempts the run stops with an error naming the
+//! shard, and a rerun continues. Each step first checks that neither side
+//! changed primary since its connection was opened (a stopped primary that
+//! resumes must not be moved from). Expiries move as deadlines
+//! (`PEXPIRETIME`, `RESTORE ... ABSTTL`). The two bookkeeping keys, `__mredis:moving`
+//! and `__mredis:arrived`, are never moved; the notes of arrival are
+//! deleted once a run has verified every key in place.
 //!
 //! # Concurrency
 //!
@@ -612,6 +618,16 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     report.misplaced_keys = checked.misplaced_keys;
     if report.misplaced == 0 && report.conflicts.is_empty() && !report.interrupted {
         shared_journal.finish();
+        if durable(&plan) {
+            // Every key is in place: the arrival notes (only read to resume
+            // a marked move; a killed run leaves some) can go. One that a
+            // concurrent run still needed costs it an identical copy.
+            for node in &plan.nodes {
+                if let Ok(mut con) = connect(&node.server, io_timeout) {
+                    let _: RedisResult<i64> = redis::cmd("DEL").arg(crate::migration::ARRIVED).query(&mut con);
+                }
+            }
+        }
     }
     Ok(report)
 }

@@ -148,6 +148,11 @@ pub(super) struct Worker<'a> {
     pub(super) out: WorkerOut,
     /// Keys whose arrival to forget on each destination (durable moves).
     pub(super) forget: HashMap<usize, Vec<Vec<u8>>>,
+    /// The source's shard epoch when `con` was opened (a failover since
+    /// means `con` may reach an old primary).
+    pub(super) src_epoch: u64,
+    /// The same for each destination connection.
+    pub(super) dest_epochs: HashMap<usize, u64>,
 }
 
 pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -> RedisResult<WorkerOut> {
@@ -168,6 +173,8 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
         dest_cons: HashMap::new(),
         out: WorkerOut::default(),
         forget: HashMap::new(),
+        src_epoch: node.server.epoch(),
+        dest_epochs: HashMap::new(),
     };
     if !durable(plan) || mode == Mode::Count {
         walk(&mut w, mode)?;
@@ -195,8 +202,10 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
                 }
                 restarts += 1;
                 restarted(shared);
+                w.src_epoch = node.server.epoch();
                 w.con = connect(&node.server, s.io_timeout)?;
                 w.dest_cons.clear();
+                w.dest_epochs.clear();
             }
             Err(e) => return Err(e),
         }
@@ -230,7 +239,7 @@ fn walk(w: &mut Worker, mode: Mode) -> RedisResult<()> {
         let counted = returned.min(node.keys) - before;
         let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
         for key in keys {
-            if key.starts_with(crate::migration::RESERVED) {
+            if crate::migration::is_bookkeeping(&key) {
                 continue;
             }
             let ti = plan.to.server_index_for(&key);
@@ -358,6 +367,7 @@ impl Worker<'_> {
 
     pub(super) fn dest_con(&mut self, ti: usize) -> RedisResult<&mut Connection> {
         if !self.dest_cons.contains_key(&ti) {
+            self.dest_epochs.insert(ti, self.plan.to.servers()[ti].epoch());
             let con = connect(&self.plan.to.servers()[ti], self.plan.settings.io_timeout)?;
             self.dest_cons.insert(ti, con);
         }
