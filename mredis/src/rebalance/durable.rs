@@ -57,19 +57,24 @@ return out
 "#;
 
 /// Restores each key (KEYS) from ARGV (per key: move id, "1" to replace,
-/// the expiry as a Unix time in ms or 0 for none, DUMP payload; an expiry
-/// already past creates nothing) and notes its arrival; replies per key with 1
+/// the expiry as a Unix time in ms or 0 for none, DUMP payload, and when
+/// replacing the `DUMP` the copy here must still have, else `CHANGED`; an
+/// expiry already past creates nothing) and notes its arrival; replies per key with 1
 /// or the error.
 const RESTORE_CODE: &str = r#"
 local out = {}
 local arrived = {}
 for i = 1, #KEYS do
-  local b = (i - 1) * 4
+  local b = (i - 1) * 5
   local r
   local args = {KEYS[i], ARGV[b + 3], ARGV[b + 4]}
   if ARGV[b + 2] == '1' then args[#args + 1] = 'REPLACE' end
   if ARGV[b + 3] ~= '0' then args[#args + 1] = 'ABSTTL' end
-  r = redis.pcall('RESTORE', unpack(args))
+  if ARGV[b + 2] == '1' and redis.call('DUMP', KEYS[i]) ~= ARGV[b + 5] then
+    r = {err = 'CHANGED the copy here changed since it was compared'}
+  else
+    r = redis.pcall('RESTORE', unpack(args))
+  end
   if type(r) == 'table' and r.err then
     out[i] = r.err
   else
@@ -372,7 +377,7 @@ impl Worker<'_> {
                     }
                 }
                 let copy: Vec<usize> = (0..todo.len()).filter(|&i| !arrived[i]).collect();
-                let busy = self.restore(ti, todo, &copy, false, dest_acks)?;
+                let busy = self.restore(ti, todo, &copy, None, dest_acks)?;
                 if busy.is_empty() {
                     continue;
                 }
@@ -386,16 +391,23 @@ impl Worker<'_> {
                 }
                 let there = pquery(&mut pipe, self.dest_con(ti)?, dest.name(), io)?;
                 let mut replace = Vec::new();
+                let mut seen = Vec::new();
                 for (&i, t) in busy.iter().zip(&there) {
                     let same = matches!(t, Value::BulkString(b) if *b == todo[i].3);
                     if same || self.shared.journal.uncertain(&self.name, &todo[i].0) {
                         self.out.leftovers += u64::from(!same);
                         replace.push(i);
+                        seen.push(match t {
+                            Value::BulkString(b) => b.clone(),
+                            _ => Vec::new(),
+                        });
                     } else {
                         conflicts[g].push(i);
                     }
                 }
-                let still = self.restore(ti, todo, &replace, true, dest_acks)?;
+                // Replaced only if unchanged since compared (another run may
+                // have finished the move and clients written the new copy).
+                let still = self.restore(ti, todo, &replace, Some(&seen), dest_acks)?;
                 conflicts[g].extend(still);
             }
 
@@ -450,7 +462,18 @@ impl Worker<'_> {
                     self.record(round[g].0, deleted);
                 }
                 if !conflicts[g].is_empty() {
-                    replies.next();
+                    // A conflict is one this run unmarked; a mark that was no
+                    // longer this move's (another run finished or unmarked the
+                    // key) is nobody's conflict here.
+                    if let Some(Value::Array(items)) = replies.next() {
+                        let kept: Vec<usize> = conflicts[g]
+                            .iter()
+                            .zip(items)
+                            .filter(|(_, r)| matches!(r, Value::Int(0)))
+                            .map(|(&i, _)| i)
+                            .collect();
+                        conflicts[g] = kept;
+                    }
                 }
             }
 
@@ -493,15 +516,17 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Restores `which` of `todo` on destination `ti` (replacing or not)
-    /// and waits for its replicas; returns those already there (BUSYKEY).
+    /// Restores `which` of `todo` on destination `ti` and waits for its
+    /// replicas; returns those already there (BUSYKEY). `replacing`: the
+    /// `DUMP` each copy there had when compared; it is replaced only if it
+    /// still has it (else returned too).
     /// The arrivals to forget there go first, in the same exchange.
     fn restore(
         &mut self,
         ti: usize,
         todo: &[Todo],
         which: &[usize],
-        replace: bool,
+        replacing: Option<&[Vec<u8>]>,
         acks: usize,
     ) -> RedisResult<Vec<usize>> {
         if which.is_empty() {
@@ -518,9 +543,14 @@ impl Worker<'_> {
         for &i in which {
             c.arg(&todo[i].0);
         }
-        for &i in which {
+        for (j, &i) in which.iter().enumerate() {
             let (_, m, ttl, payload) = &todo[i];
-            c.arg(m).arg(if replace { "1" } else { "0" }).arg(*ttl).arg(payload);
+            let seen: &[u8] = replacing.and_then(|r| r.get(j)).map(Vec::as_slice).unwrap_or(b"");
+            c.arg(m)
+                .arg(if replacing.is_some() { "1" } else { "0" })
+                .arg(*ttl)
+                .arg(payload)
+                .arg(seen);
         }
         pipe.add_command(c);
         pipe.add_command(self.wait_cmd(acks));
@@ -534,7 +564,7 @@ impl Worker<'_> {
         for (&i, r) in which.iter().zip(&replies) {
             match r {
                 Value::Int(1) => {}
-                Value::BulkString(e) if e.starts_with(b"BUSYKEY") => busy.push(i),
+                Value::BulkString(e) if e.starts_with(b"BUSYKEY") || e.starts_with(b"CHANGED") => busy.push(i),
                 Value::BulkString(e) => {
                     return Err(error(format!(
                         "moving keys from {} to {}: RESTORE: {}; {RERUN}",
