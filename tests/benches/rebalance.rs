@@ -205,13 +205,10 @@ fn main() {
         println!("each server with one replica: acknowledged steps (rebalance) vs DUMP/RESTORE/WAIT/DEL/WAIT (loop)");
         for r in &replicas {
             let mut c = r.conn();
-            for _ in 0..200 {
+            mredis_tests::wait_until("the replica linked", Duration::from_secs(10), || {
                 let info: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
-                if info.contains("master_link_status:up") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                info.contains("master_link_status:up")
+            });
         }
     }
     let from = config(&s[..3], &replicas);

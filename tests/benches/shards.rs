@@ -101,14 +101,7 @@ fn main() {
             .iter()
             .all(|s| s.latencies().len() == 2 && s.latencies().iter().all(|n| n.estimate.is_some()))
     };
-    let since = Instant::now();
-    while !measured() {
-        assert!(
-            since.elapsed() < Duration::from_secs(30),
-            "the shards' nodes were never measured"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mredis_tests::wait_until("the shards' nodes measured", Duration::from_secs(30), measured);
     for s in &fleet.shards {
         mredis_tests::wait_replicated(&mut s.primary.conn(), &mut s.replica.conn());
     }

@@ -219,7 +219,14 @@ fn volatile_keys_never_come_out_persistent_after_a_durable_move() {
     )
     .unwrap();
     eprintln!("moved {} (complete {})", report.moved, report.is_complete());
-    std::thread::sleep(Duration::from_millis(3500)); // every deadline passed (not synchronisation: the TTLs)
+    // Every deadline passed, by the servers' own clocks.
+    let last = now_ms + 300 + 3000;
+    wait_until("every deadline passed", Duration::from_secs(30), || {
+        [&p0, &p1].iter().all(|srv| {
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut srv.conn()).unwrap();
+            secs * 1000 + micros / 1000 > last
+        })
+    });
     let mut persistent = Vec::new();
     for (name, srv) in [("source s0", &p0), ("destination s1", &p1)] {
         for k in srv.keys() {
