@@ -719,13 +719,13 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
     let moved_at_kill = moved.load(Ordering::Relaxed);
     let new_port = fleet.wait_for_new_master(victim, old_port, FAILOVER);
     assert_ne!(new_port, old_port);
-    // The new primary's replica: the old one, back (acknowledged writes
-    // and the rebalance's steps wait for it). A stopped one comes back
-    // with its data, marks included, and is made a replica by Sentinel.
+    // A stopped primary comes back with its data, marks included, and is
+    // made a replica by Sentinel. A killed one stays down: restarted
+    // without persistence it would come back empty (the shard then has no
+    // replica; the rebalance's steps wait for none, and acknowledged
+    // writes there fail, which the loss count allows).
     if stop_instead {
         fleet.shards[victim].primary.sigcont();
-    } else {
-        fleet.shards[victim].primary.restart();
     }
     let mut report = run
         .join()

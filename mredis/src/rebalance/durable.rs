@@ -146,6 +146,14 @@ fn invoke(pipe: &mut redis::Pipeline, script: &redis::Script, code: &str) -> Cmd
 
 use redis::Cmd;
 
+/// The FINISH script on `keys` whose marks must still be `marks`: `how`
+/// is "del" (delete the keys and the marks) or "keep" (only the marks).
+fn finish_cmd(keys: &[&[u8]], marks: &[&str], how: &str) -> Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(FINISH.get_hash()).arg(keys.len()).arg(keys).arg(how).arg(marks);
+    c
+}
+
 impl Worker<'_> {
     /// The replicas that must acknowledge each step on `server`: every
     /// replica its shard lists now (for Sentinel: those up and linked).
@@ -206,16 +214,11 @@ impl Worker<'_> {
         if marked.is_empty() {
             return;
         }
+        let keys: Vec<&[u8]> = marked.iter().map(|(k, _)| &k[..]).collect();
+        let ids: Vec<&str> = marked.iter().map(|(_, m)| m.as_str()).collect();
         let mut pipe = redis::pipe();
         pipe.cmd("SCRIPT").arg("LOAD").arg(FINISH_CODE).ignore();
-        let c = pipe.cmd("EVALSHA").arg(FINISH.get_hash()).arg(marked.len());
-        for (k, _) in marked {
-            c.arg(k);
-        }
-        c.arg("keep");
-        for (_, m) in marked {
-            c.arg(m);
-        }
+        pipe.add_command(finish_cmd(&keys, &ids, "keep"));
         let _: RedisResult<Vec<Value>> = pipe.ignore_errors().query(&mut self.con);
     }
 
@@ -417,12 +420,7 @@ impl Worker<'_> {
             let mut pipe = redis::pipe();
             pipe.cmd("SCRIPT").arg("LOAD").arg(FINISH_CODE).ignore();
             let finish = |pipe: &mut redis::Pipeline, keys: &[&[u8]], marks: &[&str], how: &str| {
-                pipe.cmd("EVALSHA")
-                    .arg(FINISH.get_hash())
-                    .arg(keys.len())
-                    .arg(keys)
-                    .arg(how)
-                    .arg(marks);
+                pipe.add_command(finish_cmd(keys, marks, how));
             };
             for (g, todo) in todos.iter().enumerate() {
                 let done: Vec<usize> = (0..todo.len()).filter(|i| !conflicts[g].contains(i)).collect();
