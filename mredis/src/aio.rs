@@ -64,10 +64,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::error::client_error;
+use crate::multiplexed::Shared as ConnectionManager;
 use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 pub use crate::handle::AsyncConnection as Connection;
 use crate::options::Options;
@@ -156,7 +157,7 @@ impl MRedis {
             // is made on first use (and again after each failover).
             let fixed = match server.shard() {
                 Some(_) => None,
-                None => Some(manager(server, &options).map_err(|e| name_server(server, e))?),
+                None => Some(manager(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?),
             };
             connections.push(Shared {
                 fixed,
@@ -287,7 +288,7 @@ impl MRedis {
                 return Ok(m.clone());
             }
         }
-        let made = manager(server, &self.options).map_err(|e| name_server(server, e))?;
+        let made = manager(server, &self.options, self.core.client_name.clone()).map_err(|e| name_server(server, e))?;
         *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some((epoch, made.clone()));
         Ok(made)
     }
@@ -305,7 +306,7 @@ impl MRedis {
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
         match set.pick(server, self.read_from, target.addr(), |node| {
-            manager(node, &self.options)
+            manager(node, &self.options, self.core.client_name.clone())
         })? {
             Some((node, m)) => Ok((m, Some(node))),
             None => self.connection(index).map(|c| (c, None)),
@@ -541,12 +542,14 @@ struct Shared {
 
 /// A lazily connecting, self-reconnecting manager for `server`'s current
 /// address.
-fn manager(server: &Server, options: &Options) -> RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(options.connect_timeout))
-        .set_response_timeout(options.response_timeout)
-        .set_number_of_retries(options.retries);
-    ConnectionManager::new_lazy_with_config(server.client()?, config)
+fn manager(server: &Server, options: &Options, name: Option<String>) -> RedisResult<ConnectionManager> {
+    Ok(ConnectionManager::new_lazy(
+        server.client()?,
+        options.connect_timeout,
+        options.response_timeout,
+        options.retries,
+        name,
+    ))
 }
 
 /// A server's dedicated connections for blocking commands (BLPOP, XREAD

@@ -98,11 +98,14 @@ struct Setup {
     password: Option<String>,
     db: i64,
     lib: Option<(String, String)>,
+    /// The connection's name (`CLIENT SETNAME`), after the configuration.
+    name: Option<String>,
 }
 
 impl Setup {
-    fn of(info: &redis::RedisConnectionInfo) -> Setup {
+    fn of(info: &redis::RedisConnectionInfo, name: Option<String>) -> Setup {
         Setup {
+            name,
             username: info.username().map(str::to_string),
             password: info.password().map(str::to_string),
             db: info.db(),
@@ -137,6 +140,9 @@ impl Setup {
         if let Some((name, ver)) = &self.lib {
             pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-NAME").arg(name);
             pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-VER").arg(ver);
+        }
+        if let Some(name) = &self.name {
+            pipe.cmd("CLIENT").arg("SETNAME").arg(name);
         }
         (pipe, auth, select)
     }
@@ -178,7 +184,8 @@ impl Setup {
                     continue; // refused for want of AUTH: sent again below
                 }
                 // CLIENT SETINFO's errors are ignored (older servers), as
-                // redis-rs does; SELECT's is the server's reply.
+                // redis-rs does, and so are SETNAME's (an ACL without
+                // CLIENT); SELECT's is the server's reply.
                 if Some(i) == select {
                     return Err(err);
                 }
@@ -192,7 +199,7 @@ impl Setup {
 }
 
 impl Pool {
-    fn new(server: &Server, options: &Options) -> RedisResult<Pool> {
+    fn new(server: &Server, options: &Options, name: Option<String>) -> RedisResult<Pool> {
         let clients = match server.shard() {
             // A Sentinel shard's primary may not be known yet.
             Some(_) => None,
@@ -205,7 +212,7 @@ impl Pool {
             server: server.clone(),
             clients: Mutex::new(clients),
             epoch: std::sync::atomic::AtomicU64::new(server.epoch()),
-            setup: Setup::of(server.connection_info().redis_settings()),
+            setup: Setup::of(server.connection_info().redis_settings(), name),
             idle: Mutex::new(Vec::new()),
             max_idle: options.pool_size as usize,
             connect_timeout: options.connect_timeout,
@@ -300,7 +307,10 @@ impl Pool {
     fn open(&self, timeout: Duration) -> RedisResult<Connection> {
         let clients = self.clients()?;
         let Some(bare) = &clients.bare else {
-            return clients.client.get_connection_with_timeout(timeout);
+            let mut con = clients.client.get_connection_with_timeout(timeout)?;
+            con.set_read_timeout(Some(timeout))?;
+            crate::server::name_connection(&mut con, self.setup.name.as_deref());
+            return Ok(con);
         };
         let deadline = Instant::now() + timeout;
         let mut con = bare.get_connection_with_timeout(timeout)?;
@@ -407,7 +417,7 @@ impl MRedis {
         let options_read_from = options.read_from;
         let mut pools = Vec::with_capacity(core.servers.len());
         for server in &core.servers {
-            pools.push(Pool::new(server, &options).map_err(|e| name_server(server, e))?);
+            pools.push(Pool::new(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?);
         }
         let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok(MRedis {
@@ -648,7 +658,7 @@ impl MRedis {
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
         match set.pick(server, self.read_from, target.addr(), |node| {
-            Pool::new(node, &self.options).map(Arc::new)
+            Pool::new(node, &self.options, self.core.client_name.clone()).map(Arc::new)
         })? {
             Some((_, pool)) => Ok(PoolRef::Replica(pool)),
             None => self.pool(index).map(PoolRef::Primary),

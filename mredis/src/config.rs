@@ -149,6 +149,32 @@ impl Builder {
         self
     }
 
+    /// Adds the application's own part to the name every connection of
+    /// this client gives itself (`CLIENT SETNAME`). mredis names each
+    /// connection `mredis:<fingerprint>[:from:<fingerprint>]` after the
+    /// placement it routes by (and, while migration-aware, the one it is
+    /// moving from), so `mredis clients` and `mredis rebalance` can tell
+    /// which configuration every client runs; with a part the name is
+    /// `mredis:<fingerprint>[:from:<fingerprint>]:<part>`. Printable ASCII,
+    /// no spaces; anything else is an error at build.
+    pub fn client_name(mut self, part: impl Into<String>) -> Self {
+        let part = part.into();
+        match crate::placement::fingerprint::check_user_part(&part) {
+            Ok(()) => self.options.client_name = Some(part),
+            Err(e) => self.error = Some(config_error(e)),
+        }
+        self
+    }
+
+    /// Turns connection naming on (the default) or off. Off, connections
+    /// keep the server's default (no name), and `mredis rebalance` sees
+    /// this client's connections as unknown (a warning, or a refusal with
+    /// `--refuse-unknown`).
+    pub fn name_connections(mut self, on: bool) -> Self {
+        self.options.name_connections = on;
+        self
+    }
+
     /// Makes this a migration-aware configuration: the fleet is moving from
     /// `old` (its servers and placement; its timeouts are ignored) to this
     /// one. Keys whose owner is the same in both are routed as usual. A

@@ -318,6 +318,7 @@ pub(crate) fn start(
     hash_tags: Option<bool>,
     options: HealthCheck,
     grace: Duration,
+    name: Option<String>,
 ) -> RedisResult<()> {
     let mut clients = Vec::new();
     for s in &servers {
@@ -334,7 +335,7 @@ pub(crate) fn start(
     }
     std::thread::Builder::new()
         .name("mredis-health".to_string())
-        .spawn(move || run(health, servers, clients, mode, hash_tags, options, grace))
+        .spawn(move || run(health, servers, clients, mode, hash_tags, options, grace, name))
         .map_err(|e| crate::error::client_error(format!("cannot start the health checking thread: {e}")))?;
     Ok(())
 }
@@ -348,6 +349,7 @@ fn run(
     hash_tags: Option<bool>,
     options: HealthCheck,
     grace: Duration,
+    name: Option<String>,
 ) {
     let n = servers.len();
     let mut clients = clients;
@@ -369,7 +371,7 @@ fn run(
                 cons[i] = None;
             }
             let started = Instant::now();
-            let result = check_one(&clients[i], &mut cons[i], timeout, options.check.as_ref());
+            let result = check_one(&clients[i], &mut cons[i], timeout, options.check.as_ref(), name.as_deref());
             let took = started.elapsed();
             let mut events = Vec::new();
             {
@@ -593,11 +595,13 @@ fn check_one(
     con: &mut Option<redis::Connection>,
     timeout: Duration,
     check: Option<&CheckFn>,
+    name: Option<&str>,
 ) -> RedisResult<()> {
     if con.is_none() {
-        let c = client.get_connection_with_timeout(timeout)?;
+        let mut c = client.get_connection_with_timeout(timeout)?;
         c.set_read_timeout(Some(timeout))?;
         c.set_write_timeout(Some(timeout))?;
+        crate::server::name_connection(&mut c, name);
         *con = Some(c);
     }
     let Some(c) = con.as_mut() else {

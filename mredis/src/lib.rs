@@ -147,6 +147,7 @@ pub mod handle;
 pub mod health;
 mod latency;
 mod migration;
+mod multiplexed;
 mod options;
 mod per_server;
 mod pipeline;

@@ -21,6 +21,10 @@ pub struct Options {
     pub(crate) read_from: ReadFrom,
     pub(crate) acks: Option<Acks>,
     pub(crate) failover_wait: Duration,
+    /// Name connections (`CLIENT SETNAME`) after the configuration.
+    pub(crate) name_connections: bool,
+    /// The application's part of the connection names.
+    pub(crate) client_name: Option<String>,
 }
 
 /// Where read-only commands go on shards with replicas
@@ -110,6 +114,8 @@ impl Default for Options {
             read_from: ReadFrom::Primary,
             acks: None,
             failover_wait: Duration::from_secs(5),
+            name_connections: true,
+            client_name: None,
         }
     }
 }

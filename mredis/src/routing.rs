@@ -69,6 +69,12 @@ pub(crate) struct Topology {
     /// Measures the shards' nodes for `ReadFrom::LowestLatency` (started
     /// at build under that policy, else on its first use).
     prober: std::sync::OnceLock<Option<crate::latency::Prober>>,
+    /// The placement's fingerprint, and the old one's while migrating.
+    pub(crate) fingerprint: String,
+    pub(crate) from_fingerprint: Option<String>,
+    /// The name every connection gives itself (`CLIENT SETNAME`), unless
+    /// turned off.
+    pub(crate) client_name: Option<String>,
 }
 
 impl Drop for Topology {
@@ -151,6 +157,18 @@ impl Topology {
     pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Topology>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
+        let fingerprint = crate::placement::fingerprint::fingerprint(options.mode, &servers, options.hash_tags);
+        let from_fingerprint = options
+            .migrating_from
+            .as_ref()
+            .map(|old| crate::placement::fingerprint::fingerprint(old.options.mode, &old.servers, old.options.hash_tags));
+        let client_name = options.name_connections.then(|| {
+            crate::placement::fingerprint::connection_name(
+                &fingerprint,
+                from_fingerprint.as_deref(),
+                options.client_name.as_deref(),
+            )
+        });
         let timeouts = crate::sentinel::Timeouts {
             connect: options.connect_timeout,
             response: options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
@@ -175,6 +193,7 @@ impl Topology {
                     options.hash_tags,
                     h.clone(),
                     options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
+                    client_name.clone(),
                 )?;
                 Some(health)
             }
@@ -205,6 +224,9 @@ impl Topology {
             let _ = prober.set(crate::latency::start(&servers)?);
         }
         Ok(Arc::new(Topology {
+            fingerprint,
+            from_fingerprint,
+            client_name,
             prober,
             shards,
             _watchers: [watcher, old_watcher],

@@ -30,7 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "clients",
-        &["client", "aio", "pipeline", "handle", "scan", "script", "pubsub"],
+        &["client", "aio", "multiplexed", "pipeline", "handle", "scan", "script", "pubsub"],
     ),
     // The builder lives above the clients it builds.
     ("builder", &["config", "fleet_config"]),

@@ -100,6 +100,7 @@ use redis::RedisResult;
 
 use crate::server::{Server, config_error};
 
+pub mod fingerprint;
 pub mod goredis;
 pub mod hashkit;
 pub mod twemproxy;
