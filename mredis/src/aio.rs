@@ -68,9 +68,9 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::multiplexed::Shared as ConnectionManager;
 use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 pub use crate::handle::AsyncConnection as Connection;
+use crate::multiplexed::Shared as ConnectionManager;
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;

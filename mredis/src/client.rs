@@ -335,6 +335,35 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// The server's ids (`CLIENT ID`) of the connections idle in the pool
+    /// now; one that does not answer is dropped.
+    fn idle_ids(&self) -> Vec<u64> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids = Vec::new();
+        idle.retain_mut(|(con, _)| match redis::cmd("CLIENT").arg("ID").query::<u64>(con) {
+            Ok(id) => {
+                ids.push(id);
+                true
+            }
+            Err(_) => false,
+        });
+        ids
+    }
+}
+
+/// The ids of the connections idle in `mr`'s pools, per server name (the
+/// census does not count a rebalance's own clients).
+pub(crate) fn idle_connection_ids(mr: &MRedis) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (i, pool) in mr.pools.iter().enumerate() {
+        for id in pool.idle_ids() {
+            out.push((mr.core.name(i).to_string(), id));
+        }
+    }
+    out
+}
+
 /// A primary's pool or a replica's.
 pub(crate) enum PoolRef<'a> {
     Primary(&'a Pool),

@@ -38,7 +38,7 @@ impl Drop for Prober {
 
 /// Starts the prober for the shards among `servers` (none with replicas
 /// or Sentinel: no thread).
-pub(crate) fn start(servers: &[Server]) -> RedisResult<Option<Prober>> {
+pub(crate) fn start(servers: &[Server], name: Option<String>) -> RedisResult<Option<Prober>> {
     let shards: Vec<Server> = servers
         .iter()
         .filter(|s| {
@@ -54,12 +54,12 @@ pub(crate) fn start(servers: &[Server]) -> RedisResult<Option<Prober>> {
     let flag = stop.clone();
     std::thread::Builder::new()
         .name("mredis-latency".to_string())
-        .spawn(move || run(&shards, &flag))
+        .spawn(move || run(&shards, &flag, name.as_deref()))
         .map_err(|e| crate::error::client_error(format!("cannot start the latency probing thread: {e}")))?;
     Ok(Some(Prober { stop }))
 }
 
-fn run(shards: &[Server], stop: &AtomicBool) {
+fn run(shards: &[Server], stop: &AtomicBool, name: Option<&str>) {
     // Per shard and node address, the connection kept between rounds.
     let mut cons: Vec<(usize, ConnectionAddr, redis::Connection)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -75,7 +75,7 @@ fn run(shards: &[Server], stop: &AtomicBool) {
                     .iter()
                     .position(|(j, addr, _)| *j == i && addr == &node.addr)
                     .map(|at| cons.swap_remove(at).2);
-                let took = probe(server, &node.addr, kept).map(|(took, con)| {
+                let took = probe(server, &node.addr, kept, name).map(|(took, con)| {
                     cons.push((i, node.addr.clone(), con));
                     took
                 });
@@ -97,16 +97,18 @@ fn probe(
     server: &Server,
     addr: &ConnectionAddr,
     con: Option<redis::Connection>,
+    name: Option<&str>,
 ) -> RedisResult<(Duration, redis::Connection)> {
     let mut con = match con {
         Some(con) => con,
         None => {
-            let con = server
+            let mut con = server
                 .replica_node(addr)
                 .client()?
                 .get_connection_with_timeout(DEADLINE)?;
             con.set_read_timeout(Some(DEADLINE))?;
             con.set_write_timeout(Some(DEADLINE))?;
+            crate::server::name_connection(&mut con, name);
             con
         }
     };

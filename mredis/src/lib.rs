@@ -142,6 +142,7 @@ mod client;
 mod config;
 mod error;
 mod exec;
+pub mod finish;
 mod fleet_config;
 pub mod handle;
 pub mod health;

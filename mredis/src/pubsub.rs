@@ -835,6 +835,7 @@ impl AsyncSubscriber {
                 epoch: server.epoch(),
                 buffer: buffer.clone(),
                 connect_timeout: options.connect_timeout,
+                client_name: core.client_name.clone(),
                 channels: BTreeSet::new(),
                 patterns: BTreeSet::new(),
                 link: None,
@@ -937,10 +938,21 @@ struct Link {
 
 /// Connects and hands the socket to redis-rs through a gate (TCP and Unix
 /// sockets; a TLS connection is made by redis-rs itself, ungated).
-async fn connect(server: crate::server::Server, timeout: Duration) -> RedisResult<Link> {
+async fn connect(server: crate::server::Server, timeout: Duration, name: Option<String>) -> RedisResult<Link> {
     let attempt = async {
         // The current address: a Sentinel shard's primary of now.
         let info = server.current_info()?;
+        // Named, the handshake is this module's (redis-rs's subscriber
+        // cannot send CLIENT SETNAME); unnamed (or if that handshake is
+        // refused) redis-rs's, whose errors are the usual ones.
+        if let Some(name) = name.as_deref() {
+            match connect_named(&info, name).await {
+                Ok(Some(link)) => return Ok(link),
+                Ok(None) => {}
+                Err(e) if e.kind() == redis::ErrorKind::Io => return Err(e),
+                Err(_) => {}
+            }
+        }
         let client = server.client()?;
         let gate = Arc::new(Gate::default());
         let pubsub = match info.addr() {
@@ -997,6 +1009,95 @@ async fn connect(server: crate::server::Server, timeout: Duration) -> RedisResul
     }
 }
 
+/// Opens a subscriber connection that names itself: `AUTH` and
+/// `CLIENT SETNAME` are sent on the socket before redis-rs's subscriber
+/// takes it over (with no password left to send). `None` for addresses
+/// it does not handle (TLS); an error reply (wrong password, a user
+/// without `client|setname`) is a non-I/O error, and the caller connects
+/// again the usual way.
+async fn connect_named(info: &redis::ConnectionInfo, name: &str) -> RedisResult<Option<Link>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        stream: &mut S,
+        info: &redis::RedisConnectionInfo,
+        name: &str,
+    ) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        if let Some(password) = info.password() {
+            let auth = pipe.cmd("AUTH");
+            if let Some(user) = info.username() {
+                auth.arg(user);
+            }
+            auth.arg(password);
+        }
+        pipe.cmd("CLIENT").arg("SETNAME").arg(name);
+        let replies = if info.password().is_some() { 2 } else { 1 };
+        stream.write_all(&pipe.get_packed_pipeline()).await?;
+        // Both replies are simple strings or errors: one line each.
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut lines = 0;
+        while lines < replies {
+            if stream.read(&mut byte).await? == 0 {
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection during the handshake",
+                )));
+            }
+            buf.push(byte[0]);
+            if buf.ends_with(b"\r\n") {
+                lines += 1;
+                if buf.first() != Some(&b'+') {
+                    return Err(crate::error::client_error(
+                        "the server refused the subscriber's handshake".to_string(),
+                    ));
+                }
+                buf.clear();
+            }
+        }
+        Ok(())
+    }
+    let settings = info.redis_settings();
+    let plain = redis::RedisConnectionInfo::default().set_protocol(settings.protocol());
+    let gate = Arc::new(Gate::default());
+    let pubsub = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => {
+            let mut tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            let _ = tcp.set_nodelay(true);
+            handshake(&mut tcp, settings, name).await?;
+            redis::aio::PubSub::new(
+                &plain,
+                Gated {
+                    inner: tcp,
+                    gate: gate.clone(),
+                },
+            )
+            .await?
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => {
+            let mut unix = tokio::net::UnixStream::connect(path).await?;
+            handshake(&mut unix, settings, name).await?;
+            redis::aio::PubSub::new(
+                &plain,
+                Gated {
+                    inner: unix,
+                    gate: gate.clone(),
+                },
+            )
+            .await?
+        }
+        _ => return Ok(None),
+    };
+    gate.arm();
+    let (sink, stream) = pubsub.split();
+    Ok(Some(Link {
+        sink,
+        stream,
+        gate: Some(gate),
+    }))
+}
+
 /// What a finished command was.
 enum Done {
     /// The resubscription of everything after a (re)connection.
@@ -1018,6 +1119,8 @@ struct Task {
     epoch: u64,
     buffer: Arc<Buffer>,
     connect_timeout: Duration,
+    /// The connection name (`CLIENT SETNAME`), if naming is on.
+    client_name: Option<String>,
     channels: BTreeSet<Vec<u8>>,
     patterns: BTreeSet<Vec<u8>>,
     link: Option<Link>,
@@ -1236,7 +1339,7 @@ impl Task {
 async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
     let mut pending: Pending = FuturesUnordered::new();
     let mut connecting: Option<BoxFuture<'static, RedisResult<Link>>> =
-        Some(connect(t.server.clone(), t.connect_timeout).boxed());
+        Some(connect(t.server.clone(), t.connect_timeout, t.client_name.clone()).boxed());
     let mut retry: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let shard = t.server.shard().is_some();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -1269,7 +1372,7 @@ async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
             }
             _ = async { retry.as_mut().expect("guarded").await }, if retry.is_some() => {
                 retry = None;
-                connecting = Some(connect(t.server.clone(), t.connect_timeout).boxed());
+                connecting = Some(connect(t.server.clone(), t.connect_timeout, t.client_name.clone()).boxed());
             }
             m = std::future::poll_fn(|cx| t.poll_message(cx)), if t.link.is_some() => match m {
                 Some(m) => {

@@ -41,6 +41,17 @@ pub(crate) struct Migration {
     placement: Placement,
     /// Old placement index -> index in `Topology::servers`.
     map: Vec<usize>,
+    /// The rebalance has verified this move and left its marker
+    /// ([`crate::finish`]): no migration checks any more.
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Migration {
+    /// Whether the move is over (the rebalance's finish marker was seen).
+    #[inline]
+    pub(crate) fn finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// The fleet's topology, shared by every client, handle and pipeline of one
@@ -75,6 +86,8 @@ pub(crate) struct Topology {
     /// The name every connection gives itself (`CLIENT SETNAME`), unless
     /// turned off.
     pub(crate) client_name: Option<String>,
+    /// While migrating: asks for the rebalance's finish marker.
+    _finish: Option<crate::finish::Watch>,
 }
 
 impl Drop for Topology {
@@ -158,10 +171,9 @@ impl Topology {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
         let fingerprint = crate::placement::fingerprint::fingerprint(options.mode, &servers, options.hash_tags);
-        let from_fingerprint = options
-            .migrating_from
-            .as_ref()
-            .map(|old| crate::placement::fingerprint::fingerprint(old.options.mode, &old.servers, old.options.hash_tags));
+        let from_fingerprint = options.migrating_from.as_ref().map(|old| {
+            crate::placement::fingerprint::fingerprint(old.options.mode, &old.servers, old.options.hash_tags)
+        });
         let client_name = options.name_connections.then(|| {
             crate::placement::fingerprint::connection_name(
                 &fingerprint,
@@ -213,17 +225,31 @@ impl Topology {
                         }
                     }
                 }
-                Some(Migration { placement, map })
+                Some(Migration {
+                    placement,
+                    map,
+                    finished: Arc::default(),
+                })
             }
+        };
+        let finish = match (&migration, &from_fingerprint) {
+            (Some(m), Some(old)) => Some(crate::finish::watch(
+                servers[..current].to_vec(),
+                crate::finish::marker(old, &fingerprint),
+                m.finished.clone(),
+                client_name.clone(),
+            )),
+            _ => None,
         };
         // The old configuration's Sentinel shards the new one lacks.
         let old_watcher = crate::sentinel::start(&servers[current..], timeouts)?;
         let shards = options.acks.is_some() || servers.iter().any(|s| s.shard().is_some());
         let prober = std::sync::OnceLock::new();
         if options.read_from == crate::options::ReadFrom::LowestLatency {
-            let _ = prober.set(crate::latency::start(&servers)?);
+            let _ = prober.set(crate::latency::start(&servers, client_name.clone())?);
         }
         Ok(Arc::new(Topology {
+            _finish: finish,
             fingerprint,
             from_fingerprint,
             client_name,
@@ -243,8 +269,11 @@ impl Topology {
     /// `ReadFrom::LowestLatency`). A prober that cannot start leaves the
     /// policy without estimates: it reads as `PreferReplica` does.
     pub(crate) fn probe_latencies(&self) {
-        self.prober
-            .get_or_init(|| crate::latency::start(&self.servers).ok().flatten());
+        self.prober.get_or_init(|| {
+            crate::latency::start(&self.servers, self.client_name.clone())
+                .ok()
+                .flatten()
+        });
     }
 
     /// An argument over the servers' `proto-max-bulk-len` would make the
@@ -281,6 +310,12 @@ impl Topology {
         &self.servers[..self.current]
     }
 
+    /// A migration under way (configured, and not finished).
+    #[inline]
+    pub(crate) fn migrating(&self) -> bool {
+        self.migration.as_ref().is_some_and(|m| !m.finished())
+    }
+
     /// Every server a fan-out reaches: the current ones and, while
     /// migrating, the old configuration's others.
     pub(crate) fn all(&self) -> usize {
@@ -290,15 +325,23 @@ impl Topology {
     /// The server owning `key`, and the one it is moving from (if any).
     #[inline]
     pub(crate) fn owner(&self, key: &[u8]) -> (usize, Option<usize>) {
+        self.owner_in(key, false)
+    }
+
+    /// As [`owner`](Self::owner), but as if the migration were not
+    /// finished (a SCAN walk that started before the finish keeps its
+    /// rules to the end).
+    pub(crate) fn owner_in(&self, key: &[u8], walk: bool) -> (usize, Option<usize>) {
         let server = match self.health.as_ref().and_then(|h| h.reroute(key)) {
             Some(s) => s,
             None => self.placement.index(key),
         };
         let from = match &self.migration {
-            Some(m) => {
+            Some(m) if walk || !m.finished() => {
                 let old = m.map.get(m.placement.index(key)).copied().unwrap_or(server);
                 (old != server).then_some(old)
             }
+            Some(_) => None,
             // A server back from an ejection: a newer copy may still be
             // where the key went meanwhile.
             None => self

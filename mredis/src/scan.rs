@@ -37,7 +37,7 @@ pub(crate) enum Phase {
 /// moving keys still on their old server), then the new configuration's
 /// servers again (moving keys already on their new server).
 pub(crate) fn fleet_walk(core: &Topology) -> Vec<(usize, Phase)> {
-    if core.migration.is_some() {
+    if core.migrating() {
         (0..core.all())
             .map(|s| (s, Phase::Old))
             .chain((0..core.current).map(|s| (s, Phase::New)))
@@ -62,7 +62,9 @@ pub(crate) fn on_walk(
     if phase == Phase::All {
         return true;
     }
-    let (owner, from) = core.owner(key);
+    // A walk with old and new phases started during the migration: it
+    // keeps the migration's rules if the finish comes meanwhile.
+    let (owner, from) = core.owner_in(key, true);
     let moving = from.is_some();
     match phase {
         Phase::Old if moving && server == owner => false,

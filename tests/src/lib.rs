@@ -415,6 +415,26 @@ impl RedisServer {
         keys
     }
 
+    /// The names of the client connections (`CLIENT LIST`), this one's
+    /// aside.
+    pub fn client_names(&self) -> Vec<String> {
+        let mut con = self.conn();
+        let me: u64 = redis::cmd("CLIENT").arg("ID").query(&mut con).unwrap();
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("CLIENT LIST on {}: {e}", self.addr()));
+        list.lines()
+            .filter(|l| !l.starts_with(&format!("id={me} ")))
+            .map(|l| {
+                l.split(' ')
+                    .find_map(|kv| kv.strip_prefix("name="))
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// `DBSIZE` of db 0.
     pub fn dbsize(&self) -> i64 {
         redis::cmd("DBSIZE")
@@ -715,6 +735,17 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
         assert!(started.elapsed() < within, "not within {within:?}: {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until no server of `servers` lists a connection named `name`: a
+/// dropped client's connections are gone once each server has seen them
+/// close.
+pub fn wait_until_no_client_named(servers: &[&RedisServer], name: &str) {
+    wait_until(
+        &format!("the connections named {name} closed"),
+        Duration::from_secs(10),
+        || servers.iter().all(|s| !s.client_names().iter().any(|n| n == name)),
+    );
 }
 
 /// The URLs of `servers`, in order.

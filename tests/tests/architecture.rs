@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("table", &["spec"]),
     (
         "options and health checking",
-        &["options", "health", "sentinel", "latency"],
+        &["options", "health", "sentinel", "latency", "finish"],
     ),
     // Topology (servers + placement), Route.
     ("route", &["routing"]),
@@ -30,7 +30,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "clients",
-        &["client", "aio", "multiplexed", "pipeline", "handle", "scan", "script", "pubsub"],
+        &[
+            "client",
+            "aio",
+            "multiplexed",
+            "pipeline",
+            "handle",
+            "scan",
+            "script",
+            "pubsub",
+        ],
     ),
     // The builder lives above the clients it builds.
     ("builder", &["config", "fleet_config"]),

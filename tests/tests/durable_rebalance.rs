@@ -705,7 +705,14 @@ fn a_sigkilled_durable_rebalance_rerun_loses_nothing() {
     let from = old.clone().build().unwrap();
     let to = MRedis::builder().servers(s.to_vec()).build().unwrap();
     let n = 30_000usize;
-    let (stop, writer) = counters_with_a_writer(&from, &s, old, "x", n);
+    // Seeded by a client that is gone before the child's census (a client
+    // on the old configuration still connected would stop the move).
+    let (stop, writer) = counters_with_a_writer(&old.clone().build().unwrap(), &s, old, "x", n);
+    let old_name = format!(
+        "mredis:{}",
+        mredis::placement::fingerprint::fingerprint(mredis::Mode::Standard, &s[..1], None)
+    );
+    mredis_tests::wait_until_no_client_named(&[&p0, &r0, &p1, &r1], &old_name);
     let dir = mredis_tests::TempDir::new("durable-journal");
     let journal = dir.path().join("journal");
     let spec = format!(

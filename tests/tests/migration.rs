@@ -463,6 +463,15 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
             models.lock().unwrap().insert(c, Model::default());
         }
     }
+    // The seeding client is done: a client on the old configuration still
+    // connected is what the rebalance's census refuses to move under.
+    drop(old);
+    let old_name = format!(
+        "mredis:{}",
+        mredis::placement::fingerprint::fingerprint(mode, &named(old_refs.iter().map(|s| s.port())), None)
+    );
+    mredis_tests::wait_until_no_client_named(&old_refs, &old_name);
+    let old = builder(&old_refs, mode).build().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let script = mredis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");

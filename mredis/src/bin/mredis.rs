@@ -3,6 +3,7 @@
 //!     mredis locate --config fleet.toml KEY...
 //!     mredis stats --config fleet.toml
 //!     mredis rebalance --from old.toml --to new.toml [--dry-run] [--prefer source|destination]
+//!     mredis clients --config fleet.toml [--from old.toml]
 //!
 //! Configurations are TOML files (see `mredis::builder_from_toml`), or a
 //! twemproxy YAML file with `--pool NAME`.
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use mredis::rebalance::{Discard, Phase, Prefer, Progress, ProgressFn, RebalanceOptions, rebalance};
+use mredis::rebalance::census::{Census, CensusOptions, FleetClient, Stage, is_refusal};
+use mredis::rebalance::{Discard, Phase, Prefer, Progress, ProgressFn, RebalanceOptions, rebalance, take_census};
 use mredis::{MRedis, PerServer};
 
 #[derive(Parser)]
@@ -22,7 +24,8 @@ use mredis::{MRedis, PerServer};
     version,
     about = "Look at and reshape a fleet of Redis servers placed by mredis",
     after_help = "Exit codes: 0 success; 1 error (the message names the server); 2 usage error, or for \
-                  `rebalance`, conflicts or misplaced keys left (see `mredis rebalance --help`)."
+                  `rebalance`, conflicts or misplaced keys left; 3 for `rebalance` and `clients --from`, \
+                  clients not migration-aware for the move are connected (see `mredis rebalance --help`)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -97,6 +100,33 @@ enum Command {
         /// an interruption; it is removed once nothing is left to do.
         #[arg(long)]
         journal: Option<std::path::PathBuf>,
+        /// Wait up to this many seconds for clients that are not
+        /// migration-aware for this move to go (or to reconfigure), instead
+        /// of refusing at once.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// Refuse to move while connections that are not mredis clients
+        /// (redis-cli, other libraries) are connected (default: a warning).
+        #[arg(long)]
+        refuse_unknown: bool,
+        /// Move without the census of connected clients.
+        #[arg(long)]
+        skip_census: bool,
+    },
+    /// Who is connected to the fleet, and with which configuration (the
+    /// census `rebalance` takes before it moves anything).
+    Clients {
+        /// Fleet configuration.
+        #[arg(long)]
+        config: String,
+        /// The configuration a move would start from: classifies the
+        /// clients for the move from it to --config (exit 3 if any is in
+        /// the way), and asks its servers too.
+        #[arg(long)]
+        from: Option<String>,
+        /// twemproxy pool name.
+        #[arg(long)]
+        pool: Option<String>,
     },
 }
 
@@ -108,6 +138,19 @@ Exit codes:
      safe (it is, for errors while moving keys)
   2  conflicts or misplaced keys are left; they are listed (run again, or
      pick a side with --prefer); usage errors also exit 2, with clap's message
+  3  clients that are not migration-aware for this move are connected
+     (listed with address, name and configuration): before moving, nothing
+     was moved; before the final verification, keys were moved but such a
+     client connected meanwhile. Reconfigure or stop them and run again,
+     or use --wait SECONDS. Connections that are not mredis clients are a
+     warning, refused with --refuse-unknown.
+
+Before anything moves, and again before the final verification, the tool
+reads CLIENT LIST on every server of both configurations (the census; see
+`mredis clients`). Every mredis connection is named after its
+configuration, so only clients migration-aware for exactly this move may be
+connected. After a verified move it leaves a marker on the new servers:
+migration-aware clients stop their migration checks within about a second.
 
 Keys that exist on both their old and new server with different contents
 (conflicts) are kept on both and listed, never overwritten, unless --prefer
@@ -126,6 +169,8 @@ enum PreferArg {
 enum Outcome {
     Done,
     Incomplete,
+    /// The census found clients in the way.
+    NotReady,
 }
 
 fn open(path: &str, pool: Option<&str>) -> Result<MRedis, String> {
@@ -409,6 +454,7 @@ fn run_rebalance(
     batch_size: usize,
     quiet: bool,
     journal: Option<std::path::PathBuf>,
+    census: CensusArgs,
 ) -> Result<Outcome, String> {
     let old = open(from, pool)?;
     let new = open(to, pool)?;
@@ -450,11 +496,35 @@ fn run_rebalance(
                 let _ = std::io::stdout().flush();
             });
         })),
+        skip_census: census.skip,
+        census: CensusOptions {
+            refuse_unknown: census.refuse_unknown,
+            wait: census.wait.map(Duration::from_secs),
+        },
         ..Default::default()
     };
     let result = rebalance(&old, &new, options);
     bar.finish_and_clear();
-    let report = result.map_err(|e| message(&e))?;
+    let report = match result {
+        Err(e) if is_refusal(&e) => {
+            println!("{}", message(&e));
+            return Ok(Outcome::NotReady);
+        }
+        r => r.map_err(|e| message(&e))?,
+    };
+    let unknown: Vec<&FleetClient> = report
+        .census
+        .iter()
+        .chain(&report.census_after)
+        .flat_map(|c| c.unknown())
+        .collect();
+    if !unknown.is_empty() {
+        println!(
+            "warning: {} connections are not mredis clients (--refuse-unknown refuses them):{}",
+            unknown.len(),
+            Census::describe(&unknown)
+        );
+    }
     for names in &report.same_server {
         println!(
             "same server under several names: {} (nothing moves between them)",
@@ -527,11 +597,53 @@ fn run_rebalance(
             report.misplaced - report.misplaced_keys.len() as u64
         );
     }
+    if report.finished {
+        println!("finished: migration-aware clients of this move stop their migration checks within about a second");
+    }
     Ok(if report.is_complete() {
         Outcome::Done
     } else {
         Outcome::Incomplete
     })
+}
+
+/// The census options of `rebalance`.
+struct CensusArgs {
+    wait: Option<u64>,
+    refuse_unknown: bool,
+    skip: bool,
+}
+
+/// `mredis clients`: the census alone.
+fn clients(config: &str, from: Option<&str>, pool: Option<&str>) -> Result<Outcome, String> {
+    let to = open(config, pool)?;
+    let old = match from {
+        Some(path) => open(path, pool)?,
+        None => to.clone(),
+    };
+    let census = take_census(&old, &to).map_err(|e| message(&e))?;
+    if from.is_some() {
+        println!("move {} -> {}", census.from, census.to);
+    } else {
+        println!("configuration {}", census.to);
+    }
+    let all: Vec<&FleetClient> = census.clients.iter().collect();
+    println!("{} client connections:{}", all.len(), Census::describe(&all));
+    if from.is_none() {
+        return Ok(Outcome::Done);
+    }
+    let blocking = census.in_the_way(Stage::BeforeMove, &CensusOptions::default());
+    if blocking.is_empty() {
+        println!("ready: every mredis client is migration-aware for this move");
+        Ok(Outcome::Done)
+    } else {
+        println!(
+            "not ready: {} connections are not migration-aware for this move:{}",
+            blocking.len(),
+            Census::describe(&blocking)
+        );
+        Ok(Outcome::NotReady)
+    }
 }
 
 fn run(cli: Cli) -> Result<Outcome, String> {
@@ -559,6 +671,9 @@ fn run(cli: Cli) -> Result<Outcome, String> {
             batch_size,
             quiet,
             journal,
+            wait,
+            refuse_unknown,
+            skip_census,
         } => {
             return run_rebalance(
                 &from,
@@ -572,8 +687,14 @@ fn run(cli: Cli) -> Result<Outcome, String> {
                 batch_size as usize,
                 quiet,
                 journal,
+                CensusArgs {
+                    wait,
+                    refuse_unknown,
+                    skip: skip_census,
+                },
             );
         }
+        Command::Clients { config, from, pool } => return clients(&config, from.as_deref(), pool.as_deref()),
     }
     Ok(Outcome::Done)
 }
@@ -582,6 +703,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Incomplete) => ExitCode::from(2),
+        Ok(Outcome::NotReady) => ExitCode::from(3),
         Err(e) => {
             let e = e.strip_prefix("mredis: ").unwrap_or(&e);
             eprintln!("mredis: {e}");

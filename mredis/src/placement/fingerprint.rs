@@ -37,8 +37,14 @@ pub fn fingerprint(mode: Mode, servers: &[Server], hash_tags: Option<bool>) -> S
         Mode::Ketama { .. } | Mode::Modula { .. } => false,
     };
     let mut text = format!("v1|{mode:?}|tags={tags}");
+    // Standard and modula place by position (and weight), ketama and
+    // rendezvous by the servers' placement names (an alias, or the name).
+    let by_name = matches!(mode, Mode::Ketama { .. } | Mode::Rendezvous);
     for s in servers {
-        let _ = write!(text, "|{}/{}/{}", s.name(), placement_name(s), s.weight());
+        let _ = write!(text, "|{}/{}", s.name(), s.weight());
+        if by_name {
+            let _ = write!(text, "/{}", placement_name(s));
+        }
     }
     let digest = xxhash_rust::xxh64::xxh64(text.as_bytes(), 0);
     format!("{:012x}", digest >> 16)
@@ -131,7 +137,11 @@ mod tests {
         let b = servers(&["redis://h:2/0", "redis://h:1/0"]);
         let fa = fingerprint(Mode::Standard, &a, None);
         assert_eq!(fa.len(), 12);
-        assert_eq!(fa, fingerprint(Mode::Standard, &a, Some(false)), "the default rule is the same rule");
+        assert_eq!(
+            fa,
+            fingerprint(Mode::Standard, &a, Some(false)),
+            "the default rule is the same rule"
+        );
         assert_ne!(fa, fingerprint(Mode::Standard, &b, None), "order");
         assert_ne!(fa, fingerprint(Mode::Standard, &a, Some(true)), "tags");
         assert_ne!(fa, fingerprint(Mode::Rendezvous, &a, None), "mode");

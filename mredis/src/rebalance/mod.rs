@@ -125,6 +125,7 @@ use crate::MRedis;
 use crate::routing::show_key;
 use crate::server::Server;
 
+pub mod census;
 mod durable;
 mod journal;
 mod servers;
@@ -194,6 +195,11 @@ pub struct RebalanceOptions {
     /// Use one journal per pair of configurations and never share one
     /// between two runs at once (the CLI names it after both server lists).
     pub journal: Option<std::path::PathBuf>,
+    /// Run without the census (see [`census`]): move even while clients
+    /// that are not migration-aware for this move are connected.
+    pub skip_census: bool,
+    /// How the census decides (unknown connections, waiting).
+    pub census: census::CensusOptions,
 }
 
 impl std::fmt::Debug for RebalanceOptions {
@@ -207,6 +213,8 @@ impl std::fmt::Debug for RebalanceOptions {
             .field("batch_size", &self.batch_size)
             .field("scan_count", &self.scan_count)
             .field("journal", &self.journal)
+            .field("skip_census", &self.skip_census)
+            .field("census", &self.census)
             .finish_non_exhaustive()
     }
 }
@@ -323,6 +331,19 @@ pub struct RebalanceReport {
     pub misplaced_keys: Vec<Misplaced>,
     /// This was a dry run: counts only, nothing moved, no verification.
     pub dry_run: bool,
+    /// The census taken before anything moved (`None` with
+    /// [`RebalanceOptions::skip_census`]). In a dry run it is taken and
+    /// reported, never refused.
+    pub census: Option<census::Census>,
+    /// The census taken again before the final verification.
+    pub census_after: Option<census::Census>,
+    /// The move was verified complete and the finish marker left on the
+    /// new configuration's servers: migration-aware clients of this move
+    /// stop their migration checks (see [`crate::finish`]).
+    pub finished: bool,
+    /// Servers that refused the finish marker, and why (servers before
+    /// Redis 7.0, a user without `FUNCTION`).
+    pub finish_refused: Vec<String>,
 }
 
 impl RebalanceReport {
@@ -468,6 +489,30 @@ struct WorkerOut {
 pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> RedisResult<RebalanceReport> {
     let timeout_ms = options.migrate_timeout_ms.unwrap_or(5000).max(1);
     let io_timeout = Duration::from_millis(timeout_ms + (timeout_ms / 2).max(1000));
+    let (from_servers, from_fp) = (from.servers().to_vec(), from.core().fingerprint.clone());
+    let (to_servers, to_fp) = (to.servers().to_vec(), to.core().fingerprint.clone());
+    let fleets = ((&from_servers[..], &from_fp[..]), (&to_servers[..], &to_fp[..]));
+    // The clients given here are the tool's: their idle connections are
+    // not counted (one busy with a call is, as any other client's).
+    let own = || {
+        let mut ids = crate::client::idle_connection_ids(from);
+        ids.extend(crate::client::idle_connection_ids(to));
+        ids
+    };
+    let first_census = if options.skip_census {
+        None
+    } else if options.dry_run {
+        Some(census::take(fleets.0, fleets.1, &own(), io_timeout)?)
+    } else {
+        Some(census::until_clear(
+            fleets.0,
+            fleets.1,
+            census::Stage::BeforeMove,
+            &options.census,
+            &own,
+            io_timeout,
+        )?)
+    };
     let (nodes, mut cons, to_node) = identify(from, to, io_timeout)?;
     let mut plan = MovePlan {
         traffic: Traffic::new(nodes.len()),
@@ -491,6 +536,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
             .map(|n| n.names.clone())
             .collect(),
         dry_run: options.dry_run,
+        census: first_census,
         ..Default::default()
     };
     let mut progress = Progress {
@@ -503,6 +549,19 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
         }
     };
     tick(&progress);
+
+    if !options.dry_run {
+        // A marker of an earlier run of a move must not be taken for this
+        // run's (see `crate::finish`).
+        for (n, con) in cons.iter_mut().enumerate() {
+            crate::finish::clear(con).map_err(|e| {
+                error(format!(
+                    "cannot delete the finish markers of earlier runs: {}",
+                    describe(plan.nodes[n].name(), &e, io_timeout)
+                ))
+            })?;
+        }
+    }
 
     // Persistence of every destination.
     let mut volatile: BTreeMap<usize, String> = BTreeMap::new();
@@ -610,7 +669,19 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
         }
     }
 
-    // Verification.
+    // Verification, after a second census: a client on the old (or a
+    // third) configuration that connected while keys moved may have
+    // written where they no longer are.
+    if !options.skip_census {
+        report.census_after = Some(census::until_clear(
+            fleets.0,
+            fleets.1,
+            census::Stage::BeforeVerify,
+            &options.census,
+            &own,
+            io_timeout,
+        )?);
+    }
     progress.phase = Phase::Verifying;
     let shared = Shared::default();
     let checked = run_workers(&plan, &shared, Mode::Verify, &mut tick, &mut progress)?;
@@ -618,6 +689,23 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     report.misplaced_keys = checked.misplaced_keys;
     if report.misplaced == 0 && report.conflicts.is_empty() && !report.interrupted {
         shared_journal.finish();
+        // The finish marker: migration-aware clients of this move stop
+        // their migration checks.
+        // A server that refuses it (before 7.0, or no FUNCTION for this
+        // user) leaves the clients doing their checks: `finished` false.
+        let library = crate::finish::marker(&from_fp, &to_fp);
+        let dests: BTreeSet<usize> = plan.to_node.iter().copied().collect();
+        let mut left = 0;
+        for &n in &dests {
+            let mut con = connect(&plan.nodes[n].server, io_timeout)?;
+            match crate::finish::leave(&library).query::<String>(&mut con) {
+                Ok(_) => left += 1,
+                Err(e) => report
+                    .finish_refused
+                    .push(describe(plan.nodes[n].name(), &e, io_timeout)),
+            }
+        }
+        report.finished = left == dests.len();
         if durable(&plan) {
             // Every key is in place: the arrival notes (only read to resume
             // a marked move; a killed run leaves some) can go. One that a
@@ -630,6 +718,22 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
         }
     }
     Ok(report)
+}
+
+/// Takes the census of the clients connected to the servers of `from`
+/// and `to` (primaries, and the replicas their shards list): which
+/// configuration each mredis client runs, and the connections that are not
+/// mredis clients. See [`census`](mod@census) for what a rebalance
+/// refuses.
+pub fn take_census(from: &MRedis, to: &MRedis) -> RedisResult<census::Census> {
+    let mut own = crate::client::idle_connection_ids(from);
+    own.extend(crate::client::idle_connection_ids(to));
+    census::take(
+        (from.servers(), &from.core().fingerprint),
+        (to.servers(), &to.core().fingerprint),
+        &own,
+        Duration::from_secs(10),
+    )
 }
 
 /// Keeps one side of a conflict.

@@ -28,7 +28,7 @@ pub(super) fn describe(server: &str, e: &RedisError, io_timeout: Duration) -> St
 pub(super) const RERUN: &str = "nothing was lost; rerunning is safe and continues where this run stopped";
 
 pub(super) fn connect(server: &Server, io_timeout: Duration) -> RedisResult<Connection> {
-    let con = server
+    let mut con = server
         .client()
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
         .map_err(|e| {
@@ -40,6 +40,8 @@ pub(super) fn connect(server: &Server, io_timeout: Duration) -> RedisResult<Conn
         })?;
     con.set_read_timeout(Some(io_timeout))?;
     con.set_write_timeout(Some(io_timeout))?;
+    // The census skips the tool's own connections.
+    crate::server::name_connection(&mut con, Some(crate::placement::fingerprint::TOOL_NAME));
     Ok(con)
 }
 

@@ -131,6 +131,7 @@ pub(super) fn answers_ping(server: &Server) -> bool {
         .and_then(|c| c.get_connection_with_timeout(probe))
         .and_then(|mut c| {
             c.set_read_timeout(Some(probe))?;
+            crate::server::name_connection(&mut c, Some(crate::placement::fingerprint::TOOL_NAME));
             redis::cmd("PING").query::<String>(&mut c)
         })
         .is_ok()
