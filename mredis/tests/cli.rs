@@ -74,6 +74,22 @@ fn open(path: &str) -> mredis::MRedis {
     mredis::builder_from_toml(&text).unwrap().build().unwrap()
 }
 
+/// Closes the client that wrote the test's data (the census of `mredis
+/// rebalance` refuses to move while a client of the old configuration is
+/// connected) and waits until the servers have seen its connections
+/// close; returns a new client of `path`, not connected yet.
+fn done_seeding(mr: mredis::MRedis, path: &str, servers: &[&RedisServer]) -> mredis::MRedis {
+    drop(mr);
+    mredis_tests::wait_until("the seeding client's connections closed", Duration::from_secs(10), || {
+        servers.iter().all(|s| {
+            !s.client_names()
+                .iter()
+                .any(|n| n.starts_with("mredis:") && n != "mredis:tool")
+        })
+    });
+    open(path)
+}
+
 #[test]
 fn locate_stats_and_rebalance() {
     let s = servers(3);
@@ -87,6 +103,7 @@ fn locate_stats_and_rebalance() {
     for i in 0..2000 {
         mr.set::<_, _, ()>(format!("key:{i}"), i).unwrap();
     }
+    let mr = done_seeding(mr, old, &[&s[0], &s[1]]);
 
     let (ok, out) = mredis(&dir, &["locate", "--config", old, "key:1", "key:2"]);
     assert!(ok, "{out}");
@@ -205,6 +222,7 @@ fn conflicts_exit_2_and_prefer_prints_what_it_discards_first() {
     for i in 0..500 {
         from.set::<_, _, ()>(format!("c{i}"), i).unwrap();
     }
+    let from = done_seeding(from, &old, &[&s[0], &s[1]]);
     let clash = (0..500)
         .map(|i| format!("c{i}"))
         .find(|k| from.server_index_for(k.as_bytes()) != to.server_index_for(k.as_bytes()))
@@ -257,15 +275,20 @@ fn no_password_in_any_output() {
     let dir = Dir::new("password");
     let url = format!("redis://:{CANARY}@127.0.0.1:{}/0", guarded.port());
     let old = dir.config("old.toml", &[plain.url()]);
-    let new = dir.config("new.toml", &[url]);
+    let new = dir.config("new.toml", &[url.clone()]);
     let from = open(&old);
     for i in 0..300 {
         from.set::<_, _, ()>(format!("p{i}"), i).unwrap();
     }
+    done_seeding(from, &old, &[&plain]);
     let (code, out) = mredis_code(&dir, &["rebalance", "--from", &old, "--to", &new, "--allow-volatile"]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains(CANARY), "{out}");
-    assert_eq!(open(&new).get::<_, i64>("p7").unwrap(), 7);
+    // Checked on a plain connection: a client of `new` connected would be
+    // in the way of the next move (from `new`).
+    let mut raw = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    assert_eq!(raw.get::<_, i64>("p7").unwrap(), 7);
+    drop(raw);
 
     // An ACL user (MIGRATE ... AUTH2 user password).
     // The default user is off: only `mover` with its password gets in.
@@ -351,6 +374,7 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
         }
         pipe.query::<()>(&from).unwrap();
     }
+    done_seeding(from, &old, &[&s[0], &s[1], &s[2]]);
     let before = dumps(&s);
     assert_eq!(before.len(), N);
 
