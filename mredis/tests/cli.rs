@@ -80,13 +80,17 @@ fn open(path: &str) -> mredis::MRedis {
 /// close; returns a new client of `path`, not connected yet.
 fn done_seeding(mr: mredis::MRedis, path: &str, servers: &[&RedisServer]) -> mredis::MRedis {
     drop(mr);
-    mredis_tests::wait_until("the seeding client's connections closed", Duration::from_secs(10), || {
-        servers.iter().all(|s| {
-            !s.client_names()
-                .iter()
-                .any(|n| n.starts_with("mredis:") && n != "mredis:tool")
-        })
-    });
+    mredis_tests::wait_until(
+        "the seeding client's connections closed",
+        Duration::from_secs(10),
+        || {
+            servers.iter().all(|s| {
+                !s.client_names()
+                    .iter()
+                    .any(|n| n.starts_with("mredis:") && n != "mredis:tool")
+            })
+        },
+    );
     open(path)
 }
 
