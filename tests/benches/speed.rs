@@ -19,7 +19,10 @@
 //!   (sync `Connection`, async `MultiplexedConnection`), 4-server fleet;
 //! - migration-aware client (4 servers migrating from 3): against the plain
 //!   4-server mredis client, GET of keys that stay, of moving keys still on
-//!   their old server (one guarded round trip) and of moved keys (two).
+//!   their old server (one guarded round trip) and of moved keys (two);
+//!   after every pass, the rebalance finishes the move and, once the aware
+//!   client has seen its finish marker, GET of the moved keys (one round
+//!   trip again) against the plain client GETting the same keys.
 //!
 //! Wire-only lower bound (three more rows, "vs wire-only"): the same sync
 //! MGET, MSET and `pipeline_all()` of 1000 keys over 4 servers against no
@@ -1162,6 +1165,64 @@ fn main() {
                 reps,
             );
         }
+    }
+
+    // The automatic finish: the rebalance moves the keys still on their old
+    // server and, once it has verified the move, leaves its marker; the
+    // migration-aware client notices it (polled every second) and stops its
+    // checks. Then a GET of a moved key, against the plain 4-server client
+    // GETting the same keys.
+    let report = mredis::rebalance::rebalance(
+        &three,
+        &mr4,
+        mredis::rebalance::RebalanceOptions {
+            allow_volatile: true,
+            // The benchmark's other clients of the 4 servers are plain ones.
+            skip_census: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.is_complete() && report.finished, "{report:?}");
+    let moved_all: Vec<String> = unmoved.iter().chain(&moved).cloned().collect();
+    let old_owner = |k: &str| four[three.server_index_for(k.as_bytes())];
+    let guard_calls = |k: &str| {
+        let mut con = old_owner(k).conn();
+        mredis_tests::command_calls(&mut con, "eval") + mredis_tests::command_calls(&mut con, "evalsha")
+    };
+    let probe = &moved_all[0];
+    let mut last = guard_calls(probe);
+    mredis_tests::wait_until("the aware client to see the finish", Duration::from_secs(30), || {
+        let _: Option<i64> = aware.get(probe).unwrap();
+        let now = guard_calls(probe);
+        let stopped = now == last;
+        last = now;
+        stopped
+    });
+    for _ in 0..passes {
+        let reps = 2000;
+        let (ours, theirs) = pair(
+            || {
+                for i in 0..reps {
+                    let v: Option<i64> = aware.get(&moved_all[i % moved_all.len()]).unwrap();
+                    black_box(v);
+                }
+            },
+            || {
+                for i in 0..reps {
+                    let v: Option<i64> = mr4.get(&moved_all[i % moved_all.len()]).unwrap();
+                    black_box(v);
+                }
+            },
+        );
+        record(
+            &mut rows,
+            "after the automatic finish: GET of a moved key",
+            1.05,
+            ours,
+            theirs,
+            reps,
+        );
     }
 
     println!();
