@@ -458,6 +458,43 @@ fn run_rebalance(
 ) -> Result<Outcome, String> {
     let old = open(from, pool)?;
     let new = open(to, pool)?;
+    let census_options = CensusOptions {
+        refuse_unknown: census.refuse_unknown,
+        wait: census.wait.map(Duration::from_secs),
+    };
+    if let (Some(wait), false, false) = (census_options.wait, census.skip, dry_run) {
+        // --wait: say once who is waited for, then take the census every
+        // second until they are gone (the rebalance takes it once more).
+        let deadline = Instant::now() + wait;
+        let mut said = false;
+        loop {
+            let now = take_census(&old, &new).map_err(|e| message(&e))?;
+            let blocking = now.in_the_way(Stage::BeforeMove, &census_options);
+            if blocking.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                println!(
+                    "clients not ready after --wait {}: {} connections are not migration-aware for this move \
+                     (nothing was moved):{}",
+                    wait.as_secs(),
+                    blocking.len(),
+                    Census::describe(&blocking)
+                );
+                return Ok(Outcome::NotReady);
+            }
+            if !said {
+                eprintln!(
+                    "rebalance: waiting up to {} s for {} connections that are not migration-aware for this move:{}",
+                    wait.as_secs(),
+                    blocking.len(),
+                    Census::describe(&blocking)
+                );
+                said = true;
+            }
+            std::thread::sleep(Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
     let journal = journal.unwrap_or_else(|| {
         // One journal per pair of server lists, found again by a rerun.
         let mut id = String::new();
@@ -497,10 +534,7 @@ fn run_rebalance(
             });
         })),
         skip_census: census.skip,
-        census: CensusOptions {
-            refuse_unknown: census.refuse_unknown,
-            wait: census.wait.map(Duration::from_secs),
-        },
+        census: census_options,
         ..Default::default()
     };
     let result = rebalance(&old, &new, options);
