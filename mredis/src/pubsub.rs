@@ -794,7 +794,7 @@ impl crate::MRedis {
     /// and connection timeouts); [`MRedis::subscriber`](crate::MRedis::subscriber)
     /// uses the defaults. See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<crate::Subscriber> {
-        Subscriber::start_with(self.core().clone(), options)
+        Subscriber::start_with(self.fleet().core().clone(), options)
     }
 }
 
@@ -804,7 +804,7 @@ impl crate::aio::MRedis {
     /// [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber) uses the
     /// defaults. See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
-        AsyncSubscriber::start_with(self.core().clone(), options)
+        AsyncSubscriber::start_with(self.fleet().core().clone(), options)
     }
 }
 

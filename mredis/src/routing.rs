@@ -69,12 +69,19 @@ pub(crate) struct Topology {
     /// Measures the shards' nodes for `ReadFrom::LowestLatency` (started
     /// at build under that policy, else on its first use).
     prober: std::sync::OnceLock<Option<crate::latency::Prober>>,
-    /// The placement's fingerprint, and the old one's while migrating.
+    /// The placement's fingerprint, and the old one's while migrating
+    /// (what `client_name` is made of; kept for diagnostics).
+    #[allow(dead_code)]
     pub(crate) fingerprint: String,
+    #[allow(dead_code)]
     pub(crate) from_fingerprint: Option<String>,
     /// The name every connection gives itself (`CLIENT SETNAME`), unless
     /// turned off.
     pub(crate) client_name: Option<String>,
+    /// The client this configuration belongs to, shared by every
+    /// configuration a [`reconfigure`](crate::MRedis::reconfigure) makes of
+    /// it: pipelines built on one run on the client's later ones.
+    pub(crate) lineage: Arc<()>,
 }
 
 impl Drop for Topology {
@@ -154,7 +161,13 @@ impl RedisWrite for KeyRoute<'_> {
 }
 
 impl Topology {
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Topology>> {
+        Topology::new_in(servers, options, Arc::default())
+    }
+
+    /// A topology of the client `lineage` stands for.
+    pub(crate) fn new_in(servers: Vec<Server>, options: &Options, lineage: Arc<()>) -> RedisResult<Arc<Topology>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
         let fingerprint = crate::placement::fingerprint::fingerprint(options.mode, &servers, options.hash_tags);
@@ -224,6 +237,7 @@ impl Topology {
             let _ = prober.set(crate::latency::start(&servers)?);
         }
         Ok(Arc::new(Topology {
+            lineage,
             fingerprint,
             from_fingerprint,
             client_name,

@@ -359,6 +359,8 @@ struct Settings {
 struct MovePlan<'a> {
     nodes: Vec<Node>,
     to: &'a MRedis,
+    /// `to`'s servers (as they were when the plan was made).
+    to_servers: Vec<Server>,
     /// Node of each server of `to`.
     to_node: Vec<usize>,
     settings: Settings,
@@ -474,6 +476,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
         forbidden: vec![false; nodes.len()],
         nodes,
         to,
+        to_servers: to.servers(),
         to_node,
         settings: Settings {
             timeout_ms,
@@ -636,7 +639,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
 fn resolve(plan: &MovePlan, c: &Conflict, prefer: Prefer) -> RedisResult<()> {
     let io = plan.settings.io_timeout;
     let ti = plan.to.server_index_for(&c.raw_key);
-    let dest = &plan.to.servers()[ti];
+    let dest = &plan.to_servers[ti];
     let src = plan
         .nodes
         .iter()
@@ -768,6 +771,7 @@ pub fn verify(config: &MRedis, others: &MRedis) -> RedisResult<u64> {
         forbidden: vec![false; nodes.len()],
         nodes,
         to: config,
+        to_servers: config.servers(),
         to_node,
         settings: Settings {
             timeout_ms: 5000,
