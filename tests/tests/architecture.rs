@@ -33,7 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["client", "aio", "multiplexed", "pipeline", "handle", "scan", "script", "pubsub"],
     ),
     // The builder lives above the clients it builds.
-    ("builder", &["config", "fleet_config"]),
+    ("builder", &["config", "fleet_config", "watch"]),
     ("rebalance", &["rebalance"]),
 ];
 
