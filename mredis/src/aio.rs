@@ -697,8 +697,12 @@ impl BlockingPool {
         let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {
             Some((e, c)) if *e == epoch => Ok(c.clone()),
-            _ => {
-                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            before => {
+                // Idle connections to an old address go (those kept from
+                // the configuration before are to the same one).
+                if before.is_some() {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                }
                 let c = self.server.client()?;
                 *slot = Some((epoch, c.clone()));
                 Ok(c)
