@@ -77,7 +77,7 @@ use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::AsyncSubscriber as Subscriber;
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
 use crate::client::Snapshot;
-use crate::routing::{Route, Topology, name_server};
+use crate::routing::{Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -133,6 +133,8 @@ pub(crate) struct Fleet {
     /// replaced before the write, not found by it.
     last_used: Arc<Vec<std::sync::atomic::AtomicU64>>,
     born: std::time::Instant,
+    /// Keeps the topology's background threads running (see [`Running`]).
+    running: Arc<Running>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -279,7 +281,7 @@ impl MRedis {
     /// It places channels by the configuration in force when it was made,
     /// also after a [`reconfigure`](Self::reconfigure).
     pub fn subscriber(&self) -> RedisResult<Subscriber> {
-        Subscriber::start(self.fleet().core.clone())
+        Subscriber::start(self.fleet().running())
     }
 
     /// Each server's health as the opt-in health checking sees it; empty
@@ -358,6 +360,7 @@ impl Fleet {
         let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok((
             Fleet {
+                running: Arc::new(Running(core.clone())),
                 core,
                 connections: Arc::new(connections),
                 replicas: Arc::new(replicas),
@@ -371,6 +374,11 @@ impl Fleet {
             },
             kept,
         ))
+    }
+
+    /// What keeps this configuration's background threads running.
+    pub(crate) fn running(&self) -> Arc<Running> {
+        self.running.clone()
     }
 
     pub(crate) fn core(&self) -> &Arc<Topology> {

@@ -56,7 +56,7 @@ use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::routing::{Move, Route, Topology, name_server};
+use crate::routing::{Move, Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -608,6 +608,8 @@ pub(crate) struct Fleet {
     read_from: ReadFrom,
     /// The servers' COMMAND metadata, for routed handles (fetched once).
     book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
+    /// Keeps the topology's background threads running (see [`Running`]).
+    running: Arc<Running>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -759,7 +761,7 @@ impl MRedis {
     /// its own. It places channels by the configuration in force when it
     /// was made, also after a [`reconfigure`](Self::reconfigure).
     pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
-        crate::pubsub::Subscriber::start(self.fleet().core.clone())
+        crate::pubsub::Subscriber::start(self.fleet().running())
     }
 
     /// Each server's health as the opt-in health checking sees it
@@ -836,6 +838,7 @@ impl Fleet {
         let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok((
             Fleet {
+                running: Arc::new(Running(core.clone())),
                 core,
                 pools: Arc::new(pools),
                 replicas: Arc::new(replicas),
@@ -972,6 +975,11 @@ impl Fleet {
         if let Ok(pool) = self.pool(index) {
             pool.put(con, self.core.server(index).epoch());
         }
+    }
+
+    /// What keeps this configuration's background threads running.
+    pub(crate) fn running(&self) -> Arc<Running> {
+        self.running.clone()
     }
 
     pub(crate) fn core(&self) -> &Arc<Topology> {

@@ -86,9 +86,22 @@ pub(crate) struct Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        if let Some(h) = &self.health {
-            h.shut_down();
-        }
+        self.stop_background();
+    }
+}
+
+/// Keeps a topology's background threads (health checking, Sentinel
+/// watching, latency probing) running while held: a client's
+/// configuration and its subscribers hold one; a pipeline, which holds
+/// only the topology (to be routed again on a later configuration), does
+/// not, so a pipeline kept after a
+/// [`reconfigure`](crate::MRedis::reconfigure) keeps no thread running.
+#[derive(Debug)]
+pub(crate) struct Running(pub(crate) Arc<Topology>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.stop_background();
     }
 }
 
@@ -251,6 +264,19 @@ impl Topology {
             max_arg_size: options.max_arg_size,
             health,
         }))
+    }
+
+    /// Stops the background threads (each at its next look at its stop flag).
+    pub(crate) fn stop_background(&self) {
+        if let Some(h) = &self.health {
+            h.shut_down();
+        }
+        for w in self._watchers.iter().flatten() {
+            w.stop();
+        }
+        if let Some(Some(p)) = self.prober.get() {
+            p.stop();
+        }
     }
 
     /// Starts the latency prober if it is not running (a read under

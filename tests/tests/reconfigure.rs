@@ -526,3 +526,32 @@ fn the_file_watcher_applies_a_changed_file_and_refuses_a_bad_one() {
     assert!(refusals.len() >= bad.len(), "{log:?}");
     assert!(log.iter().all(|l| !l.contains(CANARY)), "{log:?}");
 }
+
+#[test]
+fn the_old_configurations_health_checker_stops() {
+    let s = servers(3);
+    let all = refs(&s);
+    let checked = |b: Builder| {
+        b.health_check(mredis::health::HealthCheck {
+            interval: Duration::from_millis(50),
+            ..Default::default()
+        })
+    };
+    let mr = checked(plain(&all[..2]).client_name("hc")).build().unwrap();
+    let old_name = name_of(plain(&all[..2]).client_name("hc"), &s[0]);
+    wait_until("the health checker connects", WITHIN, || {
+        mredis_clients(&s[0]).values().any(|n| *n == old_name)
+    });
+    mr.set::<_, _, ()>("k", 1).unwrap();
+    // A pipeline and a clone made before do not keep it alive.
+    let pipe = mr.pipeline_all();
+    let clone = mr.clone();
+    mr.reconfigure(checked(plain(&all).client_name("hc"))).unwrap();
+    assert_eq!(mr.health().len(), 3);
+    // The old checker's connection (the only one left with the old name:
+    // the pool's were renamed) closes once the old configuration is gone.
+    wait_until("the old health checker stopped", WITHIN, || {
+        mredis_clients(&s[0]).values().all(|n| *n != old_name)
+    });
+    drop((pipe, clone));
+}
