@@ -67,16 +67,16 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
+use crate::client::Snapshot;
 use crate::error::client_error;
-use crate::multiplexed::Shared as ConnectionManager;
 use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 pub use crate::handle::AsyncConnection as Connection;
+use crate::multiplexed::Shared as ConnectionManager;
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::AsyncSubscriber as Subscriber;
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::client::Snapshot;
 use crate::routing::{Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -287,7 +287,12 @@ impl MRedis {
     /// Each server's health as the opt-in health checking sees it; empty
     /// without it.
     pub fn health(&self) -> Vec<crate::health::ServerHealth> {
-        self.fleet().core.health.as_ref().map(|h| h.snapshot()).unwrap_or_default()
+        self.fleet()
+            .core
+            .health
+            .as_ref()
+            .map(|h| h.snapshot())
+            .unwrap_or_default()
     }
 
     /// Runs any command on the server that owns `key`.
@@ -348,9 +353,9 @@ impl Fleet {
                     kept.extend(m.clone());
                     m
                 }
-                (None, _) => Some(
-                    manager(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?,
-                ),
+                (None, _) => {
+                    Some(manager(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?)
+                }
             };
             connections.push(Shared {
                 fixed,

@@ -240,7 +240,6 @@ impl Setup {
     }
 }
 
-
 impl Conns {
     fn new(server: &Server, name: Option<String>, response_timeout: Option<Duration>) -> RedisResult<Conns> {
         let clients = match server.shard() {
@@ -291,7 +290,9 @@ impl Conns {
         let sent: Vec<(Pooled, Instant)> = idle
             .into_iter()
             .filter_map(|(mut p, since)| {
-                p.con.send_packed_command(&setname(name.as_deref()).get_packed_command()).ok()?;
+                p.con
+                    .send_packed_command(&setname(name.as_deref()).get_packed_command())
+                    .ok()?;
                 Some((p, since))
             })
             .collect();
@@ -830,9 +831,8 @@ impl Fleet {
                     kept.push(p.conns.clone());
                     pools.push(Pool::with(p.conns.clone(), server, &options));
                 }
-                None => pools.push(
-                    Pool::new(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?,
-                ),
+                None => pools
+                    .push(Pool::new(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?),
             }
         }
         let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();

@@ -371,7 +371,13 @@ fn run(
                 cons[i] = None;
             }
             let started = Instant::now();
-            let result = check_one(&clients[i], &mut cons[i], timeout, options.check.as_ref(), name.as_deref());
+            let result = check_one(
+                &clients[i],
+                &mut cons[i],
+                timeout,
+                options.check.as_ref(),
+                name.as_deref(),
+            );
             let took = started.elapsed();
             let mut events = Vec::new();
             {

@@ -192,14 +192,14 @@ pub use scan::ScanIter;
 pub use script::{Script, ScriptInvocation};
 pub use server::{IntoServer, Server, redact_url};
 pub use shard::{Failover, Latency};
-#[cfg(feature = "watch")]
-pub use watch::{FleetWatch, watch_fleet_file, watch_fleet_file_async, watch_fleet_file_with};
 #[cfg(feature = "table-examples")]
 pub use spec::examples;
 pub use spec::{
     Access, Block, BlockAt, COMMANDS, CommandKeys, CommandSpec, Example, KeySpec, Merge, MethodSpec, Reply, RouteClass,
     TimeUnit,
 };
+#[cfg(feature = "watch")]
+pub use watch::{FleetWatch, watch_fleet_file, watch_fleet_file_async, watch_fleet_file_with};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -83,7 +83,12 @@ impl Shared {
         let mut delay = Duration::from_millis(10);
         let mut attempt = 0;
         loop {
-            match self.0.client.get_multiplexed_async_connection_with_config(&self.0.config).await {
+            match self
+                .0
+                .client
+                .get_multiplexed_async_connection_with_config(&self.0.config)
+                .await
+            {
                 Ok(mut con) => {
                     let name = self.0.name.read().unwrap_or_else(|p| p.into_inner()).clone();
                     if let Some(name) = name {

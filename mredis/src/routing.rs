@@ -184,10 +184,9 @@ impl Topology {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
         let fingerprint = crate::placement::fingerprint::fingerprint(options.mode, &servers, options.hash_tags);
-        let from_fingerprint = options
-            .migrating_from
-            .as_ref()
-            .map(|old| crate::placement::fingerprint::fingerprint(old.options.mode, &old.servers, old.options.hash_tags));
+        let from_fingerprint = options.migrating_from.as_ref().map(|old| {
+            crate::placement::fingerprint::fingerprint(old.options.mode, &old.servers, old.options.hash_tags)
+        });
         let client_name = options.name_connections.then(|| {
             crate::placement::fingerprint::connection_name(
                 &fingerprint,

@@ -533,16 +533,16 @@ impl crate::aio::MRedis {
         let stream = futures::stream::unfold(state, move |mut state| {
             let fleet = fleet.clone();
             async move {
-            loop {
-                match state.advance() {
-                    Next::Yield(item) => return Some((item, state)),
-                    Next::End => return None,
-                    Next::Fetch(page) => {
-                        let fetched = fleet.drive(page.run(fleet.core(), &mut state)).await;
-                        state.fetched(fetched);
+                loop {
+                    match state.advance() {
+                        Next::Yield(item) => return Some((item, state)),
+                        Next::End => return None,
+                        Next::Fetch(page) => {
+                            let fetched = fleet.drive(page.run(fleet.core(), &mut state)).await;
+                            state.fetched(fetched);
+                        }
                     }
                 }
-            }
             }
         });
         Box::pin(stream)

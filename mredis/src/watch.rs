@@ -138,8 +138,8 @@ pub fn watch_fleet_file_async(
 
 fn start(path: &Path, client: Client, options: Options) -> RedisResult<FleetWatch> {
     let shown = path.display().to_string();
-    let initial = std::fs::read(path)
-        .map_err(|e| config_error(format!("fleet file `{shown}`: cannot read it: {e}")))?;
+    let initial =
+        std::fs::read(path).map_err(|e| config_error(format!("fleet file `{shown}`: cannot read it: {e}")))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -30,7 +30,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "clients",
-        &["client", "aio", "multiplexed", "pipeline", "handle", "scan", "script", "pubsub"],
+        &[
+            "client",
+            "aio",
+            "multiplexed",
+            "pipeline",
+            "handle",
+            "scan",
+            "script",
+            "pubsub",
+        ],
     ),
     // The builder lives above the clients it builds.
     ("builder", &["config", "fleet_config", "watch"]),

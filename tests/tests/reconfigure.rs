@@ -105,7 +105,10 @@ fn a_clone_made_before_uses_the_new_fleet() {
         let key = format!("after:{i}");
         clone.set::<_, _, ()>(&key, i).unwrap();
         assert_eq!(holders(&all, &key), vec![original_index(key.as_bytes(), 4)], "{key}");
-        assert_eq!(clone.server_index_for(key.as_bytes()), original_index(key.as_bytes(), 4));
+        assert_eq!(
+            clone.server_index_for(key.as_bytes()),
+            original_index(key.as_bytes(), 4)
+        );
         let read: i64 = view.get(&key).unwrap();
         assert_eq!(read, i);
     }
@@ -153,7 +156,12 @@ async fn an_async_clone_made_before_uses_the_new_fleet() {
     }
     let mut con = clone.get_connection().await.unwrap();
     mr.reconfigure(plain(&all[..2])).await.unwrap();
-    redis::cmd("SET").arg("handled").arg(1).exec_async(&mut con).await.unwrap();
+    redis::cmd("SET")
+        .arg("handled")
+        .arg(1)
+        .exec_async(&mut con)
+        .await
+        .unwrap();
     assert_eq!(holders(&all, "handled"), vec![original_index(b"handled", 2)]);
 }
 
@@ -199,14 +207,16 @@ impl Counters {
     /// plain(4) owner alone.
     fn check(&self, all: &[&RedisServer]) {
         let errors = self.errors.lock().unwrap();
-        assert!(errors.is_empty(), "{} calls failed: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+        assert!(
+            errors.is_empty(),
+            "{} calls failed: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
         assert!(self.total() > 0);
         for (key, acked) in self.keys.iter().zip(&self.acked) {
             let on = holders(all, key);
-            let found: u64 = on
-                .iter()
-                .map(|&i| all[i].conn().get::<_, u64>(key).unwrap())
-                .sum();
+            let found: u64 = on.iter().map(|&i| all[i].conn().get::<_, u64>(key).unwrap()).sum();
             assert_eq!(found, acked.load(Ordering::Relaxed), "{key}: found on {on:?}");
             if found > 0 {
                 assert_eq!(on, vec![original_index(key.as_bytes(), all.len())], "{key}");
@@ -325,7 +335,10 @@ fn connections_to_staying_servers_are_kept_and_renamed() {
     ] {
         let name = name_of(next.clone(), &s[0]);
         assert_ne!(name, old_name);
-        let ids_before: Vec<BTreeSet<i64>> = s[..staying].iter().map(|x| mredis_clients(x).into_keys().collect()).collect();
+        let ids_before: Vec<BTreeSet<i64>> = s[..staying]
+            .iter()
+            .map(|x| mredis_clients(x).into_keys().collect())
+            .collect();
         mr.reconfigure(next).unwrap();
         // Before any call: every connection of the client has the new name.
         for (x, ids) in s[..staying].iter().zip(&ids_before) {
@@ -360,7 +373,10 @@ async fn async_connections_to_staying_servers_are_kept_and_renamed() {
     for b in &before {
         assert_eq!(b.len(), 1, "one multiplexed connection: {b:?}");
     }
-    for next in [aware(&all, &all[..3]).client_name("app"), plain(&all).client_name("app")] {
+    for next in [
+        aware(&all, &all[..3]).client_name("app"),
+        plain(&all).client_name("app"),
+    ] {
         let name = name_of(next.clone(), &s[0]);
         mr.reconfigure(next).await.unwrap();
         for (x, b) in s[..3].iter().zip(&before) {
@@ -504,8 +520,14 @@ fn the_file_watcher_applies_a_changed_file_and_refuses_a_bad_one() {
     let bad = [
         format!("servers = [\"redis://:{CANARY}@127.0.0.1:{}/0\"\n", s[0].port()),
         format!("servers = [\"redis://:{CANARY}@127.0.0.1:notaport/0\"]\n"),
-        format!("servers = [{{ url = \"redis://127.0.0.1:{}/0\", password = \"{CANARY}\" }}]\n", s[0].port()),
-        format!("servers = [\"redis://u:{CANARY}@127.0.0.1:{}/0\"]\n{CANARY} = 1\n", s[0].port()),
+        format!(
+            "servers = [{{ url = \"redis://127.0.0.1:{}/0\", password = \"{CANARY}\" }}]\n",
+            s[0].port()
+        ),
+        format!(
+            "servers = [\"redis://u:{CANARY}@127.0.0.1:{}/0\"]\n{CANARY} = 1\n",
+            s[0].port()
+        ),
     ];
     for text in &bad {
         let applied = watch.applied();
@@ -518,7 +540,10 @@ fn the_file_watcher_applies_a_changed_file_and_refuses_a_bad_one() {
         clone.set::<_, _, ()>("still", 1).unwrap();
         assert_eq!(holders(&all, "still"), vec![original_index(b"still", 2)]);
         // A good file again clears the error.
-        replace(&path, &fleet_toml(&all[..2]).replace("servers", "mode = \"standard\"\nservers"));
+        replace(
+            &path,
+            &fleet_toml(&all[..2]).replace("servers", "mode = \"standard\"\nservers"),
+        );
         wait_until("the good file applied", WITHIN, || watch.last_error().is_none());
     }
     let log = log.lock().unwrap();

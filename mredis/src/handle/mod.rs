@@ -90,7 +90,10 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("mredis::Connection")
             .field("client", &self.mr)
-            .field("watching", &self.watched.as_ref().map(|(f, s, _)| f.core().name(*s).to_string()))
+            .field(
+                "watching",
+                &self.watched.as_ref().map(|(f, s, _)| f.core().name(*s).to_string()),
+            )
             .finish()
     }
 }
@@ -465,7 +468,13 @@ impl AsyncConnection {
         }
     }
 
-    async fn pipeline(&self, f: &AsyncSnap, pipe: &redis::Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+    async fn pipeline(
+        &self,
+        f: &AsyncSnap,
+        pipe: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
         let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
         let core = f.core().clone();
         if pipe.is_transaction() {

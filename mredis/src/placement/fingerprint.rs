@@ -131,7 +131,11 @@ mod tests {
         let b = servers(&["redis://h:2/0", "redis://h:1/0"]);
         let fa = fingerprint(Mode::Standard, &a, None);
         assert_eq!(fa.len(), 12);
-        assert_eq!(fa, fingerprint(Mode::Standard, &a, Some(false)), "the default rule is the same rule");
+        assert_eq!(
+            fa,
+            fingerprint(Mode::Standard, &a, Some(false)),
+            "the default rule is the same rule"
+        );
         assert_ne!(fa, fingerprint(Mode::Standard, &b, None), "order");
         assert_ne!(fa, fingerprint(Mode::Standard, &a, Some(true)), "tags");
         assert_ne!(fa, fingerprint(Mode::Rendezvous, &a, None), "mode");
