@@ -275,7 +275,13 @@ impl Conns {
     /// ones now, each within `within` (one deadline for all of them; one
     /// that fails is dropped), the ones in use when they are given back or
     /// taken next, and new ones when they open.
-    pub(crate) fn rename(&self, name: Option<String>, response_timeout: Option<Duration>, within: Duration) {
+    pub(crate) fn rename(
+        &self,
+        name: Option<String>,
+        response_timeout: Option<Duration>,
+        within: Duration,
+        max_idle: usize,
+    ) {
         {
             let mut n = self.naming.write().unwrap_or_else(|p| p.into_inner());
             n.generation += 1;
@@ -283,7 +289,11 @@ impl Conns {
             n.response_timeout = response_timeout;
             self.generation.store(n.generation, Ordering::Release);
         }
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        // The newest kept: a smaller pool size drops the rest.
+        if idle.len() > max_idle {
+            idle.drain(..idle.len() - max_idle);
+        }
         let deadline = Instant::now() + within;
         let (generation, name) = self.name();
         // Every SETNAME written first, then every reply read.
@@ -674,9 +684,14 @@ impl MRedis {
         // still route by the old one.
         self.live.fleet.store(Arc::new(fleet));
         drop(old);
-        for conns in kept {
-            conns.rename(name.clone(), response_timeout, within);
-        }
+        // Every server's at once: a server that does not answer costs the
+        // connect timeout once, not once per server.
+        std::thread::scope(|scope| {
+            for (conns, max_idle) in &kept {
+                let name = name.clone();
+                scope.spawn(move || conns.rename(name, response_timeout, within, *max_idle));
+            }
+        });
         Ok(())
     }
 
@@ -818,7 +833,12 @@ impl Fleet {
     /// A configuration's fleet; with `old`, the configuration it replaces,
     /// whose connections to servers that stay (the same address, database,
     /// user and password) it keeps, returned with it to be renamed.
-    fn build(servers: Vec<Server>, options: Options, old: Option<&Fleet>) -> RedisResult<(Fleet, Vec<Arc<Conns>>)> {
+    #[allow(clippy::type_complexity)]
+    fn build(
+        servers: Vec<Server>,
+        options: Options,
+        old: Option<&Fleet>,
+    ) -> RedisResult<(Fleet, Vec<(Arc<Conns>, usize)>)> {
         let lineage = old.map(|o| o.core.lineage.clone()).unwrap_or_default();
         let core = Topology::new_in(servers, &options, lineage)?;
         let options_read_from = options.read_from;
@@ -828,7 +848,7 @@ impl Fleet {
             let staying = old.and_then(|o| o.pools.iter().find(|p| p.conns.server.same_connection(server)));
             match staying {
                 Some(p) => {
-                    kept.push(p.conns.clone());
+                    kept.push((p.conns.clone(), options.pool_size as usize));
                     pools.push(Pool::with(p.conns.clone(), server, &options));
                 }
                 None => pools

@@ -15,7 +15,7 @@
 //! - **Options the file has no field for** (timeouts, pool size, health
 //!   checking, connection names) come from the `options` function of
 //!   [`watch_fleet_file_with`], applied to every builder read from the
-//!   file; without it, the [`Builder`](crate::Builder) defaults.
+//!   file; without it, the [`Builder`] defaults.
 //! - **A bad file** (unreadable, malformed, an invalid server list, a
 //!   configuration the client refuses) is logged with `tracing` at the
 //!   `error` level and kept as the watch's [`last_error`](FleetWatch::last_error);
