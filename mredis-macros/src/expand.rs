@@ -232,9 +232,10 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             (
                 quote!(::redis::RedisResult<#rv>),
                 quote! {
-                    let __route = self.core().route_key(#redis_name, &#key)?;
+                    let __f = self.fleet();
+                    let __route = __f.core().route_key(#redis_name, &#key)?;
                     let __cmd = #build;
-                    self.run(__route, &__cmd) #awaiting
+                    __f.run(__route, &__cmd) #awaiting
                 },
             )
         }
@@ -244,9 +245,10 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
                 quote!(::redis::RedisResult<#rv>),
                 quote! {
                     #collect
-                    let __route = self.core().route_colocated(#redis_name, &__keys)?;
+                    let __f = self.fleet();
+                    let __route = __f.core().route_colocated(#redis_name, &__keys)?;
                     let __cmd = #build;
-                    self.run(__route, &__cmd) #awaiting
+                    __f.run(__route, &__cmd) #awaiting
                 },
             )
         }
@@ -257,8 +259,9 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
                 quote!(::redis::RedisResult<#rv>),
                 quote! {
                     let __cmd = #build;
-                    let __route = self.core().route_split(&__cmd, #stride, #merge);
-                    self.run(__route, &__cmd) #awaiting
+                    let __f = self.fleet();
+                    let __route = __f.core().route_split(&__cmd, #stride, #merge);
+                    __f.run(__route, &__cmd) #awaiting
                 },
             )
         }
@@ -266,7 +269,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             quote!(::std::result::Result<crate::PerServer<#rv>, crate::FanOutError<#rv>>),
             quote! {
                 let __cmd = #build;
-                self.fan_out(&__cmd) #awaiting
+                self.fleet().fan_out(&__cmd) #awaiting
             },
         ),
         Class::Omitted => return None,

@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let mr = MRedis::new(&servers)?;
-    let names: Vec<&str> = mr.servers().iter().map(|s| s.name()).collect();
+    let names: Vec<String> = mr.servers().iter().map(|s| s.name().to_string()).collect();
     println!("servers: {}", names.join(", "));
     let prefix = format!("mredis-quickstart:{}:", std::process::id());
 

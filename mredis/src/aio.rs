@@ -67,6 +67,7 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
+use crate::client::Snapshot;
 use crate::error::client_error;
 use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 pub use crate::handle::AsyncConnection as Connection;
@@ -76,14 +77,16 @@ use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 pub use crate::pubsub::AsyncSubscriber as Subscriber;
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::routing::{Route, Topology, name_server};
+use crate::routing::{Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
 /// Several Redis servers behaving like one (async, tokio).
 ///
-/// Cheap to clone; clones share the connections. Method names and
-/// signatures are those of redis-rs's `AsyncCommands`, with `&self`.
+/// Cheap to clone; clones share the connections and the configuration,
+/// which [`reconfigure`](Self::reconfigure) switches for all of them at
+/// once. Method names and signatures are those of redis-rs's
+/// `AsyncCommands`, with `&self`.
 ///
 /// ```no_run
 /// # async fn demo() -> redis::RedisResult<()> {
@@ -95,6 +98,23 @@ use crate::telemetry::Span;
 /// ```
 #[derive(Clone)]
 pub struct MRedis {
+    live: Arc<Live>,
+    /// [`MRedis::reading_from`]'s policy, over the configuration's.
+    read_from: Option<crate::options::ReadFrom>,
+}
+
+/// The configuration in force, shared by a client and every clone of it
+/// (the sync client's [`Live`](crate::client::Live), with a lock that a
+/// reconfiguration holds across its renames).
+struct Live {
+    fleet: arc_swap::ArcSwap<Fleet>,
+    switching: tokio::sync::Mutex<()>,
+}
+
+/// One configuration of an async client: its topology and the
+/// connections it uses. Every call runs on one (see [`MRedis::fleet`]).
+#[derive(Clone)]
+pub(crate) struct Fleet {
     core: Arc<Topology>,
     connections: Arc<Vec<Shared>>,
     /// Per server, its shard's replicas' shared connections.
@@ -113,9 +133,11 @@ pub struct MRedis {
     /// replaced before the write, not found by it.
     last_used: Arc<Vec<std::sync::atomic::AtomicU64>>,
     born: std::time::Instant,
+    /// Keeps the topology's background threads running (see [`Running`]).
+    running: Arc<Running>,
 }
 
-impl std::fmt::Debug for MRedis {
+impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("aio::MRedis")
             .field(
@@ -125,6 +147,12 @@ impl std::fmt::Debug for MRedis {
             .field("mode", &self.core.placement.mode())
             .field("migrating", &self.core.migration.is_some())
             .finish()
+    }
+}
+
+impl std::fmt::Debug for MRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fleet().fmt(f)
     }
 }
 
@@ -141,42 +169,50 @@ impl MRedis {
     }
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
-        let core = Topology::new(servers, &options)?;
-        let core_len = core.servers.len();
-        let mut connections = Vec::with_capacity(core.servers.len());
-        let mut blocking = Vec::with_capacity(core.servers.len());
-        for server in &core.servers {
-            blocking.push(BlockingPool {
-                server: server.clone(),
-                client: Default::default(),
-                idle: Default::default(),
-                max_idle: options.pool_size as usize,
-                connect_timeout: options.connect_timeout,
-            });
-            // A Sentinel shard's primary may not be known yet: its manager
-            // is made on first use (and again after each failover).
-            let fixed = match server.shard() {
-                Some(_) => None,
-                None => Some(manager(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?),
-            };
-            connections.push(Shared {
-                fixed,
-                current: Default::default(),
-            });
-        }
-        let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
+        let (fleet, _) = Fleet::build(servers, options, None)?;
         Ok(MRedis {
-            core,
-            connections: Arc::new(connections),
-            replicas: Arc::new(replicas),
-            read_from: options.read_from,
-            blocking: Arc::new(blocking),
-            response_timeout: options.response_timeout,
-            book: Arc::default(),
-            last_used: Arc::new((0..core_len).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
-            born: std::time::Instant::now(),
-            options: Arc::new(options),
+            live: Arc::new(Live {
+                fleet: arc_swap::ArcSwap::from_pointee(fleet),
+                switching: tokio::sync::Mutex::new(()),
+            }),
+            read_from: None,
         })
+    }
+
+    /// The configuration in force now, for one call (owned, so the call's
+    /// future stays `Send`; see the sync client's).
+    #[inline]
+    pub(crate) fn fleet(&self) -> Snapshot<Fleet> {
+        let fleet = self.live.fleet.load_full();
+        match self.read_from {
+            Some(policy) if policy != fleet.read_from => Snapshot::Viewed(Fleet {
+                read_from: policy,
+                ..Fleet::clone(&fleet)
+            }),
+            _ => Snapshot::Live(fleet),
+        }
+    }
+
+    /// [`reconfigure`](Self::reconfigure) with the builder's parts.
+    pub(crate) async fn reconfigure_parts(&self, servers: Vec<Server>, options: Options) -> RedisResult<()> {
+        // Held to the end, renames included: the last reconfiguration's
+        // names win, as its fleet does.
+        let _one_at_a_time = self.live.switching.lock().await;
+        let old = self.live.fleet.load_full();
+        let (fleet, kept) = Fleet::build(servers, options, Some(&old))?;
+        drop(old);
+        let name = fleet.core.client_name.clone();
+        let within = fleet.options.connect_timeout;
+        // The new fleet first, then the names (see the sync client's).
+        self.live.fleet.store(Arc::new(fleet));
+        join_all(kept.iter().map(|m| {
+            let name = name.clone();
+            async move {
+                let _ = tokio::time::timeout(within, m.rename(name)).await;
+            }
+        }))
+        .await;
+        Ok(())
     }
 
     /// Starts the latency prober of
@@ -184,78 +220,170 @@ impl MRedis {
     /// not running yet (see the sync client's
     /// [`probe_latencies`](crate::MRedis::probe_latencies)).
     pub fn probe_latencies(&self) {
-        self.core.probe_latencies();
+        self.fleet().core.probe_latencies();
     }
 
     /// This client with another read policy, for the calls made through
-    /// it (cheap: it shares everything else with `self`). Read-only
+    /// it (cheap: it shares everything else with `self`, and follows
+    /// [`reconfigure`](Self::reconfigure) with it). Read-only
     /// commands only; see [`ReadFrom`](crate::ReadFrom).
     pub fn reading_from(&self, policy: crate::ReadFrom) -> MRedis {
         MRedis {
-            read_from: policy,
-            ..self.clone()
+            live: self.live.clone(),
+            read_from: Some(policy),
         }
     }
 
     /// The servers of the current configuration, in configuration order.
-    pub fn servers(&self) -> &[Server] {
-        self.core.current_servers()
+    pub fn servers(&self) -> Vec<Server> {
+        self.fleet().core.current_servers().to_vec()
     }
 
     /// The name (`host:port:db`) of the server that owns `key`.
-    pub fn server_for<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<&str> {
-        let Route::One { server, .. } = self.core.route_key("server_for", &key)? else {
+    pub fn server_for<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<String> {
+        let fleet = self.fleet();
+        let Route::One { server, .. } = fleet.core.route_key("server_for", &key)? else {
             unreachable!("one key has one server")
         };
-        Ok(self.core.name(server))
+        Ok(fleet.core.name(server).to_string())
     }
 
     /// A pipeline bound to the server that owns `key`; run it with
     /// [`KeyPipeline::query_async`].
     pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
-        KeyPipeline::new(self.core.clone(), self.core.route_key("pipeline", &key)?)
+        let fleet = self.fleet();
+        KeyPipeline::new(fleet.core.clone(), &key, fleet.core.route_key("pipeline", &key)?)
     }
 
     /// A pipeline over the whole fleet; run it with
     /// [`FleetPipeline::query_async`](crate::FleetPipeline::query_async).
     pub fn pipeline_all(&self) -> crate::FleetPipeline {
-        crate::FleetPipeline::new(self.core.clone())
+        crate::FleetPipeline::new(self.fleet().core.clone())
     }
 
     /// A routed connection handle implementing `redis::aio::ConnectionLike`,
     /// for code written against redis-rs async connections; see
     /// [`handle`](crate::handle) for the routing rules. Cheap to clone.
+    /// Each command runs on the configuration in force when it is sent
+    /// (it follows [`reconfigure`](Self::reconfigure)).
     pub async fn get_connection(&self) -> RedisResult<Connection> {
         // Connects now, as redis-rs's `get_multiplexed_async_connection`
         // does, and learns the servers' COMMAND metadata for commands the
         // table does not know.
         let con = Connection::new(self.clone());
-        con.describe().await?;
+        con.describe(&self.fleet()).await?;
         Ok(con)
     }
 
     /// A subscriber over every server: channels on their owner server,
     /// patterns on all, one stream of events; it reconnects and subscribes
     /// again by itself. See [`pubsub`](crate::pubsub). Needs a tokio runtime.
+    /// It places channels by the configuration in force when it was made,
+    /// also after a [`reconfigure`](Self::reconfigure).
     pub fn subscriber(&self) -> RedisResult<Subscriber> {
-        Subscriber::start(self.core.clone())
+        Subscriber::start(self.fleet().running())
     }
 
     /// Each server's health as the opt-in health checking sees it; empty
     /// without it.
     pub fn health(&self) -> Vec<crate::health::ServerHealth> {
-        self.core.health.as_ref().map(|h| h.snapshot()).unwrap_or_default()
+        self.fleet()
+            .core
+            .health
+            .as_ref()
+            .map(|h| h.snapshot())
+            .unwrap_or_default()
     }
 
     /// Runs any command on the server that owns `key`.
     pub async fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
-        let route = self.core.route_key("query_routed", &key)?;
-        self.run(route, cmd).await
+        let fleet = self.fleet();
+        let route = fleet.core.route_key("query_routed", &key)?;
+        fleet.run(route, cmd).await
     }
 
     /// Runs any command on every server, concurrently.
     pub async fn query_all<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        self.fan_out(cmd).await
+        self.fleet().fan_out(cmd).await
+    }
+}
+
+impl Fleet {
+    /// A configuration's fleet; with `old`, the configuration it replaces,
+    /// whose shared connections to servers that stay (the same address,
+    /// database, user and password, and the same connection options) it
+    /// keeps, returned with it to be renamed, and whose idle dedicated
+    /// connections it takes over.
+    fn build(
+        servers: Vec<Server>,
+        options: Options,
+        old: Option<&Fleet>,
+    ) -> RedisResult<(Fleet, Vec<ConnectionManager>)> {
+        let lineage = old.map(|o| o.core.lineage.clone()).unwrap_or_default();
+        let core = Topology::new_in(servers, &options, lineage)?;
+        let core_len = core.servers.len();
+        let same_options = old.is_some_and(|o| {
+            o.options.connect_timeout == options.connect_timeout
+                && o.options.response_timeout == options.response_timeout
+                && o.options.retries == options.retries
+        });
+        let mut kept = Vec::new();
+        let mut connections = Vec::with_capacity(core.servers.len());
+        let mut blocking = Vec::with_capacity(core.servers.len());
+        for server in &core.servers {
+            let staying = old.and_then(|o| {
+                o.blocking
+                    .iter()
+                    .position(|b| b.server.same_connection(server))
+                    .map(|i| (o, i))
+            });
+            blocking.push(BlockingPool {
+                server: server.clone(),
+                client: Default::default(),
+                idle: staying.map(|(o, i)| o.blocking[i].idle.clone()).unwrap_or_default(),
+                max_idle: options.pool_size as usize,
+                connect_timeout: options.connect_timeout,
+            });
+            // A Sentinel shard's primary may not be known yet: its manager
+            // is made on first use (and again after each failover).
+            let fixed = match (server.shard(), staying) {
+                (Some(_), _) => None,
+                (None, Some((o, i))) if same_options && o.connections[i].fixed.is_some() => {
+                    let m = o.connections[i].fixed.clone();
+                    kept.extend(m.clone());
+                    m
+                }
+                (None, _) => {
+                    Some(manager(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?)
+                }
+            };
+            connections.push(Shared {
+                fixed,
+                current: Default::default(),
+            });
+        }
+        let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
+        Ok((
+            Fleet {
+                running: Arc::new(Running(core.clone())),
+                core,
+                connections: Arc::new(connections),
+                replicas: Arc::new(replicas),
+                read_from: options.read_from,
+                blocking: Arc::new(blocking),
+                response_timeout: options.response_timeout,
+                book: Arc::default(),
+                last_used: Arc::new((0..core_len).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
+                born: std::time::Instant::now(),
+                options: Arc::new(options),
+            },
+            kept,
+        ))
+    }
+
+    /// What keeps this configuration's background threads running.
+    pub(crate) fn running(&self) -> Arc<Running> {
+        self.running.clone()
     }
 
     pub(crate) fn core(&self) -> &Arc<Topology> {
@@ -561,7 +689,8 @@ struct BlockingPool {
     server: Server,
     /// The client for the server's current address and its epoch.
     client: std::sync::Mutex<Option<(u64, redis::Client)>>,
-    idle: std::sync::Mutex<Vec<Dedicated>>,
+    /// Kept by the next configuration while the server stays.
+    idle: Arc<std::sync::Mutex<Vec<Dedicated>>>,
     max_idle: usize,
     connect_timeout: Duration,
 }
@@ -581,8 +710,12 @@ impl BlockingPool {
         let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {
             Some((e, c)) if *e == epoch => Ok(c.clone()),
-            _ => {
-                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            before => {
+                // Idle connections to an old address go (those kept from
+                // the configuration before are to the same one).
+                if before.is_some() {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                }
                 let c = self.server.client()?;
                 *slot = Some((epoch, c.clone()));
                 Ok(c)
@@ -627,7 +760,7 @@ impl BlockingPool {
 struct Outstanding {
     task: Option<tokio::task::JoinHandle<RedisResult<Value>>>,
     dedicated: Option<Dedicated>,
-    mr: MRedis,
+    mr: Fleet,
     index: usize,
     cmd: Cmd,
 }
@@ -657,7 +790,7 @@ impl Drop for Outstanding {
 /// timeout, the connection is closed (the task aborted): the server then
 /// unblocks the command itself and pops nothing for it.
 async fn rescue(
-    mr: MRedis,
+    mr: Fleet,
     index: usize,
     cmd: Cmd,
     mut task: tokio::task::JoinHandle<RedisResult<Value>>,
@@ -702,7 +835,7 @@ async fn rescue(
 /// scores). BLMOVE and BRPOPLPUSH moved theirs to the destination list,
 /// XREADGROUP's entries are pending in the group, XREAD and WAIT take
 /// nothing: those have nothing to give back.
-async fn give_back(mr: &MRedis, index: usize, cmd: &Cmd, value: Value) {
+async fn give_back(mr: &Fleet, index: usize, cmd: &Cmd, value: Value) {
     let args = crate::routing::args_of(cmd);
     let name = args.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
     let bytes = |v: &Value| -> Option<Vec<u8>> {

@@ -44,7 +44,8 @@
 //! the server popped it and its reply was still in flight when the
 //! deadline passed (a server a whole response timeout late).
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
@@ -55,12 +56,26 @@ use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::routing::{Move, Route, Topology, name_server};
+use crate::routing::{Move, Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
-/// Idle connections of one server.
+/// A server's pool as one configuration ([`Fleet`]) uses it: the
+/// connections, shared with the configurations before and after it while
+/// the server stays ([`Conns`]), and this configuration's own limits.
 pub(crate) struct Pool {
+    conns: Arc<Conns>,
+    /// The server as this configuration names it (errors).
+    server: Server,
+    max_idle: usize,
+    connect_timeout: Duration,
+    response_timeout: Option<Duration>,
+}
+
+/// The connections of one server, kept across
+/// [`reconfigure`](crate::MRedis::reconfigure) while the server stays (the
+/// same address, database, user and password).
+pub(crate) struct Conns {
     server: Server,
     /// The redis-rs clients for the server's current address (made on
     /// first use; made anew when a Sentinel shard's primary changes), and
@@ -69,11 +84,40 @@ pub(crate) struct Pool {
     /// The address epoch of the idle connections.
     epoch: std::sync::atomic::AtomicU64,
     setup: Setup,
+    /// The name connections give themselves and the socket timeout they
+    /// keep, as the newest configuration says, with its generation.
+    naming: RwLock<Naming>,
+    /// `naming`'s generation, for the check at every checkout (one load).
+    generation: AtomicU64,
     /// Idle connections, with when each was given back.
-    idle: Mutex<Vec<(Connection, Instant)>>,
-    max_idle: usize,
-    connect_timeout: Duration,
+    idle: Mutex<Vec<(Pooled, Instant)>>,
+}
+
+/// What a connection of a [`Conns`] is set to (see [`Conns::naming`]).
+struct Naming {
+    generation: u64,
+    name: Option<String>,
     response_timeout: Option<Duration>,
+}
+
+/// A pooled connection and the naming generation it carries (an older one
+/// is renamed, `CLIENT SETNAME`, before it is used or kept again).
+pub(crate) struct Pooled {
+    con: Connection,
+    generation: u64,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.con
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.con
+    }
 }
 
 /// A server's redis-rs clients.
@@ -91,21 +135,18 @@ struct Clients {
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// What a new connection sends before its first command: AUTH, SELECT and
-/// CLIENT SETINFO (as library `mredis` unless the URL names one), as
-/// redis-rs would. No `Debug`: it holds the password.
+/// CLIENT SETINFO (as library `mredis` unless the URL names one), and its
+/// name, as redis-rs would. No `Debug`: it holds the password.
 struct Setup {
     username: Option<String>,
     password: Option<String>,
     db: i64,
     lib: Option<(String, String)>,
-    /// The connection's name (`CLIENT SETNAME`), after the configuration.
-    name: Option<String>,
 }
 
 impl Setup {
-    fn of(info: &redis::RedisConnectionInfo, name: Option<String>) -> Setup {
+    fn of(info: &redis::RedisConnectionInfo) -> Setup {
         Setup {
-            name,
             username: info.username().map(str::to_string),
             password: info.password().map(str::to_string),
             db: info.db(),
@@ -119,9 +160,10 @@ impl Setup {
     }
 
     /// The setup commands, with or without the username in AUTH (servers
-    /// before Redis 6 know only `AUTH password`); the indexes of AUTH and
-    /// SELECT if sent.
-    fn pipeline(&self, with_username: bool) -> (redis::Pipeline, Option<usize>, Option<usize>) {
+    /// before Redis 6 know only `AUTH password`), ending with the
+    /// connection's name (`CLIENT SETNAME`) if it has one; the indexes of
+    /// AUTH and SELECT if sent.
+    fn pipeline(&self, with_username: bool, name: Option<&str>) -> (redis::Pipeline, Option<usize>, Option<usize>) {
         let mut pipe = redis::pipe();
         let mut auth = None;
         let mut select = None;
@@ -141,7 +183,7 @@ impl Setup {
             pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-NAME").arg(name);
             pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-VER").arg(ver);
         }
-        if let Some(name) = &self.name {
+        if let Some(name) = name {
             pipe.cmd("CLIENT").arg("SETNAME").arg(name);
         }
         (pipe, auth, select)
@@ -149,9 +191,9 @@ impl Setup {
 
     /// Runs the setup on `con`, every reply read before `deadline` (redis-rs
     /// waits its timeout once per setup command).
-    fn run(&self, con: &mut Connection, deadline: Instant) -> RedisResult<()> {
+    fn run(&self, con: &mut Connection, deadline: Instant, name: Option<&str>) -> RedisResult<()> {
         for with_username in [true, false] {
-            let (pipe, auth, select) = self.pipeline(with_username);
+            let (pipe, auth, select) = self.pipeline(with_username, name);
             if pipe.is_empty() {
                 return Ok(());
             }
@@ -198,8 +240,8 @@ impl Setup {
     }
 }
 
-impl Pool {
-    fn new(server: &Server, options: &Options, name: Option<String>) -> RedisResult<Pool> {
+impl Conns {
+    fn new(server: &Server, name: Option<String>, response_timeout: Option<Duration>) -> RedisResult<Conns> {
         let clients = match server.shard() {
             // A Sentinel shard's primary may not be known yet.
             Some(_) => None,
@@ -208,35 +250,155 @@ impl Pool {
                 bare: server.bare_client()?,
             }),
         };
-        Ok(Pool {
+        Ok(Conns {
             server: server.clone(),
             clients: Mutex::new(clients),
-            epoch: std::sync::atomic::AtomicU64::new(server.epoch()),
-            setup: Setup::of(server.connection_info().redis_settings(), name),
+            epoch: AtomicU64::new(server.epoch()),
+            setup: Setup::of(server.connection_info().redis_settings()),
+            naming: RwLock::new(Naming {
+                generation: 0,
+                name,
+                response_timeout,
+            }),
+            generation: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
-            max_idle: options.pool_size as usize,
-            connect_timeout: options.connect_timeout,
-            response_timeout: options.response_timeout,
         })
     }
 
+    /// The current naming generation and name.
+    fn name(&self) -> (u64, Option<String>) {
+        let n = self.naming.read().unwrap_or_else(|p| p.into_inner());
+        (n.generation, n.name.clone())
+    }
+
+    /// Gives every connection a new name (and socket timeout): the idle
+    /// ones now, each within `within` (one deadline for all of them; one
+    /// that fails is dropped), the ones in use when they are given back or
+    /// taken next, and new ones when they open.
+    pub(crate) fn rename(
+        &self,
+        name: Option<String>,
+        response_timeout: Option<Duration>,
+        within: Duration,
+        max_idle: usize,
+    ) {
+        {
+            let mut n = self.naming.write().unwrap_or_else(|p| p.into_inner());
+            n.generation += 1;
+            n.name = name;
+            n.response_timeout = response_timeout;
+            self.generation.store(n.generation, Ordering::Release);
+        }
+        let mut idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        // The newest kept: a smaller pool size drops the rest.
+        if idle.len() > max_idle {
+            idle.drain(..idle.len() - max_idle);
+        }
+        let deadline = Instant::now() + within;
+        let (generation, name) = self.name();
+        // Every SETNAME written first, then every reply read.
+        let sent: Vec<(Pooled, Instant)> = idle
+            .into_iter()
+            .filter_map(|(mut p, since)| {
+                p.con
+                    .send_packed_command(&setname(name.as_deref()).get_packed_command())
+                    .ok()?;
+                Some((p, since))
+            })
+            .collect();
+        let mut kept = Vec::with_capacity(sent.len());
+        for (mut p, since) in sent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                continue;
+            }
+            let answered = p.con.set_read_timeout(Some(left)).is_ok() && p.con.recv_response().is_ok();
+            if answered && self.set_timeouts(&mut p.con) {
+                p.generation = generation;
+                kept.push((p, since));
+            }
+        }
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).extend(kept);
+    }
+
+    /// Sets a connection's socket timeouts to the newest configuration's.
+    fn set_timeouts(&self, con: &mut Connection) -> bool {
+        let timeout = self.naming.read().unwrap_or_else(|p| p.into_inner()).response_timeout;
+        con.set_read_timeout(timeout).is_ok() && con.set_write_timeout(timeout).is_ok()
+    }
+
+    /// Renames a connection of an older naming generation (one round
+    /// trip, within `budget`); false if it failed on the way (it is then
+    /// dropped). A refusal (an ACL without `CLIENT`) leaves it as it is.
+    fn refresh(&self, p: &mut Pooled, budget: Duration) -> bool {
+        let (generation, name) = self.name();
+        let wait = budget.max(Duration::from_millis(1));
+        let ok = p.con.set_read_timeout(Some(wait)).is_ok()
+            && p.con.req_command(&setname(name.as_deref())).is_ok()
+            && self.set_timeouts(&mut p.con);
+        if ok {
+            p.generation = generation;
+        }
+        ok
+    }
+
+    /// Whether a connection carries the current name.
+    #[inline]
+    fn current(&self, p: &Pooled) -> bool {
+        p.generation == self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// `CLIENT SETNAME name` (an empty name clears it).
+fn setname(name: Option<&str>) -> Cmd {
+    let mut c = redis::cmd("CLIENT");
+    c.arg("SETNAME").arg(name.unwrap_or(""));
+    c
+}
+
+impl Pool {
+    fn new(server: &Server, options: &Options, name: Option<String>) -> RedisResult<Pool> {
+        let conns = Conns::new(server, name, options.response_timeout)?;
+        Ok(Pool::with(Arc::new(conns), server, options))
+    }
+
+    /// This configuration's pool over connections kept from the one before.
+    fn with(conns: Arc<Conns>, server: &Server, options: &Options) -> Pool {
+        Pool {
+            conns,
+            server: server.clone(),
+            max_idle: options.pool_size as usize,
+            connect_timeout: options.connect_timeout,
+            response_timeout: options.response_timeout,
+        }
+    }
+
     /// An idle connection, or a new one opened now.
-    fn get(&self) -> RedisResult<Connection> {
+    fn get(&self) -> RedisResult<Pooled> {
         self.get_within(self.connect_timeout)
     }
 
     /// The same, spending at most `budget` on opening one (the rest of a
     /// call's deadline).
-    fn get_within(&self, budget: Duration) -> RedisResult<Connection> {
+    fn get_within(&self, budget: Duration) -> RedisResult<Pooled> {
         self.take(budget).map(|(con, _)| con)
     }
 
     /// An idle connection (`true`: it was in the pool, and may have been
     /// closed by the server while it sat there) or a new one (`false`).
-    fn take(&self, budget: Duration) -> RedisResult<(Connection, bool)> {
+    fn take(&self, budget: Duration) -> RedisResult<(Pooled, bool)> {
         self.follow_epoch();
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = self.conns.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some((mut con, since)) = idle {
+            if !self.conns.current(&con) {
+                // Named after an older configuration: renamed first (the
+                // round trip checks it too).
+                if self.conns.refresh(&mut con, budget) {
+                    return Ok((con, true));
+                }
+                self.clear();
+                return self.fresh(budget).map(|con| (con, false));
+            }
             // One that sat idle a while may have been closed by a restart:
             // a PING first (a busy client, reusing its connections within
             // `CHECK_AFTER`, never pays for it).
@@ -257,7 +419,7 @@ impl Pool {
     }
 
     /// A connection opened now, whatever is idle.
-    fn fresh(&self, budget: Duration) -> RedisResult<Connection> {
+    fn fresh(&self, budget: Duration) -> RedisResult<Pooled> {
         let timeout = self.connect_timeout.min(budget).max(Duration::from_millis(1));
         let started = Instant::now();
         let con = self
@@ -272,7 +434,7 @@ impl Pool {
     /// server (a restart, `timeout`, CLIENT KILL), and the others, as old,
     /// most likely are too.
     fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.conns.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The shard's address changed (a failover): idle connections, to the
@@ -280,37 +442,41 @@ impl Pool {
     /// next open. One atomic load when nothing changed.
     #[inline]
     fn follow_epoch(&self) {
-        let now = self.server.epoch();
-        if now != self.epoch.load(std::sync::atomic::Ordering::Acquire) {
+        let conns = &self.conns;
+        let now = conns.server.epoch();
+        if now != conns.epoch.load(Ordering::Acquire) {
             self.clear();
-            *self.clients.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            self.epoch.store(now, std::sync::atomic::Ordering::Release);
+            *conns.clients.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            conns.epoch.store(now, Ordering::Release);
         }
     }
 
     /// The clients for the current address.
     fn clients(&self) -> RedisResult<Clients> {
-        let mut slot = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.conns.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
         let made = Clients {
-            client: self.server.client()?,
-            bare: self.server.bare_client()?,
+            client: self.conns.server.client()?,
+            bare: self.conns.server.bare_client()?,
         };
         *slot = Some(made.clone());
         Ok(made)
     }
 
     /// A new connection: TCP (and TLS) and the setup commands all within
-    /// `timeout`.
-    fn open(&self, timeout: Duration) -> RedisResult<Connection> {
+    /// `timeout`, named as the newest configuration says.
+    fn open(&self, timeout: Duration) -> RedisResult<Pooled> {
         let clients = self.clients()?;
+        // The generation read with the name: a rename after this renames
+        // the connection again when it is next used or kept.
+        let (generation, name) = self.conns.name();
         let Some(bare) = &clients.bare else {
             let mut con = clients.client.get_connection_with_timeout(timeout)?;
             con.set_read_timeout(Some(timeout))?;
-            crate::server::name_connection(&mut con, self.setup.name.as_deref());
-            return Ok(con);
+            crate::server::name_connection(&mut con, name.as_deref());
+            return Ok(Pooled { con, generation });
         };
         let deadline = Instant::now() + timeout;
         let mut con = bare.get_connection_with_timeout(timeout)?;
@@ -318,17 +484,21 @@ impl Pool {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
         con.set_write_timeout(Some(left))?;
-        self.setup.run(&mut con, deadline)?;
-        Ok(con)
+        self.conns.setup.run(&mut con, deadline, name.as_deref())?;
+        Ok(Pooled { con, generation })
     }
 
     /// Keeps a connection whose last exchange ended cleanly, unless the
-    /// shard's address changed since the call began (`epoch`).
-    fn put(&self, con: Connection, epoch: u64) {
-        if !con.is_open() || epoch != self.server.epoch() {
+    /// shard's address changed since the call began (`epoch`). One named
+    /// after an older configuration is renamed first.
+    fn put(&self, mut con: Pooled, epoch: u64) {
+        if !con.is_open() || epoch != self.conns.server.epoch() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.conns.current(&con) && !self.conns.refresh(&mut con, self.connect_timeout) {
+            return;
+        }
+        let mut idle = self.conns.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push((con, Instant::now()));
         }
@@ -339,9 +509,9 @@ impl Pool {
     /// The server's ids (`CLIENT ID`) of the connections idle in the pool
     /// now; one that does not answer is dropped.
     fn idle_ids(&self) -> Vec<u64> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.conns.idle.lock().unwrap_or_else(|p| p.into_inner());
         let mut ids = Vec::new();
-        idle.retain_mut(|(con, _)| match redis::cmd("CLIENT").arg("ID").query::<u64>(con) {
+        idle.retain_mut(|(p, _)| match redis::cmd("CLIENT").arg("ID").query::<u64>(&mut p.con) {
             Ok(id) => {
                 ids.push(id);
                 true
@@ -355,10 +525,11 @@ impl Pool {
 /// The ids of the connections idle in `mr`'s pools, per server name (the
 /// census does not count a rebalance's own clients).
 pub(crate) fn idle_connection_ids(mr: &MRedis) -> Vec<(String, u64)> {
+    let fleet = mr.fleet();
     let mut out = Vec::new();
-    for (i, pool) in mr.pools.iter().enumerate() {
+    for (i, pool) in fleet.pools.iter().enumerate() {
         for id in pool.idle_ids() {
-            out.push((mr.core.name(i).to_string(), id));
+            out.push((fleet.core.name(i).to_string(), id));
         }
     }
     out
@@ -394,6 +565,10 @@ pub(crate) struct Job<'a> {
 /// are split by server where that is safe. Method names and signatures are
 /// those of redis-rs's `Commands`, with `&self` instead of `&mut self`.
 ///
+/// Cheap to clone; clones (and [`reading_from`](Self::reading_from) views)
+/// share the connections and the configuration, which
+/// [`reconfigure`](Self::reconfigure) switches for all of them at once.
+///
 /// ```no_run
 /// # fn main() -> redis::RedisResult<()> {
 /// let mr = mredis::MRedis::new([("localhost", 6379, 0), ("localhost", 6380, 0)])?;
@@ -404,6 +579,67 @@ pub(crate) struct Job<'a> {
 /// ```
 #[derive(Clone)]
 pub struct MRedis {
+    live: Arc<Live<Fleet>>,
+    /// [`MRedis::reading_from`]'s policy, over the configuration's.
+    read_from: Option<ReadFrom>,
+}
+
+/// The configuration in force, shared by a client and every clone of it:
+/// each call takes one snapshot ([`MRedis::fleet`]) and runs on it to the
+/// end; [`reconfigure`](MRedis::reconfigure) swaps it.
+pub(crate) struct Live<F> {
+    pub(crate) fleet: arc_swap::ArcSwap<F>,
+    /// Held while a reconfiguration builds and renames, so two run one
+    /// after the other (the last one's names win, as its fleet does).
+    pub(crate) switching: Mutex<()>,
+}
+
+impl<F> Live<F> {
+    pub(crate) fn new(fleet: F) -> Arc<Live<F>> {
+        Arc::new(Live {
+            fleet: arc_swap::ArcSwap::from_pointee(fleet),
+            switching: Mutex::new(()),
+        })
+    }
+}
+
+/// One call's view of the configuration: the one in force when it began
+/// (with a [`reading_from`](MRedis::reading_from) view's policy).
+pub(crate) enum Snapshot<F> {
+    Live(Arc<F>),
+    Viewed(F),
+}
+
+impl<F: Clone> Clone for Snapshot<F> {
+    fn clone(&self) -> Self {
+        match self {
+            Snapshot::Live(f) => Snapshot::Live(f.clone()),
+            Snapshot::Viewed(f) => Snapshot::Viewed(f.clone()),
+        }
+    }
+}
+
+impl<F> std::ops::Deref for Snapshot<F> {
+    type Target = F;
+    #[inline]
+    fn deref(&self) -> &F {
+        match self {
+            Snapshot::Live(f) => f,
+            Snapshot::Viewed(f) => f,
+        }
+    }
+}
+
+impl std::fmt::Debug for MRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fleet().fmt(f)
+    }
+}
+
+/// One configuration of a sync client: its topology and the pools it
+/// uses. Every call runs on one (see [`MRedis::fleet`]).
+#[derive(Clone)]
+pub(crate) struct Fleet {
     core: Arc<Topology>,
     pools: Arc<Vec<Pool>>,
     /// Per server, its shard's replicas' pools (empty for a plain server).
@@ -413,9 +649,11 @@ pub struct MRedis {
     read_from: ReadFrom,
     /// The servers' COMMAND metadata, for routed handles (fetched once).
     book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
+    /// Keeps the topology's background threads running (see [`Running`]).
+    running: Arc<Running>,
 }
 
-impl std::fmt::Debug for MRedis {
+impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MRedis")
             .field(
@@ -442,54 +680,234 @@ impl MRedis {
     }
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
-        let core = Topology::new(servers, &options)?;
-        let options_read_from = options.read_from;
-        let mut pools = Vec::with_capacity(core.servers.len());
-        for server in &core.servers {
-            pools.push(Pool::new(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?);
-        }
-        let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
+        let (fleet, _) = Fleet::build(servers, options, None)?;
         Ok(MRedis {
-            core,
-            pools: Arc::new(pools),
-            replicas: Arc::new(replicas),
-            options: Arc::new(options),
-            read_from: options_read_from,
-            book: Arc::default(),
+            live: Live::new(fleet),
+            read_from: None,
         })
     }
 
+    /// The configuration in force now, for one call (one atomic load and
+    /// a reference count; a [`reading_from`](Self::reading_from) view with
+    /// a policy of its own also copies a few pointers).
+    #[inline]
+    pub(crate) fn fleet(&self) -> Snapshot<Fleet> {
+        let fleet = self.live.fleet.load_full();
+        match self.read_from {
+            Some(policy) if policy != fleet.read_from => Snapshot::Viewed(Fleet {
+                read_from: policy,
+                ..Fleet::clone(&fleet)
+            }),
+            _ => Snapshot::Live(fleet),
+        }
+    }
+
+    /// [`reconfigure`](Self::reconfigure) with the builder's parts.
+    pub(crate) fn reconfigure_parts(&self, servers: Vec<Server>, options: Options) -> RedisResult<()> {
+        let _one_at_a_time = self.live.switching.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.live.fleet.load_full();
+        let (fleet, kept) = Fleet::build(servers, options, Some(&old))?;
+        let name = fleet.core.client_name.clone();
+        let (response_timeout, within) = (fleet.options.response_timeout, fleet.options.connect_timeout);
+        // The new fleet first, then the names: a connection never carries
+        // the new configuration's name while calls starting on it could
+        // still route by the old one.
+        self.live.fleet.store(Arc::new(fleet));
+        drop(old);
+        // Every server's at once: a server that does not answer costs the
+        // connect timeout once, not once per server.
+        std::thread::scope(|scope| {
+            for (conns, max_idle) in &kept {
+                let name = name.clone();
+                scope.spawn(move || conns.rename(name, response_timeout, within, *max_idle));
+            }
+        });
+        Ok(())
+    }
+
     /// The servers of the current configuration, in configuration order.
-    pub fn servers(&self) -> &[Server] {
-        self.core.current_servers()
+    pub fn servers(&self) -> Vec<Server> {
+        self.fleet().core.current_servers().to_vec()
     }
 
     /// The name (`host:port:db`) of the server that owns `key`.
-    pub fn server_for<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<&str> {
-        let Route::One { server, .. } = self.core.route_key("server_for", &key)? else {
+    pub fn server_for<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<String> {
+        let fleet = self.fleet();
+        let Route::One { server, .. } = fleet.core.route_key("server_for", &key)? else {
             unreachable!("one key has one server")
         };
-        Ok(self.core.name(server))
+        Ok(fleet.core.name(server).to_string())
     }
 
     /// The index (in configuration order) of the server that owns `key`:
     /// the server [`server_for`](Self::server_for) names, where commands on
     /// `key` go (also while a server is ejected by health checking).
     pub fn server_index_for(&self, key: &[u8]) -> usize {
-        self.core.owner(key).0
+        self.fleet().core.owner(key).0
     }
 
     /// A pipeline bound to the server that owns `key`. Every command added
     /// must use keys of that server; otherwise executing it fails before
     /// anything is sent, naming the key and both servers.
     pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
-        KeyPipeline::new(self.core.clone(), self.core.route_key("pipeline", &key)?)
+        let fleet = self.fleet();
+        KeyPipeline::new(fleet.core.clone(), &key, fleet.core.route_key("pipeline", &key)?)
     }
 
     /// A pipeline over the whole fleet: commands on any keys, split per
     /// server when executed, replies in call order.
     pub fn pipeline_all(&self) -> crate::FleetPipeline {
-        crate::FleetPipeline::new(self.core.clone())
+        crate::FleetPipeline::new(self.fleet().core.clone())
+    }
+
+    /// Runs `func` as a WATCH/MULTI/EXEC transaction on the server that owns
+    /// `keys`, retrying while a watched key changes (redis-rs's
+    /// `transaction`, on one shard). The keys must all live on one server
+    /// (use hash tags); otherwise it fails before anything is sent. `func`
+    /// gets that server's connection, to read the watched keys, and the
+    /// atomic pipeline to fill; return `Ok(None)` to retry. The whole
+    /// transaction, retries included, runs on the configuration in force
+    /// when it began.
+    pub fn transaction<K, T, F>(&self, keys: &[K], func: F) -> RedisResult<T>
+    where
+        K: redis::ToRedisArgs,
+        F: FnMut(&mut Connection, &mut redis::Pipeline) -> RedisResult<Option<T>>,
+    {
+        self.fleet().transaction(keys, func)
+    }
+
+    /// A routed connection handle implementing `redis::ConnectionLike`, for
+    /// code written against redis-rs connections (`cmd().query`,
+    /// `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
+    /// `TypedCommands`). Commands are routed when sent, by the command
+    /// table (`commands.toml`: class, key positions, split and merge), as
+    /// the generated methods route them; only a command the table does not
+    /// know (a module's) needs the servers' `COMMAND` metadata, fetched by
+    /// the client's first handle from the first server that answers (so a
+    /// wrong password or a fleet that is down fails here, as with
+    /// redis-rs). See the
+    /// [`handle`](crate::handle) module for the rules. Omitted commands are
+    /// errors here rather than compile errors. A handle follows
+    /// [`reconfigure`](Self::reconfigure): each command runs on the
+    /// configuration in force when it is sent (a WATCH ... EXEC on the one
+    /// in force at the WATCH).
+    pub fn get_connection(&self) -> RedisResult<crate::handle::Connection> {
+        // Connects now, as redis-rs's `get_connection` does (a wrong
+        // password or a fleet that is down fails here), and learns the
+        // servers' COMMAND metadata for commands the table does not know.
+        let con = crate::handle::Connection::new(self.clone());
+        con.describe(&self.fleet())?;
+        Ok(con)
+    }
+
+    /// A subscriber over every server: channels on their owner server,
+    /// patterns on all, one iterator of [`Event`](crate::Event)s; it
+    /// reconnects and subscribes again by itself. See
+    /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
+    /// its own. It places channels by the configuration in force when it
+    /// was made, also after a [`reconfigure`](Self::reconfigure).
+    pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
+        crate::pubsub::Subscriber::start(self.fleet().running())
+    }
+
+    /// Each server's health as the opt-in health checking sees it
+    /// ([`Builder::health_check`](crate::Builder::health_check)); empty
+    /// without it. Includes the idle connections kept per server.
+    pub fn health(&self) -> Vec<crate::health::ServerHealth> {
+        self.fleet().health()
+    }
+
+    /// Runs any command on the server that owns `key`: the escape hatch for
+    /// commands or options the generated methods do not cover.
+    pub fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
+        let fleet = self.fleet();
+        let route = fleet.core.route_key("query_routed", &key)?;
+        fleet.run(route, cmd)
+    }
+
+    /// Runs any command on every server.
+    pub fn query_all<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
+        self.fleet().fan_out(cmd)
+    }
+
+    /// Starts measuring how fast each node of each shard answers (the
+    /// prober of [`ReadFrom::LowestLatency`]), if it is not running yet,
+    /// for [`Server::latencies`] without a read under that policy (`mredis
+    /// stats` does this). Nothing to measure without shards with replicas
+    /// or Sentinel; the first estimates come within a round (500 ms, plus
+    /// up to 1 s per node that does not answer).
+    pub fn probe_latencies(&self) {
+        self.fleet().core.probe_latencies();
+    }
+
+    /// This client with another read policy, for the calls made through
+    /// it (cheap: it shares everything else with `self`, and follows
+    /// [`reconfigure`](Self::reconfigure) with it). Read-only
+    /// commands only; see [`ReadFrom`].
+    ///
+    /// ```no_run
+    /// # fn demo(mr: &mredis::MRedis) -> redis::RedisResult<()> {
+    /// use mredis::ReadFrom;
+    /// let v: Option<String> = mr.reading_from(ReadFrom::PreferReplica).get("profile:42")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reading_from(&self, policy: ReadFrom) -> MRedis {
+        MRedis {
+            live: self.live.clone(),
+            read_from: Some(policy),
+        }
+    }
+}
+
+impl Fleet {
+    /// A configuration's fleet; with `old`, the configuration it replaces,
+    /// whose connections to servers that stay (the same address, database,
+    /// user and password) it keeps, returned with it to be renamed.
+    #[allow(clippy::type_complexity)]
+    fn build(
+        servers: Vec<Server>,
+        options: Options,
+        old: Option<&Fleet>,
+    ) -> RedisResult<(Fleet, Vec<(Arc<Conns>, usize)>)> {
+        let lineage = old.map(|o| o.core.lineage.clone()).unwrap_or_default();
+        let core = Topology::new_in(servers, &options, lineage)?;
+        let options_read_from = options.read_from;
+        let mut pools = Vec::with_capacity(core.servers.len());
+        let mut kept = Vec::new();
+        for server in &core.servers {
+            let staying = old.and_then(|o| o.pools.iter().find(|p| p.conns.server.same_connection(server)));
+            match staying {
+                Some(p) => {
+                    kept.push((p.conns.clone(), options.pool_size as usize));
+                    pools.push(Pool::with(p.conns.clone(), server, &options));
+                }
+                None => pools
+                    .push(Pool::new(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?),
+            }
+        }
+        let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
+        Ok((
+            Fleet {
+                running: Arc::new(Running(core.clone())),
+                core,
+                pools: Arc::new(pools),
+                replicas: Arc::new(replicas),
+                options: Arc::new(options),
+                read_from: options_read_from,
+                book: Arc::default(),
+            },
+            kept,
+        ))
+    }
+
+    /// Each server's health (see [`MRedis::health`]).
+    pub(crate) fn health(&self) -> Vec<crate::health::ServerHealth> {
+        let Some(h) = &self.core.health else { return Vec::new() };
+        let mut all = h.snapshot();
+        for (s, pool) in all.iter_mut().zip(self.pools.iter()) {
+            s.idle_connections = Some(pool.conns.idle.lock().map(|i| i.len()).unwrap_or(0));
+        }
+        all
     }
 
     /// Runs `func` as a WATCH/MULTI/EXEC transaction on the server that owns
@@ -498,7 +916,7 @@ impl MRedis {
     /// (use hash tags); otherwise it fails before anything is sent. `func`
     /// gets that server's connection, to read the watched keys, and the
     /// atomic pipeline to fill; return `Ok(None)` to retry.
-    pub fn transaction<K, T, F>(&self, keys: &[K], func: F) -> RedisResult<T>
+    pub(crate) fn transaction<K, T, F>(&self, keys: &[K], func: F) -> RedisResult<T>
     where
         K: redis::ToRedisArgs,
         F: FnMut(&mut Connection, &mut redis::Pipeline) -> RedisResult<Option<T>>,
@@ -595,72 +1013,23 @@ impl MRedis {
         }
     }
 
-    /// A routed connection handle implementing `redis::ConnectionLike`, for
-    /// code written against redis-rs connections (`cmd().query`,
-    /// `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
-    /// `TypedCommands`). Commands are routed when sent, by the command
-    /// table (`commands.toml`: class, key positions, split and merge), as
-    /// the generated methods route them; only a command the table does not
-    /// know (a module's) needs the servers' `COMMAND` metadata, fetched by
-    /// the client's first handle from the first server that answers (so a
-    /// wrong password or a fleet that is down fails here, as with
-    /// redis-rs). See the
-    /// [`handle`](crate::handle) module for the rules. Omitted commands are
-    /// errors here rather than compile errors.
-    pub fn get_connection(&self) -> RedisResult<crate::handle::Connection> {
-        // Connects now, as redis-rs's `get_connection` does (a wrong
-        // password or a fleet that is down fails here), and learns the
-        // servers' COMMAND metadata for commands the table does not know.
-        let con = crate::handle::Connection::new(self.clone());
-        con.describe()?;
-        Ok(con)
-    }
-
-    /// A subscriber over every server: channels on their owner server,
-    /// patterns on all, one iterator of [`Event`](crate::Event)s; it
-    /// reconnects and subscribes again by itself. See
-    /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
-    /// its own.
-    pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
-        crate::pubsub::Subscriber::start(self.core.clone())
-    }
-
-    /// Each server's health as the opt-in health checking sees it
-    /// ([`Builder::health_check`](crate::Builder::health_check)); empty
-    /// without it. Includes the idle connections kept per server.
-    pub fn health(&self) -> Vec<crate::health::ServerHealth> {
-        let Some(h) = &self.core.health else { return Vec::new() };
-        let mut all = h.snapshot();
-        for (s, pool) in all.iter_mut().zip(self.pools.iter()) {
-            s.idle_connections = Some(pool.idle.lock().map(|i| i.len()).unwrap_or(0));
-        }
-        all
-    }
-
     /// A connection of server `index` for a caller that keeps it a while
     /// (a WATCH); give it back with `checkin`.
-    pub(crate) fn checkout(&self, index: usize) -> RedisResult<Connection> {
+    pub(crate) fn checkout(&self, index: usize) -> RedisResult<Pooled> {
         self.pool(index)?
             .get()
             .map_err(|e| name_server(self.core.server(index), e))
     }
 
-    pub(crate) fn checkin(&self, index: usize, con: Connection) {
+    pub(crate) fn checkin(&self, index: usize, con: Pooled) {
         if let Ok(pool) = self.pool(index) {
             pool.put(con, self.core.server(index).epoch());
         }
     }
 
-    /// Runs any command on the server that owns `key`: the escape hatch for
-    /// commands or options the generated methods do not cover.
-    pub fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
-        let route = self.core.route_key("query_routed", &key)?;
-        self.run(route, cmd)
-    }
-
-    /// Runs any command on every server.
-    pub fn query_all<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        self.fan_out(cmd)
+    /// What keeps this configuration's background threads running.
+    pub(crate) fn running(&self) -> Arc<Running> {
+        self.running.clone()
     }
 
     pub(crate) fn core(&self) -> &Arc<Topology> {
@@ -691,33 +1060,6 @@ impl MRedis {
         })? {
             Some((_, pool)) => Ok(PoolRef::Replica(pool)),
             None => self.pool(index).map(PoolRef::Primary),
-        }
-    }
-
-    /// Starts measuring how fast each node of each shard answers (the
-    /// prober of [`ReadFrom::LowestLatency`]), if it is not running yet,
-    /// for [`Server::latencies`] without a read under that policy (`mredis
-    /// stats` does this). Nothing to measure without shards with replicas
-    /// or Sentinel; the first estimates come within a round (500 ms, plus
-    /// up to 1 s per node that does not answer).
-    pub fn probe_latencies(&self) {
-        self.core.probe_latencies();
-    }
-
-    /// This client with another read policy, for the calls made through
-    /// it (cheap: it shares everything else with `self`). Read-only
-    /// commands only; see [`ReadFrom`].
-    ///
-    /// ```no_run
-    /// # fn demo(mr: &mredis::MRedis) -> redis::RedisResult<()> {
-    /// use mredis::ReadFrom;
-    /// let v: Option<String> = mr.reading_from(ReadFrom::PreferReplica).get("profile:42")?;
-    /// # Ok(()) }
-    /// ```
-    pub fn reading_from(&self, policy: ReadFrom) -> MRedis {
-        MRedis {
-            read_from: policy,
-            ..self.clone()
         }
     }
 
@@ -949,7 +1291,7 @@ impl MRedis {
         let start = Instant::now();
         let kind = |i: usize| how.get(i).copied().unwrap_or_default();
         let spans: Vec<Span> = jobs.iter().map(|j| Span::server(&self.core, j.server)).collect();
-        let mut cons: Vec<Option<(Connection, bool)>> = Vec::with_capacity(jobs.len());
+        let mut cons: Vec<Option<(Pooled, bool)>> = Vec::with_capacity(jobs.len());
         let mut out: Vec<RedisResult<Vec<Value>>> = Vec::with_capacity(jobs.len());
         let epochs: Vec<u64> = jobs.iter().map(|j| self.core.server(j.server).epoch()).collect();
         let pools: Vec<RedisResult<PoolRef<'_>>> = jobs

@@ -239,11 +239,82 @@ impl crate::MRedis {
     pub fn builder() -> Builder {
         Builder::new()
     }
+
+    /// Switches this client, and every clone of it, to the configuration
+    /// `builder` describes: another server list, placement, migration
+    /// (for example from plain servers to [`Builder::migrating_from`] and,
+    /// after the rebalance, to the plain new list), and its other options
+    /// (timeouts, pool size, read policy, health checking, connection
+    /// names). The builder's `build` is not called; its servers and
+    /// options are.
+    ///
+    /// - **Calls.** Every call takes the configuration in force when it
+    ///   begins and finishes on it, so calls in flight finish on the old
+    ///   one and none fails because of the switch. Every call that begins
+    ///   after this returns, in every clone, [`reading_from`](crate::MRedis::reading_from)
+    ///   view and [routed handle](crate::MRedis::get_connection), uses the
+    ///   new one. Pipelines made before and run after are routed again on
+    ///   the new one when they run. A [`Subscriber`](crate::Subscriber) made
+    ///   before keeps the placement it was made with (make a new one to
+    ///   follow); so does a [`ScanIter`](crate::ScanIter) begun before.
+    /// - **Connections.** The pooled connections to servers that stay (the
+    ///   same address, database, user, password, protocol and TLS) are kept,
+    ///   not reopened, and renamed (`CLIENT SETNAME`) to the new
+    ///   configuration's name: the idle ones before this returns (each
+    ///   server's within the connect timeout; one that fails is dropped),
+    ///   the ones in use by a call of the old configuration when it gives
+    ///   them back. New names are given only after the switch, so a
+    ///   connection never carries the new name while a call starting on it
+    ///   could route by the old configuration. Shards with replicas or
+    ///   Sentinel get new connections. The other servers' connections close
+    ///   when the last call of the old configuration ends.
+    /// - **Background work** (health checking, Sentinel watching, latency
+    ///   probing) is the new configuration's; the old one's stops when its
+    ///   last call ends.
+    /// - **Errors.** An invalid configuration (an empty or malformed server
+    ///   list, ejection with a migration, ...) is an error, and the
+    ///   configuration in force stays as it was.
+    ///
+    /// Reconfigurations of one client run one after the other.
+    ///
+    /// ```no_run
+    /// # fn main() -> redis::RedisResult<()> {
+    /// use mredis::Builder;
+    /// let (a, b, c, d) = ("redis://10.0.0.1/0", "redis://10.0.0.2/0", "redis://10.0.0.3/0", "redis://10.0.0.4/0");
+    /// let mr = Builder::new().servers([a, b, c]).build()?;
+    /// // Adding D: first every client migration-aware...
+    /// mr.reconfigure(Builder::new().servers([a, b, c, d]).migrating_from(Builder::new().servers([a, b, c])))?;
+    /// // ... `mredis rebalance` ..., then the plain new list.
+    /// mr.reconfigure(Builder::new().servers([a, b, c, d]))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reconfigure(&self, builder: Builder) -> RedisResult<()> {
+        let (servers, options) = builder.into_parts()?;
+        self.reconfigure_parts(servers, options)
+    }
 }
 
 impl crate::aio::MRedis {
     /// A [`Builder`] for options; finish with `build_async().await`.
     pub fn builder() -> Builder {
         Builder::new()
+    }
+
+    /// Switches this client, and every clone of it, to the configuration
+    /// `builder` describes, as the sync client's
+    /// [`MRedis::reconfigure`](crate::MRedis::reconfigure) does (the same
+    /// rules for calls in flight, connections, background work and
+    /// errors). The shared multiplexed connections to servers that stay
+    /// are kept when the connection options (connect and response
+    /// timeouts, reconnect retries) are unchanged, and renamed before this
+    /// returns (each within the connect timeout); a change of those
+    /// options opens new ones. The dedicated connections of blocking
+    /// commands are kept likewise.
+    ///
+    /// An `async fn`: it waits for the renames. Needs a tokio runtime (as
+    /// the client does).
+    pub async fn reconfigure(&self, builder: Builder) -> RedisResult<()> {
+        let (servers, options) = builder.into_parts()?;
+        self.reconfigure_parts(servers, options).await
     }
 }

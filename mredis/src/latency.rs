@@ -32,6 +32,13 @@ pub(crate) struct Prober {
 
 impl Drop for Prober {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Prober {
+    /// Stops the prober's thread (at its next tick).
+    pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -23,7 +23,7 @@
 //! let keys: usize = mr.dbsize::<usize>()?.sum();
 //! let all: Vec<String> = per_server.flatten();
 //! // Which server owns a key (`host:port:db`).
-//! let owner: &str = mr.server_for("k")?;
+//! let owner: String = mr.server_for("k")?;
 //! # Ok(()) }
 //! ```
 //!
@@ -93,7 +93,8 @@
 //!   words with the error kind's Rust name (`mredis - AuthenticationFailed:
 //!   ...`).
 //! - No password appears in any `Debug`, `Display` or error text; mredis
-//!   writes no logs.
+//!   writes no logs (but for the `watch` feature's file watcher, which
+//!   logs a refused fleet file with `tracing`, without any password).
 //!
 //! ## Adding or removing servers
 //!
@@ -104,6 +105,13 @@
 //! [`rebalance`](rebalance::rebalance) (or `mredis rebalance`) has moved
 //! it. The procedure: deploy the migration-aware configuration to every
 //! client, run the rebalance, deploy the new configuration.
+//!
+//! A running client switches configuration with [`MRedis::reconfigure`]
+//! (async: [`aio::MRedis::reconfigure`]), for itself and every clone:
+//! calls in flight finish on the old configuration, the next ones use the
+//! new one, and the connections to servers that stay are kept and renamed.
+//! With the `watch` feature, [`watch_fleet_file`] does it whenever a fleet
+//! file changes.
 //!
 //! ## Pub/Sub, health, tracing
 //!
@@ -124,6 +132,9 @@
 //! - `cli`: the `mredis` command-line tool (`locate`, `stats`, `rebalance`)
 //!   over TOML fleet files ([`builder_from_toml`]) or twemproxy YAML pools
 //!   ([`builder_from_twemproxy_yaml`]).
+//! - `watch`: [`watch_fleet_file`] reloads a TOML fleet file when it changes
+//!   and [reconfigures](MRedis::reconfigure) the client (the `notify`
+//!   crate; refused changes are logged with `tracing`).
 //! - `bloom`: the Bloom filter methods (`bf_add`, `bf_exists`, `bf_reserve`,
 //!   ...), as redis-rs's feature of that name; the servers need the
 //!   RedisBloom module (or valkey-bloom).
@@ -164,6 +175,9 @@ mod server;
 mod shard;
 mod spec;
 mod telemetry;
+#[cfg(feature = "watch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
+pub mod watch;
 
 pub use client::MRedis;
 pub use config::Builder;
@@ -185,6 +199,8 @@ pub use spec::{
     Access, Block, BlockAt, COMMANDS, CommandKeys, CommandSpec, Example, KeySpec, Merge, MethodSpec, Reply, RouteClass,
     TimeUnit,
 };
+#[cfg(feature = "watch")]
+pub use watch::{FleetWatch, watch_fleet_file, watch_fleet_file_async, watch_fleet_file_with};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -120,12 +120,17 @@ impl Shared {
         }
     }
 
-    /// Renames the open connection and every one opened later.
+    /// Renames the open connection and every one opened later (`None`
+    /// clears the name). Waits for an open under way, so a connection
+    /// opened meanwhile is not left with the old name. A refusal (an ACL
+    /// without `CLIENT`) leaves the name as it was; a failure drops
+    /// nothing (the connection is then found broken by its next request).
     pub(crate) async fn rename(&self, name: Option<String>) {
+        let _opening = self.0.opening.lock().await;
         *self.0.name.write().unwrap_or_else(|p| p.into_inner()) = name.clone();
-        if let (Some(name), Some((_, mut con))) = (name, self.current()) {
+        if let Some((_, mut con)) = self.current() {
             let _ = con
-                .req_packed_command(redis::cmd("CLIENT").arg("SETNAME").arg(name))
+                .req_packed_command(redis::cmd("CLIENT").arg("SETNAME").arg(name.unwrap_or_default()))
                 .await;
         }
     }

@@ -45,6 +45,51 @@ fn same_client(running: &Arc<Topology>, built: &Arc<Topology>) -> RedisResult<()
     }
 }
 
+/// Whether a pipeline built on `built` is to be routed again to run on
+/// `running`: the same client, reconfigured since
+/// ([`MRedis::reconfigure`](crate::MRedis::reconfigure)).
+fn reconfigured(running: &Arc<Topology>, built: &Arc<Topology>) -> bool {
+    !Arc::ptr_eq(running, built) && Arc::ptr_eq(&running.lineage, &built.lineage)
+}
+
+/// Every command's keys, as added, so a pipeline can be routed again on a
+/// later configuration of its client.
+#[derive(Clone, Default)]
+struct KeyLog {
+    keys: Vec<Vec<u8>>,
+    /// Per command, the end of its keys in `keys`.
+    ends: Vec<usize>,
+    /// The keys of the command being added (kept once it is).
+    pending: usize,
+}
+
+impl KeyLog {
+    fn push<K: ToRedisArgs>(&mut self, key: &K) {
+        self.keys.extend(key.to_redis_args());
+    }
+
+    fn push_all(&mut self, keys: &[Vec<u8>]) {
+        self.keys.extend_from_slice(keys);
+    }
+
+    /// The keys pushed since the last command belong to the one added now.
+    fn added(&mut self) {
+        self.ends.push(self.keys.len());
+        self.pending = self.keys.len();
+    }
+
+    /// The keys pushed since the last command were of one not added.
+    fn dropped(&mut self) {
+        self.keys.truncate(self.pending);
+    }
+
+    /// Command `i`'s keys.
+    fn of(&self, i: usize) -> &[Vec<u8>] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.keys[start..self.ends[i]]
+    }
+}
+
 /// The replies of one server's pipeline in the caller's terms: an atomic
 /// pipeline's EXEC reply unpacked (nil when a WATCHed key changed), the
 /// first error reply returned as the error (its code intact).
@@ -122,6 +167,10 @@ pub struct KeyPipeline {
     moving: Vec<Moving>,
     pending: Vec<Move>,
     problem: Option<RedisError>,
+    /// The key it was bound by, and every command's keys (to route it again
+    /// after a reconfiguration).
+    bound: Vec<u8>,
+    log: KeyLog,
 }
 
 impl std::fmt::Debug for KeyPipeline {
@@ -135,11 +184,18 @@ impl std::fmt::Debug for KeyPipeline {
 }
 
 impl KeyPipeline {
-    pub(crate) fn new(core: Arc<Topology>, route: Route) -> RedisResult<KeyPipeline> {
+    pub(crate) fn new<K: ToRedisArgs>(core: Arc<Topology>, key: &K, route: Route) -> RedisResult<KeyPipeline> {
+        let bound = key.to_redis_args().pop().unwrap_or_default();
+        KeyPipeline::bound_to(core, bound, route)
+    }
+
+    fn bound_to(core: Arc<Topology>, bound: Vec<u8>, route: Route) -> RedisResult<KeyPipeline> {
         let Route::One { server, moves } = route else {
             return Err(client_error("a pipeline is bound to one key".to_string()));
         };
         Ok(KeyPipeline {
+            bound,
+            log: KeyLog::default(),
             core,
             server,
             framed: vec![redis::cmd("MULTI"), redis::cmd("EXEC")],
@@ -216,7 +272,36 @@ impl KeyPipeline {
         // Before the EXEC at the end (moves only that one).
         self.framed.insert(self.framed.len() - 1, cmd);
         self.ignored.push(false);
+        self.log.added();
         self
+    }
+
+    /// This pipeline as it would have been built on `core`, a later
+    /// configuration of its client: bound by the same key, every command
+    /// checked again (a command whose keys are now on another server than
+    /// the bound key's makes it fail before anything is sent).
+    fn rerouted(&self, core: &Arc<Topology>) -> RedisResult<KeyPipeline> {
+        let route = core.route_key("pipeline", &&self.bound[..])?;
+        let mut again = KeyPipeline::bound_to(core.clone(), self.bound.clone(), route)?;
+        again.atomic = self.atomic;
+        again.problem = self.problem.clone();
+        for (i, cmd) in self.commands().iter().enumerate() {
+            // (Its keys logged again by the check.)
+            again.check_keys(&crate::routing::command_name(cmd), self.log.of(i));
+            again.add_command(cmd.clone());
+            again.ignored[i] = self.ignored[i];
+        }
+        Ok(again)
+    }
+
+    /// The pipeline to run on `core`: this one, or routed again if its
+    /// client was reconfigured since it was built.
+    fn on(&self, core: &Arc<Topology>) -> RedisResult<Cow<'_, KeyPipeline>> {
+        if reconfigured(core, &self.core) {
+            Ok(Cow::Owned(self.rerouted(core)?))
+        } else {
+            Ok(Cow::Borrowed(self))
+        }
     }
 
     pub(crate) fn check_key<K: ToRedisArgs>(&mut self, command: &str, key: &K) {
@@ -224,7 +309,10 @@ impl KeyPipeline {
             return;
         }
         match self.core.route_key(command, key) {
-            Ok(route) => self.check_route(command, route, || key.to_redis_args()),
+            Ok(route) => {
+                self.log.push(key);
+                self.check_route(command, route, || key.to_redis_args())
+            }
             Err(e) => self.problem = Some(e),
         }
     }
@@ -233,6 +321,7 @@ impl KeyPipeline {
         if self.problem.is_some() {
             return;
         }
+        self.log.push_all(keys);
         for key in keys {
             let (owner, from) = self.core.owner(key);
             if owner != self.server {
@@ -319,17 +408,26 @@ impl KeyPipeline {
 
     /// Sends the pipeline on the sync client and converts the replies, like
     /// redis-rs's `Pipeline::query`.
+    ///
+    /// A pipeline built before a [`reconfigure`](crate::MRedis::reconfigure)
+    /// of its client is routed again on the configuration in force when it
+    /// runs (the same checks as when it was built).
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        let list = self.moving_list();
-        let value = Span::pipeline(self.len()).run(|| mr.drive(self.run(mr.core(), &list)))?;
+        let fleet = mr.fleet();
+        let this = self.on(fleet.core())?;
+        let list = this.moving_list();
+        let value = Span::pipeline(this.len()).run(|| fleet.drive(this.run(fleet.core(), &list)))?;
         Ok(T::from_redis_value(value)?)
     }
 
-    /// Sends the pipeline on the async client and converts the replies.
+    /// Sends the pipeline on the async client and converts the replies
+    /// (routed again after a reconfiguration, as [`query`](Self::query)).
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        let list = self.moving_list();
-        let value = Span::pipeline(self.len())
-            .run_async(mr.drive(self.run(mr.core(), &list)))
+        let fleet = mr.fleet();
+        let this = self.on(fleet.core())?;
+        let list = this.moving_list();
+        let value = Span::pipeline(this.len())
+            .run_async(fleet.drive(this.run(fleet.core(), &list)))
             .await?;
         Ok(T::from_redis_value(value)?)
     }
@@ -429,6 +527,8 @@ pub struct FleetPipeline {
     pending: Moving,
     any_moving: bool,
     problem: Option<RedisError>,
+    /// Every command's keys (to route it again after a reconfiguration).
+    log: KeyLog,
 }
 
 impl std::fmt::Debug for FleetPipeline {
@@ -451,6 +551,39 @@ impl FleetPipeline {
             pending: None,
             any_moving: false,
             problem: None,
+            log: KeyLog::default(),
+        }
+    }
+
+    /// This pipeline as it would have been built on `core`, a later
+    /// configuration of its client: every command routed again.
+    fn rerouted(&self, core: &Arc<Topology>) -> FleetPipeline {
+        let mut again = FleetPipeline::new(core.clone());
+        again.problem = self.problem.clone();
+        let mut cmds: Vec<Option<&Cmd>> = vec![None; self.placed.len()];
+        for (share, positions) in self.shares.iter().flatten() {
+            for (c, &p) in share.iter().zip(positions) {
+                cmds[p] = Some(c);
+            }
+        }
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            let Some(cmd) = cmd else { continue };
+            let server = again.route_keys(&crate::routing::command_name(cmd), self.log.of(i));
+            again.add_routed_command(server, cmd.clone());
+            if self.ignored[i] {
+                again.ignore();
+            }
+        }
+        again
+    }
+
+    /// The pipeline to run on `core`: this one, or routed again if its
+    /// client was reconfigured since it was built.
+    fn on(&self, core: &Arc<Topology>) -> Cow<'_, FleetPipeline> {
+        if reconfigured(core, &self.core) {
+            Cow::Owned(self.rerouted(core))
+        } else {
+            Cow::Borrowed(self)
         }
     }
 
@@ -505,16 +638,21 @@ impl FleetPipeline {
 
     pub(crate) fn route_key<K: ToRedisArgs>(&mut self, command: &str, key: &K) -> Option<usize> {
         let result = self.core.route_key(command, key);
+        self.log.push(key);
         self.record(command, result)
     }
 
     pub(crate) fn route_keys(&mut self, command: &str, keys: &[Vec<u8>]) -> Option<usize> {
         let result = self.core.route_colocated(command, keys);
+        self.log.push_all(keys);
         self.record(command, result)
     }
 
     pub(crate) fn add_routed_command(&mut self, server: Option<usize>, cmd: Cmd) -> &mut Self {
-        let Some(server) = server else { return self };
+        let Some(server) = server else {
+            self.log.dropped();
+            return self;
+        };
         let position = self.ignored.len();
         if let Some(slot) = self.shares.get_mut(server) {
             let (cmds, positions) = slot.get_or_insert_with(|| (Vec::new(), Vec::new()));
@@ -522,6 +660,9 @@ impl FleetPipeline {
             positions.push(position);
             self.ignored.push(false);
             self.placed.push((server, self.pending.take()));
+            self.log.added();
+        } else {
+            self.log.dropped();
         }
         self
     }
@@ -606,17 +747,26 @@ impl FleetPipeline {
     /// Sends the commands on the sync client (every server's pipeline
     /// written before any reply is read) and returns the replies in call
     /// order.
+    ///
+    /// A pipeline built before a [`reconfigure`](crate::MRedis::reconfigure)
+    /// of its client is routed again, command by command, on the
+    /// configuration in force when it runs.
     pub fn query<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        let list = self.moving_list();
-        let value = Span::pipeline(self.len()).run(|| mr.drive(self.run(mr.core(), &list)))?;
+        let fleet = mr.fleet();
+        let this = self.on(fleet.core());
+        let list = this.moving_list();
+        let value = Span::pipeline(this.len()).run(|| fleet.drive(this.run(fleet.core(), &list)))?;
         Ok(T::from_redis_value(value)?)
     }
 
-    /// Sends the commands on the async client, all servers concurrently.
+    /// Sends the commands on the async client, all servers concurrently
+    /// (routed again after a reconfiguration, as [`query`](Self::query)).
     pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        let list = self.moving_list();
-        let value = Span::pipeline(self.len())
-            .run_async(mr.drive(self.run(mr.core(), &list)))
+        let fleet = mr.fleet();
+        let this = self.on(fleet.core());
+        let list = this.moving_list();
+        let value = Span::pipeline(this.len())
+            .run_async(fleet.drive(this.run(fleet.core(), &list)))
             .await?;
         Ok(T::from_redis_value(value)?)
     }

@@ -142,7 +142,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::client_error;
-use crate::routing::Topology;
+use crate::routing::{Running, Topology};
 
 /// A message from one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -769,6 +769,9 @@ pub struct AsyncSubscriber {
     handle: Subscriptions,
     buffer: Arc<Buffer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Keeps its configuration's Sentinel watching and health checking
+    /// running (also after the client was reconfigured).
+    _running: Arc<Running>,
 }
 
 impl std::fmt::Debug for AsyncSubscriber {
@@ -794,7 +797,7 @@ impl crate::MRedis {
     /// and connection timeouts); [`MRedis::subscriber`](crate::MRedis::subscriber)
     /// uses the defaults. See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<crate::Subscriber> {
-        Subscriber::start_with(self.core().clone(), options)
+        Subscriber::start_with(self.fleet().running(), options)
     }
 }
 
@@ -804,17 +807,18 @@ impl crate::aio::MRedis {
     /// [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber) uses the
     /// defaults. See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
-        AsyncSubscriber::start_with(self.core().clone(), options)
+        AsyncSubscriber::start_with(self.fleet().running(), options)
     }
 }
 
 impl AsyncSubscriber {
     /// Starts one connection task per server (on the current tokio runtime).
-    pub(crate) fn start(core: Arc<Topology>) -> RedisResult<AsyncSubscriber> {
-        AsyncSubscriber::start_with(core, SubscriberOptions::default())
+    pub(crate) fn start(running: Arc<Running>) -> RedisResult<AsyncSubscriber> {
+        AsyncSubscriber::start_with(running, SubscriberOptions::default())
     }
 
-    pub(crate) fn start_with(core: Arc<Topology>, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
+    pub(crate) fn start_with(running: Arc<Running>, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
+        let core = running.0.clone();
         let buffer = Arc::new(Buffer::new(&options));
         let following = core.health.clone().map(|health| {
             Arc::new(Following {
@@ -863,6 +867,7 @@ impl AsyncSubscriber {
             handle: Subscriptions { shared },
             buffer,
             tasks,
+            _running: running,
         })
     }
 
@@ -1493,11 +1498,11 @@ impl std::fmt::Debug for Subscriber {
 }
 
 impl Subscriber {
-    pub(crate) fn start(core: Arc<Topology>) -> RedisResult<Subscriber> {
-        Subscriber::start_with(core, SubscriberOptions::default())
+    pub(crate) fn start(running: Arc<Running>) -> RedisResult<Subscriber> {
+        Subscriber::start_with(running, SubscriberOptions::default())
     }
 
-    pub(crate) fn start_with(core: Arc<Topology>, options: SubscriberOptions) -> RedisResult<Subscriber> {
+    pub(crate) fn start_with(running: Arc<Running>, options: SubscriberOptions) -> RedisResult<Subscriber> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mredis-subscriber")
@@ -1506,7 +1511,7 @@ impl Subscriber {
             .map_err(|e| client_error(format!("cannot start the subscriber's runtime: {e}")))?;
         let inner = {
             let _guard = runtime.enter();
-            AsyncSubscriber::start_with(core, options)?
+            AsyncSubscriber::start_with(running, options)?
         };
         Ok(Subscriber { runtime, inner })
     }

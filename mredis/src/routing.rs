@@ -80,21 +80,41 @@ pub(crate) struct Topology {
     /// Measures the shards' nodes for `ReadFrom::LowestLatency` (started
     /// at build under that policy, else on its first use).
     prober: std::sync::OnceLock<Option<crate::latency::Prober>>,
-    /// The placement's fingerprint, and the old one's while migrating.
+    /// The placement's fingerprint, and the old one's while migrating
+    /// (what `client_name` is made of; kept for diagnostics).
+    #[allow(dead_code)]
     pub(crate) fingerprint: String,
+    #[allow(dead_code)]
     pub(crate) from_fingerprint: Option<String>,
     /// The name every connection gives itself (`CLIENT SETNAME`), unless
     /// turned off.
     pub(crate) client_name: Option<String>,
     /// While migrating: asks for the rebalance's finish marker.
-    _finish: Option<crate::finish::Watch>,
+    finish: std::sync::Mutex<Option<crate::finish::Watch>>,
+    /// The client this configuration belongs to, shared by every
+    /// configuration a [`reconfigure`](crate::MRedis::reconfigure) makes of
+    /// it: pipelines built on one run on the client's later ones.
+    pub(crate) lineage: Arc<()>,
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        if let Some(h) = &self.health {
-            h.shut_down();
-        }
+        self.stop_background();
+    }
+}
+
+/// Keeps a topology's background threads (health checking, Sentinel
+/// watching, latency probing) running while held: a client's
+/// configuration and its subscribers hold one; a pipeline, which holds
+/// only the topology (to be routed again on a later configuration), does
+/// not, so a pipeline kept after a
+/// [`reconfigure`](crate::MRedis::reconfigure) keeps no thread running.
+#[derive(Debug)]
+pub(crate) struct Running(pub(crate) Arc<Topology>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.stop_background();
     }
 }
 
@@ -167,7 +187,13 @@ impl RedisWrite for KeyRoute<'_> {
 }
 
 impl Topology {
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(servers: Vec<Server>, options: &Options) -> RedisResult<Arc<Topology>> {
+        Topology::new_in(servers, options, Arc::default())
+    }
+
+    /// A topology of the client `lineage` stands for.
+    pub(crate) fn new_in(servers: Vec<Server>, options: &Options, lineage: Arc<()>) -> RedisResult<Arc<Topology>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
         let fingerprint = crate::placement::fingerprint::fingerprint(options.mode, &servers, options.hash_tags);
@@ -249,7 +275,8 @@ impl Topology {
             let _ = prober.set(crate::latency::start(&servers, client_name.clone())?);
         }
         Ok(Arc::new(Topology {
-            _finish: finish,
+            finish: std::sync::Mutex::new(finish),
+            lineage,
             fingerprint,
             from_fingerprint,
             client_name,
@@ -263,6 +290,20 @@ impl Topology {
             max_arg_size: options.max_arg_size,
             health,
         }))
+    }
+
+    /// Stops the background threads (each at its next look at its stop flag).
+    pub(crate) fn stop_background(&self) {
+        if let Some(h) = &self.health {
+            h.shut_down();
+        }
+        for w in self._watchers.iter().flatten() {
+            w.stop();
+        }
+        if let Some(Some(p)) = self.prober.get() {
+            p.stop();
+        }
+        drop(self.finish.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// Starts the latency prober if it is not running (a read under

@@ -366,10 +366,13 @@ impl<T: FromRedisValue> ScanState<T> {
     }
 }
 
-/// A cursor iteration over the sync client; yields `RedisResult<T>`.
+/// A cursor iteration over the sync client; yields `RedisResult<T>`. It
+/// runs to its end on the configuration in force when it began, also
+/// after a [`reconfigure`](crate::MRedis::reconfigure).
 pub struct ScanIter<'a, T> {
-    mr: &'a crate::MRedis,
+    fleet: crate::client::Snapshot<crate::client::Fleet>,
     state: ScanState<T>,
+    _client: std::marker::PhantomData<&'a crate::MRedis>,
 }
 
 impl<T> std::fmt::Debug for ScanIter<'_, T> {
@@ -389,7 +392,7 @@ impl<T: FromRedisValue> Iterator for ScanIter<'_, T> {
                 Next::Yield(item) => return Some(item),
                 Next::End => return None,
                 Next::Fetch(page) => {
-                    let fetched = self.mr.drive(page.run(self.mr.core(), &mut self.state));
+                    let fetched = self.fleet.drive(page.run(self.fleet.core(), &mut self.state));
                     self.state.fetched(fetched);
                 }
             }
@@ -412,9 +415,10 @@ macro_rules! key_scans {
                 #[doc = concat!("Iterates the elements of one key with `", $cmd, "` on the server that owns it.")]
                 #[doc(alias = $cmd)]
                 pub fn $name<K: ToRedisArgs, RV: FromRedisValue>(&self, key: K) -> RedisResult<ScanIter<'_, RV>> {
-                    let route = self.core().route_key($cmd, &key)?;
+                    let fleet = self.fleet();
+                    let route = fleet.core().route_key($cmd, &key)?;
                     let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, route, None);
-                    Ok(self.scan_with(spec))
+                    Ok(self.scan_with(fleet, spec))
                 }
 
                 #[doc = concat!("Iterates the elements of one key matching `pattern` with `", $cmd, " ... MATCH`.")]
@@ -424,10 +428,11 @@ macro_rules! key_scans {
                     key: K,
                     pattern: P,
                 ) -> RedisResult<ScanIter<'_, RV>> {
-                    let route = self.core().route_key($cmd, &key)?;
+                    let fleet = self.fleet();
+                    let route = fleet.core().route_key($cmd, &key)?;
                     let spec =
                         ScanSpec::of_key($cmd, single_arg("key", &key)?, route, Some(single_arg("pattern", &pattern)?));
-                    Ok(self.scan_with(spec))
+                    Ok(self.scan_with(fleet, spec))
                 }
             )*
         }
@@ -440,9 +445,10 @@ macro_rules! key_scans {
                     &self,
                     key: K,
                 ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-                    let route = self.core().route_key($cmd, &key)?;
+                    let fleet = self.fleet();
+                    let route = fleet.core().route_key($cmd, &key)?;
                     let spec = ScanSpec::of_key($cmd, single_arg("key", &key)?, route, None);
-                    Ok(self.scan_with(spec))
+                    Ok(self.scan_with(fleet, spec))
                 }
 
                 #[doc = concat!("Streams the elements of one key matching `pattern` with `", $cmd, " ... MATCH`.")]
@@ -452,10 +458,11 @@ macro_rules! key_scans {
                     key: K,
                     pattern: P,
                 ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-                    let route = self.core().route_key($cmd, &key)?;
+                    let fleet = self.fleet();
+                    let route = fleet.core().route_key($cmd, &key)?;
                     let spec =
                         ScanSpec::of_key($cmd, single_arg("key", &key)?, route, Some(single_arg("pattern", &pattern)?));
-                    Ok(self.scan_with(spec))
+                    Ok(self.scan_with(fleet, spec))
                 }
             )*
         }
@@ -469,10 +476,15 @@ key_scans! {
 }
 
 impl crate::MRedis {
-    fn scan_with<RV: FromRedisValue>(&self, spec: ScanSpec) -> ScanIter<'_, RV> {
+    fn scan_with<RV: FromRedisValue>(
+        &self,
+        fleet: crate::client::Snapshot<crate::client::Fleet>,
+        spec: ScanSpec,
+    ) -> ScanIter<'_, RV> {
         ScanIter {
-            mr: self,
+            fleet,
             state: ScanState::new(spec),
+            _client: std::marker::PhantomData,
         }
     }
 
@@ -481,16 +493,19 @@ impl crate::MRedis {
     /// changes during the walk.
     #[doc(alias = "SCAN")]
     pub fn scan<RV: FromRedisValue>(&self) -> RedisResult<ScanIter<'_, RV>> {
-        Ok(self.scan_with(ScanSpec::keys(self.core(), None)))
+        let fleet = self.fleet();
+        let spec = ScanSpec::keys(fleet.core(), None);
+        Ok(self.scan_with(fleet, spec))
     }
 
     /// Iterates the keys of every server with `SCAN` options (`MATCH`,
     /// `COUNT`, `TYPE`), as redis-rs's `scan_options`.
     #[doc(alias = "SCAN")]
     pub fn scan_options<RV: FromRedisValue>(&self, opts: redis::ScanOptions) -> RedisResult<ScanIter<'_, RV>> {
-        let mut spec = ScanSpec::keys(self.core(), None);
+        let fleet = self.fleet();
+        let mut spec = ScanSpec::keys(fleet.core(), None);
         spec.options = opts.to_redis_args();
-        Ok(self.scan_with(spec))
+        Ok(self.scan_with(fleet, spec))
     }
 
     /// Same as [`MRedis::scan`](crate::MRedis::scan).
@@ -503,21 +518,31 @@ impl crate::MRedis {
     #[doc(alias = "SCAN")]
     pub fn scan_match<P: ToRedisArgs, RV: FromRedisValue>(&self, pattern: P) -> RedisResult<ScanIter<'_, RV>> {
         let pattern = single_arg("pattern", &pattern)?;
-        Ok(self.scan_with(ScanSpec::keys(self.core(), Some(pattern))))
+        let fleet = self.fleet();
+        let spec = ScanSpec::keys(fleet.core(), Some(pattern));
+        Ok(self.scan_with(fleet, spec))
     }
 }
 
 impl crate::aio::MRedis {
-    fn scan_with<RV: FromRedisValue + Send + 'static>(&self, spec: ScanSpec) -> BoxStream<'_, RedisResult<RV>> {
+    fn scan_with<RV: FromRedisValue + Send + 'static>(
+        &self,
+        fleet: crate::client::Snapshot<crate::aio::Fleet>,
+        spec: ScanSpec,
+    ) -> BoxStream<'_, RedisResult<RV>> {
         let state = ScanState::<RV>::new(spec);
-        let stream = futures::stream::unfold(state, move |mut state| async move {
-            loop {
-                match state.advance() {
-                    Next::Yield(item) => return Some((item, state)),
-                    Next::End => return None,
-                    Next::Fetch(page) => {
-                        let fetched = self.drive(page.run(self.core(), &mut state)).await;
-                        state.fetched(fetched);
+        let fleet = std::sync::Arc::new(fleet);
+        let stream = futures::stream::unfold(state, move |mut state| {
+            let fleet = fleet.clone();
+            async move {
+                loop {
+                    match state.advance() {
+                        Next::Yield(item) => return Some((item, state)),
+                        Next::End => return None,
+                        Next::Fetch(page) => {
+                            let fetched = fleet.drive(page.run(fleet.core(), &mut state)).await;
+                            state.fetched(fetched);
+                        }
                     }
                 }
             }
@@ -528,7 +553,9 @@ impl crate::aio::MRedis {
     /// Streams every key of every server (`SCAN` on each server in turn).
     #[doc(alias = "SCAN")]
     pub async fn scan<RV: FromRedisValue + Send + 'static>(&self) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-        Ok(self.scan_with(ScanSpec::keys(self.core(), None)))
+        let fleet = self.fleet();
+        let spec = ScanSpec::keys(fleet.core(), None);
+        Ok(self.scan_with(fleet, spec))
     }
 
     /// Streams the keys of every server with `SCAN` options (`MATCH`,
@@ -538,9 +565,10 @@ impl crate::aio::MRedis {
         &self,
         opts: redis::ScanOptions,
     ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
-        let mut spec = ScanSpec::keys(self.core(), None);
+        let fleet = self.fleet();
+        let mut spec = ScanSpec::keys(fleet.core(), None);
         spec.options = opts.to_redis_args();
-        Ok(self.scan_with(spec))
+        Ok(self.scan_with(fleet, spec))
     }
 
     /// Streams the keys matching `pattern` on every server (`SCAN ... MATCH`).
@@ -550,6 +578,8 @@ impl crate::aio::MRedis {
         pattern: P,
     ) -> RedisResult<BoxStream<'_, RedisResult<RV>>> {
         let pattern = single_arg("pattern", &pattern)?;
-        Ok(self.scan_with(ScanSpec::keys(self.core(), Some(pattern))))
+        let fleet = self.fleet();
+        let spec = ScanSpec::keys(fleet.core(), Some(pattern));
+        Ok(self.scan_with(fleet, spec))
     }
 }

@@ -183,22 +183,26 @@ impl ScriptInvocation<'_> {
     /// [`MRedis::servers`](crate::MRedis::servers) names them), for scripts
     /// without keys. Its keys, if any, must belong to that server.
     pub fn invoke_on<T: FromRedisValue>(&self, mr: &crate::MRedis, server: &str) -> RedisResult<T> {
-        Self::convert(mr.core(), mr.drive(self.run(mr.core(), Some(server))))
+        let f = mr.fleet();
+        Self::convert(f.core(), f.drive(self.run(f.core(), Some(server))))
     }
 
     /// [`invoke_on`](Self::invoke_on) for the async client.
     pub async fn invoke_on_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis, server: &str) -> RedisResult<T> {
-        Self::convert(mr.core(), mr.drive(self.run(mr.core(), Some(server))).await)
+        let f = mr.fleet();
+        Self::convert(f.core(), f.drive(self.run(f.core(), Some(server))).await)
     }
 
     /// Runs the script on the server that owns its keys (sync client).
     pub fn invoke<T: FromRedisValue>(&self, mr: &crate::MRedis) -> RedisResult<T> {
-        Self::convert(mr.core(), mr.drive(self.run(mr.core(), None)))
+        let f = mr.fleet();
+        Self::convert(f.core(), f.drive(self.run(f.core(), None)))
     }
 
     /// Runs the script on the server that owns its keys (async client).
     pub async fn invoke_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
-        Self::convert(mr.core(), mr.drive(self.run(mr.core(), None)).await)
+        let f = mr.fleet();
+        Self::convert(f.core(), f.drive(self.run(f.core(), None)).await)
     }
 }
 

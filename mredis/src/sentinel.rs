@@ -36,6 +36,13 @@ pub(crate) struct Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Watcher {
+    /// Stops the watcher's thread (at its next tick).
+    pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -533,6 +533,26 @@ impl Server {
         cmd
     }
 
+    /// Whether connections to `other` are connections to this server: the
+    /// same name, address (and TLS), database, user, password, protocol
+    /// and client library, and both plain servers (a shard's connections
+    /// follow its primary, which only its own configuration tracks).
+    pub(crate) fn same_connection(&self, other: &Server) -> bool {
+        let (a, b) = (self.info.redis_settings(), other.info.redis_settings());
+        self.shard.is_none()
+            && other.shard.is_none()
+            && self.name == other.name
+            && self.info.addr() == other.info.addr()
+            && a.db() == b.db()
+            && a.username() == b.username()
+            && a.password() == b.password()
+            && a.protocol() == b.protocol()
+            && a.skip_set_lib_name() == b.skip_set_lib_name()
+            && a.lib_name() == b.lib_name()
+            && a.lib_ver() == b.lib_ver()
+            && self.tls_root_cert == other.tls_root_cert
+    }
+
     pub(crate) fn connection_info(&self) -> ConnectionInfo {
         self.info.clone()
     }

@@ -424,7 +424,7 @@ fn killed_with_sigkill_at_any_moment_then_rerun_finishes() {
     assert!(out.contains("verification: 0 keys away"), "{out}");
     // The journal the killed runs left was used, then removed.
     let mut id = String::new();
-    for server in open(&old).servers().iter().chain(open(&new).servers()) {
+    for server in open(&old).servers().into_iter().chain(open(&new).servers()) {
         id.push_str(server.name());
         id.push('\n');
     }

@@ -42,7 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // The builder lives above the clients it builds.
-    ("builder", &["config", "fleet_config"]),
+    ("builder", &["config", "fleet_config", "watch"]),
     ("rebalance", &["rebalance"]),
 ];
 

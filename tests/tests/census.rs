@@ -7,7 +7,6 @@ use mredis::rebalance::census::{CensusOptions, ClientKind, Stage};
 use mredis::rebalance::{RebalanceOptions, rebalance, take_census};
 use mredis::{Builder, MRedis, Server};
 use mredis_tests::{RedisServer, command_calls, servers, wait_until};
-use redis::Commands;
 
 /// Servers named `s0`, `s1`, ... by their place (placement does not depend
 /// on the random ports).

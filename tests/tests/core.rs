@@ -76,7 +76,7 @@ fn placement_matches_the_original_for_ascii_binary_and_empty_keys() {
 fn server_names_and_seed_style_tuples() {
     let s = servers(2);
     let mr = MRedis::new(s.iter().map(|x| ("127.0.0.1", x.port(), 0i64))).unwrap();
-    let listed: Vec<&str> = mr.servers().iter().map(|x| x.name()).collect();
+    let listed: Vec<String> = mr.servers().iter().map(|x| x.name().to_string()).collect();
     assert_eq!(listed, names(&s));
     mr.set::<_, _, ()>("k", "v").unwrap();
     let owner = python_mredis_index(b"k", 2);

@@ -480,7 +480,7 @@ fn failures_of(builder: mredis::Builder) -> Vec<(String, String)> {
     assert_no_canary("Builder", &format!("{builder:?} {builder:#?}"));
     let mr = builder.clone().build().unwrap();
     assert_no_canary("MRedis", &format!("{mr:?} {mr:#?}"));
-    for s in mr.servers() {
+    for s in &mr.servers() {
         assert_no_canary("Server", &all_texts(s));
     }
     let e = mr.get::<_, Option<String>>("k").unwrap_err();

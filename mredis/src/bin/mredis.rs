@@ -294,7 +294,7 @@ fn shards(mr: &MRedis) {
         "{:<24} {:<22} replicas (offset lag in bytes, last ack)",
         "shard", "primary"
     );
-    for server in servers {
+    for server in &servers {
         let info = infos.get(server.name()).cloned().unwrap_or_default();
         let field = |line: &str, name: &str| {
             line.split(',')
@@ -346,7 +346,7 @@ fn shards(mr: &MRedis) {
             }
         );
     }
-    latencies(servers, probing);
+    latencies(&servers, probing);
 }
 
 /// Each shard node's smoothed PING round trip. Waits for the prober's
@@ -498,7 +498,7 @@ fn run_rebalance(
     let journal = journal.unwrap_or_else(|| {
         // One journal per pair of server lists, found again by a rerun.
         let mut id = String::new();
-        for s in old.servers().iter().chain(new.servers()) {
+        for s in old.servers().iter().chain(&new.servers()) {
             id.push_str(s.name());
             id.push('\n');
         }

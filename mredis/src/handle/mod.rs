@@ -76,14 +76,24 @@ pub(crate) use reply::*;
 /// ```
 pub struct Connection {
     mr: crate::MRedis,
-    watched: Option<(usize, redis::Connection)>,
+    /// A WATCH's server and connection, and the configuration it was made
+    /// on (the commands until EXEC, UNWATCH or DISCARD run on it).
+    watched: Option<(Snap, usize, crate::client::Pooled)>,
 }
+
+/// The sync client's configuration for one command (see [`crate::MRedis::reconfigure`]).
+type Snap = crate::client::Snapshot<crate::client::Fleet>;
+/// The async client's.
+type AsyncSnap = crate::client::Snapshot<crate::aio::Fleet>;
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("mredis::Connection")
             .field("client", &self.mr)
-            .field("watching", &self.watched.as_ref().map(|(s, _)| self.mr.core().name(*s)))
+            .field(
+                "watching",
+                &self.watched.as_ref().map(|(f, s, _)| f.core().name(*s).to_string()),
+            )
             .finish()
     }
 }
@@ -93,20 +103,29 @@ impl Connection {
         Connection { mr, watched: None }
     }
 
+    /// The configuration a command runs on: a WATCH's while watching, else
+    /// the one in force.
+    fn snapshot(&self) -> Snap {
+        match &self.watched {
+            Some((f, _, _)) => f.clone(),
+            None => self.mr.fleet(),
+        }
+    }
+
     /// Plans a command: by the table; for a command the table does not
     /// know, by the servers' COMMAND metadata (fetched once per client);
     /// movable keys the table cannot read are asked of a server.
-    fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
-        let core = self.mr.core();
-        let mut book = self.mr.command_book().get().cloned();
+    fn plan(&self, f: &Snap, cmd: &Cmd) -> RedisResult<Dispatch> {
+        let core = f.core();
+        let mut book = f.command_book().get().cloned();
         let mut dispatch = plan(core, book.as_deref(), cmd, None)?;
         if let Dispatch::Describe = dispatch {
-            let fetched = self.describe()?.ok_or_else(|| no_command_permission(cmd))?;
+            let fetched = self.describe(f)?.ok_or_else(|| no_command_permission(cmd))?;
             dispatch = plan(core, Some(&fetched), cmd, None)?;
             book = Some(fetched);
         }
         if let Dispatch::GetKeys = dispatch {
-            let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd))?)?;
+            let keys: Vec<Vec<u8>> = redis::from_redis_value(f.value_on(0, &getkeys_cmd(cmd))?)?;
             dispatch = plan(core, book.as_deref(), cmd, Some(keys))?;
         }
         Ok(dispatch)
@@ -118,10 +137,11 @@ impl Connection {
     #[cfg(feature = "table-examples")]
     #[doc(hidden)]
     pub fn route_of(&self, cmd: &Cmd) -> RedisResult<(&'static str, Vec<usize>)> {
-        Ok(match self.plan(cmd)? {
+        let f = self.snapshot();
+        Ok(match self.plan(&f, cmd)? {
             Dispatch::Run(Route::One { server, .. }) => ("one", vec![server]),
             Dispatch::Run(Route::Split(plan)) => ("split", plan.groups.iter().map(|g| g.0).collect()),
-            Dispatch::All(_) => ("all", (0..self.mr.core().all()).collect()),
+            Dispatch::All(_) => ("all", (0..f.core().all()).collect()),
             Dispatch::Scan(step, _) => ("scan", vec![step]),
             Dispatch::Watch(server) => ("watch", vec![server]),
             Dispatch::Unwatch => ("unwatch", Vec::new()),
@@ -131,42 +151,42 @@ impl Connection {
 
     /// The servers' COMMAND metadata, from the first server that answers
     /// (None: this user may not run COMMAND).
-    pub(crate) fn describe(&self) -> RedisResult<Option<Arc<CommandBook>>> {
-        if let Some(book) = self.mr.command_book().get() {
+    pub(crate) fn describe(&self, f: &Snap) -> RedisResult<Option<Arc<CommandBook>>> {
+        if let Some(book) = f.command_book().get() {
             return Ok(Some(book.clone()));
         }
         let mut tried = Vec::new();
-        for server in 0..self.mr.core().all() {
+        for server in 0..f.core().all() {
             // A command of its own, in its own span (no orphan server span
             // in traces).
             let cmd = redis::cmd("COMMAND");
-            let reply = crate::telemetry::Span::command(&cmd, "metadata").run(|| self.mr.value_on(server, &cmd));
+            let reply = crate::telemetry::Span::command(&cmd, "metadata").run(|| f.value_on(server, &cmd));
             let done = reply.is_ok();
             tried.push(reply);
             if done {
                 break;
             }
         }
-        book_from(self.mr.command_book(), tried)
+        book_from(f.command_book(), tried)
     }
 
     /// Runs one command; server error replies are errors.
-    fn exec(&mut self, cmd: &Cmd) -> RedisResult<Value> {
-        let plan = self.plan(cmd)?;
-        self.exec_plan(cmd, plan)
+    fn exec(&mut self, f: &Snap, cmd: &Cmd) -> RedisResult<Value> {
+        let plan = self.plan(f, cmd)?;
+        self.exec_plan(f, cmd, plan)
     }
 
     /// A pipeline of several commands, parsed (see `req_packed_commands`).
     /// Every command is planned before anything is sent.
-    fn pipeline(&mut self, cmd: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+    fn pipeline(&mut self, f: &Snap, cmd: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         if is_atomic(cmds) {
-            return self.atomic(cmd, cmds, offset, count);
+            return self.atomic(f, cmd, cmds, offset, count);
         }
         let mut plans = Vec::with_capacity(cmds.len());
         for c in cmds {
-            plans.push(self.plan(c)?);
+            plans.push(self.plan(f, c)?);
         }
-        let core = self.mr.core().clone();
+        let core = f.core().clone();
         let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
         let mut from = 0;
         while from < cmds.len() {
@@ -176,10 +196,10 @@ impl Connection {
                 .find(|&j| matches!(plans[j], Dispatch::Watch(_) | Dispatch::Unwatch))
                 .unwrap_or(cmds.len());
             if to > from {
-                values.extend(self.mr.drive(Batch::new(&core, &cmds[from..to], &plans[from..to]))?);
+                values.extend(f.drive(Batch::new(&core, &cmds[from..to], &plans[from..to]))?);
             }
             if to < cmds.len() {
-                let v = match self.watch(&cmds[to], &plans[to]) {
+                let v = match self.watch(f, &cmds[to], &plans[to]) {
                     Ok(v) => v,
                     Err(e) => error_value(&e).ok_or(e)?,
                 };
@@ -191,23 +211,20 @@ impl Connection {
     }
 
     /// Runs one command already planned.
-    fn exec_plan(&mut self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
+    fn exec_plan(&mut self, f: &Snap, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
         match plan {
-            Dispatch::Run(route) => self.mr.run::<Value>(route, cmd),
-            Dispatch::Watch(_) | Dispatch::Unwatch => self.watch(cmd, &plan),
-            plan => {
-                let core = self.mr.core().clone();
-                self.mr.drive(Planned::new(&core, &plan, cmd))
-            }
+            Dispatch::Run(route) => f.run::<Value>(route, cmd),
+            Dispatch::Watch(_) | Dispatch::Unwatch => self.watch(f, cmd, &plan),
+            plan => f.drive(Planned::new(f.core(), &plan, cmd)),
         }
     }
 
     /// WATCH (on the keys' server, on a connection this handle keeps until
     /// EXEC, UNWATCH or DISCARD) and UNWATCH.
-    fn watch(&mut self, cmd: &Cmd, plan: &Dispatch) -> RedisResult<Value> {
+    fn watch(&mut self, f: &Snap, cmd: &Cmd, plan: &Dispatch) -> RedisResult<Value> {
         match *plan {
             Dispatch::Watch(server) => {
-                if let Some((watching, con)) = self.watched.as_mut() {
+                if let Some((_, watching, con)) = self.watched.as_mut() {
                     if *watching != server {
                         return Err(cannot(
                             "WATCH",
@@ -216,16 +233,16 @@ impl Connection {
                     }
                     return con.req_command(cmd).and_then(Value::extract_error);
                 }
-                let mut con = self.mr.checkout(server)?;
+                let mut con = f.checkout(server)?;
                 let reply = con.req_command(cmd).and_then(Value::extract_error)?;
-                self.watched = Some((server, con));
+                self.watched = Some((f.clone(), server, con));
                 Ok(reply)
             }
             _ => match self.watched.take() {
-                Some((server, mut con)) => {
+                Some((f, server, mut con)) => {
                     let reply = con.req_command(cmd).and_then(Value::extract_error);
                     if reply.is_ok() {
-                        self.mr.checkin(server, con);
+                        f.checkin(server, con);
                     }
                     reply
                 }
@@ -235,7 +252,7 @@ impl Connection {
     }
 
     /// MULTI ... EXEC: the keys of every command must share a server.
-    fn atomic(&mut self, bytes: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+    fn atomic(&mut self, f: &Snap, bytes: &[u8], cmds: &[Cmd], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         let inner = &cmds[1..cmds.len() - 1];
         let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
         let mut keyless = false;
@@ -244,8 +261,8 @@ impl Connection {
                 keyless = true;
                 continue;
             }
-            let plan = self.plan(c)?;
-            join_transaction(self.mr.core(), &mut target, c, plan)?;
+            let plan = self.plan(f, c)?;
+            join_transaction(f.core(), &mut target, c, plan)?;
         }
         if target.is_none() && keyless {
             target = Some((0, Vec::new()));
@@ -256,33 +273,29 @@ impl Connection {
         if !moves.is_empty() {
             if self.watched.is_some() {
                 return Err(crate::migration::try_again(
-                    self.mr.core(),
+                    f.core(),
                     &moves[0].key,
                     moves[0].from,
                     server,
                 ));
             }
-            let core = self.mr.core().clone();
-            let value = self
-                .mr
-                .drive(crate::migration::One::new(&core, inner, true, server, &moves))?;
+            let value = f.drive(crate::migration::One::new(f.core(), inner, true, server, &moves))?;
             return Ok(vec![value]);
         }
-        if let Some((watching, _)) = &self.watched
+        if let Some((_, watching, _)) = &self.watched
             && *watching == server
-            && let Some((_, mut con)) = self.watched.take()
+            && let Some((_, _, mut con)) = self.watched.take()
         {
             // EXEC ends the WATCH.
             let reply = con.req_packed_commands(bytes, offset, count);
             if reply.is_ok() {
-                self.mr.checkin(server, con);
+                f.checkin(server, con);
             }
             return reply;
         }
         // redis-rs's own read of a transaction, so its aborted-transaction
         // error (with each queued command's error and index) is the same.
-        self.mr
-            .with_connection(server, |con| con.req_packed_commands(bytes, offset, count))
+        f.with_connection(server, |con| con.req_packed_commands(bytes, offset, count))
     }
 }
 
@@ -292,8 +305,8 @@ impl Connection {
     /// packed bytes go to that server as they are, with no copy of the
     /// arguments (a big value is not copied twice). Anything else (None)
     /// takes the general path, which also gives every error.
-    fn as_sent(&self, bytes: &[u8]) -> Option<RedisResult<Value>> {
-        if self.mr.core().shards {
+    fn as_sent(&self, f: &Snap, bytes: &[u8]) -> Option<RedisResult<Value>> {
+        if f.core().shards {
             // Read policies, WAIT and failovers are the driver's.
             return None;
         }
@@ -310,7 +323,7 @@ impl Connection {
         if !matches!(entry.class, RouteClass::Key | RouteClass::Colocated) || entry.block.is_some() {
             return None;
         }
-        let core = self.mr.core();
+        let core = f.core();
         if args.iter().any(|a| a.len() > core.max_arg_size) {
             return None;
         }
@@ -328,7 +341,7 @@ impl Connection {
             return None;
         }
         let read_only = entry.access == crate::Access::Read;
-        Some(crate::telemetry::Span::named(&name, "key").run(|| self.mr.packed_on(server, bytes, read_only)))
+        Some(crate::telemetry::Span::named(&name, "key").run(|| f.packed_on(server, bytes, read_only)))
     }
 }
 
@@ -337,7 +350,8 @@ impl ConnectionLike for Connection {
         if cmd.is_empty() {
             return Err(empty_command());
         }
-        if let Some(reply) = self.as_sent(cmd) {
+        let f = self.snapshot();
+        if let Some(reply) = self.as_sent(&f, cmd) {
             return reply;
         }
         let mut cmds = parse_packed(cmd)?;
@@ -345,7 +359,7 @@ impl ConnectionLike for Connection {
             return Err(client_error(format!("expected one command, got {}", cmds.len())));
         }
         let cmd = cmds.pop().unwrap_or_default();
-        self.exec(&cmd)
+        self.exec(&f, &cmd)
     }
 
     fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
@@ -355,10 +369,11 @@ impl ConnectionLike for Connection {
         let cmds = parse_packed(cmd)?;
         // As the client's pipelines: nothing sent if any argument is too
         // large, one span for the whole pipeline.
+        let f = self.snapshot();
         for c in &cmds {
-            self.mr.core().check_size(c)?;
+            f.core().check_size(c)?;
         }
-        crate::telemetry::Span::pipeline(cmds.len()).run(|| self.pipeline(cmd, &cmds, offset, count))
+        crate::telemetry::Span::pipeline(cmds.len()).run(|| self.pipeline(&f, cmd, &cmds, offset, count))
     }
 
     fn get_db(&self) -> i64 {
@@ -366,7 +381,8 @@ impl ConnectionLike for Connection {
     }
 
     fn check_connection(&mut self) -> bool {
-        self.exec(&redis::cmd("PING")).is_ok()
+        let f = self.snapshot();
+        self.exec(&f, &redis::cmd("PING")).is_ok()
     }
 
     fn is_open(&self) -> bool {
@@ -400,17 +416,17 @@ impl AsyncConnection {
     }
 
     /// Plans a command, as the sync handle does.
-    async fn plan(&self, cmd: &Cmd) -> RedisResult<Dispatch> {
-        let core = self.mr.core();
-        let mut book = self.mr.command_book().get().cloned();
+    async fn plan(&self, f: &AsyncSnap, cmd: &Cmd) -> RedisResult<Dispatch> {
+        let core = f.core();
+        let mut book = f.command_book().get().cloned();
         let mut dispatch = plan(core, book.as_deref(), cmd, None)?;
         if let Dispatch::Describe = dispatch {
-            let fetched = self.describe().await?.ok_or_else(|| no_command_permission(cmd))?;
+            let fetched = self.describe(f).await?.ok_or_else(|| no_command_permission(cmd))?;
             dispatch = plan(core, Some(&fetched), cmd, None)?;
             book = Some(fetched);
         }
         if let Dispatch::GetKeys = dispatch {
-            let keys: Vec<Vec<u8>> = redis::from_redis_value(self.mr.value_on(0, &getkeys_cmd(cmd)).await?)?;
+            let keys: Vec<Vec<u8>> = redis::from_redis_value(f.value_on(0, &getkeys_cmd(cmd)).await?)?;
             dispatch = plan(core, book.as_deref(), cmd, Some(keys))?;
         }
         Ok(dispatch)
@@ -418,15 +434,15 @@ impl AsyncConnection {
 
     /// The servers' COMMAND metadata, from the first server that answers
     /// (None: this user may not run COMMAND).
-    pub(crate) async fn describe(&self) -> RedisResult<Option<Arc<CommandBook>>> {
-        if let Some(book) = self.mr.command_book().get() {
+    pub(crate) async fn describe(&self, f: &AsyncSnap) -> RedisResult<Option<Arc<CommandBook>>> {
+        if let Some(book) = f.command_book().get() {
             return Ok(Some(book.clone()));
         }
         let mut tried = Vec::new();
-        for server in 0..self.mr.core().all() {
+        for server in 0..f.core().all() {
             let cmd = redis::cmd("COMMAND");
             let reply = crate::telemetry::Span::command(&cmd, "metadata")
-                .run_async(self.mr.value_on(server, &cmd))
+                .run_async(f.value_on(server, &cmd))
                 .await;
             let done = reply.is_ok();
             tried.push(reply);
@@ -434,28 +450,33 @@ impl AsyncConnection {
                 break;
             }
         }
-        book_from(self.mr.command_book(), tried)
+        book_from(f.command_book(), tried)
     }
 
+    /// Runs one command on the configuration in force.
     async fn exec(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let plan = self.plan(cmd).await?;
-        self.exec_plan(cmd, plan).await
+        let f = self.mr.fleet();
+        let plan = self.plan(&f, cmd).await?;
+        self.exec_plan(&f, cmd, plan).await
     }
 
     /// Runs one command already planned.
-    async fn exec_plan(&self, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
+    async fn exec_plan(&self, f: &AsyncSnap, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
         match plan {
-            Dispatch::Run(route) => self.mr.run::<Value>(route, cmd).await,
-            plan => {
-                let core = self.mr.core().clone();
-                self.mr.drive(Planned::new(&core, &plan, cmd)).await
-            }
+            Dispatch::Run(route) => f.run::<Value>(route, cmd).await,
+            plan => f.drive(Planned::new(f.core(), &plan, cmd)).await,
         }
     }
 
-    async fn pipeline(&self, pipe: &redis::Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+    async fn pipeline(
+        &self,
+        f: &AsyncSnap,
+        pipe: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
         let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
-        let core = self.mr.core().clone();
+        let core = f.core().clone();
         if pipe.is_transaction() {
             let mut target: Option<(usize, Vec<crate::routing::Move>)> = None;
             let mut keyless = false;
@@ -464,7 +485,7 @@ impl AsyncConnection {
                     keyless = true;
                     continue;
                 }
-                let plan = self.plan(c).await?;
+                let plan = self.plan(f, c).await?;
                 join_transaction(&core, &mut target, c, plan)?;
             }
             if target.is_none() && keyless {
@@ -475,13 +496,12 @@ impl AsyncConnection {
             };
             if !moves.is_empty() {
                 let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
-                let value = self
-                    .mr
+                let value = f
                     .drive(crate::migration::One::new(&core, &owned, true, server, &moves))
                     .await?;
                 return Ok(vec![value]);
             }
-            let mut con = self.mr.connection(server)?;
+            let mut con = f.connection(server)?;
             return redis::aio::ConnectionLike::req_packed_commands(&mut con, pipe, offset, count)
                 .await
                 .map_err(|e| crate::error::name_server(core.server(server), e));
@@ -491,9 +511,9 @@ impl AsyncConnection {
         let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
         let mut plans = Vec::with_capacity(owned.len());
         for c in &owned {
-            plans.push(self.plan(c).await?);
+            plans.push(self.plan(f, c).await?);
         }
-        let values = self.mr.drive(Batch::new(&core, &owned, &plans)).await?;
+        let values = f.drive(Batch::new(&core, &owned, &plans)).await?;
         Ok(values.into_iter().skip(offset).take(count).collect())
     }
 }
@@ -529,11 +549,12 @@ impl redis::aio::ConnectionLike for AsyncConnection {
             }
             // As the client's pipelines: nothing sent if any argument is
             // too large, one span for the whole pipeline.
+            let f = self.mr.fleet();
             for c in cmd.cmd_iter() {
-                self.mr.core().check_size(c)?;
+                f.core().check_size(c)?;
             }
             crate::telemetry::Span::pipeline(cmd.len())
-                .run_async(self.pipeline(cmd, offset, count))
+                .run_async(self.pipeline(&f, cmd, offset, count))
                 .await
         })
     }

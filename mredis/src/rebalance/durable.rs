@@ -597,7 +597,7 @@ pub(super) const FOLLOW_FAILOVER: Duration = Duration::from_secs(60);
 pub(super) fn servers_answer_again(plan: &MovePlan, src: usize) -> bool {
     let deadline = Instant::now() + FOLLOW_FAILOVER;
     loop {
-        let answer = answers_ping(&plan.nodes[src].server) && plan.to.servers().iter().all(answers_ping);
+        let answer = answers_ping(&plan.nodes[src].server) && plan.to_servers.iter().all(answers_ping);
         if answer {
             return true;
         }

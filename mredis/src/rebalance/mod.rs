@@ -380,6 +380,8 @@ struct Settings {
 struct MovePlan<'a> {
     nodes: Vec<Node>,
     to: &'a MRedis,
+    /// `to`'s servers (as they were when the plan was made).
+    to_servers: Vec<Server>,
     /// Node of each server of `to`.
     to_node: Vec<usize>,
     settings: Settings,
@@ -489,8 +491,8 @@ struct WorkerOut {
 pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> RedisResult<RebalanceReport> {
     let timeout_ms = options.migrate_timeout_ms.unwrap_or(5000).max(1);
     let io_timeout = Duration::from_millis(timeout_ms + (timeout_ms / 2).max(1000));
-    let (from_servers, from_fp) = (from.servers().to_vec(), from.core().fingerprint.clone());
-    let (to_servers, to_fp) = (to.servers().to_vec(), to.core().fingerprint.clone());
+    let (from_servers, from_fp) = (from.servers(), from.fleet().core().fingerprint.clone());
+    let (to_servers, to_fp) = (to.servers(), to.fleet().core().fingerprint.clone());
     let fleets = ((&from_servers[..], &from_fp[..]), (&to_servers[..], &to_fp[..]));
     // The clients given here are the tool's: their idle connections are
     // not counted (one busy with a call is, as any other client's).
@@ -519,6 +521,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
         forbidden: vec![false; nodes.len()],
         nodes,
         to,
+        to_servers: to.servers(),
         to_node,
         settings: Settings {
             timeout_ms,
@@ -729,8 +732,8 @@ pub fn take_census(from: &MRedis, to: &MRedis) -> RedisResult<census::Census> {
     let mut own = crate::client::idle_connection_ids(from);
     own.extend(crate::client::idle_connection_ids(to));
     census::take(
-        (from.servers(), &from.core().fingerprint),
-        (to.servers(), &to.core().fingerprint),
+        (&from.servers(), &from.fleet().core().fingerprint),
+        (&to.servers(), &to.fleet().core().fingerprint),
         &own,
         Duration::from_secs(10),
     )
@@ -740,7 +743,7 @@ pub fn take_census(from: &MRedis, to: &MRedis) -> RedisResult<census::Census> {
 fn resolve(plan: &MovePlan, c: &Conflict, prefer: Prefer) -> RedisResult<()> {
     let io = plan.settings.io_timeout;
     let ti = plan.to.server_index_for(&c.raw_key);
-    let dest = &plan.to.servers()[ti];
+    let dest = &plan.to_servers[ti];
     let src = plan
         .nodes
         .iter()
@@ -872,6 +875,7 @@ pub fn verify(config: &MRedis, others: &MRedis) -> RedisResult<u64> {
         forbidden: vec![false; nodes.len()],
         nodes,
         to: config,
+        to_servers: config.servers(),
         to_node,
         settings: Settings {
             timeout_ms: 5000,

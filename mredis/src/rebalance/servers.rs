@@ -86,11 +86,11 @@ pub(super) fn identify(
     let mut nodes: Vec<Node> = Vec::new();
     let mut cons = Vec::new();
     let mut to_node = Vec::new();
-    let all = from
-        .servers()
+    let (from_servers, to_servers) = (from.servers(), to.servers());
+    let all = from_servers
         .iter()
         .map(|s| (false, s))
-        .chain(to.servers().iter().map(|s| (true, s)));
+        .chain(to_servers.iter().map(|s| (true, s)));
     for (is_to, server) in all {
         let existing = nodes.iter().position(|n| n.names.iter().any(|x| x == server.name()));
         let index = match existing {

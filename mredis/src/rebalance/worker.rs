@@ -343,7 +343,7 @@ pub(super) fn dump_of(v: Option<&Value>) -> Result<Option<Vec<u8>>, String> {
 
 impl Worker<'_> {
     pub(super) fn dest(&self, ti: usize) -> &Server {
-        &self.plan.to.servers()[ti]
+        &self.plan.to_servers[ti]
     }
 
     pub(super) fn record(&mut self, ti: usize, n: u64) {
@@ -368,8 +368,8 @@ impl Worker<'_> {
 
     pub(super) fn dest_con(&mut self, ti: usize) -> RedisResult<&mut Connection> {
         if !self.dest_cons.contains_key(&ti) {
-            self.dest_epochs.insert(ti, self.plan.to.servers()[ti].epoch());
-            let con = connect(&self.plan.to.servers()[ti], self.plan.settings.io_timeout)?;
+            self.dest_epochs.insert(ti, self.plan.to_servers[ti].epoch());
+            let con = connect(&self.plan.to_servers[ti], self.plan.settings.io_timeout)?;
             self.dest_cons.insert(ti, con);
         }
         Ok(self.dest_cons.get_mut(&ti).expect("just inserted"))
@@ -593,7 +593,7 @@ impl Worker<'_> {
             let db = same_server_db(self.plan, self.src, self.plan.to_node[ti]);
             let mut busy = Vec::new();
             for key in keys {
-                let dest = self.plan.to.servers()[ti].clone();
+                let dest = self.plan.to_servers[ti].clone();
                 match move_one(&mut self.con, &dest, db, &key, false, &self.plan.settings)
                     .map_err(|e| self.source_error(e, &[ti]))?
                 {
