@@ -6,9 +6,12 @@
 //! fingerprint>` (`FUNCTION LOAD`; Redis 7.0 or later, Valkey). A library
 //! rather than a key: it is persisted and replicated like one, but it is
 //! in no database, so `DBSIZE`, `KEYS` and `SCAN` do not see it. A
-//! migration-aware client ([`Builder::migrating_from`])
-//! asks the new configuration's servers for the marker of its own move
-//! once per [`POLL`]; when one has it, the client stops its migration
+//! migration-aware client ([`Builder::migrating_from`]) asks one server of
+//! the new configuration (the first that answers) for the marker of its
+//! own move once per [`POLL`], on one connection of its own (named as the
+//! client's other connections, with `:watch` added: [`WATCH_PART`]); when
+//! the marker is there, the
+//! client closes that connection and stops its migration
 //! checks: a command on a key that moved costs one round trip again, as
 //! on a client built for the new configuration alone, without a second
 //! deploy. A marker of another move (a client whose configuration
@@ -34,6 +37,9 @@ use crate::server::Server;
 
 /// The prefix of the marker libraries' names.
 pub const PREFIX: &str = "mredis_finished_";
+
+/// The part added to the name of the connection that asks for the marker.
+pub const WATCH_PART: &str = "watch";
 
 /// How often a migration-aware client asks for the marker: it stops its
 /// migration checks at most this long (plus one round trip to a server
@@ -112,20 +118,29 @@ impl Drop for Watch {
     }
 }
 
-/// Starts asking `servers` for the marker library `field` every [`POLL`];
-/// sets `finished` when one has it, and stops.
+/// Starts asking the first of `servers` that answers for the marker
+/// library `field` every [`POLL`], on a connection of its own (named as
+/// the client's); sets `finished` when it is there, and stops (closing the
+/// connection).
 pub(crate) fn watch(servers: Vec<Server>, field: String, finished: Arc<AtomicBool>, name: Option<String>) -> Watch {
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let flag = stop.clone();
     let spawned = std::thread::Builder::new()
         .name("mredis-finish".to_string())
         .spawn(move || {
-            let mut cons: Vec<Option<redis::Connection>> = servers.iter().map(|_| None).collect();
+            // One connection, to the first server of the new configuration
+            // that answers (each has the marker once it is left).
+            let mut at = 0;
+            let mut con: Option<redis::Connection> = None;
             loop {
-                for (server, con) in servers.iter().zip(cons.iter_mut()) {
-                    if found(server, con, &field, name.as_deref()) {
-                        finished.store(true, Ordering::Release);
-                        return;
+                for _ in 0..servers.len() {
+                    match ask(&servers[at], &mut con, &field, name.as_deref()) {
+                        Some(true) => {
+                            finished.store(true, Ordering::Release);
+                            return;
+                        }
+                        Some(false) => break,
+                        None => at = (at + 1) % servers.len(),
                     }
                 }
                 let (lock, wake) = &*flag;
@@ -144,8 +159,9 @@ pub(crate) fn watch(servers: Vec<Server>, field: String, finished: Arc<AtomicBoo
     Watch { stop }
 }
 
-/// Whether `server` has the marker; a server that does not answer has not.
-fn found(server: &Server, con: &mut Option<redis::Connection>, field: &str, name: Option<&str>) -> bool {
+/// Whether `server` has the marker; `None` if it does not answer (the
+/// connection is then dropped).
+fn ask(server: &Server, con: &mut Option<redis::Connection>, field: &str, name: Option<&str>) -> Option<bool> {
     if con.is_none() {
         let opened = server
             .client()
@@ -158,17 +174,20 @@ fn found(server: &Server, con: &mut Option<redis::Connection>, field: &str, name
             });
         *con = opened.ok();
     }
-    let Some(c) = con.as_mut() else { return false };
+    let c = con.as_mut()?;
     match redis::cmd("FUNCTION")
         .arg("LIST")
         .arg("LIBRARYNAME")
         .arg(field)
         .query::<redis::Value>(c)
     {
-        Ok(listed) => library_names(&listed).iter().any(|n| n == field),
+        Ok(listed) => Some(library_names(&listed).iter().any(|n| n == field)),
+        // Refused (no FUNCTION before 7.0, or not for this user): asked
+        // again next time, it never has the marker.
+        Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => Some(false),
         Err(_) => {
             *con = None;
-            false
+            None
         }
     }
 }

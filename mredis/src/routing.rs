@@ -263,7 +263,9 @@ impl Topology {
                 servers[..current].to_vec(),
                 crate::finish::marker(old, &fingerprint),
                 m.finished.clone(),
-                client_name.clone(),
+                client_name
+                    .as_ref()
+                    .map(|n| format!("{n}:{}", crate::finish::WATCH_PART)),
             )),
             _ => None,
         };

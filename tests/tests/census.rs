@@ -76,7 +76,9 @@ fn the_census_names_every_client_by_configuration_and_shows_no_password() {
     let ready: Vec<_> = census.clients.iter().filter(|c| c.kind == ClientKind::Ready).collect();
     assert!(!ready.is_empty(), "{census:#?}");
     assert!(
-        ready.iter().all(|c| c.name.ends_with(":billing")),
+        ready
+            .iter()
+            .all(|c| c.name.ends_with(":billing") || c.name.ends_with(":billing:watch")),
         "the user's part is kept: {ready:#?}"
     );
     // The raw connection is listed as unknown, with its address.
