@@ -536,3 +536,77 @@ fn stats_prints_each_shard_nodes_latency() {
         assert!(line.ends_with(" ms"), "{addr} measured: {line}");
     }
 }
+
+/// This test process is the application, the tool a process of its own: a
+/// client still on the old configuration stops the rebalance (exit 3,
+/// named, nothing moved); `--wait` waits while the application switches
+/// at run time (`reconfigure`, no restart), then the move runs and
+/// finishes.
+#[test]
+fn a_client_on_the_old_configuration_stops_the_rebalance_until_it_reconfigures() {
+    use std::io::BufRead;
+    let s = servers(3);
+    let dir = Dir::new("census");
+    let old = dir.config("old.toml", &[s[0].url(), s[1].url()]);
+    let new = dir.config("new.toml", &[s[0].url(), s[1].url(), s[2].url()]);
+    let app = open(&old);
+    for i in 0..300 {
+        app.set::<_, _, ()>(format!("a{i}"), i).unwrap();
+    }
+    let sizes = || s.iter().map(RedisServer::dbsize).collect::<Vec<_>>();
+    let before = sizes();
+
+    let move_args = ["rebalance", "--from", &old, "--to", &new, "--quiet", "--allow-volatile"];
+    let (code, out) = mredis_code(&dir, &move_args);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("nothing was moved") && out.contains("old configuration") && out.contains("mredis:"),
+        "{out}"
+    );
+    assert_eq!(sizes(), before, "nothing moved");
+    let (code, out) = mredis_code(&dir, &["clients", "--config", &new, "--from", &old]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("not ready") && out.contains("old configuration"), "{out}");
+    let help = mredis_code(&dir, &["rebalance", "--help"]).1;
+    assert!(help.contains("  3  clients that are not migration-aware"), "{help}");
+
+    // --wait: the tool says whom it waits for; the application switches.
+    let mut tool = Command::new(env!("CARGO_BIN_EXE_mredis"))
+        .args(move_args)
+        .args(["--wait", "60"])
+        .current_dir(&dir.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(tool.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("rebalance: waiting up to 60 s") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the tool ended without waiting"
+        );
+    }
+    let toml = |p: &str| mredis::builder_from_toml(&std::fs::read_to_string(p).unwrap()).unwrap();
+    app.reconfigure(toml(&new).migrating_from(toml(&old))).unwrap();
+    // Reads through the switched client, while the tool moves keys.
+    for i in 0..300 {
+        assert_eq!(app.get::<_, i64>(format!("a{i}")).unwrap(), i);
+    }
+    let out = tool.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("finished: migration-aware clients"), "{text}");
+    assert!(s[2].dbsize() > 0, "keys moved to the new server");
+    let plain = open(&new);
+    for i in 0..300 {
+        assert_eq!(app.get::<_, i64>(format!("a{i}")).unwrap(), i);
+        let owner = plain.server_for(format!("a{i}")).unwrap();
+        let on = s.iter().position(|x| x.name() == owner).unwrap();
+        assert!(s[on].keys().contains(&format!("a{i}")), "a{i} is on its new server");
+    }
+    let (code, out) = mredis_code(&dir, &["clients", "--config", &new, "--from", &old]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ready: every mredis client is migration-aware"), "{out}");
+}
