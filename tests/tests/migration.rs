@@ -398,6 +398,8 @@ struct Model {
     /// Registers: the last acknowledged value, and values of later unknown writes.
     last: Option<String>,
     maybe: Vec<Option<String>>,
+    /// Calls that failed in a way that says they did not run.
+    refused: i64,
 }
 
 /// A failure after which the command surely did not run.
@@ -410,7 +412,7 @@ fn count(models: &Mutex<HashMap<String, Model>>, key: &str, by: i64, r: &redis::
     let e = m.entry(key.to_string()).or_default();
     match r {
         Ok(_) => e.acked += by,
-        Err(err) if surely_not_run(err) => {}
+        Err(err) if surely_not_run(err) => e.refused += 1,
         Err(_) => e.unknown += by,
     }
 }
@@ -423,7 +425,7 @@ fn put(models: &Mutex<HashMap<String, Model>>, key: &str, value: Option<String>,
             e.last = value;
             e.maybe.clear();
         }
-        Err(true) => {}
+        Err(true) => e.refused += 1,
         Err(false) => e.maybe.push(value),
     }
 }
@@ -435,7 +437,21 @@ fn outcome<T>(r: &redis::RedisResult<T>) -> Result<(), bool> {
     }
 }
 
+/// How the writers' clients become migration-aware.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    /// Built migration-aware (the two-deploy procedure's first deploy).
+    Built,
+    /// Built on the old configuration, writing, then switched by
+    /// `reconfigure` (sync and async) while they write.
+    AtRunTime,
+}
+
 fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destination: bool) {
+    writers_during(old_n, new_n, mode, stop_destination, Switch::Built)
+}
+
+fn writers_during(old_n: usize, new_n: usize, mode: Mode, stop_destination: bool, switch: Switch) {
     let total = old_n.max(new_n);
     let s = persistent_servers(total);
     let old_refs: Vec<&RedisServer> = s[..old_n].iter().collect();
@@ -444,10 +460,11 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
     let timeouts = |b: Builder| b.response_timeout(Some(Duration::from_millis(800)));
     let old = builder(&old_refs, mode).build().unwrap();
     let plain_new = builder(&new_refs, mode).build().unwrap();
-    let aware = timeouts(builder(&new_refs, mode))
-        .migrating_from(builder(&old_refs, mode))
-        .build()
-        .unwrap();
+    let aware_builder = || timeouts(builder(&new_refs, mode)).migrating_from(builder(&old_refs, mode));
+    let aware = match switch {
+        Switch::Built => aware_builder().build().unwrap(),
+        Switch::AtRunTime => timeouts(builder(&old_refs, mode)).build().unwrap(),
+    };
 
     // Data written before the move, through the old configuration.
     let mut pipe = old.pipeline_all();
@@ -549,15 +566,28 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
     let async_stop = stop.clone();
     let new_urls = named(new_refs.iter().map(|s| s.port()));
     let old_urls = named(old_refs.iter().map(|s| s.port()));
-    let async_handle = rt.spawn(async move {
-        let mr = MRedis::builder()
-            .servers(new_urls)
+    let async_aware = || {
+        MRedis::builder()
+            .servers(new_urls.clone())
             .mode(mode)
             .response_timeout(Some(Duration::from_millis(800)))
-            .migrating_from(MRedis::builder().servers(old_urls).mode(mode))
-            .build_async()
-            .await
-            .unwrap();
+            .migrating_from(MRedis::builder().servers(old_urls.clone()).mode(mode))
+    };
+    let amr = rt.block_on(async {
+        match switch {
+            Switch::Built => async_aware().build_async().await.unwrap(),
+            Switch::AtRunTime => MRedis::builder()
+                .servers(old_urls.clone())
+                .mode(mode)
+                .response_timeout(Some(Duration::from_millis(800)))
+                .build_async()
+                .await
+                .unwrap(),
+        }
+    });
+    let async_mr = amr.clone();
+    let async_handle = rt.spawn(async move {
+        let mr = async_mr;
         let mut tasks = Vec::new();
         for task in 0..200 {
             let mr = mr.clone();
@@ -582,6 +612,30 @@ fn writers_during_rebalance(old_n: usize, new_n: usize, mode: Mode, stop_destina
             t.await.unwrap();
         }
     });
+
+    if switch == Switch::AtRunTime {
+        // The writers are writing through plain clients of the old
+        // configuration: switch them (and every clone) while they write.
+        let acked = || models.lock().unwrap().values().map(|m| m.acked).sum::<i64>();
+        let at = acked();
+        mredis_tests::wait_until("the plain writers writing", Duration::from_secs(30), || {
+            acked() > at + 500
+        });
+        aware.reconfigure(aware_builder()).unwrap();
+        rt.block_on(amr.reconfigure(async_aware())).unwrap();
+        let at = acked();
+        mredis_tests::wait_until("the switched writers writing", Duration::from_secs(30), || {
+            acked() > at + 2000
+        });
+        // No call failed because of the switch (nothing moves yet, and
+        // every server answers: any failure would be the switch's).
+        let models = models.lock().unwrap();
+        let failed: Vec<_> = models
+            .iter()
+            .filter(|(_, m)| m.unknown > 0 || !m.maybe.is_empty() || m.refused > 0)
+            .collect();
+        assert!(failed.is_empty(), "calls failed across the switch: {failed:?}");
+    }
 
     // The rebalance, with the first old server stopped for 2 s mid-way.
     let started = Instant::now();
@@ -762,6 +816,14 @@ fn writers_lose_nothing_while_growing_3_to_4_standard() {
 #[test]
 fn writers_lose_nothing_while_growing_3_to_4_standard_with_the_destination_stopped() {
     writers_during_rebalance(3, 4, Mode::Standard, true);
+}
+
+/// The writers switch at run time (`reconfigure`) from the old
+/// configuration to migration-aware while they write, then the same
+/// faults: the source stopped 2 s, the rebalance killed and rerun.
+#[test]
+fn writers_switched_at_run_time_lose_nothing_while_growing_3_to_4_standard() {
+    writers_during(3, 4, Mode::Standard, false, Switch::AtRunTime);
 }
 
 #[test]
