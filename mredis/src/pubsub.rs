@@ -127,6 +127,17 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # After a reconfiguration
+//!
+//! A subscriber places channels by the configuration in force when it was
+//! made, and keeps that configuration's Sentinel watching and health
+//! checking running while it lives, also after the client was switched to
+//! another one ([`MRedis::reconfigure`](crate::MRedis::reconfigure)): its
+//! connections stay on the old servers, and a channel whose owner changed
+//! is still subscribed on its old owner. Publishers route by the new
+//! configuration, so make a new subscriber after a reconfiguration that
+//! changes where channels live (and drop the old one).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;

@@ -69,15 +69,25 @@ fn mredis_clients(server: &RedisServer) -> BTreeMap<i64, String> {
 }
 
 /// The name a client built from `builder` gives its connections (read
-/// off a server, after a call on a client of its own).
-fn name_of(builder: Builder, server: &RedisServer) -> String {
-    let before: BTreeSet<i64> = mredis_clients(server).into_keys().collect();
+/// off the first server, after a call on a client of its own, which is
+/// then dropped and its connections waited out on every server).
+fn name_of(builder: Builder, servers: &[RedisServer]) -> String {
+    let before: Vec<BTreeSet<i64>> = servers.iter().map(|s| mredis_clients(s).into_keys().collect()).collect();
     let probe = builder.build().unwrap();
     let _: PerServerDbsize = probe.dbsize().unwrap();
-    let after = mredis_clients(server);
-    let mut new = after.into_iter().filter(|(id, _)| !before.contains(id)).map(|(_, n)| n);
-    let name = new.next().expect("the probe client's connection");
+    let probes: Vec<BTreeMap<i64, String>> = servers
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| mredis_clients(s).into_iter().filter(|(id, _)| !b.contains(id)).collect())
+        .collect();
+    let name = probes[0].values().next().expect("the probe client's connection").clone();
     drop(probe);
+    wait_until("the probe's connections closed", WITHIN, || {
+        servers
+            .iter()
+            .zip(&probes)
+            .all(|(s, p)| mredis_clients(s).keys().all(|id| !p.contains_key(id)))
+    });
     name
 }
 
@@ -325,7 +335,7 @@ fn connections_to_staying_servers_are_kept_and_renamed() {
     let mr = plain(&all[..3]).client_name("app").build().unwrap();
     warm(&mr);
     let before: Vec<BTreeMap<i64, String>> = s[..3].iter().map(mredis_clients).collect();
-    let old_name = name_of(plain(&all[..3]).client_name("app"), &s[0]);
+    let old_name = name_of(plain(&all[..3]).client_name("app"), &s);
     for b in &before {
         assert!(!b.is_empty());
         assert!(b.values().all(|n| *n == old_name), "{b:?}");
@@ -335,19 +345,22 @@ fn connections_to_staying_servers_are_kept_and_renamed() {
         (aware(&all, &all[..3]).client_name("app"), 3),
         (plain(&all).client_name("app"), 4),
     ] {
-        let name = name_of(next.clone(), &s[0]);
+        let name = name_of(next.clone(), &s);
         assert_ne!(name, old_name);
         let ids_before: Vec<BTreeSet<i64>> = s[..staying]
             .iter()
             .map(|x| mredis_clients(x).into_keys().collect())
             .collect();
         mr.reconfigure(next).unwrap();
-        // Before any call: every connection of the client has the new name.
+        // Before any call: the connections were kept, and every mredis
+        // connection on every server has the new name.
         for (x, ids) in s[..staying].iter().zip(&ids_before) {
             let now = mredis_clients(x);
-            let ours: BTreeMap<_, _> = now.into_iter().filter(|(id, _)| ids.contains(id)).collect();
-            assert!(!ours.is_empty(), "the connections to {} were kept", x.port());
-            assert!(ours.values().all(|n| *n == name), "{ours:?}, expected {name}");
+            assert!(now.keys().any(|id| ids.contains(id)), "the connections to {} were kept", x.port());
+            assert!(now.values().all(|n| *n == name), "{now:?}, expected {name}");
+        }
+        for x in &s {
+            assert!(mredis_clients(x).values().all(|n| *n == name), "on {}", x.port());
         }
         // Calls (one at a time, so the pools need no more) reuse them: no
         // new connection to a staying server, all still there.
@@ -379,13 +392,12 @@ async fn async_connections_to_staying_servers_are_kept_and_renamed() {
         aware(&all, &all[..3]).client_name("app"),
         plain(&all).client_name("app"),
     ] {
-        let name = name_of(next.clone(), &s[0]);
+        let name = name_of(next.clone(), &s);
         mr.reconfigure(next).await.unwrap();
         for (x, b) in s[..3].iter().zip(&before) {
             let now = mredis_clients(x);
-            let ours: BTreeMap<_, _> = now.into_iter().filter(|(id, _)| b.contains_key(id)).collect();
-            assert_eq!(ours.len(), 1, "the connection to {} was kept", x.port());
-            assert!(ours.values().all(|n| *n == name), "{ours:?}, expected {name}");
+            assert_eq!(now.keys().filter(|id| b.contains_key(id)).count(), 1, "the connection to {} was kept", x.port());
+            assert!(now.values().all(|n| *n == name), "{now:?}, expected {name}");
         }
         let _: PerServerDbsize = mr.dbsize().await.unwrap();
         for (x, b) in s[..3].iter().zip(&before) {
@@ -565,7 +577,7 @@ fn the_old_configurations_health_checker_stops() {
         })
     };
     let mr = checked(plain(&all[..2]).client_name("hc")).build().unwrap();
-    let old_name = name_of(plain(&all[..2]).client_name("hc"), &s[0]);
+    let old_name = name_of(plain(&all[..2]).client_name("hc"), &s);
     wait_until("the health checker connects", WITHIN, || {
         mredis_clients(&s[0]).values().any(|n| *n == old_name)
     });
