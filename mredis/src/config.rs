@@ -184,10 +184,16 @@ impl Builder {
     /// never served from two places and keys created during the move are
     /// created on their new server. The client never moves a key itself:
     /// `mredis rebalance` moves them (MIGRATE, atomic on the server). Fan-out
-    /// commands reach the servers of both configurations. Deploy this to
-    /// every client, run `mredis rebalance --from OLD --to NEW`, then deploy
-    /// the plain new configuration (see the crate docs, "Adding or removing
-    /// servers").
+    /// commands reach the servers of both configurations. Switch every
+    /// client to this (at run time with [`MRedis::reconfigure`](crate::MRedis::reconfigure),
+    /// or by a deploy), then run `mredis rebalance --from OLD --to NEW`: it
+    /// refuses to start while a client is not migration-aware for this move
+    /// (its connections are named after both configurations, see
+    /// [`crate::placement::fingerprint`]). Once the rebalance has verified
+    /// the move it leaves a marker; within about a second
+    /// ([`crate::finish::POLL`]) this client stops its migration checks and
+    /// a command on a moved key costs one round trip again
+    /// ([`crate::finish`]). See the crate docs, "Adding or removing servers".
     ///
     /// The old servers must be able to reach the new ones at the addresses
     /// given here (the rebalance's MIGRATE connects from server to server).
