@@ -279,7 +279,7 @@ fn no_password_in_any_output() {
     let dir = Dir::new("password");
     let url = format!("redis://:{CANARY}@127.0.0.1:{}/0", guarded.port());
     let old = dir.config("old.toml", &[plain.url()]);
-    let new = dir.config("new.toml", &[url.clone()]);
+    let new = dir.config("new.toml", std::slice::from_ref(&url));
     let from = open(&old);
     for i in 0..300 {
         from.set::<_, _, ()>(format!("p{i}"), i).unwrap();
