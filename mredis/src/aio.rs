@@ -193,6 +193,13 @@ impl MRedis {
         }
     }
 
+    /// The configuration for one call (the generated methods'): an owned
+    /// snapshot, which the call's future keeps across its awaits.
+    #[inline]
+    pub(crate) fn call(&self) -> Snapshot<Fleet> {
+        self.fleet()
+    }
+
     /// [`reconfigure`](Self::reconfigure) with the builder's parts.
     pub(crate) async fn reconfigure_parts(&self, servers: Vec<Server>, options: Options) -> RedisResult<()> {
         // Held to the end, renames included: the last reconfiguration's

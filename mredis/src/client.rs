@@ -600,6 +600,26 @@ impl<F> std::ops::Deref for Snapshot<F> {
     }
 }
 
+/// One sync call's view of the configuration: the one in force when it
+/// began, held by an `arc_swap` guard (no shared reference count touched,
+/// so calls on many threads do not contend), or a snapshot for a
+/// [`reading_from`](MRedis::reading_from) view with a policy of its own.
+pub(crate) enum Call {
+    Guarded(arc_swap::Guard<Arc<Fleet>>),
+    Snapshot(Snapshot<Fleet>),
+}
+
+impl std::ops::Deref for Call {
+    type Target = Fleet;
+    #[inline]
+    fn deref(&self) -> &Fleet {
+        match self {
+            Call::Guarded(f) => f,
+            Call::Snapshot(f) => f,
+        }
+    }
+}
+
 impl std::fmt::Debug for MRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.fleet().fmt(f)
@@ -669,6 +689,16 @@ impl MRedis {
                 ..Fleet::clone(&fleet)
             }),
             _ => Snapshot::Live(fleet),
+        }
+    }
+
+    /// The configuration in force now, for one call made and finished on
+    /// this thread (the generated methods'; see [`Call`]).
+    #[inline]
+    pub(crate) fn call(&self) -> Call {
+        match self.read_from {
+            None => Call::Guarded(self.live.fleet.load()),
+            Some(_) => Call::Snapshot(self.fleet()),
         }
     }
 
@@ -790,14 +820,14 @@ impl MRedis {
     /// Runs any command on the server that owns `key`: the escape hatch for
     /// commands or options the generated methods do not cover.
     pub fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
-        let fleet = self.fleet();
+        let fleet = self.call();
         let route = fleet.core.route_key("query_routed", &key)?;
         fleet.run(route, cmd)
     }
 
     /// Runs any command on every server.
     pub fn query_all<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        self.fleet().fan_out(cmd)
+        self.call().fan_out(cmd)
     }
 
     /// Starts measuring how fast each node of each shard answers (the

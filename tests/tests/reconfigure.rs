@@ -70,15 +70,27 @@ fn mredis_clients(server: &RedisServer) -> BTreeMap<i64, String> {
 /// off the first server, after a call on a client of its own, which is
 /// then dropped and its connections waited out on every server).
 fn name_of(builder: Builder, servers: &[RedisServer]) -> String {
-    let before: Vec<BTreeSet<i64>> = servers.iter().map(|s| mredis_clients(s).into_keys().collect()).collect();
+    let before: Vec<BTreeSet<i64>> = servers
+        .iter()
+        .map(|s| mredis_clients(s).into_keys().collect())
+        .collect();
     let probe = builder.build().unwrap();
     let _: PerServerDbsize = probe.dbsize().unwrap();
     let probes: Vec<BTreeMap<i64, String>> = servers
         .iter()
         .zip(&before)
-        .map(|(s, b)| mredis_clients(s).into_iter().filter(|(id, _)| !b.contains(id)).collect())
+        .map(|(s, b)| {
+            mredis_clients(s)
+                .into_iter()
+                .filter(|(id, _)| !b.contains(id))
+                .collect()
+        })
         .collect();
-    let name = probes[0].values().next().expect("the probe client's connection").clone();
+    let name = probes[0]
+        .values()
+        .next()
+        .expect("the probe client's connection")
+        .clone();
     drop(probe);
     wait_until("the probe's connections closed", WITHIN, || {
         servers
@@ -354,7 +366,11 @@ fn connections_to_staying_servers_are_kept_and_renamed() {
         // connection on every server has the new name.
         for (x, ids) in s[..staying].iter().zip(&ids_before) {
             let now = mredis_clients(x);
-            assert!(now.keys().any(|id| ids.contains(id)), "the connections to {} were kept", x.port());
+            assert!(
+                now.keys().any(|id| ids.contains(id)),
+                "the connections to {} were kept",
+                x.port()
+            );
             assert!(now.values().all(|n| *n == name), "{now:?}, expected {name}");
         }
         for x in &s {
@@ -394,7 +410,12 @@ async fn async_connections_to_staying_servers_are_kept_and_renamed() {
         mr.reconfigure(next).await.unwrap();
         for (x, b) in s[..3].iter().zip(&before) {
             let now = mredis_clients(x);
-            assert_eq!(now.keys().filter(|id| b.contains_key(id)).count(), 1, "the connection to {} was kept", x.port());
+            assert_eq!(
+                now.keys().filter(|id| b.contains_key(id)).count(),
+                1,
+                "the connection to {} was kept",
+                x.port()
+            );
             assert!(now.values().all(|n| *n == name), "{now:?}, expected {name}");
         }
         let _: PerServerDbsize = mr.dbsize().await.unwrap();
@@ -574,8 +595,8 @@ fn the_old_configurations_health_checker_stops() {
             ..Default::default()
         })
     };
-    let mr = checked(plain(&all[..2]).client_name("hc")).build().unwrap();
     let old_name = name_of(plain(&all[..2]).client_name("hc"), &s);
+    let mr = checked(plain(&all[..2]).client_name("hc")).build().unwrap();
     wait_until("the health checker connects", WITHIN, || {
         mredis_clients(&s[0]).values().any(|n| *n == old_name)
     });
