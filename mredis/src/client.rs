@@ -562,13 +562,16 @@ pub(crate) struct Live<F> {
     /// Held while a reconfiguration builds and renames, so two run one
     /// after the other (the last one's names win, as its fleet does).
     pub(crate) switching: Mutex<()>,
+    /// The configuration in force, for the subscribers that follow it.
+    pub(crate) topology: tokio::sync::watch::Sender<Arc<Running>>,
 }
 
 impl<F> Live<F> {
-    pub(crate) fn new(fleet: F) -> Arc<Live<F>> {
+    pub(crate) fn new(fleet: F, running: Arc<Running>) -> Arc<Live<F>> {
         Arc::new(Live {
             fleet: arc_swap::ArcSwap::from_pointee(fleet),
             switching: Mutex::new(()),
+            topology: tokio::sync::watch::Sender::new(running),
         })
     }
 }
@@ -671,8 +674,9 @@ impl MRedis {
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let (fleet, _) = Fleet::build(servers, options, None)?;
+        let running = fleet.running.clone();
         Ok(MRedis {
-            live: Live::new(fleet),
+            live: Live::new(fleet, running),
             read_from: None,
         })
     }
@@ -702,6 +706,12 @@ impl MRedis {
         }
     }
 
+    /// The client's configurations from now on, for a subscriber that
+    /// follows them.
+    pub(crate) fn topology(&self) -> crate::pubsub::Topologies {
+        self.live.topology.subscribe()
+    }
+
     /// [`reconfigure`](Self::reconfigure) with the builder's parts.
     pub(crate) fn reconfigure_parts(&self, servers: Vec<Server>, options: Options) -> RedisResult<()> {
         let _one_at_a_time = self.live.switching.lock().unwrap_or_else(|p| p.into_inner());
@@ -712,8 +722,10 @@ impl MRedis {
         // The new fleet first, then the names: a connection never carries
         // the new configuration's name while calls starting on it could
         // still route by the old one.
+        let running = fleet.running.clone();
         self.live.fleet.store(Arc::new(fleet));
         drop(old);
+        self.live.topology.send_replace(running);
         // Every server's at once: a server that does not answer costs the
         // connect timeout once, not once per server.
         std::thread::scope(|scope| {
@@ -804,10 +816,10 @@ impl MRedis {
     /// patterns on all, one iterator of [`Event`](crate::Event)s; it
     /// reconnects and subscribes again by itself. See
     /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
-    /// its own. It places channels by the configuration in force when it
-    /// was made, also after a [`reconfigure`](Self::reconfigure).
+    /// its own. It follows [`reconfigure`](Self::reconfigure) (see
+    /// [`pubsub`](crate::pubsub), "After a reconfiguration").
     pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
-        crate::pubsub::Subscriber::start(self.fleet().running())
+        crate::pubsub::Subscriber::start(self.fleet().running(), Some(self.topology()))
     }
 
     /// Each server's health as the opt-in health checking sees it
