@@ -720,3 +720,29 @@ async fn an_async_subscriber_follows_the_client() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watcher_reconfigures_an_async_client() {
+    let s = servers(3);
+    let all = refs(&s);
+    let dir = TempDir::new("fleet-watch-async");
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(&path, fleet_toml(&all[..2])).unwrap();
+    let mr = mredis::builder_from_toml(&fleet_toml(&all[..2]))
+        .unwrap()
+        .build_async()
+        .await
+        .unwrap();
+    let watch = mredis::watch_fleet_file_async(&path, mr.clone(), |b| b).unwrap();
+    replace(&path, &fleet_toml(&all));
+    let clone = mr.clone();
+    tokio::task::spawn_blocking(move || wait_until("the 3-server file applied", WITHIN, || clone.servers().len() == 3))
+        .await
+        .unwrap();
+    assert_eq!(watch.applied(), 1);
+    for i in 0..30 {
+        let key = format!("wa:{i}");
+        mr.set::<_, _, ()>(&key, i).await.unwrap();
+        assert_eq!(holders(&all, &key), vec![original_index(key.as_bytes(), 3)]);
+    }
+}
