@@ -232,7 +232,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             (
                 quote!(::redis::RedisResult<#rv>),
                 quote! {
-                    let __f = self.fleet();
+                    let __f = self.call();
                     let __route = __f.core().route_key(#redis_name, &#key)?;
                     let __cmd = #build;
                     __f.run(__route, &__cmd) #awaiting
@@ -245,7 +245,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
                 quote!(::redis::RedisResult<#rv>),
                 quote! {
                     #collect
-                    let __f = self.fleet();
+                    let __f = self.call();
                     let __route = __f.core().route_colocated(#redis_name, &__keys)?;
                     let __cmd = #build;
                     __f.run(__route, &__cmd) #awaiting
@@ -259,7 +259,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
                 quote!(::redis::RedisResult<#rv>),
                 quote! {
                     let __cmd = #build;
-                    let __f = self.fleet();
+                    let __f = self.call();
                     let __route = __f.core().route_split(&__cmd, #stride, #merge);
                     __f.run(__route, &__cmd) #awaiting
                 },
@@ -269,7 +269,7 @@ fn method(cmd: &Command, m: &Method, target: Target) -> Option<TokenStream> {
             quote!(::std::result::Result<crate::PerServer<#rv>, crate::FanOutError<#rv>>),
             quote! {
                 let __cmd = #build;
-                self.fleet().fan_out(&__cmd) #awaiting
+                self.call().fan_out(&__cmd) #awaiting
             },
         ),
         Class::Omitted => return None,

@@ -109,6 +109,8 @@ pub struct MRedis {
 struct Live {
     fleet: arc_swap::ArcSwap<Fleet>,
     switching: tokio::sync::Mutex<()>,
+    /// The configuration in force, for the subscribers that follow it.
+    topology: tokio::sync::watch::Sender<Arc<Running>>,
 }
 
 /// One configuration of an async client: its topology and the
@@ -172,6 +174,7 @@ impl MRedis {
         let (fleet, _) = Fleet::build(servers, options, None)?;
         Ok(MRedis {
             live: Arc::new(Live {
+                topology: tokio::sync::watch::Sender::new(fleet.running.clone()),
                 fleet: arc_swap::ArcSwap::from_pointee(fleet),
                 switching: tokio::sync::Mutex::new(()),
             }),
@@ -193,6 +196,19 @@ impl MRedis {
         }
     }
 
+    /// The configuration for one call (the generated methods'): an owned
+    /// snapshot, which the call's future keeps across its awaits.
+    #[inline]
+    pub(crate) fn call(&self) -> Snapshot<Fleet> {
+        self.fleet()
+    }
+
+    /// The client's configurations from now on, for a subscriber that
+    /// follows them.
+    pub(crate) fn topology(&self) -> crate::pubsub::Topologies {
+        self.live.topology.subscribe()
+    }
+
     /// [`reconfigure`](Self::reconfigure) with the builder's parts.
     pub(crate) async fn reconfigure_parts(&self, servers: Vec<Server>, options: Options) -> RedisResult<()> {
         // Held to the end, renames included: the last reconfiguration's
@@ -204,7 +220,9 @@ impl MRedis {
         let name = fleet.core.client_name.clone();
         let within = fleet.options.connect_timeout;
         // The new fleet first, then the names (see the sync client's).
+        let running = fleet.running.clone();
         self.live.fleet.store(Arc::new(fleet));
+        self.live.topology.send_replace(running);
         join_all(kept.iter().map(|m| {
             let name = name.clone();
             async move {
@@ -278,10 +296,10 @@ impl MRedis {
     /// A subscriber over every server: channels on their owner server,
     /// patterns on all, one stream of events; it reconnects and subscribes
     /// again by itself. See [`pubsub`](crate::pubsub). Needs a tokio runtime.
-    /// It places channels by the configuration in force when it was made,
-    /// also after a [`reconfigure`](Self::reconfigure).
+    /// It follows [`reconfigure`](Self::reconfigure) (see
+    /// [`pubsub`](crate::pubsub), "After a reconfiguration").
     pub fn subscriber(&self) -> RedisResult<Subscriber> {
-        Subscriber::start(self.fleet().running())
+        Subscriber::start(self.fleet().running(), Some(self.topology()))
     }
 
     /// Each server's health as the opt-in health checking sees it; empty

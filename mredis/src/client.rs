@@ -592,13 +592,16 @@ pub(crate) struct Live<F> {
     /// Held while a reconfiguration builds and renames, so two run one
     /// after the other (the last one's names win, as its fleet does).
     pub(crate) switching: Mutex<()>,
+    /// The configuration in force, for the subscribers that follow it.
+    pub(crate) topology: tokio::sync::watch::Sender<Arc<Running>>,
 }
 
 impl<F> Live<F> {
-    pub(crate) fn new(fleet: F) -> Arc<Live<F>> {
+    pub(crate) fn new(fleet: F, running: Arc<Running>) -> Arc<Live<F>> {
         Arc::new(Live {
             fleet: arc_swap::ArcSwap::from_pointee(fleet),
             switching: Mutex::new(()),
+            topology: tokio::sync::watch::Sender::new(running),
         })
     }
 }
@@ -626,6 +629,26 @@ impl<F> std::ops::Deref for Snapshot<F> {
         match self {
             Snapshot::Live(f) => f,
             Snapshot::Viewed(f) => f,
+        }
+    }
+}
+
+/// One sync call's view of the configuration: the one in force when it
+/// began, held by an `arc_swap` guard (no shared reference count touched,
+/// so calls on many threads do not contend), or a snapshot for a
+/// [`reading_from`](MRedis::reading_from) view with a policy of its own.
+pub(crate) enum Call {
+    Guarded(arc_swap::Guard<Arc<Fleet>>),
+    Snapshot(Snapshot<Fleet>),
+}
+
+impl std::ops::Deref for Call {
+    type Target = Fleet;
+    #[inline]
+    fn deref(&self) -> &Fleet {
+        match self {
+            Call::Guarded(f) => f,
+            Call::Snapshot(f) => f,
         }
     }
 }
@@ -681,8 +704,9 @@ impl MRedis {
 
     pub(crate) fn from_parts(servers: Vec<Server>, options: Options) -> RedisResult<MRedis> {
         let (fleet, _) = Fleet::build(servers, options, None)?;
+        let running = fleet.running.clone();
         Ok(MRedis {
-            live: Live::new(fleet),
+            live: Live::new(fleet, running),
             read_from: None,
         })
     }
@@ -702,6 +726,22 @@ impl MRedis {
         }
     }
 
+    /// The configuration in force now, for one call made and finished on
+    /// this thread (the generated methods'; see [`Call`]).
+    #[inline]
+    pub(crate) fn call(&self) -> Call {
+        match self.read_from {
+            None => Call::Guarded(self.live.fleet.load()),
+            Some(_) => Call::Snapshot(self.fleet()),
+        }
+    }
+
+    /// The client's configurations from now on, for a subscriber that
+    /// follows them.
+    pub(crate) fn topology(&self) -> crate::pubsub::Topologies {
+        self.live.topology.subscribe()
+    }
+
     /// [`reconfigure`](Self::reconfigure) with the builder's parts.
     pub(crate) fn reconfigure_parts(&self, servers: Vec<Server>, options: Options) -> RedisResult<()> {
         let _one_at_a_time = self.live.switching.lock().unwrap_or_else(|p| p.into_inner());
@@ -712,8 +752,10 @@ impl MRedis {
         // The new fleet first, then the names: a connection never carries
         // the new configuration's name while calls starting on it could
         // still route by the old one.
+        let running = fleet.running.clone();
         self.live.fleet.store(Arc::new(fleet));
         drop(old);
+        self.live.topology.send_replace(running);
         // Every server's at once: a server that does not answer costs the
         // connect timeout once, not once per server.
         std::thread::scope(|scope| {
@@ -804,10 +846,10 @@ impl MRedis {
     /// patterns on all, one iterator of [`Event`](crate::Event)s; it
     /// reconnects and subscribes again by itself. See
     /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
-    /// its own. It places channels by the configuration in force when it
-    /// was made, also after a [`reconfigure`](Self::reconfigure).
+    /// its own. It follows [`reconfigure`](Self::reconfigure) (see
+    /// [`pubsub`](crate::pubsub), "After a reconfiguration").
     pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
-        crate::pubsub::Subscriber::start(self.fleet().running())
+        crate::pubsub::Subscriber::start(self.fleet().running(), Some(self.topology()))
     }
 
     /// Each server's health as the opt-in health checking sees it
@@ -820,14 +862,14 @@ impl MRedis {
     /// Runs any command on the server that owns `key`: the escape hatch for
     /// commands or options the generated methods do not cover.
     pub fn query_routed<K: redis::ToRedisArgs, RV: FromRedisValue>(&self, key: K, cmd: &Cmd) -> RedisResult<RV> {
-        let fleet = self.fleet();
+        let fleet = self.call();
         let route = fleet.core.route_key("query_routed", &key)?;
         fleet.run(route, cmd)
     }
 
     /// Runs any command on every server.
     pub fn query_all<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        self.fleet().fan_out(cmd)
+        self.call().fan_out(cmd)
     }
 
     /// Starts measuring how fast each node of each shard answers (the

@@ -260,9 +260,11 @@ impl crate::MRedis {
     ///   after this returns, in every clone, [`reading_from`](crate::MRedis::reading_from)
     ///   view and [routed handle](crate::MRedis::get_connection), uses the
     ///   new one. Pipelines made before and run after are routed again on
-    ///   the new one when they run. A [`Subscriber`](crate::Subscriber) made
-    ///   before keeps the placement it was made with (make a new one to
-    ///   follow); so does a [`ScanIter`](crate::ScanIter) begun before.
+    ///   the new one when they run. A [`Subscriber`](crate::Subscriber)
+    ///   follows: channels whose owner changed are subscribed on their new
+    ///   owner (see [`pubsub`](crate::pubsub), "After a reconfiguration").
+    ///   A [`ScanIter`](crate::ScanIter) begun before runs to its end on
+    ///   the old configuration.
     /// - **Connections.** The pooled connections to servers that stay (the
     ///   same address, database, user, password, protocol and TLS) are kept,
     ///   not reopened, and renamed (`CLIENT SETNAME`) to the new

@@ -130,14 +130,20 @@
 //!
 //! # After a reconfiguration
 //!
-//! A subscriber places channels by the configuration in force when it was
-//! made, and keeps that configuration's Sentinel watching and health
-//! checking running while it lives, also after the client was switched to
-//! another one ([`MRedis::reconfigure`](crate::MRedis::reconfigure)): its
-//! connections stay on the old servers, and a channel whose owner changed
-//! is still subscribed on its old owner. Publishers route by the new
-//! configuration, so make a new subscriber after a reconfiguration that
-//! changes where channels live (and drop the old one).
+//! A subscriber follows its client's
+//! [`reconfigure`](crate::MRedis::reconfigure) (and the reconfigurations
+//! of every clone, as they share the configuration): its connections to
+//! servers that stay are kept as they are, with their subscriptions; a new
+//! server gets a connection of its own, with every pattern; each channel
+//! whose owner changed is subscribed on its new owner (which reports the
+//! gap: an [`Event::Lost`] saying the client was reconfigured, then its
+//! [`Event::Resubscribed`]) and unsubscribed on its old one; the
+//! connections to servers that left are closed once the moved channels
+//! are confirmed on their new owners (or after
+//! [`SubscriberOptions::confirm_timeout`]). Messages published to a
+//! moving channel between the switch and its confirmation on the new
+//! owner may be missed (a publisher routes by the new configuration from
+//! the switch on); the other channels lose nothing.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
@@ -582,14 +588,23 @@ struct Control {
     adopt: Option<String>,
 }
 
-/// What the handle and the ownership watcher share.
+/// What the handle and the ownership watcher share: one configuration's
+/// connection tasks and the subscriptions made on them.
 struct Shared {
     core: Arc<Topology>,
     controls: Vec<mpsc::UnboundedSender<Control>>,
     names: Vec<String>,
-    /// Each subscribed channel and the server it is subscribed on.
+    /// Each subscribed channel and the server it is subscribed on. Held
+    /// while a subscription is recorded and sent, and by a move to the
+    /// client's next configuration (see [`follow_client`]).
     channels: Mutex<BTreeMap<Vec<u8>, usize>>,
+    /// Every pattern subscribed (on every server).
+    patterns: Mutex<BTreeSet<Vec<u8>>>,
+    /// Replaced by the next configuration's: a caller that finds this
+    /// (under the `channels` lock) starts again on the new one.
+    retired: std::sync::atomic::AtomicBool,
     confirm_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 fn ended() -> redis::RedisError {
@@ -656,14 +671,15 @@ impl Shared {
 /// to clone. Its calls fail once the subscriber is dropped.
 #[derive(Clone)]
 pub struct Subscriptions {
-    shared: Arc<Shared>,
+    state: Arc<arc_swap::ArcSwap<Shared>>,
 }
 
 impl std::fmt::Debug for Subscriptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shared = self.state.load();
         f.debug_struct("Subscriptions")
-            .field("servers", &self.shared.names)
-            .field("channels", &lock(&self.shared.channels).len())
+            .field("servers", &shared.names)
+            .field("channels", &lock(&shared.channels).len())
             .finish()
     }
 }
@@ -688,13 +704,17 @@ impl Subscriptions {
     pub async fn subscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
         let channel = one_arg("channel", channel)?;
         let (tx, rx) = oneshot::channel();
-        let server = {
-            let mut map = lock(&self.shared.channels);
-            let server = self.shared.owner(&channel);
+        let (shared, server) = loop {
+            let shared = self.state.load_full();
+            let mut map = lock(&shared.channels);
+            if shared.retired.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            let server = shared.owner(&channel);
             if let Some(old) = map.insert(channel.clone(), server)
                 && old != server
             {
-                self.shared.send(
+                shared.send(
                     old,
                     Control {
                         op: Op::Unsubscribe,
@@ -704,7 +724,7 @@ impl Subscriptions {
                     },
                 )?;
             }
-            self.shared.send(
+            shared.send(
                 server,
                 Control {
                     op: Op::Subscribe,
@@ -713,9 +733,10 @@ impl Subscriptions {
                     adopt: None,
                 },
             )?;
-            server
+            drop(map);
+            break (shared, server);
         };
-        self.shared.confirm(Op::Subscribe, &channel, vec![(server, rx)]).await
+        shared.confirm(Op::Subscribe, &channel, vec![(server, rx)]).await
     }
 
     /// UNSUBSCRIBEs `channel` (forgotten at once; waits for the
@@ -724,10 +745,14 @@ impl Subscriptions {
     pub async fn unsubscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
         let channel = one_arg("channel", channel)?;
         let (tx, rx) = oneshot::channel();
-        let server = {
-            let mut map = lock(&self.shared.channels);
-            let server = map.remove(&channel).unwrap_or_else(|| self.shared.owner(&channel));
-            self.shared.send(
+        let (shared, server) = loop {
+            let shared = self.state.load_full();
+            let mut map = lock(&shared.channels);
+            if shared.retired.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            let server = map.remove(&channel).unwrap_or_else(|| shared.owner(&channel));
+            shared.send(
                 server,
                 Control {
                     op: Op::Unsubscribe,
@@ -736,9 +761,10 @@ impl Subscriptions {
                     adopt: None,
                 },
             )?;
-            server
+            drop(map);
+            break (shared, server);
         };
-        self.shared.confirm(Op::Unsubscribe, &channel, vec![(server, rx)]).await
+        shared.confirm(Op::Unsubscribe, &channel, vec![(server, rx)]).await
     }
 
     /// PSUBSCRIBEs `pattern` on every server (recorded on each, then waits
@@ -755,21 +781,37 @@ impl Subscriptions {
     }
 
     async fn everywhere(&self, op: Op, pattern: Vec<u8>) -> RedisResult<()> {
-        let mut waits = Vec::new();
-        for server in 0..self.shared.controls.len() {
-            let (tx, rx) = oneshot::channel();
-            self.shared.send(
-                server,
-                Control {
-                    op,
-                    names: vec![pattern.clone()],
-                    reply: Some(tx),
-                    adopt: None,
-                },
-            )?;
-            waits.push((server, rx));
-        }
-        self.shared.confirm(op, &pattern, waits).await
+        let (shared, waits) = loop {
+            let shared = self.state.load_full();
+            // The `channels` lock orders this with a move to the next
+            // configuration (which copies the patterns).
+            let map = lock(&shared.channels);
+            if shared.retired.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            if op.adds() {
+                lock(&shared.patterns).insert(pattern.clone());
+            } else {
+                lock(&shared.patterns).remove(&pattern);
+            }
+            let mut waits = Vec::new();
+            for server in 0..shared.controls.len() {
+                let (tx, rx) = oneshot::channel();
+                shared.send(
+                    server,
+                    Control {
+                        op,
+                        names: vec![pattern.clone()],
+                        reply: Some(tx),
+                        adopt: None,
+                    },
+                )?;
+                waits.push((server, rx));
+            }
+            drop(map);
+            break (shared, waits);
+        };
+        shared.confirm(op, &pattern, waits).await
     }
 }
 
@@ -779,16 +821,33 @@ impl Subscriptions {
 pub struct AsyncSubscriber {
     handle: Subscriptions,
     buffer: Arc<Buffer>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Keeps its configuration's Sentinel watching and health checking
-    /// running (also after the client was reconfigured).
+    /// The connection tasks of the configuration in force.
+    tasks: Arc<Mutex<Generation>>,
+    /// Follows the client's reconfigurations (see [`follow_client`]).
+    follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// One configuration's tasks: one per server (in `Shared::controls`
+/// order), the health placement follower if any, and what keeps the
+/// configuration's Sentinel watching and health checking running.
+struct Generation {
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    health: Option<tokio::task::JoinHandle<()>>,
     _running: Arc<Running>,
+}
+
+impl Generation {
+    fn abort(&mut self) {
+        for t in self.servers.iter().chain(&self.health) {
+            t.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for AsyncSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncSubscriber")
-            .field("servers", &self.handle.shared.controls.len())
+            .field("servers", &self.handle.state.load().controls.len())
             .field("buffered", &self.buffer.backlog())
             .field("dropped", &self.buffer.dropped())
             .finish()
@@ -797,9 +856,10 @@ impl std::fmt::Debug for AsyncSubscriber {
 
 impl Drop for AsyncSubscriber {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        if let Some(f) = &self.follower {
+            f.abort();
         }
+        lock(&self.tasks).abort();
     }
 }
 
@@ -808,7 +868,7 @@ impl crate::MRedis {
     /// and connection timeouts); [`MRedis::subscriber`](crate::MRedis::subscriber)
     /// uses the defaults. See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<crate::Subscriber> {
-        Subscriber::start_with(self.fleet().running(), options)
+        Subscriber::start_with(self.fleet().running(), options, Some(self.topology()))
     }
 }
 
@@ -818,67 +878,36 @@ impl crate::aio::MRedis {
     /// [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber) uses the
     /// defaults. See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
-        AsyncSubscriber::start_with(self.fleet().running(), options)
+        AsyncSubscriber::start_with(self.fleet().running(), options, Some(self.topology()))
     }
 }
 
 impl AsyncSubscriber {
-    /// Starts one connection task per server (on the current tokio runtime).
-    pub(crate) fn start(running: Arc<Running>) -> RedisResult<AsyncSubscriber> {
-        AsyncSubscriber::start_with(running, SubscriberOptions::default())
+    /// Starts one connection task per server (on the current tokio
+    /// runtime); with `follow`, the client's configurations to follow.
+    pub(crate) fn start(running: Arc<Running>, follow: Option<Topologies>) -> RedisResult<AsyncSubscriber> {
+        AsyncSubscriber::start_with(running, SubscriberOptions::default(), follow)
     }
 
-    pub(crate) fn start_with(running: Arc<Running>, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
-        let core = running.0.clone();
+    pub(crate) fn start_with(
+        running: Arc<Running>,
+        options: SubscriberOptions,
+        follow: Option<Topologies>,
+    ) -> RedisResult<AsyncSubscriber> {
         let buffer = Arc::new(Buffer::new(&options));
-        let following = core.health.clone().map(|health| {
-            Arc::new(Following {
-                seen: Mutex::new(health.placed_on()),
-                health,
-            })
+        let (shared, generation) =
+            spawn_generation(running, &buffer, None, options.connect_timeout, options.confirm_timeout);
+        let state = Arc::new(arc_swap::ArcSwap::new(shared));
+        let tasks = Arc::new(Mutex::new(generation));
+        let follower = follow.map(|mut topologies| {
+            topologies.borrow_and_update();
+            tokio::spawn(follow_client(state.clone(), tasks.clone(), buffer.clone(), topologies))
         });
-        let mut controls = Vec::new();
-        let mut names = Vec::new();
-        let mut tasks = Vec::new();
-        for server in core.current_servers() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            controls.push(tx);
-            names.push(server.name().to_string());
-            let task = Task {
-                server: server.clone(),
-                name: Arc::from(server.name()),
-                epoch: server.epoch(),
-                buffer: buffer.clone(),
-                connect_timeout: options.connect_timeout,
-                client_name: core.client_name.clone(),
-                channels: BTreeSet::new(),
-                patterns: BTreeSet::new(),
-                link: None,
-                generation: 0,
-                lost_at: None,
-                outstanding: 0,
-                restored: false,
-                waiting: Vec::new(),
-                backoff: Duration::from_millis(50),
-                following: following.clone(),
-            };
-            tasks.push(tokio::spawn(serve(task, rx)));
-        }
-        let shared = Arc::new(Shared {
-            core: core.clone(),
-            controls,
-            names,
-            channels: Mutex::new(BTreeMap::new()),
-            confirm_timeout: options.confirm_timeout,
-        });
-        if let Some(following) = following {
-            tasks.push(tokio::spawn(follow(shared.clone(), following)));
-        }
         Ok(AsyncSubscriber {
-            handle: Subscriptions { shared },
+            handle: Subscriptions { state },
             buffer,
             tasks,
-            _running: running,
+            follower,
         })
     }
 
@@ -1414,6 +1443,202 @@ async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
     }
 }
 
+/// The client's configurations, as [`reconfigure`](crate::MRedis::reconfigure) publishes them.
+pub(crate) type Topologies = tokio::sync::watch::Receiver<Arc<Running>>;
+
+/// The connection tasks of one configuration: a new task per server, or,
+/// for a server that stays from `keep` (the same connection, see
+/// [`Server::same_connection`](crate::server::Server)), its task as it is
+/// (its connection and subscriptions untouched). The kept tasks' handles
+/// are taken out of `keep`.
+fn spawn_generation(
+    running: Arc<Running>,
+    buffer: &Arc<Buffer>,
+    mut keep: Option<(&Shared, &mut Generation)>,
+    connect_timeout: Duration,
+    confirm_timeout: Duration,
+) -> (Arc<Shared>, Generation) {
+    let core = running.0.clone();
+    let following = core.health.clone().map(|health| {
+        Arc::new(Following {
+            seen: Mutex::new(health.placed_on()),
+            health,
+        })
+    });
+    let mut controls = Vec::new();
+    let mut names = Vec::new();
+    let mut servers = Vec::new();
+    for server in core.current_servers() {
+        names.push(server.name().to_string());
+        let kept = keep.as_mut().and_then(|(old, generation)| {
+            let i = (0..old.controls.len()).find(|&i| {
+                old.core.servers.get(i).is_some_and(|s| s.same_connection(server)) && generation.servers.len() > i
+            })?;
+            // A placeholder that is never run, in the retired generation.
+            let handle = std::mem::replace(&mut generation.servers[i], tokio::spawn(async {}));
+            Some((old.controls[i].clone(), handle))
+        });
+        if let Some((control, handle)) = kept {
+            controls.push(control);
+            servers.push(handle);
+            continue;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        controls.push(tx);
+        let task = Task {
+            server: server.clone(),
+            name: Arc::from(server.name()),
+            epoch: server.epoch(),
+            buffer: buffer.clone(),
+            connect_timeout,
+            // Not the configuration's name: a subscribed connection cannot
+            // be renamed, and it is kept across a reconfigure (it follows
+            // by itself, touching no key).
+            client_name: core
+                .client_name
+                .as_ref()
+                .map(|_| crate::placement::fingerprint::SUBSCRIBER_NAME.to_string()),
+            channels: BTreeSet::new(),
+            patterns: BTreeSet::new(),
+            link: None,
+            generation: 0,
+            lost_at: None,
+            outstanding: 0,
+            restored: false,
+            waiting: Vec::new(),
+            backoff: Duration::from_millis(50),
+            following: following.clone(),
+        };
+        servers.push(tokio::spawn(serve(task, rx)));
+    }
+    let shared = Arc::new(Shared {
+        core,
+        controls,
+        names,
+        channels: Mutex::new(BTreeMap::new()),
+        patterns: Mutex::new(BTreeSet::new()),
+        retired: std::sync::atomic::AtomicBool::new(false),
+        confirm_timeout,
+        connect_timeout,
+    });
+    let health = following.map(|following| tokio::spawn(follow(shared.clone(), following)));
+    (
+        shared,
+        Generation {
+            servers,
+            health,
+            _running: running,
+        },
+    )
+}
+
+/// Follows the client's reconfigurations: for each new configuration, the
+/// connections to servers that stay are kept as they are, new servers get
+/// connections of their own, every channel whose owner changed is
+/// subscribed on its new owner (which reports the gap with an
+/// [`Event::Lost`] and its [`Event::Resubscribed`]) and unsubscribed on
+/// its old one, patterns are subscribed on the new servers, and the
+/// connections to servers that left are closed once those moves are
+/// confirmed (or the confirmation timeout passed).
+async fn follow_client(
+    state: Arc<arc_swap::ArcSwap<Shared>>,
+    tasks: Arc<Mutex<Generation>>,
+    buffer: Arc<Buffer>,
+    mut topologies: Topologies,
+) {
+    while topologies.changed().await.is_ok() {
+        let running = topologies.borrow_and_update().clone();
+        let old = state.load_full();
+        let (mut retired, waits) = {
+            let map = lock(&old.channels);
+            let mut generation = lock(&tasks);
+            let (new, next) = spawn_generation(
+                running,
+                &buffer,
+                Some((&old, &mut generation)),
+                old.connect_timeout,
+                old.confirm_timeout,
+            );
+            // The old index of each kept control, by channel identity.
+            let old_index_of = |new_index: usize| {
+                (0..old.controls.len()).find(|&i| old.controls[i].same_channel(&new.controls[new_index]))
+            };
+            let mut moves: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+            let mut leaving: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+            {
+                let mut new_map = lock(&new.channels);
+                for (channel, &on) in map.iter() {
+                    let owner = new.owner(channel);
+                    new_map.insert(channel.clone(), owner);
+                    if old_index_of(owner) != Some(on) {
+                        moves.entry(owner).or_default().push(channel.clone());
+                        leaving.entry(on).or_default().push(channel.clone());
+                    }
+                }
+            }
+            let patterns = lock(&old.patterns).clone();
+            *lock(&new.patterns) = patterns.clone();
+            let mut waits = Vec::new();
+            for (owner, names) in moves {
+                let (tx, rx) = oneshot::channel();
+                let reason = format!(
+                    "{} channel(s) move here (the client was reconfigured); their messages published meanwhile are \
+                     missed",
+                    names.len()
+                );
+                let _ = new.send(
+                    owner,
+                    Control {
+                        op: Op::Subscribe,
+                        names,
+                        reply: Some(tx),
+                        adopt: Some(reason),
+                    },
+                );
+                waits.push(rx);
+            }
+            for i in 0..new.controls.len() {
+                if old_index_of(i).is_none() && !patterns.is_empty() {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = new.send(
+                        i,
+                        Control {
+                            op: Op::PSubscribe,
+                            names: patterns.iter().cloned().collect(),
+                            reply: Some(tx),
+                            adopt: None,
+                        },
+                    );
+                    waits.push(rx);
+                }
+            }
+            // The kept connections that lose channels unsubscribe them.
+            let kept_old: BTreeSet<usize> = (0..new.controls.len()).filter_map(old_index_of).collect();
+            for (on, names) in leaving {
+                if kept_old.contains(&on) {
+                    let _ = old.send(
+                        on,
+                        Control {
+                            op: Op::Unsubscribe,
+                            names,
+                            reply: None,
+                            adopt: None,
+                        },
+                    );
+                }
+            }
+            old.retired.store(true, std::sync::atomic::Ordering::Release);
+            state.store(new);
+            (std::mem::replace(&mut *generation, next), waits)
+        };
+        // The servers that left keep serving their channels until the
+        // moved ones are confirmed where they went.
+        let confirm_timeout = old.confirm_timeout;
+        let _ = tokio::time::timeout(confirm_timeout, futures::future::join_all(waits)).await;
+        retired.abort();
+    }
+}
+
 /// Follows health checking's placement: when it changes, each channel
 /// whose owner changed is unsubscribed where it was and subscribed where
 /// `PUBLISH` now sends it (the new server reports the gap).
@@ -1509,11 +1734,15 @@ impl std::fmt::Debug for Subscriber {
 }
 
 impl Subscriber {
-    pub(crate) fn start(running: Arc<Running>) -> RedisResult<Subscriber> {
-        Subscriber::start_with(running, SubscriberOptions::default())
+    pub(crate) fn start(running: Arc<Running>, follow: Option<Topologies>) -> RedisResult<Subscriber> {
+        Subscriber::start_with(running, SubscriberOptions::default(), follow)
     }
 
-    pub(crate) fn start_with(running: Arc<Running>, options: SubscriberOptions) -> RedisResult<Subscriber> {
+    pub(crate) fn start_with(
+        running: Arc<Running>,
+        options: SubscriberOptions,
+        follow: Option<Topologies>,
+    ) -> RedisResult<Subscriber> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("mredis-subscriber")
@@ -1522,7 +1751,7 @@ impl Subscriber {
             .map_err(|e| client_error(format!("cannot start the subscriber's runtime: {e}")))?;
         let inner = {
             let _guard = runtime.enter();
-            AsyncSubscriber::start_with(running, options)?
+            AsyncSubscriber::start_with(running, options, follow)?
         };
         Ok(Subscriber { runtime, inner })
     }

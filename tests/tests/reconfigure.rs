@@ -597,8 +597,8 @@ fn the_old_configurations_health_checker_stops() {
             ..Default::default()
         })
     };
-    let mr = checked(plain(&all[..2]).client_name("hc")).build().unwrap();
     let old_name = name_of(plain(&all[..2]).client_name("hc"), &s);
+    let mr = checked(plain(&all[..2]).client_name("hc")).build().unwrap();
     wait_until("the health checker connects", WITHIN, || {
         mredis_clients(&s[0]).values().any(|n| *n == old_name)
     });
@@ -614,4 +614,137 @@ fn the_old_configurations_health_checker_stops() {
         mredis_clients(&s[0]).values().all(|n| *n != old_name)
     });
     drop((pipe, clone));
+}
+
+/// Whether every channel is subscribed on its owner among the first `n`
+/// servers only, and one pattern on each of those `n` and none elsewhere.
+fn subscribed_as(all: &[&RedisServer], n: usize, channels: &[String]) -> bool {
+    all.iter().enumerate().all(|(i, s)| {
+        let mut con = s.conn();
+        let numsub: Vec<(String, usize)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channels)
+            .query(&mut con)
+            .unwrap();
+        let numpat: usize = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut con).unwrap();
+        numpat == usize::from(i < n)
+            && numsub
+                .iter()
+                .all(|(c, count)| *count == usize::from(original_index(c.as_bytes(), n) == i))
+    })
+}
+
+#[test]
+fn a_subscriber_follows_the_client() {
+    let s = servers(4);
+    let all = refs(&s);
+    let mr = plain(&all[..3]).build().unwrap();
+    let mut sub = mr.subscriber().unwrap();
+    let channels: Vec<String> = (0..40).map(|i| format!("ch:{i}")).collect();
+    for c in &channels {
+        sub.subscribe(c).unwrap();
+    }
+    sub.psubscribe("pat:*").unwrap();
+    assert!(subscribed_as(&all, 3, &channels));
+    for n in [4, 2] {
+        mr.reconfigure(plain(&all[..n])).unwrap();
+        wait_until("the subscriptions follow", WITHIN, || subscribed_as(&all, n, &channels));
+        for (i, c) in channels.iter().enumerate() {
+            let receivers: usize = mr.publish(c, i).unwrap();
+            assert_eq!(receivers, 1, "{c}");
+        }
+        let receivers: usize = s[n - 1].conn().publish("pat:x", "p").unwrap();
+        assert_eq!(receivers, 1);
+        let mut got = BTreeSet::new();
+        let mut pattern = false;
+        while got.len() < channels.len() || !pattern {
+            match sub.next_event(Some(WITHIN)) {
+                Some(mredis::Event::Message(m)) if m.pattern().is_some() => pattern = true,
+                Some(mredis::Event::Message(m)) => {
+                    got.insert(m.channel_str().to_string());
+                }
+                Some(_) => {}
+                None => panic!("no message within {WITHIN:?}: {} of {}", got.len(), channels.len()),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_subscriber_follows_the_client() {
+    let s = servers(4);
+    let all = refs(&s);
+    let mr = plain(&all[..3]).build_async().await.unwrap();
+    let mut sub = mr.subscriber().unwrap();
+    let channels: Vec<String> = (0..40).map(|i| format!("ch:{i}")).collect();
+    for c in &channels {
+        sub.subscribe(c).await.unwrap();
+    }
+    sub.psubscribe("pat:*").await.unwrap();
+    mr.reconfigure(plain(&all)).await.unwrap();
+    let check = {
+        let channels = channels.clone();
+        let urls: Vec<u16> = s.iter().map(|x| x.port()).collect();
+        move || {
+            urls.iter().enumerate().all(|(i, port)| {
+                let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let numsub: Vec<(String, usize)> = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&channels)
+                    .query(&mut con)
+                    .unwrap();
+                let numpat: usize = redis::cmd("PUBSUB").arg("NUMPAT").query(&mut con).unwrap();
+                numpat == 1
+                    && numsub
+                        .iter()
+                        .all(|(c, count)| *count == usize::from(original_index(c.as_bytes(), 4) == i))
+            })
+        }
+    };
+    tokio::task::spawn_blocking(move || wait_until("the subscriptions follow", WITHIN, check))
+        .await
+        .unwrap();
+    for (i, c) in channels.iter().enumerate() {
+        let receivers: usize = mr.publish(c, i).await.unwrap();
+        assert_eq!(receivers, 1, "{c}");
+    }
+    let mut got = BTreeSet::new();
+    while got.len() < channels.len() {
+        match tokio::time::timeout(WITHIN, sub.next_event()).await {
+            Ok(Some(mredis::Event::Message(m))) => {
+                got.insert(m.channel_str().to_string());
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("no message within {WITHIN:?}: {} of {}", got.len(), channels.len()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watcher_reconfigures_an_async_client() {
+    let s = servers(3);
+    let all = refs(&s);
+    let dir = TempDir::new("fleet-watch-async");
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(&path, fleet_toml(&all[..2])).unwrap();
+    let mr = mredis::builder_from_toml(&fleet_toml(&all[..2]))
+        .unwrap()
+        .build_async()
+        .await
+        .unwrap();
+    let watch = mredis::watch_fleet_file_async(&path, mr.clone(), |b| b).unwrap();
+    replace(&path, &fleet_toml(&all));
+    let clone = mr.clone();
+    tokio::task::spawn_blocking(move || wait_until("the 3-server file applied", WITHIN, || clone.servers().len() == 3))
+        .await
+        .unwrap();
+    assert_eq!(watch.applied(), 1);
+    for i in 0..30 {
+        let key = format!("wa:{i}");
+        mr.set::<_, _, ()>(&key, i).await.unwrap();
+        assert_eq!(holders(&all, &key), vec![original_index(key.as_bytes(), 3)]);
+    }
 }

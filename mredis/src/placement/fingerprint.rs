@@ -20,6 +20,12 @@ use crate::server::Server;
 /// The prefix of every mredis connection name.
 pub const NAME_PREFIX: &str = "mredis:";
 
+/// The name of a subscriber's connections. A subscribed connection
+/// cannot be renamed, and it follows a reconfigure by itself (its channels
+/// are subscribed again on their new owners), so it carries no
+/// configuration's fingerprint; the census does not count it.
+pub const SUBSCRIBER_NAME: &str = "mredis:subscriber";
+
 /// The name of the rebalance tool's own connections (the census skips
 /// them).
 pub const TOOL_NAME: &str = "mredis:tool";

@@ -15,9 +15,10 @@
 //! | any other `mredis:` fingerprint | [`ClientKind::Other`] | refused | refused |
 //! | anything else (redis-cli, other libraries, no name) | [`ClientKind::Unknown`] | a warning, or refused with [`CensusOptions::refuse_unknown`] | the same |
 //!
-//! Skipped: the rebalance tool's own connections (`mredis:tool`), the
-//! servers' replication links (flags `S` and `M`) and Sentinel's
-//! connections (`sentinel-*`). A client connected while the census runs
+//! Skipped: the rebalance tool's own connections (`mredis:tool`),
+//! subscribers' connections (`mredis:subscriber`: they touch no key and
+//! follow a reconfigure by themselves), the servers' replication links
+//! (flags `S` and `M`) and Sentinel's connections (`sentinel-*`). A client connected while the census runs
 //! is seen by the next one: the census is taken before anything moves and
 //! again before the final verification.
 
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use redis::RedisResult;
 
 use super::servers::{connect, error};
-use crate::placement::fingerprint::{TOOL_NAME, parse_name};
+use crate::placement::fingerprint::{SUBSCRIBER_NAME, TOOL_NAME, parse_name};
 use crate::server::Server;
 
 /// What a connection's name says about its client.
@@ -199,7 +200,12 @@ fn parse_list(server: &str, list: &str, from: &str, to: &str) -> Vec<FleetClient
         };
         let name = field("name");
         let flags = field("flags");
-        if name == TOOL_NAME || name.starts_with("sentinel-") || flags.contains('S') || flags.contains('M') {
+        if name == TOOL_NAME
+            || name == SUBSCRIBER_NAME
+            || name.starts_with("sentinel-")
+            || flags.contains('S')
+            || flags.contains('M')
+        {
             continue;
         }
         let kind = match parse_name(name) {
@@ -346,7 +352,8 @@ mod tests {
                     id=7 addr=127.0.0.1:5005 laddr=x fd=12 name= age=1 idle=0 flags=S db=0 user=default\n\
                     id=8 addr=127.0.0.1:5006 laddr=x fd=13 name=mredis:bbbbbbbbbbbb age=1 idle=0 flags=N db=0 user=default\n\
                     id=9 addr=127.0.0.1:5007 laddr=x fd=14 name=mredis:cccccccccccc age=1 idle=0 flags=N db=0 user=default\n\
-                    id=10 addr=127.0.0.1:5008 laddr=x fd=15 name=sentinel-1a2b3c4d-cmd age=1 idle=0 flags=N db=0 user=default\n";
+                    id=10 addr=127.0.0.1:5008 laddr=x fd=15 name=sentinel-1a2b3c4d-cmd age=1 idle=0 flags=N db=0 user=default\n\
+                    id=11 addr=127.0.0.1:5009 laddr=x fd=16 name=mredis:subscriber age=1 idle=0 flags=P db=0 user=default\n";
         let clients = parse_list("s1", list, old, new);
         let kinds: Vec<(u64, &ClientKind)> = clients.iter().map(|c| (c.id, &c.kind)).collect();
         assert_eq!(kinds.len(), 5, "{kinds:?}");
