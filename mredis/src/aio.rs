@@ -358,9 +358,16 @@ impl Fleet {
             blocking.push(BlockingPool {
                 server: server.clone(),
                 client: Default::default(),
-                idle: staying.map(|(o, i)| o.blocking[i].idle.clone()).unwrap_or_default(),
+                // Idle dedicated connections carry their configuration's
+                // name: kept only while it is the same (the old ones close
+                // with the old configuration).
+                idle: staying
+                    .filter(|(o, _)| o.core.client_name == core.client_name)
+                    .map(|(o, i)| o.blocking[i].idle.clone())
+                    .unwrap_or_default(),
                 max_idle: options.pool_size as usize,
                 connect_timeout: options.connect_timeout,
+                name: core.client_name.clone(),
             });
             // A Sentinel shard's primary may not be known yet: its manager
             // is made on first use (and again after each failover).
@@ -711,6 +718,8 @@ struct BlockingPool {
     idle: Arc<std::sync::Mutex<Vec<Dedicated>>>,
     max_idle: usize,
     connect_timeout: Duration,
+    /// The name new connections give themselves (`CLIENT SETNAME`).
+    name: Option<String>,
 }
 
 /// A dedicated connection and its id on the server (`CLIENT ID`, for
@@ -761,6 +770,14 @@ impl BlockingPool {
             Ok(Ok(Value::Int(id))) => Some(id),
             _ => None,
         };
+        if let Some(name) = &self.name {
+            // A refusal (an ACL without CLIENT) leaves it unnamed.
+            let _ = tokio::time::timeout(
+                self.connect_timeout,
+                con.req_packed_command(redis::cmd("CLIENT").arg("SETNAME").arg(name)),
+            )
+            .await;
+        }
         Ok(Dedicated { con, id })
     }
 
