@@ -534,7 +534,7 @@ fn run_rebalance(
             });
         })),
         skip_census: census.skip,
-        census: census_options,
+        census: census_options.clone(),
         ..Default::default()
     };
     let result = rebalance(&old, &new, options);
@@ -552,6 +552,16 @@ fn run_rebalance(
         .chain(&report.census_after)
         .flat_map(|c| c.unknown())
         .collect();
+    if let (true, Some(first)) = (dry_run, &report.census) {
+        let blocking = first.in_the_way(Stage::BeforeMove, &census_options);
+        if !blocking.is_empty() {
+            println!(
+                "would refuse: {} connections are not migration-aware for this move:{}",
+                blocking.len(),
+                Census::describe(&blocking)
+            );
+        }
+    }
     if !unknown.is_empty() {
         println!(
             "warning: {} connections are not mredis clients (--refuse-unknown refuses them):{}",
