@@ -110,7 +110,7 @@
 //! (async: [`aio::MRedis::reconfigure`]), for itself and every clone:
 //! calls in flight finish on the old configuration, the next ones use the
 //! new one, and the connections to servers that stay are kept and renamed.
-//! With the `watch` feature, [`watch_fleet_file`] does it whenever a fleet
+//! With the `watch` feature, `watch_fleet_file` does it whenever a fleet
 //! file changes.
 //!
 //! ## Pub/Sub, health, tracing
@@ -132,7 +132,7 @@
 //! - `cli`: the `mredis` command-line tool (`locate`, `stats`, `rebalance`)
 //!   over TOML fleet files ([`builder_from_toml`]) or twemproxy YAML pools
 //!   ([`builder_from_twemproxy_yaml`]).
-//! - `watch`: [`watch_fleet_file`] reloads a TOML fleet file when it changes
+//! - `watch`: `watch_fleet_file` reloads a TOML fleet file when it changes
 //!   and [reconfigures](MRedis::reconfigure) the client (the `notify`
 //!   crate; refused changes are logged with `tracing`).
 //! - `bloom`: the Bloom filter methods (`bf_add`, `bf_exists`, `bf_reserve`,

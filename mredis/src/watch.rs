@@ -125,7 +125,8 @@ pub fn watch_fleet_file_with(
 
 /// [`watch_fleet_file_with`] for the async client. Call it inside a tokio
 /// runtime: each reload's [`reconfigure`](crate::aio::MRedis::reconfigure)
-/// runs on that runtime (awaited on the watcher's own thread).
+/// runs on that runtime (awaited on the watcher's own thread), so drop the
+/// watch before the runtime shuts down.
 pub fn watch_fleet_file_async(
     path: impl AsRef<Path>,
     client: crate::aio::MRedis,
