@@ -67,7 +67,7 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
-use crate::client::Snapshot;
+use crate::client::{Snapshot, Viewable};
 use crate::error::client_error;
 use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 pub use crate::handle::AsyncConnection as Connection;
@@ -139,6 +139,15 @@ pub(crate) struct Fleet {
     running: Arc<Running>,
 }
 
+impl Viewable for Fleet {
+    fn read_from(&self) -> crate::options::ReadFrom {
+        self.read_from
+    }
+    fn set_read_from(&mut self, policy: crate::options::ReadFrom) {
+        self.read_from = policy;
+    }
+}
+
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("aio::MRedis")
@@ -186,14 +195,7 @@ impl MRedis {
     /// future stays `Send`; see the sync client's).
     #[inline]
     pub(crate) fn fleet(&self) -> Snapshot<Fleet> {
-        let fleet = self.live.fleet.load_full();
-        match self.read_from {
-            Some(policy) if policy != fleet.read_from => Snapshot::Viewed(Fleet {
-                read_from: policy,
-                ..Fleet::clone(&fleet)
-            }),
-            _ => Snapshot::Live(fleet),
-        }
+        Snapshot::of(&self.live.fleet, self.read_from)
     }
 
     /// The configuration for one call (the generated methods'): an owned

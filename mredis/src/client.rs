@@ -613,6 +613,39 @@ pub(crate) enum Snapshot<F> {
     Viewed(F),
 }
 
+/// A fleet that a [`reading_from`](MRedis::reading_from) view can copy
+/// with a read policy of its own (the sync and the async client's).
+pub(crate) trait Viewable: Clone {
+    fn read_from(&self) -> ReadFrom;
+    fn set_read_from(&mut self, policy: ReadFrom);
+}
+
+impl<F: Viewable> Snapshot<F> {
+    /// The configuration in `live` for one call, under the view's policy
+    /// (`view`, if it has one of its own).
+    #[inline]
+    pub(crate) fn of(live: &arc_swap::ArcSwap<F>, view: Option<ReadFrom>) -> Snapshot<F> {
+        let fleet = live.load_full();
+        match view {
+            Some(policy) if policy != fleet.read_from() => {
+                let mut own = F::clone(&fleet);
+                own.set_read_from(policy);
+                Snapshot::Viewed(own)
+            }
+            _ => Snapshot::Live(fleet),
+        }
+    }
+}
+
+impl Viewable for Fleet {
+    fn read_from(&self) -> ReadFrom {
+        self.read_from
+    }
+    fn set_read_from(&mut self, policy: ReadFrom) {
+        self.read_from = policy;
+    }
+}
+
 impl<F: Clone> Clone for Snapshot<F> {
     fn clone(&self) -> Self {
         match self {
@@ -716,14 +749,7 @@ impl MRedis {
     /// a policy of its own also copies a few pointers).
     #[inline]
     pub(crate) fn fleet(&self) -> Snapshot<Fleet> {
-        let fleet = self.live.fleet.load_full();
-        match self.read_from {
-            Some(policy) if policy != fleet.read_from => Snapshot::Viewed(Fleet {
-                read_from: policy,
-                ..Fleet::clone(&fleet)
-            }),
-            _ => Snapshot::Live(fleet),
-        }
+        Snapshot::of(&self.live.fleet, self.read_from)
     }
 
     /// The configuration in force now, for one call made and finished on
