@@ -638,7 +638,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("self . core () . route_key (\"SETEX\" , & key) ?"),
+            out.contains("let __f = self . call () ; let __route = __f . core () . route_key (\"SETEX\" , & key) ?"),
             "{out}"
         );
         assert!(
