@@ -80,12 +80,9 @@ pub(crate) struct Topology {
     /// Measures the shards' nodes for `ReadFrom::LowestLatency` (started
     /// at build under that policy, else on its first use).
     prober: std::sync::OnceLock<Option<crate::latency::Prober>>,
-    /// The placement's fingerprint, and the old one's while migrating
-    /// (what `client_name` is made of; kept for diagnostics).
-    #[allow(dead_code)]
+    /// The placement's fingerprint (the census compares connection names
+    /// with it).
     pub(crate) fingerprint: String,
-    #[allow(dead_code)]
-    pub(crate) from_fingerprint: Option<String>,
     /// The name every connection gives itself (`CLIENT SETNAME`), unless
     /// turned off.
     pub(crate) client_name: Option<String>,
@@ -280,7 +277,6 @@ impl Topology {
             finish: std::sync::Mutex::new(finish),
             lineage,
             fingerprint,
-            from_fingerprint,
             client_name,
             prober,
             shards,

@@ -491,8 +491,7 @@ struct WorkerOut {
 pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> RedisResult<RebalanceReport> {
     let timeout_ms = options.migrate_timeout_ms.unwrap_or(5000).max(1);
     let io_timeout = Duration::from_millis(timeout_ms + (timeout_ms / 2).max(1000));
-    let (from_servers, from_fp) = (from.servers(), from.fleet().core().fingerprint.clone());
-    let (to_servers, to_fp) = (to.servers(), to.fleet().core().fingerprint.clone());
+    let ((from_servers, from_fp), (to_servers, to_fp)) = (census_view(from), census_view(to));
     let fleets = ((&from_servers[..], &from_fp[..]), (&to_servers[..], &to_fp[..]));
     // The clients given here are the tool's: their idle connections are
     // not counted (one busy with a call is, as any other client's).
@@ -723,6 +722,15 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     Ok(report)
 }
 
+/// A configuration's servers and fingerprint, from one snapshot.
+fn census_view(mr: &MRedis) -> (Vec<Server>, String) {
+    let fleet = mr.fleet();
+    (
+        fleet.core().current_servers().to_vec(),
+        fleet.core().fingerprint.clone(),
+    )
+}
+
 /// Takes the census of the clients connected to the servers of `from`
 /// and `to` (primaries, and the replicas their shards list): which
 /// configuration each mredis client runs, and the connections that are not
@@ -731,9 +739,10 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
 pub fn take_census(from: &MRedis, to: &MRedis) -> RedisResult<census::Census> {
     let mut own = crate::client::idle_connection_ids(from);
     own.extend(crate::client::idle_connection_ids(to));
+    let ((from_servers, from_fp), (to_servers, to_fp)) = (census_view(from), census_view(to));
     census::take(
-        (&from.servers(), &from.fleet().core().fingerprint),
-        (&to.servers(), &to.fleet().core().fingerprint),
+        (&from_servers, &from_fp),
+        (&to_servers, &to_fp),
         &own,
         Duration::from_secs(10),
     )
