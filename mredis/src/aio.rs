@@ -69,7 +69,7 @@ use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::client::{Snapshot, Viewable};
 use crate::error::client_error;
-use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
+use crate::exec::{Cmds, FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 pub use crate::handle::AsyncConnection as Connection;
 use crate::multiplexed::Shared as ConnectionManager;
 use crate::options::Options;
@@ -572,12 +572,12 @@ impl Fleet {
     async fn request_on(
         &self,
         index: usize,
-        cmds: &[Cmd],
+        cmds: &Cmds<'_>,
         block: Option<Duration>,
         target: &Target,
     ) -> RedisResult<Vec<Value>> {
         let span = Span::server(&self.core, index);
-        if let (Some(block), [cmd]) = (block, cmds) {
+        if let (Some(block), Some(cmd)) = (block, cmds.single()) {
             return span
                 .run_async(self.blocking_on(index, cmd, block))
                 .await
@@ -618,15 +618,21 @@ impl Fleet {
     }
 
     /// One request on the shared connection.
-    async fn send_on(&self, con: &mut ConnectionManager, span: &Span, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+    /// A fleet pipeline's share goes as the `redis::Pipeline` it is; a list
+    /// of commands is copied into one (redis-rs's async connections take a
+    /// `Pipeline`).
+    async fn send_on(&self, con: &mut ConnectionManager, span: &Span, cmds: &Cmds<'_>) -> RedisResult<Vec<Value>> {
+        if let Some(cmd) = cmds.single() {
+            return span.run_async(con.req_packed_command(cmd)).await.map(|v| vec![v]);
+        }
         match cmds {
-            [cmd] => span.run_async(con.req_packed_command(cmd)).await.map(|v| vec![v]),
-            _ => {
+            Cmds::Pipeline(pipe) => span.run_async(con.req_packed_commands(pipe, 0, pipe.len())).await,
+            Cmds::List(list) => {
                 let mut pipe = redis::pipe();
-                for c in cmds {
+                for c in list.iter() {
                     pipe.add_command(c.clone());
                 }
-                span.run_async(con.req_packed_commands(&pipe, 0, cmds.len())).await
+                span.run_async(con.req_packed_commands(&pipe, 0, list.len())).await
             }
         }
     }

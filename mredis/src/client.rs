@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
+use crate::exec::{Cmds, FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
@@ -1232,8 +1232,7 @@ impl Fleet {
     fn send(&self, requests: &[Request<'_>], targets: &[Target]) -> Vec<RedisResult<Vec<Value>>> {
         let replica = |i: usize| targets.get(i).unwrap_or(&Target::Primary);
         match requests {
-            [one] if one.cmds.len() == 1 => {
-                let cmd = &one.cmds[0];
+            [one] if let Some(cmd) = one.cmds.single() => {
                 vec![
                     Span::server(&self.core, one.server)
                         .run(|| self.exchange(one.server, cmd, one.block, replica(0)))
@@ -1241,7 +1240,7 @@ impl Fleet {
                 ]
             }
             _ => {
-                let packed: Vec<Vec<u8>> = requests.iter().map(|r| pack_all(&r.cmds)).collect();
+                let packed: Vec<Vec<u8>> = requests.iter().map(|r| r.cmds.packed()).collect();
                 let jobs: Vec<Job<'_>> = requests
                     .iter()
                     .zip(&packed)
@@ -1468,7 +1467,7 @@ impl Fleet {
 struct JobKind<'a> {
     /// Its commands, if known (to tell whether running it twice changes
     /// nothing; looked up only after a failure).
-    cmds: Option<&'a [Cmd]>,
+    cmds: Option<&'a Cmds<'a>>,
     /// It blocks on the server this long (`ZERO`: until answered).
     block: Option<Duration>,
     /// Where it goes.
@@ -1557,20 +1556,6 @@ fn read_replies(con: &mut Connection, count: usize, values: &mut Vec<Value>) -> 
 /// is never retried.
 fn retry_allowed(written: bool, repeatable: bool) -> bool {
     !written || repeatable
-}
-
-/// Commands packed one after another, as one pipeline.
-fn pack_all(cmds: &[Cmd]) -> Vec<u8> {
-    match cmds {
-        [one] => one.get_packed_command(),
-        _ => {
-            let mut out = Vec::new();
-            for c in cmds {
-                c.write_packed_command(&mut out);
-            }
-            out
-        }
-    }
 }
 
 mredis_macros::sync_methods!();

@@ -24,13 +24,112 @@ use crate::routing::{Plan, Route, Topology, args_of, command_name};
 #[derive(Debug)]
 pub(crate) struct Request<'a> {
     pub(crate) server: usize,
-    pub(crate) cmds: Cow<'a, [Cmd]>,
+    pub(crate) cmds: Cmds<'a>,
     /// A one-command request that blocks on the server (BLPOP, XREAD
     /// BLOCK, WAIT, ...) and for how long (`ZERO`: until answered), from
     /// the command table ([`block_of`]). The drivers give it a connection
     /// of its own and a deadline of the block time plus the response
     /// timeout (none for `ZERO`).
     pub(crate) block: Option<Duration>,
+}
+
+/// A request's commands: a list (borrowed or owned), or a redis-rs
+/// pipeline the caller built (a fleet pipeline's share of one server), which
+/// the async driver hands to the multiplexed connection as it is.
+#[derive(Debug)]
+pub(crate) enum Cmds<'a> {
+    List(Cow<'a, [Cmd]>),
+    Pipeline(&'a redis::Pipeline),
+}
+
+impl<'a> Cmds<'a> {
+    /// How many commands.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Cmds::List(list) => list.len(),
+            Cmds::Pipeline(pipe) => pipe.len(),
+        }
+    }
+
+    /// The commands in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Cmd> + '_ {
+        let (list, pipe) = match self {
+            Cmds::List(list) => (Some(list.iter()), None),
+            Cmds::Pipeline(pipe) => (None, Some(pipe.cmd_iter())),
+        };
+        list.into_iter().flatten().chain(pipe.into_iter().flatten())
+    }
+
+    /// The command of a one-command request.
+    pub(crate) fn single(&self) -> Option<&Cmd> {
+        let mut all = self.iter();
+        match (all.next(), all.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The list, owned from here on (a pipeline's commands copied once),
+    /// to change.
+    pub(crate) fn to_mut(&mut self) -> &mut Vec<Cmd> {
+        if let Cmds::Pipeline(pipe) = self {
+            *self = Cmds::List(Cow::Owned(pipe.cmd_iter().cloned().collect()));
+        }
+        match self {
+            Cmds::List(list) => list.to_mut(),
+            Cmds::Pipeline(_) => unreachable!("made a list above"),
+        }
+    }
+
+    /// The commands with nothing borrowed.
+    pub(crate) fn into_owned(self) -> Cmds<'static> {
+        Cmds::List(Cow::Owned(match self {
+            Cmds::List(list) => list.into_owned(),
+            Cmds::Pipeline(pipe) => pipe.cmd_iter().cloned().collect(),
+        }))
+    }
+
+    /// The same commands, borrowed.
+    pub(crate) fn borrowed(&self) -> Cmds<'_> {
+        match self {
+            Cmds::List(list) => Cmds::List(Cow::Borrowed(&list[..])),
+            Cmds::Pipeline(pipe) => Cmds::Pipeline(pipe),
+        }
+    }
+
+    /// One borrowed command.
+    pub(crate) fn one(cmd: &'a Cmd) -> Self {
+        Cmds::List(Cow::Borrowed(std::slice::from_ref(cmd)))
+    }
+
+    /// The commands packed one after another, as one pipeline.
+    pub(crate) fn packed(&self) -> Vec<u8> {
+        match self {
+            Cmds::Pipeline(pipe) => pipe.get_packed_pipeline(),
+            Cmds::List(list) => match &list[..] {
+                [one] => one.get_packed_command(),
+                all => {
+                    let mut out = Vec::new();
+                    for c in all {
+                        c.write_packed_command(&mut out);
+                    }
+                    out
+                }
+            },
+        }
+    }
+}
+
+impl From<Vec<Cmd>> for Cmds<'_> {
+    fn from(cmds: Vec<Cmd>) -> Self {
+        Cmds::List(Cow::Owned(cmds))
+    }
+}
+
+impl<'a> From<&'a [Cmd]> for Cmds<'a> {
+    fn from(cmds: &'a [Cmd]) -> Self {
+        Cmds::List(Cow::Borrowed(cmds))
+    }
 }
 
 /// How long `cmd` blocks on the server, by the command table's `block`
@@ -111,7 +210,7 @@ impl<T> Step<'_, T> {
                     .map(|r| Request {
                         server: r.server,
                         block: r.block,
-                        cmds: Cow::Owned(r.cmds.into_owned()),
+                        cmds: r.cmds.into_owned(),
                     })
                     .collect(),
             ),
@@ -194,7 +293,7 @@ impl Machine for Routed<'_> {
         match &mut self.state {
             RoutedState::Direct(server) => Step::Send(vec![Request {
                 server: *server,
-                cmds: Cow::Borrowed(std::slice::from_ref(self.cmd)),
+                cmds: Cmds::one(self.cmd),
                 block: block_of(self.cmd),
             }]),
             RoutedState::Split(plan) => Step::Send(
@@ -254,7 +353,7 @@ impl Machine for FanOut<'_> {
             (0..self.core.all())
                 .map(|server| Request {
                     server,
-                    cmds: Cow::Borrowed(std::slice::from_ref(self.cmd)),
+                    cmds: Cmds::one(self.cmd),
                     block,
                 })
                 .collect(),

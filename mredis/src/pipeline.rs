@@ -10,7 +10,7 @@ use std::sync::Arc;
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::{Failure, client_error, show_key};
-use crate::exec::{Machine, Request, Step};
+use crate::exec::{Cmds, Machine, Request, Step};
 use crate::migration::{One, Pipe, PipeCommand};
 use crate::routing::{Move, Route, Topology};
 use crate::telemetry::Span;
@@ -471,7 +471,7 @@ impl Machine for KeyRun<'_> {
             KeyState::Direct => Step::Send(vec![Request {
                 server: p.server,
                 block: None,
-                cmds: Cow::Borrowed(p.sent()),
+                cmds: p.sent().into(),
             }]),
             KeyState::Atomic(m) => then(m.start(), |exec| p.finish(vec![exec?])),
             KeyState::Moving(m) => then(m.start(), |slots| {
@@ -519,8 +519,9 @@ mredis_macros::pipeline_methods!();
 #[derive(Clone)]
 pub struct FleetPipeline {
     core: Arc<Topology>,
-    /// Per server (by index): its commands and the call-order position of each.
-    shares: Vec<Option<(Vec<Cmd>, Vec<usize>)>>,
+    /// Per server (by index): its commands (a redis-rs pipeline, which the
+    /// async client sends as it is) and the call-order position of each.
+    shares: Vec<Option<(redis::Pipeline, Vec<usize>)>>,
     ignored: Vec<bool>,
     /// Per command (call order): its server and moving keys.
     placed: Vec<(usize, Moving)>,
@@ -562,7 +563,7 @@ impl FleetPipeline {
         again.problem = self.problem.clone();
         let mut cmds: Vec<Option<&Cmd>> = vec![None; self.placed.len()];
         for (share, positions) in self.shares.iter().flatten() {
-            for (c, &p) in share.iter().zip(positions) {
+            for (c, &p) in share.cmd_iter().zip(positions) {
                 cmds[p] = Some(c);
             }
         }
@@ -655,8 +656,8 @@ impl FleetPipeline {
         };
         let position = self.ignored.len();
         if let Some(slot) = self.shares.get_mut(server) {
-            let (cmds, positions) = slot.get_or_insert_with(|| (Vec::new(), Vec::new()));
-            cmds.push(cmd);
+            let (cmds, positions) = slot.get_or_insert_with(|| (redis::pipe(), Vec::new()));
+            cmds.add_command(cmd);
             positions.push(position);
             self.ignored.push(false);
             self.placed.push((server, self.pending.take()));
@@ -675,7 +676,7 @@ impl FleetPipeline {
         }
         let mut cmds: Vec<Option<Cmd>> = vec![None; self.placed.len()];
         for (share, positions) in self.shares.iter().flatten() {
-            for (c, &p) in share.iter().zip(positions) {
+            for (c, &p) in share.cmd_iter().zip(positions) {
                 cmds[p] = Some(c.clone());
             }
         }
@@ -699,7 +700,7 @@ impl FleetPipeline {
         }
         same_client(core, &self.core)?;
         for (cmds, _) in self.shares.iter().flatten() {
-            cmds.iter().try_for_each(|c| self.core.check_size(c))?;
+            cmds.cmd_iter().try_for_each(|c| self.core.check_size(c))?;
         }
         Ok(self
             .shares
@@ -804,7 +805,7 @@ impl Machine for FleetRun<'_> {
                         Some(Request {
                             server,
                             block: None,
-                            cmds: Cow::Borrowed(&cmds[..]),
+                            cmds: Cmds::Pipeline(cmds),
                         })
                     })
                     .collect(),

@@ -5,13 +5,12 @@
 //! unknown outcome), and the `WAIT` that makes a write count only once
 //! replicas have it.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Cmd, ConnectionAddr, RedisError, RedisResult, Value};
 
-use crate::exec::{Request, closed, read_only};
+use crate::exec::{Cmds, Request, closed, read_only};
 use crate::options::{Acks, Options, ReadFrom};
 use crate::routing::Topology;
 use crate::server::Server;
@@ -113,7 +112,7 @@ pub(crate) enum Verdict {
 }
 
 /// Reads `result` (of `cmds` on `server`).
-pub(crate) fn verdict(server: &Server, cmds: &[Cmd], result: &RedisResult<Vec<Value>>) -> Verdict {
+pub(crate) fn verdict(server: &Server, cmds: &Cmds<'_>, result: &RedisResult<Vec<Value>>) -> Verdict {
     if server.shard().and_then(|s| s.master()).is_none() {
         return Verdict::Fine;
     }
@@ -178,13 +177,13 @@ pub(crate) fn with_wait<'a>(request: &Request<'a>, acks: Acks) -> Option<Request
     if request.block.is_some() || request.cmds.iter().all(read_only) {
         return None;
     }
-    let mut cmds = request.cmds.to_vec();
+    let mut cmds: Vec<Cmd> = request.cmds.iter().cloned().collect();
     let mut wait = redis::cmd("WAIT");
     wait.arg(acks.replicas).arg(acks.timeout.as_millis() as u64);
     cmds.push(wait);
     Some(Request {
         server: request.server,
-        cmds: Cow::Owned(cmds),
+        cmds: cmds.into(),
         block: None,
     })
 }
@@ -250,7 +249,7 @@ impl<'r> ShardPlan<'r> {
                 None => {
                     out.push(Request {
                         server: r.server,
-                        cmds: Cow::Borrowed(&r.cmds[..]),
+                        cmds: r.cmds.borrowed(),
                         block: r.block,
                     });
                     waited.push(false);

@@ -4,14 +4,13 @@
 //! gets iterators, the async one streams; both yield `RedisResult<T>` like
 //! redis-rs's `Iter`/`AsyncIter`.
 
-use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 
 use futures::stream::BoxStream;
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::client_error;
-use crate::exec::{Machine, Request, Step, one};
+use crate::exec::{Cmds, Machine, Request, Step, one};
 use crate::migration::One;
 use crate::routing::{Move, Route, Topology};
 
@@ -259,7 +258,7 @@ impl<T: FromRedisValue> Machine for PageRun<'_, T> {
             PageStep::Direct(cmd) => Step::Send(vec![Request {
                 server: self.server,
                 block: None,
-                cmds: Cow::Borrowed(std::slice::from_ref(*cmd)),
+                cmds: Cmds::one(cmd),
             }]),
             PageStep::Moving(m) => {
                 let step = m.start().into_owned();

@@ -2,12 +2,10 @@
 //! keys (all keys must share a server), loading itself there when the server
 //! answers NOSCRIPT, like redis-rs's `Script`.
 
-use std::borrow::Cow;
-
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 use crate::error::client_error;
-use crate::exec::{Machine, Request, Step, one};
+use crate::exec::{Cmds, Machine, Request, Step, one};
 use crate::routing::{Move, Route, Topology, name_server, push_keys};
 
 /// A Lua script, invoked with EVALSHA on the server that owns its keys.
@@ -270,7 +268,7 @@ impl ScriptRun<'_> {
         Step::Send(vec![Request {
             server,
             block: None,
-            cmds: Cow::Borrowed(std::slice::from_ref(&self.sent)),
+            cmds: Cmds::one(&self.sent),
         }])
     }
 

@@ -1,8 +1,6 @@
 //! A handle's commands and pipelines as sans-I/O machines, driven by the
 //! sync and async clients' drivers alike.
 
-use std::borrow::Cow;
-
 use redis::{Cmd, RedisResult, Value};
 
 use super::*;
@@ -85,7 +83,7 @@ impl Machine for Planned<'_> {
             Planned::Scan { server, scan, .. } => Step::Send(vec![Request {
                 server: *server,
                 block: None,
-                cmds: Cow::Owned(scan.take().into_iter().collect()),
+                cmds: scan.take().into_iter().collect::<Vec<_>>().into(),
             }]),
             Planned::Now(result) => Step::Done(
                 result
@@ -195,7 +193,7 @@ impl<'a> Batch<'a> {
                     .map(|(server, _, ats)| Request {
                         server: *server,
                         block: None,
-                        cmds: Cow::Owned(ats.iter().map(|&at| self.cmds[at].clone()).collect()),
+                        cmds: ats.iter().map(|&at| self.cmds[at].clone()).collect::<Vec<_>>().into(),
                     })
                     .collect();
                 self.next = j;
