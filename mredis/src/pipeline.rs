@@ -53,40 +53,71 @@ fn reconfigured(running: &Arc<Topology>, built: &Arc<Topology>) -> bool {
 }
 
 /// Every command's keys, as added, so a pipeline can be routed again on a
-/// later configuration of its client.
+/// later configuration of its client. The keys lie end to end in one
+/// buffer (no allocation per key).
 #[derive(Clone, Default)]
 struct KeyLog {
-    keys: Vec<Vec<u8>>,
-    /// Per command, the end of its keys in `keys`.
+    bytes: Vec<u8>,
+    /// Where each key starts in `bytes` (it ends where the next starts).
+    starts: Vec<usize>,
+    /// Per command, the end of its keys in `starts`.
     ends: Vec<usize>,
-    /// The keys of the command being added (kept once it is).
-    pending: usize,
+    /// `starts` and `bytes` as the last command added left them (what the
+    /// keys of a command not added are cut back to).
+    pending: (usize, usize),
 }
 
 impl KeyLog {
     fn push<K: ToRedisArgs>(&mut self, key: &K) {
-        self.keys.extend(key.to_redis_args());
+        key.write_redis_args(self);
     }
 
     fn push_all(&mut self, keys: &[Vec<u8>]) {
-        self.keys.extend_from_slice(keys);
+        for key in keys {
+            redis::RedisWrite::write_arg(self, key);
+        }
     }
 
     /// The keys pushed since the last command belong to the one added now.
     fn added(&mut self) {
-        self.ends.push(self.keys.len());
-        self.pending = self.keys.len();
+        self.ends.push(self.starts.len());
+        self.pending = (self.starts.len(), self.bytes.len());
     }
 
     /// The keys pushed since the last command were of one not added.
     fn dropped(&mut self) {
-        self.keys.truncate(self.pending);
+        self.starts.truncate(self.pending.0);
+        self.bytes.truncate(self.pending.1);
     }
 
     /// Command `i`'s keys.
-    fn of(&self, i: usize) -> &[Vec<u8>] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.keys[start..self.ends[i]]
+    fn of(&self, i: usize) -> Vec<Vec<u8>> {
+        let first = if i == 0 { 0 } else { self.ends[i - 1] };
+        (first..self.ends[i])
+            .map(|k| {
+                let end = self.starts.get(k + 1).copied().unwrap_or(self.bytes.len());
+                self.bytes[self.starts[k]..end].to_vec()
+            })
+            .collect()
+    }
+}
+
+impl redis::RedisWrite for KeyLog {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.starts.push(self.bytes.len());
+        self.bytes.extend_from_slice(arg);
+    }
+
+    fn write_arg_fmt(&mut self, arg: impl std::fmt::Display) {
+        use std::io::Write;
+        self.starts.push(self.bytes.len());
+        // Writing to a Vec does not fail.
+        let _ = write!(self.bytes, "{arg}");
+    }
+
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        self.starts.push(self.bytes.len());
+        &mut self.bytes
     }
 }
 
@@ -287,7 +318,7 @@ impl KeyPipeline {
         again.problem = self.problem.clone();
         for (i, cmd) in self.commands().iter().enumerate() {
             // (Its keys logged again by the check.)
-            again.check_keys(&crate::routing::command_name(cmd), self.log.of(i));
+            again.check_keys(&crate::routing::command_name(cmd), &self.log.of(i));
             again.add_command(cmd.clone());
             again.ignored[i] = self.ignored[i];
         }
@@ -569,7 +600,7 @@ impl FleetPipeline {
         }
         for (i, cmd) in cmds.into_iter().enumerate() {
             let Some(cmd) = cmd else { continue };
-            let server = again.route_keys(&crate::routing::command_name(cmd), self.log.of(i));
+            let server = again.route_keys(&crate::routing::command_name(cmd), &self.log.of(i));
             again.add_routed_command(server, cmd.clone());
             if self.ignored[i] {
                 again.ignore();
@@ -825,3 +856,39 @@ impl Machine for FleetRun<'_> {
 }
 
 mredis_macros::fleet_pipeline_methods!();
+
+#[cfg(test)]
+mod tests {
+    use super::KeyLog;
+
+    /// A key type that serialises through `writer_for_next_arg` and
+    /// `write_arg_fmt`, as some custom `ToRedisArgs` types do.
+    struct Written(&'static str, u32);
+
+    impl redis::ToRedisArgs for Written {
+        fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+            use std::io::Write;
+            let _ = out.writer_for_next_arg().write_all(self.0.as_bytes());
+            out.write_arg_fmt(self.1);
+        }
+    }
+
+    #[test]
+    fn the_key_log_gives_back_each_commands_keys_and_forgets_a_dropped_ones() {
+        let mut log = KeyLog::default();
+        log.push(&"a");
+        log.added();
+        log.push(&"dropped");
+        log.dropped();
+        log.push_all(&[b"{t}x".to_vec(), Vec::new(), b"{t}y".to_vec()]);
+        log.added();
+        log.push(&Written("w", 42));
+        log.added();
+        log.push(&"");
+        log.added();
+        assert_eq!(log.of(0), vec![b"a".to_vec()]);
+        assert_eq!(log.of(1), vec![b"{t}x".to_vec(), Vec::new(), b"{t}y".to_vec()]);
+        assert_eq!(log.of(2), vec![b"w".to_vec(), b"42".to_vec()]);
+        assert_eq!(log.of(3), vec![Vec::<u8>::new()]);
+    }
+}
