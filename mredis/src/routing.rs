@@ -546,7 +546,14 @@ impl Plan {
         self.groups
             .iter()
             .map(|(server, items)| {
-                let mut c = Cmd::new();
+                let argc = 1 + items.len() * self.stride;
+                let bytes = args[0].len()
+                    + items
+                        .iter()
+                        .flat_map(|&i| &args[1 + i * self.stride..1 + (i + 1) * self.stride])
+                        .map(|a| a.len())
+                        .sum::<usize>();
+                let mut c = Cmd::with_capacity(argc, bytes);
                 c.arg(args[0]);
                 for &i in items {
                     for j in 0..self.stride {
