@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::{Arg, Cmd, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
+use crate::merge::{Response, merge_all};
 use crate::migration::{One, Split};
 use crate::per_server::{FanOutError, PerServer};
 use crate::routing::{Plan, Route, Topology, args_of, command_name};
@@ -252,6 +253,8 @@ enum RoutedState<'a> {
     /// Keys moving: the migration machines decide.
     Moving(One<'a>),
     MovingSplit(Split<'a>),
+    /// Every server, the replies merged by the policy.
+    All(Response),
 }
 
 impl<'a> Routed<'a> {
@@ -263,6 +266,7 @@ impl<'a> Routed<'a> {
             }
             Route::Split(plan) if plan.moves.is_empty() => RoutedState::Split(plan),
             Route::Split(plan) => RoutedState::MovingSplit(Split::new(core, cmd, plan.stride(), plan.merge_policy())),
+            Route::All(response) => RoutedState::All(*response),
         };
         Routed { core, cmd, state }
     }
@@ -272,6 +276,7 @@ impl<'a> Routed<'a> {
         match route {
             Route::One { .. } => "key",
             Route::Split(_) => "split",
+            Route::All(_) => "all",
         }
     }
 }
@@ -308,6 +313,7 @@ impl Machine for Routed<'_> {
             ),
             RoutedState::Moving(m) => done_value(m.start()),
             RoutedState::MovingSplit(m) => m.start(),
+            RoutedState::All(_) => Step::Send(every_server(self.core, self.cmd)),
         }
     }
 
@@ -323,8 +329,25 @@ impl Machine for Routed<'_> {
             }
             RoutedState::Moving(m) => done_value(m.next(replies)),
             RoutedState::MovingSplit(m) => m.next(replies),
+            RoutedState::All(response) => {
+                let names: Vec<&str> = (0..self.core.all()).map(|i| self.core.name(i)).collect();
+                let replies = replies.into_iter().map(|r| one(Some(r))).collect();
+                Step::Done(merge_all(&command_name(self.cmd), *response, &names, replies))
+            }
         }
     }
+}
+
+/// `cmd` to every server, as is.
+fn every_server<'a>(core: &Topology, cmd: &'a Cmd) -> Vec<Request<'a>> {
+    let block = block_of(cmd);
+    (0..core.all())
+        .map(|server| Request {
+            server,
+            cmds: Cmds::one(cmd),
+            block,
+        })
+        .collect()
 }
 
 /// A command sent to every server; its output is each server's reply (an
@@ -348,16 +371,7 @@ impl Machine for FanOut<'_> {
         if let Err(e) = self.core.check_size(self.cmd) {
             return Step::Done(Err(e));
         }
-        let block = block_of(self.cmd);
-        Step::Send(
-            (0..self.core.all())
-                .map(|server| Request {
-                    server,
-                    cmds: Cmds::one(self.cmd),
-                    block,
-                })
-                .collect(),
-        )
+        Step::Send(every_server(self.core, self.cmd))
     }
 
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output> {

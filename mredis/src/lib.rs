@@ -158,6 +158,7 @@ mod fleet_config;
 pub mod handle;
 pub mod health;
 mod latency;
+mod merge;
 mod migration;
 mod multiplexed;
 mod options;

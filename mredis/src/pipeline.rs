@@ -644,6 +644,14 @@ impl FleetPipeline {
     }
 
     fn record(&mut self, command: &str, result: RedisResult<Route>) -> Option<usize> {
+        // A key and a co-located row route to one server; anything else
+        // fails the pipeline rather than leave the command out.
+        let result = result.and_then(|route| match route {
+            Route::Split(_) | Route::All(_) => Err(client_error(format!(
+                "{command} is not a command on one server's keys and cannot be in a fleet pipeline"
+            ))),
+            one => Ok(one),
+        });
         match result {
             Ok(Route::One { server, moves }) => match moving_of(&self.core, command, &moves) {
                 Ok(m) => {
@@ -658,7 +666,7 @@ impl FleetPipeline {
                     None
                 }
             },
-            Ok(Route::Split(_)) => None,
+            Ok(Route::Split(_) | Route::All(_)) => None,
             Err(e) => {
                 if self.problem.is_none() {
                     self.problem = Some(e);

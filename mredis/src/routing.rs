@@ -27,6 +27,7 @@ use std::sync::Arc;
 use redis::{Arg, Cmd, RedisResult, RedisWrite, ToRedisArgs, Value};
 
 use crate::error::{Failure, client_error};
+use crate::merge::Response;
 use crate::options::Options;
 use crate::placement::Placement;
 use crate::server::Server;
@@ -133,6 +134,10 @@ pub(crate) enum Route {
     One { server: usize, moves: Vec<Move> },
     /// A multi-key command split by server.
     Split(Plan),
+    /// Every server, the replies merged into one by this policy (a
+    /// `class = "all"` row's `reply`, for the routed handle; the generated
+    /// methods give one reply per server instead).
+    All(Response),
 }
 
 /// Hashes the one argument a key parameter writes, without copying it.

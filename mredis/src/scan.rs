@@ -106,7 +106,7 @@ impl ScanSpec {
     pub(crate) fn of_key(command: &'static str, key: Vec<u8>, route: Route, pattern: Option<Vec<u8>>) -> ScanSpec {
         let (server, moves) = match route {
             Route::One { server, moves } => (server, moves),
-            Route::Split(_) => (0, Vec::new()),
+            Route::Split(_) | Route::All(_) => (0, Vec::new()),
         };
         ScanSpec {
             command,

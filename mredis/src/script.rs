@@ -106,7 +106,7 @@ impl ScriptInvocation<'_> {
         }
         match core.route_colocated("EVALSHA", &self.keys)? {
             Route::One { server, moves } => Ok((server, moves)),
-            Route::Split(_) => Err(client_error("a script runs on one server".to_string())),
+            Route::Split(_) | Route::All(_) => Err(client_error("a script runs on one server".to_string())),
         }
     }
 

@@ -21,8 +21,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         "options and health checking",
         &["options", "health", "sentinel", "latency", "finish"],
     ),
-    // Topology (servers + placement), Route.
-    ("route", &["routing"]),
+    // Topology (servers + placement), Route, how replies of every server merge.
+    ("route", &["routing", "merge"]),
     // Sans-I/O step machines, per-server results, tracing spans.
     (
         "exec machines",

@@ -8,15 +8,9 @@ use super::*;
 /// One planned command of a handle as a machine (WATCH and UNWATCH, which
 /// need the sync handle's own connection, are the handles' own).
 pub(crate) enum Planned<'a> {
-    /// Routed like the generated method.
+    /// Routed like the generated method (every server, the replies merged,
+    /// for a `class = "all"` row).
     Routed(Routed<'a>),
-    /// Every server, the replies merged into one.
-    All {
-        fan: FanOut<'a>,
-        response: Response,
-        core: &'a Topology,
-        cmd: &'a Cmd,
-    },
     /// One page of the fleet-wide SCAN.
     Scan {
         core: &'a Topology,
@@ -34,12 +28,6 @@ impl<'a> Planned<'a> {
     pub(crate) fn new(core: &'a Topology, plan: &'a Dispatch, cmd: &'a Cmd) -> Self {
         match plan {
             Dispatch::Run(route) => Planned::Routed(Routed::new(core, route, cmd)),
-            Dispatch::All(response) => Planned::All {
-                fan: FanOut::new(core, cmd),
-                response: *response,
-                core,
-                cmd,
-            },
             Dispatch::Scan(step, cursor) => {
                 let walk = crate::scan::fleet_walk(core);
                 match walk.get(*step) {
@@ -74,12 +62,6 @@ impl Machine for Planned<'_> {
     fn start(&mut self) -> Step<'_, Value> {
         match self {
             Planned::Routed(m) => m.start(),
-            Planned::All { fan, .. } => match fan.start() {
-                Step::Done(Err(e)) => Step::Done(Err(e)),
-                Step::Done(Ok(_)) => Step::Done(Err(client_error("no server".to_string()))),
-                Step::Send(requests) => Step::Send(requests),
-                Step::Wait(d) => Step::Wait(d),
-            },
             Planned::Scan { server, scan, .. } => Step::Send(vec![Request {
                 server: *server,
                 block: None,
@@ -96,22 +78,6 @@ impl Machine for Planned<'_> {
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
         match self {
             Planned::Routed(m) => m.next(replies),
-            Planned::All {
-                fan,
-                response,
-                core,
-                cmd,
-            } => {
-                let replies = match fan.next(replies) {
-                    Step::Done(r) => r,
-                    Step::Send(_) | Step::Wait(_) => Err(client_error("unexpected request".to_string())),
-                };
-                let names: Vec<&str> = (0..core.all()).map(|i| core.name(i)).collect();
-                Step::Done(
-                    replies
-                        .and_then(|replies| merge_all(&crate::routing::command_name(cmd), *response, &names, replies)),
-                )
-            }
             Planned::Scan {
                 core,
                 step,

@@ -47,7 +47,8 @@ use std::sync::Arc;
 use redis::{Cmd, ConnectionLike, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{FanOut, Machine, Request, Routed, Step};
+use crate::exec::{Machine, Request, Routed, Step};
+use crate::merge::Response;
 use crate::routing::{Merge, Route, Topology};
 use crate::spec::RouteClass;
 
@@ -141,7 +142,7 @@ impl Connection {
         Ok(match self.plan(&f, cmd)? {
             Dispatch::Run(Route::One { server, .. }) => ("one", vec![server]),
             Dispatch::Run(Route::Split(plan)) => ("split", plan.groups.iter().map(|g| g.0).collect()),
-            Dispatch::All(_) => ("all", (0..f.core().all()).collect()),
+            Dispatch::Run(Route::All(_)) => ("all", (0..f.core().all()).collect()),
             Dispatch::Scan(step, _) => ("scan", vec![step]),
             Dispatch::Watch(server) => ("watch", vec![server]),
             Dispatch::Unwatch => ("unwatch", Vec::new()),

@@ -10,10 +10,9 @@ use super::*;
 /// What to do with one command sent through a handle.
 #[derive(Debug)]
 pub(crate) enum Dispatch {
-    /// Routed like an MRedis method.
+    /// Routed like an MRedis method (or, a `class = "all"` row, to every
+    /// server with the replies merged by the row's `reply`).
     Run(Route),
-    /// Every server, replies merged by `response`.
-    All(Response),
     /// One page of a fleet-wide SCAN: server, that server's cursor.
     Scan(usize, u64),
     /// WATCH on the keys' server.
@@ -93,7 +92,7 @@ pub(crate) fn plan(
             return match core.route_colocated("WATCH", &keys)? {
                 Route::One { server, moves } if moves.is_empty() => Ok(Dispatch::Watch(server)),
                 Route::One { .. } => Err(crate::migration::try_again(core, &keys[0], 0, 0)),
-                Route::Split(_) => Err(cannot("WATCH", "keys on several servers")),
+                Route::Split(_) | Route::All(_) => Err(cannot("WATCH", "keys on several servers")),
             };
         }
         "UNWATCH" | "DISCARD" => return Ok(Dispatch::Unwatch),
@@ -147,7 +146,7 @@ pub(crate) fn plan(
     };
     if keys.is_empty() {
         if info.all_servers {
-            return Ok(Dispatch::All(info.response));
+            return Ok(Dispatch::Run(Route::All(info.response)));
         }
         return Err(cannot(
             &name,
@@ -193,7 +192,9 @@ pub(super) fn plan_by_table(
         RouteClass::All => {
             // Every server, as the generated method; the table says how the
             // replies combine into the one reply redis-rs code expects.
-            return Ok(Dispatch::All(entry.reply.unwrap_or(crate::Reply::PerServer).into()));
+            return Ok(Dispatch::Run(Route::All(
+                entry.reply.unwrap_or(crate::Reply::PerServer).into(),
+            )));
         }
         _ => {}
     }
