@@ -1179,7 +1179,7 @@ impl Fleet {
     /// be sent again on a new connection if the pooled one was closed.
     pub(crate) fn packed_on(&self, index: usize, bytes: &[u8], read_only: bool) -> RedisResult<Value> {
         Span::server(&self.core, index).run(|| {
-            self.exchange_packed(index, bytes, None, read_only, &Target::Primary)
+            self.exchange_packed(index, bytes, None, &|| read_only, &Target::Primary)
                 .and_then(Value::extract_error)
         })
     }
@@ -1302,20 +1302,20 @@ impl Fleet {
             index,
             &cmd.get_packed_command(),
             block,
-            block.is_none() && read_only(cmd),
+            &|| block.is_none() && read_only(cmd),
             target,
         )
     }
 
     /// [`exchange`](Self::exchange) of a command already packed;
     /// `repeatable`: running it twice changes nothing (read-only, not
-    /// blocking).
+    /// blocking); asked only after a failure (a table lookup).
     fn exchange_packed(
         &self,
         index: usize,
         packed: &[u8],
         block: Option<Duration>,
-        repeatable: bool,
+        repeatable: &dyn Fn() -> bool,
         target: &Target,
     ) -> RedisResult<Value> {
         let epoch = self.core.server(index).epoch();
@@ -1380,7 +1380,7 @@ impl Fleet {
                         Err(e) if reused && closed(&e) => {
                             pool.clear();
                             // Nothing of a one-command request can have run.
-                            if !retry_allowed(false, kind(i).repeatable() || job.replies == 1) {
+                            if !retry_allowed(false, || kind(i).repeatable() || job.replies == 1) {
                                 return Err(e);
                             }
                             let mut con = pool.fresh(budget)?;
@@ -1430,7 +1430,7 @@ impl Fleet {
                 && closed(e)
             {
                 pool.clear();
-                if retry_allowed(true, kind(i).repeatable()) {
+                if retry_allowed(true, || kind(i).repeatable()) {
                     let left = wait.map_or(pool.connect_timeout, |t| t.saturating_sub(start.elapsed()));
                     failed = match pool.fresh(left).and_then(|mut c| {
                         c.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
@@ -1554,8 +1554,8 @@ fn read_replies(con: &mut Connection, count: usize, values: &mut Vec<Value>) -> 
 ///
 /// A reply begun and cut, a timeout, or a connection opened for this call
 /// is never retried.
-fn retry_allowed(written: bool, repeatable: bool) -> bool {
-    !written || repeatable
+fn retry_allowed(written: bool, repeatable: impl FnOnce() -> bool) -> bool {
+    !written || repeatable()
 }
 
 mredis_macros::sync_methods!();

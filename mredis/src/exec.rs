@@ -185,8 +185,12 @@ pub(crate) fn read_only(cmd: &Cmd) -> bool {
         Some(Arg::Simple(s)) => std::str::from_utf8(s).ok(),
         _ => None,
     };
-    crate::spec::lookup(&name.to_ascii_uppercase(), sub)
-        .is_some_and(|spec| spec.access == crate::spec::Access::Read && spec.block.is_none())
+    let name = if name.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(name.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    crate::spec::lookup(&name, sub).is_some_and(|spec| spec.access == crate::spec::Access::Read && spec.block.is_none())
 }
 
 /// What a machine wants next.

@@ -347,7 +347,17 @@ pub(crate) fn lookup(name: &str, sub: Option<&str>) -> Option<&'static CommandSp
     use std::collections::HashMap;
     static BY_NAME: std::sync::LazyLock<HashMap<&'static str, &'static CommandSpec>> =
         std::sync::LazyLock::new(|| COMMANDS.iter().map(|c| (c.name, c)).collect());
-    if let Some(sub) = sub {
+    // The commands with subcommand rows (CLIENT, CONFIG, ...): only for
+    // those is the second argument part of the name.
+    static CONTAINERS: std::sync::LazyLock<std::collections::HashSet<&'static str>> = std::sync::LazyLock::new(|| {
+        COMMANDS
+            .iter()
+            .filter_map(|c| Some(c.name.split_once(' ')?.0))
+            .collect()
+    });
+    if let Some(sub) = sub
+        && CONTAINERS.contains(name)
+    {
         let full = format!("{name} {}", sub.to_ascii_uppercase());
         if let Some(c) = BY_NAME.get(full.as_str()) {
             return Some(c);
@@ -372,6 +382,17 @@ mod tests {
 
     fn row(name: &str) -> &'static CommandSpec {
         COMMANDS.iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn lookup_reads_a_subcommand_only_for_commands_that_have_them() {
+        assert_eq!(lookup("GET", Some("client")).map(|c| c.name), Some("GET"));
+        assert_eq!(lookup("GET", None).map(|c| c.name), Some("GET"));
+        assert_eq!(lookup("CLIENT", Some("list")).map(|c| c.name), Some("CLIENT LIST"));
+        assert_eq!(lookup("CONFIG", Some("GET")).map(|c| c.name), Some("CONFIG GET"));
+        assert_eq!(lookup("CLIENT", Some("no-such-subcommand")).map(|c| c.name), None);
+        assert_eq!(lookup("CLIENT", None).map(|c| c.name), None);
+        assert_eq!(lookup("NOSUCH", Some("list")).map(|c| c.name), None);
     }
 
     fn args(line: &str) -> Vec<&[u8]> {
