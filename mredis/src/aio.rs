@@ -521,7 +521,14 @@ impl Fleet {
                     tokio::time::sleep(d).await;
                     Vec::new()
                 }
-                Step::Send(requests) if self.core.shards => self.send_to_shards(&requests).await,
+                // Shards (replicas, failover waits) are the rarer path: boxed,
+                // so the common call's future stays small.
+                Step::Send(requests) if self.core.shards => Box::pin(self.send_to_shards(&requests)).await,
+                // One server (a single-key command): awaited in place.
+                Step::Send(requests) if requests.len() == 1 => {
+                    let r = &requests[0];
+                    vec![self.request_on(r.server, &r.cmds, r.block, &Target::Primary).await]
+                }
                 Step::Send(requests) => {
                     join_all(
                         requests
@@ -578,8 +585,9 @@ impl Fleet {
     ) -> RedisResult<Vec<Value>> {
         let span = Span::server(&self.core, index);
         if let (Some(block), Some(cmd)) = (block, cmds.single()) {
+            // Boxed: its state is large and most calls never block.
             return span
-                .run_async(self.blocking_on(index, cmd, block))
+                .run_async(Box::pin(self.blocking_on(index, cmd, block)))
                 .await
                 .map(|v| vec![v]);
         }
@@ -623,16 +631,16 @@ impl Fleet {
     /// `Pipeline`).
     async fn send_on(&self, con: &mut ConnectionManager, span: &Span, cmds: &Cmds<'_>) -> RedisResult<Vec<Value>> {
         if let Some(cmd) = cmds.single() {
-            return span.run_async(con.req_packed_command(cmd)).await.map(|v| vec![v]);
+            return span.run_async(con.command(cmd)).await.map(|v| vec![v]);
         }
         match cmds {
-            Cmds::Pipeline(pipe) => span.run_async(con.req_packed_commands(pipe, 0, pipe.len())).await,
+            Cmds::Pipeline(pipe) => span.run_async(con.commands(pipe, 0, pipe.len())).await,
             Cmds::List(list) => {
                 let mut pipe = redis::pipe();
                 for c in list.iter() {
                     pipe.add_command(c.clone());
                 }
-                span.run_async(con.req_packed_commands(&pipe, 0, list.len())).await
+                span.run_async(con.commands(&pipe, 0, list.len())).await
             }
         }
     }

@@ -136,16 +136,34 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// One command on the connection (opened first if there is none); a
+    /// failure that broke it drops it. The client's own path: no boxed
+    /// future, as `ConnectionLike` needs.
+    pub(crate) async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let (generation, mut con) = self.get().await?;
+        let reply = con.req_packed_command(cmd).await;
+        if let Err(e) = &reply {
+            self.broke(generation, e);
+        }
+        reply
+    }
+
+    /// `count` replies of `pipe`'s commands from `offset` on, as
+    /// [`command`](Self::command) sends one.
+    pub(crate) async fn commands(&self, pipe: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let (generation, mut con) = self.get().await?;
+        let reply = con.req_packed_commands(pipe, offset, count).await;
+        if let Err(e) = &reply {
+            self.broke(generation, e);
+        }
+        reply
+    }
+}
+
 impl ConnectionLike for Shared {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let (generation, mut con) = self.get().await?;
-            let reply = con.req_packed_command(cmd).await;
-            if let Err(e) = &reply {
-                self.broke(generation, e);
-            }
-            reply
-        })
+        Box::pin(self.command(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -154,14 +172,7 @@ impl ConnectionLike for Shared {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let (generation, mut con) = self.get().await?;
-            let reply = con.req_packed_commands(cmd, offset, count).await;
-            if let Err(e) = &reply {
-                self.broke(generation, e);
-            }
-            reply
-        })
+        Box::pin(self.commands(cmd, offset, count))
     }
 
     fn get_db(&self) -> i64 {

@@ -27,12 +27,26 @@ fn operation(cmd: &Cmd) -> String {
     crate::routing::command_name(cmd).to_ascii_uppercase()
 }
 
+/// Whether any subscriber may want INFO spans (tracing's global level
+/// hint): false without a subscriber, so a span's fields are not built for
+/// nothing. Never false where a span would be recorded.
+#[cfg(feature = "tracing")]
+#[inline]
+fn enabled() -> bool {
+    tracing::level_enabled!(tracing::Level::INFO)
+}
+
 impl Span {
     /// The span of one command (or pipeline) through a client.
     #[inline]
     pub(crate) fn command(cmd: &Cmd, route: &'static str) -> Span {
         #[cfg(feature = "tracing")]
         {
+            // Nothing built (the name's upper-case copy) when no
+            // subscriber wants the span.
+            if !enabled() {
+                return Span(tracing::Span::none());
+            }
             Span::named(&operation(cmd), route)
         }
         #[cfg(not(feature = "tracing"))]
@@ -95,6 +109,9 @@ impl Span {
     pub(crate) fn server(core: &Topology, index: usize) -> Span {
         #[cfg(feature = "tracing")]
         {
+            if !enabled() {
+                return Span(tracing::Span::none());
+            }
             let (host, port, db) = core
                 .servers
                 .get(index)
@@ -172,13 +189,15 @@ impl Span {
     }
 
     /// Runs the future `f` inside the span and records its outcome.
+    /// (Combinators, not an `async fn`: `f` is moved once, into the
+    /// returned future, and not again on its first poll.)
     #[inline]
-    pub(crate) async fn run_async<T>(&self, f: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    pub(crate) fn run_async<'s, T, F>(&'s self, f: F) -> impl std::future::Future<Output = RedisResult<T>> + 's
+    where
+        F: std::future::Future<Output = RedisResult<T>> + 's,
+    {
         #[cfg(feature = "tracing")]
-        let result = tracing::Instrument::instrument(f, self.0.clone()).await;
-        #[cfg(not(feature = "tracing"))]
-        let result = f.await;
-        self.outcome(&result);
-        result
+        let f = tracing::Instrument::instrument(f, self.0.clone());
+        futures::FutureExt::inspect(f, move |result| self.outcome(result))
     }
 }
