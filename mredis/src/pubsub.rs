@@ -588,6 +588,18 @@ struct Control {
     adopt: Option<String>,
 }
 
+impl Control {
+    /// `op` on one channel or pattern, nothing adopted.
+    fn one(op: Op, name: &[u8], reply: Option<Reply>) -> Control {
+        Control {
+            op,
+            names: vec![name.to_vec()],
+            reply,
+            adopt: None,
+        }
+    }
+}
+
 /// What the handle and the ownership watcher share: one configuration's
 /// connection tasks and the subscriptions made on them.
 struct Shared {
@@ -693,6 +705,26 @@ fn one_arg<T: ToRedisArgs>(what: &str, value: T) -> RedisResult<Vec<u8>> {
 }
 
 impl Subscriptions {
+    /// Runs `f` on the configuration in force with its channels locked
+    /// (the lock orders it with a move to the next configuration, which
+    /// copies the channels and patterns); a configuration retired
+    /// meanwhile is passed over for the next.
+    fn locked<R>(
+        &self,
+        f: impl FnOnce(&Shared, &mut BTreeMap<Vec<u8>, usize>) -> RedisResult<R>,
+    ) -> RedisResult<(Arc<Shared>, R)> {
+        loop {
+            let shared = self.state.load_full();
+            let mut map = lock(&shared.channels);
+            if shared.retired.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            let result = f(&shared, &mut map);
+            drop(map);
+            return result.map(|r| (shared, r));
+        }
+    }
+
     /// SUBSCRIBEs `channel` on the server that owns it (where `publish`
     /// sends). The channel is recorded first and stays subscribed across
     /// reconnections; the call waits at most
@@ -704,38 +736,16 @@ impl Subscriptions {
     pub async fn subscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
         let channel = one_arg("channel", channel)?;
         let (tx, rx) = oneshot::channel();
-        let (shared, server) = loop {
-            let shared = self.state.load_full();
-            let mut map = lock(&shared.channels);
-            if shared.retired.load(std::sync::atomic::Ordering::Acquire) {
-                continue;
-            }
+        let (shared, server) = self.locked(|shared, map| {
             let server = shared.owner(&channel);
             if let Some(old) = map.insert(channel.clone(), server)
                 && old != server
             {
-                shared.send(
-                    old,
-                    Control {
-                        op: Op::Unsubscribe,
-                        names: vec![channel.clone()],
-                        reply: None,
-                        adopt: None,
-                    },
-                )?;
+                shared.send(old, Control::one(Op::Unsubscribe, &channel, None))?;
             }
-            shared.send(
-                server,
-                Control {
-                    op: Op::Subscribe,
-                    names: vec![channel.clone()],
-                    reply: Some(tx),
-                    adopt: None,
-                },
-            )?;
-            drop(map);
-            break (shared, server);
-        };
+            shared.send(server, Control::one(Op::Subscribe, &channel, Some(tx)))?;
+            Ok(server)
+        })?;
         shared.confirm(Op::Subscribe, &channel, vec![(server, rx)]).await
     }
 
@@ -745,25 +755,11 @@ impl Subscriptions {
     pub async fn unsubscribe<C: ToRedisArgs>(&self, channel: C) -> RedisResult<()> {
         let channel = one_arg("channel", channel)?;
         let (tx, rx) = oneshot::channel();
-        let (shared, server) = loop {
-            let shared = self.state.load_full();
-            let mut map = lock(&shared.channels);
-            if shared.retired.load(std::sync::atomic::Ordering::Acquire) {
-                continue;
-            }
+        let (shared, server) = self.locked(|shared, map| {
             let server = map.remove(&channel).unwrap_or_else(|| shared.owner(&channel));
-            shared.send(
-                server,
-                Control {
-                    op: Op::Unsubscribe,
-                    names: vec![channel.clone()],
-                    reply: Some(tx),
-                    adopt: None,
-                },
-            )?;
-            drop(map);
-            break (shared, server);
-        };
+            shared.send(server, Control::one(Op::Unsubscribe, &channel, Some(tx)))?;
+            Ok(server)
+        })?;
         shared.confirm(Op::Unsubscribe, &channel, vec![(server, rx)]).await
     }
 
@@ -781,14 +777,7 @@ impl Subscriptions {
     }
 
     async fn everywhere(&self, op: Op, pattern: Vec<u8>) -> RedisResult<()> {
-        let (shared, waits) = loop {
-            let shared = self.state.load_full();
-            // The `channels` lock orders this with a move to the next
-            // configuration (which copies the patterns).
-            let map = lock(&shared.channels);
-            if shared.retired.load(std::sync::atomic::Ordering::Acquire) {
-                continue;
-            }
+        let (shared, waits) = self.locked(|shared, _| {
             if op.adds() {
                 lock(&shared.patterns).insert(pattern.clone());
             } else {
@@ -797,20 +786,11 @@ impl Subscriptions {
             let mut waits = Vec::new();
             for server in 0..shared.controls.len() {
                 let (tx, rx) = oneshot::channel();
-                shared.send(
-                    server,
-                    Control {
-                        op,
-                        names: vec![pattern.clone()],
-                        reply: Some(tx),
-                        adopt: None,
-                    },
-                )?;
+                shared.send(server, Control::one(op, &pattern, Some(tx)))?;
                 waits.push((server, rx));
             }
-            drop(map);
-            break (shared, waits);
-        };
+            Ok(waits)
+        })?;
         shared.confirm(op, &pattern, waits).await
     }
 }
