@@ -478,7 +478,7 @@ impl Fleet {
         let mut con = self.connection(index)?;
         con.req_packed_command(cmd)
             .await
-            .and_then(Value::extract_error)
+            .and_then(crate::merge::extract_errors)
             .map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
     }
 

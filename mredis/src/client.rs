@@ -1180,13 +1180,13 @@ impl Fleet {
     pub(crate) fn packed_on(&self, index: usize, bytes: &[u8], read_only: bool) -> RedisResult<Value> {
         Span::server(&self.core, index).run(|| {
             self.exchange_packed(index, bytes, None, &|| read_only, &Target::Primary)
-                .and_then(Value::extract_error)
+                .and_then(crate::merge::extract_errors)
         })
     }
 
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
         Span::server(&self.core, index)
-            .run(|| self.with_connection(index, |con| con.req_command(cmd).and_then(Value::extract_error)))
+            .run(|| self.with_connection(index, |con| con.req_command(cmd).and_then(crate::merge::extract_errors)))
     }
 
     /// Runs a routed command on one server, or split over several; keys

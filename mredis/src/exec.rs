@@ -287,7 +287,7 @@ impl<'a> Routed<'a> {
 
 fn done_value(step: Step<'_, Value>) -> Step<'_, Value> {
     match step {
-        Step::Done(v) => Step::Done(v.and_then(Value::extract_error)),
+        Step::Done(v) => Step::Done(v.and_then(crate::merge::extract_errors)),
         send => send,
     }
 }
@@ -323,11 +323,13 @@ impl Machine for Routed<'_> {
 
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Value> {
         match &mut self.state {
-            RoutedState::Direct(_) => Step::Done(one(replies.into_iter().next()).and_then(Value::extract_error)),
+            RoutedState::Direct(_) => {
+                Step::Done(one(replies.into_iter().next()).and_then(crate::merge::extract_errors))
+            }
             RoutedState::Split(plan) => {
                 let replies = replies
                     .into_iter()
-                    .map(|r| one(Some(r)).and_then(Value::extract_error))
+                    .map(|r| one(Some(r)).and_then(crate::merge::extract_errors))
                     .collect();
                 Step::Done(plan.merge(self.core, &command_name(self.cmd), replies))
             }

@@ -63,7 +63,7 @@ pub(crate) fn merge_all(
     let mut failure = crate::error::Failure::new(command);
     let mut ok = Vec::with_capacity(replies.len());
     for (name, r) in names.iter().zip(replies) {
-        match r.and_then(Value::extract_error) {
+        match r.and_then(extract_errors) {
             Ok(v) => {
                 failure.succeeded(name, 1);
                 ok.push((*name, v));
@@ -219,4 +219,71 @@ fn concat_arrays(ok: &mut Vec<(&str, Value)>) -> Option<Value> {
         }
     }
     Some(Value::Array(all))
+}
+
+/// `value` with its error replies made the error, as redis-rs's
+/// `Value::extract_error`, which rebuilds every array it walks: this walks
+/// by reference first and rebuilds only a reply that holds an error.
+#[inline]
+pub(crate) fn extract_errors(value: Value) -> RedisResult<Value> {
+    if holds_error(&value) {
+        value.extract_error()
+    } else {
+        Ok(value)
+    }
+}
+
+/// Whether `value` is, or holds at any depth, an error reply.
+fn holds_error(value: &Value) -> bool {
+    match value {
+        Value::ServerError(_) => true,
+        Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => items.iter().any(holds_error),
+        Value::Map(pairs) => pairs.iter().any(|(k, v)| holds_error(k) || holds_error(v)),
+        Value::Attribute { data, attributes } => {
+            holds_error(data) || attributes.iter().any(|(k, v)| holds_error(k) || holds_error(v))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error reply as a server sends it, parsed by redis-rs.
+    fn error_reply(text: &str) -> Value {
+        redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).expect("an error reply parses")
+    }
+
+    #[test]
+    fn extract_errors_agrees_with_redis_rs_on_every_shape() {
+        let nested = |inner: Value| {
+            vec![
+                inner.clone(),
+                Value::Array(vec![Value::Int(1), inner.clone()]),
+                Value::Set(vec![Value::Nil, Value::Array(vec![inner.clone()])]),
+                Value::Map(vec![(Value::Int(1), inner.clone())]),
+                Value::Map(vec![(inner.clone(), Value::Int(1))]),
+                Value::Attribute {
+                    data: Box::new(inner.clone()),
+                    attributes: vec![],
+                },
+                Value::Attribute {
+                    data: Box::new(Value::Okay),
+                    attributes: vec![(Value::Int(1), inner.clone())],
+                },
+            ]
+        };
+        let error = error_reply("WRONGTYPE Operation against a key holding the wrong kind of value");
+        for shape in nested(error) {
+            let ours = extract_errors(shape.clone()).expect_err("an error inside is the error");
+            let theirs = shape.extract_error().expect_err("redis-rs finds it too");
+            assert_eq!(ours.code(), theirs.code());
+            assert_eq!(ours.to_string(), theirs.to_string());
+        }
+        for shape in nested(Value::BulkString(b"fine".to_vec())) {
+            assert_eq!(extract_errors(shape.clone()).ok(), Some(shape.clone()));
+            assert_eq!(shape.clone().extract_error().ok(), Some(shape));
+        }
+    }
 }

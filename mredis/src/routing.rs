@@ -583,7 +583,7 @@ impl Plan {
             match reply {
                 Ok(v) => {
                     failure.succeeded(core.name(*server), items.len());
-                    parts.push((items.clone(), v));
+                    parts.push((&items[..], v));
                 }
                 Err(e) => failure.failed(core.name(*server), e),
             }
@@ -604,19 +604,21 @@ impl Plan {
 /// Merges the replies of parts of a multi-key command (each: the indices
 /// of its keys, and its reply) into the reply one server would have given
 /// for all `count` keys.
-pub(crate) fn merge_parts(
+pub(crate) fn merge_parts<I: AsRef<[usize]>>(
     command: &str,
     merge: Merge,
     count: usize,
-    parts: Vec<(Vec<usize>, Value)>,
+    parts: Vec<(I, Value)>,
 ) -> RedisResult<Value> {
     match merge {
         Merge::Ordered => {
-            let mut out = vec![Value::Nil; count];
+            let mut out = Vec::with_capacity(count);
+            out.resize_with(count, || Value::Nil);
             for (items, v) in parts {
                 let Value::Array(values) = v else {
                     return Err(client_error(format!("{command}: expected an array reply, got {v:?}")));
                 };
+                let items = items.as_ref();
                 if values.len() != items.len() {
                     return Err(client_error(format!(
                         "{command}: expected {} replies from a server, got {}",
@@ -624,7 +626,7 @@ pub(crate) fn merge_parts(
                         values.len()
                     )));
                 }
-                for (i, part) in items.into_iter().zip(values) {
+                for (&i, part) in items.iter().zip(values) {
                     out[i] = part;
                 }
             }
