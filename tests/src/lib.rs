@@ -5,9 +5,10 @@
 //! without going through mredis, and [`Nutcracker`] to compare placement
 //! with twemproxy's.
 //!
-//! A server counts as started once its own process listens on the port
-//! (checked through `/proc` where there is one) and answers `PING` there
-//! (`NOAUTH` counts too, for servers that need a password). A start that
+//! A server counts as started once it answers `PING` on its port and is
+//! its own process there: the process id its `INFO` gives, or, for
+//! nutcracker and servers that need a password (`NOAUTH`), a listening
+//! socket of the process (checked through `/proc` where there is one). A start that
 //! fails because the port got taken in the meantime is retried on another
 //! port; any other failure panics with the port and the server's output.
 
@@ -139,28 +140,70 @@ pub fn nutcracker_available() -> bool {
     nutcracker_binary().is_some()
 }
 
-/// Sends a RESP `PING` to `127.0.0.1:port` and returns the first reply line.
-fn ping_line(port: u16) -> Option<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    stream.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
-    stream.write_all(b"*1\r\n$4\r\nPING\r\n").ok()?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 256];
-    while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => reply.extend_from_slice(&buf[..n]),
-        }
-    }
-    Some(String::from_utf8_lossy(&reply).trim_end().to_string())
+/// Who answers on `127.0.0.1:port`.
+enum Answer {
+    /// Nobody yet (refused, `LOADING`, no reply).
+    Nobody,
+    /// A server with this process id (its `INFO server`).
+    Pid(u32),
+    /// A server that did not say its process id: one that wants a password
+    /// (`NOAUTH`), or one that was not asked.
+    Up,
 }
 
-/// Whether the server on `port` is up: `PONG`, or `NOAUTH` from one that
-/// wants a password. `LOADING` and the like mean "not yet".
-fn answers_ping(port: u16) -> bool {
-    ping_line(port).is_some_and(|l| l == "+PONG" || l.starts_with("-NOAUTH"))
+/// Reads one RESP line (without its `\r\n`) from `stream`.
+fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end + 2);
+            return Some(line);
+        }
+        if buf.len() > 1 << 16 {
+            return None;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Sends `PING` (and, with `ask_pid`, `INFO server`) to `127.0.0.1:port`.
+/// `PONG`, or `NOAUTH` from one that wants a password, means up; `LOADING`
+/// and the like mean "not yet".
+fn who_answers(port: u16, ask_pid: bool) -> Answer {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(250)) else {
+        return Answer::Nobody;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
+    let mut request = b"*1\r\n$4\r\nPING\r\n".to_vec();
+    if ask_pid {
+        request.extend_from_slice(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n");
+    }
+    if stream.write_all(&request).is_err() {
+        return Answer::Nobody;
+    }
+    let mut buf = Vec::new();
+    match read_line(&mut stream, &mut buf) {
+        Some(l) if l == "+PONG" && ask_pid => {}
+        Some(l) if l == "+PONG" || l.starts_with("-NOAUTH") => return Answer::Up,
+        _ => return Answer::Nobody,
+    }
+    // The INFO reply: `$LEN`, then lines up to `process_id:PID`.
+    match read_line(&mut stream, &mut buf) {
+        Some(l) if l.starts_with('$') => {}
+        _ => return Answer::Nobody,
+    }
+    while let Some(line) = read_line(&mut stream, &mut buf) {
+        if let Some(pid) = line.strip_prefix("process_id:") {
+            return pid.trim().parse().map(Answer::Pid).unwrap_or(Answer::Nobody);
+        }
+    }
+    Answer::Nobody
 }
 
 /// Whether process `pid` has a TCP socket listening on `port`; `None` where
@@ -238,7 +281,14 @@ fn read_logs(logs: &[&Path]) -> String {
 
 /// Waits until `child` listens on `port` and answers `PING` there.
 /// On failure the child is killed and the error carries `logs`.
+///
+/// Servers that say their process id (redis-server, Sentinel) are ours when
+/// it is the child's; others (nutcracker, a server that wants a password)
+/// when the child has a socket listening on the port (`/proc`), which tells
+/// them from another process that took the port between [`free_port`] and
+/// the child's own bind.
 fn wait_ready(what: &str, child: &mut Child, port: u16, logs: &[&Path]) -> Result<(), StartError> {
+    let ask_pid = what != "nutcracker";
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -250,7 +300,12 @@ fn wait_ready(what: &str, child: &mut Child, port: u16, logs: &[&Path]) -> Resul
                 StartError::Fatal(message)
             });
         }
-        if listens_on(child.id(), port) != Some(false) && answers_ping(port) {
+        let ours = match who_answers(port, ask_pid) {
+            Answer::Nobody => false,
+            Answer::Pid(pid) => pid == child.id(),
+            Answer::Up => listens_on(child.id(), port) != Some(false),
+        };
+        if ours {
             // The process could have died right after someone else answered.
             if matches!(child.try_wait(), Ok(None)) {
                 return Ok(());
@@ -1258,4 +1313,69 @@ pub fn wait_replicated(primary: &mut redis::Connection, replica: &mut redis::Con
         Duration::from_secs(10),
         || offset(replica, "slave_repl_offset:").is_some_and(|o| o >= target),
     );
+}
+
+/// The name the test harness gives test function `function` of the module
+/// `module_path` (pass `module_path!()`): the module path without the
+/// crate's name, e.g. `migration::child_rebalance`, for a test that runs
+/// another test of its own binary in a child process
+/// (`std::env::current_exe()` with `--exact` and this name).
+pub fn test_name(module_path: &str, function: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_crate, module)) => format!("{module}::{function}"),
+        None => function.to_string(),
+    }
+}
+
+/// Runs test `function` of the module `module_path` (pass `module_path!()`)
+/// alone in a child process of this test binary and fails unless it passed
+/// there. Returns true in that child, where the test goes on, and false in
+/// the parent, where it is done. For tests that measure the process (its
+/// resident set) or change it for good (a global `tracing` subscriber),
+/// which the other tests of the one integration binary must not share.
+pub fn in_own_process(module_path: &str, function: &str) -> bool {
+    const CHILD: &str = "MREDIS_TEST_OWN_PROCESS";
+    let name = test_name(module_path, function);
+    if std::env::var(CHILD).is_ok_and(|n| n == name) {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, &name)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name} in a child process: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "{name} failed in its own process");
+    assert!(text.contains("1 passed"), "{name} did not run: {text}");
+    false
+}
+
+/// Who may run beside whom in the one integration binary: the compile-fail
+/// tests (a build that takes both cores) hold it shared, the quiet tests
+/// (Sentinel failovers, the health checker's and latency prober's timing)
+/// hold it alone.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that needs a quiet machine (a Sentinel failover, a timing
+/// the health checker or the latency prober measures): while it is held no
+/// other quiet test and no compile-fail build runs in this process; the
+/// other tests, which mostly wait on their servers, go on beside it. Take it
+/// first, before starting servers: `let _quiet = mredis_tests::quiet();`.
+///
+/// Under `cargo nextest run` every test is a process of its own and the
+/// same groups are nextest test groups (`.config/nextest.toml`).
+pub fn quiet() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held by a test that loads the whole machine (the compile-fail tests'
+/// build): it runs beside other such tests and the tests that wait, but
+/// never beside a [`quiet`] one.
+pub fn busy() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -330,6 +330,7 @@ fn connected(srv: &RedisServer) -> i64 {
 /// go away.
 #[test]
 fn dropped_lowest_latency_clients_close_their_prober_connections() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -360,6 +361,7 @@ fn dropped_lowest_latency_clients_close_their_prober_connections() {
 /// the estimates come back.
 #[test]
 fn lowest_latency_survives_a_replica_stopped_and_resumed() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -396,6 +398,7 @@ fn lowest_latency_survives_a_replica_stopped_and_resumed() {
 /// Passwords never in Debug/Display of the new types.
 #[test]
 fn passwords_stay_out_of_latency_output() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -727,7 +730,7 @@ fn a_sigkilled_durable_rebalance_rerun_loses_nothing() {
         .args([
             "--ignored",
             "--exact",
-            "durable_child_rebalance",
+            &mredis_tests::test_name(module_path!(), "durable_child_rebalance"),
             "--test-threads",
             "1",
             "-q",

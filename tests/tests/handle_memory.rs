@@ -45,7 +45,7 @@ fn growth(mode: &str) -> u64 {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_sets_one_big_value",
+            &mredis_tests::test_name(module_path!(), "child_sets_one_big_value"),
             "--nocapture",
             "--test-threads",
             "1",

@@ -58,6 +58,7 @@ fn signal(sig: &str, pid: u32) {
 
 #[test]
 fn a_stopped_server_is_marked_down_within_a_few_intervals_then_up() {
+    let _quiet = mredis_tests::quiet();
     let s = servers(3);
     let events: Arc<Mutex<Vec<HealthEvent>>> = Arc::default();
     let seen = events.clone();
@@ -112,6 +113,7 @@ fn a_stopped_server_is_marked_down_within_a_few_intervals_then_up() {
 
 #[test]
 fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
+    let _quiet = mredis_tests::quiet();
     let mut s = servers(3);
     let events: Arc<Mutex<Vec<HealthEvent>>> = Arc::default();
     let seen = events.clone();
@@ -208,6 +210,7 @@ fn ejection_on_ketama_sends_a_down_servers_keys_elsewhere_and_back() {
 
 #[test]
 fn ejection_is_refused_for_modulo_placements_and_migrations() {
+    let _quiet = mredis_tests::quiet();
     let s = servers(2);
     for mode in [
         Mode::Standard,
@@ -409,6 +412,7 @@ fn ejection_scenario(rejoin: mredis::health::Rejoin, rounds_after: u64) -> Outco
 /// back.
 #[test]
 fn ejection_by_default_loses_no_acknowledged_write() {
+    let _quiet = mredis_tests::quiet();
     let o = ejection_scenario(mredis::health::Rejoin::MoveBack, 1);
     println!(
         "MoveBack: {} writes of {} keys acknowledged while out; {} stale, {} copies left",
@@ -428,6 +432,7 @@ fn ejection_by_default_loses_no_acknowledged_write() {
 /// client) and those writes stay elsewhere as copies.
 #[test]
 fn ejection_that_keeps_loses_the_writes_made_meanwhile() {
+    let _quiet = mredis_tests::quiet();
     let o = ejection_scenario(mredis::health::Rejoin::Keep, 0);
     println!(
         "Keep: {} writes of {} keys acknowledged while out; {} stale, {} copies left",

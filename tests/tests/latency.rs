@@ -125,6 +125,7 @@ fn keys() -> Vec<String> {
 
 #[test]
 fn lowest_latency_reads_stay_in_the_shard_and_writes_on_the_primary() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -189,6 +190,7 @@ fn lowest_latency_reads_stay_in_the_shard_and_writes_on_the_primary() {
 
 #[test]
 fn lowest_latency_per_call_starts_the_prober_of_a_primary_client() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -214,6 +216,7 @@ fn lowest_latency_per_call_starts_the_prober_of_a_primary_client() {
 
 #[test]
 fn lowest_latency_async_reads_stay_in_the_shard_and_writes_on_the_primary() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -268,6 +271,7 @@ fn lowest_latency_async_reads_stay_in_the_shard_and_writes_on_the_primary() {
 
 #[test]
 fn a_stopped_replica_is_avoided_once_the_prober_sees_it_sync_and_async() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -339,6 +343,7 @@ fn a_stopped_replica_is_avoided_once_the_prober_sees_it_sync_and_async() {
 
 #[test]
 fn a_sentinel_shard_is_measured_and_read_by_latency() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }

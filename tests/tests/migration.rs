@@ -759,7 +759,14 @@ fn writers_during(old_n: usize, new_n: usize, mode: Mode, stop_destination: bool
 /// Starts this test binary's `child_rebalance` in a child process.
 fn spawn_rebalance(spec: &str) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_rebalance", "--test-threads", "1", "-q"])
+        .args([
+            "--ignored",
+            "--exact",
+            &mredis_tests::test_name(module_path!(), "child_rebalance"),
+            "--test-threads",
+            "1",
+            "-q",
+        ])
         .env("MREDIS_CHILD_REBALANCE", spec)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

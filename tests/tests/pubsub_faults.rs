@@ -75,31 +75,12 @@ fn next_message(sub: &mut mredis::Subscriber, others: &mut Vec<Event>) -> mredis
     }
 }
 
-/// Runs test `name` alone in a child process of this test binary (so that
-/// its RSS is its own), with `MREDIS_PUBSUB_CHILD` set; true in the child.
-fn in_own_process(name: &str) -> bool {
-    if std::env::var_os("MREDIS_PUBSUB_CHILD").is_some() {
-        return true;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("MREDIS_PUBSUB_CHILD", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "{name} failed in its own process");
-    assert!(text.contains("1 passed"), "{name} did not run: {text}");
-    false
-}
-
 #[test]
 fn a_consumer_that_does_not_poll_keeps_its_buffer_bound_and_every_drop_is_counted() {
-    if !in_own_process("a_consumer_that_does_not_poll_keeps_its_buffer_bound_and_every_drop_is_counted") {
+    if !mredis_tests::in_own_process(
+        module_path!(),
+        "a_consumer_that_does_not_poll_keeps_its_buffer_bound_and_every_drop_is_counted",
+    ) {
         return;
     }
     let s = servers(2);

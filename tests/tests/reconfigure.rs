@@ -476,8 +476,9 @@ async fn an_invalid_configuration_leaves_the_old_async_fleet_working() {
     }
 }
 
-/// Every `tracing` event of this test binary, as text (the watcher logs
-/// from its own thread, so the subscriber is the global one).
+/// Every `tracing` event of this process, as text (the watcher logs from its
+/// own thread, so the subscriber is the global one; the test that installs
+/// it runs in a process of its own).
 fn logged() -> &'static Mutex<Vec<String>> {
     static LOG: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -523,6 +524,14 @@ const CANARY: &str = "Hunter2-watch-5e1f";
 
 #[test]
 fn the_file_watcher_applies_a_changed_file_and_refuses_a_bad_one() {
+    // The watcher logs from its own thread, so this test installs a global
+    // subscriber: alone in a process, it sees only its own watcher's events.
+    if !mredis_tests::in_own_process(
+        module_path!(),
+        "the_file_watcher_applies_a_changed_file_and_refuses_a_bad_one",
+    ) {
+        return;
+    }
     let log = logged();
     let s = servers(4);
     let all = refs(&s);

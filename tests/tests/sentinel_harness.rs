@@ -33,6 +33,7 @@ fn role(fleet: &SentinelFleet, port: u16) -> String {
 
 #[test]
 fn start_reports_the_primaries_and_replicates_to_the_replicas() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -79,6 +80,7 @@ fn start_reports_the_primaries_and_replicates_to_the_replicas() {
 
 #[test]
 fn a_killed_primary_is_replaced_by_its_replica() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -114,6 +116,7 @@ fn a_killed_primary_is_replaced_by_its_replica() {
 
 #[test]
 fn a_frozen_primary_is_replaced_then_follows_the_new_master() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -155,6 +158,7 @@ fn a_frozen_primary_is_replaced_then_follows_the_new_master() {
 
 #[test]
 fn a_fleet_with_a_password_syncs_and_fails_over() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }

@@ -266,6 +266,7 @@ fn failover_with_writers(acks: bool, stop_instead: bool) -> (usize, usize, Durat
 
 #[test]
 fn writers_follow_a_sigkilled_primary_and_lose_no_acknowledged_write() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -276,6 +277,7 @@ fn writers_follow_a_sigkilled_primary_and_lose_no_acknowledged_write() {
 
 #[test]
 fn writers_follow_a_sigkilled_primary_without_acks() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -289,6 +291,7 @@ fn writers_follow_a_sigkilled_primary_without_acks() {
 
 #[test]
 fn writers_follow_a_sigstopped_primary_and_lose_no_acknowledged_write() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -334,6 +337,7 @@ fn static_client(shards: &[(RedisServer, RedisServer)], policy: ReadFrom) -> MRe
 
 #[test]
 fn reads_go_to_replicas_and_writes_never_do() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -404,6 +408,7 @@ fn reads_go_to_replicas_and_writes_never_do() {
 
 #[test]
 fn prefer_replica_falls_back_to_the_primary_and_replica_only_does_not() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -440,6 +445,7 @@ fn prefer_replica_falls_back_to_the_primary_and_replica_only_does_not() {
 
 #[test]
 fn sentinel_replicas_serve_reads_and_a_sentinel_shard_shows_no_password() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -500,6 +506,7 @@ fn sentinel_replicas_serve_reads_and_a_sentinel_shard_shows_no_password() {
 
 #[test]
 fn a_subscriber_keeps_receiving_after_its_shard_fails_over() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -551,6 +558,7 @@ fn a_subscriber_keeps_receiving_after_its_shard_fails_over() {
 
 #[test]
 fn a_rebalance_moves_keys_between_sentinel_shards_primaries() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -592,6 +600,7 @@ fn a_rebalance_moves_keys_between_sentinel_shards_primaries() {
 
 #[test]
 fn a_stopped_sentinel_and_an_unknown_master_name_are_handled() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -802,6 +811,7 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
 
 #[test]
 fn a_rebalance_follows_a_failover_of_its_source() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -810,6 +820,7 @@ fn a_rebalance_follows_a_failover_of_its_source() {
 
 #[test]
 fn a_rebalance_follows_a_failover_of_its_sigstopped_source() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -818,6 +829,7 @@ fn a_rebalance_follows_a_failover_of_its_sigstopped_source() {
 
 #[test]
 fn a_rebalance_follows_a_failover_of_its_destination() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
@@ -832,6 +844,7 @@ fn a_rebalance_follows_a_failover_of_its_destination() {
 /// on the primaries and their replicas.
 #[test]
 fn a_rerun_finishes_the_moves_a_stopped_rebalance_left_marked() {
+    let _quiet = mredis_tests::quiet();
     if skip() {
         return;
     }
