@@ -1355,27 +1355,76 @@ pub fn in_own_process(module_path: &str, function: &str) -> bool {
     false
 }
 
-/// Who may run beside whom in the one integration binary: the compile-fail
-/// tests (a build that takes both cores) hold it shared, the quiet tests
-/// (Sentinel failovers, the health checker's and latency prober's timing)
-/// hold it alone.
-static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// How many quiet tests run at once: each starts a handful of processes and
+/// mostly waits (for a failover, a probe interval), so a few overlap
+/// without one slowing another's timing.
+pub const QUIET_AT_ONCE: usize = 3;
+
+/// Who may run beside whom in the one integration binary: how many quiet
+/// tests and busy builds run now.
+struct Running {
+    quiet: usize,
+    busy: usize,
+}
+
+static MACHINE: Mutex<Running> = Mutex::new(Running { quiet: 0, busy: 0 });
+static MACHINE_CHANGED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// What a test holds while it runs as [`quiet`] or [`busy`]; gives its
+/// place back when dropped.
+#[must_use = "the test holds its place until this is dropped"]
+pub struct Place {
+    quiet: bool,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut running = MACHINE.lock().unwrap_or_else(|p| p.into_inner());
+        if self.quiet {
+            running.quiet -= 1;
+        } else {
+            running.busy -= 1;
+        }
+        MACHINE_CHANGED.notify_all();
+    }
+}
+
+fn take_place(quiet: bool) -> Place {
+    let mut running = MACHINE.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let free = if quiet {
+            running.quiet < QUIET_AT_ONCE && running.busy == 0
+        } else {
+            running.quiet == 0
+        };
+        if free {
+            break;
+        }
+        running = MACHINE_CHANGED.wait(running).unwrap_or_else(|p| p.into_inner());
+    }
+    if quiet {
+        running.quiet += 1;
+    } else {
+        running.busy += 1;
+    }
+    Place { quiet }
+}
 
 /// Held by a test that needs a quiet machine (a Sentinel failover, a timing
-/// the health checker or the latency prober measures): while it is held no
-/// other quiet test and no compile-fail build runs in this process; the
-/// other tests, which mostly wait on their servers, go on beside it. Take it
-/// first, before starting servers: `let _quiet = mredis_tests::quiet();`.
+/// the health checker or the latency prober measures): it runs beside at
+/// most [`QUIET_AT_ONCE`]` - 1` other quiet tests and never beside a
+/// [`busy`] one (the compile-fail build); the other tests, which mostly
+/// wait on their servers, go on beside it. Take it first, before starting
+/// servers: `let _quiet = mredis_tests::quiet();`.
 ///
-/// Under `cargo nextest run` every test is a process of its own and the
-/// same groups are nextest test groups (`.config/nextest.toml`).
-pub fn quiet() -> std::sync::RwLockWriteGuard<'static, ()> {
-    MACHINE.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Under `cargo nextest run` every test is a process of its own, and the
+/// same limits are nextest test groups (`.config/nextest.toml`).
+pub fn quiet() -> Place {
+    take_place(true)
 }
 
 /// Held by a test that loads the whole machine (the compile-fail tests'
-/// build): it runs beside other such tests and the tests that wait, but
-/// never beside a [`quiet`] one.
-pub fn busy() -> std::sync::RwLockReadGuard<'static, ()> {
-    MACHINE.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// build): it never runs beside a [`quiet`] test.
+pub fn busy() -> Place {
+    take_place(false)
 }
