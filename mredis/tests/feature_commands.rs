@@ -6,7 +6,8 @@
 //! server that owns its key, from the sync and async clients and both
 //! pipelines.
 //!
-//! `cargo test -p mredis --features bloom,vector-sets,table-examples --test feature_commands`
+//! Runs in `cargo test --workspace` (the test crate turns both features on);
+//! alone: `cargo test -p mredis --features bloom,vector-sets,table-examples --test feature_commands`.
 #![cfg(all(feature = "bloom", feature = "vector-sets"))]
 
 use std::collections::BTreeMap;
@@ -149,6 +150,19 @@ macro_rules! check {
         assert_eq!(at, fleet.owner($key), stringify!($method));
         stringify!($method)
     }};
+    // A method redis-rs does not have (the table's `cmd` template): the
+    // words it must send.
+    ($fleet:expr, $method:ident($key:expr $(, $arg:expr)*) sends [$($word:expr),+]) => {{
+        let fleet = &$fleet;
+        let before = fleet.counts();
+        let reply: Value = fleet.mr.$method($key $(, $arg)*).unwrap();
+        assert_eq!(reply, Value::Okay);
+        let (at, sent) = fleet.sent_since(&before);
+        let words: Vec<Vec<u8>> = vec![$(AsRef::<[u8]>::as_ref($word).to_vec()),+];
+        assert_eq!(sent, words, stringify!($method));
+        assert_eq!(at, fleet.owner($key), stringify!($method));
+        stringify!($method)
+    }};
 }
 
 fn floats() -> VectorAddInput<'static> {
@@ -232,6 +246,7 @@ fn vector_set_methods_send_redis_rs_commands_to_the_keys_server() {
         check!(f, vdelattr("v:i", "e1")),
         check!(f, vgetattr("v:j", "e1")),
         check!(f, vinfo("v:k")),
+        check!(f, vismember("v:r", "e1") sends ["VISMEMBER", "v:r", "e1"]),
         check!(f, vlinks("v:l", "e1")),
         check!(f, vlinks_with_scores("v:m", "e1")),
         check!(f, vrandmember("v:n")),

@@ -1428,3 +1428,37 @@ pub fn quiet() -> Place {
 pub fn busy() -> Place {
     take_place(false)
 }
+
+/// Whether the server binary the tests start was built with TLS support
+/// (Debian's redis-server is; the valkey-server and redis-server 8.2 that CI
+/// takes from PyPI wheels are not). Asked once: the binary is started with a
+/// TLS port and no certificate, which a build with TLS refuses for the
+/// certificate and one without for TLS itself.
+pub fn server_has_tls() -> bool {
+    static HAS_TLS: OnceLock<bool> = OnceLock::new();
+    *HAS_TLS.get_or_init(|| {
+        let Some(binary) = redis_server_binary() else {
+            return false;
+        };
+        let dir = TempDir::new("tls-probe");
+        let out = Command::new(binary)
+            .args(["--port", "0", "--tls-port", &free_port().to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("Failed finding TLS support") {
+            return false;
+        }
+        assert!(
+            text.contains("tls-cert-file"),
+            "{} with a TLS port and no certificate said neither that it has no TLS support nor that \
+             the certificate is missing:\n{text}",
+            binary.display()
+        );
+        true
+    })
+}
