@@ -2,7 +2,7 @@
 //! async one, mixing reads, writes, fan-outs and pipelines over 4 servers;
 //! afterwards every key written is checked on the server that owns it.
 //!
-//! Bounded for CI; `MREDIS_SOAK_SECS=60 cargo test --test soak` runs longer.
+//! Bounded for CI; `MREDIS_SOAK_SECS=60 cargo test -p mredis-tests --test integration -- soak::` runs longer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
