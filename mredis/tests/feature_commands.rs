@@ -138,31 +138,28 @@ impl Fleet {
 }
 
 /// Calls `mr.$method(args)` and checks it sent exactly
-/// `redis::Cmd::$method(args)` to the owner of the key.
+/// `redis::Cmd::$method(args)` (or, for a method redis-rs does not have, the
+/// words after `sends`) to the owner of the key.
 macro_rules! check {
-    ($fleet:expr, $method:ident($key:expr $(, $arg:expr)*)) => {{
+    // The call, then what it must have sent, and to the key's owner.
+    (@sends $fleet:expr, $method:ident($key:expr $(, $arg:expr)*), $expected:expr) => {{
         let fleet = &$fleet;
         let before = fleet.counts();
         let reply: Value = fleet.mr.$method($key $(, $arg)*).unwrap();
         assert_eq!(reply, Value::Okay);
         let (at, sent) = fleet.sent_since(&before);
-        assert_eq!(sent, args_of(&Cmd::$method($key $(, $arg)*)), stringify!($method));
+        assert_eq!(sent, $expected, stringify!($method));
         assert_eq!(at, fleet.owner($key), stringify!($method));
         stringify!($method)
     }};
     // A method redis-rs does not have (the table's `cmd` template): the
     // words it must send.
-    ($fleet:expr, $method:ident($key:expr $(, $arg:expr)*) sends [$($word:expr),+]) => {{
-        let fleet = &$fleet;
-        let before = fleet.counts();
-        let reply: Value = fleet.mr.$method($key $(, $arg)*).unwrap();
-        assert_eq!(reply, Value::Okay);
-        let (at, sent) = fleet.sent_since(&before);
-        let words: Vec<Vec<u8>> = vec![$(AsRef::<[u8]>::as_ref($word).to_vec()),+];
-        assert_eq!(sent, words, stringify!($method));
-        assert_eq!(at, fleet.owner($key), stringify!($method));
-        stringify!($method)
-    }};
+    ($fleet:expr, $method:ident($key:expr $(, $arg:expr)*) sends [$($word:expr),+]) => {
+        check!(@sends $fleet, $method($key $(, $arg)*), vec![$(AsRef::<[u8]>::as_ref($word).to_vec()),+])
+    };
+    ($fleet:expr, $method:ident($key:expr $(, $arg:expr)*)) => {
+        check!(@sends $fleet, $method($key $(, $arg)*), args_of(&Cmd::$method($key $(, $arg)*)))
+    };
 }
 
 fn floats() -> VectorAddInput<'static> {

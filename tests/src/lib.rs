@@ -8,9 +8,10 @@
 //! A server counts as started once it answers `PING` on its port and is
 //! its own process there: the process id its `INFO` gives, or, for
 //! nutcracker and servers that need a password (`NOAUTH`), a listening
-//! socket of the process (checked through `/proc` where there is one). A start that
-//! fails because the port got taken in the meantime is retried on another
-//! port; any other failure panics with the port and the server's output.
+//! socket of the process (checked through `/proc` where there is one). A
+//! start that fails because the port got taken in the meantime is retried
+//! on another port; any other failure panics with the port and the server's
+//! output.
 
 #![warn(missing_docs)]
 
@@ -116,12 +117,6 @@ pub fn server_binary() -> PathBuf {
     redis_server_binary()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("redis-server"))
-}
-
-/// Whether the tests run against Valkey (`MREDIS_TEST_SERVER` names a
-/// `valkey-server`), for the few fixtures that depend on the server.
-pub fn testing_valkey() -> bool {
-    redis_server_binary().is_some_and(|p| p.to_string_lossy().contains("valkey"))
 }
 
 fn nutcracker_binary() -> Option<&'static Path> {
@@ -282,13 +277,12 @@ fn read_logs(logs: &[&Path]) -> String {
 /// Waits until `child` listens on `port` and answers `PING` there.
 /// On failure the child is killed and the error carries `logs`.
 ///
-/// Servers that say their process id (redis-server, Sentinel) are ours when
-/// it is the child's; others (nutcracker, a server that wants a password)
-/// when the child has a socket listening on the port (`/proc`), which tells
-/// them from another process that took the port between [`free_port`] and
-/// the child's own bind.
-fn wait_ready(what: &str, child: &mut Child, port: u16, logs: &[&Path]) -> Result<(), StartError> {
-    let ask_pid = what != "nutcracker";
+/// Servers that say their process id (`tells_pid`: redis-server, Sentinel)
+/// are ours when it is the child's; others (nutcracker, a server that wants
+/// a password) when the child has a socket listening on the port (`/proc`),
+/// which tells them from another process that took the port between
+/// [`free_port`] and the child's own bind.
+fn wait_ready(what: &str, tells_pid: bool, child: &mut Child, port: u16, logs: &[&Path]) -> Result<(), StartError> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -300,7 +294,7 @@ fn wait_ready(what: &str, child: &mut Child, port: u16, logs: &[&Path]) -> Resul
                 StartError::Fatal(message)
             });
         }
-        let ours = match who_answers(port, ask_pid) {
+        let ours = match who_answers(port, tells_pid) {
             Answer::Nobody => false,
             Answer::Pid(pid) => pid == child.id(),
             Answer::Up => listens_on(child.id(), port) != Some(false),
@@ -406,7 +400,7 @@ impl RedisServer {
             .stderr(stderr)
             .spawn()
             .map_err(|e| StartError::Fatal(format!("cannot run {}: {e}", binary.display())))?;
-        wait_ready("redis-server", &mut child, self.port, &[&log])?;
+        wait_ready("redis-server", true, &mut child, self.port, &[&log])?;
         *self.child() = Some(child);
         Ok(())
     }
@@ -700,7 +694,7 @@ impl Nutcracker {
                 .stderr(stderr)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-            match wait_ready("nutcracker", &mut child, port, &[&output, &log]) {
+            match wait_ready("nutcracker", false, &mut child, port, &[&output, &log]) {
                 Ok(()) => {
                     return Nutcracker {
                         port,
@@ -924,7 +918,7 @@ impl Sentinel {
                 .stderr(stderr)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {} --sentinel: {e}", binary.display()));
-            match wait_ready("sentinel", &mut child, port, &[&log]) {
+            match wait_ready("sentinel", true, &mut child, port, &[&log]) {
                 Ok(()) => return Sentinel { port, dir, child },
                 Err(StartError::PortTaken(message)) => last = message,
                 Err(StartError::Fatal(message)) => {

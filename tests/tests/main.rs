@@ -10,10 +10,9 @@
 //!
 //! Suites that need a quiet machine (Sentinel failovers, the health
 //! checker's and the latency prober's timing) take
-//! [`mredis_tests::quiet`] first: they run one at a time, never beside the
-//! compile-fail tests, and each waits for the machine's other tests only as
-//! long as it must (see `.config/nextest.toml` for the same groups under
-//! `cargo nextest run`).
+//! [`mredis_tests::quiet`] first: at most three run at once, never beside
+//! the compile-fail build, while the other tests go on beside them (see
+//! `.config/nextest.toml` for the same groups under `cargo nextest run`).
 
 // The API: what a caller sees, against real servers.
 mod architecture;
