@@ -69,7 +69,7 @@ use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::client::{Snapshot, Viewable};
 use crate::error::client_error;
-use crate::exec::{Cmds, FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
+use crate::exec::{Cmds, FanOut, Held, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 pub use crate::handle::AsyncConnection as Connection;
 use crate::multiplexed::Shared as ConnectionManager;
 use crate::options::Options;
@@ -543,19 +543,26 @@ impl Fleet {
     }
 
     /// The sync client's `send_to_shards`, awaited: the same
-    /// [`ShardPlan`] decides, this only sends and waits.
+    /// [`ShardPlan`] decides, this only sends and waits. A write with its
+    /// `WAIT` goes on a dedicated connection ([`acked_on`](Self::acked_on)):
+    /// on the shared one, the WAIT would hold up every request behind it.
     async fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
+        let start = std::time::Instant::now();
         let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
         let mut replies = join_all(
-            plan.requests
+            plan.targets
                 .iter()
-                .zip(&plan.targets)
-                .map(|(r, target)| self.request_on(r.server, &r.cmds, r.block, target)),
+                .enumerate()
+                .map(|(i, target)| self.shard_request(&plan, i, target)),
         )
         .await;
         for (i, reply) in replies.iter_mut().enumerate() {
             let again = plan.after(i, reply);
-            if let Some((target, wait)) = again {
+            // A read a replica failed goes to the primary within the call's
+            // one deadline; with none left, the replica's error stands.
+            let fallback = matches!(again, Some((_, None)));
+            let left = self.response_timeout.map(|t| t.saturating_sub(start.elapsed()));
+            if let Some((target, wait)) = again.filter(|_| !(fallback && left.is_some_and(|l| l.is_zero()))) {
                 let r = &plan.requests[i];
                 let server = self.core.server(r.server);
                 let changed = match (wait, server.shard()) {
@@ -563,16 +570,142 @@ impl Fleet {
                     (Some(_), None) => false,
                     (None, _) => true,
                 };
-                let retry = if changed {
-                    Some(self.request_on(r.server, &r.cmds, r.block, &target).await)
-                } else {
-                    None
+                let retry = match (changed, fallback, left) {
+                    (false, _, _) => None,
+                    (true, true, Some(left)) => Some(
+                        tokio::time::timeout(left, self.shard_request(&plan, i, &target))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(crate::error::name_server_after(
+                                    server,
+                                    std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+                                    None,
+                                    self.response_timeout,
+                                ))
+                            }),
+                    ),
+                    (true, _, _) => Some(self.shard_request(&plan, i, &target).await),
                 };
                 plan.settle(i, reply, retry);
             }
             plan.finish(i, reply);
         }
         replies
+    }
+
+    /// Request `i` of `plan`, to `target`.
+    async fn shard_request(&self, plan: &ShardPlan<'_>, i: usize, target: &Target) -> RedisResult<Vec<Value>> {
+        let r = &plan.requests[i];
+        if plan.waited(i) {
+            Box::pin(self.acked_on(r.server, &r.cmds)).await
+        } else {
+            self.request_on(r.server, &r.cmds, r.block, target).await
+        }
+    }
+
+    /// A write and its `WAIT` on a dedicated connection of server `index`
+    /// (taken from the blocking commands' pool and given back after its
+    /// replies), with a deadline of the response timeout plus the WAIT's.
+    async fn acked_on(&self, index: usize, cmds: &Cmds<'_>) -> RedisResult<Vec<Value>> {
+        let server = self.core.server(index);
+        let span = Span::server(&self.core, index);
+        let extra = self.options.acks.map_or(Duration::ZERO, |a| a.timeout);
+        let deadline = self.response_timeout.map(|t| t.saturating_add(extra));
+        let run = async {
+            let mut held = self.hold(index).await?;
+            let mut pipe = redis::pipe();
+            for c in cmds.iter() {
+                pipe.add_command(c.clone());
+            }
+            let reply = held.pipeline(&pipe, 0, cmds.len(), deadline).await;
+            self.release(held);
+            reply
+        };
+        span.run_async(run)
+            .await
+            .map_err(|e| crate::error::name_server_after(server, e, None, deadline))
+    }
+
+    /// The response timeout: the deadline of a request on a held
+    /// connection.
+    pub(crate) fn response_timeout(&self) -> Option<Duration> {
+        self.response_timeout
+    }
+
+    /// A dedicated connection of server `index`, held across requests
+    /// (a handle's WATCH ... EXEC, a write and its WAIT); give it back with
+    /// [`release`](Self::release).
+    pub(crate) async fn hold(&self, index: usize) -> RedisResult<HeldConnection> {
+        let server = self.core.server(index);
+        let pool = self
+            .blocking
+            .get(index)
+            .ok_or_else(|| client_error(format!("no server {index}")))?;
+        let since = server.epoch();
+        let started = std::time::Instant::now();
+        let dedicated = pool
+            .take()
+            .await
+            .map_err(|e| crate::error::name_server_after(server, e, Some(started.elapsed()), None))?;
+        Ok(HeldConnection {
+            index,
+            since,
+            dedicated: Some(dedicated),
+        })
+    }
+
+    /// Gives back a held connection (dropped if a reply is outstanding).
+    pub(crate) fn release(&self, mut held: HeldConnection) {
+        if let (Some(d), Some(pool)) = (held.dedicated.take(), self.blocking.get(held.index)) {
+            pool.put(d);
+        }
+    }
+
+    /// The async [`settle_held`](crate::client::Fleet::settle_held): the
+    /// promises every write has, after a request on a held connection.
+    pub(crate) async fn settle_held<T>(
+        &self,
+        held: &mut HeldConnection,
+        result: RedisResult<T>,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> RedisResult<Held<T>> {
+        use crate::replicas::Verdict;
+        let index = held.index;
+        let server = self.core.server(index);
+        match result {
+            Ok(v) => {
+                if let Some(acks) = self.options.acks.filter(|_| server.shard().is_some())
+                    && wrote(&v)
+                {
+                    let deadline = self.response_timeout.map(|t| t.saturating_add(acks.timeout));
+                    let reply = held
+                        .command(&crate::replicas::wait_cmd(acks), deadline)
+                        .await
+                        .map_err(|e| crate::error::name_server_after(server, e, None, deadline));
+                    crate::replicas::check_ack(server, acks, reply)?;
+                }
+                Ok(Held::Done(v))
+            }
+            Err(e) => match (crate::replicas::held_verdict(server, &e), server.shard()) {
+                (Verdict::Again, Some(shard)) => {
+                    shard.suspect();
+                    if shard.wait_change_async(held.since, self.options.failover_wait).await {
+                        Ok(Held::FailedOver)
+                    } else {
+                        Err(crate::replicas::no_new_primary(
+                            server,
+                            self.options.failover_wait,
+                            Err(e),
+                        ))
+                    }
+                }
+                (Verdict::Unknown, Some(shard)) => {
+                    shard.suspect();
+                    Err(crate::replicas::unknown_outcome(server, e))
+                }
+                _ => Err(crate::error::name_server_after(server, e, None, self.response_timeout)),
+            },
+        }
     }
 
     /// One request's replies, error replies kept as values, on `target`.
@@ -609,6 +742,12 @@ impl Fleet {
             && cmds.iter().all(read_only)
         {
             replies = self.send_on(&mut con, &span, cmds).await;
+        }
+        if let (Err(e), Some(node), Some(set)) = (&replies, &node, self.replicas.get(index))
+            && (e.is_timeout() || e.is_io_error() || e.is_connection_refusal())
+        {
+            // A replica that failed a read is passed over a while.
+            set.mark_down(node);
         }
         let named = node.as_ref().unwrap_or_else(|| self.core.server(index));
         replies.map_err(|e| crate::error::name_server_after(named, e, None, self.response_timeout))
@@ -802,6 +941,69 @@ impl BlockingPool {
         if idle.len() < self.max_idle {
             idle.push(d);
         }
+    }
+}
+
+/// A dedicated connection of one server held across requests (see
+/// [`Fleet::hold`]). A request on it has a deadline; one that passes it
+/// leaves a reply outstanding, and the connection is then not given back.
+pub(crate) struct HeldConnection {
+    index: usize,
+    /// The server's address epoch when it was taken (a failover since
+    /// changes it).
+    since: u64,
+    dedicated: Option<Dedicated>,
+}
+
+impl HeldConnection {
+    /// The connection (an error once a request on it failed).
+    fn con(&self) -> RedisResult<MultiplexedConnection> {
+        self.dedicated
+            .as_ref()
+            .map(|d| d.con.clone())
+            .ok_or_else(|| client_error("the held connection failed before".to_string()))
+    }
+
+    /// One command, within `deadline`.
+    pub(crate) async fn command(&mut self, cmd: &Cmd, deadline: Option<Duration>) -> RedisResult<Value> {
+        let mut con = self.con()?;
+        let reply = within(deadline, con.req_packed_command(cmd)).await;
+        self.after(&reply);
+        reply
+    }
+
+    /// `count` replies of `pipe` from `offset` on, within `deadline`
+    /// (an atomic pipeline's aborted transaction as redis-rs reports it).
+    pub(crate) async fn pipeline(
+        &mut self,
+        pipe: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+        deadline: Option<Duration>,
+    ) -> RedisResult<Vec<Value>> {
+        let mut con = self.con()?;
+        let reply = within(deadline, con.req_packed_commands(pipe, offset, count)).await;
+        self.after(&reply);
+        reply
+    }
+
+    /// A failure below the server's reply leaves the connection unusable.
+    fn after<T>(&mut self, reply: &RedisResult<T>) {
+        if let Err(e) = reply
+            && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || closed(e))
+        {
+            self.dedicated = None;
+        }
+    }
+}
+
+/// `f`, or a timeout error once `deadline` passed.
+async fn within<T>(deadline: Option<Duration>, f: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    match deadline {
+        Some(d) => tokio::time::timeout(d, f)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())),
+        None => f.await,
     }
 }
 

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{Cmds, FanOut, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
+use crate::exec::{Cmds, FanOut, Held, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
 use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::pipeline::KeyPipeline;
@@ -998,6 +998,7 @@ impl Fleet {
         };
         let mut func = func;
         let mut patience = crate::migration::Patience::default();
+        let mut failovers = 0;
         loop {
             // During a migration the keys are served by their old server
             // while they are all there, by the new one once none is.
@@ -1006,39 +1007,44 @@ impl Fleet {
             } else {
                 self.where_moving(&moves, server)?
             };
+            let since = self.core.server(target).epoch();
             let mut marked = false;
             let attempt = self.with_connection(target, |con| {
-                redis::cmd("WATCH").arg(keys).exec(con)?;
-                if target != server {
-                    // On the old server: a rebalance marking a key (or any
-                    // key) as moving changes the marks, which aborts the
-                    // EXEC; a key marked already waits.
-                    redis::cmd("WATCH").arg(crate::migration::MARKS).exec(con)?;
-                    let marks: Vec<Option<String>> =
-                        redis::cmd("HMGET").arg(crate::migration::MARKS).arg(keys).query(con)?;
-                    if marks.iter().any(Option::is_some) {
-                        redis::cmd("UNWATCH").exec(con)?;
-                        marked = true;
-                        return Ok(None);
-                    }
+                let ran = self.watch_and_run(
+                    con,
+                    keys,
+                    target != server,
+                    &moves,
+                    server,
+                    target,
+                    &mut marked,
+                    &mut func,
+                );
+                // EXEC's promises (WAIT, a failover), as for any write.
+                self.settle_held(target, since, con, ran, Option::is_some)
+            });
+            let attempt = match attempt {
+                Err(e)
+                    if failovers == 0
+                        && crate::replicas::held_verdict(self.core.server(target), &e)
+                            == crate::replicas::Verdict::Again =>
+                {
+                    // No connection to the old primary: wait for the new one.
+                    self.await_new_primary(target, since, e)?;
+                    Held::FailedOver
                 }
-                if !moves.is_empty() && self.where_moving(&moves, server)? != target {
-                    // Moved between the check and the WATCH: decide again.
-                    redis::cmd("UNWATCH").exec(con)?;
-                    return Ok(None);
+                other => other?,
+            };
+            match attempt {
+                Held::Done(Some(result)) => return Ok(result),
+                Held::Done(None) => {}
+                Held::FailedOver if failovers == 0 => failovers += 1,
+                Held::FailedOver => {
+                    return Err(client_error(format!(
+                        "shard `{}` failed over twice during one transaction; it did not run",
+                        self.core.name(target)
+                    )));
                 }
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                match func(con, &mut pipe)? {
-                    Some(result) => {
-                        redis::cmd("UNWATCH").exec(con)?;
-                        Ok(Some(result))
-                    }
-                    None => Ok(None),
-                }
-            })?;
-            if let Some(result) = attempt {
-                return Ok(result);
             }
             if marked {
                 match patience.next_wait() {
@@ -1049,6 +1055,117 @@ impl Fleet {
                     }
                 }
             }
+        }
+    }
+
+    /// One try of [`transaction`](Self::transaction) on `con`: WATCH the
+    /// keys (and on a migration's old server, its marks), then `func`.
+    /// `Ok(None)`: run it again.
+    #[allow(clippy::too_many_arguments)]
+    fn watch_and_run<K, T, F>(
+        &self,
+        con: &mut Connection,
+        keys: &[K],
+        on_old_server: bool,
+        moves: &[Move],
+        server: usize,
+        target: usize,
+        marked: &mut bool,
+        func: &mut F,
+    ) -> RedisResult<Option<T>>
+    where
+        K: redis::ToRedisArgs,
+        F: FnMut(&mut Connection, &mut redis::Pipeline) -> RedisResult<Option<T>>,
+    {
+        redis::cmd("WATCH").arg(keys).exec(con)?;
+        if on_old_server {
+            // On the old server: a rebalance marking a key (or any key) as
+            // moving changes the marks, which aborts the EXEC; a key
+            // marked already waits.
+            redis::cmd("WATCH").arg(crate::migration::MARKS).exec(con)?;
+            let marks: Vec<Option<String>> = redis::cmd("HMGET").arg(crate::migration::MARKS).arg(keys).query(con)?;
+            if marks.iter().any(Option::is_some) {
+                redis::cmd("UNWATCH").exec(con)?;
+                *marked = true;
+                return Ok(None);
+            }
+        }
+        if !moves.is_empty() && self.where_moving(moves, server)? != target {
+            // Moved between the check and the WATCH: decide again.
+            redis::cmd("UNWATCH").exec(con)?;
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match func(con, &mut pipe)? {
+            Some(result) => {
+                redis::cmd("UNWATCH").exec(con)?;
+                Ok(Some(result))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// After `e`, a refusal by a replica or a primary gone (see
+    /// [`crate::replicas::held_verdict`]) on server `index` (a shard whose
+    /// address epoch was `since`): waits for Sentinel's new primary; an
+    /// error if none is named within the failover wait.
+    fn await_new_primary(&self, index: usize, since: u64, e: RedisError) -> RedisResult<()> {
+        let server = self.core.server(index);
+        let Some(shard) = server.shard() else {
+            return Err(self.named(index, e));
+        };
+        shard.suspect();
+        if shard.wait_change(since, self.options.failover_wait) {
+            Ok(())
+        } else {
+            Err(crate::replicas::no_new_primary(
+                server,
+                self.options.failover_wait,
+                Err(e),
+            ))
+        }
+    }
+
+    /// The seam for a connection the caller holds across requests (a
+    /// transaction's WATCH ... EXEC, on a connection of server `index`
+    /// whose address epoch was `since` before the WATCH): given the
+    /// `result` of its last request on `con`, the promises every write has
+    /// on the request path ([`send_to_shards`](Self::send_to_shards)):
+    /// with replica acknowledgements on, a `WAIT` on the same connection
+    /// after a request that `wrote`; a refusal by a replica or a primary
+    /// that went away waits for Sentinel's new primary ([`Held::FailedOver`]);
+    /// a reply cut or late after the write is an unknown outcome.
+    pub(crate) fn settle_held<T>(
+        &self,
+        index: usize,
+        since: u64,
+        con: &mut dyn ConnectionLike,
+        result: RedisResult<T>,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> RedisResult<Held<T>> {
+        use crate::replicas::Verdict;
+        let server = self.core.server(index);
+        match result {
+            Ok(v) => {
+                if let Some(acks) = self.options.acks.filter(|_| server.shard().is_some())
+                    && wrote(&v)
+                {
+                    let reply = con
+                        .req_command(&crate::replicas::wait_cmd(acks))
+                        .map_err(|e| self.named(index, e));
+                    crate::replicas::check_ack(server, acks, reply)?;
+                }
+                Ok(Held::Done(v))
+            }
+            Err(e) => match (crate::replicas::held_verdict(server, &e), server.shard()) {
+                (Verdict::Again, Some(_)) => self.await_new_primary(index, since, e).map(|()| Held::FailedOver),
+                (Verdict::Unknown, Some(shard)) => {
+                    shard.suspect();
+                    Err(crate::replicas::unknown_outcome(server, e))
+                }
+                _ => Err(self.named(index, e)),
+            },
         }
     }
 
@@ -1167,6 +1284,19 @@ impl Fleet {
         }
     }
 
+    /// `e`, a failure of a request on `pool`: if `pool` is one of server
+    /// `index`'s replicas' and the failure is of the replica (a timeout, a
+    /// refused or broken connection), the replica is passed over for a
+    /// while ([`crate::replicas::REPLICA_REST`]).
+    fn replica_failed(&self, index: usize, pool: &PoolRef<'_>, e: RedisError) -> RedisError {
+        if let (PoolRef::Replica(p), Some(set)) = (pool, self.replicas.get(index))
+            && (e.is_timeout() || e.is_io_error() || e.is_connection_refusal())
+        {
+            set.mark_down(&p.server);
+        }
+        e
+    }
+
     /// An error of server `index` naming it, and for a timeout how long
     /// the reply was waited for.
     fn named(&self, index: usize, e: RedisError) -> RedisError {
@@ -1179,7 +1309,7 @@ impl Fleet {
     /// be sent again on a new connection if the pooled one was closed.
     pub(crate) fn packed_on(&self, index: usize, bytes: &[u8], read_only: bool) -> RedisResult<Value> {
         Span::server(&self.core, index).run(|| {
-            self.exchange_packed(index, bytes, None, &|| read_only, &Target::Primary)
+            self.exchange_packed(index, bytes, None, &|| read_only, &Target::Primary, None)
                 .and_then(crate::merge::extract_errors)
         })
     }
@@ -1219,7 +1349,7 @@ impl Fleet {
                     Vec::new()
                 }
                 Step::Send(requests) if self.core.shards => self.send_to_shards(&requests),
-                Step::Send(requests) => self.send(&requests, &[]),
+                Step::Send(requests) => self.send(&requests, &[], None),
             };
             step = machine.next(replies);
         }
@@ -1228,14 +1358,20 @@ impl Fleet {
     /// Carries requests: one command to one server on a pooled
     /// connection as is, anything else written to every server before any
     /// reply is read. `targets[i]`: where request `i` goes (its primary
-    /// if empty).
-    fn send(&self, requests: &[Request<'_>], targets: &[Target]) -> Vec<RedisResult<Vec<Value>>> {
+    /// if empty). `since`: when the call began, for a request sent again
+    /// within the call's one deadline (the response timeout from then).
+    fn send(
+        &self,
+        requests: &[Request<'_>],
+        targets: &[Target],
+        since: Option<Instant>,
+    ) -> Vec<RedisResult<Vec<Value>>> {
         let replica = |i: usize| targets.get(i).unwrap_or(&Target::Primary);
         match requests {
             [one] if let Some(cmd) = one.cmds.single() => {
                 vec![
                     Span::server(&self.core, one.server)
-                        .run(|| self.exchange(one.server, cmd, one.block, replica(0)))
+                        .run(|| self.exchange(one.server, cmd, one.block, replica(0), since))
                         .map(|v| vec![v]),
                 ]
             }
@@ -1259,7 +1395,7 @@ impl Fleet {
                         target: replica(i),
                     })
                     .collect();
-                self.send_many_in(&jobs, &how)
+                self.send_many_in(&jobs, &how, since)
             }
         }
     }
@@ -1271,11 +1407,16 @@ impl Fleet {
     /// Sentinel's new primary and is sent again once, when that cannot
     /// run it twice (see [`crate::replicas`]).
     fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
+        let start = Instant::now();
         let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
-        let mut replies = self.send(&plan.requests, &plan.targets);
+        let mut replies = self.send(&plan.requests, &plan.targets, None);
         for (i, reply) in replies.iter_mut().enumerate() {
             let again = plan.after(i, reply);
-            if let Some((target, wait)) = again {
+            // A read a replica failed goes to the primary within the call's
+            // one deadline; with none left, the replica's error stands.
+            let fallback = matches!(again, Some((_, None)));
+            let spent = self.options.response_timeout.is_some_and(|t| start.elapsed() >= t);
+            if let Some((target, wait)) = again.filter(|_| !(fallback && spent)) {
                 let server = self.core.server(plan.requests[i].server);
                 let changed = match wait {
                     Some((since, within)) => server.shard().is_some_and(|s| s.wait_change(since, within)),
@@ -1283,7 +1424,8 @@ impl Fleet {
                 };
                 let one = std::slice::from_ref(&plan.requests[i]);
                 let retry = if changed {
-                    self.send(one, std::slice::from_ref(&target)).pop()
+                    self.send(one, std::slice::from_ref(&target), fallback.then_some(start))
+                        .pop()
                 } else {
                     None
                 };
@@ -1297,13 +1439,21 @@ impl Fleet {
     /// One command on a connection of server `index`: its reply, error
     /// replies kept as values. See [`retry_allowed`] for when a connection
     /// found closed is replaced and the command sent again.
-    fn exchange(&self, index: usize, cmd: &Cmd, block: Option<Duration>, target: &Target) -> RedisResult<Value> {
+    fn exchange(
+        &self,
+        index: usize,
+        cmd: &Cmd,
+        block: Option<Duration>,
+        target: &Target,
+        since: Option<Instant>,
+    ) -> RedisResult<Value> {
         self.exchange_packed(
             index,
             &cmd.get_packed_command(),
             block,
             &|| block.is_none() && read_only(cmd),
             target,
+            since,
         )
     }
 
@@ -1317,14 +1467,24 @@ impl Fleet {
         block: Option<Duration>,
         repeatable: &dyn Fn() -> bool,
         target: &Target,
+        since: Option<Instant>,
     ) -> RedisResult<Value> {
         let epoch = self.core.server(index).epoch();
         let pool = self.pool_for(index, target)?;
-        let wait = reply_wait(pool.response_timeout, block);
+        let mut wait = reply_wait(pool.response_timeout, block);
+        let mut connect = pool.connect_timeout;
+        // Sent again within a call's deadline: what is left of it.
+        let cut = since.is_some() && block.is_none() && wait.is_some();
+        if let (true, Some(since), Some(t)) = (cut, since, wait) {
+            let left = t.saturating_sub(since.elapsed()).max(Duration::from_millis(1));
+            wait = Some(left);
+            connect = connect.min(left);
+        }
+        let set_wait = (block.is_some() || cut).then_some(wait);
         let (mut con, reused) = pool
-            .take(pool.connect_timeout)
-            .map_err(|e| name_server(&pool.server, e))?;
-        let mut outcome = round_trip(&mut con, packed, block.is_some().then_some(wait));
+            .take(connect)
+            .map_err(|e| self.replica_failed(index, &pool, name_server(&pool.server, e)))?;
+        let mut outcome = round_trip(&mut con, packed, set_wait);
         if let Err((written, e)) = &outcome
             && reused
             && closed(e)
@@ -1332,20 +1492,24 @@ impl Fleet {
             pool.clear();
             if retry_allowed(*written, repeatable) {
                 con = pool
-                    .fresh(pool.connect_timeout)
-                    .map_err(|e| name_server(&pool.server, e))?;
-                outcome = round_trip(&mut con, packed, block.is_some().then_some(wait));
+                    .fresh(connect)
+                    .map_err(|e| self.replica_failed(index, &pool, name_server(&pool.server, e)))?;
+                outcome = round_trip(&mut con, packed, set_wait);
             }
         }
         match outcome {
             Ok(v) => {
-                if block.is_none() || con.set_read_timeout(pool.response_timeout).is_ok() {
+                if set_wait.is_none() || con.set_read_timeout(pool.response_timeout).is_ok() {
                     pool.put(con, epoch);
                 }
                 Ok(v)
             }
             // The connection is dropped: a reply may still be on its way.
-            Err((_, e)) => Err(crate::error::name_server_after(&pool.server, e, None, wait)),
+            Err((_, e)) => Err(self.replica_failed(
+                index,
+                &pool,
+                crate::error::name_server_after(&pool.server, e, None, wait),
+            )),
         }
     }
 
@@ -1354,8 +1518,13 @@ impl Fleet {
     /// server that fails costs only its own part; its connection is dropped.
     /// `how` says of each job whether it may be sent twice and whether it
     /// blocks.
-    fn send_many_in(&self, jobs: &[Job<'_>], how: &[JobKind<'_>]) -> Vec<RedisResult<Vec<Value>>> {
-        let start = Instant::now();
+    fn send_many_in(
+        &self,
+        jobs: &[Job<'_>],
+        how: &[JobKind<'_>],
+        since: Option<Instant>,
+    ) -> Vec<RedisResult<Vec<Value>>> {
+        let start = since.unwrap_or_else(Instant::now);
         let kind = |i: usize| how.get(i).copied().unwrap_or_default();
         let spans: Vec<Span> = jobs.iter().map(|j| Span::server(&self.core, j.server)).collect();
         let mut cons: Vec<Option<(Pooled, bool)>> = Vec::with_capacity(jobs.len());
@@ -1398,7 +1567,11 @@ impl Fleet {
                 Err(e) => {
                     cons.push(None);
                     out.push(Err(match &pools[i] {
-                        Ok(pool) => crate::error::name_server_after(&pool.server, e, None, pool.response_timeout),
+                        Ok(pool) => self.replica_failed(
+                            job.server,
+                            pool,
+                            crate::error::name_server_after(&pool.server, e, None, pool.response_timeout),
+                        ),
                         Err(_) => e,
                     }));
                 }
@@ -1447,7 +1620,13 @@ impl Fleet {
                 }
             }
             match failed {
-                Some(e) => *result = Err(crate::error::name_server_after(&pool.server, e, None, wait)),
+                Some(e) => {
+                    *result = Err(self.replica_failed(
+                        job.server,
+                        pool,
+                        crate::error::name_server_after(&pool.server, e, None, wait),
+                    ))
+                }
                 None => {
                     if !shortened || con.set_read_timeout(pool.response_timeout).is_ok() {
                         pool.put(con, epochs[i]);

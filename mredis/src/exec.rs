@@ -233,6 +233,20 @@ pub(crate) trait Machine {
     fn next(&mut self, replies: Vec<RedisResult<Vec<Value>>>) -> Step<'_, Self::Output>;
 }
 
+/// What became of a request on a connection the caller holds across
+/// requests (a transaction's WATCH ... EXEC), once the driver applied the
+/// promises every write has (see the drivers' `settle_held`).
+#[derive(Debug)]
+pub(crate) enum Held<T> {
+    /// It ran (and, with replica acknowledgements on, replicas have it).
+    Done(T),
+    /// The shard's primary changed under it before anything ran (a
+    /// replica's READONLY, a refused connection) and the new primary is in
+    /// place: what the connection watched is gone; run it again from the
+    /// start on a new connection.
+    FailedOver,
+}
+
 /// The one reply of a one-command request.
 pub(crate) fn one(reply: Option<RedisResult<Vec<Value>>>) -> RedisResult<Value> {
     let mut v = reply.unwrap_or_else(|| Err(client_error("no reply".to_string())))?;

@@ -135,14 +135,21 @@ pub(crate) fn verdict(server: &Server, cmds: &Cmds<'_>, result: &RedisResult<Vec
     }
 }
 
-/// The error of a write whose outcome is unknown after a failover began.
+/// The error of a write whose outcome is unknown: its connection to the
+/// primary failed or timed out after it was written. Says what happened,
+/// not more: the primary is checked with Sentinel (if the shard has one),
+/// but a timeout is not a failover.
 pub(crate) fn unknown_outcome(server: &Server, e: RedisError) -> RedisError {
+    let what = if e.is_timeout() {
+        "the primary did not reply in time"
+    } else {
+        "the connection to the primary failed"
+    };
     RedisError::from((
         e.kind(),
         "mredis",
         format!(
-            "shard `{}`: {}; the write may have run on the old primary and is not sent again \
-             (the shard's primary is being looked up in Sentinel)",
+            "shard `{}`: {}; {what}: the write may have run and is not sent again",
             server.name(),
             crate::error::error_text(&e)
         ),
@@ -172,15 +179,21 @@ pub(crate) fn no_new_primary(
     ))
 }
 
+/// The `WAIT` that makes a write count only once `acks.replicas`
+/// replicas have it.
+pub(crate) fn wait_cmd(acks: Acks) -> Cmd {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(acks.replicas).arg(acks.timeout.as_millis() as u64);
+    wait
+}
+
 /// The request with `WAIT` appended if it has a write (`None`: no write).
 pub(crate) fn with_wait<'a>(request: &Request<'a>, acks: Acks) -> Option<Request<'a>> {
     if request.block.is_some() || request.cmds.iter().all(read_only) {
         return None;
     }
     let mut cmds: Vec<Cmd> = request.cmds.iter().cloned().collect();
-    let mut wait = redis::cmd("WAIT");
-    wait.arg(acks.replicas).arg(acks.timeout.as_millis() as u64);
-    cmds.push(wait);
+    cmds.push(wait_cmd(acks));
     Some(Request {
         server: request.server,
         cmds: cmds.into(),
@@ -188,13 +201,12 @@ pub(crate) fn with_wait<'a>(request: &Request<'a>, acks: Acks) -> Option<Request
     })
 }
 
-/// Takes the `WAIT` reply off `result`: an error if fewer replicas than
-/// asked acknowledged the write.
-pub(crate) fn check_wait(server: &Server, acks: Acks, result: RedisResult<Vec<Value>>) -> RedisResult<Vec<Value>> {
-    let mut values = result?;
-    let got = match values.pop() {
-        Some(Value::Int(n)) => n,
-        Some(Value::ServerError(e)) => return Err(RedisError::from(e)),
+/// Checks the reply to a `WAIT` sent after a write that ran: an error if
+/// fewer replicas than asked acknowledged it.
+pub(crate) fn check_ack(server: &Server, acks: Acks, reply: RedisResult<Value>) -> RedisResult<()> {
+    let got = match reply? {
+        Value::Int(n) => n,
+        Value::ServerError(e) => return Err(RedisError::from(e)),
         other => {
             return Err(crate::error::client_error(format!(
                 "{}: unexpected reply to WAIT: {other:?}",
@@ -202,7 +214,7 @@ pub(crate) fn check_wait(server: &Server, acks: Acks, result: RedisResult<Vec<Va
             )));
         }
     };
-    if got < i64::from(acks.replicas) && values.iter().any(|v| !matches!(v, Value::ServerError(_))) {
+    if got < i64::from(acks.replicas) {
         return Err(crate::error::client_error(format!(
             "shard `{}`: the write happened on the primary, but only {got} of {} replicas acknowledged it \
              within {} ms: it may be lost on a failover",
@@ -211,7 +223,45 @@ pub(crate) fn check_wait(server: &Server, acks: Acks, result: RedisResult<Vec<Va
             acks.timeout.as_millis()
         )));
     }
+    Ok(())
+}
+
+/// Takes the `WAIT` reply off `result`: an error if fewer replicas than
+/// asked acknowledged the write (none is asked of a request whose every
+/// command the server refused: nothing ran).
+pub(crate) fn check_wait(server: &Server, acks: Acks, result: RedisResult<Vec<Value>>) -> RedisResult<Vec<Value>> {
+    let mut values = result?;
+    let wait = values
+        .pop()
+        .ok_or_else(|| crate::error::client_error("no reply to WAIT".to_string()));
+    if values.iter().any(|v| !matches!(v, Value::ServerError(_))) {
+        check_ack(server, acks, wait)?;
+    }
     Ok(values)
+}
+
+/// What a failed exchange on a connection the caller holds (a
+/// transaction's WATCH ... EXEC) says of its shard's primary: refused as
+/// by a replica or a primary going away (`Again`: nothing ran; run it
+/// again once the shard has a new primary), cut or timed out after it was
+/// written (`Unknown`), or an answer like any other (`Fine`).
+pub(crate) fn held_verdict(server: &Server, e: &RedisError) -> Verdict {
+    if server.shard().and_then(|s| s.master()).is_none() {
+        return Verdict::Fine;
+    }
+    let refused = |code: Option<&str>| matches!(code, Some("READONLY" | "LOADING" | "MASTERDOWN"));
+    // A transaction the server aborted carries each queued command's error.
+    let queued = e
+        .clone()
+        .into_server_errors()
+        .is_some_and(|all| all.iter().any(|(_, se)| refused(Some(se.code()))));
+    if refused(e.code()) || queued || e.is_connection_refusal() {
+        Verdict::Again
+    } else if e.is_timeout() || closed(e) || e.is_io_error() {
+        Verdict::Unknown
+    } else {
+        Verdict::Fine
+    }
 }
 
 /// One `Send` step's requests as the shard path sends them, and what to
@@ -317,6 +367,11 @@ impl<'r> ShardPlan<'r> {
 
     /// Request `i`'s reply once sent again (`None`: no new primary came
     /// within the wait, so it was not).
+    /// Whether request `i` is a write with its `WAIT` appended.
+    pub(crate) fn waited(&self, i: usize) -> bool {
+        self.waited.get(i).copied().unwrap_or(false)
+    }
+
     pub(crate) fn settle(&self, i: usize, reply: &mut RedisResult<Vec<Value>>, again: Option<RedisResult<Vec<Value>>>) {
         match again {
             Some(r) => *reply = r,
@@ -351,14 +406,41 @@ pub(crate) struct ReplicaSet<T> {
     /// as a server with its connection(s).
     built: std::sync::RwLock<(u64, Nodes<T>)>,
     next: std::sync::atomic::AtomicUsize,
+    /// Replicas (by name) that failed a request, and until when they are
+    /// passed over ([`REPLICA_REST`]).
+    down: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
+
+/// How long a replica that failed a read (a timeout, a refused or broken
+/// connection) is passed over: reads go to the shard's other replicas, or
+/// its primary, meanwhile. Then it is tried again (one read finds out).
+pub(crate) const REPLICA_REST: Duration = Duration::from_secs(5);
 
 impl<T> Default for ReplicaSet<T> {
     fn default() -> Self {
         ReplicaSet {
             built: std::sync::RwLock::new((0, Arc::new(Vec::new()))),
             next: std::sync::atomic::AtomicUsize::new(0),
+            down: std::sync::Mutex::new(Vec::new()),
         }
+    }
+}
+
+impl<T> ReplicaSet<T> {
+    /// Passes over replica `node` for [`REPLICA_REST`]: it failed a read.
+    pub(crate) fn mark_down(&self, node: &Server) {
+        let until = std::time::Instant::now() + REPLICA_REST;
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.retain(|(name, _)| name != node.name());
+        down.push((node.name().to_string(), until));
+    }
+
+    /// Whether replica `name` is passed over now.
+    fn is_down(&self, name: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.retain(|(_, until)| *until > now);
+        down.iter().any(|(n, _)| n == name)
     }
 }
 
@@ -400,7 +482,8 @@ impl<T: Clone> ReplicaSet<T> {
                 b.1.clone()
             }
         };
-        if all.is_empty() {
+        let up: Vec<&(ConnectionAddr, Server, T)> = all.iter().filter(|(_, n, _)| !self.is_down(n.name())).collect();
+        if up.is_empty() {
             return match policy {
                 ReadFrom::ReplicaOnly => Err(crate::error::client_error(format!(
                     "shard `{}` has no replica up (read policy: replica only)",
@@ -409,10 +492,10 @@ impl<T: Clone> ReplicaSet<T> {
                 _ => Ok(None),
             };
         }
-        let chosen = at.and_then(|a| all.iter().find(|(addr, _, _)| addr == a));
+        let chosen = at.and_then(|a| up.iter().find(|(addr, _, _)| addr == a));
         let (_, node, t) = match chosen {
-            Some(node) => node,
-            None => &all[self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % all.len()],
+            Some(node) => *node,
+            None => up[self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % up.len()],
         };
         Ok(Some((node.clone(), t.clone())))
     }

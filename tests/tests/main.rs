@@ -46,6 +46,7 @@ mod pubsub_faults;
 mod sentinel_harness;
 mod shards;
 mod soak;
+mod write_doors;
 
 // Operations: moving keys, reconfiguring, the census.
 mod census;

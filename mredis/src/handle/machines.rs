@@ -6,7 +6,7 @@ use redis::{Cmd, RedisResult, Value};
 use super::*;
 
 /// One planned command of a handle as a machine (WATCH and UNWATCH, which
-/// need the sync handle's own connection, are the handles' own).
+/// need a connection the handle keeps, are the handles' own).
 pub(crate) enum Planned<'a> {
     /// Routed like the generated method (every server, the replies merged,
     /// for a `class = "all"` row).
@@ -44,7 +44,7 @@ impl<'a> Planned<'a> {
             }
             Dispatch::Watch(_) => Planned::Now(Some(Err(cannot(
                 "WATCH",
-                "needs a connection of its own; use the sync handle (MRedis::get_connection) or MRedis::transaction",
+                "inside an async pipeline; send WATCH as a command of its own (the handle keeps its connection until EXEC)",
             )))),
             // Nothing watched on this handle (the sync handle runs its own).
             Dispatch::Unwatch => Planned::Now(Some(Ok(Value::Okay))),

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use redis::{Cmd, ConnectionLike, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{Machine, Request, Routed, Step};
+use crate::exec::{Held, Machine, Request, Routed, Step};
 use crate::merge::Response;
 use crate::routing::{Merge, Route, Topology};
 use crate::spec::RouteClass;
@@ -79,7 +79,18 @@ pub struct Connection {
     mr: crate::MRedis,
     /// A WATCH's server and connection, and the configuration it was made
     /// on (the commands until EXEC, UNWATCH or DISCARD run on it).
-    watched: Option<(Snap, usize, crate::client::Pooled)>,
+    watched: Option<Watched>,
+}
+
+/// A sync handle's WATCH.
+struct Watched {
+    /// The configuration the WATCH was made on.
+    fleet: Snap,
+    server: usize,
+    /// The server's address epoch before the WATCH (a failover since
+    /// changes it).
+    since: u64,
+    con: crate::client::Pooled,
 }
 
 /// The sync client's configuration for one command (see [`crate::MRedis::reconfigure`]).
@@ -93,7 +104,7 @@ impl std::fmt::Debug for Connection {
             .field("client", &self.mr)
             .field(
                 "watching",
-                &self.watched.as_ref().map(|(f, s, _)| f.core().name(*s).to_string()),
+                &self.watched.as_ref().map(|w| w.fleet.core().name(w.server).to_string()),
             )
             .finish()
     }
@@ -108,7 +119,7 @@ impl Connection {
     /// the one in force.
     fn snapshot(&self) -> Snap {
         match &self.watched {
-            Some((f, _, _)) => f.clone(),
+            Some(w) => w.fleet.clone(),
             None => self.mr.fleet(),
         }
     }
@@ -225,25 +236,31 @@ impl Connection {
     fn watch(&mut self, f: &Snap, cmd: &Cmd, plan: &Dispatch) -> RedisResult<Value> {
         match *plan {
             Dispatch::Watch(server) => {
-                if let Some((_, watching, con)) = self.watched.as_mut() {
-                    if *watching != server {
+                if let Some(w) = self.watched.as_mut() {
+                    if w.server != server {
                         return Err(cannot(
                             "WATCH",
                             "keys on another server than the keys already watched; watched keys must share a server",
                         ));
                     }
-                    return con.req_command(cmd).and_then(Value::extract_error);
+                    return w.con.req_command(cmd).and_then(Value::extract_error);
                 }
+                let since = f.core().server(server).epoch();
                 let mut con = f.checkout(server)?;
                 let reply = con.req_command(cmd).and_then(Value::extract_error)?;
-                self.watched = Some((f.clone(), server, con));
+                self.watched = Some(Watched {
+                    fleet: f.clone(),
+                    server,
+                    since,
+                    con,
+                });
                 Ok(reply)
             }
             _ => match self.watched.take() {
-                Some((f, server, mut con)) => {
-                    let reply = con.req_command(cmd).and_then(Value::extract_error);
+                Some(mut w) => {
+                    let reply = w.con.req_command(cmd).and_then(Value::extract_error);
                     if reply.is_ok() {
-                        f.checkin(server, con);
+                        w.fleet.checkin(w.server, w.con);
                     }
                     reply
                 }
@@ -283,21 +300,48 @@ impl Connection {
             let value = f.drive(crate::migration::One::new(f.core(), inner, true, server, &moves))?;
             return Ok(vec![value]);
         }
-        if let Some((_, watching, _)) = &self.watched
-            && *watching == server
-            && let Some((_, _, mut con)) = self.watched.take()
-        {
-            // EXEC ends the WATCH.
+        if let Some(w) = self.watched.take_if(|w| w.server == server) {
+            // EXEC ends the WATCH. Its promises are the driver's (WAIT, a
+            // failover); after a failover what was watched is gone, so the
+            // EXEC reports the transaction aborted (nil), as when a watched
+            // key changed: `redis::transaction` runs it again.
+            let Watched {
+                fleet, since, mut con, ..
+            } = w;
             let reply = con.req_packed_commands(bytes, offset, count);
-            if reply.is_ok() {
-                f.checkin(server, con);
-            }
-            return reply;
+            return match fleet.settle_held(server, since, &mut *con, reply, exec_wrote)? {
+                Held::Done(values) => {
+                    fleet.checkin(server, con);
+                    Ok(values)
+                }
+                Held::FailedOver => Ok(vec![Value::Nil; count]),
+            };
         }
         // redis-rs's own read of a transaction, so its aborted-transaction
-        // error (with each queued command's error and index) is the same.
-        f.with_connection(server, |con| con.req_packed_commands(bytes, offset, count))
+        // error (with each queued command's error and index) is the same;
+        // the driver's promises after it. Nothing watched: after a
+        // failover before it ran, it runs again on the new primary.
+        for _ in 0..2 {
+            let since = f.core().server(server).epoch();
+            let held = f.with_connection(server, |con| {
+                let reply = con.req_packed_commands(bytes, offset, count);
+                f.settle_held(server, since, con, reply, exec_wrote)
+            })?;
+            if let Held::Done(values) = held {
+                return Ok(values);
+            }
+        }
+        Err(client_error(format!(
+            "shard `{}` failed over twice during one transaction; it did not run",
+            f.core().name(server)
+        )))
     }
+}
+
+/// Whether a transaction's replies say it ran (EXEC's reply is not nil:
+/// no watched key changed).
+fn exec_wrote(values: &Vec<Value>) -> bool {
+    !matches!(values.last(), Some(Value::Nil) | None)
 }
 
 impl Connection {
@@ -396,11 +440,28 @@ impl ConnectionLike for Connection {
 /// `cmd().query_async`, `pipe().query_async`, `Script::invoke_async` work).
 /// Cheap to clone; clones share the client's connections. Made by
 /// [`aio::MRedis::get_connection`](crate::aio::MRedis::get_connection).
-/// WATCH needs a connection of its own, which a multiplexed connection is
-/// not: use the sync handle or [`MRedis::transaction`](crate::MRedis::transaction).
+///
+/// WATCH runs on a connection of its own, which the handle keeps until
+/// EXEC, UNWATCH or DISCARD, so `redis::aio::transaction_async` and
+/// hand-written WATCH ... MULTI/EXEC work unchanged (watched keys must share
+/// a server). As with redis-rs's multiplexed connections, clones share the
+/// WATCH: run one transaction at a time per handle (and its clones); each
+/// [`get_connection`](crate::aio::MRedis::get_connection) gives a handle
+/// of its own.
 #[derive(Clone)]
 pub struct AsyncConnection {
     mr: crate::aio::MRedis,
+    /// A WATCH's connection, shared by the handle's clones (taken out while
+    /// a command runs on it).
+    watched: Arc<std::sync::Mutex<Option<AsyncWatched>>>,
+}
+
+/// An async handle's WATCH.
+struct AsyncWatched {
+    /// The configuration the WATCH was made on.
+    fleet: AsyncSnap,
+    server: usize,
+    held: crate::aio::HeldConnection,
 }
 
 impl std::fmt::Debug for AsyncConnection {
@@ -413,7 +474,113 @@ impl std::fmt::Debug for AsyncConnection {
 
 impl AsyncConnection {
     pub(crate) fn new(mr: crate::aio::MRedis) -> AsyncConnection {
-        AsyncConnection { mr }
+        AsyncConnection {
+            mr,
+            watched: Arc::default(),
+        }
+    }
+
+    /// The handle's WATCH, taken out (put it back with
+    /// [`put_watch`](Self::put_watch)).
+    fn take_watch(&self, server: Option<usize>) -> Option<AsyncWatched> {
+        let mut slot = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        match server {
+            Some(s) => slot.take_if(|w| w.server == s),
+            None => slot.take(),
+        }
+    }
+
+    fn put_watch(&self, w: AsyncWatched) {
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+    }
+
+    /// WATCH on the keys' server, on a connection this handle keeps until
+    /// EXEC, UNWATCH or DISCARD.
+    async fn watch(&self, f: &AsyncSnap, cmd: &Cmd, server: usize) -> RedisResult<Value> {
+        let deadline = f.response_timeout();
+        let mut w = match self.take_watch(None) {
+            Some(w) if w.server != server => {
+                self.put_watch(w);
+                return Err(cannot(
+                    "WATCH",
+                    "keys on another server than the keys already watched; watched keys must share a server",
+                ));
+            }
+            Some(w) => w,
+            None => AsyncWatched {
+                fleet: f.clone(),
+                server,
+                held: f.hold(server).await?,
+            },
+        };
+        let reply = w.held.command(cmd, deadline).await.and_then(Value::extract_error);
+        let reply =
+            reply.map_err(|e| crate::error::name_server_after(w.fleet.core().server(server), e, None, deadline));
+        if reply.is_ok() {
+            self.put_watch(w);
+        }
+        reply
+    }
+
+    /// UNWATCH or DISCARD: on the watched connection, which goes back.
+    async fn unwatch(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let Some(mut w) = self.take_watch(None) else {
+            return Ok(Value::Okay);
+        };
+        let deadline = w.fleet.response_timeout();
+        let reply = w.held.command(cmd, deadline).await.and_then(Value::extract_error);
+        if reply.is_ok() {
+            w.fleet.release(w.held);
+        }
+        reply
+    }
+
+    /// An atomic pipeline (MULTI ... EXEC) on server `server`: on the
+    /// watched connection if the handle watches keys there (a failover
+    /// since the WATCH reports the transaction aborted, as in the sync
+    /// handle), else on a dedicated connection with the driver's promises
+    /// when the fleet has shards, else on the shared connection.
+    async fn atomic_on(
+        &self,
+        f: &AsyncSnap,
+        server: usize,
+        pipe: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let deadline = f.response_timeout();
+        if let Some(mut w) = self.take_watch(Some(server)) {
+            let reply = w.held.pipeline(pipe, offset, count, deadline).await;
+            let fleet = w.fleet.clone();
+            return match fleet.settle_held(&mut w.held, reply, exec_wrote).await? {
+                Held::Done(values) => {
+                    fleet.release(w.held);
+                    Ok(values)
+                }
+                Held::FailedOver => Ok(vec![Value::Nil; count]),
+            };
+        }
+        if !f.core().shards {
+            let mut con = f.connection(server)?;
+            return redis::aio::ConnectionLike::req_packed_commands(&mut con, pipe, offset, count)
+                .await
+                .map_err(|e| crate::error::name_server(f.core().server(server), e));
+        }
+        for _ in 0..2 {
+            let mut held = f.hold(server).await?;
+            let reply = held.pipeline(pipe, offset, count, deadline).await;
+            match f.settle_held(&mut held, reply, exec_wrote).await? {
+                Held::Done(values) => {
+                    f.release(held);
+                    return Ok(values);
+                }
+                Held::FailedOver => {}
+            }
+        }
+        Err(client_error(format!(
+            "shard `{}` failed over twice during one transaction; it did not run",
+            f.core().name(server)
+        )))
     }
 
     /// Plans a command, as the sync handle does.
@@ -465,6 +632,8 @@ impl AsyncConnection {
     async fn exec_plan(&self, f: &AsyncSnap, cmd: &Cmd, plan: Dispatch) -> RedisResult<Value> {
         match plan {
             Dispatch::Run(route) => f.run::<Value>(route, cmd).await,
+            Dispatch::Watch(server) => self.watch(f, cmd, server).await,
+            Dispatch::Unwatch => self.unwatch(cmd).await,
             plan => f.drive(Planned::new(f.core(), &plan, cmd)).await,
         }
     }
@@ -496,16 +665,16 @@ impl AsyncConnection {
                 return Ok(vec![Value::Array(vec![])]);
             };
             if !moves.is_empty() {
+                if self.watched.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    return Err(crate::migration::try_again(&core, &moves[0].key, moves[0].from, server));
+                }
                 let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
                 let value = f
                     .drive(crate::migration::One::new(&core, &owned, true, server, &moves))
                     .await?;
                 return Ok(vec![value]);
             }
-            let mut con = f.connection(server)?;
-            return redis::aio::ConnectionLike::req_packed_commands(&mut con, pipe, offset, count)
-                .await
-                .map_err(|e| crate::error::name_server(core.server(server), e));
+            return self.atomic_on(f, server, pipe, offset, count).await;
         }
         // Every command planned before anything is sent; then one batch
         // machine, as the sync handle.
