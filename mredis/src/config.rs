@@ -120,13 +120,27 @@ impl Builder {
 
     /// Writes acknowledged by replicas (off by default): every request
     /// with a write (a command, a pipeline, each server's part of a split
-    /// command) is followed on the same connection by `WAIT replicas
-    /// timeout`, and counts as done only when that many replicas have it.
+    /// command, a transaction's EXEC, whichever door it takes: the
+    /// client's methods, [`MRedis::transaction`](crate::MRedis::transaction),
+    /// `redis::transaction` or an atomic `redis::pipe()` on a handle) is
+    /// followed on the same connection by `WAIT replicas timeout`, and
+    /// counts as done only when that many replicas have it.
     /// If fewer acknowledge it within `timeout`, the call fails with an
     /// error saying the write happened on the primary but may be lost on
     /// a failover. With it, a write the client reported done survives a
     /// failover to a replica that acknowledged it (Sentinel promotes the
     /// most up-to-date replica); plain replication promises nothing.
+    ///
+    /// - **The timeout**: a replica counts only once it has acknowledged
+    ///   the primary's offset, which it does about once a second; a
+    ///   replica that has just finished its sync may take up to a second
+    ///   to count. A timeout under a second can fail the first writes
+    ///   after a replica (re)joins: 1 to 2 s is a safe choice. It is also
+    ///   how long a write waits when a replica is down.
+    /// - **The async client** sends each write and its `WAIT` on a
+    ///   dedicated connection (from a small per-server pool, as blocking
+    ///   commands), never on the shared multiplexed one: a write waiting
+    ///   for replicas holds up no other request.
     pub fn replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
         self.options.acks = Some(crate::Acks { replicas, timeout });
         self

@@ -40,8 +40,11 @@ pub enum ReadFrom {
     #[default]
     Primary,
     /// Reads on a replica, taken in turn; on the primary when the shard
-    /// has none, or when the replica fails to answer (the read is sent
-    /// again to the primary).
+    /// has none up. A replica that fails a read (no reply in time, a
+    /// refused or broken connection) is passed over for 5 s; the read is
+    /// sent again to the primary within what is left of the call's
+    /// response timeout (a read cut by a full timeout on the replica
+    /// fails with that replica's error rather than wait a second timeout).
     PreferReplica,
     /// Reads on a replica only: an error when the shard has none up.
     ReplicaOnly,

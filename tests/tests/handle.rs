@@ -136,7 +136,45 @@ fn redis_rs_code_runs_on_the_async_handle() {
         let n: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
         let total: i64 = s.iter().map(|x| x.dbsize()).sum();
         assert_eq!(n as i64, total);
-        let err = redis::cmd("WATCH").arg("h:a").exec_async(&mut con).await.unwrap_err();
+        // WATCH ... EXEC on a connection the handle keeps:
+        // redis::aio::transaction_async runs again when another client
+        // changed the watched key between its WATCH and its EXEC.
+        let owner = MRedis::new(urls(&s)).unwrap().server_index_for(b"h:w");
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let (v,): (i64,) = redis::aio::transaction_async(con.clone(), &["h:w"], |mut c, mut pipe| {
+            let first = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            let mut other = s[owner].conn();
+            async move {
+                let v: Option<i64> = c.get("h:w").await?;
+                if first {
+                    let _: () = redis::Commands::set(&mut other, "h:w", 100).unwrap();
+                }
+                pipe.set("h:w", v.unwrap_or(0) + 1)
+                    .ignore()
+                    .get("h:w")
+                    .query_async(&mut c)
+                    .await
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((v, tries.into_inner()), (101, 2));
+        let stored: i64 = redis::Commands::get(&mut s[owner].conn(), "h:w").unwrap();
+        assert_eq!(stored, 101);
+        // Watched keys must share a server.
+        let (a, b) = (0..1000)
+            .map(|i| (format!("w:{i}"), format!("w:{}", i + 1)))
+            .find(|(a, b)| {
+                let m = MRedis::new(urls(&s)).unwrap();
+                m.server_index_for(a.as_bytes()) != m.server_index_for(b.as_bytes())
+            })
+            .unwrap();
+        let err = redis::cmd("WATCH")
+            .arg(&a)
+            .arg(&b)
+            .exec_async(&mut con)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("WATCH"), "{err}");
     });
     let mr = MRedis::new(urls(&s)).unwrap();

@@ -35,7 +35,12 @@
 //!   that key's), so redis-rs's `hscan`/`sscan`/`zscan` iterators work;
 //! - pipelines keep call order; MULTI/EXEC (an atomic pipeline) and WATCH
 //!   need all their keys on one server (PING and ECHO in a transaction run
-//!   on that server);
+//!   on that server); WATCH keeps a connection of the handle's until EXEC,
+//!   UNWATCH or DISCARD, on both handles (`redis::transaction` and
+//!   `redis::aio::transaction_async` run unchanged), and a transaction
+//!   gets what every write gets (replica acknowledgements, a failover
+//!   waited for: after a failover under a WATCH, EXEC reports the
+//!   transaction aborted, so the helpers run it again);
 //! - a command that cannot be routed (no key and no policy, or omitted from
 //!   mredis with a reason) is an error naming it.
 //!
