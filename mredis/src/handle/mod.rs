@@ -345,6 +345,7 @@ impl Connection {
 
 /// Whether a transaction's replies say it ran (EXEC's reply is not nil:
 /// no watched key changed).
+#[allow(clippy::ptr_arg)] // passed where a `FnOnce(&Vec<Value>)` is taken
 fn exec_wrote(values: &Vec<Value>) -> bool {
     !matches!(values.last(), Some(Value::Nil) | None)
 }
