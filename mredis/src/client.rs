@@ -51,11 +51,11 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{Cmds, FanOut, Held, Machine, Request, Routed, Step, closed, fan_out_result, read_only};
+use crate::exec::{Cmds, FanOut, Held, Machine, Request, Step, closed, fan_out_result, read_only};
 use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
-use crate::pipeline::KeyPipeline;
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
+use crate::routed::Routed;
 use crate::routing::{Move, Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -704,7 +704,7 @@ pub(crate) struct Fleet {
     /// Where read-only commands go ([`MRedis::reading_from`]).
     read_from: ReadFrom,
     /// The servers' COMMAND metadata, for routed handles (fetched once).
-    book: Arc<std::sync::OnceLock<Arc<crate::handle::CommandBook>>>,
+    book: Arc<std::sync::OnceLock<Arc<crate::command_book::CommandBook>>>,
     /// Keeps the topology's background threads running (see [`Running`]).
     running: Arc<Running>,
 }
@@ -764,7 +764,7 @@ impl MRedis {
 
     /// The client's configurations from now on, for a subscriber that
     /// follows them.
-    pub(crate) fn topology(&self) -> crate::pubsub::Topologies {
+    pub(crate) fn topology(&self) -> tokio::sync::watch::Receiver<Arc<Running>> {
         self.live.topology.subscribe()
     }
 
@@ -814,20 +814,6 @@ impl MRedis {
         self.fleet().core.owner(key).0
     }
 
-    /// A pipeline bound to the server that owns `key`. Every command added
-    /// must use keys of that server; otherwise executing it fails before
-    /// anything is sent, naming the key and both servers.
-    pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
-        let fleet = self.fleet();
-        KeyPipeline::new(fleet.core.clone(), &key, fleet.core.route_key("pipeline", &key)?)
-    }
-
-    /// A pipeline over the whole fleet: commands on any keys, split per
-    /// server when executed, replies in call order.
-    pub fn pipeline_all(&self) -> crate::FleetPipeline {
-        crate::FleetPipeline::new(self.fleet().core.clone())
-    }
-
     /// Runs `func` as a WATCH/MULTI/EXEC transaction on the server that owns
     /// `keys`, retrying while a watched key changes (redis-rs's
     /// `transaction`, on one shard). The keys must all live on one server
@@ -842,40 +828,6 @@ impl MRedis {
         F: FnMut(&mut Connection, &mut redis::Pipeline) -> RedisResult<Option<T>>,
     {
         self.fleet().transaction(keys, func)
-    }
-
-    /// A routed connection handle implementing `redis::ConnectionLike`, for
-    /// code written against redis-rs connections (`cmd().query`,
-    /// `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
-    /// `TypedCommands`). Commands are routed when sent, by the command
-    /// table (`commands.toml`: class, key positions, split and merge), as
-    /// the generated methods route them; only a command the table does not
-    /// know (a module's) needs the servers' `COMMAND` metadata, fetched by
-    /// the client's first handle from the first server that answers (so a
-    /// wrong password or a fleet that is down fails here, as with
-    /// redis-rs). See the
-    /// [`handle`](crate::handle) module for the rules. Omitted commands are
-    /// errors here rather than compile errors. A handle follows
-    /// [`reconfigure`](Self::reconfigure): each command runs on the
-    /// configuration in force when it is sent (a WATCH ... EXEC on the one
-    /// in force at the WATCH).
-    pub fn get_connection(&self) -> RedisResult<crate::handle::Connection> {
-        // Connects now, as redis-rs's `get_connection` does (a wrong
-        // password or a fleet that is down fails here), and learns the
-        // servers' COMMAND metadata for commands the table does not know.
-        let con = crate::handle::Connection::new(self.clone());
-        con.describe(&self.fleet())?;
-        Ok(con)
-    }
-
-    /// A subscriber over every server: channels on their owner server,
-    /// patterns on all, one iterator of [`Event`](crate::Event)s; it
-    /// reconnects and subscribes again by itself. See
-    /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
-    /// its own. It follows [`reconfigure`](Self::reconfigure) (see
-    /// [`pubsub`](crate::pubsub), "After a reconfiguration").
-    pub fn subscriber(&self) -> RedisResult<crate::Subscriber> {
-        crate::pubsub::Subscriber::start(self.fleet().running(), Some(self.topology()))
     }
 
     /// Each server's health as the opt-in health checking sees it
@@ -1223,7 +1175,7 @@ impl Fleet {
 
     /// The servers' COMMAND metadata, for routed handles (fetched once, on
     /// the first command the table does not know).
-    pub(crate) fn command_book(&self) -> &std::sync::OnceLock<Arc<crate::handle::CommandBook>> {
+    pub(crate) fn command_book(&self) -> &std::sync::OnceLock<Arc<crate::command_book::CommandBook>> {
         &self.book
     }
 

@@ -248,9 +248,9 @@ impl Builder {
     }
 
     /// Builds the async client (needs a running tokio runtime).
-    pub async fn build_async(self) -> RedisResult<crate::aio::MRedis> {
+    pub async fn build_async(self) -> RedisResult<crate::async_client::MRedis> {
         let (servers, options) = self.into_parts()?;
-        crate::aio::MRedis::from_parts(servers, options)
+        crate::async_client::MRedis::from_parts(servers, options)
     }
 }
 
@@ -316,7 +316,7 @@ impl crate::MRedis {
     }
 }
 
-impl crate::aio::MRedis {
+impl crate::async_client::MRedis {
     /// A [`Builder`] for options; finish with `build_async().await`.
     pub fn builder() -> Builder {
         Builder::new()

@@ -149,7 +149,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aio;
+mod async_client;
 mod client;
+mod command_book;
 mod config;
 mod error;
 mod exec;
@@ -168,6 +170,7 @@ pub mod placement;
 pub mod pubsub;
 pub mod rebalance;
 mod replicas;
+mod routed;
 mod routing;
 mod scan;
 mod script;

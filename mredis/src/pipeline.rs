@@ -453,7 +453,7 @@ impl KeyPipeline {
 
     /// Sends the pipeline on the async client and converts the replies
     /// (routed again after a reconfiguration, as [`query`](Self::query)).
-    pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+    pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::async_client::MRedis) -> RedisResult<T> {
         let fleet = mr.fleet();
         let this = self.on(fleet.core())?;
         let list = this.moving_list();
@@ -801,7 +801,7 @@ impl FleetPipeline {
 
     /// Sends the commands on the async client, all servers concurrently
     /// (routed again after a reconfiguration, as [`query`](Self::query)).
-    pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+    pub async fn query_async<T: FromRedisValue>(&self, mr: &crate::async_client::MRedis) -> RedisResult<T> {
         let fleet = mr.fleet();
         let this = self.on(fleet.core());
         let list = this.moving_list();
@@ -898,5 +898,38 @@ mod tests {
         assert_eq!(log.of(1), vec![b"{t}x".to_vec(), Vec::new(), b"{t}y".to_vec()]);
         assert_eq!(log.of(2), vec![b"w".to_vec(), b"42".to_vec()]);
         assert_eq!(log.of(3), vec![Vec::<u8>::new()]);
+    }
+}
+
+/// The sync client's pipelines.
+impl crate::MRedis {
+    /// A pipeline bound to the server that owns `key`. Every command added
+    /// must use keys of that server; otherwise executing it fails before
+    /// anything is sent, naming the key and both servers.
+    pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
+        let fleet = self.fleet();
+        KeyPipeline::new(fleet.core().clone(), &key, fleet.core().route_key("pipeline", &key)?)
+    }
+
+    /// A pipeline over the whole fleet: commands on any keys, split per
+    /// server when executed, replies in call order.
+    pub fn pipeline_all(&self) -> crate::FleetPipeline {
+        crate::FleetPipeline::new(self.fleet().core().clone())
+    }
+}
+
+/// The async client's pipelines.
+impl crate::async_client::MRedis {
+    /// A pipeline bound to the server that owns `key`; run it with
+    /// [`KeyPipeline::query_async`].
+    pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
+        let fleet = self.fleet();
+        KeyPipeline::new(fleet.core().clone(), &key, fleet.core().route_key("pipeline", &key)?)
+    }
+
+    /// A pipeline over the whole fleet; run it with
+    /// [`FleetPipeline::query_async`](crate::FleetPipeline::query_async).
+    pub fn pipeline_all(&self) -> crate::FleetPipeline {
+        crate::FleetPipeline::new(self.fleet().core().clone())
     }
 }

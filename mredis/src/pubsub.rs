@@ -852,7 +852,7 @@ impl crate::MRedis {
     }
 }
 
-impl crate::aio::MRedis {
+impl crate::async_client::MRedis {
     /// A subscriber with [`SubscriberOptions`] (buffer bounds, confirmation
     /// and connection timeouts), on the current tokio runtime;
     /// [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber) uses the
@@ -1790,5 +1790,30 @@ impl Iterator for Subscriber {
 
     fn next(&mut self) -> Option<Event> {
         self.next_event(None)
+    }
+}
+
+/// The sync client's subscribers.
+impl crate::MRedis {
+    /// A subscriber over every server: channels on their owner server,
+    /// patterns on all, one iterator of [`Event`](crate::Event)s; it
+    /// reconnects and subscribes again by itself. See
+    /// [`pubsub`](crate::pubsub). Runs its connections on a small runtime of
+    /// its own. It follows [`reconfigure`](Self::reconfigure) (see
+    /// [`pubsub`](crate::pubsub), "After a reconfiguration").
+    pub fn subscriber(&self) -> RedisResult<Subscriber> {
+        Subscriber::start(self.fleet().running(), Some(self.topology()))
+    }
+}
+
+/// The async client's subscribers.
+impl crate::async_client::MRedis {
+    /// A subscriber over every server: channels on their owner server,
+    /// patterns on all, one stream of events; it reconnects and subscribes
+    /// again by itself. See [`pubsub`](crate::pubsub). Needs a tokio runtime.
+    /// It follows [`reconfigure`](Self::reconfigure) (see
+    /// [`pubsub`](crate::pubsub), "After a reconfiguration").
+    pub fn subscriber(&self) -> RedisResult<AsyncSubscriber> {
+        AsyncSubscriber::start(self.fleet().running(), Some(self.topology()))
     }
 }

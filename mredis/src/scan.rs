@@ -436,7 +436,7 @@ macro_rules! key_scans {
             )*
         }
 
-        impl crate::aio::MRedis {
+        impl crate::async_client::MRedis {
             $(
                 #[doc = concat!("Streams the elements of one key with `", $cmd, "` on the server that owns it.")]
                 #[doc(alias = $cmd)]
@@ -523,10 +523,10 @@ impl crate::MRedis {
     }
 }
 
-impl crate::aio::MRedis {
+impl crate::async_client::MRedis {
     fn scan_with<RV: FromRedisValue + Send + 'static>(
         &self,
-        fleet: crate::client::Snapshot<crate::aio::Fleet>,
+        fleet: crate::client::Snapshot<crate::async_client::Fleet>,
         spec: ScanSpec,
     ) -> BoxStream<'_, RedisResult<RV>> {
         let state = ScanState::<RV>::new(spec);

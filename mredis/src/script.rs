@@ -186,7 +186,11 @@ impl ScriptInvocation<'_> {
     }
 
     /// [`invoke_on`](Self::invoke_on) for the async client.
-    pub async fn invoke_on_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis, server: &str) -> RedisResult<T> {
+    pub async fn invoke_on_async<T: FromRedisValue>(
+        &self,
+        mr: &crate::async_client::MRedis,
+        server: &str,
+    ) -> RedisResult<T> {
         let f = mr.fleet();
         Self::convert(f.core(), f.drive(self.run(f.core(), Some(server))).await)
     }
@@ -198,7 +202,7 @@ impl ScriptInvocation<'_> {
     }
 
     /// Runs the script on the server that owns its keys (async client).
-    pub async fn invoke_async<T: FromRedisValue>(&self, mr: &crate::aio::MRedis) -> RedisResult<T> {
+    pub async fn invoke_async<T: FromRedisValue>(&self, mr: &crate::async_client::MRedis) -> RedisResult<T> {
         let f = mr.fleet();
         Self::convert(f.core(), f.drive(self.run(f.core(), None)).await)
     }

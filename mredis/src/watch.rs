@@ -47,7 +47,7 @@ type Options = Box<dyn Fn(Builder) -> Builder + Send + Sync>;
 /// The client a watch reconfigures.
 enum Client {
     Sync(crate::MRedis),
-    Async(crate::aio::MRedis, tokio::runtime::Handle),
+    Async(crate::async_client::MRedis, tokio::runtime::Handle),
 }
 
 /// What a watch has seen, shared with its event handler.
@@ -129,7 +129,7 @@ pub fn watch_fleet_file_with(
 /// watch before the runtime shuts down.
 pub fn watch_fleet_file_async(
     path: impl AsRef<Path>,
-    client: crate::aio::MRedis,
+    client: crate::async_client::MRedis,
     options: impl Fn(Builder) -> Builder + Send + Sync + 'static,
 ) -> RedisResult<FleetWatch> {
     let handle = tokio::runtime::Handle::try_current()

@@ -21,26 +21,23 @@ const LAYERS: &[(&str, &[&str])] = &[
         "options and health checking",
         &["options", "health", "sentinel", "latency", "finish"],
     ),
-    // Topology (servers + placement), Route, how replies of every server merge.
-    ("route", &["routing", "merge"]),
+    // Topology (servers + placement), Route, how replies of every server
+    // merge, the servers' own COMMAND metadata.
+    ("route", &["routing", "merge", "command_book"]),
     // Sans-I/O step machines, per-server results, tracing spans.
     (
         "exec machines",
-        &["exec", "migration", "per_server", "replicas", "telemetry"],
+        &["exec", "migration", "routed", "per_server", "replicas", "telemetry"],
     ),
+    // The two drivers (the execution seam) and their connections.
+    ("clients", &["client", "async_client", "multiplexed"]),
+    // What runs on the drivers: none of them is known to the clients.
     (
-        "clients",
-        &[
-            "client",
-            "aio",
-            "multiplexed",
-            "pipeline",
-            "handle",
-            "scan",
-            "script",
-            "pubsub",
-        ],
+        "users of the drivers",
+        &["pipeline", "handle", "scan", "script", "pubsub"],
     ),
+    // The public async namespace: the client with its handle and subscriber.
+    ("async namespace", &["aio"]),
     // The builder lives above the clients it builds.
     ("builder", &["config", "fleet_config", "watch"]),
     ("rebalance", &["rebalance"]),
@@ -206,6 +203,80 @@ fn imports_point_down_the_layers() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// Module -> the modules it uses (`crate::x`, root re-exports resolved).
+fn module_graph() -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = src_dir();
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let roots = root_names(&lib);
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let Some(module) = module_of(&src, file) else { continue };
+        let source = std::fs::read_to_string(file).unwrap();
+        let uses = graph.entry(module.clone()).or_default();
+        for (_, name) in crate_paths(&source) {
+            let target = if layer_of(&name).is_some() {
+                Some(name)
+            } else {
+                roots.get(&name).cloned()
+            };
+            if let Some(t) = target.filter(|t| *t != module) {
+                uses.insert(t);
+            }
+        }
+    }
+    graph
+}
+
+/// A circle of modules that use each other (`a -> b -> a`), if any.
+fn find_circle(graph: &BTreeMap<String, std::collections::BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        at: &str,
+        graph: &BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|m| m == at) {
+            let mut circle = path[i..].to_vec();
+            circle.push(at.to_string());
+            return Some(circle);
+        }
+        if done.contains(at) {
+            return None;
+        }
+        path.push(at.to_string());
+        for next in graph.get(at).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(at.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph.keys().find_map(|m| visit(m, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_modules_use_each_other_in_a_circle() {
+    let graph = module_graph();
+    assert!(graph.len() >= 20, "{graph:?}");
+    if let Some(circle) = find_circle(&graph) {
+        panic!("modules use each other in a circle: {}", circle.join(" -> "));
+    }
+}
+
+#[test]
+fn the_check_catches_a_circle() {
+    let edge = |a: &str, b: &[&str]| (a.to_string(), b.iter().map(|s| s.to_string()).collect());
+    let line: BTreeMap<_, _> = [edge("a", &["b"]), edge("b", &["c"]), edge("c", &[])].into();
+    assert_eq!(find_circle(&line), None);
+    let circle: BTreeMap<_, _> = [edge("a", &["b"]), edge("b", &["c"]), edge("c", &["a"])].into();
+    assert_eq!(find_circle(&circle).unwrap(), ["a", "b", "c", "a"]);
 }
 
 #[test]

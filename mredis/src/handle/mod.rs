@@ -52,17 +52,16 @@ use std::sync::Arc;
 use redis::{Cmd, ConnectionLike, RedisResult, Value};
 
 use crate::error::client_error;
-use crate::exec::{Held, Machine, Request, Routed, Step};
-use crate::merge::Response;
+use crate::exec::{Held, Machine, Request, Step};
+use crate::routed::Routed;
 use crate::routing::{Merge, Route, Topology};
 use crate::spec::RouteClass;
 
-mod book;
 mod machines;
 mod plan;
 mod reply;
 
-pub(crate) use book::*;
+pub(crate) use crate::command_book::*;
 pub(crate) use machines::*;
 pub(crate) use plan::*;
 pub(crate) use reply::*;
@@ -101,7 +100,7 @@ struct Watched {
 /// The sync client's configuration for one command (see [`crate::MRedis::reconfigure`]).
 type Snap = crate::client::Snapshot<crate::client::Fleet>;
 /// The async client's.
-type AsyncSnap = crate::client::Snapshot<crate::aio::Fleet>;
+type AsyncSnap = crate::client::Snapshot<crate::async_client::Fleet>;
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -456,7 +455,7 @@ impl ConnectionLike for Connection {
 /// of its own.
 #[derive(Clone)]
 pub struct AsyncConnection {
-    mr: crate::aio::MRedis,
+    mr: crate::async_client::MRedis,
     /// A WATCH's connection, shared by the handle's clones (taken out while
     /// a command runs on it).
     watched: Arc<std::sync::Mutex<Option<AsyncWatched>>>,
@@ -467,7 +466,7 @@ struct AsyncWatched {
     /// The configuration the WATCH was made on.
     fleet: AsyncSnap,
     server: usize,
-    held: crate::aio::HeldConnection,
+    held: crate::async_client::HeldConnection,
 }
 
 impl std::fmt::Debug for AsyncConnection {
@@ -479,7 +478,7 @@ impl std::fmt::Debug for AsyncConnection {
 }
 
 impl AsyncConnection {
-    pub(crate) fn new(mr: crate::aio::MRedis) -> AsyncConnection {
+    pub(crate) fn new(mr: crate::async_client::MRedis) -> AsyncConnection {
         AsyncConnection {
             mr,
             watched: Arc::default(),
@@ -775,5 +774,49 @@ mod tests {
         );
         assert_eq!(next(scan_page(1, 3, page("0"), |_| true).unwrap()), "2");
         assert_eq!(next(scan_page(2, 3, page("0"), |_| true).unwrap()), "0");
+    }
+}
+
+/// The sync client's routed handles.
+impl crate::MRedis {
+    /// A routed connection handle implementing `redis::ConnectionLike`, for
+    /// code written against redis-rs connections (`cmd().query`,
+    /// `pipe().query`, `redis::transaction`, `Script::invoke`, `Commands`,
+    /// `TypedCommands`). Commands are routed when sent, by the command
+    /// table (`commands.toml`: class, key positions, split and merge), as
+    /// the generated methods route them; only a command the table does not
+    /// know (a module's) needs the servers' `COMMAND` metadata, fetched by
+    /// the client's first handle from the first server that answers (so a
+    /// wrong password or a fleet that is down fails here, as with
+    /// redis-rs). See the
+    /// [`handle`](crate::handle) module for the rules. Omitted commands are
+    /// errors here rather than compile errors. A handle follows
+    /// [`reconfigure`](Self::reconfigure): each command runs on the
+    /// configuration in force when it is sent (a WATCH ... EXEC on the one
+    /// in force at the WATCH).
+    pub fn get_connection(&self) -> RedisResult<Connection> {
+        // Connects now, as redis-rs's `get_connection` does (a wrong
+        // password or a fleet that is down fails here), and learns the
+        // servers' COMMAND metadata for commands the table does not know.
+        let con = Connection::new(self.clone());
+        con.describe(&self.fleet())?;
+        Ok(con)
+    }
+}
+
+/// The async client's routed handles.
+impl crate::async_client::MRedis {
+    /// A routed connection handle implementing `redis::aio::ConnectionLike`,
+    /// for code written against redis-rs async connections; see
+    /// [`handle`](crate::handle) for the routing rules. Cheap to clone.
+    /// Each command runs on the configuration in force when it is sent
+    /// (it follows [`reconfigure`](Self::reconfigure)).
+    pub async fn get_connection(&self) -> RedisResult<AsyncConnection> {
+        // Connects now, as redis-rs's `get_multiplexed_async_connection`
+        // does, and learns the servers' COMMAND metadata for commands the
+        // table does not know.
+        let con = AsyncConnection::new(self.clone());
+        con.describe(&self.fleet()).await?;
+        Ok(con)
     }
 }

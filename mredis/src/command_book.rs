@@ -1,31 +1,32 @@
 //! The servers' own `COMMAND` metadata, for commands the table does not
-//! know (modules).
+//! know (modules): parsed once per client configuration, which caches it
+//! for its routed handles.
 
 use std::collections::HashMap;
 
 use redis::Value;
 
-use super::*;
+use crate::merge::Response;
 
 /// What the server says about one command.
 #[derive(Debug, Clone)]
-pub(super) struct Info {
-    pub(super) first: i64,
-    pub(super) last: i64,
-    pub(super) step: i64,
-    pub(super) movable: bool,
-    pub(super) all_servers: bool,
-    pub(super) response: Response,
-    pub(super) has_subcommands: bool,
+pub(crate) struct Info {
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+    pub(crate) step: i64,
+    pub(crate) movable: bool,
+    pub(crate) all_servers: bool,
+    pub(crate) response: Response,
+    pub(crate) has_subcommands: bool,
 }
 
 /// The servers' `COMMAND` output, by lower-case name (`config|get`).
 #[derive(Debug, Default)]
 pub(crate) struct CommandBook {
-    pub(super) infos: HashMap<String, Info>,
+    pub(crate) infos: HashMap<String, Info>,
 }
 
-pub(super) fn text(v: &Value) -> Option<String> {
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -34,7 +35,7 @@ pub(super) fn text(v: &Value) -> Option<String> {
     }
 }
 
-pub(super) fn int(v: &Value) -> i64 {
+pub(crate) fn int(v: &Value) -> i64 {
     match v {
         Value::Int(n) => *n,
         _ => 0,
@@ -96,7 +97,7 @@ impl CommandBook {
     }
 }
 
-pub(super) fn response_of(policy: &str) -> Response {
+pub(crate) fn response_of(policy: &str) -> Response {
     match policy {
         "none" => Response::None,
         "agg_sum" => Response::AggSum,
