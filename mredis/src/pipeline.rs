@@ -865,6 +865,39 @@ impl Machine for FleetRun<'_> {
 
 mredis_macros::fleet_pipeline_methods!();
 
+/// The sync client's pipelines.
+impl crate::MRedis {
+    /// A pipeline bound to the server that owns `key`. Every command added
+    /// must use keys of that server; otherwise executing it fails before
+    /// anything is sent, naming the key and both servers.
+    pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
+        let fleet = self.fleet();
+        KeyPipeline::new(fleet.core().clone(), &key, fleet.core().route_key("pipeline", &key)?)
+    }
+
+    /// A pipeline over the whole fleet: commands on any keys, split per
+    /// server when executed, replies in call order.
+    pub fn pipeline_all(&self) -> crate::FleetPipeline {
+        crate::FleetPipeline::new(self.fleet().core().clone())
+    }
+}
+
+/// The async client's pipelines.
+impl crate::async_client::MRedis {
+    /// A pipeline bound to the server that owns `key`; run it with
+    /// [`KeyPipeline::query_async`].
+    pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
+        let fleet = self.fleet();
+        KeyPipeline::new(fleet.core().clone(), &key, fleet.core().route_key("pipeline", &key)?)
+    }
+
+    /// A pipeline over the whole fleet; run it with
+    /// [`FleetPipeline::query_async`](crate::FleetPipeline::query_async).
+    pub fn pipeline_all(&self) -> crate::FleetPipeline {
+        crate::FleetPipeline::new(self.fleet().core().clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::KeyLog;
@@ -898,38 +931,5 @@ mod tests {
         assert_eq!(log.of(1), vec![b"{t}x".to_vec(), Vec::new(), b"{t}y".to_vec()]);
         assert_eq!(log.of(2), vec![b"w".to_vec(), b"42".to_vec()]);
         assert_eq!(log.of(3), vec![Vec::<u8>::new()]);
-    }
-}
-
-/// The sync client's pipelines.
-impl crate::MRedis {
-    /// A pipeline bound to the server that owns `key`. Every command added
-    /// must use keys of that server; otherwise executing it fails before
-    /// anything is sent, naming the key and both servers.
-    pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
-        let fleet = self.fleet();
-        KeyPipeline::new(fleet.core().clone(), &key, fleet.core().route_key("pipeline", &key)?)
-    }
-
-    /// A pipeline over the whole fleet: commands on any keys, split per
-    /// server when executed, replies in call order.
-    pub fn pipeline_all(&self) -> crate::FleetPipeline {
-        crate::FleetPipeline::new(self.fleet().core().clone())
-    }
-}
-
-/// The async client's pipelines.
-impl crate::async_client::MRedis {
-    /// A pipeline bound to the server that owns `key`; run it with
-    /// [`KeyPipeline::query_async`].
-    pub fn pipeline<K: redis::ToRedisArgs>(&self, key: K) -> RedisResult<KeyPipeline> {
-        let fleet = self.fleet();
-        KeyPipeline::new(fleet.core().clone(), &key, fleet.core().route_key("pipeline", &key)?)
-    }
-
-    /// A pipeline over the whole fleet; run it with
-    /// [`FleetPipeline::query_async`](crate::FleetPipeline::query_async).
-    pub fn pipeline_all(&self) -> crate::FleetPipeline {
-        crate::FleetPipeline::new(self.fleet().core().clone())
     }
 }

@@ -739,44 +739,6 @@ impl redis::aio::ConnectionLike for AsyncConnection {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packed_commands_parse_back() {
-        let mut p = redis::pipe();
-        p.cmd("SET").arg("k").arg(&b"a\r\nb"[..]).cmd("GET").arg("k");
-        let cmds = parse_packed(&p.get_packed_pipeline()).unwrap();
-        assert_eq!(cmds.len(), 2);
-        assert_eq!(
-            cmds[0].get_packed_command(),
-            redis::cmd("SET").arg("k").arg(&b"a\r\nb"[..]).get_packed_command()
-        );
-        assert!(parse_packed(b"*1\r\n$5\r\nab").is_err());
-    }
-
-    #[test]
-    fn scan_cursors_carry_the_server() {
-        let page = |cursor: &str| {
-            Value::Array(vec![
-                Value::BulkString(cursor.as_bytes().to_vec()),
-                Value::Array(vec![]),
-            ])
-        };
-        let next = |v: Value| match v {
-            Value::Array(p) => text(&p[0]).unwrap(),
-            _ => panic!(),
-        };
-        assert_eq!(
-            next(scan_page(1, 3, page("17"), |_| true).unwrap()),
-            (17 * 3 + 1).to_string()
-        );
-        assert_eq!(next(scan_page(1, 3, page("0"), |_| true).unwrap()), "2");
-        assert_eq!(next(scan_page(2, 3, page("0"), |_| true).unwrap()), "0");
-    }
-}
-
 /// The sync client's routed handles.
 impl crate::MRedis {
     /// A routed connection handle implementing `redis::ConnectionLike`, for
@@ -818,5 +780,43 @@ impl crate::async_client::MRedis {
         let con = AsyncConnection::new(self.clone());
         con.describe(&self.fleet()).await?;
         Ok(con)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_commands_parse_back() {
+        let mut p = redis::pipe();
+        p.cmd("SET").arg("k").arg(&b"a\r\nb"[..]).cmd("GET").arg("k");
+        let cmds = parse_packed(&p.get_packed_pipeline()).unwrap();
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(
+            cmds[0].get_packed_command(),
+            redis::cmd("SET").arg("k").arg(&b"a\r\nb"[..]).get_packed_command()
+        );
+        assert!(parse_packed(b"*1\r\n$5\r\nab").is_err());
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_server() {
+        let page = |cursor: &str| {
+            Value::Array(vec![
+                Value::BulkString(cursor.as_bytes().to_vec()),
+                Value::Array(vec![]),
+            ])
+        };
+        let next = |v: Value| match v {
+            Value::Array(p) => text(&p[0]).unwrap(),
+            _ => panic!(),
+        };
+        assert_eq!(
+            next(scan_page(1, 3, page("17"), |_| true).unwrap()),
+            (17 * 3 + 1).to_string()
+        );
+        assert_eq!(next(scan_page(1, 3, page("0"), |_| true).unwrap()), "2");
+        assert_eq!(next(scan_page(2, 3, page("0"), |_| true).unwrap()), "0");
     }
 }
