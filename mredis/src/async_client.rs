@@ -10,13 +10,13 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
 use crate::client::{Snapshot, Viewable};
+use crate::driver::AsyncDriver;
 use crate::error::client_error;
-use crate::exec::{Cmds, FanOut, Held, Machine, Request, Step, closed, fan_out_result, read_only};
+use crate::exec::{Cmds, Held, Machine, Request, Step, closed, read_only};
 use crate::multiplexed::Shared as ConnectionManager;
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::routed::Routed;
 use crate::routing::{Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -317,10 +317,6 @@ impl Fleet {
         self.running.clone()
     }
 
-    pub(crate) fn core(&self) -> &Arc<Topology> {
-        &self.core
-    }
-
     /// The servers' COMMAND metadata, for routed handles (fetched once, on
     /// the first command the table does not know).
     pub(crate) fn command_book(&self) -> &std::sync::OnceLock<Arc<crate::command_book::CommandBook>> {
@@ -386,37 +382,11 @@ impl Fleet {
             .map_err(|e| crate::error::name_server_after(self.core.server(index), e, None, self.response_timeout))
     }
 
-    /// Runs a routed command on one server, or split over several
-    /// (concurrently); keys being moved by a migration go through the
-    /// migration machines, as in the sync client.
-    pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
-        let value = Span::command(cmd, Routed::class(&route))
-            .run_async(self.drive(Routed::new(&self.core, &route, cmd)))
-            .await?;
-        Ok(RV::from_redis_value(value)?)
-    }
-
-    pub(crate) async fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        let span = Span::command(cmd, "all");
-        let result = span
-            .run_async(async {
-                Ok(fan_out_result(
-                    &self.core,
-                    cmd,
-                    self.drive(FanOut::new(&self.core, cmd)).await,
-                ))
-            })
-            .await
-            .unwrap_or_else(|e| fan_out_result(&self.core, cmd, Err(e)));
-        span.fan_out_outcome(&result);
-        result
-    }
-
     /// The async driver: carries a machine's requests (each a pipeline to
     /// one server, all servers concurrently) until it is done. One command
     /// goes on the server's multiplexed connection as is; a blocking one
     /// on a dedicated connection (see [`blocking_on`](Self::blocking_on)).
-    pub(crate) async fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
+    async fn drive_machine<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
         let mut step = machine.start();
         loop {
             let replies = match step {
@@ -516,13 +486,13 @@ impl Fleet {
         let extra = self.options.acks.map_or(Duration::ZERO, |a| a.timeout);
         let deadline = self.response_timeout.map(|t| t.saturating_add(extra));
         let run = async {
-            let mut held = self.hold(index).await?;
+            let mut held = self.hold_connection(index).await?;
             let mut pipe = redis::pipe();
             for c in cmds.iter() {
                 pipe.add_command(c.clone());
             }
             let reply = held.pipeline(&pipe, 0, cmds.len(), deadline).await;
-            self.release(held);
+            self.release_connection(held);
             reply
         };
         span.run_async(run)
@@ -539,7 +509,7 @@ impl Fleet {
     /// A dedicated connection of server `index`, held across requests
     /// (a handle's WATCH ... EXEC, a write and its WAIT); give it back with
     /// [`release`](Self::release).
-    pub(crate) async fn hold(&self, index: usize) -> RedisResult<HeldConnection> {
+    async fn hold_connection(&self, index: usize) -> RedisResult<HeldConnection> {
         let server = self.core.server(index);
         let pool = self
             .blocking
@@ -559,7 +529,7 @@ impl Fleet {
     }
 
     /// Gives back a held connection (dropped if a reply is outstanding).
-    pub(crate) fn release(&self, mut held: HeldConnection) {
+    fn release_connection(&self, mut held: HeldConnection) {
         if let (Some(d), Some(pool)) = (held.dedicated.take(), self.blocking.get(held.index)) {
             pool.put(d);
         }
@@ -567,7 +537,7 @@ impl Fleet {
 
     /// The async [`settle_held`](crate::client::Fleet::settle_held): the
     /// promises every write has, after a request on a held connection.
-    pub(crate) async fn settle_held<T>(
+    async fn settle_held_connection<T>(
         &self,
         held: &mut HeldConnection,
         result: RedisResult<T>,
@@ -744,6 +714,52 @@ impl Fleet {
         reply.map_err(|e| crate::error::name_server_after(server, e, None, wait))
     }
 }
+impl Fleet {
+    /// A routed command (see [`Driver::run`](crate::driver::Driver::run)),
+    /// through the seam.
+    pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        crate::driver::run_async(self, route, cmd).await
+    }
+
+    /// `cmd` on every server, through the seam.
+    pub(crate) async fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
+        crate::driver::fan_out_async(self, cmd).await
+    }
+}
+
+impl AsyncDriver for Fleet {
+    type Held = HeldConnection;
+
+    fn core(&self) -> &Arc<Topology> {
+        &self.core
+    }
+
+    fn drive<M>(&self, machine: M) -> impl std::future::Future<Output = RedisResult<M::Output>> + Send
+    where
+        M: Machine + Send,
+        M::Output: Send,
+    {
+        self.drive_machine(machine)
+    }
+
+    fn hold(&self, index: usize) -> impl std::future::Future<Output = RedisResult<HeldConnection>> + Send {
+        self.hold_connection(index)
+    }
+
+    fn release(&self, held: HeldConnection) {
+        self.release_connection(held)
+    }
+
+    fn settle_held<T: Send>(
+        &self,
+        held: &mut HeldConnection,
+        result: RedisResult<T>,
+        wrote: impl FnOnce(&T) -> bool + Send,
+    ) -> impl std::future::Future<Output = RedisResult<Held<T>>> + Send {
+        self.settle_held_connection(held, result, wrote)
+    }
+}
+
 /// A server's shared multiplexed connection: made once for a plain
 /// server; for a shard, made for its current primary, with the address
 /// epoch it is for.

@@ -50,12 +50,12 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
+use crate::driver::Driver;
 use crate::error::client_error;
-use crate::exec::{Cmds, FanOut, Held, Machine, Request, Step, closed, fan_out_result, read_only};
+use crate::exec::{Cmds, Held, Machine, Request, Step, closed, read_only};
 use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::routed::Routed;
 use crate::routing::{Move, Route, Running, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
@@ -961,9 +961,9 @@ impl Fleet {
             };
             let since = self.core.server(target).epoch();
             let mut marked = false;
-            let attempt = self.with_connection(target, |con| {
+            let attempt = self.hold(target).and_then(|mut held| {
                 let ran = self.watch_and_run(
-                    con,
+                    &mut held,
                     keys,
                     target != server,
                     &moves,
@@ -973,7 +973,9 @@ impl Fleet {
                     &mut func,
                 );
                 // EXEC's promises (WAIT, a failover), as for any write.
-                self.settle_held(target, since, con, ran, Option::is_some)
+                let settled = self.settle_held(&mut held, ran, Option::is_some);
+                self.release(held);
+                settled
             });
             let attempt = match attempt {
                 Err(e)
@@ -1079,48 +1081,6 @@ impl Fleet {
         }
     }
 
-    /// The seam for a connection the caller holds across requests (a
-    /// transaction's WATCH ... EXEC, on a connection of server `index`
-    /// whose address epoch was `since` before the WATCH): given the
-    /// `result` of its last request on `con`, the promises every write has
-    /// on the request path ([`send_to_shards`](Self::send_to_shards)):
-    /// with replica acknowledgements on, a `WAIT` on the same connection
-    /// after a request that `wrote`; a refusal by a replica or a primary
-    /// that went away waits for Sentinel's new primary ([`Held::FailedOver`]);
-    /// a reply cut or late after the write is an unknown outcome.
-    pub(crate) fn settle_held<T>(
-        &self,
-        index: usize,
-        since: u64,
-        con: &mut dyn ConnectionLike,
-        result: RedisResult<T>,
-        wrote: impl FnOnce(&T) -> bool,
-    ) -> RedisResult<Held<T>> {
-        use crate::replicas::Verdict;
-        let server = self.core.server(index);
-        match result {
-            Ok(v) => {
-                if let Some(acks) = self.options.acks.filter(|_| server.shard().is_some())
-                    && wrote(&v)
-                {
-                    let reply = con
-                        .req_command(&crate::replicas::wait_cmd(acks))
-                        .map_err(|e| self.named(index, e));
-                    crate::replicas::check_ack(server, acks, reply)?;
-                }
-                Ok(Held::Done(v))
-            }
-            Err(e) => match (crate::replicas::held_verdict(server, &e), server.shard()) {
-                (Verdict::Again, Some(_)) => self.await_new_primary(index, since, e).map(|()| Held::FailedOver),
-                (Verdict::Unknown, Some(shard)) => {
-                    shard.suspect();
-                    Err(crate::replicas::unknown_outcome(server, e))
-                }
-                _ => Err(self.named(index, e)),
-            },
-        }
-    }
-
     /// Where keys being moved are served now: their old server while all of
     /// them are there (and they share it), the new one once none is;
     /// otherwise a retryable TRYAGAIN error.
@@ -1150,27 +1110,9 @@ impl Fleet {
         }
     }
 
-    /// A connection of server `index` for a caller that keeps it a while
-    /// (a WATCH); give it back with `checkin`.
-    pub(crate) fn checkout(&self, index: usize) -> RedisResult<Pooled> {
-        self.pool(index)?
-            .get()
-            .map_err(|e| name_server(self.core.server(index), e))
-    }
-
-    pub(crate) fn checkin(&self, index: usize, con: Pooled) {
-        if let Ok(pool) = self.pool(index) {
-            pool.put(con, self.core.server(index).epoch());
-        }
-    }
-
     /// What keeps this configuration's background threads running.
     pub(crate) fn running(&self) -> Arc<Running> {
         self.running.clone()
-    }
-
-    pub(crate) fn core(&self) -> &Arc<Topology> {
-        &self.core
     }
 
     /// The servers' COMMAND metadata, for routed handles (fetched once, on
@@ -1269,42 +1211,6 @@ impl Fleet {
     pub(crate) fn value_on(&self, index: usize, cmd: &Cmd) -> RedisResult<Value> {
         Span::server(&self.core, index)
             .run(|| self.with_connection(index, |con| con.req_command(cmd).and_then(crate::merge::extract_errors)))
-    }
-
-    /// Runs a routed command on one server, or split over several; keys
-    /// being moved by a migration go through the migration machines.
-    pub(crate) fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
-        let value =
-            Span::command(cmd, Routed::class(&route)).run(|| self.drive(Routed::new(&self.core, &route, cmd)))?;
-        Ok(RV::from_redis_value(value)?)
-    }
-
-    pub(crate) fn fan_out<RV: FromRedisValue>(&self, cmd: &Cmd) -> Result<PerServer<RV>, FanOutError<RV>> {
-        let span = Span::command(cmd, "all");
-        let result = span.in_scope(|| fan_out_result(&self.core, cmd, self.drive(FanOut::new(&self.core, cmd))));
-        span.fan_out_outcome(&result);
-        result
-    }
-
-    /// The sync driver: carries a machine's requests (each a pipeline to
-    /// one server, all written before any reply is read, with one
-    /// deadline) until it is done. One command to one server goes on a
-    /// pooled connection as is. A blocking command's deadline is its block
-    /// time plus the response timeout (none if it blocks until answered).
-    pub(crate) fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
-        let mut step = machine.start();
-        loop {
-            let replies = match step {
-                Step::Done(result) => return result,
-                Step::Wait(d) => {
-                    std::thread::sleep(d);
-                    Vec::new()
-                }
-                Step::Send(requests) if self.core.shards => self.send_to_shards(&requests),
-                Step::Send(requests) => self.send(&requests, &[], None),
-            };
-            step = machine.next(replies);
-        }
     }
 
     /// Carries requests: one command to one server on a pooled
@@ -1590,6 +1496,121 @@ impl Fleet {
             span.outcome(result);
         }
         out
+    }
+}
+
+/// A connection of one server held across requests (see [`Driver::hold`]).
+pub(crate) struct HeldConnection {
+    index: usize,
+    /// The server's address epoch when it was taken (a failover since
+    /// changes it).
+    since: u64,
+    con: Pooled,
+    /// A request on it failed below the server's reply: not given back.
+    broken: bool,
+}
+
+impl std::ops::Deref for HeldConnection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.con
+    }
+}
+
+impl std::ops::DerefMut for HeldConnection {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.con
+    }
+}
+
+impl Driver for Fleet {
+    type Held = HeldConnection;
+
+    fn core(&self) -> &Arc<Topology> {
+        &self.core
+    }
+
+    /// The sync driver: carries a machine's requests (each a pipeline to
+    /// one server, all written before any reply is read, with one
+    /// deadline) until it is done. One command to one server goes on a
+    /// pooled connection as is. A blocking command's deadline is its block
+    /// time plus the response timeout (none if it blocks until answered).
+    fn drive<M: Machine>(&self, mut machine: M) -> RedisResult<M::Output> {
+        let mut step = machine.start();
+        loop {
+            let replies = match step {
+                Step::Done(result) => return result,
+                Step::Wait(d) => {
+                    std::thread::sleep(d);
+                    Vec::new()
+                }
+                Step::Send(requests) if self.core.shards => self.send_to_shards(&requests),
+                Step::Send(requests) => self.send(&requests, &[], None),
+            };
+            step = machine.next(replies);
+        }
+    }
+
+    fn hold(&self, index: usize) -> RedisResult<HeldConnection> {
+        let since = self.core.server(index).epoch();
+        let con = self
+            .pool(index)?
+            .get()
+            .map_err(|e| name_server(self.core.server(index), e))?;
+        Ok(HeldConnection {
+            index,
+            since,
+            con,
+            broken: false,
+        })
+    }
+
+    fn release(&self, held: HeldConnection) {
+        if let (false, Ok(pool)) = (held.broken, self.pool(held.index)) {
+            pool.put(held.con, held.since);
+        }
+    }
+
+    fn settle_held<T>(
+        &self,
+        held: &mut HeldConnection,
+        result: RedisResult<T>,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> RedisResult<Held<T>> {
+        use crate::replicas::Verdict;
+        let index = held.index;
+        let server = self.core.server(index);
+        match result {
+            Ok(v) => {
+                if let Some(acks) = self.options.acks.filter(|_| server.shard().is_some())
+                    && wrote(&v)
+                {
+                    let reply = held.con.req_command(&crate::replicas::wait_cmd(acks)).map_err(|e| {
+                        held.broken = true;
+                        self.named(index, e)
+                    });
+                    crate::replicas::check_ack(server, acks, reply)?;
+                }
+                Ok(Held::Done(v))
+            }
+            Err(e) => {
+                // A failure below the server's reply (an aborted
+                // transaction carries the queued commands' replies).
+                if e.code().is_none() && e.clone().into_server_errors().is_none() {
+                    held.broken = true;
+                }
+                match (crate::replicas::held_verdict(server, &e), server.shard()) {
+                    (Verdict::Again, Some(_)) => {
+                        self.await_new_primary(index, held.since, e).map(|()| Held::FailedOver)
+                    }
+                    (Verdict::Unknown, Some(shard)) => {
+                        shard.suspect();
+                        Err(crate::replicas::unknown_outcome(server, e))
+                    }
+                    _ => Err(self.named(index, e)),
+                }
+            }
+        }
     }
 }
 

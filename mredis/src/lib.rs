@@ -153,6 +153,7 @@ mod async_client;
 mod client;
 mod command_book;
 mod config;
+mod driver;
 mod error;
 mod exec;
 pub mod finish;

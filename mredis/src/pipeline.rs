@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
+use crate::driver::{AsyncDriver, Driver};
 use crate::error::{Failure, client_error, show_key};
 use crate::exec::{Cmds, Machine, Request, Step};
 use crate::migration::{One, Pipe, PipeCommand};

@@ -9,6 +9,7 @@ use std::collections::{HashSet, VecDeque};
 use futures::stream::BoxStream;
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
+use crate::driver::{AsyncDriver, Driver};
 use crate::error::client_error;
 use crate::exec::{Cmds, Machine, Request, Step, one};
 use crate::migration::One;

@@ -4,6 +4,7 @@
 
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
+use crate::driver::{AsyncDriver, Driver};
 use crate::error::client_error;
 use crate::exec::{Cmds, Machine, Request, Step, one};
 use crate::routing::{Move, Route, Topology, name_server, push_keys};

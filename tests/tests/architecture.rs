@@ -27,7 +27,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Sans-I/O step machines, per-server results, tracing spans.
     (
         "exec machines",
-        &["exec", "migration", "routed", "per_server", "replicas", "telemetry"],
+        &[
+            "exec",
+            "migration",
+            "routed",
+            "driver",
+            "per_server",
+            "replicas",
+            "telemetry",
+        ],
     ),
     // The two drivers (the execution seam) and their connections.
     ("clients", &["client", "async_client", "multiplexed"]),

@@ -51,6 +51,7 @@ use std::sync::Arc;
 
 use redis::{Cmd, ConnectionLike, RedisResult, Value};
 
+use crate::driver::{AsyncDriver, Driver};
 use crate::error::client_error;
 use crate::exec::{Held, Machine, Request, Step};
 use crate::routed::Routed;
@@ -91,10 +92,8 @@ struct Watched {
     /// The configuration the WATCH was made on.
     fleet: Snap,
     server: usize,
-    /// The server's address epoch before the WATCH (a failover since
-    /// changes it).
-    since: u64,
-    con: crate::client::Pooled,
+    /// The connection the WATCH runs on, held from the driver.
+    con: crate::client::HeldConnection,
 }
 
 /// The sync client's configuration for one command (see [`crate::MRedis::reconfigure`]).
@@ -249,13 +248,20 @@ impl Connection {
                     }
                     return w.con.req_command(cmd).and_then(Value::extract_error);
                 }
-                let since = f.core().server(server).epoch();
-                let mut con = f.checkout(server)?;
-                let reply = con.req_command(cmd).and_then(Value::extract_error)?;
+                let mut con = f.hold(server)?;
+                let reply = con.req_command(cmd).and_then(Value::extract_error);
+                let reply = match f.settle_held(&mut con, reply, |_| false)? {
+                    Held::Done(reply) => reply,
+                    // Refused by a replica: the shard's new primary is in
+                    // place; WATCH there.
+                    Held::FailedOver => {
+                        con = f.hold(server)?;
+                        con.req_command(cmd).and_then(Value::extract_error)?
+                    }
+                };
                 self.watched = Some(Watched {
                     fleet: f.clone(),
                     server,
-                    since,
                     con,
                 });
                 Ok(reply)
@@ -264,7 +270,7 @@ impl Connection {
                 Some(mut w) => {
                     let reply = w.con.req_command(cmd).and_then(Value::extract_error);
                     if reply.is_ok() {
-                        w.fleet.checkin(w.server, w.con);
+                        w.fleet.release(w.con);
                     }
                     reply
                 }
@@ -309,15 +315,12 @@ impl Connection {
             // failover); after a failover what was watched is gone, so the
             // EXEC reports the transaction aborted (nil), as when a watched
             // key changed: `redis::transaction` runs it again.
-            let Watched {
-                fleet, since, mut con, ..
-            } = w;
+            let Watched { fleet, mut con, .. } = w;
             let reply = con.req_packed_commands(bytes, offset, count);
-            return match fleet.settle_held(server, since, &mut *con, reply, exec_wrote)? {
-                Held::Done(values) => {
-                    fleet.checkin(server, con);
-                    Ok(values)
-                }
+            let settled = fleet.settle_held(&mut con, reply, exec_wrote);
+            fleet.release(con);
+            return match settled? {
+                Held::Done(values) => Ok(values),
                 Held::FailedOver => Ok(vec![Value::Nil; count]),
             };
         }
@@ -326,12 +329,11 @@ impl Connection {
         // the driver's promises after it. Nothing watched: after a
         // failover before it ran, it runs again on the new primary.
         for _ in 0..2 {
-            let since = f.core().server(server).epoch();
-            let held = f.with_connection(server, |con| {
-                let reply = con.req_packed_commands(bytes, offset, count);
-                f.settle_held(server, since, con, reply, exec_wrote)
-            })?;
-            if let Held::Done(values) = held {
+            let mut con = f.hold(server)?;
+            let reply = con.req_packed_commands(bytes, offset, count);
+            let settled = f.settle_held(&mut con, reply, exec_wrote);
+            f.release(con);
+            if let Held::Done(values) = settled? {
                 return Ok(values);
             }
         }

@@ -122,6 +122,7 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::MRedis;
+use crate::driver::Driver;
 use crate::routing::show_key;
 use crate::server::Server;
 
