@@ -409,6 +409,8 @@ pub(crate) struct ReplicaSet<T> {
     /// Replicas (by name) that failed a request, and until when they are
     /// passed over ([`REPLICA_REST`]).
     down: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+    /// Whether `down` may hold a replica (read without the lock).
+    any_down: std::sync::atomic::AtomicBool,
 }
 
 /// How long a replica that failed a read (a timeout, a refused or broken
@@ -422,6 +424,7 @@ impl<T> Default for ReplicaSet<T> {
             built: std::sync::RwLock::new((0, Arc::new(Vec::new()))),
             next: std::sync::atomic::AtomicUsize::new(0),
             down: std::sync::Mutex::new(Vec::new()),
+            any_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -433,6 +436,7 @@ impl<T> ReplicaSet<T> {
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         down.retain(|(name, _)| name != node.name());
         down.push((node.name().to_string(), until));
+        self.any_down.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether replica `name` is passed over now.
@@ -440,6 +444,9 @@ impl<T> ReplicaSet<T> {
         let now = std::time::Instant::now();
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         down.retain(|(_, until)| *until > now);
+        if down.is_empty() {
+            self.any_down.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         down.iter().any(|(n, _)| n == name)
     }
 }
@@ -482,8 +489,11 @@ impl<T: Clone> ReplicaSet<T> {
                 b.1.clone()
             }
         };
-        let up: Vec<&(ConnectionAddr, Server, T)> = all.iter().filter(|(_, n, _)| !self.is_down(n.name())).collect();
-        if up.is_empty() {
+        // Most of the time no replica is passed over: no lock, no copy.
+        let resting = self.any_down.load(std::sync::atomic::Ordering::Relaxed);
+        let up = |i: &usize| !resting || !self.is_down(all[*i].1.name());
+        let count = (0..all.len()).filter(up).count();
+        if count == 0 {
             return match policy {
                 ReadFrom::ReplicaOnly => Err(crate::error::client_error(format!(
                     "shard `{}` has no replica up (read policy: replica only)",
@@ -492,11 +502,15 @@ impl<T: Clone> ReplicaSet<T> {
                 _ => Ok(None),
             };
         }
-        let chosen = at.and_then(|a| up.iter().find(|(addr, _, _)| addr == a));
-        let (_, node, t) = match chosen {
-            Some(node) => *node,
-            None => up[self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % up.len()],
+        let chosen = at.and_then(|a| (0..all.len()).filter(up).find(|i| &all[*i].0 == a));
+        let i = match chosen {
+            Some(i) => i,
+            None => {
+                let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % count;
+                (0..all.len()).filter(up).nth(turn).unwrap_or(0)
+            }
         };
+        let (_, node, t) = &all[i];
         Ok(Some((node.clone(), t.clone())))
     }
 }

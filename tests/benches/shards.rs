@@ -13,7 +13,13 @@
 //!   (the replicas take the reads; info, no target);
 //! - the same with `LowestLatency` against `Primary` (the reads go to the
 //!   nodes the prober measures fastest, measured before the rounds start;
-//!   info, no target).
+//!   info, no target);
+//! - async GET p99 on a shard whose replica is SIGSTOPped, 30 writer tasks
+//!   running on the same client: with `replica_acks(1, 100 ms)` (each
+//!   write waits 100 ms for a WAIT that cannot succeed) against acks off
+//!   (target <= 2.0: a write waiting for replicas holds up no read; the
+//!   shard's Sentinel may mark the stopped replica down meanwhile, which
+//!   changes nothing for the primary). Runs last: it stops a replica.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -156,6 +162,12 @@ fn main() {
         None,
         &fast_tput,
     );
+    let p99 = rt.block_on(acks_p99(&fleet, &sentinel, passes));
+    row(
+        "async GET p99, replica stopped, 30 writers: acks on / acks off",
+        Some(2.0),
+        &p99,
+    );
     for s in fastest.servers() {
         let shown: Vec<String> = s
             .latencies()
@@ -204,4 +216,79 @@ fn throughput_ratio(rt: &tokio::runtime::Runtime, a: &AsyncMRedis, b: &AsyncMRed
         }
     }
     median(tb).as_secs_f64() / median(ta).as_secs_f64()
+}
+
+/// Per pass, the p99 of async GETs on shard 0 with acknowledgements on
+/// over the p99 with them off, shard 0's replica stopped and 30 writer
+/// tasks writing to shard 0 on the client being sampled.
+async fn acks_p99(fleet: &SentinelFleet, servers: &[Server], passes: usize) -> Vec<f64> {
+    let base = || {
+        MRedis::builder()
+            .servers(servers.to_vec())
+            .read_from(ReadFrom::Primary)
+            .response_timeout(Some(Duration::from_secs(2)))
+    };
+    let acked = base()
+        .replica_acks(1, Duration::from_millis(100))
+        .build_async()
+        .await
+        .unwrap();
+    let plain = base().build_async().await.unwrap();
+    let shard = fleet.shards[0].name.clone();
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("bench:acks:{i}"))
+        .filter(|k| plain.server_for(k).unwrap() == shard)
+        .take(64)
+        .collect();
+    for k in &keys {
+        plain.set::<_, _, ()>(k, "v").await.unwrap();
+    }
+    fleet.shards[0].replica.sigstop();
+    let p99 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() * 99 / 100]
+    };
+    let mut out = Vec::new();
+    for _ in 0..passes {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..6 {
+            for side in [round % 2, 1 - round % 2] {
+                let (mr, samples) = if side == 0 {
+                    (&acked, &mut on)
+                } else {
+                    (&plain, &mut off)
+                };
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let writers: Vec<_> = (0..30)
+                    .map(|w| {
+                        let (mr, stop, key) = (mr.clone(), stop.clone(), keys[w].clone());
+                        tokio::spawn(async move {
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                let _ = mr.incr::<_, _, i64>(format!("{key}:n"), 1).await;
+                            }
+                        })
+                    })
+                    .collect();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                for i in 0..100 {
+                    let t = Instant::now();
+                    black_box(mr.get::<_, String>(&keys[32 + i % 32]).await.unwrap());
+                    samples.push(t.elapsed());
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                for w in writers {
+                    w.await.unwrap();
+                }
+            }
+        }
+        let (a, b) = (p99(on), p99(off));
+        println!(
+            "  acks p99: {:.3} ms with acks on, {:.3} ms off",
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3
+        );
+        out.push(a.as_secs_f64() / b.as_secs_f64());
+    }
+    fleet.shards[0].replica.sigcont();
+    out
 }

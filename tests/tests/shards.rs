@@ -202,6 +202,34 @@ fn failover_with_writers(acks: bool, stop_instead: bool) -> (usize, usize, Durat
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let (threads, tasks) = start_writers(&mr, &amr, &rt, &seen, &stop);
+    // An async reader under PreferReplica on the shard that fails over:
+    // how many of its GETs time out (a write waiting for replicas on the
+    // shared connection once held them all up).
+    let timeouts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (view, stop, timeouts) = (
+            amr.reading_from(ReadFrom::PreferReplica),
+            stop.clone(),
+            timeouts.clone(),
+        );
+        let name = fleet.shards[1].name.clone();
+        let keys: Vec<String> = (0..6)
+            .flat_map(keys_of)
+            .flat_map(|(a, b)| [a, b])
+            .filter(|k| mr.server_for(k).unwrap() == name)
+            .collect();
+        rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for k in &keys {
+                    if let Err(e) = view.get::<_, Option<i64>>(k).await
+                        && e.is_timeout()
+                    {
+                        timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
     wait_for_writes(&seen, &fleet);
 
     let name = fleet.shards[1].name.clone();
@@ -243,7 +271,9 @@ fn failover_with_writers(acks: bool, stop_instead: bool) -> (usize, usize, Durat
         for t in tasks {
             t.await.unwrap();
         }
+        reader.await.unwrap();
     });
+    let timeouts = timeouts.load(Ordering::Relaxed);
     let s = seen.lock().unwrap();
     for other in fleet.shards.iter().filter(|sh| sh.name != name) {
         let before = errors_before.get(&other.name).copied().unwrap_or(0);
@@ -256,11 +286,14 @@ fn failover_with_writers(acks: bool, stop_instead: bool) -> (usize, usize, Durat
     let (lost, checked) = lost(&fleet, &mr, &s);
     eprintln!(
         "{} primary, acks {acks}: first write on {name} {:.2} s after; {} errors there; {lost} of {checked} \
-         acknowledged keys lost",
+         acknowledged keys lost; {timeouts} prefer-replica GETs timed out",
         if stop_instead { "SIGSTOPped" } else { "SIGKILLed" },
         first.as_secs_f64(),
         s.errors.get(&name).copied().unwrap_or(0),
     );
+    // Reads are not held up behind writes waiting for replicas: a read in
+    // flight to a node as it fails times out, not one per waiting write.
+    assert!(timeouts <= 10, "{timeouts} prefer-replica GETs timed out on {name}");
     (lost, checked, first)
 }
 
@@ -689,6 +722,34 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let (threads, tasks) = start_writers(&mr, &amr, &rt, &seen, &stop);
+    // An async reader under PreferReplica on the shard that fails over:
+    // how many of its GETs time out (a write waiting for replicas on the
+    // shared connection once held them all up).
+    let timeouts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (view, stop, timeouts) = (
+            amr.reading_from(ReadFrom::PreferReplica),
+            stop.clone(),
+            timeouts.clone(),
+        );
+        let name = fleet.shards[1].name.clone();
+        let keys: Vec<String> = (0..6)
+            .flat_map(keys_of)
+            .flat_map(|(a, b)| [a, b])
+            .filter(|k| mr.server_for(k).unwrap() == name)
+            .collect();
+        rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for k in &keys {
+                    if let Err(e) = view.get::<_, Option<i64>>(k).await
+                        && e.is_timeout()
+                    {
+                        timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
     wait_for_writes(&seen, &fleet);
 
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -756,7 +817,9 @@ fn failover_during_rebalance(victim: usize, stop_instead: bool) {
         for t in tasks {
             t.await.unwrap();
         }
+        reader.await.unwrap();
     });
+    let timeouts = timeouts.load(Ordering::Relaxed);
 
     // Every key on exactly one primary: its owner's under the new
     // configuration; moved values intact; no mark left.
