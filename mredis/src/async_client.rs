@@ -515,12 +515,30 @@ impl Fleet {
             .blocking
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
-        let since = server.epoch();
+        let mut since = server.epoch();
         let started = std::time::Instant::now();
-        let dedicated = pool
-            .take()
-            .await
-            .map_err(|e| crate::error::name_server_after(server, e, Some(started.elapsed()), None))?;
+        let named = |e| crate::error::name_server_after(server, e, Some(started.elapsed()), None);
+        let dedicated = match pool.take().await {
+            Ok(d) => d,
+            // The primary refused the connection (gone in a failover): the
+            // failover wait, as for any request, then once more.
+            Err(e) if crate::replicas::held_verdict(server, &e) == crate::replicas::Verdict::Again => {
+                let Some(shard) = server.shard() else {
+                    return Err(named(e));
+                };
+                shard.suspect();
+                if !shard.wait_change_async(since, self.options.failover_wait).await {
+                    return Err(crate::replicas::no_new_primary(
+                        server,
+                        self.options.failover_wait,
+                        Err(e),
+                    ));
+                }
+                since = server.epoch();
+                pool.take().await.map_err(named)?
+            }
+            Err(e) => return Err(named(e)),
+        };
         Ok(HeldConnection {
             index,
             since,

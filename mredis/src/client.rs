@@ -959,7 +959,6 @@ impl Fleet {
             } else {
                 self.where_moving(&moves, server)?
             };
-            let since = self.core.server(target).epoch();
             let mut marked = false;
             let attempt = self.hold(target).and_then(|mut held| {
                 let ran = self.watch_and_run(
@@ -977,18 +976,7 @@ impl Fleet {
                 self.release(held);
                 settled
             });
-            let attempt = match attempt {
-                Err(e)
-                    if failovers == 0
-                        && crate::replicas::held_verdict(self.core.server(target), &e)
-                            == crate::replicas::Verdict::Again =>
-                {
-                    // No connection to the old primary: wait for the new one.
-                    self.await_new_primary(target, since, e)?;
-                    Held::FailedOver
-                }
-                other => other?,
-            };
+            let attempt = attempt?;
             match attempt {
                 Held::Done(Some(result)) => return Ok(result),
                 Held::Done(None) => {}
@@ -1552,11 +1540,19 @@ impl Driver for Fleet {
     }
 
     fn hold(&self, index: usize) -> RedisResult<HeldConnection> {
-        let since = self.core.server(index).epoch();
-        let con = self
-            .pool(index)?
-            .get()
-            .map_err(|e| name_server(self.core.server(index), e))?;
+        let server = self.core.server(index);
+        let mut since = server.epoch();
+        let con = match self.pool(index)?.get() {
+            Ok(con) => con,
+            // The primary refused the connection (gone in a failover): the
+            // failover wait, as for any request, then once more.
+            Err(e) if crate::replicas::held_verdict(server, &e) == crate::replicas::Verdict::Again => {
+                self.await_new_primary(index, since, e)?;
+                since = server.epoch();
+                self.pool(index)?.get().map_err(|e| name_server(server, e))?
+            }
+            Err(e) => return Err(name_server(server, e)),
+        };
         Ok(HeldConnection {
             index,
             since,
