@@ -517,7 +517,23 @@ impl<T: Clone> ReplicaSet<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{UNKNOWN, fastest};
+    use super::{UNKNOWN, fastest, unknown_outcome};
+
+    #[test]
+    fn a_write_with_no_reply_says_what_happened_and_not_more() {
+        let server = crate::Server::from_url("redis://127.0.0.1:6379/0").unwrap();
+        let late = unknown_outcome(&server, std::io::Error::from(std::io::ErrorKind::TimedOut).into()).to_string();
+        assert!(late.contains("did not reply in time"), "{late}");
+        assert!(late.contains("may have run and is not sent again"), "{late}");
+        // A timeout on the current primary is not a failover.
+        assert!(!late.contains("old primary") && !late.contains("Sentinel"), "{late}");
+        let cut = unknown_outcome(
+            &server,
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+        )
+        .to_string();
+        assert!(cut.contains("the connection to the primary failed"), "{cut}");
+    }
 
     fn picks(estimates: &[u64], turns: usize) -> Vec<Option<usize>> {
         (0..turns).map(|t| fastest(estimates.iter().copied(), t)).collect()
