@@ -863,14 +863,13 @@ impl BlockingPool {
             Ok(Ok(Value::Int(id))) => Some(id),
             _ => None,
         };
-        if let Some(name) = &self.name {
-            // A refusal (an ACL without CLIENT) leaves it unnamed.
-            let _ = tokio::time::timeout(
-                self.connect_timeout,
-                con.req_packed_command(redis::cmd("CLIENT").arg("SETNAME").arg(name)),
-            )
-            .await;
-        }
+        // Named, and checked for a fence, as the shared connection.
+        tokio::time::timeout(
+            self.connect_timeout,
+            crate::multiplexed::setup(&mut con, self.name.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))?;
         Ok(Dedicated { con, id })
     }
 

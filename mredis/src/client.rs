@@ -193,7 +193,13 @@ impl Setup {
     /// waits its timeout once per setup command).
     fn run(&self, con: &mut Connection, deadline: Instant, name: Option<&str>) -> RedisResult<()> {
         for with_username in [true, false] {
-            let (pipe, auth, select) = self.pipeline(with_username, name);
+            let (mut pipe, auth, select) = self.pipeline(with_username, name);
+            // Last: the fence of this client's configuration (see
+            // `crate::fence`), in the same round trip.
+            let fence = crate::fence::check(name).map(|c| {
+                pipe.add_command(c);
+                pipe.len() - 1
+            });
             if pipe.is_empty() {
                 return Ok(());
             }
@@ -207,6 +213,10 @@ impl Setup {
                 con.set_read_timeout(Some(left))?;
                 let err = match con.recv_response()? {
                     Value::ServerError(e) => RedisError::from(e),
+                    reply if Some(i) == fence && !retry => {
+                        crate::fence::verdict(name, &reply)?;
+                        continue;
+                    }
                     _ => continue,
                 };
                 if Some(i) == auth {

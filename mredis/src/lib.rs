@@ -156,6 +156,7 @@ mod config;
 mod driver;
 mod error;
 mod exec;
+mod fence;
 pub mod finish;
 mod fleet_config;
 pub mod handle;

@@ -91,12 +91,7 @@ impl Shared {
             {
                 Ok(mut con) => {
                     let name = self.0.name.read().unwrap_or_else(|p| p.into_inner()).clone();
-                    if let Some(name) = name {
-                        // Refused (an ACL without CLIENT): left unnamed.
-                        let _ = con
-                            .req_packed_command(redis::cmd("CLIENT").arg("SETNAME").arg(name))
-                            .await;
-                    }
+                    setup(&mut con, name.as_deref()).await?;
                     return Ok(con);
                 }
                 Err(e) if attempt >= self.0.retries || !e.is_io_error() => return Err(e),
@@ -178,4 +173,27 @@ impl ConnectionLike for Shared {
     fn get_db(&self) -> i64 {
         self.0.db
     }
+}
+
+/// What a new async connection sends before its first command, in one
+/// round trip: its name (`CLIENT SETNAME`; a refusal, an ACL without
+/// `CLIENT`, leaves it unnamed) and the check for a fence of its
+/// configuration ([`crate::fence`]): an error if it is fenced.
+pub(crate) async fn setup(con: &mut MultiplexedConnection, name: Option<&str>) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    if let Some(name) = name {
+        pipe.cmd("CLIENT").arg("SETNAME").arg(name);
+    }
+    let fence = crate::fence::check(name).map(|c| {
+        pipe.add_command(c);
+        pipe.len() - 1
+    });
+    if pipe.is_empty() {
+        return Ok(());
+    }
+    let replies = con.req_packed_commands(&pipe, 0, pipe.len()).await?;
+    if let Some(reply) = fence.and_then(|i| replies.get(i)) {
+        crate::fence::verdict(name, reply)?;
+    }
+    Ok(())
 }

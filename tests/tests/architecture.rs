@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("table", &["spec"]),
     (
         "options and health checking",
-        &["options", "health", "sentinel", "latency", "finish"],
+        &["options", "health", "sentinel", "latency", "finish", "fence"],
     ),
     // Topology (servers + placement), Route, how replies of every server
     // merge, the servers' own COMMAND metadata.

@@ -51,6 +51,7 @@ mod write_doors;
 // Operations: moving keys, reconfiguring, the census.
 mod census;
 mod durable_rebalance;
+mod fencing;
 mod migration;
 mod rebalance;
 mod reconfigure;

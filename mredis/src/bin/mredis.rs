@@ -644,6 +644,11 @@ fn run_rebalance(
     if report.finished {
         println!("finished: migration-aware clients of this move stop their migration checks within about a second");
     }
+    for refused in &report.fence_refused {
+        println!(
+            "warning: no fence on {refused}: a client of the old configuration that connects there is not refused"
+        );
+    }
     Ok(if report.is_complete() {
         Outcome::Done
     } else {

@@ -345,6 +345,11 @@ pub struct RebalanceReport {
     /// Servers that refused the finish marker, and why (servers before
     /// Redis 7.0, a user without `FUNCTION`).
     pub finish_refused: Vec<String>,
+    /// Servers that refused the fence of the old configuration, and why
+    /// (servers before Redis 7.0, a user without `FUNCTION`): a client of
+    /// the old configuration that connects to them is not refused (see
+    /// the crate's fencing docs in the README); only the census guards.
+    pub fence_refused: Vec<String>,
 }
 
 impl RebalanceReport {
@@ -602,6 +607,19 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
                     refused.join("; ")
                 ),
             )));
+        }
+    }
+
+    // The fence: from here on, a client of the old configuration that
+    // opens a connection is refused (see `crate::fence`); the new
+    // configuration's own fence, left by a move away from it earlier, goes.
+    if !options.dry_run && from_fp != to_fp {
+        for node in &plan.nodes {
+            let mut con = connect(&node.server, io_timeout)?;
+            let _: RedisResult<redis::Value> = crate::fence::lower(&to_fp).query(&mut con);
+            if let Err(e) = crate::fence::raise(&from_fp, &to_fp).query::<String>(&mut con) {
+                report.fence_refused.push(describe(node.name(), &e, io_timeout));
+            }
         }
     }
 

@@ -1,0 +1,139 @@
+//! Fences: a configuration that a rebalance retired can no longer read or
+//! write through mredis.
+//!
+//! Before it moves anything, a rebalance leaves on every server it touches
+//! a fence naming the configuration it moves from: a function library
+//! `mredis_fence_<old fingerprint>` (`FUNCTION LOAD`, Redis 7.0 or later,
+//! Valkey), whose one function, flagged `no-writes`, returns the new
+//! configuration's fingerprint. A library rather than a key, as the finish
+//! marker ([`crate::finish`]): persisted and replicated, but in no
+//! database, so `DBSIZE`, `KEYS` and `SCAN` do not see it.
+//!
+//! Every connection of a client's data path (the sync pool, the async
+//! shared and dedicated connections) asks for the fence of its own
+//! configuration when it opens, pipelined with the rest of its setup (no
+//! round trip of its own): `FCALL_RO mredis_fence_<fingerprint> 0`. A
+//! fenced configuration's connection is refused with [`fenced`], so a
+//! client on a retired configuration (one the census could not see: idle
+//! with its connections closed by the servers, or built and not yet used)
+//! fails its calls instead of reading and writing where no current client
+//! does. Clients of the new configuration, and migration-aware clients of
+//! the move (they route by the new configuration), check another name.
+//!
+//! A rebalance to a configuration lowers that configuration's fence first
+//! (a fleet moved back, 4 -> 3 after 3 -> 4, is current again). A fence is
+//! otherwise left in place: it costs nothing, and only a client of the
+//! retired configuration ever asks for it.
+//!
+//! Not checked (the connection opens as before): servers older than 7.0
+//! (no functions), users without the `FCALL_RO` right (the reply is
+//! `NOPERM`), and clients whose connections carry no mredis name
+//! ([`Builder::client_name`](crate::Builder::client_name) off). For those
+//! the census before a rebalance is the only guard.
+
+use redis::{Cmd, RedisError, Value};
+
+use crate::placement::fingerprint::{SUBSCRIBER_NAME, TOOL_NAME, parse_name};
+
+/// The prefix of fence libraries' names.
+pub(crate) const PREFIX: &str = "mredis_fence_";
+
+/// The fence library (and function) of configuration `fingerprint`.
+pub(crate) fn name(fingerprint: &str) -> String {
+    format!("{PREFIX}{fingerprint}")
+}
+
+/// The command that fences configuration `retired`, naming `successor`.
+pub(crate) fn raise(retired: &str, successor: &str) -> Cmd {
+    let library = name(retired);
+    let code = format!(
+        "#!lua name={library}\nredis.register_function{{function_name='{library}', \
+         callback=function() return '{successor}' end, flags={{'no-writes'}}}}\n"
+    );
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD").arg("REPLACE").arg(code);
+    cmd
+}
+
+/// The command that lowers configuration `fingerprint`'s fence (an error
+/// reply if there is none, which is fine).
+pub(crate) fn lower(fingerprint: &str) -> Cmd {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("DELETE").arg(name(fingerprint));
+    cmd
+}
+
+/// The check a connection named `connection_name` sends at open: `None`
+/// for a name that is not a client's configuration (the rebalance tool,
+/// a subscriber, no mredis name).
+pub(crate) fn check(connection_name: Option<&str>) -> Option<Cmd> {
+    let named = connection_name.filter(|n| !n.starts_with(TOOL_NAME) && !n.starts_with(SUBSCRIBER_NAME))?;
+    let parts = parse_name(named)?;
+    let mut cmd = redis::cmd("FCALL_RO");
+    cmd.arg(name(&parts.fingerprint)).arg(0);
+    Some(cmd)
+}
+
+/// The reply to [`check`]: an error if the configuration is fenced. Any
+/// error reply (no such function, no functions on this server, no right
+/// to call it) lets the connection open.
+pub(crate) fn verdict(connection_name: Option<&str>, reply: &Value) -> Result<(), RedisError> {
+    let successor = match reply {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        _ => return Ok(()),
+    };
+    let retired = connection_name
+        .and_then(parse_name)
+        .map(|p| p.fingerprint)
+        .unwrap_or_default();
+    Err(fenced(&retired, &successor))
+}
+
+/// The error of a client whose configuration was retired.
+pub(crate) fn fenced(retired: &str, successor: &str) -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Client,
+        "mredis: this client's configuration was retired",
+        format!(
+            "a rebalance moved the fleet from configuration {retired} (this client's) to {successor}; \
+             reading or writing on the old configuration would miss the moved keys, so every call \
+             fails. Build the client anew, or call reconfigure, with the new server list (with the \
+             `watch` feature, a watched fleet file does it when the file changes)"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clients_configurations_are_checked() {
+        let c = check(Some("mredis:0123456789ab")).unwrap();
+        assert_eq!(
+            c.get_packed_command(),
+            redis::cmd("FCALL_RO")
+                .arg("mredis_fence_0123456789ab")
+                .arg(0)
+                .get_packed_command()
+        );
+        // A migration-aware client checks the configuration it routes by.
+        let aware = check(Some("mredis:0123456789ab:from:ba9876543210")).unwrap();
+        assert_eq!(aware.get_packed_command(), c.get_packed_command());
+        assert!(check(Some(TOOL_NAME)).is_none());
+        assert!(check(Some(SUBSCRIBER_NAME)).is_none());
+        assert!(check(Some("billing")).is_none());
+        assert!(check(None).is_none());
+    }
+
+    #[test]
+    fn a_fence_says_what_happened_and_what_to_do() {
+        let name = Some("mredis:0123456789ab");
+        let e = verdict(name, &Value::BulkString(b"ba9876543210".to_vec())).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("0123456789ab") && text.contains("ba9876543210"), "{text}");
+        assert!(text.contains("retired") && text.contains("reconfigure"), "{text}");
+        assert!(verdict(name, &Value::Nil).is_ok() && verdict(name, &Value::Int(0)).is_ok());
+    }
+}

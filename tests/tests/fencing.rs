@@ -1,0 +1,167 @@
+//! Fencing: after a rebalance from 3 servers to 4, clients of the old
+//! configuration that the census could not see (built and not yet used;
+//! idle, their connections closed by the servers) fail their calls with an
+//! error saying their configuration was retired, instead of reading and
+//! writing where no current client does. Clients of the new configuration
+//! and migration-aware clients of the move keep working; a fleet moved
+//! back (4 -> 3) works again. Real `redis-server` processes.
+
+use mredis::rebalance::{RebalanceOptions, rebalance};
+use mredis::{Builder, MRedis, Server};
+use mredis_tests::{RedisServer, redis_server_available};
+
+/// Servers named `s0`, `s1`, ... by their place (placement does not depend
+/// on the random ports).
+fn named(list: &[RedisServer]) -> Vec<Server> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| Server::from_url(&s.url()).unwrap().with_alias(format!("s{i}")))
+        .collect()
+}
+
+fn builder(list: &[RedisServer]) -> Builder {
+    MRedis::builder().servers(named(list))
+}
+
+fn options() -> RebalanceOptions {
+    RebalanceOptions {
+        allow_volatile: true,
+        ..Default::default()
+    }
+}
+
+/// Closes every client connection of `s` but the caller's (what a server's
+/// `timeout` does to idle connections).
+fn close_clients(s: &[RedisServer]) {
+    for server in s {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut server.conn())
+            .unwrap();
+    }
+}
+
+fn total_keys(s: &[RedisServer]) -> Vec<i64> {
+    s.iter().map(RedisServer::dbsize).collect()
+}
+
+fn retired<T: std::fmt::Debug>(what: &str, r: redis::RedisResult<T>) {
+    let e = r.expect_err(&format!("{what}: a retired configuration answered"));
+    let text = e.to_string();
+    assert!(
+        text.contains("configuration was retired") && text.contains("reconfigure"),
+        "{what}: {text}"
+    );
+}
+
+#[test]
+fn clients_of_a_retired_configuration_fail_instead_of_missing_moved_keys() {
+    if !redis_server_available() {
+        return;
+    }
+    let s: Vec<RedisServer> = (0..4).map(|_| RedisServer::new()).collect();
+    let old_b = || builder(&s[..3]);
+    let new_b = || builder(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let seed = old_b().build().unwrap();
+    let keys: Vec<String> = (0..200).map(|i| format!("fence:{i}")).collect();
+    for k in &keys {
+        seed.set::<_, _, ()>(k, "old").unwrap();
+    }
+    drop(seed);
+    // Old clients the census cannot see: built, never used; used, then
+    // their connections closed by the servers. Sync and async.
+    let never_used = old_b().build().unwrap();
+    let closed = old_b().build().unwrap();
+    closed.get::<_, Option<String>>(&keys[0]).unwrap();
+    let never_used_async = rt.block_on(old_b().build_async()).unwrap();
+    let closed_async = rt.block_on(old_b().build_async()).unwrap();
+    rt.block_on(closed_async.get::<_, Option<String>>(&keys[0])).unwrap();
+    let mut closed_handle = closed.get_connection().unwrap();
+    close_clients(&s);
+    // A client migration-aware for this move, and one of the new
+    // configuration.
+    let aware = new_b().migrating_from(old_b()).build().unwrap();
+    let new = new_b().build().unwrap();
+    assert_eq!(aware.get::<_, String>(&keys[1]).unwrap(), "old");
+
+    let report = rebalance(&old_b().build().unwrap(), &new_b().build().unwrap(), options()).unwrap();
+    assert!(report.moved > 0 && report.fence_refused.is_empty(), "{report:?}");
+    let moved: Vec<&String> = keys
+        .iter()
+        .filter(|k| never_used.server_for(k).unwrap() != new.server_for(k).unwrap())
+        .collect();
+    assert!(!moved.is_empty());
+
+    // Every old client fails every call, reads and writes, through every
+    // door; nothing is written anywhere.
+    let before = total_keys(&s);
+    for k in moved.iter().take(20) {
+        retired("sync GET, never used", never_used.get::<_, Option<String>>(k));
+        retired("sync SET, never used", never_used.set::<_, _, ()>(k, "lost"));
+        retired("sync GET, connections closed", closed.get::<_, Option<String>>(k));
+        retired("sync SET, connections closed", closed.set::<_, _, ()>(k, "lost"));
+        retired(
+            "sync handle SET, connections closed",
+            redis::cmd("SET").arg(k).arg("lost").exec(&mut closed_handle),
+        );
+        retired(
+            "async GET, never used",
+            rt.block_on(never_used_async.get::<_, Option<String>>(k)),
+        );
+        retired(
+            "async SET, never used",
+            rt.block_on(never_used_async.set::<_, _, ()>(k, "lost")),
+        );
+        retired(
+            "async GET, connections closed",
+            rt.block_on(closed_async.get::<_, Option<String>>(k)),
+        );
+        retired(
+            "async SET, connections closed",
+            rt.block_on(closed_async.set::<_, _, ()>(k, "lost")),
+        );
+    }
+    assert_eq!(total_keys(&s), before, "a retired client wrote a key");
+    for server in &s {
+        let lost: Vec<String> = server.keys().into_iter().filter(|k| k.starts_with("fence:")).collect();
+        for k in lost {
+            let v: String = redis::Commands::get(&mut server.conn(), &k).unwrap();
+            assert_eq!(v, "old", "{k} on {}", server.port());
+        }
+    }
+
+    // The new configuration and the migration-aware client: every key,
+    // no error.
+    for k in &keys {
+        assert_eq!(new.get::<_, String>(k).unwrap(), "old", "{k}");
+        assert_eq!(aware.get::<_, String>(k).unwrap(), "old", "{k}");
+    }
+    let new_async = rt.block_on(new_b().build_async()).unwrap();
+    for k in keys.iter().take(50) {
+        let v: String = rt.block_on(new_async.get(k)).unwrap();
+        assert_eq!(v, "old");
+    }
+
+    // Moved back, 4 -> 3: the 3-server configuration is current again.
+    // (The census would count the 4-server clients still connected.)
+    drop((new, aware, new_async));
+    close_clients(&s);
+    let back = rebalance(&new_b().build().unwrap(), &old_b().build().unwrap(), options()).unwrap();
+    assert!(back.moved > 0 && back.fence_refused.is_empty(), "{back:?}");
+    let again = old_b().build().unwrap();
+    for k in &keys {
+        assert_eq!(again.get::<_, String>(k).unwrap(), "old", "{k}");
+    }
+    // ... and the 4-server configuration is the retired one now.
+    let stale_new = new_b().build().unwrap();
+    retired(
+        "sync GET on the configuration moved away from",
+        stale_new.get::<_, Option<String>>(&keys[0]),
+    );
+}
