@@ -165,3 +165,61 @@ fn clients_of_a_retired_configuration_fail_instead_of_missing_moved_keys() {
         stale_new.get::<_, Option<String>>(&keys[0]),
     );
 }
+
+/// A least-privilege user (no `CLIENT`, no `FUNCTION`): its connections
+/// stay unnamed, so the census cannot tell its configuration, but with
+/// `+fcall_ro` the fence still refuses it once its configuration is
+/// retired; without `+fcall_ro` it works as before (not fenced: the README
+/// lists the right).
+#[test]
+fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
+    if !redis_server_available() {
+        return;
+    }
+    let s: Vec<RedisServer> = (0..4).map(|_| RedisServer::new()).collect();
+    for server in &s {
+        for (user, extra) in [("app", "+fcall_ro"), ("bare", "")] {
+            let mut acl = redis::cmd("ACL");
+            acl.arg("SETUSER").arg(user).arg("on").arg(">app-Pw-5e2b").arg("~*");
+            acl.arg("+@read").arg("+@write").arg("+ping");
+            if !extra.is_empty() {
+                acl.arg(extra);
+            }
+            let _: () = acl.query(&mut server.conn()).unwrap();
+        }
+    }
+    let as_user = |list: &[RedisServer], user: &str| {
+        MRedis::builder().servers(
+            named(list)
+                .into_iter()
+                .map(|x| x.with_username(user).with_password("app-Pw-5e2b"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let app = as_user(&s[..3], "app").build().unwrap();
+    let bare = as_user(&s[..3], "bare").build().unwrap();
+    // Both serve reads and writes before the move, unnamed.
+    let keys: Vec<String> = (0..100).map(|i| format!("lp:{i}")).collect();
+    for k in &keys {
+        app.set::<_, _, ()>(k, "v").unwrap();
+        assert_eq!(bare.get::<_, String>(k).unwrap(), "v");
+    }
+    assert!(
+        s[0].client_names().iter().all(|n| !n.starts_with("mredis:")),
+        "{:?}",
+        s[0].client_names()
+    );
+    let never_used = as_user(&s[..3], "app").build().unwrap();
+    close_clients(&s);
+    let report = rebalance(
+        &builder(&s[..3]).build().unwrap(),
+        &builder(&s).build().unwrap(),
+        options(),
+    )
+    .unwrap();
+    assert!(report.moved > 0 && report.fence_refused.is_empty(), "{report:?}");
+    for k in keys.iter().take(10) {
+        retired("least-privilege GET", never_used.get::<_, Option<String>>(k));
+        retired("least-privilege SET", never_used.set::<_, _, ()>(k, "lost"));
+    }
+}
