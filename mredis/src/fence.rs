@@ -83,6 +83,11 @@ pub(crate) fn verdict(connection_name: Option<&str>, reply: &Value) -> Result<()
         Value::SimpleString(s) => s.clone(),
         _ => return Ok(()),
     };
+    // A fence names its successor by fingerprint (12 hex digits); any
+    // other answer (a proxy's, a module's) is not a fence.
+    if successor.len() != 12 || !successor.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
     let retired = connection_name
         .and_then(parse_name)
         .map(|p| p.fingerprint)
@@ -135,5 +140,6 @@ mod tests {
         assert!(text.contains("0123456789ab") && text.contains("ba9876543210"), "{text}");
         assert!(text.contains("retired") && text.contains("reconfigure"), "{text}");
         assert!(verdict(name, &Value::Nil).is_ok() && verdict(name, &Value::Int(0)).is_ok());
+        assert!(verdict(name, &Value::SimpleString("OK".into())).is_ok());
     }
 }

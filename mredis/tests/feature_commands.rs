@@ -49,7 +49,7 @@ impl Fake {
     fn commands(&self) -> Vec<Vec<Vec<u8>>> {
         let setup = |c: &Vec<Vec<u8>>| {
             let name = c[0].to_ascii_uppercase();
-            name == b"CLIENT" || name == b"PING" || name == b"HELLO" || name == b"SELECT"
+            name == b"CLIENT" || name == b"PING" || name == b"HELLO" || name == b"SELECT" || name == b"FCALL_RO"
         };
         self.seen
             .lock()
@@ -83,6 +83,9 @@ fn serve(stream: TcpStream, seen: Seen) {
         }
         let reply: &[u8] = if args[0].eq_ignore_ascii_case(b"PING") {
             b"+PONG\r\n"
+        } else if args[0].eq_ignore_ascii_case(b"FCALL_RO") {
+            // The fence check at connect: no fence here.
+            b"-ERR Function not found\r\n"
         } else {
             b"+OK\r\n"
         };
