@@ -200,6 +200,11 @@ impl Setup {
                 pipe.add_command(c);
                 pipe.len() - 1
             });
+            let rights_from = pipe.len();
+            for c in crate::fence::rights_checks(name) {
+                pipe.add_command(c);
+            }
+            let mut rights = Vec::new();
             if pipe.is_empty() {
                 return Ok(());
             }
@@ -212,6 +217,10 @@ impl Setup {
                 }
                 con.set_read_timeout(Some(left))?;
                 let err = match con.recv_response()? {
+                    reply if i >= rights_from => {
+                        rights.push(reply);
+                        continue;
+                    }
                     Value::ServerError(e) => RedisError::from(e),
                     reply if Some(i) == fence && !retry => {
                         crate::fence::verdict(name, &reply)?;
@@ -243,7 +252,7 @@ impl Setup {
                 }
             }
             if !retry {
-                return Ok(());
+                return crate::fence::rights_verdict(&rights.iter().collect::<Vec<_>>());
             }
         }
         Ok(())

@@ -95,6 +95,44 @@ pub(crate) fn verdict(connection_name: Option<&str>, reply: &Value) -> Result<()
     Err(fenced(&retired, &successor))
 }
 
+/// The checks of the rights a migration-aware connection needs, sent at
+/// open with the rest of its setup: such a client runs every command on a
+/// key being moved inside a script (`EVAL` / `EVALSHA`), so a user without
+/// those rights would fail call by call, only on keys that move. Empty for
+/// a connection that is not migration-aware.
+pub(crate) fn rights_checks(connection_name: Option<&str>) -> Vec<Cmd> {
+    let aware = connection_name.and_then(parse_name).is_some_and(|p| p.from.is_some());
+    if !aware {
+        return Vec::new();
+    }
+    let mut eval = redis::cmd("EVAL");
+    eval.arg("return 1").arg(0);
+    // A script no server has: NOSCRIPT if the user may run EVALSHA.
+    let mut evalsha = redis::cmd("EVALSHA");
+    evalsha.arg("0".repeat(40)).arg(0);
+    vec![eval, evalsha]
+}
+
+/// The replies to [`rights_checks`]: an error naming the rights the user
+/// lacks (`NOPERM`).
+pub(crate) fn rights_verdict(replies: &[&Value]) -> Result<(), RedisError> {
+    let refused = replies
+        .iter()
+        .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOPERM"));
+    if !refused {
+        return Ok(());
+    }
+    Err(RedisError::from((
+        redis::ErrorKind::Client,
+        "mredis: this user lacks a right a migration-aware client needs",
+        "the server refused EVAL or EVALSHA to this user (NOPERM); a migration-aware client \
+         (Builder::migrating_from) runs each command on a key being moved inside a script. Grant \
+         the user +eval +evalsha (ACL SETUSER <user> +eval +evalsha), or build the client without \
+         migrating_from"
+            .to_string(),
+    )))
+}
+
 /// The error of a client whose configuration was retired.
 pub(crate) fn fenced(retired: &str, successor: &str) -> RedisError {
     RedisError::from((

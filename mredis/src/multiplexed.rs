@@ -177,8 +177,9 @@ impl ConnectionLike for Shared {
 
 /// What a new async connection sends before its first command, in one
 /// round trip: its name (`CLIENT SETNAME`; a refusal, an ACL without
-/// `CLIENT`, leaves it unnamed) and the check for a fence of its
-/// configuration ([`crate::fence`]): an error if it is fenced.
+/// `CLIENT`, leaves it unnamed), the check for a fence of its
+/// configuration ([`crate::fence`]) and, migration-aware, of the rights
+/// that needs: an error if it is fenced or lacks them.
 pub(crate) async fn setup(con: &mut MultiplexedConnection, name: Option<&str>) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     if let Some(name) = name {
@@ -188,6 +189,10 @@ pub(crate) async fn setup(con: &mut MultiplexedConnection, name: Option<&str>) -
         pipe.add_command(c);
         pipe.len() - 1
     });
+    let rights_from = pipe.len();
+    for c in crate::fence::rights_checks(name) {
+        pipe.add_command(c);
+    }
     if pipe.is_empty() {
         return Ok(());
     }
@@ -195,5 +200,5 @@ pub(crate) async fn setup(con: &mut MultiplexedConnection, name: Option<&str>) -
     if let Some(reply) = fence.and_then(|i| replies.get(i)) {
         crate::fence::verdict(name, reply)?;
     }
-    Ok(())
+    crate::fence::rights_verdict(&replies.iter().skip(rights_from).collect::<Vec<_>>())
 }

@@ -223,3 +223,58 @@ fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
         retired("least-privilege SET", never_used.set::<_, _, ()>(k, "lost"));
     }
 }
+
+/// A migration-aware client whose user may not run scripts (`+@read
+/// +@write +ping`): it says so when it connects, naming the rights, on
+/// every call, sync and async, instead of failing only the calls on keys
+/// that move (`NOPERM ... evalsha`, about half of them).
+#[test]
+fn a_migration_aware_client_without_script_rights_says_so_at_connect() {
+    if !redis_server_available() {
+        return;
+    }
+    let s: Vec<RedisServer> = (0..4).map(|_| RedisServer::new()).collect();
+    for server in &s {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("app")
+            .arg("on")
+            .arg(">app-Pw-5e2b")
+            .arg("~*")
+            .arg("+@read")
+            .arg("+@write")
+            .arg("+ping")
+            .query(&mut server.conn())
+            .unwrap();
+    }
+    let as_app = |list: &[RedisServer]| {
+        MRedis::builder().servers(
+            named(list)
+                .into_iter()
+                .map(|x| x.with_username("app").with_password("app-Pw-5e2b"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let lacks = |what: &str, r: redis::RedisResult<Option<String>>| {
+        let text = r.expect_err(what).to_string();
+        assert!(
+            text.contains("+eval +evalsha") && text.contains("migrating_from"),
+            "{what}: {text}"
+        );
+        assert!(!text.contains("app-Pw-5e2b"), "{what}: {text}");
+    };
+    let aware = as_app(&s).migrating_from(as_app(&s[..3])).build().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let aware_async = rt
+        .block_on(as_app(&s).migrating_from(as_app(&s[..3])).build_async())
+        .unwrap();
+    for i in 0..20 {
+        let k = format!("rights:{i}");
+        lacks("sync GET", aware.get(&k));
+        lacks("async GET", rt.block_on(aware_async.get(&k)));
+    }
+    // The same user on a plain client: no scripts needed, it works.
+    let plain = as_app(&s).build().unwrap();
+    plain.set::<_, _, ()>("rights:0", "v").unwrap();
+    assert_eq!(plain.get::<_, String>("rights:0").unwrap(), "v");
+}
