@@ -170,28 +170,50 @@ pub(crate) fn refresh(server: &Server, timeouts: Timeouts) {
     }
 }
 
+/// A sentinel's answer: its configuration epoch, the primary it names,
+/// the replicas it reports up.
+type Named = (u64, ConnectionAddr, Vec<ConnectionAddr>);
+
 /// The first valid answer of the sentinels, in their order: a primary
-/// that a sentinel names, that it does not flag down, and that says it is
-/// a master (`ROLE`); and the replicas it reports up and linked.
+/// that a sentinel names with a configuration epoch no lower than the
+/// newest this client accepted (a failover raises it: a sentinel that has
+/// not caught up with one names the old primary with a lower epoch, and a
+/// restarted old primary may answer as a master for a moment, so the
+/// epoch is checked first), that says it is a master (`ROLE`); and the
+/// replicas that sentinel reports up and linked.
 fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(ConnectionAddr, Vec<ConnectionAddr>), String> {
     let crate::shard::Source::Sentinel { master, sentinels } = &shard.source else {
         return Err("not a Sentinel shard".to_string());
     };
+    let newest = shard.config_epoch.load(std::sync::atomic::Ordering::Acquire);
     let mut problems = Vec::new();
     for info in sentinels {
         let who = show_addr(info.addr());
-        let answer = (|| -> RedisResult<Result<(ConnectionAddr, Vec<ConnectionAddr>), String>> {
+        let answer = (|| -> RedisResult<Result<Named, String>> {
             let mut con = connect(info, timeouts)?;
-            let named: Option<(String, u16)> = redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(master)
-                .query(&mut con)?;
-            let Some((host, port)) = named else {
-                return Ok(Err(format!("sentinel {who} does not know master `{master}`")));
+            let state: std::collections::HashMap<String, String> =
+                match redis::cmd("SENTINEL").arg("MASTER").arg(master).query(&mut con) {
+                    Ok(state) => state,
+                    // An unknown master name is an error reply.
+                    Err(e) if e.code().is_some() => {
+                        return Ok(Err(format!("sentinel {who} does not know master `{master}`")));
+                    }
+                    Err(e) => return Err(e),
+                };
+            let (Some(host), Some(port)) = (state.get("ip"), state.get("port").and_then(|p| p.parse().ok())) else {
+                return Ok(Err(format!("sentinel {who} gave no address for `{master}`")));
             };
+            let epoch: u64 = state.get("config-epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
+            let primary = server.node_addr(host.clone(), port);
+            if epoch < newest {
+                return Ok(Err(format!(
+                    "sentinel {who} is behind a failover (it names {} at configuration epoch {epoch}, \
+                     {newest} was seen)",
+                    show_addr(&primary)
+                )));
+            }
             let replicas: Vec<std::collections::HashMap<String, String>> =
                 redis::cmd("SENTINEL").arg("REPLICAS").arg(master).query(&mut con)?;
-            let primary = server.node_addr(host, port);
             // The named primary must say it is one (it may be a demoted
             // old primary the sentinel has not caught up with).
             let node = server.replica_node(&primary);
@@ -219,10 +241,13 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
                     Some(server.node_addr(r.get("ip")?.clone(), port))
                 })
                 .collect();
-            Ok(Ok((primary, replicas)))
+            Ok(Ok((epoch, primary, replicas)))
         })();
         match answer {
-            Ok(Ok(found)) => return Ok(found),
+            Ok(Ok((epoch, primary, replicas))) => {
+                shard.config_epoch.fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+                return Ok((primary, replicas));
+            }
             Ok(Err(why)) => problems.push(why),
             Err(e) => problems.push(format!("sentinel {who}: {}", crate::error::error_text(&e))),
         }

@@ -135,6 +135,9 @@ pub(crate) struct Shard {
     replicas_epoch: AtomicU64,
     /// Set by a request that failed as a failover fails: ask Sentinel now.
     suspect: AtomicBool,
+    /// The highest configuration epoch a sentinel's accepted answer had
+    /// (an answer with a lower one is from a sentinel behind a failover).
+    pub(crate) config_epoch: AtomicU64,
     /// Sync waiters for a change.
     changed: Condvar,
     lock: Mutex<()>,
@@ -175,6 +178,7 @@ impl Shard {
             epoch: AtomicU64::new(0),
             replicas_epoch: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
+            config_epoch: AtomicU64::new(0),
             changed: Condvar::new(),
             lock: Mutex::new(()),
             notify: tokio::sync::Notify::new(),
