@@ -257,11 +257,27 @@ pub struct SubscriberOptions {
     pub max_bytes: usize,
     /// How long `subscribe`, `unsubscribe`, `psubscribe` and `punsubscribe`
     /// wait for the servers' confirmation before returning an error (the
-    /// change is recorded either way). Default 5 s.
+    /// change is recorded either way). Default 5 s; a client's
+    /// `subscriber()` takes the client's response timeout.
     pub confirm_timeout: Duration,
     /// How long one connection attempt (TCP connect and handshake) may take
-    /// before it is given up and retried. Default 5 s.
+    /// before it is given up and retried. Default 5 s; a client's
+    /// `subscriber()` takes the client's connect timeout.
     pub connect_timeout: Duration,
+}
+
+impl SubscriberOptions {
+    /// The defaults with the client's own timeouts: its connect timeout,
+    /// and its response timeout for confirmations
+    /// ([`MRedis::subscriber`](crate::MRedis::subscriber) uses these).
+    fn of_client(running: &Running) -> SubscriberOptions {
+        let t = running.0.timeouts;
+        SubscriberOptions {
+            connect_timeout: t.connect,
+            confirm_timeout: t.response,
+            ..SubscriberOptions::default()
+        }
+    }
 }
 
 impl Default for SubscriberOptions {
@@ -846,7 +862,8 @@ impl Drop for AsyncSubscriber {
 impl crate::MRedis {
     /// A subscriber with [`SubscriberOptions`] (buffer bounds, confirmation
     /// and connection timeouts); [`MRedis::subscriber`](crate::MRedis::subscriber)
-    /// uses the defaults. See [`pubsub`](crate::pubsub).
+    /// uses the defaults with the client's connect and response timeouts.
+    /// See [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<crate::Subscriber> {
         Subscriber::start_with(self.fleet().running(), options, Some(self.topology()))
     }
@@ -856,7 +873,8 @@ impl crate::async_client::MRedis {
     /// A subscriber with [`SubscriberOptions`] (buffer bounds, confirmation
     /// and connection timeouts), on the current tokio runtime;
     /// [`aio::MRedis::subscriber`](crate::aio::MRedis::subscriber) uses the
-    /// defaults. See [`pubsub`](crate::pubsub).
+    /// defaults with the client's connect and response timeouts. See
+    /// [`pubsub`](crate::pubsub).
     pub fn subscriber_with(&self, options: SubscriberOptions) -> RedisResult<AsyncSubscriber> {
         AsyncSubscriber::start_with(self.fleet().running(), options, Some(self.topology()))
     }
@@ -866,7 +884,8 @@ impl AsyncSubscriber {
     /// Starts one connection task per server (on the current tokio
     /// runtime); with `follow`, the client's configurations to follow.
     pub(crate) fn start(running: Arc<Running>, follow: Option<Topologies>) -> RedisResult<AsyncSubscriber> {
-        AsyncSubscriber::start_with(running, SubscriberOptions::default(), follow)
+        let options = SubscriberOptions::of_client(&running);
+        AsyncSubscriber::start_with(running, options, follow)
     }
 
     pub(crate) fn start_with(
@@ -1715,7 +1734,8 @@ impl std::fmt::Debug for Subscriber {
 
 impl Subscriber {
     pub(crate) fn start(running: Arc<Running>, follow: Option<Topologies>) -> RedisResult<Subscriber> {
-        Subscriber::start_with(running, SubscriberOptions::default(), follow)
+        let options = SubscriberOptions::of_client(&running);
+        Subscriber::start_with(running, options, follow)
     }
 
     pub(crate) fn start_with(

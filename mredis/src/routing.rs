@@ -76,6 +76,10 @@ pub(crate) struct Topology {
     /// Some server is a shard with replicas or Sentinel: requests go
     /// through the drivers' shard path (read policy, WAIT, failover).
     pub(crate) shards: bool,
+    /// The builder's connect and response timeouts (the response one 5 s
+    /// when off), for connections other than the clients' own (Sentinel's,
+    /// the subscribers').
+    pub(crate) timeouts: crate::sentinel::Timeouts,
     /// Follows the Sentinel shards' failovers (none without such shards).
     _watchers: [Option<crate::sentinel::Watcher>; 2],
     /// Measures the shards' nodes for `ReadFrom::LowestLatency` (started
@@ -285,6 +289,7 @@ impl Topology {
             client_name,
             prober,
             shards,
+            timeouts,
             _watchers: [watcher, old_watcher],
             servers,
             placement,

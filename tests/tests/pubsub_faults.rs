@@ -465,3 +465,28 @@ fn subscriptions_follow_ejection_out_and_back_with_every_gap_marked() {
         assert_eq!(lost, back, "{name}: {events:?}");
     }
 }
+
+/// `subscriber()` takes the client's own timeouts: a subscribe to a
+/// stopped server gives up after the client's response timeout (not the
+/// subscriber's 5 s default), and says how long it waited.
+#[test]
+fn a_clients_subscriber_uses_the_clients_timeouts() {
+    let s = servers(2);
+    let mr = MRedis::builder()
+        .servers(
+            urls(&s)
+                .into_iter()
+                .map(|u| mredis::Server::from_url(&u).unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .response_timeout(Some(Duration::from_millis(700)))
+        .build()
+        .unwrap();
+    let on_stopped = channel_on(&mr, 0, "frozen:", 0);
+    let mut sub = mr.subscriber().unwrap();
+    let pid = s[0].pid().unwrap();
+    signal("STOP", pid);
+    let err = sub.subscribe(&on_stopped).unwrap_err().to_string();
+    signal("CONT", pid);
+    assert!(err.contains("within 700ms"), "{err}");
+}
