@@ -523,17 +523,7 @@ impl Fleet {
             // The primary refused the connection (gone in a failover): the
             // failover wait, as for any request, then once more.
             Err(e) if crate::replicas::held_verdict(server, &e) == crate::replicas::Verdict::Again => {
-                let Some(shard) = server.shard() else {
-                    return Err(named(e));
-                };
-                shard.suspect();
-                if !shard.wait_change_async(since, self.options.failover_wait).await {
-                    return Err(crate::replicas::no_new_primary(
-                        server,
-                        self.options.failover_wait,
-                        Err(e),
-                    ));
-                }
+                self.await_new_primary(index, since, e).await?;
                 since = server.epoch();
                 pool.take().await.map_err(named)?
             }
@@ -544,6 +534,27 @@ impl Fleet {
             since,
             dedicated: Some(dedicated),
         })
+    }
+
+    /// After `e`, a refusal by a replica or a primary gone on server
+    /// `index` (a shard whose address epoch was `since`): waits for
+    /// Sentinel's new primary; an error if none is named within the
+    /// failover wait.
+    async fn await_new_primary(&self, index: usize, since: u64, e: redis::RedisError) -> RedisResult<()> {
+        let server = self.core.server(index);
+        let Some(shard) = server.shard() else {
+            return Err(crate::error::name_server_after(server, e, None, self.response_timeout));
+        };
+        shard.suspect();
+        if shard.wait_change_async(since, self.options.failover_wait).await {
+            Ok(())
+        } else {
+            Err(crate::replicas::no_new_primary(
+                server,
+                self.options.failover_wait,
+                Err(e),
+            ))
+        }
     }
 
     /// Gives back a held connection (dropped if a reply is outstanding).
@@ -561,7 +572,7 @@ impl Fleet {
         result: RedisResult<T>,
         wrote: impl FnOnce(&T) -> bool,
     ) -> RedisResult<Held<T>> {
-        use crate::replicas::Verdict;
+        use crate::replicas::AfterHeld;
         let index = held.index;
         let server = self.core.server(index);
         match result {
@@ -578,24 +589,12 @@ impl Fleet {
                 }
                 Ok(Held::Done(v))
             }
-            Err(e) => match (crate::replicas::held_verdict(server, &e), server.shard()) {
-                (Verdict::Again, Some(shard)) => {
-                    shard.suspect();
-                    if shard.wait_change_async(held.since, self.options.failover_wait).await {
-                        Ok(Held::FailedOver)
-                    } else {
-                        Err(crate::replicas::no_new_primary(
-                            server,
-                            self.options.failover_wait,
-                            Err(e),
-                        ))
-                    }
+            Err(e) => match crate::replicas::after_held(server, e) {
+                AfterHeld::AwaitPrimary(e) => {
+                    self.await_new_primary(index, held.since, e).await?;
+                    Ok(Held::FailedOver)
                 }
-                (Verdict::Unknown, Some(shard)) => {
-                    shard.suspect();
-                    Err(crate::replicas::unknown_outcome(server, e))
-                }
-                _ => Err(crate::error::name_server_after(server, e, None, self.response_timeout)),
+                AfterHeld::Fail(e) => Err(crate::error::name_server_after(server, e, None, self.response_timeout)),
             },
         }
     }

@@ -194,17 +194,9 @@ impl Setup {
     fn run(&self, con: &mut Connection, deadline: Instant, name: Option<&str>) -> RedisResult<()> {
         for with_username in [true, false] {
             let (mut pipe, auth, select) = self.pipeline(with_username, name);
-            // Last: the fence of this client's configuration (see
-            // `crate::fence`), in the same round trip.
-            let fence = crate::fence::check(name).map(|c| {
-                pipe.add_command(c);
-                pipe.len() - 1
-            });
-            let rights_from = pipe.len();
-            for c in crate::fence::rights_checks(name) {
-                pipe.add_command(c);
-            }
-            let mut rights = Vec::new();
+            // Last: the checks of `crate::fence`, in the same round trip.
+            let checks = crate::fence::Checks::add(&mut pipe, name);
+            let mut checked = Vec::new();
             if pipe.is_empty() {
                 return Ok(());
             }
@@ -217,15 +209,11 @@ impl Setup {
                 }
                 con.set_read_timeout(Some(left))?;
                 let err = match con.recv_response()? {
-                    reply if i >= rights_from => {
-                        rights.push(reply);
+                    reply if i >= checks.first => {
+                        checked.push(reply);
                         continue;
                     }
                     Value::ServerError(e) => RedisError::from(e),
-                    reply if Some(i) == fence && !retry => {
-                        crate::fence::verdict(name, &reply)?;
-                        continue;
-                    }
                     _ => continue,
                 };
                 if Some(i) == auth {
@@ -252,7 +240,7 @@ impl Setup {
                 }
             }
             if !retry {
-                return crate::fence::rights_verdict(&rights.iter().collect::<Vec<_>>());
+                return checks.verdict(name, &checked);
             }
         }
         Ok(())
@@ -1000,12 +988,7 @@ impl Fleet {
                 Held::Done(Some(result)) => return Ok(result),
                 Held::Done(None) => {}
                 Held::FailedOver if failovers == 0 => failovers += 1,
-                Held::FailedOver => {
-                    return Err(client_error(format!(
-                        "shard `{}` failed over twice during one transaction; it did not run",
-                        self.core.name(target)
-                    )));
-                }
+                Held::FailedOver => return Err(crate::replicas::failed_over_twice(self.core.server(target))),
             }
             if marked {
                 match patience.next_wait() {
@@ -1592,7 +1575,7 @@ impl Driver for Fleet {
         result: RedisResult<T>,
         wrote: impl FnOnce(&T) -> bool,
     ) -> RedisResult<Held<T>> {
-        use crate::replicas::Verdict;
+        use crate::replicas::AfterHeld;
         let index = held.index;
         let server = self.core.server(index);
         match result {
@@ -1614,15 +1597,11 @@ impl Driver for Fleet {
                 if e.code().is_none() && e.clone().into_server_errors().is_none() {
                     held.broken = true;
                 }
-                match (crate::replicas::held_verdict(server, &e), server.shard()) {
-                    (Verdict::Again, Some(_)) => {
+                match crate::replicas::after_held(server, e) {
+                    AfterHeld::AwaitPrimary(e) => {
                         self.await_new_primary(index, held.since, e).map(|()| Held::FailedOver)
                     }
-                    (Verdict::Unknown, Some(shard)) => {
-                        shard.suspect();
-                        Err(crate::replicas::unknown_outcome(server, e))
-                    }
-                    _ => Err(self.named(index, e)),
+                    AfterHeld::Fail(e) => Err(self.named(index, e)),
                 }
             }
         }

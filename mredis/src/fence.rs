@@ -115,7 +115,7 @@ pub(crate) fn rights_checks(connection_name: Option<&str>) -> Vec<Cmd> {
 
 /// The replies to [`rights_checks`]: an error naming the rights the user
 /// lacks (`NOPERM`).
-pub(crate) fn rights_verdict(replies: &[&Value]) -> Result<(), RedisError> {
+pub(crate) fn rights_verdict(replies: &[Value]) -> Result<(), RedisError> {
     let refused = replies
         .iter()
         .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOPERM"));
@@ -131,6 +131,41 @@ pub(crate) fn rights_verdict(replies: &[&Value]) -> Result<(), RedisError> {
          migrating_from"
             .to_string(),
     )))
+}
+
+/// The checks a connection makes at open ([`check`], then
+/// [`rights_checks`]), appended to its setup pipeline so they cost no
+/// round trip of their own.
+pub(crate) struct Checks {
+    /// The index of the first check in the pipeline; the checks are last.
+    pub(crate) first: usize,
+    fence: bool,
+}
+
+impl Checks {
+    /// Appends the checks of a connection named `name` to `pipe`.
+    pub(crate) fn add(pipe: &mut redis::Pipeline, name: Option<&str>) -> Checks {
+        let first = pipe.len();
+        let fence = check(name).map(|c| pipe.add_command(c)).is_some();
+        for c in rights_checks(name) {
+            pipe.add_command(c);
+        }
+        Checks { first, fence }
+    }
+
+    /// The verdict on the checks' replies (the pipeline's replies from
+    /// [`first`](Self::first) on): an error if the configuration is fenced
+    /// or the user lacks a right it needs.
+    pub(crate) fn verdict(&self, name: Option<&str>, replies: &[Value]) -> Result<(), RedisError> {
+        let rights = match (self.fence, replies.split_first()) {
+            (true, Some((fence, rest))) => {
+                verdict(name, fence)?;
+                rest
+            }
+            _ => replies,
+        };
+        rights_verdict(rights)
+    }
 }
 
 /// The error of a client whose configuration was retired.

@@ -185,20 +185,10 @@ pub(crate) async fn setup(con: &mut MultiplexedConnection, name: Option<&str>) -
     if let Some(name) = name {
         pipe.cmd("CLIENT").arg("SETNAME").arg(name);
     }
-    let fence = crate::fence::check(name).map(|c| {
-        pipe.add_command(c);
-        pipe.len() - 1
-    });
-    let rights_from = pipe.len();
-    for c in crate::fence::rights_checks(name) {
-        pipe.add_command(c);
-    }
+    let checks = crate::fence::Checks::add(&mut pipe, name);
     if pipe.is_empty() {
         return Ok(());
     }
     let replies = con.req_packed_commands(&pipe, 0, pipe.len()).await?;
-    if let Some(reply) = fence.and_then(|i| replies.get(i)) {
-        crate::fence::verdict(name, reply)?;
-    }
-    crate::fence::rights_verdict(&replies.iter().skip(rights_from).collect::<Vec<_>>())
+    checks.verdict(name, replies.get(checks.first..).unwrap_or_default())
 }

@@ -240,6 +240,41 @@ pub(crate) fn check_wait(server: &Server, acks: Acks, result: RedisResult<Vec<Va
     Ok(values)
 }
 
+/// What a failed request on a held connection leads to (both drivers).
+pub(crate) enum AfterHeld {
+    /// Wait for Sentinel's new primary (the shard is suspected already),
+    /// then run it again from the start; the error if none comes.
+    AwaitPrimary(RedisError),
+    /// Fail with this error (name the server).
+    Fail(RedisError),
+}
+
+/// Decides what a failed request on a held connection of `server` leads
+/// to, by [`held_verdict`]: a refusal awaits the new primary, a cut or late
+/// reply is an unknown outcome; either suspects the shard.
+pub(crate) fn after_held(server: &Server, e: RedisError) -> AfterHeld {
+    match (held_verdict(server, &e), server.shard()) {
+        (Verdict::Again, Some(shard)) => {
+            shard.suspect();
+            AfterHeld::AwaitPrimary(e)
+        }
+        (Verdict::Unknown, Some(shard)) => {
+            shard.suspect();
+            AfterHeld::Fail(unknown_outcome(server, e))
+        }
+        _ => AfterHeld::Fail(e),
+    }
+}
+
+/// The error of a transaction whose shard failed over twice while it ran
+/// (it did not run).
+pub(crate) fn failed_over_twice(server: &Server) -> RedisError {
+    crate::error::client_error(format!(
+        "shard `{}` failed over twice during one transaction; it did not run",
+        server.name()
+    ))
+}
+
 /// What a failed exchange on a connection the caller holds (a
 /// transaction's WATCH ... EXEC) says of its shard's primary: refused as
 /// by a replica or a primary going away (`Again`: nothing ran; run it

@@ -259,17 +259,23 @@ async fn acks_p99(fleet: &SentinelFleet, servers: &[Server], passes: usize) -> V
                     (&plain, &mut off)
                 };
                 let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let writers: Vec<_> = (0..30)
                     .map(|w| {
                         let (mr, stop, key) = (mr.clone(), stop.clone(), keys[w].clone());
+                        let started = started.clone();
                         tokio::spawn(async move {
+                            started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                                 let _ = mr.incr::<_, _, i64>(format!("{key}:n"), 1).await;
                             }
                         })
                     })
                     .collect();
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                // Every writer running before the first sampled GET.
+                while started.load(std::sync::atomic::Ordering::Relaxed) < 30 {
+                    tokio::task::yield_now().await;
+                }
                 for i in 0..100 {
                     let t = Instant::now();
                     black_box(mr.get::<_, String>(&keys[32 + i % 32]).await.unwrap());

@@ -337,10 +337,7 @@ impl Connection {
                 return Ok(values);
             }
         }
-        Err(client_error(format!(
-            "shard `{}` failed over twice during one transaction; it did not run",
-            f.core().name(server)
-        )))
+        Err(crate::replicas::failed_over_twice(f.core().server(server)))
     }
 }
 
@@ -584,10 +581,7 @@ impl AsyncConnection {
                 Held::FailedOver => {}
             }
         }
-        Err(client_error(format!(
-            "shard `{}` failed over twice during one transaction; it did not run",
-            f.core().name(server)
-        )))
+        Err(crate::replicas::failed_over_twice(f.core().server(server)))
     }
 
     /// Plans a command, as the sync handle does.
