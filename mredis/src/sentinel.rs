@@ -179,8 +179,9 @@ type Named = (u64, ConnectionAddr, Vec<ConnectionAddr>);
 /// newest this client accepted (a failover raises it: a sentinel that has
 /// not caught up with one names the old primary with a lower epoch, and a
 /// restarted old primary may answer as a master for a moment, so the
-/// epoch is checked first), that says it is a master (`ROLE`); and the
-/// replicas that sentinel reports up and linked.
+/// epoch is checked first), that says it is a master (`ROLE`), and, if it
+/// is not the primary the client follows now, that most sentinels name;
+/// and the replicas that sentinel reports up and linked.
 fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(ConnectionAddr, Vec<ConnectionAddr>), String> {
     let crate::shard::Source::Sentinel { master, sentinels } = &shard.source else {
         return Err("not a Sentinel shard".to_string());
@@ -245,6 +246,28 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
         })();
         match answer {
             Ok(Ok((epoch, primary, replicas))) => {
+                // A new primary needs most sentinels behind it: one that
+                // lags (or a restarted old primary answering as a master
+                // for a moment) does not move the client alone.
+                let current = shard.primary();
+                if current.is_some() && current.as_ref() != Some(&primary) {
+                    let others = sentinels
+                        .iter()
+                        .filter(|other| other.addr() != info.addr())
+                        .filter(|other| {
+                            names(other, master, timeouts).is_some_and(|(h, p)| server.node_addr(h, p) == primary)
+                        })
+                        .count();
+                    if (1 + others) * 2 <= sentinels.len() {
+                        problems.push(format!(
+                            "sentinel {who} names {} as `{master}`'s new primary, but only {} of {} sentinels do",
+                            show_addr(&primary),
+                            1 + others,
+                            sentinels.len()
+                        ));
+                        continue;
+                    }
+                }
                 shard.config_epoch.fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
                 return Ok((primary, replicas));
             }
@@ -253,6 +276,17 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
         }
     }
     Err(problems.join("; "))
+}
+
+/// The primary sentinel `info` names for `master` (`None`: no answer).
+fn names(info: &ConnectionInfo, master: &str, timeouts: Timeouts) -> Option<(String, u16)> {
+    let mut con = connect(info, timeouts).ok()?;
+    redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(master)
+        .query::<Option<(String, u16)>>(&mut con)
+        .ok()
+        .flatten()
 }
 
 /// A connection with deadlines on connect, reads and writes.
