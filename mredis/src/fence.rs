@@ -74,9 +74,10 @@ pub(crate) fn check(connection_name: Option<&str>) -> Option<Cmd> {
     Some(cmd)
 }
 
-/// The reply to [`check`]: an error if the configuration is fenced. Any
-/// error reply (no such function, no functions on this server, no right
-/// to call it) lets the connection open.
+/// The reply to [`check`]: an error if the configuration is fenced. An
+/// error reply (no such function, no functions on this server) lets the
+/// connection open; `NOPERM` (no right to call it) is judged by
+/// [`Checks::verdict`].
 pub(crate) fn verdict(connection_name: Option<&str>, reply: &Value) -> Result<(), RedisError> {
     let successor = match reply {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
@@ -113,25 +114,36 @@ pub(crate) fn rights_checks(connection_name: Option<&str>) -> Vec<Cmd> {
     vec![eval, evalsha]
 }
 
-/// The replies to [`rights_checks`]: an error naming the rights the user
-/// lacks (`NOPERM`).
-pub(crate) fn rights_verdict(replies: &[Value]) -> Result<(), RedisError> {
-    let refused = replies
+/// Whether one of `replies` is a refusal for lack of a right (`NOPERM`).
+fn refused(replies: &[Value]) -> bool {
+    replies
         .iter()
-        .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOPERM"));
-    if !refused {
-        return Ok(());
-    }
-    Err(RedisError::from((
-        redis::ErrorKind::Client,
-        "mredis: this user lacks a right a migration-aware client needs",
-        "the server refused EVAL or EVALSHA to this user (NOPERM); a migration-aware client \
-         (Builder::migrating_from) runs each command on a key being moved inside a script. Grant \
-         the user +eval +evalsha (ACL SETUSER <user> +eval +evalsha), or build the client without \
-         migrating_from"
-            .to_string(),
-    )))
+        .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOPERM"))
 }
+
+/// The error of a user that lacks `rights` (each with what needs it).
+fn lacks(rights: &[(&str, &str)]) -> RedisError {
+    let names: Vec<&str> = rights.iter().map(|(r, _)| *r).collect();
+    let mut detail = String::from("the server refused this user (NOPERM):");
+    for (right, why) in rights {
+        detail.push_str(&format!(" {right}: {why};"));
+    }
+    detail.push_str(&format!(
+        " grant {0} (ACL SETUSER <user> {0})",
+        names.join(" ")
+    ));
+    RedisError::from((redis::ErrorKind::Client, "mredis: this user lacks a right this client needs", detail))
+}
+
+/// Why a connection needs `+fcall_ro`, and the way out.
+const FCALL_RO: &str = "every connection asks at open whether a rebalance retired this client's configuration \
+                        (FCALL_RO of a fence); without it a client left on a retired configuration would read and \
+                        write where no current client does. To run without fences (the census before a rebalance \
+                        is then this client's only guard), build it with name_connections(false)";
+
+/// Why a migration-aware connection needs `+eval +evalsha`.
+const EVAL: &str = "a migration-aware client (Builder::migrating_from) runs each command on a key being moved \
+                    inside a script (EVAL / EVALSHA); or build the client without migrating_from";
 
 /// The checks a connection makes at open ([`check`], then
 /// [`rights_checks`]), appended to its setup pipeline so they cost no
@@ -157,14 +169,24 @@ impl Checks {
     /// [`first`](Self::first) on): an error if the configuration is fenced
     /// or the user lacks a right it needs.
     pub(crate) fn verdict(&self, name: Option<&str>, replies: &[Value]) -> Result<(), RedisError> {
+        let mut missing = Vec::new();
         let rights = match (self.fence, replies.split_first()) {
             (true, Some((fence, rest))) => {
                 verdict(name, fence)?;
+                if refused(std::slice::from_ref(fence)) {
+                    missing.push(("+fcall_ro", FCALL_RO));
+                }
                 rest
             }
             _ => replies,
         };
-        rights_verdict(rights)
+        if refused(rights) {
+            missing.push(("+eval +evalsha", EVAL));
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(lacks(&missing))
     }
 }
 
@@ -214,5 +236,30 @@ mod tests {
         assert!(text.contains("retired") && text.contains("reconfigure"), "{text}");
         assert!(verdict(name, &Value::Nil).is_ok() && verdict(name, &Value::Int(0)).is_ok());
         assert!(verdict(name, &Value::SimpleString("OK".into())).is_ok());
+    }
+
+    #[test]
+    fn a_user_without_the_rights_is_told_which_to_grant() {
+        let noperm = redis::parse_redis_value(b"-NOPERM User app has no permissions to run the 'x' command\r\n").unwrap();
+        let ok = Value::Int(1);
+        let plain = Some("mredis:0123456789ab");
+        let aware = Some("mredis:0123456789ab:from:ba9876543210");
+        let mut pipe = redis::pipe();
+        let checks = Checks::add(&mut pipe, plain);
+        assert_eq!(pipe.len(), 1);
+        let text = checks.verdict(plain, &[noperm.clone()]).unwrap_err().to_string();
+        assert!(text.contains("+fcall_ro") && text.contains("name_connections(false)"), "{text}");
+        assert!(!text.contains("evalsha"), "{text}");
+        let mut pipe = redis::pipe();
+        let checks = Checks::add(&mut pipe, aware);
+        assert_eq!(pipe.len(), 3);
+        let both = checks
+            .verdict(aware, &[noperm.clone(), noperm.clone(), ok.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("grant +fcall_ro +eval +evalsha"), "{both}");
+        let eval = checks.verdict(aware, &[Value::Nil, ok.clone(), noperm]).unwrap_err().to_string();
+        assert!(eval.contains("+eval +evalsha") && !eval.contains("grant +fcall_ro"), "{eval}");
+        assert!(checks.verdict(aware, &[Value::Nil, ok.clone(), ok]).is_ok());
     }
 }

@@ -169,8 +169,8 @@ fn clients_of_a_retired_configuration_fail_instead_of_missing_moved_keys() {
 /// A least-privilege user (no `CLIENT`, no `FUNCTION`): its connections
 /// stay unnamed, so the census cannot tell its configuration, but with
 /// `+fcall_ro` the fence still refuses it once its configuration is
-/// retired; without `+fcall_ro` it works as before (not fenced: the README
-/// lists the right).
+/// retired; without `+fcall_ro` its calls fail from the start, naming the
+/// right to grant.
 #[test]
 fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
     if !redis_server_available() {
@@ -197,19 +197,33 @@ fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
         )
     };
     let app = as_user(&s[..3], "app").build().unwrap();
-    let bare = as_user(&s[..3], "bare").build().unwrap();
-    // Both serve reads and writes before the move, unnamed.
+    // Serves reads and writes before the move, unnamed.
     let keys: Vec<String> = (0..100).map(|i| format!("lp:{i}")).collect();
     for k in &keys {
         app.set::<_, _, ()>(k, "v").unwrap();
-        assert_eq!(bare.get::<_, String>(k).unwrap(), "v");
+        assert_eq!(app.get::<_, String>(k).unwrap(), "v");
     }
     assert!(
         s[0].client_names().iter().all(|n| !n.starts_with("mredis:")),
         "{:?}",
         s[0].client_names()
     );
+    // Without +fcall_ro the fence cannot be checked: every call says which
+    // right to grant (sync and async), instead of running unguarded.
+    let bare = as_user(&s[..3], "bare").build().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bare_async = rt.block_on(as_user(&s[..3], "bare").build_async()).unwrap();
+    let lacks = |what: &str, r: redis::RedisResult<Option<String>>| {
+        let text = r.expect_err(what).to_string();
+        assert!(text.contains("grant +fcall_ro") && text.contains("name_connections(false)"), "{what}: {text}");
+        assert!(!text.contains("app-Pw-5e2b"), "{what}: {text}");
+    };
+    for k in keys.iter().take(5) {
+        lacks("sync GET", bare.get(k));
+        lacks("async GET", rt.block_on(bare_async.get(k)));
+    }
     let never_used = as_user(&s[..3], "app").build().unwrap();
+    let never_used_async = rt.block_on(as_user(&s[..3], "app").build_async()).unwrap();
     close_clients(&s);
     let report = rebalance(
         &builder(&s[..3]).build().unwrap(),
@@ -221,11 +235,16 @@ fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
     for k in keys.iter().take(10) {
         retired("least-privilege GET", never_used.get::<_, Option<String>>(k));
         retired("least-privilege SET", never_used.set::<_, _, ()>(k, "lost"));
+        retired("least-privilege GET, used before", app.get::<_, Option<String>>(k));
+        retired(
+            "least-privilege async SET",
+            rt.block_on(never_used_async.set::<_, _, ()>(k, "lost")),
+        );
     }
 }
 
-/// A migration-aware client whose user may not run scripts (`+@read
-/// +@write +ping`): it says so when it connects, naming the rights, on
+/// A migration-aware client whose user may not run scripts (`+@read +@write
+/// +ping +fcall_ro`): it says so when it connects, naming the rights, on
 /// every call, sync and async, instead of failing only the calls on keys
 /// that move (`NOPERM ... evalsha`, about half of them).
 #[test]
@@ -244,6 +263,7 @@ fn a_migration_aware_client_without_script_rights_says_so_at_connect() {
             .arg("+@read")
             .arg("+@write")
             .arg("+ping")
+            .arg("+fcall_ro")
             .query(&mut server.conn())
             .unwrap();
     }

@@ -15,7 +15,9 @@
 //! test_pipeline_transaction_with_errors send SLAVEOF (omitted from mredis:
 //! administer servers directly) to each server directly, and
 //! test_can_authenticate_with_username_and_password opens its second client
-//! with the username and password in every server's URL.
+//! with the username and password in every server's URL, and its user is
+//! also granted `+fcall_ro` (every mredis connection checks at open that a
+//! rebalance did not retire its configuration).
 //!
 //! The server here is Redis 7.0.
 //!
@@ -270,6 +272,9 @@ mod basic {
             .arg(username)
             .arg("on")
             .arg("+acl")
+            // Setup change: an mredis connection checks at open that its
+            // configuration was not retired by a rebalance (FCALL_RO).
+            .arg("+fcall_ro")
             .arg(format!(">{password}"));
         assert_eq!(
             redis::ConnectionLike::req_command(&mut con, &set_user_cmd),
@@ -309,6 +314,7 @@ mod basic {
             .arg("on")
             .arg("+acl")
             .arg("+command")
+            .arg("+fcall_ro")
             .arg(format!(">{password}"));
         assert_eq!(
             redis::ConnectionLike::req_command(&mut con, &set_user_cmd),
@@ -2934,6 +2940,8 @@ mod basic_async {
                 .arg(username)
                 .arg("on")
                 .arg("+acl")
+                // Setup change: mredis checks for a fence at open (FCALL_RO).
+                .arg("+fcall_ro")
                 .arg(format!(">{password}"));
             assert_eq!(con.req_packed_command(&set_user_cmd).await, Ok(Value::Okay));
 
