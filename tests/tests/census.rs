@@ -122,7 +122,7 @@ fn the_census_names_every_client_by_configuration_and_shows_no_password() {
     let strict = RebalanceOptions {
         census: CensusOptions {
             refuse_unknown: true,
-            wait: None,
+            ..Default::default()
         },
         ..volatile_ok()
     };

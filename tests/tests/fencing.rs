@@ -6,6 +6,7 @@
 //! and migration-aware clients of the move keep working; a fleet moved
 //! back (4 -> 3) works again. Real `redis-server` processes.
 
+use mredis::rebalance::census::{CensusOptions, is_refusal};
 use mredis::rebalance::{RebalanceOptions, rebalance};
 use mredis::{Builder, MRedis, Server};
 use mredis_tests::{RedisServer, redis_server_available};
@@ -224,11 +225,34 @@ fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
     }
     let never_used = as_user(&s[..3], "app").build().unwrap();
     let never_used_async = rt.block_on(as_user(&s[..3], "app").build_async()).unwrap();
+    // `app` has idle connections open, unnamed: told that the application
+    // logs in as `app`, the census counts them as possible old clients
+    // and nothing moves (the test's own default-user connections, which
+    // could have been named, stay "not an mredis client").
+    let least = || RebalanceOptions {
+        census: CensusOptions {
+            client_users: vec!["app".into()],
+            ..Default::default()
+        },
+        ..options()
+    };
+    let before = total_keys(&s);
+    let e = rebalance(
+        &builder(&s[..3]).build().unwrap(),
+        &builder(&s).build().unwrap(),
+        least(),
+    )
+    .expect_err("a live unnamed client of `app` is in the way");
+    let text = e.to_string();
+    assert!(is_refusal(&e), "{text}");
+    assert!(text.contains("(no name) (user app") && text.contains("possibly an mredis client"), "{text}");
+    assert!(!text.contains("app-Pw-5e2b"), "{text}");
+    assert_eq!(total_keys(&s), before, "nothing moved");
     close_clients(&s);
     let report = rebalance(
         &builder(&s[..3]).build().unwrap(),
         &builder(&s).build().unwrap(),
-        options(),
+        least(),
     )
     .unwrap();
     assert!(report.moved > 0 && report.fence_refused.is_empty(), "{report:?}");

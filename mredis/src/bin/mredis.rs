@@ -109,6 +109,12 @@ enum Command {
         /// (redis-cli, other libraries) are connected (default: a warning).
         #[arg(long)]
         refuse_unknown: bool,
+        /// An ACL user the application's mredis clients log in as
+        /// (repeatable): an unnamed connection of it whose ACL refuses
+        /// CLIENT SETNAME counts as a possible old client. The users in
+        /// either configuration's server URLs are counted without it.
+        #[arg(long, value_name = "USER")]
+        client_user: Vec<String>,
         /// Move without the census of connected clients.
         #[arg(long)]
         skip_census: bool,
@@ -461,6 +467,7 @@ fn run_rebalance(
     let census_options = CensusOptions {
         refuse_unknown: census.refuse_unknown,
         wait: census.wait.map(Duration::from_secs),
+        client_users: census.client_users,
     };
     if let (Some(wait), false, false) = (census_options.wait, census.skip, dry_run) {
         // --wait: say once who is waited for, then take the census every
@@ -661,6 +668,7 @@ struct CensusArgs {
     wait: Option<u64>,
     refuse_unknown: bool,
     skip: bool,
+    client_users: Vec<String>,
 }
 
 /// `mredis clients`: the census alone.
@@ -722,6 +730,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
             journal,
             wait,
             refuse_unknown,
+            client_user,
             skip_census,
         } => {
             return run_rebalance(
@@ -740,6 +749,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
                     wait,
                     refuse_unknown,
                     skip: skip_census,
+                    client_users: client_user,
                 },
             );
         }

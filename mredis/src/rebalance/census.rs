@@ -13,6 +13,7 @@
 //! | `mredis:<new>` | [`ClientKind::New`] | refused: it reads the new owner of keys not moved yet | fine |
 //! | `mredis:<old>` | [`ClientKind::Old`] | refused: it writes keys where they no longer are once moved | refused |
 //! | any other `mredis:` fingerprint | [`ClientKind::Other`] | refused | refused |
+//! | no name, of a user mredis clients use who may not run `CLIENT SETNAME` | [`ClientKind::Unnamed`] | refused: it may be an old client | refused |
 //! | anything else (redis-cli, other libraries, no name) | [`ClientKind::Unknown`] | a warning, or refused with [`CensusOptions::refuse_unknown`] | the same |
 //!
 //! Skipped: the rebalance tool's own connections (`mredis:tool`),
@@ -52,6 +53,13 @@ pub enum ClientKind {
     /// library, a monitoring agent, or an mredis client with naming turned
     /// off.
     Unknown,
+    /// A connection with no name, logged in as a user mredis clients use
+    /// (one the configurations' server lists name,
+    /// [`CensusOptions::client_users`], or one seen on a named mredis
+    /// connection) whose ACL refuses `CLIENT SETNAME` (`ACL DRYRUN` says
+    /// so): an mredis client of that user cannot name its connections, so
+    /// this may be one on any configuration, the old one included.
+    Unnamed,
 }
 
 impl std::fmt::Display for ClientKind {
@@ -69,6 +77,9 @@ impl std::fmt::Display for ClientKind {
                 from: Some(from),
             } => write!(f, "migration-aware for another move ({from} -> {fingerprint})"),
             ClientKind::Unknown => f.write_str("not an mredis client"),
+            ClientKind::Unnamed => f.write_str(
+                "no name, and its user may not name connections: possibly an mredis client on the old configuration",
+            ),
         }
     }
 }
@@ -127,6 +138,13 @@ pub struct CensusOptions {
     /// reconfigure), taking the census again every second; `None` refuses
     /// at once.
     pub wait: Option<Duration>,
+    /// The ACL users the application's mredis clients log in as, when the
+    /// rebalance's own configurations name another (an admin user). An
+    /// unnamed connection of one of them whose ACL refuses `CLIENT
+    /// SETNAME` counts as a possible old client ([`ClientKind::Unnamed`]).
+    /// The users in either configuration's server lists, and those seen on
+    /// named mredis connections, are counted without being listed.
+    pub client_users: Vec<String>,
 }
 
 impl Census {
@@ -137,7 +155,7 @@ impl Census {
             .filter(|c| match &c.kind {
                 ClientKind::Ready => false,
                 ClientKind::New => stage == Stage::BeforeMove,
-                ClientKind::Old | ClientKind::Other { .. } => true,
+                ClientKind::Old | ClientKind::Other { .. } | ClientKind::Unnamed => true,
                 ClientKind::Unknown => options.refuse_unknown,
             })
             .collect()
@@ -241,6 +259,7 @@ pub(super) fn take(
     from: (&[Server], &str),
     to: (&[Server], &str),
     own: &[(String, u64)],
+    client_users: &[String],
     io_timeout: Duration,
 ) -> RedisResult<Census> {
     let mut census = Census {
@@ -252,6 +271,7 @@ pub(super) fn take(
     // `127.0.0.1`) lists the same clients: asked once, by `run_id`.
     let mut asked: Vec<(String, Option<String>)> = Vec::new();
     let mut lists = Vec::new();
+    let mut checked = Vec::new();
     for (label, server) in nodes(from.0, to.0) {
         let mut con = connect(&server, io_timeout)?;
         let info: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap_or_default();
@@ -281,11 +301,63 @@ pub(super) fn take(
             None => name == server.name(),
         };
         let mine = |c: &FleetClient| own.iter().any(|(name, id)| *id == c.id && here(name));
+        let found: Vec<FleetClient> = parse_list(&label, &list, from.1, to.1)
+            .into_iter()
+            .filter(|c| !mine(c))
+            .collect();
+        checked.push((census.clients.len(), found.len(), con));
+        census.clients.extend(found);
+    }
+    // Unnamed connections of users mredis clients use: possibly mredis
+    // clients whose ACL refuses them a name.
+    let mut users: Vec<String> = client_users.to_vec();
+    for s in from.0.iter().chain(to.0) {
+        if let Some(u) = s.connection_info().redis_settings().username() {
+            users.push(u.to_string());
+        }
+    }
+    users.extend(
         census
             .clients
-            .extend(parse_list(&label, &list, from.1, to.1).into_iter().filter(|c| !mine(c)));
+            .iter()
+            .filter(|c| c.kind != ClientKind::Unknown)
+            .map(|c| c.user.clone()),
+    );
+    for (start, len, mut con) in checked {
+        let mut verdicts: Vec<(String, bool)> = Vec::new();
+        for c in &mut census.clients[start..start + len] {
+            if c.kind != ClientKind::Unknown || !c.name.is_empty() || !users.contains(&c.user) {
+                continue;
+            }
+            let refused = match verdicts.iter().find(|(u, _)| *u == c.user) {
+                Some((_, r)) => *r,
+                None => {
+                    let r = may_not_name(&mut con, &c.user);
+                    verdicts.push((c.user.clone(), r));
+                    r
+                }
+            };
+            if refused {
+                c.kind = ClientKind::Unnamed;
+            }
+        }
     }
     Ok(census)
+}
+
+/// Whether `user`'s ACL refuses `CLIENT SETNAME` (`ACL DRYRUN`, Redis 7.0
+/// or later, Valkey). Unknown (an older server, a tool's user without
+/// `+acl|dryrun`): `false`, the connection stays [`ClientKind::Unknown`].
+fn may_not_name(con: &mut redis::Connection, user: &str) -> bool {
+    let reply: RedisResult<redis::Value> = redis::cmd("ACL")
+        .arg("DRYRUN")
+        .arg(user)
+        .arg("CLIENT")
+        .arg("SETNAME")
+        .arg("mredis")
+        .query(con);
+    // OK: it may; a text saying why not: it may not.
+    matches!(reply, Ok(redis::Value::BulkString(_)))
 }
 
 /// The error of a move refused by the census.
@@ -326,7 +398,7 @@ pub(super) fn until_clear(
 ) -> RedisResult<Census> {
     let deadline = options.wait.map(|w| Instant::now() + w);
     loop {
-        let census = take(from, to, &own(), io_timeout)?;
+        let census = take(from, to, &own(), &options.client_users, io_timeout)?;
         let blocking = census.in_the_way(stage, options);
         if blocking.is_empty() {
             return Ok(census);

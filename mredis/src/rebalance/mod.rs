@@ -509,7 +509,13 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     let first_census = if options.skip_census {
         None
     } else if options.dry_run {
-        Some(census::take(fleets.0, fleets.1, &own(), io_timeout)?)
+        Some(census::take(
+            fleets.0,
+            fleets.1,
+            &own(),
+            &options.census.client_users,
+            io_timeout,
+        )?)
     } else {
         Some(census::until_clear(
             fleets.0,
@@ -763,6 +769,7 @@ pub fn take_census(from: &MRedis, to: &MRedis) -> RedisResult<census::Census> {
         (&from_servers, &from_fp),
         (&to_servers, &to_fp),
         &own,
+        &[],
         Duration::from_secs(10),
     )
 }
