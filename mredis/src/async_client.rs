@@ -9,6 +9,7 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult, Value};
 
+use crate::background::Running;
 use crate::client::{Snapshot, Viewable};
 use crate::driver::AsyncDriver;
 use crate::error::client_error;
@@ -17,7 +18,7 @@ use crate::multiplexed::Shared as ConnectionManager;
 use crate::options::Options;
 use crate::per_server::{FanOutError, PerServer};
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::routing::{Route, Running, Topology, name_server};
+use crate::routing::{Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -180,7 +181,17 @@ impl MRedis {
     /// not running yet (see the sync client's
     /// [`probe_latencies`](crate::MRedis::probe_latencies)).
     pub fn probe_latencies(&self) {
-        self.fleet().core.probe_latencies();
+        self.fleet().running.probe_latencies();
+    }
+
+    /// How many connections this client has opened since it was built
+    /// (across its reconfigures, its handles, pipelines and subscribers
+    /// included), by what they are for. Every one is opened the same way
+    /// (authenticated, named, and checked for a fence of its
+    /// configuration); a count that keeps growing under steady traffic
+    /// means connections are being lost and opened again.
+    pub fn connections_opened(&self) -> crate::ConnectionsOpened {
+        self.fleet().core.lineage.opened.snapshot()
     }
 
     /// This client with another read policy, for the calls made through
@@ -274,6 +285,7 @@ impl Fleet {
                 max_idle: options.pool_size as usize,
                 connect_timeout: options.connect_timeout,
                 name: core.client_name.clone(),
+                lineage: core.lineage.clone(),
             });
             // A Sentinel shard's primary may not be known yet: its manager
             // is made on first use (and again after each failover).
@@ -284,9 +296,7 @@ impl Fleet {
                     kept.extend(m.clone());
                     m
                 }
-                (None, _) => {
-                    Some(manager(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?)
-                }
+                (None, _) => Some(manager(server, &options, &core).map_err(|e| name_server(server, e))?),
             };
             connections.push(Shared {
                 fixed,
@@ -296,7 +306,7 @@ impl Fleet {
         let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok((
             Fleet {
-                running: Arc::new(Running(core.clone())),
+                running: Arc::new(Running::start(core.clone(), &options)?),
                 core,
                 connections: Arc::new(connections),
                 replicas: Arc::new(replicas),
@@ -343,7 +353,7 @@ impl Fleet {
                 return Ok(m.clone());
             }
         }
-        let made = manager(server, &self.options, self.core.client_name.clone()).map_err(|e| name_server(server, e))?;
+        let made = manager(server, &self.options, &self.core).map_err(|e| name_server(server, e))?;
         *shared.current.write().unwrap_or_else(|p| p.into_inner()) = Some((epoch, made.clone()));
         Ok(made)
     }
@@ -361,7 +371,7 @@ impl Fleet {
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
         match set.pick(server, self.read_from, target.addr(), |node| {
-            manager(node, &self.options, self.core.client_name.clone())
+            manager(node, &self.options, &self.core)
         })? {
             Some((node, m)) => Ok((m, Some(node))),
             None => self.connection(index).map(|c| (c, None)),
@@ -422,6 +432,9 @@ impl Fleet {
     /// on the shared one, the WAIT would hold up every request behind it.
     async fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
         let start = std::time::Instant::now();
+        if self.read_from == crate::options::ReadFrom::LowestLatency {
+            self.running.probe_latencies();
+        }
         let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
         let mut replies = join_all(
             plan.targets
@@ -787,13 +800,14 @@ struct Shared {
 
 /// A lazily connecting, self-reconnecting manager for `server`'s current
 /// address.
-fn manager(server: &Server, options: &Options, name: Option<String>) -> RedisResult<ConnectionManager> {
+fn manager(server: &Server, options: &Options, core: &Topology) -> RedisResult<ConnectionManager> {
     Ok(ConnectionManager::new_lazy(
         server.client()?,
         options.connect_timeout,
         options.response_timeout,
         options.retries,
-        name,
+        core.client_name.clone(),
+        core.lineage.clone(),
     ))
 }
 
@@ -812,6 +826,8 @@ struct BlockingPool {
     connect_timeout: Duration,
     /// The name new connections give themselves (`CLIENT SETNAME`).
     name: Option<String>,
+    /// The client's, which counts the connections opened.
+    lineage: Arc<crate::routing::Lineage>,
 }
 
 /// A dedicated connection and its id on the server (`CLIENT ID`, for
@@ -852,7 +868,19 @@ impl BlockingPool {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
-        let mut con = client.get_multiplexed_async_connection_with_config(&config).await?;
+        // Named, and checked for a fence, as the shared connection.
+        let mut con = tokio::time::timeout(
+            self.connect_timeout,
+            crate::connect::open_multiplexed(
+                &client,
+                &config,
+                crate::connect::Kind::Dedicated,
+                self.name.as_deref(),
+                &self.lineage.opened,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))?;
         let id = match tokio::time::timeout(
             self.connect_timeout,
             con.req_packed_command(redis::cmd("CLIENT").arg("ID")),
@@ -862,13 +890,6 @@ impl BlockingPool {
             Ok(Ok(Value::Int(id))) => Some(id),
             _ => None,
         };
-        // Named, and checked for a fence, as the shared connection.
-        tokio::time::timeout(
-            self.connect_timeout,
-            crate::multiplexed::setup(&mut con, self.name.as_deref()),
-        )
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))?;
         Ok(Dedicated { con, id })
     }
 

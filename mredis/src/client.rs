@@ -50,13 +50,15 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, Connection, ConnectionLike, FromRedisValue, RedisError, RedisResult, Value};
 
+use crate::background::Running;
+use crate::connect::{Clients, Kind};
 use crate::driver::Driver;
 use crate::error::client_error;
 use crate::exec::{Cmds, Held, Machine, Request, Step, closed, read_only};
 use crate::options::{Options, ReadFrom};
 use crate::per_server::{FanOutError, PerServer};
 use crate::replicas::{ReplicaSet, ShardPlan, Target};
-use crate::routing::{Move, Route, Running, Topology, name_server};
+use crate::routing::{Lineage, Move, Route, Topology, name_server};
 use crate::server::{IntoServer, Server, collect_servers};
 use crate::telemetry::Span;
 
@@ -83,7 +85,8 @@ pub(crate) struct Conns {
     clients: Mutex<Option<Clients>>,
     /// The address epoch of the idle connections.
     epoch: std::sync::atomic::AtomicU64,
-    setup: Setup,
+    /// The client's, which counts the connections opened.
+    lineage: Arc<Lineage>,
     /// The name connections give themselves and the socket timeout they
     /// keep, as the newest configuration says, with its generation.
     naming: RwLock<Naming>,
@@ -120,148 +123,28 @@ impl std::ops::DerefMut for Pooled {
     }
 }
 
-/// A server's redis-rs clients.
-#[derive(Clone)]
-struct Clients {
-    client: redis::Client,
-    /// Opens connections without redis-rs's setup, which `setup` then runs
-    /// under the connect deadline (none for RESP3).
-    bare: Option<redis::Client>,
-}
-
 /// How long a pooled connection may sit idle before it is checked (PING)
 /// on its next use: after a server restart, calls made once the pool has
 /// been idle this long find no dead connection.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
-/// What a new connection sends before its first command: AUTH, SELECT and
-/// CLIENT SETINFO (as library `mredis` unless the URL names one), and its
-/// name, as redis-rs would. No `Debug`: it holds the password.
-struct Setup {
-    username: Option<String>,
-    password: Option<String>,
-    db: i64,
-    lib: Option<(String, String)>,
-}
-
-impl Setup {
-    fn of(info: &redis::RedisConnectionInfo) -> Setup {
-        Setup {
-            username: info.username().map(str::to_string),
-            password: info.password().map(str::to_string),
-            db: info.db(),
-            lib: (!info.skip_set_lib_name()).then(|| {
-                (
-                    info.lib_name().unwrap_or("mredis").to_string(),
-                    info.lib_ver().unwrap_or(env!("CARGO_PKG_VERSION")).to_string(),
-                )
-            }),
-        }
-    }
-
-    /// The setup commands, with or without the username in AUTH (servers
-    /// before Redis 6 know only `AUTH password`), ending with the
-    /// connection's name (`CLIENT SETNAME`) if it has one; the indexes of
-    /// AUTH and SELECT if sent.
-    fn pipeline(&self, with_username: bool, name: Option<&str>) -> (redis::Pipeline, Option<usize>, Option<usize>) {
-        let mut pipe = redis::pipe();
-        let mut auth = None;
-        let mut select = None;
-        if let Some(password) = &self.password {
-            let c = pipe.cmd("AUTH");
-            if let (true, Some(user)) = (with_username, &self.username) {
-                c.arg(user);
-            }
-            c.arg(password);
-            auth = Some(0);
-        }
-        if self.db != 0 {
-            select = Some(pipe.len());
-            pipe.cmd("SELECT").arg(self.db);
-        }
-        if let Some((name, ver)) = &self.lib {
-            pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-NAME").arg(name);
-            pipe.cmd("CLIENT").arg("SETINFO").arg("LIB-VER").arg(ver);
-        }
-        if let Some(name) = name {
-            pipe.cmd("CLIENT").arg("SETNAME").arg(name);
-        }
-        (pipe, auth, select)
-    }
-
-    /// Runs the setup on `con`, every reply read before `deadline` (redis-rs
-    /// waits its timeout once per setup command).
-    fn run(&self, con: &mut Connection, deadline: Instant, name: Option<&str>) -> RedisResult<()> {
-        for with_username in [true, false] {
-            let (mut pipe, auth, select) = self.pipeline(with_username, name);
-            // Last: the checks of `crate::fence`, in the same round trip.
-            let checks = crate::fence::Checks::add(&mut pipe, name);
-            let mut checked = Vec::new();
-            if pipe.is_empty() {
-                return Ok(());
-            }
-            con.send_packed_command(&pipe.get_packed_pipeline())?;
-            let mut retry = false;
-            for i in 0..pipe.len() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
-                }
-                con.set_read_timeout(Some(left))?;
-                let err = match con.recv_response()? {
-                    reply if i >= checks.first => {
-                        checked.push(reply);
-                        continue;
-                    }
-                    Value::ServerError(e) => RedisError::from(e),
-                    _ => continue,
-                };
-                if Some(i) == auth {
-                    let old_server = err
-                        .detail()
-                        .is_some_and(|d| d.contains("wrong number of arguments for 'auth' command"));
-                    if with_username && self.username.is_some() && old_server {
-                        retry = true;
-                        continue;
-                    }
-                    return Err(RedisError::from((
-                        redis::ErrorKind::AuthenticationFailed,
-                        "Password authentication failed",
-                    )));
-                }
-                if retry {
-                    continue; // refused for want of AUTH: sent again below
-                }
-                // CLIENT SETINFO's errors are ignored (older servers), as
-                // redis-rs does, and so are SETNAME's (an ACL without
-                // CLIENT); SELECT's is the server's reply.
-                if Some(i) == select {
-                    return Err(err);
-                }
-            }
-            if !retry {
-                return checks.verdict(name, &checked);
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Conns {
-    fn new(server: &Server, name: Option<String>, response_timeout: Option<Duration>) -> RedisResult<Conns> {
+    fn new(
+        server: &Server,
+        name: Option<String>,
+        response_timeout: Option<Duration>,
+        lineage: Arc<Lineage>,
+    ) -> RedisResult<Conns> {
         let clients = match server.shard() {
             // A Sentinel shard's primary may not be known yet.
             Some(_) => None,
-            None => Some(Clients {
-                client: server.client()?,
-                bare: server.bare_client()?,
-            }),
+            None => Some(Clients::of(server)?),
         };
         Ok(Conns {
             server: server.clone(),
             clients: Mutex::new(clients),
             epoch: AtomicU64::new(server.epoch()),
-            setup: Setup::of(server.connection_info().redis_settings()),
+            lineage,
             naming: RwLock::new(Naming {
                 generation: 0,
                 name,
@@ -364,8 +247,8 @@ fn setname(name: Option<&str>) -> Cmd {
 }
 
 impl Pool {
-    fn new(server: &Server, options: &Options, name: Option<String>) -> RedisResult<Pool> {
-        let conns = Conns::new(server, name, options.response_timeout)?;
+    fn new(server: &Server, options: &Options, name: Option<String>, lineage: Arc<Lineage>) -> RedisResult<Pool> {
+        let conns = Conns::new(server, name, options.response_timeout, lineage)?;
         Ok(Pool::with(Arc::new(conns), server, options))
     }
 
@@ -464,10 +347,7 @@ impl Pool {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let made = Clients {
-            client: self.conns.server.client()?,
-            bare: self.conns.server.bare_client()?,
-        };
+        let made = Clients::of(&self.conns.server)?;
         *slot = Some(made.clone());
         Ok(made)
     }
@@ -479,19 +359,14 @@ impl Pool {
         // The generation read with the name: a rename after this renames
         // the connection again when it is next used or kept.
         let (generation, name) = self.conns.name();
-        let Some(bare) = &clients.bare else {
-            let mut con = clients.client.get_connection_with_timeout(timeout)?;
-            con.set_read_timeout(Some(timeout))?;
-            crate::server::name_connection(&mut con, name.as_deref());
-            return Ok(Pooled { con, generation });
-        };
-        let deadline = Instant::now() + timeout;
-        let mut con = bare.get_connection_with_timeout(timeout)?;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        con.set_write_timeout(Some(left))?;
-        self.conns.setup.run(&mut con, deadline, name.as_deref())?;
+        let con = crate::connect::open_with(
+            &clients,
+            Kind::Pooled,
+            name.as_deref(),
+            timeout,
+            self.response_timeout,
+            &self.conns.lineage.opened,
+        )?;
         Ok(Pooled { con, generation })
     }
 
@@ -864,7 +739,17 @@ impl MRedis {
     /// or Sentinel; the first estimates come within a round (500 ms, plus
     /// up to 1 s per node that does not answer).
     pub fn probe_latencies(&self) {
-        self.fleet().core.probe_latencies();
+        self.fleet().running.probe_latencies();
+    }
+
+    /// How many connections this client has opened since it was built
+    /// (across its reconfigures, its handles, pipelines and subscribers
+    /// included), by what they are for. Every one is opened the same way
+    /// (authenticated, named, and checked for a fence of its
+    /// configuration); a count that keeps growing under steady traffic
+    /// means connections are being lost and opened again.
+    pub fn connections_opened(&self) -> crate::ConnectionsOpened {
+        self.fleet().core.lineage.opened.snapshot()
     }
 
     /// This client with another read policy, for the calls made through
@@ -908,14 +793,16 @@ impl Fleet {
                     kept.push((p.conns.clone(), options.pool_size as usize));
                     pools.push(Pool::with(p.conns.clone(), server, &options));
                 }
-                None => pools
-                    .push(Pool::new(server, &options, core.client_name.clone()).map_err(|e| name_server(server, e))?),
+                None => pools.push(
+                    Pool::new(server, &options, core.client_name.clone(), core.lineage.clone())
+                        .map_err(|e| name_server(server, e))?,
+                ),
             }
         }
         let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok((
             Fleet {
-                running: Arc::new(Running(core.clone())),
+                running: Arc::new(Running::start(core.clone(), &options)?),
                 core,
                 pools: Arc::new(pools),
                 replicas: Arc::new(replicas),
@@ -1125,7 +1012,13 @@ impl Fleet {
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))?;
         match set.pick(server, self.read_from, target.addr(), |node| {
-            Pool::new(node, &self.options, self.core.client_name.clone()).map(Arc::new)
+            Pool::new(
+                node,
+                &self.options,
+                self.core.client_name.clone(),
+                self.core.lineage.clone(),
+            )
+            .map(Arc::new)
         })? {
             Some((_, pool)) => Ok(PoolRef::Replica(pool)),
             None => self.pool(index).map(PoolRef::Primary),
@@ -1256,6 +1149,9 @@ impl Fleet {
     /// run it twice (see [`crate::replicas`]).
     fn send_to_shards(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
         let start = Instant::now();
+        if self.read_from == ReadFrom::LowestLatency {
+            self.running.probe_latencies();
+        }
         let plan = ShardPlan::new(&self.core, &self.options, self.read_from, requests);
         let mut replies = self.send(&plan.requests, &plan.targets, None);
         for (i, reply) in replies.iter_mut().enumerate() {

@@ -128,11 +128,12 @@ fn lacks(rights: &[(&str, &str)]) -> RedisError {
     for (right, why) in rights {
         detail.push_str(&format!(" {right}: {why};"));
     }
-    detail.push_str(&format!(
-        " grant {0} (ACL SETUSER <user> {0})",
-        names.join(" ")
-    ));
-    RedisError::from((redis::ErrorKind::Client, "mredis: this user lacks a right this client needs", detail))
+    detail.push_str(&format!(" grant {0} (ACL SETUSER <user> {0})", names.join(" ")));
+    RedisError::from((
+        redis::ErrorKind::Client,
+        "mredis: this user lacks a right this client needs",
+        detail,
+    ))
 }
 
 /// Why a connection needs `+fcall_ro`, and the way out.
@@ -163,6 +164,14 @@ impl Checks {
             pipe.add_command(c);
         }
         Checks { first, fence }
+    }
+
+    /// No checks (a connection that is not a client's data connection).
+    pub(crate) fn none(pipe: &redis::Pipeline) -> Checks {
+        Checks {
+            first: pipe.len(),
+            fence: false,
+        }
     }
 
     /// The verdict on the checks' replies (the pipeline's replies from
@@ -240,15 +249,22 @@ mod tests {
 
     #[test]
     fn a_user_without_the_rights_is_told_which_to_grant() {
-        let noperm = redis::parse_redis_value(b"-NOPERM User app has no permissions to run the 'x' command\r\n").unwrap();
+        let noperm =
+            redis::parse_redis_value(b"-NOPERM User app has no permissions to run the 'x' command\r\n").unwrap();
         let ok = Value::Int(1);
         let plain = Some("mredis:0123456789ab");
         let aware = Some("mredis:0123456789ab:from:ba9876543210");
         let mut pipe = redis::pipe();
         let checks = Checks::add(&mut pipe, plain);
         assert_eq!(pipe.len(), 1);
-        let text = checks.verdict(plain, &[noperm.clone()]).unwrap_err().to_string();
-        assert!(text.contains("+fcall_ro") && text.contains("name_connections(false)"), "{text}");
+        let text = checks
+            .verdict(plain, std::slice::from_ref(&noperm))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("+fcall_ro") && text.contains("name_connections(false)"),
+            "{text}"
+        );
         assert!(!text.contains("evalsha"), "{text}");
         let mut pipe = redis::pipe();
         let checks = Checks::add(&mut pipe, aware);
@@ -258,8 +274,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(both.contains("grant +fcall_ro +eval +evalsha"), "{both}");
-        let eval = checks.verdict(aware, &[Value::Nil, ok.clone(), noperm]).unwrap_err().to_string();
-        assert!(eval.contains("+eval +evalsha") && !eval.contains("grant +fcall_ro"), "{eval}");
+        let eval = checks
+            .verdict(aware, &[Value::Nil, ok.clone(), noperm])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            eval.contains("+eval +evalsha") && !eval.contains("grant +fcall_ro"),
+            "{eval}"
+        );
         assert!(checks.verdict(aware, &[Value::Nil, ok.clone(), ok]).is_ok());
     }
 }

@@ -29,17 +29,18 @@
 //!
 //! [`Builder::migrating_from`]: crate::Builder::migrating_from
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crate::connect::{Connector, Kind};
 use crate::server::Server;
+use crate::task::Task;
 
 /// The prefix of the marker libraries' names.
 pub const PREFIX: &str = "mredis_finished_";
 
-/// The part added to the name of the connection that asks for the marker.
-pub const WATCH_PART: &str = "watch";
+pub use crate::placement::fingerprint::WATCH_PART;
 
 /// How often a migration-aware client asks for the marker: it stops its
 /// migration checks at most this long (plus one round trip to a server
@@ -104,82 +105,48 @@ fn library_names(listed: &redis::Value) -> Vec<String> {
     out
 }
 
-/// The watcher of one client's marker; stops when dropped.
-#[derive(Debug)]
-pub(crate) struct Watch {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let (lock, wake) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        wake.notify_all();
-    }
-}
-
 /// Starts asking the first of `servers` that answers for the marker
 /// library `field` every [`POLL`], on a connection of its own (named as
-/// the client's); sets `finished` when it is there, and stops (closing the
-/// connection).
-pub(crate) fn watch(servers: Vec<Server>, field: String, finished: Arc<AtomicBool>, name: Option<String>) -> Watch {
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let flag = stop.clone();
-    let spawned = std::thread::Builder::new()
-        .name("mredis-finish".to_string())
-        .spawn(move || {
-            // One connection, to the first server of the new configuration
-            // that answers (each has the marker once it is left).
-            let mut at = 0;
-            let mut con: Option<redis::Connection> = None;
-            loop {
-                for _ in 0..servers.len() {
-                    match ask(&servers[at], &mut con, &field, name.as_deref()) {
-                        Some(true) => {
-                            finished.store(true, Ordering::Release);
-                            return;
-                        }
-                        Some(false) => break,
-                        None => at = (at + 1) % servers.len(),
+/// the client's, with [`WATCH_PART`]); sets `finished` when it is there,
+/// and stops (closing the connection). `None` if the thread cannot start.
+pub(crate) fn watch(servers: Vec<Server>, field: String, finished: Arc<AtomicBool>, c: &Connector) -> Option<Task> {
+    let c = c.clone();
+    Task::spawn("mredis-finish", move |stop| {
+        // One connection, to the first server of the new configuration
+        // that answers (each has the marker once it is left).
+        let mut at = 0;
+        let mut con: Option<redis::Connection> = None;
+        loop {
+            for _ in 0..servers.len() {
+                match ask(&servers[at], &mut con, &field, &c) {
+                    Some(true) => {
+                        finished.store(true, Ordering::Release);
+                        return;
                     }
-                }
-                let (lock, wake) = &*flag;
-                let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let (stopped, _) = wake
-                    .wait_timeout_while(stopped, POLL, |s| !*s)
-                    .unwrap_or_else(|e| e.into_inner());
-                if *stopped {
-                    return;
+                    Some(false) => break,
+                    None => at = (at + 1) % servers.len(),
                 }
             }
-        });
-    // A thread that cannot start leaves the client doing its migration
-    // checks: slower, never wrong.
-    drop(spawned);
-    Watch { stop }
+            if stop.wait(POLL) {
+                return;
+            }
+        }
+    })
+    .ok()
 }
 
 /// Whether `server` has the marker; `None` if it does not answer (the
 /// connection is then dropped).
-fn ask(server: &Server, con: &mut Option<redis::Connection>, field: &str, name: Option<&str>) -> Option<bool> {
+fn ask(server: &Server, con: &mut Option<redis::Connection>, field: &str, c: &Connector) -> Option<bool> {
     if con.is_none() {
-        let opened = server
-            .client()
-            .and_then(|c| c.get_connection_with_timeout(POLL))
-            .and_then(|mut c| {
-                c.set_read_timeout(Some(POLL))?;
-                c.set_write_timeout(Some(POLL))?;
-                crate::server::name_connection(&mut c, name);
-                Ok(c)
-            });
-        *con = opened.ok();
+        *con = c.open(server, Kind::Finish, POLL).ok();
     }
-    let c = con.as_mut()?;
+    let listing = con.as_mut()?;
     match redis::cmd("FUNCTION")
         .arg("LIST")
         .arg("LIBRARYNAME")
         .arg(field)
-        .query::<redis::Value>(c)
+        .query::<redis::Value>(listing)
     {
         Ok(listed) => Some(library_names(&listed).iter().any(|n| n == field)),
         // Refused (no FUNCTION before 7.0, or not for this user): asked

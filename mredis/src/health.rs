@@ -56,8 +56,10 @@ use std::time::{Duration, Instant};
 
 use redis::RedisResult;
 
+use crate::connect::{Clients, Connector, Kind};
 use crate::placement::{Mode, Placement};
 use crate::server::Server;
+use crate::task::{Stop, Task};
 
 /// A user-supplied check of one server's connection.
 pub type CheckFn = Arc<dyn Fn(&mut redis::Connection) -> RedisResult<()> + Send + Sync>;
@@ -191,7 +193,6 @@ pub(crate) struct Health {
     rejoin: RwLock<Option<Arc<RejoinState>>>,
     /// Bumped at every routing change; a mover stops when it moves on.
     epoch: AtomicU64,
-    stop: AtomicBool,
 }
 
 /// The routing in force before a server came back, and the servers up now.
@@ -233,7 +234,6 @@ impl Health {
             rejoining: AtomicBool::new(false),
             rejoin: RwLock::new(None),
             epoch: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
         })
     }
 
@@ -290,10 +290,6 @@ impl Health {
         }
         all
     }
-
-    pub(crate) fn shut_down(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Whether ejection is allowed for `mode`.
@@ -318,38 +314,38 @@ pub(crate) fn start(
     hash_tags: Option<bool>,
     options: HealthCheck,
     grace: Duration,
-    name: Option<String>,
-) -> RedisResult<()> {
+    c: &Connector,
+) -> RedisResult<Task> {
     let mut clients = Vec::new();
     for s in &servers {
         // A Sentinel shard whose primary is not known yet is checked at
         // its placeholder (and fails) until the watcher names one.
-        let client = match (s.client(), s.shard()) {
+        let made = match (Clients::of(s), s.shard()) {
             (Ok(c), _) => c,
             (Err(_), Some(_)) => {
-                redis::Client::open(s.connection_info()).map_err(|e| crate::error::name_server(s, e))?
+                Clients::full(redis::Client::open(s.connection_info()).map_err(|e| crate::error::name_server(s, e))?)
             }
             (Err(e), None) => return Err(crate::error::name_server(s, e)),
         };
-        clients.push(client);
+        clients.push(made);
     }
-    std::thread::Builder::new()
-        .name("mredis-health".to_string())
-        .spawn(move || run(health, servers, clients, mode, hash_tags, options, grace, name))
-        .map_err(|e| crate::error::client_error(format!("cannot start the health checking thread: {e}")))?;
-    Ok(())
+    let c = c.clone();
+    Task::spawn("mredis-health", move |stop| {
+        run(health, servers, clients, mode, hash_tags, options, grace, &c, &stop)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
 fn run(
     health: Arc<Health>,
     servers: Vec<Server>,
-    clients: Vec<redis::Client>,
+    clients: Vec<Clients>,
     mode: Mode,
     hash_tags: Option<bool>,
     options: HealthCheck,
     grace: Duration,
-    name: Option<String>,
+    c: &Connector,
+    stop: &Stop,
 ) {
     let n = servers.len();
     let mut clients = clients;
@@ -358,26 +354,20 @@ fn run(
     let mut bad = vec![0u32; n];
     let mut good = vec![0u32; n];
     let timeout = options.interval.max(Duration::from_millis(10));
-    while !health.stop.load(Ordering::Relaxed) {
+    while !stop.stopped() {
         let round = Instant::now();
         for i in 0..n {
             let mut changed = false;
             // A shard that failed over is checked at its new primary.
             if servers[i].epoch() != epochs[i]
-                && let Ok(client) = servers[i].client()
+                && let Ok(client) = Clients::of(&servers[i])
             {
                 epochs[i] = servers[i].epoch();
                 clients[i] = client;
                 cons[i] = None;
             }
             let started = Instant::now();
-            let result = check_one(
-                &clients[i],
-                &mut cons[i],
-                timeout,
-                options.check.as_ref(),
-                name.as_deref(),
-            );
+            let result = check_one(&clients[i], &mut cons[i], timeout, options.check.as_ref(), c);
             let took = started.elapsed();
             let mut events = Vec::new();
             {
@@ -427,7 +417,9 @@ fn run(
                 apply_ejection(&health, &servers, mode, hash_tags);
                 let epoch = health.epoch.fetch_add(1, Ordering::AcqRel) + 1;
                 if options.rejoin == Rejoin::MoveBack && (came_back || health.rejoining.load(Ordering::Acquire)) {
-                    start_rejoin(&health, &servers, &clients, mode, hash_tags, before, epoch, grace);
+                    start_rejoin(
+                        &health, &servers, &clients, mode, hash_tags, before, epoch, grace, c, stop,
+                    );
                 }
             }
             if let Some(cb) = &options.on_event {
@@ -436,10 +428,7 @@ fn run(
                 }
             }
         }
-        let spent = round.elapsed();
-        if spent < options.interval {
-            std::thread::sleep(options.interval - spent);
-        }
+        stop.wait(options.interval.saturating_sub(round.elapsed()));
     }
 }
 
@@ -471,12 +460,14 @@ fn apply_ejection(health: &Health, servers: &[Server], mode: Mode, hash_tags: Op
 fn start_rejoin(
     health: &Arc<Health>,
     servers: &[Server],
-    clients: &[redis::Client],
+    clients: &[Clients],
     mode: Mode,
     hash_tags: Option<bool>,
     before: Option<(Placement, Vec<usize>)>,
     epoch: u64,
     grace: Duration,
+    c: &Connector,
+    stop: &Stop,
 ) {
     let up: Vec<bool> = health.snapshot().iter().map(|s| s.up).collect();
     let Ok(full) = Placement::new(mode, servers, hash_tags) else {
@@ -495,25 +486,30 @@ fn start_rejoin(
     let health = health.clone();
     let servers = servers.to_vec();
     let clients = clients.to_vec();
-    let _ = std::thread::Builder::new()
-        .name("mredis-rejoin".to_string())
-        .spawn(move || move_back(&health, &servers, &clients, &full, &state, epoch, grace));
+    let c = c.clone();
+    // Under the checker's stop flag: it stops with the checker.
+    let _ = stop.spawn("mredis-rejoin", move |stop| {
+        move_back(&health, &servers, &clients, &full, &state, epoch, grace, &c, &stop)
+    });
 }
 
 /// Moves back every key whose routing before differs from now's, pass after
 /// pass, until a pass that started after `grace` moved nothing; then
 /// routing goes direct again (unless routing changed meanwhile).
+#[allow(clippy::too_many_arguments)]
 fn move_back(
     health: &Health,
     servers: &[Server],
-    clients: &[redis::Client],
+    clients: &[Clients],
     full: &Placement,
     state: &RejoinState,
     epoch: u64,
     grace: Duration,
+    c: &Connector,
+    stop: &Stop,
 ) {
     let started = Instant::now();
-    let current = |h: &Health| h.epoch.load(Ordering::Acquire) == epoch && !h.stop.load(Ordering::Relaxed);
+    let current = |h: &Health| h.epoch.load(Ordering::Acquire) == epoch && !stop.stopped();
     while current(health) {
         let pass = Instant::now();
         let now = health.routing();
@@ -527,7 +523,7 @@ fn move_back(
             if !state.up.get(from).copied().unwrap_or(false) || !current(health) {
                 continue;
             }
-            match move_from(client, from, servers, full, state, &owner, grace) {
+            match move_from(client, from, servers, full, state, &owner, grace, c) {
                 Ok(n) => moved += n,
                 Err(_) => failed = true,
             }
@@ -539,7 +535,7 @@ fn move_back(
             // Nothing to do until the grace is over (then one last pass), or,
             // after a failed pass, a retry in a moment.
             let rest = (started + grace).saturating_duration_since(Instant::now());
-            std::thread::sleep(if rest.is_zero() {
+            stop.wait(if rest.is_zero() {
                 Duration::from_millis(100)
             } else {
                 rest
@@ -554,18 +550,19 @@ fn move_back(
 
 /// One pass over one server: MIGRATEs (REPLACE: the copy here is the newer
 /// one) each key that the routing before put here and now's puts elsewhere.
+#[allow(clippy::too_many_arguments)]
 fn move_from(
-    client: &redis::Client,
+    client: &Clients,
     from: usize,
     servers: &[Server],
     full: &Placement,
     state: &RejoinState,
     owner: &dyn Fn(&[u8]) -> usize,
     grace: Duration,
+    c: &Connector,
 ) -> RedisResult<usize> {
     let timeout = grace.max(Duration::from_secs(1));
-    let mut con = client.get_connection_with_timeout(timeout)?;
-    con.set_read_timeout(Some(timeout))?;
+    let mut con = c.open_within(client, Kind::Health, timeout, timeout)?;
     let mut cursor: u64 = 0;
     let mut moved = 0;
     loop {
@@ -597,18 +594,16 @@ fn move_from(
 }
 
 fn check_one(
-    client: &redis::Client,
+    client: &Clients,
     con: &mut Option<redis::Connection>,
     timeout: Duration,
     check: Option<&CheckFn>,
-    name: Option<&str>,
+    connector: &Connector,
 ) -> RedisResult<()> {
     if con.is_none() {
-        let mut c = client.get_connection_with_timeout(timeout)?;
-        c.set_read_timeout(Some(timeout))?;
-        c.set_write_timeout(Some(timeout))?;
-        crate::server::name_connection(&mut c, name);
-        *con = Some(c);
+        // Within the check's own deadline, not the client's connect
+        // timeout: a stopped server is one failed check.
+        *con = Some(connector.open_within(client, Kind::Health, timeout, timeout)?);
     }
     let Some(c) = con.as_mut() else {
         unreachable!("just set")

@@ -150,9 +150,11 @@
 
 pub mod aio;
 mod async_client;
+mod background;
 mod client;
 mod command_book;
 mod config;
+mod connect;
 mod driver;
 mod error;
 mod exec;
@@ -180,6 +182,7 @@ mod sentinel;
 mod server;
 mod shard;
 mod spec;
+mod task;
 mod telemetry;
 #[cfg(feature = "watch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
@@ -187,6 +190,7 @@ pub mod watch;
 
 pub use client::MRedis;
 pub use config::Builder;
+pub use connect::ConnectionsOpened;
 pub use error::error_text;
 pub use fleet_config::{builder_from_toml, builder_from_twemproxy_yaml, server_from_twemproxy_line};
 pub use handle::Connection;

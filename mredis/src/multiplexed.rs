@@ -32,6 +32,8 @@ struct Inner {
     /// Held while opening, so one attempt serves every waiting request.
     opening: tokio::sync::Mutex<()>,
     db: i64,
+    /// The client's, which counts the connections opened.
+    lineage: Arc<crate::routing::Lineage>,
 }
 
 impl Shared {
@@ -42,6 +44,7 @@ impl Shared {
         response_timeout: Option<Duration>,
         retries: usize,
         name: Option<String>,
+        lineage: Arc<crate::routing::Lineage>,
     ) -> Shared {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
@@ -55,6 +58,7 @@ impl Shared {
             slot: RwLock::new((0, None)),
             opening: tokio::sync::Mutex::new(()),
             db,
+            lineage,
         }))
     }
 
@@ -83,17 +87,17 @@ impl Shared {
         let mut delay = Duration::from_millis(10);
         let mut attempt = 0;
         loop {
-            match self
-                .0
-                .client
-                .get_multiplexed_async_connection_with_config(&self.0.config)
-                .await
+            let name = self.0.name.read().unwrap_or_else(|p| p.into_inner()).clone();
+            match crate::connect::open_multiplexed(
+                &self.0.client,
+                &self.0.config,
+                crate::connect::Kind::Shared,
+                name.as_deref(),
+                &self.0.lineage.opened,
+            )
+            .await
             {
-                Ok(mut con) => {
-                    let name = self.0.name.read().unwrap_or_else(|p| p.into_inner()).clone();
-                    setup(&mut con, name.as_deref()).await?;
-                    return Ok(con);
-                }
+                Ok(con) => return Ok(con),
                 Err(e) if attempt >= self.0.retries || !e.is_io_error() => return Err(e),
                 Err(_) => {
                     attempt += 1;
@@ -173,22 +177,4 @@ impl ConnectionLike for Shared {
     fn get_db(&self) -> i64 {
         self.0.db
     }
-}
-
-/// What a new async connection sends before its first command, in one
-/// round trip: its name (`CLIENT SETNAME`; a refusal, an ACL without
-/// `CLIENT`, leaves it unnamed), the check for a fence of its
-/// configuration ([`crate::fence`]) and, migration-aware, of the rights
-/// that needs: an error if it is fenced or lacks them.
-pub(crate) async fn setup(con: &mut MultiplexedConnection, name: Option<&str>) -> RedisResult<()> {
-    let mut pipe = redis::pipe();
-    if let Some(name) = name {
-        pipe.cmd("CLIENT").arg("SETNAME").arg(name);
-    }
-    let checks = crate::fence::Checks::add(&mut pipe, name);
-    if pipe.is_empty() {
-        return Ok(());
-    }
-    let replies = con.req_packed_commands(&pipe, 0, pipe.len()).await?;
-    checks.verdict(name, replies.get(checks.first..).unwrap_or_default())
 }

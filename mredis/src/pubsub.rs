@@ -158,8 +158,9 @@ use redis::{ConnectionAddr, RedisResult, ToRedisArgs};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::background::Running;
 use crate::error::client_error;
-use crate::routing::{Running, Topology};
+use crate::routing::Topology;
 
 /// A message from one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +272,7 @@ impl SubscriberOptions {
     /// and its response timeout for confirmations
     /// ([`MRedis::subscriber`](crate::MRedis::subscriber) uses these).
     fn of_client(running: &Running) -> SubscriberOptions {
-        let t = running.0.timeouts;
+        let t = running.core.timeouts;
         SubscriberOptions {
             connect_timeout: t.connect,
             confirm_timeout: t.response,
@@ -982,7 +983,12 @@ struct Link {
 
 /// Connects and hands the socket to redis-rs through a gate (TCP and Unix
 /// sockets; a TLS connection is made by redis-rs itself, ungated).
-async fn connect(server: crate::server::Server, timeout: Duration, name: Option<String>) -> RedisResult<Link> {
+async fn connect(
+    server: crate::server::Server,
+    timeout: Duration,
+    name: Option<String>,
+    counts: Arc<crate::connect::Counts>,
+) -> RedisResult<Link> {
     let attempt = async {
         // The current address: a Sentinel shard's primary of now.
         let info = server.current_info()?;
@@ -990,7 +996,7 @@ async fn connect(server: crate::server::Server, timeout: Duration, name: Option<
         // cannot send CLIENT SETNAME); unnamed (or if that handshake is
         // refused) redis-rs's, whose errors are the usual ones.
         if let Some(name) = name.as_deref() {
-            match connect_named(&info, name).await {
+            match connect_named(&info, name, &counts).await {
                 Ok(Some(link)) => return Ok(link),
                 Ok(None) => {}
                 Err(e) if e.kind() == redis::ErrorKind::Io => return Err(e),
@@ -998,6 +1004,7 @@ async fn connect(server: crate::server::Server, timeout: Duration, name: Option<
             }
         }
         let client = server.client()?;
+        counts.note(crate::connect::Kind::Subscriber);
         let gate = Arc::new(Gate::default());
         let pubsub = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
@@ -1059,23 +1066,20 @@ async fn connect(server: crate::server::Server, timeout: Duration, name: Option<
 /// it does not handle (TLS); an error reply (wrong password, a user
 /// without `client|setname`) is a non-I/O error, and the caller connects
 /// again the usual way.
-async fn connect_named(info: &redis::ConnectionInfo, name: &str) -> RedisResult<Option<Link>> {
+async fn connect_named(
+    info: &redis::ConnectionInfo,
+    name: &str,
+    counts: &crate::connect::Counts,
+) -> RedisResult<Option<Link>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     async fn handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         stream: &mut S,
         info: &redis::RedisConnectionInfo,
         name: &str,
+        counts: &crate::connect::Counts,
     ) -> RedisResult<()> {
-        let mut pipe = redis::pipe();
-        if let Some(password) = info.password() {
-            let auth = pipe.cmd("AUTH");
-            if let Some(user) = info.username() {
-                auth.arg(user);
-            }
-            auth.arg(password);
-        }
-        pipe.cmd("CLIENT").arg("SETNAME").arg(name);
-        let replies = if info.password().is_some() { 2 } else { 1 };
+        let pipe = crate::connect::handshake(info, crate::connect::Kind::Subscriber, name, counts);
+        let replies = pipe.len();
         stream.write_all(&pipe.get_packed_pipeline()).await?;
         // Both replies are simple strings or errors: one line each.
         let mut buf = Vec::new();
@@ -1108,7 +1112,7 @@ async fn connect_named(info: &redis::ConnectionInfo, name: &str) -> RedisResult<
         ConnectionAddr::Tcp(host, port) => {
             let mut tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             let _ = tcp.set_nodelay(true);
-            handshake(&mut tcp, settings, name).await?;
+            handshake(&mut tcp, settings, name, counts).await?;
             redis::aio::PubSub::new(
                 &plain,
                 Gated {
@@ -1121,7 +1125,7 @@ async fn connect_named(info: &redis::ConnectionInfo, name: &str) -> RedisResult<
         #[cfg(unix)]
         ConnectionAddr::Unix(path) => {
             let mut unix = tokio::net::UnixStream::connect(path).await?;
-            handshake(&mut unix, settings, name).await?;
+            handshake(&mut unix, settings, name, counts).await?;
             redis::aio::PubSub::new(
                 &plain,
                 Gated {
@@ -1165,6 +1169,8 @@ struct Task {
     connect_timeout: Duration,
     /// The connection name (`CLIENT SETNAME`), if naming is on.
     client_name: Option<String>,
+    /// The client's count of connections opened.
+    counts: Arc<crate::connect::Counts>,
     channels: BTreeSet<Vec<u8>>,
     patterns: BTreeSet<Vec<u8>>,
     link: Option<Link>,
@@ -1382,8 +1388,15 @@ impl Task {
 /// own, so a stopped server stalls nothing but itself.
 async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
     let mut pending: Pending = FuturesUnordered::new();
-    let mut connecting: Option<BoxFuture<'static, RedisResult<Link>>> =
-        Some(connect(t.server.clone(), t.connect_timeout, t.client_name.clone()).boxed());
+    let mut connecting: Option<BoxFuture<'static, RedisResult<Link>>> = Some(
+        connect(
+            t.server.clone(),
+            t.connect_timeout,
+            t.client_name.clone(),
+            t.counts.clone(),
+        )
+        .boxed(),
+    );
     let mut retry: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let shard = t.server.shard().is_some();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -1416,7 +1429,13 @@ async fn serve(mut t: Task, mut control: mpsc::UnboundedReceiver<Control>) {
             }
             _ = async { retry.as_mut().expect("guarded").await }, if retry.is_some() => {
                 retry = None;
-                connecting = Some(connect(t.server.clone(), t.connect_timeout, t.client_name.clone()).boxed());
+                connecting = Some(connect(
+            t.server.clone(),
+            t.connect_timeout,
+            t.client_name.clone(),
+            t.counts.clone(),
+        )
+        .boxed());
             }
             m = std::future::poll_fn(|cx| t.poll_message(cx)), if t.link.is_some() => match m {
                 Some(m) => {
@@ -1457,7 +1476,7 @@ fn spawn_generation(
     connect_timeout: Duration,
     confirm_timeout: Duration,
 ) -> (Arc<Shared>, Generation) {
-    let core = running.0.clone();
+    let core = running.core.clone();
     let following = core.health.clone().map(|health| {
         Arc::new(Following {
             seen: Mutex::new(health.placed_on()),
@@ -1493,10 +1512,8 @@ fn spawn_generation(
             // Not the configuration's name: a subscribed connection cannot
             // be renamed, and it is kept across a reconfigure (it follows
             // by itself, touching no key).
-            client_name: core
-                .client_name
-                .as_ref()
-                .map(|_| crate::placement::fingerprint::SUBSCRIBER_NAME.to_string()),
+            client_name: crate::connect::name_of(crate::connect::Kind::Subscriber, core.client_name.as_deref()),
+            counts: core.lineage.opened.clone(),
             channels: BTreeSet::new(),
             patterns: BTreeSet::new(),
             link: None,

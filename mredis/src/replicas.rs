@@ -341,9 +341,6 @@ impl<'r> ShardPlan<'r> {
                 }
             }
         }
-        if policy == ReadFrom::LowestLatency {
-            core.probe_latencies();
-        }
         let targets = out.iter().map(|r| target(policy, core.server(r.server), r)).collect();
         let epochs = out.iter().map(|r| core.server(r.server).epoch()).collect();
         ShardPlan {

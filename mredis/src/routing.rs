@@ -79,45 +79,27 @@ pub(crate) struct Topology {
     /// The builder's connect and response timeouts (the response one 5 s
     /// when off), for connections other than the clients' own (Sentinel's,
     /// the subscribers').
-    pub(crate) timeouts: crate::sentinel::Timeouts,
-    /// Follows the Sentinel shards' failovers (none without such shards).
-    _watchers: [Option<crate::sentinel::Watcher>; 2],
-    /// Measures the shards' nodes for `ReadFrom::LowestLatency` (started
-    /// at build under that policy, else on its first use).
-    prober: std::sync::OnceLock<Option<crate::latency::Prober>>,
+    pub(crate) timeouts: crate::connect::Timeouts,
     /// The placement's fingerprint (the census compares connection names
     /// with it).
     pub(crate) fingerprint: String,
+    /// While migrating: the fingerprint of the configuration moved from.
+    pub(crate) from_fingerprint: Option<String>,
     /// The name every connection gives itself (`CLIENT SETNAME`), unless
     /// turned off.
     pub(crate) client_name: Option<String>,
-    /// While migrating: asks for the rebalance's finish marker.
-    finish: std::sync::Mutex<Option<crate::finish::Watch>>,
     /// The client this configuration belongs to, shared by every
     /// configuration a [`reconfigure`](crate::MRedis::reconfigure) makes of
     /// it: pipelines built on one run on the client's later ones.
-    pub(crate) lineage: Arc<()>,
+    pub(crate) lineage: Arc<Lineage>,
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        self.stop_background();
-    }
-}
-
-/// Keeps a topology's background threads (health checking, Sentinel
-/// watching, latency probing) running while held: a client's
-/// configuration and its subscribers hold one; a pipeline, which holds
-/// only the topology (to be routed again on a later configuration), does
-/// not, so a pipeline kept after a
-/// [`reconfigure`](crate::MRedis::reconfigure) keeps no thread running.
-#[derive(Debug)]
-pub(crate) struct Running(pub(crate) Arc<Topology>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.stop_background();
-    }
+/// What a client's configurations share (compared by address: the same
+/// client): the count of the connections it opened.
+#[derive(Debug, Default)]
+pub(crate) struct Lineage {
+    /// Connections opened, by kind ([`crate::connect`]).
+    pub(crate) opened: Arc<crate::connect::Counts>,
 }
 
 /// A key to bring from its old server to its new one before a command on
@@ -199,7 +181,7 @@ impl Topology {
     }
 
     /// A topology of the client `lineage` stands for.
-    pub(crate) fn new_in(servers: Vec<Server>, options: &Options, lineage: Arc<()>) -> RedisResult<Arc<Topology>> {
+    pub(crate) fn new_in(servers: Vec<Server>, options: &Options, lineage: Arc<Lineage>) -> RedisResult<Arc<Topology>> {
         let placement = Placement::new(options.mode, &servers, options.hash_tags)?;
         let current = servers.len();
         let fingerprint = crate::placement::fingerprint::fingerprint(options.mode, &servers, options.hash_tags);
@@ -213,11 +195,10 @@ impl Topology {
                 options.client_name.as_deref(),
             )
         });
-        let timeouts = crate::sentinel::Timeouts {
+        let timeouts = crate::connect::Timeouts {
             connect: options.connect_timeout,
             response: options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
         };
-        let watcher = crate::sentinel::start(&servers, timeouts)?;
         let health = match &options.health {
             None => None,
             Some(h) => {
@@ -229,17 +210,7 @@ impl Topology {
                         ));
                     }
                 }
-                let health = crate::health::Health::new(&servers);
-                crate::health::start(
-                    health.clone(),
-                    servers.clone(),
-                    options.mode,
-                    options.hash_tags,
-                    h.clone(),
-                    options.response_timeout.unwrap_or(std::time::Duration::from_secs(5)),
-                    client_name.clone(),
-                )?;
-                Some(health)
+                Some(crate::health::Health::new(&servers))
             }
         };
         let mut servers = servers;
@@ -264,33 +235,14 @@ impl Topology {
                 })
             }
         };
-        let finish = match (&migration, &from_fingerprint) {
-            (Some(m), Some(old)) => Some(crate::finish::watch(
-                servers[..current].to_vec(),
-                crate::finish::marker(old, &fingerprint),
-                m.finished.clone(),
-                client_name
-                    .as_ref()
-                    .map(|n| format!("{n}:{}", crate::finish::WATCH_PART)),
-            )),
-            _ => None,
-        };
-        // The old configuration's Sentinel shards the new one lacks.
-        let old_watcher = crate::sentinel::start(&servers[current..], timeouts)?;
         let shards = options.acks.is_some() || servers.iter().any(|s| s.shard().is_some());
-        let prober = std::sync::OnceLock::new();
-        if options.read_from == crate::options::ReadFrom::LowestLatency {
-            let _ = prober.set(crate::latency::start(&servers, client_name.clone())?);
-        }
         Ok(Arc::new(Topology {
-            finish: std::sync::Mutex::new(finish),
             lineage,
             fingerprint,
+            from_fingerprint,
             client_name,
-            prober,
             shards,
             timeouts,
-            _watchers: [watcher, old_watcher],
             servers,
             placement,
             current,
@@ -300,29 +252,22 @@ impl Topology {
         }))
     }
 
-    /// Stops the background threads (each at its next look at its stop flag).
-    pub(crate) fn stop_background(&self) {
-        if let Some(h) = &self.health {
-            h.shut_down();
+    /// What this configuration's connections other than the data path's
+    /// are opened with ([`crate::connect`]).
+    pub(crate) fn connector(&self) -> crate::connect::Connector {
+        crate::connect::Connector {
+            name: self.client_name.clone(),
+            timeouts: self.timeouts,
+            counts: self.lineage.opened.clone(),
         }
-        for w in self._watchers.iter().flatten() {
-            w.stop();
-        }
-        if let Some(Some(p)) = self.prober.get() {
-            p.stop();
-        }
-        drop(self.finish.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
-    /// Starts the latency prober if it is not running (a read under
-    /// `ReadFrom::LowestLatency`). A prober that cannot start leaves the
-    /// policy without estimates: it reads as `PreferReplica` does.
-    pub(crate) fn probe_latencies(&self) {
-        self.prober.get_or_init(|| {
-            crate::latency::start(&self.servers, self.client_name.clone())
-                .ok()
-                .flatten()
-        });
+    /// The migration's finish marker and the flag it sets, while
+    /// migrating ([`crate::finish`]).
+    pub(crate) fn finish_marker(&self) -> Option<(String, Arc<std::sync::atomic::AtomicBool>)> {
+        let m = self.migration.as_ref()?;
+        let old = self.from_fingerprint.as_deref()?;
+        Some((crate::finish::marker(old, &self.fingerprint), m.finished.clone()))
     }
 
     /// An argument over the servers' `proto-max-bulk-len` would make the

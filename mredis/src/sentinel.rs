@@ -13,14 +13,14 @@
 //! `sentinel` module opens its sentinel connections without timeouts,
 //! which is why this is written here.)
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo, RedisResult, Value};
 
+use crate::connect::{Clients, Connector, Kind};
 use crate::server::Server;
 use crate::shard::{Shard, show_addr};
+use crate::task::{Stop, Task};
 
 /// How often every shard is asked again even without news.
 pub(crate) const REFRESH: Duration = Duration::from_secs(2);
@@ -28,36 +28,10 @@ pub(crate) const REFRESH: Duration = Duration::from_secs(2);
 /// How often the watcher looks for suspicions between messages.
 const TICK: Duration = Duration::from_millis(25);
 
-/// The watcher of one client configuration; stops when dropped.
-#[derive(Debug)]
-pub(crate) struct Watcher {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Watcher {
-    /// Stops the watcher's thread (at its next tick).
-    pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Timeouts of the watcher's exchanges.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
-    pub(crate) connect: Duration,
-    pub(crate) response: Duration,
-}
-
 /// Starts the watcher for the Sentinel shards among `servers` (none: no
 /// thread) after asking each once, so a client built while the sentinels
 /// answer knows its primaries before its first command.
-pub(crate) fn start(servers: &[Server], timeouts: Timeouts) -> RedisResult<Option<Watcher>> {
+pub(crate) fn start(servers: &[Server], c: &Connector) -> RedisResult<Option<Task>> {
     let shards: Vec<Server> = servers
         .iter()
         .filter(|s| s.shard().is_some_and(|sh| sh.master().is_some()))
@@ -67,18 +41,13 @@ pub(crate) fn start(servers: &[Server], timeouts: Timeouts) -> RedisResult<Optio
         return Ok(None);
     }
     for s in &shards {
-        refresh(s, timeouts);
+        refresh(s, c);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::Builder::new()
-        .name("mredis-sentinel".to_string())
-        .spawn(move || run(&shards, timeouts, &flag))
-        .map_err(|e| crate::error::client_error(format!("cannot start the Sentinel watching thread: {e}")))?;
-    Ok(Some(Watcher { stop }))
+    let c = c.clone();
+    Task::spawn("mredis-sentinel", move |stop| run(&shards, &c, &stop)).map(Some)
 }
 
-fn run(shards: &[Server], timeouts: Timeouts, stop: &AtomicBool) {
+fn run(shards: &[Server], c: &Connector, stop: &Stop) {
     // The sentinels of all shards, each once (by address).
     let mut sentinels: Vec<ConnectionInfo> = Vec::new();
     for s in shards {
@@ -92,18 +61,18 @@ fn run(shards: &[Server], timeouts: Timeouts, stop: &AtomicBool) {
     }
     let mut next = 0;
     let mut last_refresh = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.stopped() {
         // Listen on one sentinel until it fails; then the next.
         let info = sentinels[next % sentinels.len()].clone();
         next += 1;
-        let listened = listen(&info, shards, timeouts, stop, &mut last_refresh);
+        let listened = listen(&info, shards, c, stop, &mut last_refresh);
         if listened.is_err() {
             // Still follow suspicions and refreshes while no sentinel can
             // be listened to.
             let until = Instant::now() + TICK * 4;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                housekeeping(shards, timeouts, &mut last_refresh);
-                std::thread::sleep(TICK);
+            while Instant::now() < until && !stop.stopped() {
+                housekeeping(shards, c, &mut last_refresh);
+                stop.wait(TICK);
             }
         }
     }
@@ -113,17 +82,15 @@ fn run(shards: &[Server], timeouts: Timeouts, stop: &AtomicBool) {
 fn listen(
     info: &ConnectionInfo,
     shards: &[Server],
-    timeouts: Timeouts,
-    stop: &AtomicBool,
+    c: &Connector,
+    stop: &Stop,
     last_refresh: &mut Instant,
 ) -> RedisResult<()> {
-    let client = redis::Client::open(info.clone())?;
-    let mut con = client.get_connection_with_timeout(timeouts.connect)?;
-    con.set_write_timeout(Some(timeouts.response))?;
+    let mut con = connect(info, c)?;
     con.set_read_timeout(Some(TICK))?;
     let mut pubsub = con.as_pubsub();
     pubsub.subscribe("+switch-master")?;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.stopped() {
         match pubsub.get_message() {
             Ok(msg) => {
                 let text: String = msg.get_payload().unwrap_or_default();
@@ -133,19 +100,19 @@ fn listen(
                     .iter()
                     .filter(|s| s.shard().and_then(|sh| sh.master()) == Some(master))
                 {
-                    refresh(s, timeouts);
+                    refresh(s, c);
                 }
             }
             Err(e) if e.is_timeout() => {}
             Err(e) => return Err(e),
         }
-        housekeeping(shards, timeouts, last_refresh);
+        housekeeping(shards, c, last_refresh);
     }
     Ok(())
 }
 
 /// Asks for the shards a request suspected, and for all every [`REFRESH`].
-fn housekeeping(shards: &[Server], timeouts: Timeouts, last_refresh: &mut Instant) {
+fn housekeeping(shards: &[Server], c: &Connector, last_refresh: &mut Instant) {
     let all = last_refresh.elapsed() >= REFRESH;
     if all {
         *last_refresh = Instant::now();
@@ -153,16 +120,16 @@ fn housekeeping(shards: &[Server], timeouts: Timeouts, last_refresh: &mut Instan
     for s in shards {
         let suspected = s.shard().is_some_and(|sh| sh.take_suspicion());
         if all || suspected {
-            refresh(s, timeouts);
+            refresh(s, c);
         }
     }
 }
 
 /// Asks the sentinels for one shard's primary and replicas and records
 /// the answer (or why there is none).
-pub(crate) fn refresh(server: &Server, timeouts: Timeouts) {
+pub(crate) fn refresh(server: &Server, c: &Connector) {
     let Some(shard) = server.shard() else { return };
-    match ask(server, shard, timeouts) {
+    match ask(server, shard, c) {
         Ok((primary, replicas)) => {
             shard.update(primary, replicas);
         }
@@ -182,7 +149,7 @@ type Named = (u64, ConnectionAddr, Vec<ConnectionAddr>);
 /// epoch is checked first), that says it is a master (`ROLE`), and, if it
 /// is not the primary the client follows now, that most sentinels name;
 /// and the replicas that sentinel reports up and linked.
-fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(ConnectionAddr, Vec<ConnectionAddr>), String> {
+fn ask(server: &Server, shard: &Shard, c: &Connector) -> Result<(ConnectionAddr, Vec<ConnectionAddr>), String> {
     let crate::shard::Source::Sentinel { master, sentinels } = &shard.source else {
         return Err("not a Sentinel shard".to_string());
     };
@@ -191,7 +158,7 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
     for info in sentinels {
         let who = show_addr(info.addr());
         let answer = (|| -> RedisResult<Result<Named, String>> {
-            let mut con = connect(info, timeouts)?;
+            let mut con = connect(info, c)?;
             let state: std::collections::HashMap<String, String> =
                 match redis::cmd("SENTINEL").arg("MASTER").arg(master).query(&mut con) {
                     Ok(state) => state,
@@ -218,7 +185,7 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
             // The named primary must say it is one (it may be a demoted
             // old primary the sentinel has not caught up with).
             let node = server.replica_node(&primary);
-            let mut data = with_deadlines(node.client()?, timeouts)?;
+            let mut data = c.open(&node, Kind::Sentinel, c.timeouts.response)?;
             let role: Value = redis::cmd("ROLE").query(&mut data)?;
             let is_master = matches!(&role, Value::Array(items)
                 if matches!(items.first(), Some(Value::BulkString(b)) if b.as_slice() == b"master"));
@@ -254,9 +221,7 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
                     let others = sentinels
                         .iter()
                         .filter(|other| other.addr() != info.addr())
-                        .filter(|other| {
-                            names(other, master, timeouts).is_some_and(|(h, p)| server.node_addr(h, p) == primary)
-                        })
+                        .filter(|other| names(other, master, c).is_some_and(|(h, p)| server.node_addr(h, p) == primary))
                         .count();
                     if (1 + others) * 2 <= sentinels.len() {
                         problems.push(format!(
@@ -279,8 +244,8 @@ fn ask(server: &Server, shard: &Shard, timeouts: Timeouts) -> Result<(Connection
 }
 
 /// The primary sentinel `info` names for `master` (`None`: no answer).
-fn names(info: &ConnectionInfo, master: &str, timeouts: Timeouts) -> Option<(String, u16)> {
-    let mut con = connect(info, timeouts).ok()?;
+fn names(info: &ConnectionInfo, master: &str, c: &Connector) -> Option<(String, u16)> {
+    let mut con = connect(info, c).ok()?;
     redis::cmd("SENTINEL")
         .arg("get-master-addr-by-name")
         .arg(master)
@@ -289,15 +254,8 @@ fn names(info: &ConnectionInfo, master: &str, timeouts: Timeouts) -> Option<(Str
         .flatten()
 }
 
-/// A connection with deadlines on connect, reads and writes.
-fn connect(info: &ConnectionInfo, timeouts: Timeouts) -> RedisResult<redis::Connection> {
-    with_deadlines(redis::Client::open(info.clone())?, timeouts)
-}
-
-/// A connection of `client` with deadlines on connect, reads and writes.
-fn with_deadlines(client: redis::Client, timeouts: Timeouts) -> RedisResult<redis::Connection> {
-    let con = client.get_connection_with_timeout(timeouts.connect)?;
-    con.set_read_timeout(Some(timeouts.response))?;
-    con.set_write_timeout(Some(timeouts.response))?;
-    Ok(con)
+/// A connection to the sentinel at `info`, with the client's deadlines.
+fn connect(info: &ConnectionInfo, c: &Connector) -> RedisResult<redis::Connection> {
+    let client = redis::Client::open(info.clone())?;
+    c.open_with(&Clients::full(client), Kind::Sentinel, c.timeouts.response)
 }

@@ -1212,12 +1212,3 @@ mod properties {
         }
     }
 }
-
-/// Names a new connection (`CLIENT SETNAME`, see
-/// [`fingerprint`](crate::placement::fingerprint)); a refusal (an ACL
-/// without `CLIENT`) leaves it unnamed.
-pub(crate) fn name_connection(con: &mut redis::Connection, name: Option<&str>) {
-    if let Some(name) = name {
-        let _ = redis::cmd("CLIENT").arg("SETNAME").arg(name).query::<redis::Value>(con);
-    }
-}

@@ -19,11 +19,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("table", &["spec"]),
     (
         "options and health checking",
-        &["options", "health", "sentinel", "latency", "finish", "fence"],
+        &[
+            "options", "task", "connect", "health", "sentinel", "latency", "finish", "fence",
+        ],
     ),
     // Topology (servers + placement), Route, how replies of every server
     // merge, the servers' own COMMAND metadata.
-    ("route", &["routing", "merge", "command_book"]),
+    ("route", &["routing", "merge", "command_book", "background"]),
     // Sans-I/O step machines, per-server results, tracing spans.
     (
         "exec machines",

@@ -216,7 +216,10 @@ fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
     let bare_async = rt.block_on(as_user(&s[..3], "bare").build_async()).unwrap();
     let lacks = |what: &str, r: redis::RedisResult<Option<String>>| {
         let text = r.expect_err(what).to_string();
-        assert!(text.contains("grant +fcall_ro") && text.contains("name_connections(false)"), "{what}: {text}");
+        assert!(
+            text.contains("grant +fcall_ro") && text.contains("name_connections(false)"),
+            "{what}: {text}"
+        );
         assert!(!text.contains("app-Pw-5e2b"), "{what}: {text}");
     };
     for k in keys.iter().take(5) {
@@ -245,7 +248,10 @@ fn a_least_privilege_user_is_fenced_with_fcall_ro_alone() {
     .expect_err("a live unnamed client of `app` is in the way");
     let text = e.to_string();
     assert!(is_refusal(&e), "{text}");
-    assert!(text.contains("(no name) (user app") && text.contains("possibly an mredis client"), "{text}");
+    assert!(
+        text.contains("(no name) (user app") && text.contains("possibly an mredis client"),
+        "{text}"
+    );
     assert!(!text.contains("app-Pw-5e2b"), "{text}");
     assert_eq!(total_keys(&s), before, "nothing moved");
     close_clients(&s);

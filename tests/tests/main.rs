@@ -19,6 +19,7 @@ mod architecture;
 mod async_client;
 mod client_core;
 mod compile_fail;
+mod connections;
 mod error_codes;
 mod error_texts;
 mod fleet;

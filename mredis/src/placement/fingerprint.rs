@@ -30,6 +30,10 @@ pub const SUBSCRIBER_NAME: &str = "mredis:subscriber";
 /// them).
 pub const TOOL_NAME: &str = "mredis:tool";
 
+/// The part added to the name of the connection that asks for a
+/// migration's finish marker ([`crate::finish`]).
+pub const WATCH_PART: &str = "watch";
+
 /// The fingerprint (12 hex digits) of a placement. Two configurations
 /// that place every key alike for the same servers have the same one;
 /// listing the servers in another order (where order matters), another

@@ -445,7 +445,7 @@ mod tests {
         assert_eq!(ids(census.in_the_way(Stage::BeforeVerify, &lenient)), [4, 9]);
         let strict = CensusOptions {
             refuse_unknown: true,
-            wait: None,
+            ..Default::default()
         };
         assert_eq!(ids(census.in_the_way(Stage::BeforeMove, &strict)), [4, 5, 8, 9]);
         let text = Census::describe(&census.in_the_way(Stage::BeforeMove, &strict));

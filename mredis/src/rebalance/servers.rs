@@ -28,21 +28,14 @@ pub(super) fn describe(server: &str, e: &RedisError, io_timeout: Duration) -> St
 pub(super) const RERUN: &str = "nothing was lost; rerunning is safe and continues where this run stopped";
 
 pub(super) fn connect(server: &Server, io_timeout: Duration) -> RedisResult<Connection> {
-    let mut con = server
-        .client()
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-        .map_err(|e| {
-            error(format!(
-                "cannot connect to {}: {}; {RERUN}",
-                server.name(),
-                e.detail().map(str::to_string).unwrap_or_else(|| e.to_string())
-            ))
-        })?;
-    con.set_read_timeout(Some(io_timeout))?;
-    con.set_write_timeout(Some(io_timeout))?;
-    // The census skips the tool's own connections.
-    crate::server::name_connection(&mut con, Some(crate::placement::fingerprint::TOOL_NAME));
-    Ok(con)
+    // Named `mredis:tool`: the census skips the tool's own connections.
+    crate::connect::open_tool(server, io_timeout).map_err(|e| {
+        error(format!(
+            "cannot connect to {}: {}; {RERUN}",
+            server.name(),
+            e.detail().map(str::to_string).unwrap_or_else(|| e.to_string())
+        ))
+    })
 }
 
 /// Runs `cmd` on `con`, turning a failure into an error naming `server`.

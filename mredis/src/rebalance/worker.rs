@@ -126,14 +126,8 @@ impl From<RedisError> for PageFailure {
 /// Whether `server` answers `PING` within a second, on a new connection.
 pub(super) fn answers_ping(server: &Server) -> bool {
     let probe = Duration::from_millis(1000);
-    server
-        .client()
-        .and_then(|c| c.get_connection_with_timeout(probe))
-        .and_then(|mut c| {
-            c.set_read_timeout(Some(probe))?;
-            crate::server::name_connection(&mut c, Some(crate::placement::fingerprint::TOOL_NAME));
-            redis::cmd("PING").query::<String>(&mut c)
-        })
+    crate::connect::open_tool(server, probe)
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
         .is_ok()
 }
 
