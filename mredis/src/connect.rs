@@ -286,6 +286,33 @@ pub(crate) fn handshake(info: &redis::RedisConnectionInfo, kind: Kind, name: &st
     pipe
 }
 
+/// The TCP transport of a connection whose handshake the caller runs over
+/// it (a subscriber's, which wraps the socket in its flow gate): no
+/// Nagle delay, as redis-rs sets.
+pub(crate) async fn tcp(host: &str, port: u16) -> RedisResult<tokio::net::TcpStream> {
+    // tokio's `net` is on through redis-rs's `tokio-comp`.
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// The Unix socket transport of such a connection.
+#[cfg(unix)]
+pub(crate) async fn unix(path: &std::path::Path) -> RedisResult<tokio::net::UnixStream> {
+    Ok(tokio::net::UnixStream::connect(path).await?)
+}
+
+/// A subscriber connection opened by redis-rs (addresses whose transport
+/// the caller does not open itself: TLS), counted as `kind`.
+pub(crate) async fn redis_rs_pubsub(
+    client: &redis::Client,
+    kind: Kind,
+    counts: &Counts,
+) -> RedisResult<redis::aio::PubSub> {
+    counts.note(kind);
+    client.get_async_pubsub().await
+}
+
 /// What a new connection sends before its first command: AUTH, SELECT and
 /// CLIENT SETINFO (as library `mredis` unless the URL names one), and its
 /// name, as redis-rs would. No `Debug`: it holds the password.

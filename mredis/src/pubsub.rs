@@ -1004,13 +1004,11 @@ async fn connect(
             }
         }
         let client = server.client()?;
-        counts.note(crate::connect::Kind::Subscriber);
         let gate = Arc::new(Gate::default());
         let pubsub = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
-                // tokio's `net` is on through redis-rs's `tokio-comp`.
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                let _ = tcp.set_nodelay(true);
+                counts.note(crate::connect::Kind::Subscriber);
+                let tcp = crate::connect::tcp(host, *port).await?;
                 Some(
                     redis::aio::PubSub::new(
                         info.redis_settings(),
@@ -1024,7 +1022,8 @@ async fn connect(
             }
             #[cfg(unix)]
             ConnectionAddr::Unix(path) => {
-                let unix = tokio::net::UnixStream::connect(path).await?;
+                counts.note(crate::connect::Kind::Subscriber);
+                let unix = crate::connect::unix(path).await?;
                 Some(
                     redis::aio::PubSub::new(
                         info.redis_settings(),
@@ -1043,7 +1042,10 @@ async fn connect(
                 gate.arm();
                 (p, Some(gate))
             }
-            None => (client.get_async_pubsub().await?, None),
+            None => (
+                crate::connect::redis_rs_pubsub(&client, crate::connect::Kind::Subscriber, &counts).await?,
+                None,
+            ),
         };
         let (sink, stream) = pubsub.split();
         Ok::<Link, redis::RedisError>(Link { sink, stream, gate })
@@ -1110,8 +1112,7 @@ async fn connect_named(
     let gate = Arc::new(Gate::default());
     let pubsub = match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
-            let mut tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            let _ = tcp.set_nodelay(true);
+            let mut tcp = crate::connect::tcp(host, *port).await?;
             handshake(&mut tcp, settings, name, counts).await?;
             redis::aio::PubSub::new(
                 &plain,
@@ -1124,7 +1125,7 @@ async fn connect_named(
         }
         #[cfg(unix)]
         ConnectionAddr::Unix(path) => {
-            let mut unix = tokio::net::UnixStream::connect(path).await?;
+            let mut unix = crate::connect::unix(path).await?;
             handshake(&mut unix, settings, name, counts).await?;
             redis::aio::PubSub::new(
                 &plain,
