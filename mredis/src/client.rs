@@ -87,6 +87,10 @@ pub(crate) struct Conns {
     epoch: std::sync::atomic::AtomicU64,
     /// The client's, which counts the connections opened.
     lineage: Arc<Lineage>,
+    /// False while the last attempt to open a connection failed at the
+    /// transport (refused, unreachable, no answer in time); true again
+    /// once one opens or an exchange ends cleanly.
+    reachable: std::sync::atomic::AtomicBool,
     /// The name connections give themselves and the socket timeout they
     /// keep, as the newest configuration says, with its generation.
     naming: RwLock<Naming>,
@@ -145,6 +149,7 @@ impl Conns {
             clients: Mutex::new(clients),
             epoch: AtomicU64::new(server.epoch()),
             lineage,
+            reachable: std::sync::atomic::AtomicBool::new(true),
             naming: RwLock::new(Naming {
                 generation: 0,
                 name,
@@ -312,9 +317,13 @@ impl Pool {
     fn fresh(&self, budget: Duration) -> RedisResult<Pooled> {
         let timeout = self.connect_timeout.min(budget).max(Duration::from_millis(1));
         let started = Instant::now();
-        let con = self
-            .open(timeout)
-            .map_err(|e| crate::error::name_server_after(&self.server, e, Some(started.elapsed()), None))?;
+        let con = self.open(timeout).map_err(|e| {
+            if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() {
+                self.conns.reachable.store(false, Ordering::Relaxed);
+            }
+            crate::error::name_server_after(&self.server, e, Some(started.elapsed()), None)
+        })?;
+        self.conns.reachable.store(true, Ordering::Relaxed);
         con.set_read_timeout(self.response_timeout)?;
         con.set_write_timeout(self.response_timeout)?;
         Ok(con)
@@ -377,6 +386,7 @@ impl Pool {
         if !con.is_open() || epoch != self.conns.server.epoch() {
             return;
         }
+        self.conns.reachable.store(true, Ordering::Relaxed);
         if !self.conns.current(&con) && !self.conns.refresh(&mut con, self.connect_timeout) {
             return;
         }
@@ -1029,6 +1039,13 @@ impl Fleet {
         self.pools
             .get(index)
             .ok_or_else(|| client_error(format!("no server {index}")))
+    }
+
+    /// Whether some server of this configuration may be reachable: false
+    /// once the last attempt to connect to each of them failed at the
+    /// transport (a handle's `is_open`).
+    pub(crate) fn any_reachable(&self) -> bool {
+        self.pools.iter().any(|p| p.conns.reachable.load(Ordering::Relaxed))
     }
 
     /// Runs `f` on a connection to server `index`; the connection goes back

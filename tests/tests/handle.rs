@@ -184,3 +184,98 @@ fn redis_rs_code_runs_on_the_async_handle() {
         }
     }
 }
+
+/// redis-rs's `is_open` for a fleet: true while some server can be
+/// reached (one down: calls on its keys fail, naming it); false once the
+/// last attempt to reach every server failed, so a pool such as r2d2
+/// (`has_broken` = `!is_open()`) drops the handle; true again once a
+/// call succeeds.
+#[test]
+fn is_open_says_whether_any_server_of_the_fleet_can_be_reached() {
+    let mut s = servers(3);
+    let mr = MRedis::builder()
+        .servers(urls(&s))
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let mut con = mr.get_connection().unwrap();
+    let ping_all = |con: &mut mredis::Connection| redis::cmd("DBSIZE").query::<i64>(con);
+    assert!(redis::ConnectionLike::is_open(&con));
+    assert!(ping_all(&mut con).is_ok());
+    // One server down: its keys fail, the handle stays open.
+    s[1].stop();
+    for _ in 0..2 {
+        assert!(ping_all(&mut con).is_err());
+    }
+    assert!(redis::ConnectionLike::is_open(&con), "one server of three is down");
+    // Every server down: after a call found none, not open.
+    s[0].stop();
+    s[2].stop();
+    for _ in 0..2 {
+        let e = ping_all(&mut con).unwrap_err();
+        assert!(e.is_io_error() || e.is_connection_refusal(), "{e}");
+    }
+    assert!(!redis::ConnectionLike::is_open(&con), "the whole fleet is down");
+    // A handle made meanwhile cannot connect either (redis-rs's too).
+    assert!(mr.get_connection().is_err());
+    // Back up: the next call succeeds and the handle is open again.
+    for x in &mut s {
+        x.restart();
+    }
+    assert_eq!(ping_all(&mut con).unwrap(), 0);
+    assert!(redis::ConnectionLike::is_open(&con));
+}
+
+/// An `ignore_errors()` pipeline with one command the handle cannot route
+/// (keys on two servers; a command the servers do not know) gets that
+/// command's refusal in its slot and every other reply beside it, as
+/// redis-rs does with a server's error; sync and async.
+#[test]
+fn an_ignore_errors_pipeline_keeps_every_other_reply_beside_a_refused_command() {
+    let s = servers(3);
+    let mr = MRedis::new(urls(&s)).unwrap();
+    let (a, b) = two_keys_on_different_servers(&mr);
+    let check = |values: Vec<redis::Value>, what: &str| {
+        assert_eq!(values.len(), 4, "{what}: {values:?}");
+        assert_eq!(values[0], redis::Value::Okay, "{what}");
+        let refused = redis::Value::extract_error(values[1].clone()).expect_err(what);
+        assert_eq!(refused.code(), Some("CROSSSLOT"), "{what}: {refused}");
+        assert!(
+            redis::Value::extract_error(values[2].clone()).is_err(),
+            "{what}: {:?}",
+            values[2]
+        );
+        assert_eq!(values[3], redis::Value::Int(1), "{what}");
+    };
+    let pipe = || {
+        let mut p = redis::pipe();
+        p.ignore_errors()
+            .set(&a, "1")
+            .cmd("RENAME")
+            .arg(&a)
+            .arg(&b)
+            .cmd("JSON.GET")
+            .arg(&a)
+            .exists(&a);
+        p
+    };
+    let mut con = mr.get_connection().unwrap();
+    check(pipe().query(&mut con).unwrap(), "sync");
+    assert_eq!(s.iter().map(|x| x.dbsize()).sum::<i64>(), 1, "SET ran, RENAME did not");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let amr = rt.block_on(mredis::aio::MRedis::connect(urls(&s))).unwrap();
+    let mut acon = rt.block_on(amr.get_connection()).unwrap();
+    check(rt.block_on(pipe().query_async(&mut acon)).unwrap(), "async");
+    // Without ignore_errors, redis-rs gives the first error; the other
+    // commands ran, as on one server.
+    let e = redis::pipe()
+        .set(&b, "2")
+        .cmd("RENAME")
+        .arg(&a)
+        .arg(&b)
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+    let v: String = mr.get(&b).unwrap();
+    assert_eq!(v, "2");
+}

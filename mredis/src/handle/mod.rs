@@ -197,26 +197,36 @@ impl Connection {
         if is_atomic(cmds) {
             return self.atomic(f, cmd, cmds, offset, count);
         }
-        let mut plans = Vec::with_capacity(cmds.len());
-        for c in cmds {
-            plans.push(self.plan(f, c)?);
-        }
+        // A command that cannot be routed (keys on several servers, one
+        // the servers do not know) gets its refusal as its reply, and the
+        // others run, as a server answers an error in a pipeline: with
+        // `ignore_errors()` the caller sees every other reply beside it.
+        let mut plans: Vec<Option<RedisResult<Dispatch>>> = cmds.iter().map(|c| Some(self.plan(f, c))).collect();
         let core = f.core().clone();
         let mut values: Vec<Value> = Vec::with_capacity(cmds.len());
         let mut from = 0;
         while from < cmds.len() {
             // WATCH and UNWATCH run on this handle's own connection, in
-            // their place; the commands between them are one batch.
+            // their place; the commands between them (and the refused
+            // ones) are one batch.
             let to = (from..cmds.len())
-                .find(|&j| matches!(plans[j], Dispatch::Watch(_) | Dispatch::Unwatch))
+                .find(|&j| !matches!(plans[j], Some(Ok(ref p)) if !matches!(p, Dispatch::Watch(_) | Dispatch::Unwatch)))
                 .unwrap_or(cmds.len());
             if to > from {
-                values.extend(f.drive(Batch::new(&core, &cmds[from..to], &plans[from..to]))?);
+                let batch: Vec<Dispatch> = plans[from..to]
+                    .iter_mut()
+                    .filter_map(|p| p.take().and_then(Result::ok))
+                    .collect();
+                values.extend(f.drive(Batch::new(&core, &cmds[from..to], &batch))?);
             }
             if to < cmds.len() {
-                let v = match self.watch(f, &cmds[to], &plans[to]) {
-                    Ok(v) => v,
-                    Err(e) => error_value(&e).ok_or(e)?,
+                let v = match plans[to].take() {
+                    Some(Ok(plan)) => match self.watch(f, &cmds[to], &plan) {
+                        Ok(v) => v,
+                        Err(e) => error_value(&e).ok_or(e)?,
+                    },
+                    Some(Err(e)) => refusal_value(&e),
+                    None => unreachable!("each plan is taken once"),
                 };
                 values.push(v);
             }
@@ -434,8 +444,19 @@ impl ConnectionLike for Connection {
         self.exec(&f, &redis::cmd("PING")).is_ok()
     }
 
+    /// For a fleet: `false` once the last attempt to connect to every
+    /// server failed (refused, unreachable, no answer in time), so no call
+    /// can succeed until one is back; `true` while some server may answer
+    /// (calls on the keys of a server that is down fail with an error
+    /// naming it). A pool that discards handles that are not open (r2d2's
+    /// `has_broken`) thus drops them when the whole fleet is gone, not
+    /// for one server down. A successful call on any handle of the client
+    /// makes it `true` again.
     fn is_open(&self) -> bool {
-        true
+        match &self.watched {
+            Some(w) => w.fleet.any_reachable(),
+            None => self.mr.fleet().any_reachable(),
+        }
     }
 }
 
@@ -679,12 +700,37 @@ impl AsyncConnection {
         }
         // Every command planned before anything is sent; then one batch
         // machine, as the sync handle.
-        let owned: Vec<Cmd> = cmds.iter().map(|c| (*c).clone()).collect();
-        let mut plans = Vec::with_capacity(owned.len());
-        for c in &owned {
-            plans.push(self.plan(f, c).await?);
+        // A command that cannot be routed gets its refusal as its reply
+        // and the others run (see the sync handle's `pipeline`).
+        let mut owned: Vec<Cmd> = Vec::with_capacity(cmds.len());
+        let mut plans = Vec::with_capacity(cmds.len());
+        let mut refused: Vec<Option<Value>> = Vec::with_capacity(cmds.len());
+        for c in &cmds {
+            match self.plan(f, c).await {
+                Ok(plan) => {
+                    owned.push((*c).clone());
+                    plans.push(plan);
+                    refused.push(None);
+                }
+                Err(e) => refused.push(Some(refusal_value(&e))),
+            }
         }
-        let values = f.drive(Batch::new(&core, &owned, &plans)).await?;
+        let mut ran = if owned.is_empty() {
+            Vec::new()
+        } else {
+            f.drive(Batch::new(&core, &owned, &plans)).await?
+        }
+        .into_iter();
+        let mut values = Vec::with_capacity(refused.len());
+        for slot in refused {
+            match slot {
+                Some(v) => values.push(v),
+                None => values.push(
+                    ran.next()
+                        .ok_or_else(|| client_error("a reply is missing".to_string()))?,
+                ),
+            }
+        }
         Ok(values.into_iter().skip(offset).take(count).collect())
     }
 }
@@ -757,7 +803,23 @@ impl crate::MRedis {
         // password or a fleet that is down fails here), and learns the
         // servers' COMMAND metadata for commands the table does not know.
         let con = Connection::new(self.clone());
-        con.describe(&self.fleet())?;
+        let f = self.fleet();
+        con.describe(&f)?;
+        // The metadata is fetched once per client: when the last attempts
+        // reached no server (the handle before was not `is_open`), one
+        // must answer now.
+        if !f.any_reachable() {
+            let mut last = None;
+            for i in 0..f.core().servers.len() {
+                match f.with_connection(i, |c| redis::cmd("PING").query::<()>(c)) {
+                    Ok(()) => return Ok(con),
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(e) = last {
+                return Err(e);
+            }
+        }
         Ok(con)
     }
 }

@@ -361,6 +361,16 @@ pub(crate) fn error_value(e: &RedisError) -> Option<Value> {
     redis::parse_redis_value(format!("-{code} {detail}\r\n").as_bytes()).ok()
 }
 
+/// A command refused before it was sent, as the reply in its pipeline
+/// slot: its code (`ERR` if it has none) and its text in words.
+pub(crate) fn refusal_value(e: &RedisError) -> Value {
+    let code = e.code().unwrap_or("ERR");
+    let text = crate::error::error_text(e).replace(['\r', '\n'], " ");
+    let detail = text.strip_prefix(code).map(str::trim_start).unwrap_or(&text);
+    redis::parse_redis_value(format!("-{code} {detail}\r\n").as_bytes())
+        .unwrap_or_else(|_| Value::SimpleString(format!("{code} {detail}")))
+}
+
 /// Is this pipeline MULTI ... EXEC?
 pub(crate) fn is_atomic(cmds: &[Cmd]) -> bool {
     let name = |c: &Cmd| crate::routing::command_name(c).to_ascii_uppercase();
