@@ -68,6 +68,11 @@ pub type CheckFn = Arc<dyn Fn(&mut redis::Connection) -> RedisResult<()> + Send 
 pub type EventFn = Arc<dyn Fn(&HealthEvent) + Send + Sync>;
 
 /// Health checking options (see the module docs).
+///
+/// Build it with `..Default::default()` after the fields you set: fields
+/// are added in minor releases, each with a default that keeps the
+/// behaviour you had. (Not `#[non_exhaustive]`, which would forbid that
+/// struct expression.)
 #[derive(Clone)]
 pub struct HealthCheck {
     /// Time between checks of a server (default 500 ms, as go-redis Ring).
@@ -121,6 +126,7 @@ impl std::fmt::Debug for HealthCheck {
 /// What an ejected server's return does with the keys written on the other
 /// servers while it was out (see the module docs for the guarantees).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Rejoin {
     /// They are moved back to it (they are the newer copies) before it
     /// serves them again; meanwhile each is served where it is.
@@ -137,6 +143,7 @@ pub enum Rejoin {
 /// `Up` event reaches [`HealthCheck::on_event`]: a key looked up from the
 /// callback (or after it) goes to its server under the new placement.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HealthEvent {
     /// Marked down after failed checks (the last error, without secrets).
     Down {
@@ -161,6 +168,7 @@ pub enum HealthEvent {
 
 /// What is known of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerHealth {
     /// The server (`host:port:db`).
     pub server: String,

@@ -35,6 +35,7 @@ pub struct Options {
 /// its primary: a read from one may not see a write just made (no
 /// read-your-writes), so read a key you just wrote with [`ReadFrom::Primary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ReadFrom {
     /// Every command on the primary (the default).
     #[default]

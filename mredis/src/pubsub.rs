@@ -211,6 +211,7 @@ impl Message {
 
 /// What an [`AsyncSubscriber`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A message.
     Message(Message),
@@ -246,7 +247,10 @@ pub enum Event {
 
 /// Options of a subscriber ([`MRedis::subscriber_with`](crate::MRedis::subscriber_with),
 /// [`aio::MRedis::subscriber_with`](crate::aio::MRedis::subscriber_with)).
-/// Build with `..Default::default()`.
+///
+/// Build it with `..Default::default()` after the fields you set: fields
+/// are added in minor releases, each with a default that keeps the
+/// behaviour you had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscriberOptions {
     /// At most this many messages wait in the buffer; beyond, the oldest
@@ -294,6 +298,7 @@ impl Default for SubscriberOptions {
 
 /// What waits in a subscriber's buffer ([`AsyncSubscriber::backlog`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Backlog {
     /// Messages waiting.
     pub messages: usize,

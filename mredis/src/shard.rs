@@ -36,6 +36,7 @@ pub(crate) enum Source {
 
 /// A failover the client followed.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Failover {
     /// When the client learned of it.
     pub at: SystemTime,
@@ -65,6 +66,7 @@ pub(crate) struct State {
 /// prober of [`ReadFrom::LowestLatency`](crate::ReadFrom::LowestLatency)
 /// measured it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Latency {
     /// The node's address, `host:port`.
     pub node: String,

@@ -406,6 +406,7 @@ fn progress_reporter(quiet: bool, dry_run: bool) -> (ProgressBar, ProgressFn) {
             Phase::Moving => format!("{verb} {} ({:.0} keys/s)", p.moved, p.moved as f64 / secs),
             Phase::Resolving => format!("{verb} {}, resolving conflicts", p.moved),
             Phase::Verifying => format!("{verb} {}, verifying", p.moved),
+            _ => format!("{verb} {}", p.moved),
         };
         (changed, text, secs)
     };

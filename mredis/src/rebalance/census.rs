@@ -33,6 +33,7 @@ use crate::server::Server;
 
 /// What a connection's name says about its client.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientKind {
     /// An mredis client migration-aware for exactly this move (routes by
     /// the new configuration, moving from the old one).
@@ -86,6 +87,7 @@ impl std::fmt::Display for ClientKind {
 
 /// One client connection, as a server lists it (`CLIENT LIST`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FleetClient {
     /// The server (or replica, `host:port`) it is connected to.
     pub server: String,
@@ -108,6 +110,7 @@ pub struct FleetClient {
 
 /// Who is connected to the servers of both configurations.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Census {
     /// The old configuration's fingerprint.
     pub from: String,
@@ -119,6 +122,7 @@ pub struct Census {
 
 /// When the census is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// Before anything moves: only [`ClientKind::Ready`] clients may be
     /// connected.
@@ -129,6 +133,11 @@ pub enum Stage {
 }
 
 /// How the census decides.
+///
+/// Build it with `..Default::default()` after the fields you set: fields
+/// are added in minor releases, each with a default that keeps the
+/// behaviour you had. (Not `#[non_exhaustive]`, which would forbid that
+/// struct expression.)
 #[derive(Debug, Clone, Default)]
 pub struct CensusOptions {
     /// Refuse to move while connections that are not mredis clients

@@ -148,6 +148,7 @@ pub type DiscardFn = Box<dyn FnMut(&[Discard])>;
 /// Which copy wins when a key is on both its source and its destination
 /// with different contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Prefer {
     /// Keep the copy on the source (the old owner): it replaces the
     /// destination's (`MIGRATE ... REPLACE`).
@@ -158,6 +159,11 @@ pub enum Prefer {
 }
 
 /// Options of a rebalance run.
+///
+/// Build it with `..Default::default()` after the fields you set: fields
+/// are added in minor releases, each with a default that keeps the
+/// behaviour you had. (Not `#[non_exhaustive]`, which would forbid that
+/// struct expression.)
 #[derive(Default)]
 pub struct RebalanceOptions {
     /// Count what would move; move nothing.
@@ -222,6 +228,7 @@ impl std::fmt::Debug for RebalanceOptions {
 
 /// What a run is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Phase {
     /// Connecting, identifying servers, checking persistence (and, when a
     /// destination has none, counting which servers would receive keys:
@@ -238,6 +245,7 @@ pub enum Phase {
 
 /// Progress of a running rebalance.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Progress {
     /// The current phase.
     pub phase: Phase,
@@ -254,6 +262,7 @@ pub struct Progress {
 
 /// A key with different contents on its source and its destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Conflict {
     /// The key, printable.
     pub key: String,
@@ -267,6 +276,7 @@ pub struct Conflict {
 
 /// A copy discarded because of [`RebalanceOptions::prefer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Discard {
     /// The key, printable.
     pub key: String,
@@ -278,6 +288,7 @@ pub struct Discard {
 
 /// A key the verification pass found away from its new owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Misplaced {
     /// The key, printable.
     pub key: String,
@@ -294,6 +305,7 @@ pub const MISPLACED_LISTED: usize = 1000;
 
 /// What a rebalance did.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct RebalanceReport {
     /// Keys on the distinct servers before the run (`DBSIZE`).
     pub keys: u64,
