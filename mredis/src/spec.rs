@@ -3,6 +3,7 @@
 
 /// How a command is routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RouteClass {
     /// Sent to the server that owns its key.
     Key,
@@ -57,6 +58,7 @@ pub struct CommandSpec {
 /// `commands.toml`). Positions count the command name as argument 0; on
 /// subcommand rows (`OBJECT ENCODING`) argument 1 is the subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KeySpec {
     /// The command has no keys (PING, DBSIZE).
     Keyless,
@@ -96,6 +98,7 @@ pub enum KeySpec {
 /// Whether a command reads or writes, as the server's `COMMAND` flags say
 /// (the `access` field of `commands.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Access {
     /// Flagged neither `readonly` nor `write` (PING, CLIENT LIST, EVAL).
     Neither,
@@ -117,6 +120,7 @@ pub struct Block {
 
 /// Where a blocking command's block time is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BlockAt {
     /// The argument at this position; negative counts from the end (-1 is
     /// the last argument: BLPOP, WAIT).
@@ -134,6 +138,7 @@ pub enum BlockAt {
 
 /// The unit of a block time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TimeUnit {
     /// Seconds; fractions allowed (`0.5`), as BLPOP reads them.
     Seconds,
@@ -143,6 +148,7 @@ pub enum TimeUnit {
 
 /// The keys of one invocation, as [`CommandSpec::keys`] finds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CommandKeys<'a> {
     /// The keys, in argument order (the channel for PUBLISH and SPUBLISH;
     /// empty for keyless commands).
@@ -272,6 +278,7 @@ fn parse_count(arg: &[u8]) -> Option<usize> {
 /// How the replies of a command sent to every server combine into one reply
 /// on a routed handle (the `reply` field of `commands.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Reply {
     /// Integers added up (DBSIZE, PUBSUB NUMPAT).
     Sum,
@@ -317,6 +324,7 @@ pub struct MethodSpec {
 
 /// How the replies of a scatter-gather (`Multi`) command are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Merge {
     /// One array in the caller's key order (MGET).
     Ordered,

@@ -286,6 +286,8 @@ fn key_positions_access_and_blocking_match_command_info() {
             }
             KeySpec::Range { first, last, step } => !movable && triple == (first as i64, last as i64, step as i64),
             KeySpec::Keyless => !movable && *first == 0,
+            // A kind of key spec this check does not know yet: a problem.
+            _ => false,
         };
         if !keys_ok {
             problems.push(format!(
@@ -426,6 +428,10 @@ fn key_extraction_matches_command_getkeys() {
             CommandKeys::AskServer => continue,
             CommandKeys::BadCount => {
                 problems.push(format!("{} ({}): bad key count", ex.method, ex.command));
+                continue;
+            }
+            other => {
+                problems.push(format!("{} ({}): keys {other:?} not checked", ex.method, ex.command));
                 continue;
             }
         };
