@@ -161,6 +161,7 @@ mod exec;
 mod fence;
 pub mod finish;
 mod fleet_config;
+pub mod guide;
 pub mod handle;
 pub mod health;
 mod latency;

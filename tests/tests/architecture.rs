@@ -50,7 +50,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("async namespace", &["aio"]),
     // The builder lives above the clients it builds.
     ("builder", &["config", "fleet_config", "watch"]),
-    ("rebalance", &["rebalance"]),
+    ("rebalance", &["rebalance", "guide"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
