@@ -35,6 +35,10 @@
 //! with what mredis does with it (routed, fan-out, scatter-gather,
 //! co-located, or omitted and why), and [`COMMANDS`] has the same as data.
 //!
+//! The [`guide`] explains every feature at length, one chapter per topic
+//! (placement, commands, handles, Pub/Sub, Sentinel, resharding, health,
+//! errors, the CLI, testing).
+//!
 //! ## Placement
 //!
 //! The default placement is the original MRedis's:
