@@ -345,6 +345,7 @@ pub fn table_data(table: &Table) -> TokenStream {
         };
         let key_spec = key_spec_tokens(c.key_spec);
         let access = proc_macro2::Ident::new(c.access.variant(), proc_macro2::Span::call_site());
+        let cacheable = c.cacheable;
         let block = match &c.block {
             None => quote!(::std::option::Option::None),
             Some(b) => {
@@ -402,6 +403,7 @@ pub fn table_data(table: &Table) -> TokenStream {
                 key_spec: #key_spec,
                 access: crate::Access::#access,
                 block: #block,
+                cacheable: #cacheable,
                 methods: &[#(#methods),*],
             }
         })

@@ -273,6 +273,10 @@ pub struct Command {
     pub access: Access,
     /// Whether it blocks and where its block time is (`block`).
     pub block: Option<Block>,
+    /// Whether a client-side cache may keep its replies (`cacheable`),
+    /// and the line of that field.
+    pub cacheable: bool,
+    pub cacheable_line: usize,
     pub methods: Vec<Method>,
 }
 
@@ -317,7 +321,18 @@ pub fn line_of(src: &str, offset: usize) -> usize {
 }
 
 const COMMAND_FIELDS: &[&str] = &[
-    "name", "group", "class", "summary", "since", "reason", "feature", "reply", "key_spec", "access", "block",
+    "name",
+    "group",
+    "class",
+    "summary",
+    "since",
+    "reason",
+    "feature",
+    "reply",
+    "key_spec",
+    "access",
+    "block",
+    "cacheable",
     "methods",
 ];
 const METHOD_FIELDS: &[&str] = &[
@@ -442,6 +457,20 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
             }
         },
     };
+    let mut cacheable_line = line;
+    let cacheable = match fields.get("cacheable") {
+        None => false,
+        Some(v) => {
+            cacheable_line = line_of(src, v.span().start);
+            match v.get_ref() {
+                DeValue::Boolean(b) => *b,
+                _ => {
+                    problems.push(cacheable_line, who, "`cacheable` must be true or false");
+                    false
+                }
+            }
+        }
+    };
     let block = fields.get("block").and_then(|v| {
         parse_block(v.get_ref(), lowest)
             .map_err(|message| problems.push(line_of(src, v.span().start), who, message))
@@ -501,6 +530,8 @@ fn parse_command(src: &str, row: &Spanned<DeValue<'_>>, problems: &mut Problems)
         key_spec_line,
         access,
         block,
+        cacheable,
+        cacheable_line,
         methods,
     })
 }

@@ -46,6 +46,17 @@ pub fn validate(table: &Table, problems: &mut Problems) {
             );
         }
         let Some(class) = cmd.class else { continue };
+        // A client-side cache keeps a reply until the server says its key
+        // changed: only a read of one key, the first argument, qualifies.
+        let one_key = matches!(cmd.key_spec, KeySpec::Range { first: 1, last: 1, .. });
+        if cmd.cacheable && (class != Class::Key || cmd.access != crate::table::Access::Read || !one_key) {
+            problems.push(
+                cmd.cacheable_line,
+                who,
+                "`cacheable` is only for `key` rows that read one key (`access = \"read\"`, \
+                 `key_spec = { first = 1 }`)",
+            );
+        }
         match (class, cmd.reply_line) {
             (Class::All, None) => problems.push(
                 cmd.line,

@@ -42,6 +42,8 @@ pub struct MRedis {
     live: Arc<Live>,
     /// [`MRedis::reading_from`]'s policy, over the configuration's.
     read_from: Option<crate::options::ReadFrom>,
+    /// [`MRedis::uncached`]: reads go to the servers.
+    uncached: bool,
 }
 
 /// The configuration in force, shared by a client and every clone of it
@@ -78,6 +80,9 @@ pub(crate) struct Fleet {
     born: std::time::Instant,
     /// Keeps the topology's background threads running (see [`Running`]).
     running: Arc<Running>,
+    /// Reads may be served by the client-side cache (not in an
+    /// [`MRedis::uncached`] view).
+    cached: bool,
 }
 
 impl Viewable for Fleet {
@@ -129,6 +134,7 @@ impl MRedis {
                 switching: tokio::sync::Mutex::new(()),
             }),
             read_from: None,
+            uncached: false,
         })
     }
 
@@ -136,7 +142,13 @@ impl MRedis {
     /// future stays `Send`; see the sync client's).
     #[inline]
     pub(crate) fn fleet(&self) -> Snapshot<Fleet> {
-        Snapshot::of(&self.live.fleet, self.read_from)
+        let snapshot = Snapshot::of(&self.live.fleet, self.read_from);
+        if !self.uncached || snapshot.running.cache.is_none() {
+            return snapshot;
+        }
+        let mut own = Fleet::clone(&snapshot);
+        own.cached = false;
+        Snapshot::Viewed(own)
     }
 
     /// The configuration for one call (the generated methods'): an owned
@@ -202,7 +214,27 @@ impl MRedis {
         MRedis {
             live: self.live.clone(),
             read_from: Some(policy),
+            uncached: self.uncached,
         }
+    }
+
+    /// This client with its calls read from the servers, not the
+    /// client-side cache ([`Builder::client_cache`](crate::Builder::client_cache));
+    /// cheap, it shares everything else with `self`. Its writes still
+    /// drop the cache's entries of the keys they write.
+    pub fn uncached(&self) -> MRedis {
+        MRedis {
+            live: self.live.clone(),
+            read_from: self.read_from,
+            uncached: true,
+        }
+    }
+
+    /// What the client-side cache has done ([`Builder::client_cache`](crate::Builder::client_cache)):
+    /// hits, misses, invalidations, evictions, flushes, entries per
+    /// server; `None` without a cache.
+    pub fn cache_stats(&self) -> Option<crate::CacheStats> {
+        self.fleet().running.cache.as_ref().map(|c| c.stats())
     }
 
     /// The servers of the current configuration, in configuration order.
@@ -306,7 +338,8 @@ impl Fleet {
         let replicas = core.servers.iter().map(|_| ReplicaSet::default()).collect();
         Ok((
             Fleet {
-                running: Arc::new(Running::start(core.clone(), &options)?),
+                running: Arc::new(Running::start_with(core.clone(), &options, true)?),
+                cached: true,
                 core,
                 connections: Arc::new(connections),
                 replicas: Arc::new(replicas),
@@ -405,24 +438,46 @@ impl Fleet {
                     tokio::time::sleep(d).await;
                     Vec::new()
                 }
-                // Shards (replicas, failover waits) are the rarer path: boxed,
-                // so the common call's future stays small.
-                Step::Send(requests) if self.core.shards => Box::pin(self.send_to_shards(&requests)).await,
-                // One server (a single-key command): awaited in place.
-                Step::Send(requests) if requests.len() == 1 => {
-                    let r = &requests[0];
-                    vec![self.request_on(r.server, &r.cmds, r.block, &Target::Primary).await]
+                // With a client-side cache, the writes of this client drop
+                // their keys' entries before they are sent and again once
+                // answered (read-your-writes; see `crate::cache`).
+                Step::Send(requests) if self.running.cache.is_some() => {
+                    self.own_writes(&requests);
+                    let replies = Box::pin(self.send(&requests)).await;
+                    self.own_writes(&requests);
+                    replies
                 }
-                Step::Send(requests) => {
-                    join_all(
-                        requests
-                            .iter()
-                            .map(|r| self.request_on(r.server, &r.cmds, r.block, &Target::Primary)),
-                    )
-                    .await
-                }
+                Step::Send(requests) => self.send(&requests).await,
             };
             step = machine.next(replies);
+        }
+    }
+
+    /// Sends one step's requests and waits for their replies.
+    async fn send(&self, requests: &[Request<'_>]) -> Vec<RedisResult<Vec<Value>>> {
+        // Shards (replicas, failover waits) are the rarer path: boxed,
+        // so the common call's future stays small.
+        if self.core.shards {
+            return Box::pin(self.send_to_shards(requests)).await;
+        }
+        // One server (a single-key command): awaited in place.
+        if let [r] = requests {
+            return vec![self.request_on(r.server, &r.cmds, r.block, &Target::Primary).await];
+        }
+        join_all(
+            requests
+                .iter()
+                .map(|r| self.request_on(r.server, &r.cmds, r.block, &Target::Primary)),
+        )
+        .await
+    }
+
+    /// Drops the client-side cache's entries of the keys `requests` write.
+    fn own_writes(&self, requests: &[Request<'_>]) {
+        if let Some(cache) = &self.running.cache {
+            for r in requests {
+                cache.own_writes(r.server, r.cmds.iter());
+            }
         }
     }
 
@@ -590,8 +645,14 @@ impl Fleet {
         let server = self.core.server(index);
         match result {
             Ok(v) => {
+                let wrote = wrote(&v);
+                // A transaction's writes: the cache does not know their
+                // keys here, so the server's entries go.
+                if let (true, Some(cache)) = (wrote, &self.running.cache) {
+                    cache.flush(index);
+                }
                 if let Some(acks) = self.options.acks.filter(|_| server.shard().is_some())
-                    && wrote(&v)
+                    && wrote
                 {
                     let deadline = self.response_timeout.map(|t| t.saturating_add(acks.timeout));
                     let reply = held
@@ -748,6 +809,27 @@ impl Fleet {
     /// A routed command (see [`Driver::run`](crate::driver::Driver::run)),
     /// through the seam.
     pub(crate) async fn run<RV: FromRedisValue>(&self, route: Route, cmd: &Cmd) -> RedisResult<RV> {
+        if let (true, Some(cache), Route::One { server, moves }) = (self.cached, &self.running.cache, &route)
+            && moves.is_empty()
+            && self.read_from == crate::options::ReadFrom::Primary
+            && let Some(key) = crate::cache::cacheable_key(cmd)
+        {
+            if let Some(h) = &self.core.health {
+                cache.follow_routing(h.routing_epoch());
+            }
+            let read = crate::cache::Cacheable {
+                server: *server,
+                key,
+                packed: cmd.get_packed_command(),
+            };
+            if let Some(v) = cache.get(&read) {
+                return Ok(RV::from_redis_value(v)?);
+            }
+            let connector = self.core.connector();
+            if let Some(reply) = cache.read(&read, cmd, self.core.server(*server), &connector).await {
+                return Ok(RV::from_redis_value(reply?)?);
+            }
+        }
         crate::driver::run_async(self, route, cmd).await
     }
 

@@ -30,6 +30,9 @@ pub(crate) struct Running {
     /// Started at build under `ReadFrom::LowestLatency`, else by the
     /// first read under it (`None`: nothing to measure).
     prober: OnceLock<Option<Task>>,
+    /// The client-side cache, with its invalidation listeners among the
+    /// tasks (async clients built with `Builder::client_cache`).
+    pub(crate) cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Running {
@@ -38,6 +41,12 @@ impl Running {
     /// built while the sentinels answer knows its primaries before its
     /// first command.
     pub(crate) fn start(core: Arc<Topology>, options: &Options) -> RedisResult<Running> {
+        Running::start_with(core, options, false)
+    }
+
+    /// The same, with the client-side cache if `options` ask for one and
+    /// the client can use it (`cache`: the async client).
+    pub(crate) fn start_with(core: Arc<Topology>, options: &Options, cache: bool) -> RedisResult<Running> {
         let connector = core.connector();
         let current = &core.servers[..core.current];
         let mut tasks = Vec::new();
@@ -60,6 +69,14 @@ impl Running {
             // migration checks: slower, never wrong.
             tasks.extend(crate::finish::watch(current.to_vec(), marker, finished, &connector));
         }
+        let cache = match options.cache.filter(|_| cache) {
+            Some(bytes) => {
+                let made = Arc::new(crate::cache::Cache::new(bytes, current));
+                tasks.extend(crate::cache::start(&made, current, &connector)?);
+                Some(made)
+            }
+            None => None,
+        };
         let prober = OnceLock::new();
         if options.read_from == ReadFrom::LowestLatency {
             let _ = prober.set(crate::latency::start(&core.servers, &connector)?);
@@ -68,6 +85,7 @@ impl Running {
             core,
             _tasks: tasks,
             prober,
+            cache,
         })
     }
 

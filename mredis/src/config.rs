@@ -108,6 +108,24 @@ impl Builder {
         self
     }
 
+    /// Turns on client-side caching for the async client (off by default),
+    /// keeping at most `max_bytes` of keys, commands and replies in
+    /// memory: the reads the command table marks cacheable (GET, HGET,
+    /// HGETALL, LRANGE, SMEMBERS, ZRANGE, ... of one key; see
+    /// [`CommandSpec::cacheable`](crate::CommandSpec::cacheable)) are
+    /// answered from memory until the server says the key changed
+    /// (Redis 6.0 or later: `CLIENT TRACKING` with `REDIRECT`, one
+    /// invalidation listener and one tracked connection per server). The
+    /// [`cache`](crate::cache) module states the guarantee; per call,
+    /// [`aio::MRedis::uncached`](crate::aio::MRedis::uncached) reads from
+    /// the server; [`aio::MRedis::cache_stats`](crate::aio::MRedis::cache_stats)
+    /// counts hits, misses, invalidations and evictions. The sync client
+    /// ignores it (its calls are not cached).
+    pub fn client_cache(mut self, max_bytes: usize) -> Self {
+        self.options.cache = Some(max_bytes);
+        self
+    }
+
     /// Where read-only commands go on shards with replicas (default
     /// [`ReadFrom::Primary`](crate::ReadFrom::Primary)); per call, see
     /// [`MRedis::reading_from`](crate::MRedis::reading_from). Only commands

@@ -46,9 +46,13 @@ pub(crate) enum Kind {
     Finish,
     /// The rebalance tool's.
     Tool,
+    /// A client-side cache's tracked connection for cached reads.
+    Tracked,
+    /// A client-side cache's invalidation listener.
+    Invalidation,
 }
 
-const KINDS: usize = 9;
+const KINDS: usize = 11;
 
 impl Kind {
     fn index(self) -> usize {
@@ -57,7 +61,7 @@ impl Kind {
 
     /// A client's data connection: checked for a fence when opened.
     fn data(self) -> bool {
-        matches!(self, Kind::Pooled | Kind::Shared | Kind::Dedicated)
+        matches!(self, Kind::Pooled | Kind::Shared | Kind::Dedicated | Kind::Tracked)
     }
 }
 
@@ -98,6 +102,7 @@ impl Counts {
             health: n(Kind::Health),
             latency: n(Kind::Latency),
             finish: n(Kind::Finish),
+            cache: n(Kind::Tracked) + n(Kind::Invalidation),
         }
     }
 }
@@ -127,6 +132,9 @@ pub struct ConnectionsOpened {
     pub latency: u64,
     /// The finish watcher's (migration-aware clients).
     pub finish: u64,
+    /// The client-side cache's (its invalidation listeners and tracked
+    /// read connections).
+    pub cache: u64,
 }
 
 /// The builder's connect and response timeouts (the response one 5 s when

@@ -286,6 +286,11 @@ impl Health {
         guard.as_ref().map(|(_, up)| up.clone())
     }
 
+    /// Bumped at every routing change (a server ejected or back).
+    pub(crate) fn routing_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<ServerHealth> {
         let mut all = self.states.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if self.rejoining.load(Ordering::Acquire)

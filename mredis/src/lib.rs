@@ -155,6 +155,7 @@
 pub mod aio;
 mod async_client;
 mod background;
+pub mod cache;
 mod client;
 mod command_book;
 mod config;
@@ -193,6 +194,7 @@ mod telemetry;
 #[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
 pub mod watch;
 
+pub use cache::CacheStats;
 pub use client::MRedis;
 pub use config::Builder;
 pub use connect::ConnectionsOpened;

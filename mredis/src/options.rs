@@ -25,6 +25,8 @@ pub struct Options {
     pub(crate) name_connections: bool,
     /// The application's part of the connection names.
     pub(crate) client_name: Option<String>,
+    /// Client-side caching: its memory bound in bytes.
+    pub(crate) cache: Option<usize>,
 }
 
 /// Where read-only commands go on shards with replicas
@@ -120,6 +122,7 @@ impl Default for Options {
             failover_wait: Duration::from_secs(5),
             name_connections: true,
             client_name: None,
+            cache: None,
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct CommandSpec {
     /// `block` field); [`CommandSpec::block_time`] reads it from an
     /// invocation.
     pub block: Option<Block>,
+    /// Whether a client-side cache ([`Builder::client_cache`](crate::Builder::client_cache))
+    /// may keep its replies (the `cacheable` field): reads of one key
+    /// whose reply depends on nothing but the key's value.
+    pub cacheable: bool,
     /// The generated methods.
     pub methods: &'static [MethodSpec],
 }

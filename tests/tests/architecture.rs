@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // Topology (servers + placement), Route, how replies of every server
     // merge, the servers' own COMMAND metadata.
-    ("route", &["routing", "merge", "command_book", "background"]),
+    ("route", &["routing", "merge", "command_book", "cache", "background"]),
     // Sans-I/O step machines, per-server results, tracing spans.
     (
         "exec machines",

@@ -50,6 +50,7 @@ mod soak;
 mod write_doors;
 
 // Operations: moving keys, reconfiguring, the census.
+mod cache;
 mod census;
 mod durable_rebalance;
 mod fencing;
