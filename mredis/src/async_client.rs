@@ -825,8 +825,7 @@ impl Fleet {
             if let Some(v) = cache.get(&read) {
                 return Ok(RV::from_redis_value(v)?);
             }
-            let connector = self.core.connector();
-            if let Some(reply) = cache.read(&read, cmd, self.core.server(*server), &connector).await {
+            if let Some(reply) = cache.read(&read, cmd, &self.core).await {
                 return Ok(RV::from_redis_value(reply?)?);
             }
         }

@@ -245,31 +245,27 @@ impl Cache {
         &self,
         read: &Cacheable<'_>,
         cmd: &Cmd,
-        server: &Server,
-        c: &Connector,
+        core: &crate::routing::Topology,
     ) -> Option<RedisResult<Value>> {
         let shelf = self.shelves.get(read.server)?;
+        let server = core.server(read.server);
         let seq = shelf.seq.load(Ordering::Acquire);
-        let (generation, mut con) = self.reader(read.server, server, c).await?;
+        let (generation, mut con) = self.reader(read.server, server, core).await?;
         let mut pipe = redis::pipe();
         pipe.add_command(cmd.clone()).cmd("PTTL").arg(read.key);
-        let reply = tokio::time::timeout(c.timeouts.response, con.req_packed_commands(&pipe, 0, 2)).await;
-        let mut replies = match reply {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                // Its tracking ended with it: nothing kept is safe.
-                if e.is_unrecoverable_error() {
+        // The tracked connection has the client's response timeout.
+        let mut replies = match con.req_packed_commands(&pipe, 0, 2).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Its tracking may have ended with it: nothing kept is safe.
+                if e.is_unrecoverable_error() || e.is_timeout() {
                     self.drop_reader(read.server).await;
                 }
-                return Some(Err(crate::error::name_server(server, e)));
-            }
-            Err(_) => {
-                self.drop_reader(read.server).await;
                 return Some(Err(crate::error::name_server_after(
                     server,
-                    std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+                    e,
                     None,
-                    Some(c.timeouts.response),
+                    Some(core.timeouts.response),
                 )));
             }
         };
@@ -299,7 +295,12 @@ impl Cache {
 
     /// The tracked connection of server `index`, opened (and tracking
     /// turned on, redirected to the listener) if needed.
-    async fn reader(&self, index: usize, server: &Server, c: &Connector) -> Option<(u64, MultiplexedConnection)> {
+    async fn reader(
+        &self,
+        index: usize,
+        server: &Server,
+        core: &crate::routing::Topology,
+    ) -> Option<(u64, MultiplexedConnection)> {
         let shelf = &self.shelves[index];
         let (generation, id) = (*shelf.link.lock().unwrap_or_else(|e| e.into_inner()))?;
         let epoch = server.epoch();
@@ -314,6 +315,7 @@ impl Cache {
             // Entries read through the old one are no longer tracked.
             self.flush(index);
         }
+        let c = core.connector();
         let client = server.client().ok()?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(c.timeouts.connect))
