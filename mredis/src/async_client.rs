@@ -822,7 +822,7 @@ impl Fleet {
                 key,
                 packed: cmd.get_packed_command(),
             };
-            if let Some(v) = cache.get(&read) {
+            if let Some(v) = cache.get(&read, self.core.server(*server).epoch()) {
                 return Ok(RV::from_redis_value(v)?);
             }
             if let Some(reply) = cache.read(&read, cmd, &self.core).await {

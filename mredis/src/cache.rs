@@ -94,6 +94,9 @@ struct Shelf {
     /// bumped at every (re)connection.
     link: Mutex<Option<(u64, i64)>>,
     generation: AtomicU64,
+    /// The shard's address epoch the entries are for (a failover changes
+    /// it: the entries are dropped at the next read).
+    epoch: AtomicU64,
     /// The tracked connection for cached reads: the link generation and
     /// the shard's address epoch it was made for.
     reader: tokio::sync::Mutex<Option<(u64, u64, MultiplexedConnection)>>,
@@ -205,9 +208,14 @@ impl Cache {
         }
     }
 
-    /// A kept reply, if any (counts a hit or a miss).
-    pub(crate) fn get(&self, read: &Cacheable<'_>) -> Option<Value> {
+    /// A kept reply, if any (counts a hit or a miss). `epoch`: the
+    /// server's address epoch now (entries of another are dropped).
+    pub(crate) fn get(&self, read: &Cacheable<'_>, epoch: u64) -> Option<Value> {
         let shelf = self.shelves.get(read.server)?;
+        if shelf.epoch.load(Ordering::Acquire) != epoch {
+            self.flush(read.server);
+            shelf.epoch.store(epoch, Ordering::Release);
+        }
         let found = {
             let mut entries = shelf.entries.lock().unwrap_or_else(|e| e.into_inner());
             match entries.get(read.key).and_then(|m| m.get(&read.packed)) {
@@ -282,6 +290,7 @@ impl Cache {
             _ => return Some(Ok(value)),
         };
         let current = shelf.seq.load(Ordering::Acquire) == seq
+            && shelf.epoch.load(Ordering::Acquire) == server.epoch()
             && shelf
                 .link
                 .lock()

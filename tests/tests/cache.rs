@@ -226,3 +226,270 @@ fn the_cache_stays_within_its_memory_bound() {
     assert!(stats.evictions > 0 && stats.bytes <= bound, "{stats:?}");
     assert!(mr.connections_opened().cache >= 4, "{:?}", mr.connections_opened());
 }
+
+/// A Sentinel failover: entries read from the old primary are not served
+/// once the client follows the new one; what is written on the new
+/// primary is read.
+#[test]
+fn a_failover_drops_the_shards_entries() {
+    if !mredis_tests::redis_server_available() {
+        return;
+    }
+    let _quiet = mredis_tests::quiet();
+    let mut fleet = mredis_tests::SentinelFleet::start(1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let shard = mredis::Server::sentinel(&fleet.shards[0].name, fleet.sentinel_urls()).unwrap();
+    let mr = rt
+        .block_on(
+            MRedis::builder()
+                .servers(vec![shard])
+                .connect_timeout(Duration::from_millis(500))
+                .response_timeout(Some(Duration::from_secs(2)))
+                .client_cache(1 << 20)
+                .build_async(),
+        )
+        .unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("c:fo{i}")).collect();
+    for k in &keys {
+        rt.block_on(mr.set::<_, _, ()>(k, "before")).unwrap();
+    }
+    mredis_tests::wait_replicated(&mut fleet.shards[0].primary.conn(), &mut fleet.shards[0].replica.conn());
+    wait_until("entries kept", Duration::from_secs(10), || {
+        for k in &keys {
+            rt.block_on(mr.get::<_, String>(k)).unwrap();
+        }
+        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
+    });
+    let old = fleet.master_port(0);
+    fleet.shards[0].primary.stop();
+    let new = fleet.wait_for_new_master(0, old, Duration::from_secs(30));
+    // Written on the new primary behind the client's back.
+    let mut con = fleet.conn(new);
+    for k in &keys {
+        let _: () = redis::cmd("SET").arg(k).arg("after").query(&mut con).unwrap();
+    }
+    // The client follows the failover (its first calls may fail while it
+    // does); from then on no read returns the old primary's value.
+    wait_until("the client follows", Duration::from_secs(30), || {
+        rt.block_on(mr.uncached().get::<_, String>(&keys[0]))
+            .is_ok_and(|v| v == "after")
+    });
+    for k in &keys {
+        assert_eq!(rt.block_on(mr.get::<_, String>(k)).unwrap(), "after", "{k}");
+    }
+    assert!(mr.cache_stats().unwrap().flushes > 0);
+}
+
+/// A reconfigure makes a new cache: reads after it see what was written
+/// meanwhile by another client, on the servers of the new configuration.
+#[test]
+fn a_reconfigure_starts_a_new_cache() {
+    let s = servers(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mr = cached(&rt, &s[..2], 1 << 20);
+    let plain = MRedis::new(urls(&s[..2])).unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("c:rc{i}")).collect();
+    for k in &keys {
+        plain.set::<_, _, ()>(k, "two").unwrap();
+    }
+    wait_until("entries kept", Duration::from_secs(10), || {
+        for k in &keys {
+            rt.block_on(mr.get::<_, String>(k)).unwrap();
+        }
+        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
+    });
+    // The keys, as the three-server configuration places them.
+    let three = MRedis::new(urls(&s)).unwrap();
+    for k in &keys {
+        three.set::<_, _, ()>(k, "three").unwrap();
+    }
+    rt.block_on(mr.reconfigure(MRedis::builder().servers(urls(&s)).client_cache(1 << 20)))
+        .unwrap();
+    for k in &keys {
+        assert_eq!(rt.block_on(mr.get::<_, String>(k)).unwrap(), "three", "{k}");
+    }
+    let stats = mr.cache_stats().unwrap();
+    assert_eq!(stats.entries.len(), 3, "{stats:?}");
+}
+
+/// Ejection and MoveBack with a cache: a key read (and kept) from its
+/// server, written elsewhere while that server is SIGSTOPped and ejected,
+/// reads as that write from then on: while ejected, after the server
+/// comes back, and after its keys are moved back. Never the older value.
+#[test]
+fn ejection_and_rejoin_never_serve_the_older_value() {
+    let _quiet = mredis_tests::quiet();
+    let s = servers(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let list: Vec<mredis::Server> = s
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            mredis::Server::from_parts("127.0.0.1", x.port(), 0)
+                .unwrap()
+                .with_alias(format!("s{i}"))
+        })
+        .collect();
+    let mr = rt
+        .block_on(
+            MRedis::builder()
+                .servers(list)
+                .mode(mredis::Mode::Ketama {
+                    hash: mredis::placement::hashkit::KeyHash::Fnv1a64,
+                    hash_tag: None,
+                })
+                .connect_timeout(Duration::from_millis(200))
+                .response_timeout(Some(Duration::from_millis(500)))
+                .health_check(mredis::health::HealthCheck {
+                    interval: Duration::from_millis(100),
+                    down_after: 2,
+                    eject: true,
+                    ..Default::default()
+                })
+                .client_cache(1 << 20)
+                .build_async(),
+        )
+        .unwrap();
+    wait_until("every server checked", Duration::from_secs(10), || {
+        mr.health().iter().all(|h| h.up && h.checks >= 2)
+    });
+    let keys: Vec<String> = (0..60).map(|i| format!("c:ej{i}")).collect();
+    for k in &keys {
+        rt.block_on(mr.set::<_, _, ()>(k, "old")).unwrap();
+    }
+    wait_until("entries kept", Duration::from_secs(10), || {
+        for k in &keys {
+            rt.block_on(mr.get::<_, String>(k)).unwrap();
+        }
+        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
+    });
+    let victim = 1;
+    let on_victim: Vec<&String> = keys
+        .iter()
+        .filter(|k| rt.block_on(async { mr.server_for(k.as_str()) }).unwrap() == s[victim].name())
+        .collect();
+    assert!(!on_victim.is_empty());
+    s[victim].sigstop();
+    wait_until("ejected", Duration::from_secs(10), || !mr.health()[victim].up);
+    for k in &on_victim {
+        rt.block_on(mr.set::<_, _, ()>(k.as_str(), "new")).unwrap();
+    }
+    let read_all = |what: &str| {
+        for k in &on_victim {
+            if let Ok(v) = rt.block_on(mr.get::<_, String>(k.as_str())) {
+                assert_eq!(v, "new", "{what}: {k}");
+            }
+        }
+    };
+    read_all("while ejected");
+    s[victim].sigcont();
+    wait_until("back up", Duration::from_secs(10), || mr.health()[victim].up);
+    // While the keys move back and after: always the newer value.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        read_all("after the rejoin");
+    }
+    let mut con = s[victim].conn();
+    for k in &on_victim {
+        let v: Option<String> = redis::cmd("GET").arg(k.as_str()).query(&mut con).unwrap();
+        assert_eq!(v.as_deref(), Some("new"), "{k} moved back");
+    }
+    assert!(mr.cache_stats().unwrap().flushes > 0);
+}
+
+/// A rebalance from 3 servers to 4 under cached readers and a writer: the
+/// readers switch to the migration-aware configuration, the keys move
+/// (each MIGRATE invalidates the source's entries), the readers switch to
+/// the new configuration; no reader ever sees a counter go back, and at
+/// the end every key reads as its last write.
+#[test]
+fn a_rebalance_under_cached_readers_serves_no_older_value() {
+    let s = servers(4);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let named = |list: &[RedisServer]| -> Vec<mredis::Server> {
+        list.iter()
+            .enumerate()
+            .map(|(i, x)| mredis::Server::from_url(&x.url()).unwrap().with_alias(format!("s{i}")))
+            .collect()
+    };
+    let old = || MRedis::builder().servers(named(&s[..3]));
+    let new = || MRedis::builder().servers(named(&s));
+    let mr = rt.block_on(old().client_cache(1 << 20).build_async()).unwrap();
+    let keys: Vec<String> = (0..60).map(|i| format!("c:rb{i}")).collect();
+    let writer_client = old().build().unwrap();
+    for k in &keys {
+        writer_client.set::<_, _, ()>(k, 0).unwrap();
+    }
+    wait_until("entries kept", Duration::from_secs(10), || {
+        for k in &keys {
+            rt.block_on(mr.get::<_, i64>(k)).unwrap();
+        }
+        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
+    });
+    // Everyone migration-aware, then the move, with a writer and readers.
+    rt.block_on(mr.reconfigure(new().migrating_from(old()).client_cache(1 << 20)))
+        .unwrap();
+    writer_client.reconfigure(new().migrating_from(old())).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(AtomicI64::new(0));
+    let writer = {
+        let (w, keys, done, last) = (writer_client.clone(), keys.clone(), done.clone(), last.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(Ordering::SeqCst) {
+                n += 1;
+                for k in &keys {
+                    w.set::<_, _, ()>(k, n).unwrap();
+                }
+                last.store(n, Ordering::SeqCst);
+            }
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (mr, keys, done) = (mr.clone(), keys.clone(), done.clone());
+            rt.spawn(async move {
+                let mut seen = vec![0i64; keys.len()];
+                let mut backwards = 0;
+                while !done.load(Ordering::SeqCst) {
+                    for (i, k) in keys.iter().enumerate() {
+                        let v: i64 = mr.get(k).await.unwrap();
+                        if v < seen[i] {
+                            backwards += 1;
+                        }
+                        seen[i] = seen[i].max(v);
+                    }
+                }
+                backwards
+            })
+        })
+        .collect();
+    let report = mredis::rebalance::rebalance(
+        &old().build().unwrap(),
+        &new().build().unwrap(),
+        mredis::rebalance::RebalanceOptions {
+            allow_volatile: true,
+            // The old configuration's cache connections close as its
+            // background tasks see their stop (within a tenth of a second).
+            census: mredis::rebalance::census::CensusOptions {
+                wait: Some(Duration::from_secs(10)),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.moved > 0, "{report:?}");
+    rt.block_on(mr.reconfigure(new().client_cache(1 << 20))).unwrap();
+    writer_client.reconfigure(new()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let backwards: usize = readers.into_iter().map(|r| rt.block_on(r).unwrap()).sum();
+    assert_eq!(backwards, 0, "a reader saw a counter go back");
+    let final_value = last.load(Ordering::SeqCst);
+    wait_until("the last write read everywhere", Duration::from_secs(5), || {
+        keys.iter()
+            .all(|k| rt.block_on(mr.get::<_, i64>(k)).unwrap() == final_value)
+    });
+}
