@@ -82,11 +82,16 @@ struct Entry {
     size: usize,
 }
 
+/// Key -> packed command -> reply.
+type Entries = HashMap<Vec<u8>, HashMap<Vec<u8>, Entry>>;
+
+/// Insertion order, for eviction: (server, key, packed command).
+type Order = VecDeque<(usize, Vec<u8>, Vec<u8>)>;
+
 /// One server's part of the cache.
 #[derive(Default)]
 struct Shelf {
-    /// Key -> packed command -> reply.
-    entries: Mutex<HashMap<Vec<u8>, HashMap<Vec<u8>, Entry>>>,
+    entries: Mutex<Entries>,
     /// Bumped by every invalidation, flush and own write: a read that
     /// started before one is not kept.
     seq: AtomicU64,
@@ -107,8 +112,7 @@ pub(crate) struct Cache {
     max_bytes: usize,
     names: Vec<String>,
     shelves: Vec<Shelf>,
-    /// Insertion order, for eviction: (server, key, command).
-    order: Mutex<VecDeque<(usize, Vec<u8>, Vec<u8>)>>,
+    order: Mutex<Order>,
     bytes: AtomicUsize,
     /// The health checker's routing epoch the entries are for.
     routing: AtomicU64,

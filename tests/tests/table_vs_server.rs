@@ -452,3 +452,54 @@ fn key_extraction_matches_command_getkeys() {
     );
     assert!(checked > 150, "only {checked} examples checked");
 }
+
+/// The rows the table marks `cacheable` are reads of one key whose reply
+/// the server says depends on nothing else: flagged `readonly`, key at
+/// position 1 only, no `nondeterministic_output` tip (SRANDMEMBER, TTL,
+/// ... are not cacheable). Runs on the servers CI tests (Redis 7.0, Valkey
+/// 8.1, Redis 8.2).
+#[test]
+fn cacheable_rows_are_deterministic_reads_of_one_key() {
+    let server = RedisServer::new();
+    let mut con = server.conn();
+    let mut problems = Vec::new();
+    let cacheable: Vec<&mredis::CommandSpec> = COMMANDS.iter().filter(|c| c.cacheable).collect();
+    assert!(cacheable.len() >= 30, "{} cacheable rows", cacheable.len());
+    for c in &cacheable {
+        let reply: Value = redis::cmd("COMMAND").arg("INFO").arg(c.name).query(&mut con).unwrap();
+        let Value::Array(mut rows) = reply else {
+            panic!("COMMAND INFO {}: {reply:?}", c.name)
+        };
+        let Some(Value::Array(info)) = rows.pop() else {
+            problems.push(format!("{}: unknown to the server", c.name));
+            continue;
+        };
+        let text = |v: &Value| match v {
+            Value::SimpleString(s) => s.clone(),
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let list = |v: Option<&Value>| match v {
+            Some(Value::Array(items)) | Some(Value::Set(items)) => items.iter().map(text).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        let flags = list(info.get(2));
+        let tips = list(info.get(7));
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => *n,
+            _ => -99,
+        };
+        if !flags.iter().any(|f| f == "readonly") {
+            problems.push(format!("{}: not readonly ({flags:?})", c.name));
+        }
+        // `nondeterministic_output_order` (SMEMBERS, HGETALL) is fine: the
+        // same members, in an order no caller may rely on.
+        if tips.iter().any(|t| t == "nondeterministic_output") {
+            problems.push(format!("{}: nondeterministic ({tips:?})", c.name));
+        }
+        if (int(info.get(3)), int(info.get(4))) != (1, 1) {
+            problems.push(format!("{}: keys at {:?}..{:?}", c.name, info.get(3), info.get(4)));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
