@@ -12,6 +12,7 @@
 //! | [`pubsub`] | publishing and one subscriber for the whole fleet |
 //! | [`sentinel`] | replicas and Sentinel: failover, read policies, writes acknowledged by replicas |
 //! | [`resharding`] | adding or removing servers: migration-aware clients, `mredis rebalance`, the census, fencing, exit codes |
+//! | [`caching`] | client-side caching: hot keys read from memory, and what stays correct |
 //! | [`health`] | health checks and ejection, tracing, counting connections |
 //! | [`errors`] | what an error means; failures, timeouts, security, ACL rights |
 //! | [`cli`] | the `mredis` tool and fleet files |
@@ -34,6 +35,9 @@ pub mod sentinel {}
 
 #[doc = include_str!("guide/resharding.md")]
 pub mod resharding {}
+
+#[doc = include_str!("guide/caching.md")]
+pub mod caching {}
 
 #[doc = include_str!("guide/health.md")]
 pub mod health {}
