@@ -429,14 +429,11 @@ impl Cache {
         shelf.seq.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// This client's own requests to server `index`: every write drops
-    /// its keys' entries (all of the server's when its keys are not
-    /// known: FLUSHDB, a module's command).
+    /// This client's own requests to server `index`: every command that
+    /// may write drops its keys' entries (a script's too); all of the
+    /// server's when its keys are not known (FLUSHDB, a module's command).
     pub(crate) fn own_writes<'c>(&self, index: usize, cmds: impl Iterator<Item = &'c Cmd>) {
         for cmd in cmds {
-            if crate::exec::read_only(cmd) {
-                continue;
-            }
             let args: Vec<&[u8]> = cmd
                 .args_iter()
                 .map(|a| match a {
@@ -447,21 +444,26 @@ impl Cache {
                 .collect();
             let name = args.first().map(|n| String::from_utf8_lossy(n).to_ascii_uppercase());
             let sub = args.get(1).and_then(|s| std::str::from_utf8(s).ok());
-            let keys = name
-                .as_deref()
-                .and_then(|n| crate::spec::lookup(n, sub))
-                .map(|spec| spec.keys(&args));
-            match keys {
-                Some(crate::spec::CommandKeys::Known(keys)) if !keys.is_empty() => self.forget(index, &keys, false),
-                // MULTI, EXEC, WATCH and the like carry no write of their own.
-                Some(crate::spec::CommandKeys::Known(_))
-                    if name.as_deref().is_some_and(|n| {
-                        matches!(
-                            n,
-                            "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH" | "PING" | "SELECT"
-                        )
-                    }) => {}
-                _ => self.flush(index),
+            let spec = name.as_deref().and_then(|n| crate::spec::lookup(n, sub));
+            let Some(spec) = spec else {
+                // A command the table does not know (a module's): it may
+                // write anything on this server.
+                self.flush(index);
+                continue;
+            };
+            let keys = match spec.keys(&args) {
+                crate::spec::CommandKeys::Known(keys) => Some(keys),
+                _ => None,
+            };
+            match (spec.access, keys) {
+                (crate::spec::Access::Read, _) => {}
+                (_, Some(keys)) if !keys.is_empty() => self.forget(index, &keys, false),
+                // A write of no key it names (FLUSHDB, SWAPDB, ...), or of
+                // keys only the server can tell.
+                (crate::spec::Access::Write, _) => self.flush(index),
+                // Neither flagged read nor write, and no key (PING, INFO,
+                // MULTI, EXEC, CLIENT ...): nothing of the cache's.
+                _ => {}
             }
         }
     }

@@ -427,12 +427,20 @@ fn run(
             if changed && options.eject {
                 let came_back = events.iter().any(|e| matches!(e, HealthEvent::Up { .. }));
                 let before = health.routing();
+                let moving_back =
+                    options.rejoin == Rejoin::MoveBack && (came_back || health.rejoining.load(Ordering::Acquire));
+                // The guard of the keys to move back is in place before the
+                // routing changes: a command on a key written elsewhere
+                // meanwhile never reaches the returning server's older copy.
+                let rejoin = if moving_back {
+                    prepare_rejoin(&health, &servers, mode, hash_tags, before)
+                } else {
+                    None
+                };
                 apply_ejection(&health, &servers, mode, hash_tags);
                 let epoch = health.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-                if options.rejoin == Rejoin::MoveBack && (came_back || health.rejoining.load(Ordering::Acquire)) {
-                    start_rejoin(
-                        &health, &servers, &clients, mode, hash_tags, before, epoch, grace, c, stop,
-                    );
+                if let Some((full, state)) = rejoin {
+                    start_rejoin(&health, &servers, &clients, full, state, epoch, grace, c, stop);
                 }
             }
             if let Some(cb) = &options.on_event {
@@ -466,26 +474,19 @@ fn apply_ejection(health: &Health, servers: &[Server], mode: Mode, hash_tags: Op
     health.any_ejected.store(any, Ordering::Release);
 }
 
-/// Starts (or restarts, after another change) moving back the keys that
-/// the routing before sent elsewhere: routing guards them on the server
-/// they went to until a mover thread has moved them all.
-#[allow(clippy::too_many_arguments)]
-fn start_rejoin(
+/// Sets up (or, after another change, renews) the guard of the keys that
+/// the routing before sent elsewhere: routing serves each where it is
+/// until the mover has moved them all back. The full placement and the
+/// state, for [`start_rejoin`].
+fn prepare_rejoin(
     health: &Arc<Health>,
     servers: &[Server],
-    clients: &[Clients],
     mode: Mode,
     hash_tags: Option<bool>,
     before: Option<(Placement, Vec<usize>)>,
-    epoch: u64,
-    grace: Duration,
-    c: &Connector,
-    stop: &Stop,
-) {
+) -> Option<(Placement, Arc<RejoinState>)> {
     let up: Vec<bool> = health.snapshot().iter().map(|s| s.up).collect();
-    let Ok(full) = Placement::new(mode, servers, hash_tags) else {
-        return;
-    };
+    let full = Placement::new(mode, servers, hash_tags).ok()?;
     let state = {
         let mut slot = health.rejoin.write().unwrap_or_else(|e| e.into_inner());
         // A change during a move keeps the first routing: the keys to move
@@ -496,6 +497,22 @@ fn start_rejoin(
         state
     };
     health.rejoining.store(true, Ordering::Release);
+    Some((full, state))
+}
+
+/// Starts the mover thread of a prepared rejoin, for routing `epoch`.
+#[allow(clippy::too_many_arguments)]
+fn start_rejoin(
+    health: &Arc<Health>,
+    servers: &[Server],
+    clients: &[Clients],
+    full: Placement,
+    state: Arc<RejoinState>,
+    epoch: u64,
+    grace: Duration,
+    c: &Connector,
+    stop: &Stop,
+) {
     let health = health.clone();
     let servers = servers.to_vec();
     let clients = clients.to_vec();
