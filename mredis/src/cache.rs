@@ -18,7 +18,9 @@
 //! never a value older than one whose invalidation has already arrived,
 //! and never older than the client's own write of the key (a write through
 //! this client drops the key's entries before it is sent and again once it
-//! is answered). A value can be stale only for the time an invalidation
+//! is answered), nor older than a value a read of this client already got
+//! from the server (concurrent misses of one key keep nothing unless they
+//! agree). A value can be stale only for the time an invalidation
 //! takes to reach the client (one network hop, as for any reply). Every
 //! entry of a server is dropped whenever its invalidations could have been
 //! missed: the listening or the tracked connection broke or was opened
@@ -291,7 +293,10 @@ impl Cache {
             // -1: no time to live; -2: no key (a nil reply, kept until the
             // key is created).
             Some(Value::Int(_)) => None,
-            _ => return Some(Ok(value)),
+            _ => {
+                self.forget(read.server, &[read.key], false);
+                return Some(Ok(value));
+            }
         };
         let current = shelf.seq.load(Ordering::Acquire) == seq
             && shelf.epoch.load(Ordering::Acquire) == server.epoch()
@@ -300,8 +305,14 @@ impl Cache {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_some_and(|(g, _)| g == generation);
-        if current {
-            self.keep(read, value.clone(), expires);
+        let kept = current && self.keep(read, value.clone(), expires, seq);
+        if !kept {
+            // Not kept: a read of the same key that started earlier may
+            // still be on its way with an older reply (its invalidation
+            // not yet here). Moving the sequence stops it from being kept,
+            // so no read is answered from memory with a value older than
+            // one a read from the server already returned.
+            self.forget(read.server, &[read.key], false);
         }
         Some(Ok(value))
     }
@@ -353,30 +364,42 @@ impl Cache {
     }
 
     /// Keeps a reply, evicting the oldest entries beyond the bound.
-    fn keep(&self, read: &Cacheable<'_>, value: Value, expires: Option<Instant>) {
+    /// Keeps a reply read while the server's sequence was `seq`, unless
+    /// it moved since: checked under the entries' lock, which every
+    /// invalidation and flush holds while it moves the sequence, so an
+    /// invalidation either comes first (nothing is kept) or after (it
+    /// drops what was kept).
+    fn keep(&self, read: &Cacheable<'_>, value: Value, expires: Option<Instant>, seq: u64) -> bool {
         let size = OVERHEAD + read.key.len() + read.packed.len() + size_of_value(&value);
         if size > self.max_bytes {
-            return;
+            return false;
         }
         {
-            let mut entries = self.shelves[read.server]
-                .entries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let old = entries
-                .entry(read.key.to_vec())
-                .or_default()
-                .insert(read.packed.clone(), Entry { value, expires, size });
-            match old {
-                Some(o) => {
-                    self.bytes.fetch_sub(o.size, Ordering::Relaxed);
-                }
-                None => self.order.lock().unwrap_or_else(|e| e.into_inner()).push_back((
-                    read.server,
-                    read.key.to_vec(),
-                    read.packed.clone(),
-                )),
+            let shelf = &self.shelves[read.server];
+            let mut entries = shelf.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if shelf.seq.load(Ordering::Acquire) != seq {
+                return false;
             }
+            let per_key = entries.entry(read.key.to_vec()).or_default();
+            // Another read of the same command kept its reply meanwhile:
+            // the two replies are from the same tracking period, but which
+            // is newer is not known here (their tasks may keep them in
+            // either order). A different one drops both, so no read is
+            // answered with the older after the newer.
+            if let Some(existing) = per_key.get(&read.packed) {
+                if existing.value != value {
+                    let gone = per_key.remove(&read.packed).map_or(0, |e| e.size);
+                    self.bytes.fetch_sub(gone, Ordering::Relaxed);
+                    return false;
+                }
+                return true;
+            }
+            per_key.insert(read.packed.clone(), Entry { value, expires, size });
+            self.order.lock().unwrap_or_else(|e| e.into_inner()).push_back((
+                read.server,
+                read.key.to_vec(),
+                read.packed.clone(),
+            ));
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);
         while self.bytes.load(Ordering::Relaxed) > self.max_bytes {
@@ -394,14 +417,16 @@ impl Cache {
                 }
             }
         }
+        true
     }
 
     /// Drops `keys`' entries on server `index` (an invalidation, or this
     /// client's own write) and stops reads under way from being kept.
     pub(crate) fn forget(&self, index: usize, keys: &[&[u8]], counted: bool) {
         let Some(shelf) = self.shelves.get(index) else { return };
-        shelf.seq.fetch_add(1, Ordering::AcqRel);
         let mut entries = shelf.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: see `keep`.
+        shelf.seq.fetch_add(1, Ordering::AcqRel);
         for key in keys {
             if counted {
                 self.invalidations.fetch_add(1, Ordering::Relaxed);
@@ -411,22 +436,21 @@ impl Cache {
                 self.bytes.fetch_sub(size, Ordering::Relaxed);
             }
         }
-        shelf.seq.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops every entry of server `index`.
     pub(crate) fn flush(&self, index: usize) {
         let Some(shelf) = self.shelves.get(index) else { return };
-        shelf.seq.fetch_add(1, Ordering::AcqRel);
         let drained: usize = {
             let mut entries = shelf.entries.lock().unwrap_or_else(|e| e.into_inner());
+            // Under the lock: see `keep`.
+            shelf.seq.fetch_add(1, Ordering::AcqRel);
             let size = entries.values().flat_map(HashMap::values).map(|e| e.size).sum();
             entries.clear();
             size
         };
         self.bytes.fetch_sub(drained, Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        shelf.seq.fetch_add(1, Ordering::AcqRel);
     }
 
     /// This client's own requests to server `index`: every command that
