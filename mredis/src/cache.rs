@@ -24,7 +24,10 @@
 //! takes to reach the client (one network hop, as for any reply). Every
 //! entry of a server is dropped whenever its invalidations could have been
 //! missed: the listening or the tracked connection broke or was opened
-//! again (a restart, `CLIENT KILL`, `timeout`), the shard failed over, the
+//! again (a restart, `CLIENT KILL`, `timeout`; a listener whose server does
+//! not answer its `PING`, sent every second, within the response timeout
+//! counts as broken, so a connection cut silently by the network costs at
+//! most that long), the shard failed over, the
 //! health checker ejected a server or let one rejoin, or the configuration
 //! changed ([`MRedis::reconfigure`](crate::MRedis::reconfigure) builds a
 //! new cache). A read that was on its way while any invalidation, flush or
@@ -54,6 +57,12 @@ const OVERHEAD: usize = 96;
 
 /// How often a listener looks at its stop flag and the shard's address.
 const TICK: Duration = Duration::from_millis(100);
+
+/// How often a listener checks that its server still answers (`PING`): a
+/// connection cut without a close (a network partition) loses
+/// invalidations without an error, so an unanswered `PING` counts as a
+/// broken connection.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// What the cache has done since the client was built
 /// ([`aio::MRedis::cache_stats`](crate::aio::MRedis::cache_stats)).
@@ -565,7 +574,19 @@ fn listen(cache: &Cache, index: usize, server: &Server, c: &Connector, stop: &St
         }
         backoff = Duration::from_millis(50);
         cache.link_up(index, id);
+        let mut pinged = std::time::Instant::now();
         while !stop.stopped() && server.epoch() == epoch {
+            if pinged.elapsed() >= PING_EVERY {
+                // Invalidations that arrive meanwhile are kept for
+                // `get_message`.
+                let answered = pubsub.set_read_timeout(Some(c.timeouts.response)).is_ok()
+                    && pubsub.ping::<Value>().is_ok()
+                    && pubsub.set_read_timeout(Some(TICK)).is_ok();
+                if !answered {
+                    break;
+                }
+                pinged = std::time::Instant::now();
+            }
             match pubsub.get_message() {
                 Ok(msg) => match msg.get_payload::<Option<Vec<Vec<u8>>>>() {
                     Ok(Some(keys)) => {

@@ -506,3 +506,48 @@ fn a_rebalance_under_cached_readers_serves_no_older_value() {
             .all(|k| rt.block_on(mr.get::<_, i64>(k)).unwrap() == final_value)
     });
 }
+
+/// A listener whose server stops answering without closing the connection
+/// (SIGSTOP stands for a network cut) is treated as broken within its
+/// `PING` interval plus the response timeout: the server's entries go,
+/// and after the server is back the cache works again.
+#[test]
+fn a_listener_cut_off_without_a_close_drops_its_servers_entries() {
+    let s = servers(2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mr = rt
+        .block_on(
+            MRedis::builder()
+                .servers(urls(&s))
+                .response_timeout(Some(Duration::from_millis(500)))
+                .client_cache(1 << 20)
+                .build_async(),
+        )
+        .unwrap();
+    let plain = MRedis::new(urls(&s)).unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("c:cut{i}")).collect();
+    for k in &keys {
+        plain.set::<_, _, ()>(k, "v").unwrap();
+    }
+    let entries = |mr: &mredis::aio::MRedis| mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>();
+    wait_until("entries kept", Duration::from_secs(10), || {
+        for k in &keys {
+            rt.block_on(mr.get::<_, String>(k)).unwrap();
+        }
+        entries(&mr) == keys.len()
+    });
+    let flushes = mr.cache_stats().unwrap().flushes;
+    s[0].sigstop();
+    wait_until("the cut is noticed", Duration::from_secs(10), || {
+        mr.cache_stats().unwrap().flushes > flushes
+    });
+    let on_cut = mr.cache_stats().unwrap().entries[0].1;
+    assert_eq!(on_cut, 0, "the cut server's entries are gone");
+    s[0].sigcont();
+    wait_until("entries kept again", Duration::from_secs(10), || {
+        for k in &keys {
+            let _ = rt.block_on(mr.get::<_, String>(k));
+        }
+        entries(&mr) == keys.len()
+    });
+}
