@@ -414,7 +414,11 @@ fn subscriptions_follow_ejection_out_and_back_with_every_gap_marked() {
     // subscriptions. A Lost of the victim was reported (its connection
     // died), and its Resubscribed comes only once both channels are there.
     s[victim].restart();
-    wait_until("the victim marked up", DEADLINE, || mr.health()[victim].up);
+    // As for the ejection: the state says up just before the routing
+    // changes back (the guard of the keys to move back goes in first).
+    wait_until("the victim marked up and routed to again", DEADLINE, || {
+        mr.health()[victim].up && mr.server_index_for(before.as_bytes()) == victim
+    });
     assert_eq!(mr.server_index_for(before.as_bytes()), victim);
     assert_eq!(mr.server_index_for(during.as_bytes()), victim);
     let name = s[victim].name();
