@@ -23,6 +23,22 @@ fn owner<'a>(s: &'a [RedisServer], key: &str) -> &'a RedisServer {
         .expect("the key is on some server")
 }
 
+/// How many entries `mr`'s cache holds now, over every server.
+fn entries(mr: &mredis::aio::MRedis) -> usize {
+    mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum()
+}
+
+/// Reads every key of `keys` until the cache holds an entry for each (its
+/// invalidation listeners connect in the background).
+fn keep_all(rt: &tokio::runtime::Runtime, mr: &mredis::aio::MRedis, keys: &[String], what: &str) {
+    wait_until(what, Duration::from_secs(10), || {
+        for k in keys {
+            rt.block_on(mr.get::<_, redis::Value>(k)).unwrap();
+        }
+        entries(mr) == keys.len()
+    });
+}
+
 #[test]
 fn a_cached_read_is_answered_from_memory_until_another_client_writes_the_key() {
     let s = servers(3);
@@ -33,7 +49,7 @@ fn a_cached_read_is_answered_from_memory_until_another_client_writes_the_key() {
     plain.set::<_, _, ()>("c:k", "v1").unwrap();
     wait_until("the cache keeps reads", Duration::from_secs(10), || {
         rt.block_on(mr.get::<_, String>("c:k")).unwrap();
-        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() > 0
+        entries(&mr) > 0
     });
     let before = mr.cache_stats().unwrap();
     for _ in 0..100 {
@@ -74,6 +90,9 @@ fn a_cached_read_is_answered_from_memory_until_another_client_writes_the_key() {
         rt.block_on(mr.get::<_, Option<String>>("c:ttl")).unwrap().as_deref(),
         Some("short")
     );
+    // Time itself is the condition: the key's 300 ms run out, with nothing
+    // touching it on the server (which would expire it there and send an
+    // invalidation); the entry must end by its own time to live.
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(rt.block_on(mr.get::<_, Option<String>>("c:ttl")).unwrap(), None);
 }
@@ -157,16 +176,7 @@ fn every_entry_of_a_server_goes_when_its_invalidations_could_be_missed() {
     for k in &keys {
         plain.set::<_, _, ()>(k, "old").unwrap();
     }
-    let entries = |mr: &mredis::aio::MRedis| mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>();
-    let read_all = |mr: &mredis::aio::MRedis| {
-        for k in &keys {
-            rt.block_on(mr.get::<_, String>(k)).unwrap();
-        }
-    };
-    wait_until("entries kept", Duration::from_secs(10), || {
-        read_all(&mr);
-        entries(&mr) == keys.len()
-    });
+    keep_all(&rt, &mr, &keys, "entries kept");
     // The listener's connection killed: its server's entries go.
     let flushes = mr.cache_stats().unwrap().flushes;
     let _: i64 = redis::cmd("CLIENT")
@@ -180,10 +190,7 @@ fn every_entry_of_a_server_goes_when_its_invalidations_could_be_missed() {
     });
     // A restart: whatever was written while it was down (here: the data
     // is gone) is not served from memory.
-    wait_until("entries kept again", Duration::from_secs(10), || {
-        read_all(&mr);
-        entries(&mr) == keys.len()
-    });
+    keep_all(&rt, &mr, &keys, "entries kept again");
     let flushes = mr.cache_stats().unwrap().flushes;
     s[1].stop();
     wait_until("the stop is noticed", Duration::from_secs(5), || {
@@ -254,12 +261,7 @@ fn a_failover_drops_the_shards_entries() {
         rt.block_on(mr.set::<_, _, ()>(k, "before")).unwrap();
     }
     mredis_tests::wait_replicated(&mut fleet.shards[0].primary.conn(), &mut fleet.shards[0].replica.conn());
-    wait_until("entries kept", Duration::from_secs(10), || {
-        for k in &keys {
-            rt.block_on(mr.get::<_, String>(k)).unwrap();
-        }
-        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
-    });
+    keep_all(&rt, &mr, &keys, "entries kept");
     let old = fleet.master_port(0);
     fleet.shards[0].primary.stop();
     let new = fleet.wait_for_new_master(0, old, Duration::from_secs(30));
@@ -292,12 +294,7 @@ fn a_reconfigure_starts_a_new_cache() {
     for k in &keys {
         plain.set::<_, _, ()>(k, "two").unwrap();
     }
-    wait_until("entries kept", Duration::from_secs(10), || {
-        for k in &keys {
-            rt.block_on(mr.get::<_, String>(k)).unwrap();
-        }
-        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
-    });
+    keep_all(&rt, &mr, &keys, "entries kept");
     // The keys, as the three-server configuration places them.
     let three = MRedis::new(urls(&s)).unwrap();
     for k in &keys {
@@ -357,12 +354,7 @@ fn ejection_and_rejoin_never_serve_the_older_value() {
     for k in &keys {
         rt.block_on(mr.set::<_, _, ()>(k, "old")).unwrap();
     }
-    wait_until("entries kept", Duration::from_secs(10), || {
-        for k in &keys {
-            rt.block_on(mr.get::<_, String>(k)).unwrap();
-        }
-        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
-    });
+    keep_all(&rt, &mr, &keys, "entries kept");
     let victim = 1;
     let on_victim: Vec<&String> = keys
         .iter()
@@ -370,7 +362,10 @@ fn ejection_and_rejoin_never_serve_the_older_value() {
         .collect();
     assert!(!on_victim.is_empty());
     s[victim].sigstop();
-    wait_until("ejected", Duration::from_secs(10), || !mr.health()[victim].up);
+    // The state says down just before the routing changes: wait for both.
+    wait_until("ejected", Duration::from_secs(10), || {
+        !mr.health()[victim].up && mr.server_for(on_victim[0].as_str()).unwrap() != s[victim].name()
+    });
     for k in &on_victim {
         rt.block_on(mr.set::<_, _, ()>(k.as_str(), "new")).unwrap();
     }
@@ -433,12 +428,7 @@ fn a_rebalance_under_cached_readers_serves_no_older_value() {
     for k in &keys {
         writer_client.set::<_, _, ()>(k, 0).unwrap();
     }
-    wait_until("entries kept", Duration::from_secs(10), || {
-        for k in &keys {
-            rt.block_on(mr.get::<_, i64>(k)).unwrap();
-        }
-        mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>() == keys.len()
-    });
+    keep_all(&rt, &mr, &keys, "entries kept");
     // Everyone migration-aware, then the move, with a writer and readers.
     rt.block_on(mr.reconfigure(new().migrating_from(old()).client_cache(1 << 20)))
         .unwrap();
@@ -495,7 +485,11 @@ fn a_rebalance_under_cached_readers_serves_no_older_value() {
     assert!(report.moved > 0, "{report:?}");
     rt.block_on(mr.reconfigure(new().client_cache(1 << 20))).unwrap();
     writer_client.reconfigure(new()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // A few rounds of writes on the new configuration under the readers.
+    let switched = last.load(Ordering::SeqCst);
+    wait_until("writes on the new configuration", Duration::from_secs(10), || {
+        last.load(Ordering::SeqCst) >= switched + 3
+    });
     done.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     let backwards: usize = readers.into_iter().map(|r| rt.block_on(r).unwrap()).sum();
@@ -529,13 +523,7 @@ fn a_listener_cut_off_without_a_close_drops_its_servers_entries() {
     for k in &keys {
         plain.set::<_, _, ()>(k, "v").unwrap();
     }
-    let entries = |mr: &mredis::aio::MRedis| mr.cache_stats().unwrap().entries.iter().map(|(_, n)| n).sum::<usize>();
-    wait_until("entries kept", Duration::from_secs(10), || {
-        for k in &keys {
-            rt.block_on(mr.get::<_, String>(k)).unwrap();
-        }
-        entries(&mr) == keys.len()
-    });
+    keep_all(&rt, &mr, &keys, "entries kept");
     let flushes = mr.cache_stats().unwrap().flushes;
     s[0].sigstop();
     wait_until("the cut is noticed", Duration::from_secs(10), || {
