@@ -923,8 +923,8 @@ impl Fleet {
             // On the old server: a rebalance marking a key (or any key) as
             // moving changes the marks, which aborts the EXEC; a key
             // marked already waits.
-            redis::cmd("WATCH").arg(crate::migration::MARKS).exec(con)?;
-            let marks: Vec<Option<String>> = redis::cmd("HMGET").arg(crate::migration::MARKS).arg(keys).query(con)?;
+            redis::cmd("WATCH").arg(crate::mover::MARKS).exec(con)?;
+            let marks: Vec<Option<String>> = redis::cmd("HMGET").arg(crate::mover::MARKS).arg(keys).query(con)?;
             if marks.iter().any(Option::is_some) {
                 redis::cmd("UNWATCH").exec(con)?;
                 *marked = true;

@@ -19,8 +19,13 @@
 //!
 //! - [`Rejoin::MoveBack`] (the default): the keys written on the other
 //!   servers during the ejection are the newer copies, so they are moved
-//!   back to it (`MIGRATE ... REPLACE`, atomic per key) before it serves
-//!   them again. Meanwhile each of its keys is served where it is, as
+//!   back to it before it serves them again, by the mover the rebalance
+//!   uses ([`crate::rebalance`]): `MIGRATE ... REPLACE` between plain
+//!   servers (atomic per key); on shards with replicas, each key marked
+//!   as moving and copied in steps that the replicas of both shards
+//!   acknowledge (`WAIT`) before the next, so a failover during the move
+//!   back loses no key (with a replica down, the keys stay where they
+//!   were written and the move is tried again until it acknowledges). Meanwhile each of its keys is served where it is, as
 //!   during a resharding ([`Builder::migrating_from`](crate::Builder::migrating_from)):
 //!   on the server it went to while a copy is there (checked and run in
 //!   one script), on its own server otherwise; nothing creates it on the
@@ -50,6 +55,7 @@
 //! removing one server would move almost every key, so
 //! [`Builder::build`](crate::Builder::build) refuses it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -57,6 +63,7 @@ use std::time::{Duration, Instant};
 use redis::RedisResult;
 
 use crate::connect::{Clients, Connector, Kind};
+use crate::mover::{Counters, Journal, Mover, Open, Page, Resolve, Settings, is_bookkeeping, query};
 use crate::placement::{Mode, Placement};
 use crate::server::Server;
 use crate::task::{Stop, Task};
@@ -440,7 +447,7 @@ fn run(
                 apply_ejection(&health, &servers, mode, hash_tags);
                 let epoch = health.epoch.fetch_add(1, Ordering::AcqRel) + 1;
                 if let Some((full, state)) = rejoin {
-                    start_rejoin(&health, &servers, &clients, full, state, epoch, grace, c, stop);
+                    start_rejoin(&health, &servers, full, state, epoch, grace, c, stop);
                 }
             }
             if let Some(cb) = &options.on_event {
@@ -505,7 +512,6 @@ fn prepare_rejoin(
 fn start_rejoin(
     health: &Arc<Health>,
     servers: &[Server],
-    clients: &[Clients],
     full: Placement,
     state: Arc<RejoinState>,
     epoch: u64,
@@ -515,22 +521,26 @@ fn start_rejoin(
 ) {
     let health = health.clone();
     let servers = servers.to_vec();
-    let clients = clients.to_vec();
     let c = c.clone();
     // Under the checker's stop flag: it stops with the checker.
     let _ = stop.spawn("mredis-rejoin", move |stop| {
-        move_back(&health, &servers, &clients, &full, &state, epoch, grace, &c, &stop)
+        move_back(&health, &servers, &full, &state, epoch, grace, &c, &stop)
     });
 }
 
 /// Moves back every key whose routing before differs from now's, pass after
 /// pass, until a pass that started after `grace` moved nothing; then
 /// routing goes direct again (unless routing changed meanwhile).
+///
+/// The keys move with the rebalance's mover ([`crate::mover`]): `MIGRATE`
+/// between plain servers; on shards with replicas, marked and in steps
+/// each acknowledged by the replicas, so a failover during the move back
+/// loses no key. The copy being moved back is the newer one: it replaces
+/// the returning server's.
 #[allow(clippy::too_many_arguments)]
 fn move_back(
     health: &Health,
     servers: &[Server],
-    clients: &[Clients],
     full: &Placement,
     state: &RejoinState,
     epoch: u64,
@@ -540,6 +550,12 @@ fn move_back(
 ) {
     let started = Instant::now();
     let current = |h: &Health| h.epoch.load(Ordering::Acquire) == epoch && !stop.stopped();
+    let settings = Settings::new(grace.max(Duration::from_secs(1)).as_millis() as u64, 100, 1000);
+    // What this move back saw of its batches, across passes: a batch whose
+    // reply was lost is settled by the next pass.
+    let journal = Journal::default();
+    let durable = crate::mover::durable(servers.iter());
+    let open = |server: &Server, response: Duration| c.open(server, Kind::Health, response);
     while current(health) {
         let pass = Instant::now();
         let now = health.routing();
@@ -547,14 +563,23 @@ fn move_back(
             Some((p, map)) => map[p.index(key)],
             None => full.index(key),
         };
-        let mut moved = 0usize;
+        let mut moved = 0u64;
         let mut failed = false;
-        for (from, client) in clients.iter().enumerate() {
+        for from in 0..servers.len() {
             if !state.up.get(from).copied().unwrap_or(false) || !current(health) {
                 continue;
             }
-            match move_from(client, from, servers, full, state, &owner, grace, c) {
+            let back = Back {
+                from,
+                servers,
+                full,
+                state,
+                owner: &owner,
+            };
+            match back.run(&settings, &journal, &open, durable) {
                 Ok(n) => moved += n,
+                // Tried again after a moment (the keys stay where clients
+                // find them meanwhile).
                 Err(_) => failed = true,
             }
         }
@@ -578,48 +603,80 @@ fn move_back(
     }
 }
 
-/// One pass over one server: MIGRATEs (REPLACE: the copy here is the newer
-/// one) each key that the routing before put here and now's puts elsewhere.
-#[allow(clippy::too_many_arguments)]
-fn move_from(
-    client: &Clients,
+/// One pass of the move back over one server.
+struct Back<'a> {
     from: usize,
-    servers: &[Server],
-    full: &Placement,
-    state: &RejoinState,
-    owner: &dyn Fn(&[u8]) -> usize,
-    grace: Duration,
-    c: &Connector,
-) -> RedisResult<usize> {
-    let timeout = grace.max(Duration::from_secs(1));
-    let mut con = c.open_within(client, Kind::Health, timeout, timeout)?;
-    let mut cursor: u64 = 0;
-    let mut moved = 0;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) =
-            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query(&mut con)?;
-        let mut by_dest: Vec<Vec<Vec<u8>>> = vec![Vec::new(); servers.len()];
-        for key in keys {
-            let to = owner(&key);
-            if to != from && state.before(&key, full) == from {
-                by_dest[to].push(key);
-            }
+    servers: &'a [Server],
+    full: &'a Placement,
+    state: &'a RejoinState,
+    owner: &'a dyn Fn(&[u8]) -> usize,
+}
+
+impl Back<'_> {
+    /// Where `key`, found on this server, goes: the server now's routing
+    /// puts it on, if the routing before put it here.
+    fn dest_of(&self, key: &[u8]) -> Option<usize> {
+        let to = (self.owner)(key);
+        (to != self.from && self.state.before(key, self.full) == self.from).then_some(to)
+    }
+
+    /// Moves every key of this server that goes elsewhere; how many.
+    fn run(&self, settings: &Settings, journal: &Journal, open: Open, durable: bool) -> RedisResult<u64> {
+        let counters = Counters::default();
+        let src = &self.servers[self.from];
+        let mut mv = Mover::open(
+            src,
+            src.name().to_string(),
+            self.servers,
+            Vec::new(),
+            settings,
+            journal,
+            &counters,
+            Resolve::Replace,
+            open,
+        )?;
+        if durable {
+            // Keys a pass cut short (a failover) left marked: finished
+            // towards their owner now, or unmarked when that is here.
+            let owner = |key: &[u8]| Some((self.owner)(key)).filter(|&to| to != self.from);
+            mv.resume_marked(&owner)?;
         }
-        for (to, keys) in by_dest.iter().enumerate() {
-            if keys.is_empty() {
-                continue;
+        let io = settings.io_timeout;
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("COUNT").arg(settings.scan_count);
+            let (next, keys): Page = query(&scan, &mut mv.con, &mv.name, io)?;
+            let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+            for key in keys {
+                if let Some(to) = self.dest_of(&key).filter(|_| !is_bookkeeping(&key)) {
+                    groups.entry(to).or_default().push(key);
+                }
             }
-            let cmd = servers[to].migrate_cmd(timeout.as_millis() as u64, true, keys);
-            let reply: redis::Value = cmd.query(&mut con)?;
-            if !matches!(reply, redis::Value::Okay | redis::Value::SimpleString(_)) {
-                return Err(crate::error::client_error(format!("MIGRATE answered {reply:?}")));
+            for keys in groups.values_mut() {
+                keys.sort_unstable();
+                keys.dedup();
             }
-            moved += keys.len();
+            mv.move_groups(groups, durable)?;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(moved);
+        if durable {
+            mv.forget_arrivals()?;
         }
-        cursor = next;
+        if let Some((key, to)) = mv.out.conflicts.first() {
+            // Changed on the returning server while being compared: the
+            // next pass moves it again.
+            return Err(crate::error::client_error(format!(
+                "{}: `{}` changed on {} during the move back",
+                mv.name,
+                crate::error::show_key(key),
+                self.servers[*to].name()
+            )));
+        }
+        Ok(mv.out.moved)
     }
 }
 

@@ -172,6 +172,7 @@ pub mod health;
 mod latency;
 mod merge;
 mod migration;
+mod mover;
 mod multiplexed;
 mod options;
 mod per_server;

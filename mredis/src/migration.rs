@@ -31,6 +31,7 @@ use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::error::show_key;
 use crate::exec::{Machine, Request, Step, one};
+use crate::mover::MARKS;
 use crate::routing::{Merge, Move, Topology, args_of};
 
 /// Error code of the guard when the keys are not on the old server.
@@ -40,22 +41,6 @@ pub(crate) const PARTIAL: &str = "MREDISPARTIAL";
 /// Error code of the guard when a rebalance is moving one of the keys at
 /// this moment (shards with replicas: see [`MARKS`]).
 pub(crate) const MOVING: &str = "MREDISMOVING";
-/// Whether `key` is one of mredis's own bookkeeping keys ([`MARKS`],
-/// [`ARRIVED`]), which a rebalance never moves.
-pub(crate) fn is_bookkeeping(key: &[u8]) -> bool {
-    key == MARKS.as_bytes() || key == ARRIVED.as_bytes()
-}
-/// On a shard with replicas, the hash of the keys a rebalance is moving
-/// (key -> move id). The rebalance marks a key here, waits for the
-/// source's replicas to have the mark, copies the key to its destination
-/// (and waits for the destination's replicas), then deletes it and the
-/// mark. Commands on a marked key wait (they neither run on the old copy
-/// nor on the new one), so a failover of either side at any moment leaves
-/// the key in exactly one place that clients use.
-pub(crate) const MARKS: &str = "__mredis:moving";
-/// On a destination: key -> move id of the copies that arrived (what a
-/// rebalance resuming after a failover of the source reads).
-pub(crate) const ARRIVED: &str = "__mredis:arrived";
 /// How long a call waits for keys a rebalance is moving before it fails.
 pub(crate) const MOVING_WAIT: Duration = Duration::from_secs(10);
 

@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "options and health checking",
         &[
-            "options", "task", "connect", "health", "sentinel", "latency", "finish", "fence",
+            "options", "task", "connect", "mover", "health", "sentinel", "latency", "finish", "fence",
         ],
     ),
     // Topology (servers + placement), Route, how replies of every server

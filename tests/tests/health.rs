@@ -446,3 +446,153 @@ fn ejection_that_keeps_loses_the_writes_made_meanwhile() {
         "each written-while-out key left a copy"
     );
 }
+
+/// A primary with one linked replica.
+fn shard() -> (RedisServer, RedisServer) {
+    let primary = RedisServer::new();
+    let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    mredis_tests::wait_until("the replica linked", Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.conn())
+            .unwrap();
+        info.contains("master_link_status:up")
+    });
+    (primary, replica)
+}
+
+/// How many of `keys` `server` holds.
+fn held(server: &RedisServer, keys: &[&String]) -> usize {
+    let mut con = server.conn();
+    keys.iter()
+        .filter(|k| redis::cmd("EXISTS").arg(k.as_str()).query::<i64>(&mut con).unwrap() == 1)
+        .count()
+}
+
+/// On shards with replicas, the move back is the rebalance's durable
+/// mover: a key leaves the server it was written on during the ejection
+/// only once the returning shard's replica acknowledged its copy. With
+/// that replica stopped, the mover asks for the acknowledgement (`WAIT`
+/// on the returning primary) and gets none, so every key stays where it
+/// was written, and reads return it; once the replica is back, every key
+/// is moved, replaces the older copy, and is on the replica too.
+#[test]
+fn move_back_on_shards_with_replicas_waits_for_the_returning_replica() {
+    let _quiet = mredis_tests::quiet();
+    let shards: Vec<(RedisServer, RedisServer)> = (0..3).map(|_| shard()).collect();
+    let list: Vec<Server> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, (p, r))| {
+            Server::from_url(&p.url())
+                .unwrap()
+                .with_replicas([r.url()])
+                .unwrap()
+                .with_alias(format!("s{i}"))
+        })
+        .collect();
+    let events: Arc<Mutex<Vec<HealthEvent>>> = Arc::default();
+    let seen = events.clone();
+    let mr = MRedis::builder()
+        .servers(list)
+        .mode(ketama())
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Some(Duration::from_millis(500)))
+        .health_check(HealthCheck {
+            interval: Duration::from_millis(200),
+            down_after: 2,
+            eject: true,
+            on_event: Some(Arc::new(move |e: &HealthEvent| seen.lock().unwrap().push(e.clone()))),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    mredis_tests::wait_until("every server checked", Duration::from_secs(10), || {
+        mr.health().iter().all(|h| h.up && h.checks >= 2)
+    });
+    let keys: Vec<String> = (0..300).map(|i| format!("order:{i}")).collect();
+    for k in &keys {
+        mr.set::<_, _, ()>(k.as_str(), "before").unwrap();
+    }
+    let (victim, (primary, replica)) = shards.iter().enumerate().max_by_key(|(_, (p, _))| p.dbsize()).unwrap();
+    let name = primary.name();
+    let theirs: Vec<&String> = keys
+        .iter()
+        .filter(|k| mr.server_for(k.as_str()).unwrap() == name)
+        .collect();
+    assert!(theirs.len() >= 60, "the largest of three shares: {}", theirs.len());
+    let others: Vec<&RedisServer> = shards
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, (p, _))| p)
+        .collect();
+
+    primary.sigstop();
+    wait_for(
+        &events,
+        |e| matches!(e, HealthEvent::Down { server, .. } if *server == name),
+        Duration::from_secs(30),
+    );
+    mredis_tests::wait_until("its keys routed elsewhere", Duration::from_secs(10), || {
+        theirs.iter().all(|k| mr.server_for(k.as_str()).unwrap() != name)
+    });
+    for k in &theirs {
+        mr.set::<_, _, ()>(k.as_str(), "while ejected").unwrap();
+    }
+    let on_others = |keys: &[&String]| others.iter().map(|s| held(s, keys)).sum::<usize>();
+    assert_eq!(on_others(&theirs), theirs.len());
+
+    // The returning shard's replica is stopped before its primary resumes.
+    replica.sigstop();
+    primary.sigcont();
+    wait_for(
+        &events,
+        |e| matches!(e, HealthEvent::Up { server } if *server == name),
+        Duration::from_secs(30),
+    );
+    // The mover asks the returning primary for its replica's
+    // acknowledgement (`WAIT`, which only the durable mover sends there),
+    // and gets none, twice.
+    let mut con = primary.conn();
+    mredis_tests::wait_until("the mover waits for the replica", Duration::from_secs(30), || {
+        mredis_tests::command_calls(&mut con, "wait") >= 2
+    });
+    // Not acknowledged by the replica: nothing left the servers it was
+    // written on, and every read finds the newer value.
+    assert_eq!(on_others(&theirs), theirs.len());
+    for k in &theirs {
+        let v: Option<String> = mr.get(k.as_str()).unwrap();
+        assert_eq!(v.as_deref(), Some("while ejected"), "{k} during the move back");
+    }
+    assert!(mr.health()[victim].rejoining, "{:?}", mr.health());
+
+    replica.sigcont();
+    mredis_tests::wait_until("the move back done", Duration::from_secs(60), || {
+        !mr.health()[victim].rejoining
+    });
+    assert_eq!(on_others(&theirs), 0, "copies left behind");
+    assert_eq!(held(primary, &theirs), theirs.len());
+    mredis_tests::wait_replicated(&mut primary.conn(), &mut replica.conn());
+    let mut on_replica = replica.conn();
+    for k in &theirs {
+        let v: Option<String> = redis::cmd("GET").arg(k.as_str()).query(&mut primary.conn()).unwrap();
+        assert_eq!(v.as_deref(), Some("while ejected"), "{k} on the returning primary");
+        let r: Option<String> = redis::cmd("GET").arg(k.as_str()).query(&mut on_replica).unwrap();
+        assert_eq!(r.as_deref(), Some("while ejected"), "{k} on its replica");
+        assert_eq!(
+            mr.get::<_, Option<String>>(k.as_str()).unwrap().as_deref(),
+            Some("while ejected")
+        );
+    }
+    // No mark is left on any server.
+    for (p, _) in &shards {
+        assert_eq!(
+            redis::cmd("EXISTS")
+                .arg("__mredis:moving")
+                .query::<i64>(&mut p.conn())
+                .unwrap(),
+            0
+        );
+    }
+}

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use redis::RedisResult;
 
-use super::servers::{connect, error};
+use crate::mover::{connect, error};
 use crate::placement::fingerprint::{SUBSCRIBER_NAME, TOOL_NAME, parse_name};
 use crate::server::Server;
 

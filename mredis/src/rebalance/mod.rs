@@ -127,13 +127,13 @@ use crate::routing::show_key;
 use crate::server::Server;
 
 pub mod census;
-mod durable;
-mod journal;
 mod servers;
 mod worker;
 
-use durable::*;
-use journal::*;
+use crate::mover::{
+    Counters, Journal, Mover, Page, RERUN, Reply, Resolve, Settings, connect, describe, durable, error, is_bookkeeping,
+    move_one, pquery, query,
+};
 use servers::*;
 use worker::*;
 
@@ -388,13 +388,6 @@ impl Node {
     }
 }
 
-struct Settings {
-    timeout_ms: u64,
-    io_timeout: Duration,
-    batch: usize,
-    scan_count: usize,
-}
-
 struct MovePlan<'a> {
     nodes: Vec<Node>,
     to: &'a MRedis,
@@ -481,11 +474,9 @@ impl Drop for Reservation<'_> {
 struct Shared {
     journal: Journal,
     scanned: AtomicU64,
-    moved: AtomicU64,
-    conflicts: AtomicU64,
+    counters: Counters,
     abort: AtomicBool,
     interrupted: AtomicBool,
-    retries: AtomicU64,
     budget: Option<AtomicU64>,
 }
 
@@ -507,8 +498,12 @@ struct WorkerOut {
 /// interruption finishes the job. Returns what was done; errors name the
 /// server and are safe to retry (see the [module docs](self)).
 pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> RedisResult<RebalanceReport> {
-    let timeout_ms = options.migrate_timeout_ms.unwrap_or(5000).max(1);
-    let io_timeout = Duration::from_millis(timeout_ms + (timeout_ms / 2).max(1000));
+    let settings = Settings::new(
+        options.migrate_timeout_ms.unwrap_or(5000),
+        options.batch_size.unwrap_or(100),
+        options.scan_count.unwrap_or(1000),
+    );
+    let io_timeout = settings.io_timeout;
     let ((from_servers, from_fp), (to_servers, to_fp)) = (census_view(from), census_view(to));
     let fleets = ((&from_servers[..], &from_fp[..]), (&to_servers[..], &to_fp[..]));
     // The clients given here are the tool's: their idle connections are
@@ -546,12 +541,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
         to,
         to_servers: to.servers(),
         to_node,
-        settings: Settings {
-            timeout_ms,
-            io_timeout,
-            batch: options.batch_size.unwrap_or(100).max(1),
-            scan_count: options.scan_count.unwrap_or(1000).max(1),
-        },
+        settings,
     };
     let mut report = RebalanceReport {
         keys: plan.nodes.iter().map(|n| n.keys).sum(),
@@ -662,7 +652,7 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
     report.leftovers = out.leftovers;
     report.conflicts = out.conflicts;
     report.interrupted = shared.interrupted.load(Ordering::Relaxed);
-    report.retries = shared.retries.load(Ordering::Relaxed);
+    report.retries = shared.counters.retries.load(Ordering::Relaxed);
     let shared_journal = std::mem::take(&mut shared.journal);
     // Volatile servers that received (or in a dry run would receive) keys.
     let receiving: BTreeSet<&String> = report.moves.keys().map(|(_, to)| to).collect();
@@ -745,13 +735,13 @@ pub fn rebalance(from: &MRedis, to: &MRedis, mut options: RebalanceOptions) -> R
             }
         }
         report.finished = left == dests.len();
-        if durable(&plan) {
+        if durable(plan.nodes.iter().map(|n| &n.server)) {
             // Every key is in place: the arrival notes (only read to resume
             // a marked move; a killed run leaves some) can go. One that a
             // concurrent run still needed costs it an identical copy.
             for node in &plan.nodes {
                 if let Ok(mut con) = connect(&node.server, io_timeout) {
-                    let _: RedisResult<i64> = redis::cmd("DEL").arg(crate::migration::ARRIVED).query(&mut con);
+                    let _: RedisResult<i64> = redis::cmd("DEL").arg(crate::mover::ARRIVED).query(&mut con);
                 }
             }
         }
@@ -866,8 +856,8 @@ fn run_workers(
             }
             if mode != Mode::Verify {
                 progress.scanned = shared.scanned.load(Ordering::Relaxed);
-                progress.moved = shared.moved.load(Ordering::Relaxed);
-                progress.conflicts = shared.conflicts.load(Ordering::Relaxed);
+                progress.moved = shared.counters.moved.load(Ordering::Relaxed);
+                progress.conflicts = shared.counters.conflicts.load(Ordering::Relaxed);
             }
             tick(progress);
             if running == 0 {
@@ -896,7 +886,7 @@ fn run_workers(
         }
     }
     if let Some(e) = first_error {
-        let moved = shared.moved.load(Ordering::Relaxed);
+        let moved = shared.counters.moved.load(Ordering::Relaxed);
         return Err(match mode {
             Mode::Move => error(format!(
                 "{} (this run moved {moved} keys before it stopped)",
@@ -944,7 +934,6 @@ pub fn verify(config: &MRedis, others: &MRedis) -> RedisResult<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redis::Value;
 
     #[test]
     fn the_limit_is_shared_and_never_exceeded() {
@@ -969,16 +958,5 @@ mod tests {
         assert!(traffic.reserve(1, vec![2], &stop).is_none());
         drop(a_to_b);
         assert!(traffic.reserve(1, vec![0], &abort).is_some());
-    }
-
-    #[test]
-    fn migrate_replies() {
-        assert!(matches!(classify(&Value::Okay), Reply::Ok));
-        assert!(matches!(classify(&Value::SimpleString("NOKEY".into())), Reply::NoKey));
-        let parse = |resp: &[u8]| redis::parse_redis_value(resp).unwrap();
-        let busy = parse(b"-ERR Target instance replied with error: BUSYKEY Target key name already exists.\r\n");
-        assert!(matches!(classify(&busy), Reply::Busy), "{busy:?}");
-        let timeout = parse(b"-IOERR error or timeout reading to target instance\r\n");
-        assert!(matches!(classify(&timeout), Reply::Err(e) if e.starts_with("IOERR")));
     }
 }

@@ -3,58 +3,9 @@
 
 use std::time::Duration;
 
-use redis::{Connection, ErrorKind, RedisError, RedisResult};
+use redis::{Connection, RedisResult};
 
 use super::*;
-
-pub(super) fn error(detail: String) -> RedisError {
-    RedisError::from((ErrorKind::Io, "rebalance failed", detail))
-}
-
-/// Describes a client-side error on a connection to `server`.
-pub(super) fn describe(server: &str, e: &RedisError, io_timeout: Duration) -> String {
-    if e.is_timeout() {
-        format!(
-            "{server} did not answer within {} ms (stopped or overloaded?)",
-            io_timeout.as_millis()
-        )
-    } else if let Some(detail) = e.detail() {
-        format!("{server}: {detail}")
-    } else {
-        format!("{server}: {e}")
-    }
-}
-
-pub(super) const RERUN: &str = "nothing was lost; rerunning is safe and continues where this run stopped";
-
-pub(super) fn connect(server: &Server, io_timeout: Duration) -> RedisResult<Connection> {
-    // Named `mredis:tool`: the census skips the tool's own connections.
-    crate::connect::open_tool(server, io_timeout).map_err(|e| {
-        error(format!(
-            "cannot connect to {}: {}; {RERUN}",
-            server.name(),
-            e.detail().map(str::to_string).unwrap_or_else(|| e.to_string())
-        ))
-    })
-}
-
-/// Runs `cmd` on `con`, turning a failure into an error naming `server`.
-pub(super) fn query<T: redis::FromRedisValue>(
-    cmd: &redis::Cmd,
-    con: &mut Connection,
-    server: &str,
-    io_timeout: Duration,
-) -> RedisResult<T> {
-    cmd.query(con)
-        .map_err(|e| error(format!("{}; {RERUN}", describe(server, &e, io_timeout))))
-}
-
-pub(super) fn server_error_text(e: &redis::ServerError) -> String {
-    match e.details() {
-        Some(d) => format!("{} {d}", e.code()),
-        None => e.code().to_string(),
-    }
-}
 
 pub(super) fn run_id(con: &mut Connection, server: &str, io_timeout: Duration) -> RedisResult<Option<String>> {
     let info: RedisResult<String> = redis::cmd("INFO").arg("server").query(con);

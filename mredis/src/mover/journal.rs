@@ -5,27 +5,27 @@ use std::sync::Mutex;
 
 use redis::RedisResult;
 
-use super::*;
+use super::error;
 
 /// Keys of MIGRATE batches whose outcome was not seen, kept in a file so a
 /// later run can tell its own leftovers from conflicts. Lines are
 /// `B <source> <hex key>` when a batch is sent and `E <source> <hex key>`
 /// once its outcome is known; the keys begun and not ended are uncertain.
 #[derive(Default)]
-pub(super) struct Journal {
-    pub(super) path: Option<std::path::PathBuf>,
-    pub(super) file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+pub(crate) struct Journal {
+    pub(crate) path: Option<std::path::PathBuf>,
+    pub(crate) file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     // (dropped with the journal: the file is closed before `finish` removes it)
-    pub(super) pending: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
+    pub(crate) pending: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
     /// Keys of batches sent and not answered yet.
-    pub(super) inflight: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
+    pub(crate) inflight: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
 }
 
-pub(super) fn hex(key: &[u8]) -> String {
+pub(crate) fn hex(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     (0..text.len())
         .step_by(2)
         .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
@@ -35,7 +35,7 @@ pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
 impl Journal {
     /// Opens (or creates) the journal at `path`, keeping only the keys still
     /// uncertain.
-    pub(super) fn open(path: Option<&std::path::Path>) -> RedisResult<Journal> {
+    pub(crate) fn open(path: Option<&std::path::Path>) -> RedisResult<Journal> {
         let Some(path) = path else {
             return Ok(Journal::default());
         };
@@ -74,7 +74,7 @@ impl Journal {
         })
     }
 
-    pub(super) fn write(&self, kind: char, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+    pub(crate) fn write(&self, kind: char, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
         let Some(file) = &self.file else { return Ok(()) };
         use std::io::Write;
         let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,7 +86,7 @@ impl Journal {
     }
 
     /// Before sending a batch: its keys are in flight.
-    pub(super) fn begin(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+    pub(crate) fn begin(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
         let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         for k in keys {
             f.insert((src.to_string(), k.clone()));
@@ -97,7 +97,7 @@ impl Journal {
 
     /// The batch was answered (BUSYKEY): not in flight any more, but an
     /// uncertainty left by an earlier batch stays until the key is settled.
-    pub(super) fn answered(&self, src: &str, keys: &[Vec<u8>]) {
+    pub(crate) fn answered(&self, src: &str, keys: &[Vec<u8>]) {
         let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         for k in keys {
             f.remove(&(src.to_string(), k.clone()));
@@ -105,7 +105,7 @@ impl Journal {
     }
 
     /// The key is settled (moved, gone, resolved or listed as a conflict).
-    pub(super) fn end(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
+    pub(crate) fn end(&self, src: &str, keys: &[Vec<u8>]) -> RedisResult<()> {
         self.answered(src, keys);
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,7 +118,7 @@ impl Journal {
 
     /// The replies of `src`'s batches in flight were not seen (a timeout):
     /// their keys are uncertain for the retry.
-    pub(super) fn lost(&self, src: &str) {
+    pub(crate) fn lost(&self, src: &str) {
         let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         f.retain(|(s, k)| {
@@ -132,7 +132,7 @@ impl Journal {
     }
 
     /// Was `key` in a batch from `src` whose outcome was not seen?
-    pub(super) fn uncertain(&self, src: &str, key: &[u8]) -> bool {
+    pub(crate) fn uncertain(&self, src: &str, key: &[u8]) -> bool {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -141,7 +141,7 @@ impl Journal {
 
     /// After a run that verified every key on its owner and no key on two
     /// servers: nothing in the journal can matter any more.
-    pub(super) fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
         }

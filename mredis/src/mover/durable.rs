@@ -27,13 +27,12 @@
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::LazyLock;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use redis::{RedisResult, Value};
 
-use super::*;
-use crate::migration::{ARRIVED, MARKS};
+use crate::server::Server;
+
+use super::{ARRIVED, MARKS, Mover, RERUN, Resolve, error, pquery, query, server_error_text};
 
 /// Marks each existing key (KEYS) as moving with id ARGV[1], unless it is
 /// marked already; replies with each key's mark (nil: no such key).
@@ -117,12 +116,6 @@ static MARK: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(MARK_
 static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESTORE_CODE));
 static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_CODE));
 
-/// Whether keys of this plan move in acknowledged steps: some server is a
-/// shard with replicas or a Sentinel master.
-pub(super) fn durable(plan: &MovePlan) -> bool {
-    plan.nodes.iter().any(|n| n.server.shard().is_some())
-}
-
 /// A new move id: random enough that two runs never share one.
 fn move_id() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -154,7 +147,7 @@ fn finish_cmd(keys: &[&[u8]], marks: &[&str], how: &str) -> Cmd {
     c
 }
 
-impl Worker<'_> {
+impl Mover<'_> {
     /// The replicas that must acknowledge each step on `server`: every
     /// replica its shard lists now (for Sentinel: those up and linked).
     fn replicas_to_wait_for(server: &Server) -> usize {
@@ -178,7 +171,7 @@ impl Worker<'_> {
                  down or far behind?); the keys of this batch stay where clients find them; {RERUN}",
                 self.name,
                 server.name(),
-                self.plan.settings.timeout_ms
+                self.settings.timeout_ms
             )));
         }
         Ok(())
@@ -188,7 +181,7 @@ impl Worker<'_> {
     /// one of `dests` changed primary since its connection was opened: the
     /// connection may reach an old primary, stopped and resumed.
     fn still_primaries(&self, dests: &[usize]) -> RedisResult<()> {
-        let src = &self.plan.nodes[self.src].server;
+        let src = &self.src;
         let mut changed = (src.epoch() != self.src_epoch).then(|| src.name().to_string());
         for ti in dests {
             if let Some(&e) = self.dest_epochs.get(ti)
@@ -224,14 +217,15 @@ impl Worker<'_> {
 
     fn wait_cmd(&self, wanted: usize) -> Cmd {
         let mut c = redis::cmd("WAIT");
-        c.arg(wanted).arg(self.plan.settings.timeout_ms);
+        c.arg(wanted).arg(self.settings.timeout_ms);
         c
     }
 
     /// Before scanning: completes the moves a stopped run (or a failover)
-    /// left marked on this source.
-    pub(super) fn resume_marked(&mut self) -> RedisResult<()> {
-        let io = self.plan.settings.io_timeout;
+    /// left marked on this source. `dest_of` says where a key goes now
+    /// (`None`: it stays here, and only loses its mark).
+    pub(crate) fn resume_marked(&mut self, dest_of: &dyn Fn(&[u8]) -> Option<usize>) -> RedisResult<()> {
+        let io = self.settings.io_timeout;
         let marked: Vec<Vec<u8>> = query(redis::cmd("HKEYS").arg(MARKS), &mut self.con, &self.name, io)?;
         if marked.is_empty() {
             return Ok(());
@@ -239,11 +233,9 @@ impl Worker<'_> {
         let mut groups: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
         let mut stay = Vec::new();
         for key in marked {
-            let ti = self.plan.to.server_index_for(&key);
-            if self.plan.to_node[ti] == self.src {
-                stay.push(key);
-            } else {
-                groups.entry(ti).or_default().push(key);
+            match dest_of(&key) {
+                Some(ti) => groups.entry(ti).or_default().push(key),
+                None => stay.push(key),
             }
         }
         if !stay.is_empty() {
@@ -257,7 +249,7 @@ impl Worker<'_> {
     /// in one round of the four steps (one exchange with the source per
     /// step, one with each destination), in rounds of at most
     /// [`ROUND_KEYS`] keys.
-    pub(super) fn move_groups_durable(&mut self, groups: BTreeMap<usize, Vec<Vec<u8>>>) -> RedisResult<()> {
+    pub(crate) fn move_groups_durable(&mut self, groups: BTreeMap<usize, Vec<Vec<u8>>>) -> RedisResult<()> {
         let mut round: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
         let mut size = 0;
         for (ti, keys) in groups {
@@ -278,14 +270,13 @@ impl Worker<'_> {
 
     /// One round, in the four acknowledged steps of the module docs.
     fn move_round(&mut self, round: Vec<(usize, Vec<Vec<u8>>)>) -> RedisResult<()> {
-        let s = &self.plan.settings;
-        let io = s.io_timeout;
-        let src_server = self.plan.nodes[self.src].server.clone();
+        let io = self.settings.io_timeout;
+        let src_server = self.src.clone();
         let id = move_id();
         let all: Vec<Vec<u8>> = round.iter().flat_map(|(_, keys)| keys.iter().cloned()).collect();
         let dest_tis: Vec<usize> = round.iter().map(|(ti, _)| *ti).collect();
         self.still_primaries(&dest_tis)?;
-        self.shared.journal.begin(&self.name, &all)?;
+        self.journal.begin(&self.name, &all)?;
 
         // 1. Mark, wait for the source's replicas, dump.
         let src_acks = Self::replicas_to_wait_for(&src_server);
@@ -386,8 +377,10 @@ impl Worker<'_> {
                 }
                 // Already on the destination: the same bytes, or the tool's own
                 // leftover (a copy made under a mark a failover lost, since
-                // written on the source), is replaced; anything else is a
-                // conflict, unmarked and kept on both.
+                // written on the source), is replaced; so is any copy when
+                // the source's is the newer one (`Resolve::Replace`, the
+                // move back); anything else is a conflict, unmarked and kept
+                // on both.
                 let mut pipe = redis::pipe();
                 for &i in &busy {
                     pipe.cmd("DUMP").arg(&todo[i].0);
@@ -397,8 +390,9 @@ impl Worker<'_> {
                 let mut seen = Vec::new();
                 for (&i, t) in busy.iter().zip(&there) {
                     let same = matches!(t, Value::BulkString(b) if *b == todo[i].3);
-                    if same || self.shared.journal.uncertain(&self.name, &todo[i].0) {
-                        self.out.leftovers += u64::from(!same);
+                    let newer = self.resolve == Resolve::Replace;
+                    if same || newer || self.journal.uncertain(&self.name, &todo[i].0) {
+                        self.out.leftovers += u64::from(!same && !newer);
                         replace.push(i);
                         seen.push(match t {
                             Value::BulkString(b) => b.clone(),
@@ -489,7 +483,7 @@ impl Worker<'_> {
                     self.conflict(ti, key);
                 }
             }
-            self.shared.journal.end(&self.name, &all)?;
+            self.journal.end(&self.name, &all)?;
             Ok(())
         })();
         if result.is_err() && unmark_on_error {
@@ -500,8 +494,8 @@ impl Worker<'_> {
 
     /// Forgets the arrivals noted on the destinations (step 4 of the rounds
     /// whose next exchange with that destination did not come).
-    pub(super) fn forget_arrivals(&mut self) -> RedisResult<()> {
-        let io = self.plan.settings.io_timeout;
+    pub(crate) fn forget_arrivals(&mut self) -> RedisResult<()> {
+        let io = self.settings.io_timeout;
         for (ti, keys) in std::mem::take(&mut self.forget) {
             if keys.is_empty() {
                 continue;
@@ -530,7 +524,7 @@ impl Worker<'_> {
         if which.is_empty() {
             return Ok(Vec::new());
         }
-        let io = self.plan.settings.io_timeout;
+        let io = self.settings.io_timeout;
         let dest = self.dest(ti).clone();
         let mut pipe = redis::pipe();
         if let Some(keys) = self.forget.remove(&ti).filter(|k| !k.is_empty()) {
@@ -585,30 +579,3 @@ type Todo = (Vec<u8>, String, i64, Vec<u8>);
 
 /// At most this many keys are marked at once by one worker.
 const ROUND_KEYS: usize = 1000;
-
-/// How long a worker waits for its servers to answer again after a
-/// failure on a fleet with Sentinel shards (a failover takes Sentinel's
-/// `down-after-milliseconds` plus an election).
-pub(super) const FOLLOW_FAILOVER: Duration = Duration::from_secs(60);
-
-/// After a failure: waits until the source and every destination answer
-/// `PING` on their current primaries. False if they did not within
-/// [`FOLLOW_FAILOVER`].
-pub(super) fn servers_answer_again(plan: &MovePlan, src: usize) -> bool {
-    let deadline = Instant::now() + FOLLOW_FAILOVER;
-    loop {
-        let answer = answers_ping(&plan.nodes[src].server) && plan.to_servers.iter().all(answers_ping);
-        if answer {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Counts a restart after a failover.
-pub(super) fn restarted(shared: &Shared) {
-    shared.retries.fetch_add(1, Ordering::Relaxed);
-}
