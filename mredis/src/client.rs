@@ -191,24 +191,22 @@ impl Conns {
         }
         let deadline = Instant::now() + within;
         let (generation, name) = self.name();
-        // Every SETNAME written first, then every reply read.
+        let (pipe, checks) = crate::fence::renaming(name.as_deref());
+        let packed = pipe.get_packed_pipeline();
+        // Every rename written first, then every reply read.
         let sent: Vec<(Pooled, Instant)> = idle
             .into_iter()
             .filter_map(|(mut p, since)| {
-                p.con
-                    .send_packed_command(&setname(name.as_deref()).get_packed_command())
-                    .ok()?;
+                p.con.send_packed_command(&packed).ok()?;
                 Some((p, since))
             })
             .collect();
         let mut kept = Vec::with_capacity(sent.len());
         for (mut p, since) in sent {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                continue;
-            }
-            let answered = p.con.set_read_timeout(Some(left)).is_ok() && p.con.recv_response().is_ok();
-            if answered && self.set_timeouts(&mut p.con) {
+            let renamed = read_rename(&mut p.con, pipe.len(), deadline, |replies| {
+                checks.verdict(name.as_deref(), &replies[checks.first..]).is_ok()
+            });
+            if renamed && self.set_timeouts(&mut p.con) {
                 p.generation = generation;
                 kept.push((p, since));
             }
@@ -227,9 +225,12 @@ impl Conns {
     /// dropped). A refusal (an ACL without `CLIENT`) leaves it as it is.
     fn refresh(&self, p: &mut Pooled, budget: Duration) -> bool {
         let (generation, name) = self.name();
-        let wait = budget.max(Duration::from_millis(1));
-        let ok = p.con.set_read_timeout(Some(wait)).is_ok()
-            && p.con.req_command(&setname(name.as_deref())).is_ok()
+        let deadline = Instant::now() + budget.max(Duration::from_millis(1));
+        let (pipe, checks) = crate::fence::renaming(name.as_deref());
+        let ok = p.con.send_packed_command(&pipe.get_packed_pipeline()).is_ok()
+            && read_rename(&mut p.con, pipe.len(), deadline, |replies| {
+                checks.verdict(name.as_deref(), &replies[checks.first..]).is_ok()
+            })
             && self.set_timeouts(&mut p.con);
         if ok {
             p.generation = generation;
@@ -244,11 +245,23 @@ impl Conns {
     }
 }
 
-/// `CLIENT SETNAME name` (an empty name clears it).
-fn setname(name: Option<&str>) -> Cmd {
-    let mut c = redis::cmd("CLIENT");
-    c.arg("SETNAME").arg(name.unwrap_or(""));
-    c
+/// Reads the `count` replies of a rename ([`crate::fence::renaming`])
+/// sent on `con` before `deadline`; whether they all came and `accept`s
+/// them (false: a configuration retired meanwhile, or the connection is
+/// broken; it is dropped, and a new one reports why).
+fn read_rename(con: &mut Connection, count: usize, deadline: Instant, accept: impl Fn(&[Value]) -> bool) -> bool {
+    let mut replies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || con.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match con.recv_response() {
+            Ok(v) => replies.push(v),
+            Err(_) => return false,
+        }
+    }
+    accept(&replies)
 }
 
 impl Pool {

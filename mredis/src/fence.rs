@@ -20,6 +20,9 @@
 //! does. Clients of the new configuration, and migration-aware clients of
 //! the move (they route by the new configuration), check another name.
 //!
+//! A connection kept across a reconfiguration makes the same checks, for
+//! its new configuration, when it is renamed ([`renaming`]).
+//!
 //! A rebalance to a configuration lowers that configuration's fence first
 //! (a fleet moved back, 4 -> 3 after 3 -> 4, is current again). A fence is
 //! otherwise left in place: it costs nothing, and only a client of the
@@ -197,6 +200,18 @@ impl Checks {
         }
         Err(lacks(&missing))
     }
+}
+
+/// What renames a connection kept across a reconfiguration: `CLIENT
+/// SETNAME name` (an empty name clears it), then the checks a connection
+/// of that name makes at open ([`Checks::add`]). A kept connection is thus
+/// refused as a new one would be when the configuration it now serves was
+/// retired, or its user lacks a right that configuration needs.
+pub(crate) fn renaming(name: Option<&str>) -> (redis::Pipeline, Checks) {
+    let mut pipe = redis::pipe();
+    pipe.cmd("CLIENT").arg("SETNAME").arg(name.unwrap_or(""));
+    let checks = Checks::add(&mut pipe, name);
+    (pipe, checks)
 }
 
 /// The error of a client whose configuration was retired.

@@ -121,16 +121,32 @@ impl Shared {
 
     /// Renames the open connection and every one opened later (`None`
     /// clears the name). Waits for an open under way, so a connection
-    /// opened meanwhile is not left with the old name. A refusal (an ACL
-    /// without `CLIENT`) leaves the name as it was; a failure drops
-    /// nothing (the connection is then found broken by its next request).
+    /// opened meanwhile is not left with the old name. The open connection
+    /// makes the checks of its new configuration as it is renamed
+    /// ([`crate::fence::renaming`]); one that fails them, or breaks, is
+    /// dropped (the next request opens a new one, and reports why). A
+    /// refusal of the name alone (an ACL without `CLIENT`) leaves the name
+    /// as it was.
     pub(crate) async fn rename(&self, name: Option<String>) {
         let _opening = self.0.opening.lock().await;
         *self.0.name.write().unwrap_or_else(|p| p.into_inner()) = name.clone();
-        if let Some((_, mut con)) = self.current() {
-            let _ = con
-                .req_packed_command(redis::cmd("CLIENT").arg("SETNAME").arg(name.unwrap_or_default()))
-                .await;
+        if let Some((generation, mut con)) = self.current() {
+            // The checks of a connection opened for the new configuration
+            // too: one it retired is dropped, and the next request's open
+            // reports why.
+            let (pipe, checks) = crate::fence::renaming(name.as_deref());
+            let accepted = match con.req_packed_commands(&pipe, 0, pipe.len()).await {
+                Ok(replies) => checks
+                    .verdict(name.as_deref(), replies.get(checks.first..).unwrap_or_default())
+                    .is_ok(),
+                Err(e) => !e.is_unrecoverable_error(),
+            };
+            if !accepted {
+                let mut slot = self.0.slot.write().unwrap_or_else(|p| p.into_inner());
+                if slot.0 == generation {
+                    slot.1 = None;
+                }
+            }
         }
     }
 }

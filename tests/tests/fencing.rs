@@ -328,3 +328,67 @@ fn a_migration_aware_client_without_script_rights_says_so_at_connect() {
     plain.set::<_, _, ()>("rights:0", "v").unwrap();
     assert_eq!(plain.get::<_, String>("rights:0").unwrap(), "v");
 }
+
+/// A reconfiguration keeps connections to the servers that stay and
+/// renames them; a kept connection makes the checks of its new
+/// configuration as it is renamed. A client reconfigured onto a
+/// configuration a rebalance retired therefore fails its calls, sync and
+/// async, even on the connections it kept, and writes nothing.
+#[test]
+fn connections_kept_by_a_reconfiguration_onto_a_retired_configuration_are_refused() {
+    if !redis_server_available() {
+        return;
+    }
+    let s: Vec<RedisServer> = (0..4).map(|_| RedisServer::new()).collect();
+    let three = || builder(&s[..3]);
+    let four = || builder(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seed = three().build().unwrap();
+    let keys: Vec<String> = (0..100).map(|i| format!("kept:{i}")).collect();
+    for k in &keys {
+        seed.set::<_, _, ()>(k, "v").unwrap();
+    }
+    drop(seed);
+    let report = rebalance(&three().build().unwrap(), &four().build().unwrap(), options()).unwrap();
+    assert!(report.moved > 0 && report.fence_refused.is_empty(), "{report:?}");
+
+    // Clients of the current configuration, with idle connections to
+    // every server (the three that stay in the retired one among them).
+    let sync = four().build().unwrap();
+    let aio = rt.block_on(four().build_async()).unwrap();
+    for k in &keys {
+        assert_eq!(sync.get::<_, String>(k).unwrap(), "v");
+        assert_eq!(rt.block_on(aio.get::<_, String>(k)).unwrap(), "v");
+    }
+    // The reconfiguration itself succeeds (it opens nothing); every call
+    // afterwards fails.
+    sync.reconfigure(three()).unwrap();
+    rt.block_on(aio.reconfigure(three())).unwrap();
+    let before = total_keys(&s);
+    for k in keys.iter().take(20) {
+        retired("sync GET after the reconfiguration", sync.get::<_, Option<String>>(k));
+        retired("sync SET after the reconfiguration", sync.set::<_, _, ()>(k, "lost"));
+        retired(
+            "async GET after the reconfiguration",
+            rt.block_on(aio.get::<_, Option<String>>(k)),
+        );
+        retired(
+            "async SET after the reconfiguration",
+            rt.block_on(aio.set::<_, _, ()>(k, "lost")),
+        );
+    }
+    assert_eq!(total_keys(&s), before, "a retired configuration wrote a key");
+    for server in &s {
+        for k in server.keys() {
+            let v: String = redis::Commands::get(&mut server.conn(), &k).unwrap();
+            assert_eq!(v, "v", "{k} on {}", server.port());
+        }
+    }
+    // Back onto the current configuration: every key, no error.
+    sync.reconfigure(four()).unwrap();
+    rt.block_on(aio.reconfigure(four())).unwrap();
+    for k in &keys {
+        assert_eq!(sync.get::<_, String>(k).unwrap(), "v");
+        assert_eq!(rt.block_on(aio.get::<_, String>(k)).unwrap(), "v");
+    }
+}
