@@ -270,11 +270,26 @@ struct Outcome {
 /// done) and `rounds_after` more rounds; with `rounds_after` 0 they stop
 /// before it is resumed. Then every key is read through the client and
 /// looked up on every server directly.
-fn ejection_scenario(rejoin: mredis::health::Rejoin, rounds_after: u64) -> Outcome {
+///
+/// With `replicas`, each server is a shard with a linked replica, so the
+/// move back takes the durable path (keys marked, steps acknowledged).
+fn ejection_scenario(rejoin: mredis::health::Rejoin, rounds_after: u64, replicas: bool) -> Outcome {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let s = servers(4);
+    let (s, _replicas): (Vec<RedisServer>, Vec<RedisServer>) = if replicas {
+        (0..4).map(|_| shard()).unzip()
+    } else {
+        (servers(4), Vec::new())
+    };
+    let fleet: Vec<Server> = list(&s)
+        .into_iter()
+        .zip(_replicas.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(server, replica)| match replica {
+            Some(r) => server.with_replicas([r.url()]).unwrap(),
+            None => server,
+        })
+        .collect();
     let mr = MRedis::builder()
-        .servers(list(&s))
+        .servers(fleet)
         .mode(ketama())
         .connect_timeout(Duration::from_millis(200))
         .response_timeout(Some(Duration::from_millis(500)))
@@ -413,7 +428,7 @@ fn ejection_scenario(rejoin: mredis::health::Rejoin, rounds_after: u64) -> Outco
 #[test]
 fn ejection_by_default_loses_no_acknowledged_write() {
     let _quiet = mredis_tests::quiet();
-    let o = ejection_scenario(mredis::health::Rejoin::MoveBack, 1);
+    let o = ejection_scenario(mredis::health::Rejoin::MoveBack, 1, false);
     println!(
         "MoveBack: {} writes of {} keys acknowledged while out; {} stale, {} copies left",
         o.acked_while_out, o.keys_of_victim, o.stale, o.stray_copies
@@ -427,13 +442,29 @@ fn ejection_by_default_loses_no_acknowledged_write() {
     assert_eq!(o.stray_copies, 0, "copies left on servers that do not own them");
 }
 
+/// The same on shards with replicas: the move back is the durable one
+/// (keys marked while they move, each step acknowledged by the replicas),
+/// with the writers running through it: 0 stale, 0 copies left.
+#[test]
+fn ejection_on_shards_with_replicas_loses_no_acknowledged_write() {
+    let _quiet = mredis_tests::quiet();
+    let o = ejection_scenario(mredis::health::Rejoin::MoveBack, 1, true);
+    println!(
+        "MoveBack, shards with replicas: {} writes of {} keys acknowledged while out; {} stale, {} copies left",
+        o.acked_while_out, o.keys_of_victim, o.stale, o.stray_copies
+    );
+    assert!(o.acked_while_out >= 2 * o.keys_of_victim as u64);
+    assert_eq!(o.stale, 0, "keys reading an older value than acknowledged");
+    assert_eq!(o.stray_copies, 0, "copies left on servers that do not own them");
+}
+
 /// `Rejoin::Keep` (twemproxy's behaviour) measured: the server's keys read
 /// what it held before (every write acknowledged meanwhile is lost to the
 /// client) and those writes stay elsewhere as copies.
 #[test]
 fn ejection_that_keeps_loses_the_writes_made_meanwhile() {
     let _quiet = mredis_tests::quiet();
-    let o = ejection_scenario(mredis::health::Rejoin::Keep, 0);
+    let o = ejection_scenario(mredis::health::Rejoin::Keep, 0, false);
     println!(
         "Keep: {} writes of {} keys acknowledged while out; {} stale, {} copies left",
         o.acked_while_out, o.keys_of_victim, o.stale, o.stray_copies
