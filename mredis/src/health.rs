@@ -556,6 +556,7 @@ fn move_back(
     let journal = Journal::default();
     let durable = crate::mover::durable(servers.iter());
     let open = |server: &Server, response: Duration| c.open(server, Kind::Health, response);
+    let mut retry = Duration::from_millis(100);
     while current(health) {
         let pass = Instant::now();
         let now = health.routing();
@@ -588,14 +589,17 @@ fn move_back(
         }
         if moved == 0 {
             // Nothing to do until the grace is over (then one last pass), or,
-            // after a failed pass, a retry in a moment.
+            // after a failed pass, a retry in a moment (longer after each
+            // failure in a row, up to 2 s: a server that keeps refusing is
+            // not asked ten times a second).
             let rest = (started + grace).saturating_duration_since(Instant::now());
-            stop.wait(if rest.is_zero() {
-                Duration::from_millis(100)
-            } else {
-                rest
-            });
+            stop.wait(if rest.is_zero() { retry } else { rest });
         }
+        retry = if failed {
+            (retry * 2).min(Duration::from_secs(2))
+        } else {
+            Duration::from_millis(100)
+        };
     }
     if current(health) {
         health.rejoining.store(false, Ordering::Release);
