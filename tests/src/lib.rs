@@ -1290,6 +1290,24 @@ pub fn command_calls(con: &mut redis::Connection, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A primary and a `--replicaof` replica of it (both started with
+/// `extra`), returned once the replica reports its link up.
+pub fn linked_shard(extra: &[&str]) -> (RedisServer, RedisServer) {
+    let primary = RedisServer::with_args(extra);
+    let port = primary.port().to_string();
+    let mut args = vec!["--replicaof", "127.0.0.1", &port];
+    args.extend_from_slice(extra);
+    let replica = RedisServer::with_args(&args);
+    wait_until("the replica linked", Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.conn())
+            .unwrap();
+        info.contains("master_link_status:up")
+    });
+    (primary, replica)
+}
+
 /// Waits until the replica on `replica` has everything the primary on
 /// `primary` had when this was called (its `slave_repl_offset` reached
 /// the primary's `master_repl_offset`). `WAIT` on a new connection would

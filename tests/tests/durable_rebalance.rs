@@ -18,21 +18,8 @@ fn skip() -> bool {
     !redis_server_available()
 }
 
-/// A primary with one linked replica.
 fn shard(extra: &[&str]) -> (RedisServer, RedisServer) {
-    let primary = RedisServer::with_args(extra);
-    let port = primary.port().to_string();
-    let mut args = vec!["--replicaof", "127.0.0.1", &port];
-    args.extend_from_slice(extra);
-    let replica = RedisServer::with_args(&args);
-    wait_until("the replica linked", Duration::from_secs(10), || {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut replica.conn())
-            .unwrap();
-        info.contains("master_link_status:up")
-    });
-    (primary, replica)
+    mredis_tests::linked_shard(extra)
 }
 
 fn shard_server(p: &RedisServer, r: &RedisServer, alias: &str) -> Server {

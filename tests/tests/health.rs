@@ -480,16 +480,7 @@ fn ejection_that_keeps_loses_the_writes_made_meanwhile() {
 
 /// A primary with one linked replica.
 fn shard() -> (RedisServer, RedisServer) {
-    let primary = RedisServer::new();
-    let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
-    mredis_tests::wait_until("the replica linked", Duration::from_secs(10), || {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut replica.conn())
-            .unwrap();
-        info.contains("master_link_status:up")
-    });
-    (primary, replica)
+    mredis_tests::linked_shard(&[])
 }
 
 /// How many of `keys` `server` holds.

@@ -391,20 +391,7 @@ fn reset_stats(con: &mut redis::Connection) {
 
 /// Two static shards, each a primary and one replica.
 fn static_shards() -> Vec<(RedisServer, RedisServer)> {
-    (0..2)
-        .map(|_| {
-            let primary = RedisServer::new();
-            let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
-            wait_until("the replica linked", Duration::from_secs(10), || {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut replica.conn())
-                    .unwrap();
-                info.contains("master_link_status:up")
-            });
-            (primary, replica)
-        })
-        .collect()
+    (0..2).map(|_| mredis_tests::linked_shard(&[])).collect()
 }
 
 fn static_client(shards: &[(RedisServer, RedisServer)], policy: ReadFrom) -> MRedis {
