@@ -43,6 +43,40 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
+/// A loopback port nothing listens on, kept so while this lives: a socket
+/// is bound to it and never listens, so connecting is refused at once, and
+/// no server started meanwhile (by this test or one beside it) can be
+/// given the port. (A port bound and released at once can be: the tests
+/// that start servers pick free ports the same way.)
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    port: u16,
+}
+
+impl ClosedPort {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// See [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|e| panic!("cannot open a socket: {e}"));
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    socket
+        .bind(&any.into())
+        .unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"));
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port())
+        .unwrap_or_else(|| panic!("a bound socket without a port"));
+    ClosedPort { _socket: socket, port }
+}
+
 /// A new, empty directory under the system temp dir, unique to this process.
 fn scratch_dir(kind: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -320,10 +320,8 @@ fn configuration_errors_are_clear() {
 #[test]
 fn an_unreachable_server_fails_fast_and_names_itself() {
     let s = servers(1);
-    let dead_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let dead = mredis_tests::closed_port();
+    let dead_port = dead.port();
     let mr = MRedis::builder()
         .servers([s[0].url(), format!("redis://127.0.0.1:{dead_port}/0")])
         .connect_timeout(std::time::Duration::from_millis(300))

@@ -7,14 +7,10 @@ use std::time::{Duration, Instant};
 
 use mredis::MRedis;
 
-/// A loopback port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn a_closed_port_fails_at_once_saying_connection_refused() {
-    let port = closed_port();
+    let closed = mredis_tests::closed_port();
+    let port = closed.port();
     let name = format!("127.0.0.1:{port}:0");
     // The default connect timeout (2 s) must not be waited for.
     let mr = MRedis::new([format!("redis://127.0.0.1:{port}/0")]).unwrap();
@@ -38,7 +34,8 @@ fn a_closed_port_fails_at_once_saying_connection_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_port_fails_at_once_async() {
-    let port = closed_port();
+    let closed = mredis_tests::closed_port();
+    let port = closed.port();
     let name = format!("127.0.0.1:{port}:0");
     let mr = mredis::aio::MRedis::connect([format!("redis://127.0.0.1:{port}/0")])
         .await

@@ -14,11 +14,6 @@ use mredis::{MRedis, error_text};
 use mredis_tests::{RedisServer, servers};
 use redis::ErrorKind;
 
-/// A loopback port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A key of `mr` that lives on the server named `name`.
 fn key_on(mr: &MRedis, name: &str) -> String {
     (0..)
@@ -92,7 +87,8 @@ fn keys_on_two_servers_say_where_each_is() {
 #[test]
 fn a_refused_connection_and_a_partial_fan_out() {
     let s = RedisServer::new();
-    let port = closed_port();
+    let closed = mredis_tests::closed_port();
+    let port = closed.port();
     let closed = format!("127.0.0.1:{port}:0");
     let mr = MRedis::new([s.url(), format!("redis://127.0.0.1:{port}/0")]).unwrap();
     let e = mr.get::<_, Option<String>>(key_on(&mr, &closed)).unwrap_err();

@@ -75,11 +75,8 @@ fn the_password_never_appears_in_debug_display_or_errors() {
     assert_no_secret("auth error", &text);
 
     // An unreachable server with a password in its URL.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = mredis_tests::closed_port();
+    let port = closed.port();
     let down = MRedis::builder()
         .servers([format!("redis://alice:{SECRET}@127.0.0.1:{port}/0")])
         .connect_timeout(Duration::from_millis(200))
@@ -465,15 +462,6 @@ fn canary_server() -> RedisServer {
     ])
 }
 
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs a command, a fleet pipeline and a fan-out on `mr` (sync) and on an
 /// async client over the same servers; returns their errors' texts.
 fn failures_of(builder: mredis::Builder) -> Vec<(String, String)> {
@@ -590,7 +578,8 @@ fn a_password_with_a_raw_at_sign_works() {
 
 #[test]
 fn unreachable_servers_never_show_the_password() {
-    let port = closed_port();
+    let closed = mredis_tests::closed_port();
+    let port = closed.port();
     let builder = MRedis::builder()
         .servers([format!("redis://alice:{CANARY}@127.0.0.1:{port}/0")])
         .connect_timeout(Duration::from_millis(300));
