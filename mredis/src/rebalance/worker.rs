@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use redis::{Connection, RedisResult, Value};
+use redis::{RedisResult, Value};
 
 use super::*;
 
@@ -14,11 +13,6 @@ use super::*;
 pub(super) fn same_server_db(plan: &MovePlan, src: usize, dest: usize) -> Option<i64> {
     let (a, b) = (&plan.nodes[src], &plan.nodes[dest]);
     (a.run_id.is_some() && a.run_id == b.run_id).then(|| b.server.db())
-}
-
-/// The rebalance's connections: the tool's own.
-fn open_tool(server: &Server, io_timeout: Duration) -> RedisResult<Connection> {
-    connect(server, io_timeout)
 }
 
 /// One source's worker: the mover from its server to `to`'s, and what it
@@ -51,7 +45,8 @@ pub(super) fn worker(plan: &MovePlan, shared: &Shared, mode: Mode, src: usize) -
         &shared.journal,
         &shared.counters,
         Resolve::Keep,
-        &open_tool,
+        // The tool's own connections.
+        &connect,
     )?;
     let mut w = Worker {
         plan,
